@@ -1,0 +1,258 @@
+"""The node's REST API (FastAPI; OpenAPI docs at /docs).
+
+Transactions are submitted as their canonical bytes (``application/octet-stream``);
+everything else is JSON, with byte strings in hex. Every error is
+``{"error": {"code": ..., "message": ...}}`` with a 4xx status (5xx only for our faults,
+never with a stack trace).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from twinledger import __version__
+from twinledger.abc import TransactionLocation
+from twinledger.core.encoding import decode, to_obj
+from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt
+from twinledger.errors import DecodeError, NotFound, TwinledgerError
+
+if TYPE_CHECKING:
+    from twinledger.node import Node
+
+log = logging.getLogger("twinledger.api")
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+MAX_BATCH_TXS = 10_000
+MAX_WAIT_SECONDS = 60.0
+
+
+class BadRequest(TwinledgerError):
+    code = "bad_request"
+
+
+def jsonable(value: Any) -> Any:
+    """Canonical values as JSON: byte strings become hex."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    return value
+
+
+def transaction_view(tx: AnyTransaction) -> dict[str, Any]:
+    view = jsonable(to_obj(tx))
+    view["hash"] = tx.hash.hex()
+    view["stripped"] = tx.stripped
+    if not tx.stripped:
+        view["args_hash"] = tx.args_hash.hex()
+    return view
+
+
+def header_view(header: BlockHeader) -> dict[str, Any]:
+    return {"hash": header.hash.hex(), **jsonable(to_obj(header))}
+
+
+def certificate_view(cert: CommitCertificate) -> dict[str, Any]:
+    return jsonable(to_obj(cert))
+
+
+def receipt_view(receipt: Receipt) -> dict[str, Any]:
+    return jsonable(to_obj(receipt))
+
+
+def location_view(location: TransactionLocation) -> dict[str, Any]:
+    return {
+        "status": "committed",
+        "transaction": transaction_view(location.transaction),
+        "block": {"height": location.height, "hash": location.block_hash.hex(), "index": location.index},
+        "receipt": receipt_view(location.receipt),
+    }
+
+
+def _hex(value: str, what: str, size: int | None = 32) -> bytes:
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise BadRequest(f"{what} must be hex") from None
+    if size is not None and len(raw) != size:
+        raise BadRequest(f"{what} must be {size} bytes ({2 * size} hex digits)")
+    return raw
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"request body exceeds {limit} bytes", code="too_large")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(f"request body exceeds {limit} bytes", code="too_large")
+    return body
+
+
+def error_response(exc: TwinledgerError) -> JSONResponse:
+    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.http_status)
+
+
+def create_app(node: Node) -> FastAPI:
+    app = FastAPI(title="twinledger node", version=__version__,
+                  description="Ledger API of a twinledger node.")  # fmt: skip
+
+    @app.exception_handler(TwinledgerError)
+    async def _known(_: Request, exc: TwinledgerError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(BadRequest(f"{where}: {first.get('msg', 'invalid request')}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else "bad_request"
+        error = TwinledgerError(str(exc.detail), code=code)
+        error.http_status = exc.status_code
+        return error_response(error)
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error while serving a request")
+        error = TwinledgerError("internal error; the node log has details", code="internal_error")
+        error.http_status = 500
+        return error_response(error)
+
+    @app.get("/v1/health", summary="Liveness and head height")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "chain_id": node.chain_id, "height": node.head.height,
+                "organisation": node.config.organisation, "roles": list(node.config.roles)}  # fmt: skip
+
+    @app.get("/v1/head", summary="Header of the canonical head")
+    async def head() -> dict[str, Any]:
+        return header_view(node.head)
+
+    @app.post("/v1/transactions", summary="Submit one transaction (canonical bytes)")
+    async def submit_one(request: Request) -> JSONResponse:
+        body = await _body(request, 2 * 65536)
+        (result,) = await node.submit([body])
+        if result.error is not None:
+            return error_response(result.error)
+        assert result.tx_hash is not None
+        status = "duplicate" if result.duplicate else "accepted"
+        return JSONResponse({"hash": result.tx_hash.hex(), "status": status}, status_code=202)
+
+    @app.post("/v1/transactions/batch", summary="Submit a batch (canonical array of transaction bytes)")
+    async def submit_batch(request: Request) -> dict[str, Any]:
+        body = await _body(request, MAX_BATCH_BYTES)
+        items = decode(body, max_size=MAX_BATCH_BYTES)
+        if not isinstance(items, list) or not all(isinstance(i, bytes) for i in items):
+            raise DecodeError("batch must be an array of transaction byte strings")
+        if len(items) > MAX_BATCH_TXS:
+            raise BadRequest(f"batch holds more than {MAX_BATCH_TXS} transactions", code="too_large")
+        results = await node.submit(items)
+        views = []
+        for r in results:
+            if r.error is not None:
+                views.append({"index": r.index, "error": {"code": r.error.code, "message": r.error.message}})
+            else:
+                assert r.tx_hash is not None
+                views.append({"index": r.index, "hash": r.tx_hash.hex(),
+                              "status": "duplicate" if r.duplicate else "accepted"})  # fmt: skip
+        accepted = sum(1 for v in views if "hash" in v)
+        return {"accepted": accepted, "rejected": len(views) - accepted, "results": views}
+
+    @app.get("/v1/transactions/{tx_hash}", summary="A transaction, its receipt and optionally its proof")
+    async def get_transaction(tx_hash: str, proof: bool = False, wait: float = 0.0) -> dict[str, Any]:
+        digest = _hex(tx_hash, "transaction hash")
+        location = await node.wait_committed(digest, min(max(wait, 0.0), MAX_WAIT_SECONDS))
+        if location is None:
+            if digest in node.mempool:
+                return {"status": "pending", "hash": tx_hash}
+            raise NotFound(f"no transaction {tx_hash} on this node")
+        view = location_view(location)
+        if proof:
+            view["proof"] = (await node.proof(digest)).to_json()
+        return view
+
+    @app.get("/v1/blocks/{block_id}", summary="A canonical block by height, or any block by hash")
+    async def get_block(block_id: str, wait: float = 0.0) -> dict[str, Any]:
+        if block_id.isdigit():
+            await node.wait_for_height(int(block_id), min(max(wait, 0.0), MAX_WAIT_SECONDS))
+            header = await node.read(node.store.header_by_height, int(block_id))
+            if header is None:
+                raise NotFound(f"no block at height {block_id} (head is {node.head.height})")
+            block_hash = header.hash
+        else:
+            block_hash = _hex(block_id, "block id (height or hash)")
+        block = await node.read(node.store.block_by_hash, block_hash)
+        cert = await node.read(node.store.certificate, block_hash)
+        if block is None or cert is None:
+            raise NotFound(f"no block {block_id}")
+        return {
+            "header": header_view(block.header),
+            "certificate": certificate_view(cert),
+            "transactions": [{"hash": tx.hash.hex(), "contract": tx.contract, "method": tx.method,
+                              "sender": tx.sender.hex(), "stripped": tx.stripped}
+                             for tx in block.transactions],
+        }  # fmt: skip
+
+    @app.get("/v1/accounts/{key}/nonce", summary="Next nonce for a sender key")
+    async def next_nonce(key: str) -> dict[str, Any]:
+        sender = _hex(key, "sender key")
+        return {"sender": key, "next_nonce": await node._in_ledger(node.next_nonce, sender)}
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    async def metrics() -> str:
+        return render_metrics(node)
+
+    return app
+
+
+def render_metrics(node: Node) -> str:
+    m = node.metrics
+    lines = [
+        "# HELP twinledger_height Height of the canonical head.",
+        "# TYPE twinledger_height gauge",
+        f"twinledger_height {node.head.height}",
+        "# HELP twinledger_mempool_size Transactions waiting to be committed.",
+        "# TYPE twinledger_mempool_size gauge",
+        f"twinledger_mempool_size {len(node.mempool)}",
+        "# HELP twinledger_orphan_blocks Blocks waiting for their parent.",
+        "# TYPE twinledger_orphan_blocks gauge",
+        f"twinledger_orphan_blocks {node.chain.tree.orphan_count()}",
+        "# HELP twinledger_transactions_accepted_total Transactions admitted to the mempool.",
+        "# TYPE twinledger_transactions_accepted_total counter",
+        f"twinledger_transactions_accepted_total {m.accepted}",
+        "# HELP twinledger_transactions_committed_total Transactions committed in blocks.",
+        "# TYPE twinledger_transactions_committed_total counter",
+        f"twinledger_transactions_committed_total {m.committed}",
+        "# HELP twinledger_blocks_committed_total Blocks committed since start.",
+        "# TYPE twinledger_blocks_committed_total counter",
+        f"twinledger_blocks_committed_total {m.blocks}",
+        "# HELP twinledger_block_interval_seconds Time between the last two blocks.",
+        "# TYPE twinledger_block_interval_seconds gauge",
+        f"twinledger_block_interval_seconds {m.last_block_interval:.6f}",
+        "# HELP twinledger_transactions_rejected_total Refused transactions by error code.",
+        "# TYPE twinledger_transactions_rejected_total counter",
+    ]
+    lines += [f'twinledger_transactions_rejected_total{{code="{code}"}} {n}' for code, n in sorted(m.rejected.items())]
+    lines += [
+        "# HELP twinledger_commit_latency_seconds Submit-to-commit latency.",
+        "# TYPE twinledger_commit_latency_seconds histogram",
+    ]
+    cumulative = 0
+    for bound, count in zip((*[str(b) for b in m.BUCKETS], "+Inf"), m.latency_buckets, strict=True):
+        cumulative += count
+        lines.append(f'twinledger_commit_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
+    lines.append(f"twinledger_commit_latency_seconds_sum {m.latency_sum:.6f}")
+    lines.append(f"twinledger_commit_latency_seconds_count {m.latency_count}")
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,85 @@
+"""A small client of the node API, used by the CLI, the demo and the benchmarks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from twinledger.config import NodeConfig, passphrase, read_run_file
+from twinledger.core.encoding import encode
+from twinledger.core.types import Transaction, encode_transaction, sign_transaction
+from twinledger.crypto.keys import SigningKey
+from twinledger.crypto.tls import client_context
+from twinledger.errors import TwinledgerError
+
+
+class NodeUnreachable(TwinledgerError):
+    code = "node_unreachable"
+
+
+def api_url(config: NodeConfig) -> str:
+    run = read_run_file(config)
+    if run is not None:
+        return str(run["api"])
+    scheme = "https" if config.api_needs_tls else "http"
+    return f"{scheme}://{config.api_host}:{config.api_port}"
+
+
+class NodeClient:
+    def __init__(self, config: NodeConfig, timeout: float = 30.0) -> None:
+        self.config = config
+        self.url = api_url(config)
+        verify: Any = True
+        if self.url.startswith("https"):
+            verify = client_context(config.cert("consortium-ca"), config.cert("node-chain"),
+                                    config.key("tls"), passphrase())  # fmt: skip
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, verify=verify)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise NodeUnreachable(
+                f"node at {self.url} is not reachable; is it running? "
+                f"(twinledger node start --home {self.config.home})"
+            ) from exc
+        body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+        if response.status_code >= 400:
+            error = body.get("error", {}) if isinstance(body, dict) else {}
+            raise TwinledgerError(error.get("message", f"HTTP {response.status_code}"),
+                                  code=error.get("code", "http_error"))  # fmt: skip
+        return body
+
+    def next_nonce(self, sender: bytes) -> int:
+        return int(self.request("GET", f"/v1/accounts/{sender.hex()}/nonce")["next_nonce"])
+
+    def submit(self, tx: Transaction) -> dict[str, Any]:
+        return self.request("POST", "/v1/transactions", content=encode_transaction(tx),
+                            headers={"content-type": "application/octet-stream"})  # fmt: skip
+
+    def submit_batch(self, txs: list[Transaction]) -> dict[str, Any]:
+        body = encode([encode_transaction(tx) for tx in txs])
+        return self.request("POST", "/v1/transactions/batch", content=body,
+                            headers={"content-type": "application/octet-stream"})  # fmt: skip
+
+    def call(self, key: SigningKey, contract: str, method: str, args: dict[str, Any], chain_id: str) -> Transaction:
+        """Sign and submit one call with the key's next nonce; returns the transaction."""
+        tx = sign_transaction(key, chain_id=chain_id, nonce=self.next_nonce(key.public), contract=contract,
+                              method=method, args=args, timestamp=int(time.time() * 1000))  # fmt: skip
+        self.submit(tx)
+        return tx
+
+    def transaction(self, tx_hash: str, *, proof: bool = False, wait: float = 0.0) -> dict[str, Any]:
+        params = {"proof": str(proof).lower(), "wait": str(wait)}
+        return self.request("GET", f"/v1/transactions/{tx_hash}", params=params)
+
+    def block(self, block_id: str, wait: float = 0.0) -> dict[str, Any]:
+        return self.request("GET", f"/v1/blocks/{block_id}", params={"wait": str(wait)})
+
+    def health(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/health")

@@ -1,0 +1,355 @@
+"""The ``twinledger`` command. Readable output by default, ``--json`` for scripts; on
+failure one line on stderr saying why, and a non-zero exit code."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from twinledger.config import ROLES, init_home, load_config
+from twinledger.errors import InvalidProof, TwinledgerError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="twinledger: secure data sharing for industrial digital twins.")  # fmt: skip
+node_app = typer.Typer(no_args_is_help=True, help="Run a node.")
+record_app = typer.Typer(no_args_is_help=True, help="Signed records on the ledger.")
+tx_app = typer.Typer(no_args_is_help=True, help="Transactions.")
+block_app = typer.Typer(no_args_is_help=True, help="Blocks.")
+verify_app = typer.Typer(no_args_is_help=True, help="Offline verification.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results in bench/results and docs/benchmarks.md).")
+for sub, name in ((node_app, "node"), (record_app, "record"), (tx_app, "tx"), (block_app, "block"),
+                  (verify_app, "verify"), (bench_app, "bench")):  # fmt: skip
+    app.add_typer(sub, name=name)
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+Home = Annotated[Path, typer.Option("--home", help="Node home directory.", envvar="TWINLEDGER_HOME")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def command(fn: F) -> F:
+    """Turn every known error into one readable line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TwinledgerError as exc:
+            err.print(f"error: {exc.message}", markup=False, highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except OSError as exc:
+            err.print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), markup=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold cyan")
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table
+
+
+# -- init / node ------------------------------------------------------------------------------
+
+
+@app.command("init")
+@command
+def init(
+    home: Home,
+    org: Annotated[str, typer.Option("--org", help="Organisation name.")],
+    node: Annotated[str, typer.Option("--node", help="Node name within the organisation.")] = "node-1",
+    role: Annotated[list[str], typer.Option("--role", help=f"Role(s): {', '.join(ROLES)}.")] = ["full"],  # noqa: B006
+    api_host: Annotated[str, typer.Option(help="API listen address.")] = "127.0.0.1",
+    api_port: Annotated[int, typer.Option(help="API port (0: any free port).")] = 7700,
+    chain_id: Annotated[str | None, typer.Option(help="Chain id (default ORG-chain).")] = None,
+    block_interval_ms: Annotated[int, typer.Option(help="Minimum time between blocks.")] = 200,
+    max_block_txs: Annotated[int, typer.Option(help="Maximum transactions per block.")] = 5000,
+    store: Annotated[str, typer.Option(help="Chain store URL (sqlite:///… or postgresql://…).")] = "sqlite:///data/chain.db",
+    as_json: Json = False,
+) -> None:
+    """Create a node home: keys, certificates, genesis and configuration."""
+    config = init_home(home, org, node=node, roles=tuple(role), api_host=api_host, api_port=api_port,
+                       chain_id=chain_id, block_interval_ms=block_interval_ms,
+                       max_block_txs=max_block_txs, store_url=store)  # fmt: skip
+    operator = config.signing_key("operator").public.hex()
+    info = {"home": str(home), "organisation": org, "node": node, "roles": list(config.roles),
+            "chain_id": chain_id or f"{org}-chain", "operator_key": operator,
+            "node_key": config.signing_key().public.hex()}  # fmt: skip
+    if as_json:
+        print_json(info)
+    else:
+        out.print(_kv_table("node home created", list(info.items())))
+        out.print(f"start it with: twinledger node start --home {home}")
+
+
+@node_app.command("start")
+@command
+def node_start(home: Home) -> None:
+    """Run the node in the foreground (Ctrl-C or SIGTERM stops it)."""
+    import asyncio
+
+    from twinledger.node import Node
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)  # fmt: skip
+    node = Node(load_config(home))
+    try:
+        asyncio.run(node.run())
+    except OSError as exc:
+        node.close()
+        raise TwinledgerError(f"cannot serve the API: {exc.strerror or exc}") from None
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+def _client(home: Path) -> Any:
+    from twinledger.cli.client import NodeClient
+
+    return NodeClient(load_config(home))
+
+
+@record_app.command("put")
+@command
+def record_put(
+    home: Home,
+    file: Annotated[Path, typer.Argument(help="File to record.", exists=True, dir_okay=False)],
+    hash_only: Annotated[bool, typer.Option("--hash-only", help="Record only the file's SHA-256.")] = False,
+    media_type: Annotated[str, typer.Option(help="Media type of the payload.")] = "application/octet-stream",
+    meta: Annotated[list[str], typer.Option("--meta", help="Metadata KEY=VALUE (repeatable).")] = [],  # noqa: B006
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until committed.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Record a file (payload on chain, or only its hash) with metadata; prints the tx hash."""
+    from twinledger.core.types import MAX_TX_BYTES
+
+    metadata = {"filename": file.name}
+    for item in meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TwinledgerError(f"--meta {item!r} is not KEY=VALUE")
+        metadata[key] = value
+    data = file.read_bytes()
+    if not hash_only and len(data) > MAX_TX_BYTES - 2048:
+        raise TwinledgerError(f"{file} is larger than a transaction may be; use --hash-only")
+    args: dict[str, Any] = {"media_type": media_type, "metadata": metadata}
+    if hash_only:
+        args["payload_hash"] = hashlib.sha256(data).digest()
+    else:
+        args["payload"] = data
+    config = load_config(home)
+    client = _client(home)
+    health = client.health()
+    tx = client.call(config.signing_key("operator"), "records", "put", args, health["chain_id"])
+    result: dict[str, Any] = {"hash": tx.hash.hex(), "status": "accepted"}
+    if wait:
+        view = client.transaction(tx.hash.hex(), wait=30)
+        if view.get("status") != "committed":
+            raise TwinledgerError(f"transaction {tx.hash.hex()} was not committed within 30 s")
+        result = {"hash": tx.hash.hex(), "status": "committed", "height": view["block"]["height"],
+                  "receipt": view["receipt"]["status"]}  # fmt: skip
+    if as_json:
+        print_json(result)
+    else:
+        out.print(tx.hash.hex(), highlight=False)
+
+
+# -- transactions and blocks --------------------------------------------------------------------
+
+
+@tx_app.command("show")
+@command
+def tx_show(
+    tx_hash: Annotated[str, typer.Argument(help="Transaction hash (hex).")],
+    home: Home,
+    proof: Annotated[bool, typer.Option("--proof", help="Include an inclusion proof.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the commit.")] = 0.0,
+    as_json: Json = False,
+) -> None:
+    """Show a transaction, where it is committed, its receipt, and optionally its proof."""
+    view = _client(home).transaction(tx_hash, proof=proof, wait=wait)
+    if as_json:
+        print_json(view)
+        return
+    if view["status"] == "pending":
+        out.print(f"transaction {tx_hash} is pending (not yet in a block)")
+        return
+    tx, block, receipt = view["transaction"], view["block"], view["receipt"]
+    rows = [("hash", tx["hash"]), ("status", receipt["status"] + (f" ({receipt['error']})" if receipt["error"] else "")),
+            ("block", f"{block['height']} ({block['hash']})"), ("index", block["index"]),
+            ("call", f"{tx['contract']}.{tx['method']}"), ("sender", tx["sender"]), ("nonce", tx["nonce"]),
+            ("timestamp (ms)", tx["timestamp"]), ("stripped", tx["stripped"])]  # fmt: skip
+    if not tx["stripped"]:
+        rows.append(("args", json.dumps(tx["args"], sort_keys=True)[:400]))
+    for event in receipt["events"]:
+        rows.append(("event", f"{event['contract']}.{event['type']}"))
+    out.print(_kv_table("transaction", rows))
+    if proof:
+        out.print("proof: use --json to write it to a file, then: twinledger verify proof FILE")
+
+
+@block_app.command("show")
+@command
+def block_show(
+    height: Annotated[str, typer.Argument(help="Height, 'head', or block hash.")],
+    home: Home,
+    as_json: Json = False,
+) -> None:
+    """Show a block: header, certificate signers and transactions."""
+    client = _client(home)
+    if height == "head":
+        height = str(client.health()["height"])
+    view = client.block(height)
+    if as_json:
+        print_json(view)
+        return
+    header = view["header"]
+    out.print(_kv_table(f"block {header['height']}", [(k, header[k]) for k in (
+        "hash", "chain_id", "timestamp", "previous", "tx_count", "tx_root", "state_root", "proposer")]
+        + [("signers", ", ".join(s["validator"][:16] + "…" for s in view["certificate"]["signatures"]) or "-")]))  # fmt: skip
+    if view["transactions"]:
+        table = Table("#", "hash", "call", "sender", "stripped", title="transactions", title_justify="left")
+        for i, tx in enumerate(view["transactions"][:50]):
+            table.add_row(str(i), tx["hash"], f"{tx['contract']}.{tx['method']}", tx["sender"][:16] + "…", str(tx["stripped"]))
+        out.print(table)
+        if len(view["transactions"]) > 50:
+            out.print(f"… and {len(view['transactions']) - 50} more (use --json)")
+
+
+# -- verification -------------------------------------------------------------------------------
+
+
+@verify_app.command("proof")
+def verify_proof_command(
+    file: Annotated[Path, typer.Argument(help="Proof file (JSON, e.g. from tx show --proof --json).")],
+    trusted_validators: Annotated[str | None, typer.Option(help="Expected validator-set hash (hex).")] = None,
+    as_json: Json = False,
+) -> None:
+    """Verify an inclusion proof offline: exit 0 if valid, 1 if not."""
+    from twinledger.core.proof import parse_proof, verify_proof
+
+    try:
+        try:
+            text = file.read_bytes()
+        except OSError as exc:
+            raise InvalidProof(f"cannot read {file}: {exc.strerror}") from None
+        trusted = bytes.fromhex(trusted_validators) if trusted_validators else None
+        verified = verify_proof(parse_proof(text), trusted)
+    except (InvalidProof, ValueError) as exc:
+        message = exc.message if isinstance(exc, TwinledgerError) else f"bad --trusted-validators: {exc}"
+        if as_json:
+            print_json({"valid": False, "error": message})
+        else:
+            err.print(f"invalid: {message}", markup=False)
+        raise typer.Exit(1) from None
+    result = {"valid": True, "transaction": verified.tx_hash.hex(), "block": verified.block_hash.hex(),
+              "height": verified.height, "chain_id": verified.chain_id, "block_time_ms": verified.timestamp,
+              "sender": verified.sender.hex(), "call": f"{verified.contract}.{verified.method}",
+              "signers": [s.hex() for s in verified.signers],
+              "validators_hash": verified.validators_hash.hex()}  # fmt: skip
+    if as_json:
+        print_json(result)
+    else:
+        out.print(_kv_table("proof is valid", [(k, v) for k, v in result.items() if k != "valid"]))
+
+
+@verify_app.command("chain")
+@command
+def verify_chain_command(home: Home, as_json: Json = False) -> None:
+    """Walk the stored chain and recheck every hash, Merkle root, signature and state root."""
+    from twinledger.consensus import create_consensus
+    from twinledger.contracts import default_runtime
+    from twinledger.ledger.genesis import Genesis
+    from twinledger.ledger.store import open_store
+    from twinledger.ledger.verify import verify_chain
+
+    config = load_config(home)
+    genesis = Genesis.read(config.genesis_path)
+    store = open_store(config.store_url)
+    try:
+        with Progress(console=err, transient=True, disable=as_json) as progress:
+            task = progress.add_task("verifying blocks", total=None)
+
+            def advance(height: int, top: int) -> None:
+                progress.update(task, completed=height + 1, total=top + 1)
+
+            report = verify_chain(store, genesis, create_consensus(genesis, None), default_runtime(), advance)
+    finally:
+        store.close()
+    result = {"ok": report.ok, "height": report.height, "blocks": report.blocks,
+              "transactions": report.transactions, "stripped": report.stripped,
+              "state_replayed_to": report.replayed_to,
+              "problems": [{"height": h, "problem": p} for h, p in report.problems]}  # fmt: skip
+    if as_json:
+        print_json(result)
+    elif report.ok:
+        out.print(f"chain OK: {report.blocks} blocks, {report.transactions} transactions, "
+                  f"state replayed to height {report.replayed_to}")  # fmt: skip
+    if not report.ok:
+        if not as_json:
+            height, problem = report.problems[0]
+            err.print(f"chain INVALID at height {height}: {problem}", markup=False)
+        raise typer.Exit(1)
+
+
+# -- benchmarks and demo ------------------------------------------------------------------------
+
+
+@bench_app.command("ledger")
+@command
+def bench_ledger(
+    txs: Annotated[int, typer.Option(help="Transactions to commit.")] = 20000,
+    batch: Annotated[int, typer.Option(help="Transactions per submitted batch.")] = 500,
+    clients: Annotated[int, typer.Option(help="Concurrent submitting connections.")] = 4,
+    output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench/results/ledger.json"),
+    as_json: Json = False,
+) -> None:
+    """One node, 1 kB signed transactions in batches, all committed; with the ceiling."""
+    from twinledger.bench.ledger import run_ledger_benchmark
+
+    run_ledger_benchmark(txs=txs, batch=batch, clients=clients, output=output, as_json=as_json)
+
+
+@app.command("demo")
+@command
+def demo(
+    directory: Annotated[Path | None, typer.Option("--dir", help="Where to create the demo node.")] = None,
+    exit_after: Annotated[bool, typer.Option("--exit", help="Stop the node at the end.")] = False,
+) -> None:
+    """Start a node, write records, and verify a proof offline."""
+    from twinledger.demo import run_demo
+
+    if not run_demo(directory, exit_after):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

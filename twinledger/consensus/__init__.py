@@ -1,0 +1,19 @@
+"""Consensus engines behind ``abc.Consensus``: ``solo`` now; ``poa`` and ``bft`` plug in here."""
+
+from __future__ import annotations
+
+from twinledger.abc import Consensus
+from twinledger.crypto.keys import SigningKey
+from twinledger.errors import ConfigError
+from twinledger.ledger.genesis import Genesis
+
+
+def create_consensus(genesis: Genesis, key: SigningKey | None) -> Consensus:
+    if genesis.consensus == "solo":
+        from twinledger.consensus.solo import SoloConsensus
+
+        if len(genesis.validators) != 1:
+            raise ConfigError("solo consensus needs exactly one validator in the genesis")
+        return SoloConsensus(genesis.validators[0].key, key, genesis.block_interval_ms,
+                             genesis.max_block_txs)  # fmt: skip
+    raise ConfigError(f"unknown consensus {genesis.consensus!r} in genesis (known: solo)")

@@ -1,0 +1,70 @@
+"""``solo``: one validator signs every block (development and single-company use)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from twinledger.abc import BlockProducer, Consensus
+from twinledger.core.proof import certificate_signers
+from twinledger.core.types import Block, BlockHeader, CommitCertificate, VoteSignature
+from twinledger.crypto.keys import SigningKey
+from twinledger.errors import InvalidBlock, InvalidProof
+from twinledger.ledger.blocktree import BlockTree
+
+
+class SoloConsensus(Consensus):
+    name = "solo"
+
+    def __init__(self, validator: bytes, key: SigningKey | None = None, interval_ms: int = 200,
+                 max_block_txs: int = 5000) -> None:  # fmt: skip
+        if key is not None and key.public != validator:
+            key = None  # this node is not the validator: it follows, it does not produce
+        self.validator = validator
+        self.key = key
+        self.interval = interval_ms / 1000
+        self.max_block_txs = max_block_txs
+
+    def validators(self) -> tuple[bytes, ...]:
+        return (self.validator,)
+
+    def certify(self, block: Block) -> CommitCertificate:
+        assert self.key is not None
+        header = block.header
+        unsigned = CommitCertificate(header.chain_id, header.height, 0, header.hash, ())
+        signature = VoteSignature(self.validator, self.key.sign(unsigned.vote_message))
+        return CommitCertificate(header.chain_id, header.height, 0, header.hash, (signature,))
+
+    def validate_certificate(self, header: BlockHeader, certificate: CommitCertificate) -> None:
+        if (certificate.chain_id, certificate.height, certificate.block_hash) != (
+            header.chain_id, header.height, header.hash,
+        ):  # fmt: skip
+            raise InvalidBlock("commit certificate is for another block")
+        if header.proposer != self.validator:
+            raise InvalidBlock("block was proposed by a non-validator")
+        try:
+            signers = certificate_signers(certificate, self.validators())
+        except InvalidProof as exc:
+            raise InvalidBlock(exc.message) from exc
+        if signers != (self.validator,):
+            raise InvalidBlock("block is not signed by the solo validator")
+
+    def fork_choice(self, tree: BlockTree) -> bytes:
+        """Highest block wins; among equals, the lowest hash (deterministic)."""
+        return min(tree.leaves(), key=lambda h: (-h.height, h.hash)).hash
+
+    async def run(self, producer: BlockProducer) -> None:
+        if self.key is None:
+            return
+        last = 0.0
+        while True:
+            await producer.wait_for_transactions()
+            delay = last + self.interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            built = await producer.build_block(self.validator)
+            if built is None:
+                continue
+            block, result = built
+            last = time.monotonic()
+            await producer.commit_block(block, self.certify(block), result)

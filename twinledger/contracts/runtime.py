@@ -1,0 +1,138 @@
+"""The contract runtime: a deterministic state machine over the ledger's key-value state.
+
+``state_transition(state, tx, header)`` applies one transaction; ``ContractRuntime``
+implements ``abc.Application`` by applying a block's transactions in order. A contract
+is a set of named methods, each a pair of plain functions: ``parse`` validates the
+arguments (raising before anything changes) and ``apply`` changes state through a
+``Call``. Nothing here reads clocks, randomness or the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twinledger.abc import Application, BlockResult, StateReader, StateValue
+from twinledger.core.encoding import to_obj
+from twinledger.core.hashing import hash_obj
+from twinledger.core.types import BlockHeader, Event, Receipt, Transaction
+from twinledger.errors import ContractError, DecodeError, InvalidTransaction
+
+STATE_TAG = "twinledger/state/v1"
+
+
+class Overlay(StateReader):
+    """Writes buffered over a base state; ``commit`` pushes them down one level."""
+
+    def __init__(self, base: StateReader) -> None:
+        self.base = base
+        self.writes: dict[str, StateValue] = {}
+
+    def get(self, key: str) -> StateValue:
+        if key in self.writes:
+            return self.writes[key]
+        return self.base.get(key)
+
+    def set(self, key: str, value: StateValue) -> None:
+        self.writes[key] = value
+
+    def commit_into(self, target: Overlay) -> None:
+        target.writes.update(self.writes)
+
+
+@dataclass
+class Call:
+    """What a contract method sees: the transaction, the block, and state to change."""
+
+    tx: Transaction
+    header: BlockHeader
+    state: Overlay
+    contract: str
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def sender(self) -> bytes:
+        return self.tx.sender
+
+    def emit(self, event_type: str, **data: Any) -> None:
+        self.events.append(Event(self.contract, event_type, data))
+
+
+@dataclass(frozen=True)
+class Method:
+    parse: Callable[[Mapping[str, Any]], Any]
+    apply: Callable[[Call, Any], None]
+
+
+@dataclass(frozen=True)
+class Contract:
+    name: str
+    methods: Mapping[str, Method]
+
+
+def nonce_key(sender: bytes) -> str:
+    return f"nonce/{sender.hex()}"
+
+
+def committed_nonce(state: StateReader, sender: bytes) -> int:
+    """The sender's last used nonce, or -1 if it never sent a transaction."""
+    value = state.get(nonce_key(sender))
+    return -1 if value is None else value
+
+
+def state_root(parent_root: bytes, writes: Mapping[str, StateValue], receipts: tuple[Receipt, ...]) -> bytes:
+    """Chains the parent's root with this block's sorted write set and receipts: a replay
+    that diverges anywhere yields another root."""
+    return hash_obj(
+        STATE_TAG,
+        {
+            "parent": parent_root,
+            "writes": [[key, writes[key]] for key in sorted(writes)],
+            "receipts": [to_obj(r) for r in receipts],
+        },
+    )
+
+
+class ContractRuntime(Application):
+    def __init__(self, contracts: list[Contract]) -> None:
+        self.contracts = {c.name: c for c in contracts}
+
+    def method(self, tx: Transaction) -> Method:
+        contract = self.contracts.get(tx.contract)
+        if contract is None:
+            raise InvalidTransaction(f"unknown contract {tx.contract!r}", code="unknown_contract")
+        method = contract.methods.get(tx.method)
+        if method is None:
+            raise InvalidTransaction(f"contract {tx.contract!r} has no method {tx.method!r}",
+                                     code="unknown_method")  # fmt: skip
+        return method
+
+    def check_transaction(self, state: StateReader, tx: Transaction) -> None:
+        self.method(tx).parse(tx.args)
+        last = committed_nonce(state, tx.sender)
+        if tx.nonce <= last:
+            raise InvalidTransaction(f"nonce {tx.nonce} was already used (last committed nonce is {last})",
+                                     code="nonce_replayed")  # fmt: skip
+
+    def state_transition(self, state: Overlay, tx: Transaction, header: BlockHeader) -> Receipt:
+        """Apply one transaction; a failure yields a ``failed`` receipt and no state change
+        beyond the consumed nonce (if the nonce itself was fresh)."""
+        if tx.nonce <= committed_nonce(state, tx.sender):
+            return Receipt(tx.hash, "failed", "nonce_replayed")
+        state.set(nonce_key(tx.sender), tx.nonce)
+        call = Call(tx, header, Overlay(state), tx.contract)
+        try:
+            method = self.method(tx)
+            method.apply(call, method.parse(tx.args))
+        except (ContractError, InvalidTransaction, DecodeError) as exc:
+            return Receipt(tx.hash, "failed", exc.code)
+        call.state.commit_into(state)
+        return Receipt(tx.hash, "ok", "", tuple(call.events))
+
+    def execute_block(self, state: StateReader, header: BlockHeader,
+                      transactions: tuple[Transaction, ...], parent_state_root: bytes) -> BlockResult:  # fmt: skip
+        block_state = Overlay(state)
+        receipts = tuple(self.state_transition(block_state, tx, header) for tx in transactions)
+        writes = block_state.writes
+        return BlockResult(writes, receipts, state_root(parent_state_root, writes, receipts))

@@ -1,0 +1,55 @@
+"""TLS 1.3 contexts with mutual authentication by consortium certificates."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from twinledger.crypto.keys import read_secret_file
+
+
+def _load_identity(context: ssl.SSLContext, cert_chain: Path, key_file: Path,
+                   passphrase: str | None) -> None:
+    """Load our sealed key into ``context``: ssl only reads files, so hand it a PEM sealed
+    with a one-time password that never touches the disk, and delete it at once."""
+    der = read_secret_file(key_file, "ec-p256-pkcs8", passphrase)
+    key = serialization.load_der_private_key(der, password=None)
+    one_time = os.urandom(32).hex().encode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(one_time),
+    )
+    fd, name = tempfile.mkstemp(prefix="twinledger-tls-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        context.load_cert_chain(str(cert_chain), name, password=one_time)
+    finally:
+        os.unlink(name)
+
+
+def server_context(ca_cert: Path, cert_chain: Path, key_file: Path,
+                   passphrase: str | None) -> ssl.SSLContext:
+    """Server side: TLS 1.3 only, client certificate required and checked against the CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(str(ca_cert))
+    _load_identity(context, cert_chain, key_file, passphrase)
+    return context
+
+
+def client_context(ca_cert: Path, cert_chain: Path | None = None, key_file: Path | None = None,
+                   passphrase: str | None = None) -> ssl.SSLContext:
+    """Client side: TLS 1.3 only, server checked against the CA, our certificate if given."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_verify_locations(str(ca_cert))
+    if cert_chain is not None and key_file is not None:
+        _load_identity(context, cert_chain, key_file, passphrase)
+    return context

@@ -1,0 +1,65 @@
+"""Named errors shared by every layer.
+
+Each error carries a stable machine-readable ``code`` (used by the API and the CLI's
+``--json`` output) and a message that names what was wrong.
+"""
+
+from __future__ import annotations
+
+
+class TwinledgerError(Exception):
+    """Base of every error a user may see; never carries a stack trace to the user."""
+
+    code = "error"
+    http_status = 400
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.code
+
+
+class DecodeError(TwinledgerError):
+    code = "undecodable"
+
+
+class InvalidTransaction(TwinledgerError):
+    code = "invalid_transaction"
+
+
+class InvalidBlock(TwinledgerError):
+    code = "invalid_block"
+
+
+class InvalidProof(TwinledgerError):
+    code = "invalid_proof"
+
+
+class NotFound(TwinledgerError):
+    code = "not_found"
+    http_status = 404
+
+
+class MempoolFull(TwinledgerError):
+    code = "mempool_full"
+    http_status = 503
+
+
+class ContractError(TwinledgerError):
+    """Raised by a contract method; the transaction is recorded as failed."""
+
+    code = "contract_error"
+
+
+class ConfigError(TwinledgerError):
+    code = "bad_config"
+
+
+class KeyFileError(TwinledgerError):
+    """One generic error for every failure to open a key file (wrong passphrase, tampering)."""
+
+    code = "key_file"

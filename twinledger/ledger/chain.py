@@ -1,0 +1,192 @@
+"""The chain: block tree + chain store + application. ``apply_block`` is the one entry
+point for a certified block, whether this node produced it or a peer sent it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twinledger.abc import Application, BlockResult, ChainStore, Consensus, StateReader, StateValue
+from twinledger.core.merkle import merkle_path, merkle_root
+from twinledger.core.proof import InclusionProof, validators_hash
+from twinledger.core.types import (
+    AnyTransaction,
+    Block,
+    BlockHeader,
+    CommitCertificate,
+    Transaction,
+)
+from twinledger.errors import ConfigError, InvalidBlock, NotFound
+from twinledger.ledger.blocktree import BlockTree
+from twinledger.ledger.genesis import Genesis
+from twinledger.ledger.validation import validate_block
+
+KeepFilter = Callable[[AnyTransaction], bool]
+"""Decides whether this node keeps a transaction's payload or only its stripped form."""
+
+
+def keep_all(tx: AnyTransaction) -> bool:
+    return True
+
+
+def keep_filter(contracts: frozenset[str], senders: frozenset[bytes]) -> KeepFilter:
+    """Keep payloads of the given contracts and of the given senders (e.g. our own keys)."""
+
+    def keep(tx: AnyTransaction) -> bool:
+        return tx.contract in contracts or tx.sender in senders
+
+    return keep
+
+
+class StoreState(StateReader):
+    """Committed state as of ``height`` (default: the head)."""
+
+    def __init__(self, store: ChainStore, height: int | None = None) -> None:
+        self.store = store
+        self.height = height
+
+    def get(self, key: str) -> StateValue:
+        return self.store.state_get(key, self.height)
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    status: str  # "known", "orphan", "side", "head"
+    head: BlockHeader
+
+
+class Chain:
+    def __init__(self, store: ChainStore, app: Application, consensus: Consensus,
+                 genesis: Genesis, keep: KeepFilter = keep_all) -> None:  # fmt: skip
+        self.store = store
+        self.app = app
+        self.consensus = consensus
+        self.genesis = genesis
+        self.keep = keep
+        self.validators_hash = validators_hash(list(consensus.validators()))
+        genesis_header = genesis.header()
+        stored = store.header_by_height(0)
+        if stored is None:
+            empty = CommitCertificate(genesis.chain_id, 0, 0, genesis_header.hash, ())
+            store.commit_block(Block(genesis_header, ()), empty,
+                               BlockResult({}, (), genesis_header.state_root), ())  # fmt: skip
+        elif stored.hash != genesis_header.hash:
+            raise ConfigError("the chain store holds another chain than this genesis describes")
+        self.tree = BlockTree(genesis_header)
+        for header, _canonical in store.headers():
+            if header.height > 0:
+                self.tree.add(header)
+        head = store.head()
+        assert head is not None
+        self.head: BlockHeader = head
+
+    @property
+    def chain_id(self) -> str:
+        return self.genesis.chain_id
+
+    def state(self, height: int | None = None) -> StateReader:
+        return StoreState(self.store, height)
+
+    # -- producing ---------------------------------------------------------------------------
+    def build_block(self, txs: list[Transaction], proposer: bytes, timestamp: int) -> tuple[Block, BlockResult]:
+        """Execute ``txs`` on the head and wrap them in a block (not yet certified)."""
+        parent = self.head
+        partial = BlockHeader(
+            chain_id=self.chain_id,
+            height=parent.height + 1,
+            timestamp=max(timestamp, parent.timestamp + 1),
+            previous=parent.hash,
+            tx_root=merkle_root([tx.hash for tx in txs]),
+            tx_count=len(txs),
+            state_root=bytes(32),
+            validators_hash=self.validators_hash,
+            proposer=proposer,
+        )
+        result = self.app.execute_block(self.state(), partial, tuple(txs), parent.state_root)
+        header = dataclasses.replace(partial, state_root=result.state_root)
+        return Block(header, tuple(txs)), result
+
+    def commit(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> None:
+        """Store an executed, certified block that extends the head."""
+        assert block.header.previous == self.head.hash
+        stored = tuple(tx if self.keep(tx) else tx.strip() for tx in block.transactions)
+        self.store.commit_block(block, certificate, result, stored)
+        self.tree.add(block.header)
+        self.head = block.header
+
+    # -- importing ---------------------------------------------------------------------------
+    def apply_block(self, block: Block, certificate: CommitCertificate) -> ImportOutcome:
+        """Validate a certified block and add it; extends, forks or reorganises the chain as
+        the consensus's fork choice says."""
+        header = block.header
+        if header.hash in self.tree:
+            return ImportOutcome("known", self.head)
+        self.consensus.validate_certificate(header, certificate)
+        if header.previous not in self.tree:
+            self.store.store_side_block(block, certificate)
+            self.tree.add(header)
+            return ImportOutcome("orphan", self.head)
+        parent = self.tree.headers[header.previous]
+        validate_block(block, parent, self.validators_hash, self.genesis.max_block_txs)
+        if header.previous == self.head.hash:
+            self._execute_and_commit(block, certificate)
+        else:
+            self.store.store_side_block(block, certificate)
+            self.tree.add(header)
+        best = self.consensus.fork_choice(self.tree)
+        if best != self.head.hash:
+            self._reorganise(best)
+        return ImportOutcome("head" if self.head.hash == header.hash else "side", self.head)
+
+    def _execute_and_commit(self, block: Block, certificate: CommitCertificate) -> None:
+        txs = tuple(tx for tx in block.transactions if isinstance(tx, Transaction))
+        result = self.app.execute_block(self.state(), block.header, txs, self.head.state_root)
+        if result.state_root != block.header.state_root:
+            raise InvalidBlock(f"block {block.height} state root does not match its execution")
+        self.commit(block, certificate, result)
+
+    def _reorganise(self, new_head: bytes) -> None:
+        """Rewind to the common ancestor and apply the new branch; restore the old one if a
+        block of the new branch turns out invalid."""
+        old_head = self.head
+        ancestor = self.tree.common_ancestor(old_head.hash, new_head)
+        old_branch = [h for h in self.tree.path_from_root(old_head.hash) if h.height > ancestor.height]
+        new_branch = [h for h in self.tree.path_from_root(new_head) if h.height > ancestor.height]
+        self._switch(ancestor, new_branch, fallback=old_branch)
+
+    def _switch(self, ancestor: BlockHeader, branch: list[BlockHeader], fallback: list[BlockHeader]) -> None:
+        self.store.rewind(ancestor.height)
+        self.head = ancestor
+        try:
+            for header in branch:
+                block, certificate = self._stored(header.hash)
+                self._execute_and_commit(block, certificate)
+        except InvalidBlock:
+            self.store.rewind(ancestor.height)
+            self.head = ancestor
+            for header in fallback:
+                block, certificate = self._stored(header.hash)
+                self._execute_and_commit(block, certificate)
+            raise
+
+    def _stored(self, block_hash: bytes) -> tuple[Block, CommitCertificate]:
+        block = self.store.block_by_hash(block_hash)
+        certificate = self.store.certificate(block_hash)
+        if block is None or certificate is None:
+            raise InvalidBlock("a block of the branch is missing from the store")
+        return block, certificate
+
+    # -- reading -----------------------------------------------------------------------------
+    def proof(self, tx_hash: bytes) -> InclusionProof:
+        location = self.store.transaction(tx_hash)
+        if location is None:
+            raise NotFound(f"no committed transaction {tx_hash.hex()}")
+        block = self.store.block_by_hash(location.block_hash)
+        certificate = self.store.certificate(location.block_hash)
+        assert block is not None and certificate is not None
+        path = merkle_path([tx.hash for tx in block.transactions], location.index)
+        return InclusionProof(block.header, location.transaction, location.index, tuple(path),
+                              certificate, tuple(sorted(self.consensus.validators())))  # fmt: skip
+

@@ -1,0 +1,78 @@
+"""The mempool: pending transactions in arrival order, de-duplicated and bounded.
+
+Durability is the node's business (it writes each admitted batch to the chain store
+before acknowledging); this structure only orders and bounds.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+from twinledger.core.types import Transaction
+from twinledger.errors import InvalidTransaction, MempoolFull
+
+
+class Mempool:
+    def __init__(self, max_txs: int = 100_000) -> None:
+        self.max_txs = max_txs
+        self._txs: dict[bytes, Transaction] = {}
+        self._by_sender: dict[bytes, dict[int, bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._txs)
+
+    def __contains__(self, tx_hash: bytes) -> bool:
+        return tx_hash in self._txs
+
+    def check(self, tx: Transaction, room: int = 1) -> bool:
+        """Raise if ``tx`` cannot be admitted; False if it is already pending (idempotent)."""
+        if tx.hash in self._txs:
+            return False
+        if tx.nonce in self._by_sender.get(tx.sender, {}):
+            raise InvalidTransaction(f"another transaction with nonce {tx.nonce} from this sender is pending",
+                                     code="nonce_pending")  # fmt: skip
+        if len(self._txs) + room > self.max_txs:
+            raise MempoolFull(f"mempool holds its limit of {self.max_txs} transactions; retry later")
+        return True
+
+    def add(self, tx: Transaction) -> None:
+        self._txs[tx.hash] = tx
+        self._by_sender.setdefault(tx.sender, {})[tx.nonce] = tx.hash
+
+    def select(self, max_txs: int) -> list[Transaction]:
+        """Up to ``max_txs`` transactions in arrival order, each sender's in nonce order,
+        never a nonce without the sender's lower pending nonces before it."""
+        chosen: list[Transaction] = []
+        taken: set[bytes] = set()
+        sorted_nonces: dict[bytes, list[int]] = {}
+        position: dict[bytes, int] = {}
+        for tx in self._txs.values():
+            if tx.hash in taken:
+                continue
+            nonces = self._by_sender[tx.sender]
+            if tx.sender not in sorted_nonces:
+                sorted_nonces[tx.sender] = sorted(nonces)
+            order = sorted_nonces[tx.sender]
+            start, end = position.get(tx.sender, 0), bisect.bisect_right(order, tx.nonce)
+            batch = [self._txs[nonces[n]] for n in order[start:end]]
+            if len(chosen) + len(batch) > max_txs:
+                break
+            chosen.extend(batch)
+            taken.update(t.hash for t in batch)
+            position[tx.sender] = end
+        return chosen
+
+    def remove(self, hashes: Iterable[bytes]) -> None:
+        for tx_hash in hashes:
+            tx = self._txs.pop(tx_hash, None)
+            if tx is None:
+                continue
+            nonces = self._by_sender[tx.sender]
+            nonces.pop(tx.nonce, None)
+            if not nonces:
+                del self._by_sender[tx.sender]
+
+    def pending_nonce(self, sender: bytes) -> int | None:
+        nonces = self._by_sender.get(sender)
+        return max(nonces) if nonces else None

@@ -1,0 +1,59 @@
+"""Validation, separate from application: each check raises a named error that says what
+is wrong, and changes nothing."""
+
+from __future__ import annotations
+
+from twinledger.core.merkle import merkle_root
+from twinledger.core.types import (
+    MAX_TX_BYTES,
+    AnyTransaction,
+    Block,
+    BlockHeader,
+    Transaction,
+    encode_transaction,
+)
+from twinledger.crypto.keys import verify_signature
+from twinledger.errors import InvalidBlock, InvalidTransaction
+
+MAX_CLOCK_DRIFT_MS = 10 * 60 * 1000
+
+
+def validate_transaction(tx: AnyTransaction, chain_id: str, now_ms: int | None = None) -> None:
+    """Stateless checks: chain, size, signature and (if ``now_ms`` is given) the clock."""
+    if tx.chain_id != chain_id:
+        raise InvalidTransaction(f"transaction is for chain {tx.chain_id!r}, this is {chain_id!r}",
+                                 code="wrong_chain")  # fmt: skip
+    if isinstance(tx, Transaction) and len(encode_transaction(tx)) > MAX_TX_BYTES:
+        raise InvalidTransaction(f"transaction exceeds {MAX_TX_BYTES} bytes", code="too_large")
+    if now_ms is not None and abs(tx.timestamp - now_ms) > MAX_CLOCK_DRIFT_MS:
+        raise InvalidTransaction("transaction timestamp is more than 10 minutes from this node's clock",
+                                 code="bad_timestamp")  # fmt: skip
+    if not verify_signature(tx.sender, tx.signing_digest, tx.signature):
+        raise InvalidTransaction("transaction signature does not verify", code="bad_signature")
+
+
+def validate_block(block: Block, parent: BlockHeader, validators_hash: bytes, max_txs: int) -> None:
+    """Everything about a block that can be checked without executing it."""
+    header = block.header
+    if header.chain_id != parent.chain_id:
+        raise InvalidBlock("block belongs to another chain")
+    if header.height != parent.height + 1 or header.previous != parent.hash:
+        raise InvalidBlock(f"block {header.height} does not extend block {parent.height}")
+    if header.timestamp <= parent.timestamp:
+        raise InvalidBlock("block timestamp is not after its parent's")
+    if header.validators_hash != validators_hash:
+        raise InvalidBlock("block names another validator set")
+    if header.tx_count != len(block.transactions) or header.tx_count > max_txs:
+        raise InvalidBlock("block transaction count is wrong or too large")
+    if merkle_root([tx.hash for tx in block.transactions]) != header.tx_root:
+        raise InvalidBlock("block transaction root does not match its transactions")
+    seen: set[tuple[bytes, int]] = set()
+    for tx in block.transactions:
+        if not isinstance(tx, Transaction):
+            raise InvalidBlock("block carries a stripped transaction; it cannot be executed")
+        validate_transaction(tx, header.chain_id)
+        if tx.timestamp > header.timestamp + MAX_CLOCK_DRIFT_MS:
+            raise InvalidBlock("block carries a transaction from its future")
+        if (tx.sender, tx.nonce) in seen:
+            raise InvalidBlock("block carries a sender's nonce twice")
+        seen.add((tx.sender, tx.nonce))

@@ -5,8 +5,8 @@ All are frozen dataclasses; their canonical map form is given by their fields
 
 - ``args_hash``  = H("twinledger/args/v1", encode(args))
 - signed message = H("twinledger/tx-sign/v1", encode(tx without args, with args_hash))
-- ``tx.hash``    = H("twinledger/tx/v1", encode(stripped form)); identical for a full
-  transaction and its stripped form, so stripped blocks keep their Merkle roots.
+- ``tx.hash``    = H("twinledger/tx/v1", signed message || signature); identical for a
+  full transaction and its stripped form, so stripped blocks keep their Merkle roots.
 - ``header.hash``= H("twinledger/header/v1", encode(header))
 """
 
@@ -17,7 +17,7 @@ from functools import cached_property
 from typing import Any
 
 from twinledger.core.encoding import decode, encode, from_obj, to_obj
-from twinledger.core.hashing import HASH_SIZE, hash_obj
+from twinledger.core.hashing import HASH_SIZE, hash_obj, tagged_hash
 from twinledger.crypto.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, SigningKey
 from twinledger.errors import DecodeError
 
@@ -51,12 +51,16 @@ class StrippedTransaction:
 
     @cached_property
     def hash(self) -> bytes:
-        return hash_obj(TX_TAG, to_obj(self))
+        return tagged_hash(TX_TAG, self.signing_digest, self.signature)
 
-    @property
+    @cached_property
     def signing_digest(self) -> bytes:
         return signing_digest(self.chain_id, self.sender, self.nonce, self.contract,
                               self.method, self.args_hash, self.timestamp)  # fmt: skip
+
+    @cached_property
+    def encoded(self) -> bytes:
+        return encode(to_obj(self))
 
     @property
     def stripped(self) -> bool:
@@ -89,12 +93,16 @@ class Transaction:
 
     @cached_property
     def hash(self) -> bytes:
-        return self.strip().hash
+        return tagged_hash(TX_TAG, self.signing_digest, self.signature)
 
-    @property
+    @cached_property
     def signing_digest(self) -> bytes:
         return signing_digest(self.chain_id, self.sender, self.nonce, self.contract,
                               self.method, self.args_hash, self.timestamp)  # fmt: skip
+
+    @cached_property
+    def encoded(self) -> bytes:
+        return encode(to_obj(self))
 
     @property
     def stripped(self) -> bool:
@@ -132,13 +140,15 @@ def sign_transaction(key: SigningKey, *, chain_id: str, nonce: int, contract: st
 
 
 def encode_transaction(tx: AnyTransaction) -> bytes:
-    return encode(to_obj(tx))
+    return tx.encoded
 
 
 def decode_transaction(data: bytes) -> AnyTransaction:
     """Decode a full or stripped transaction and check field shapes and sizes."""
     obj = decode(data, max_size=MAX_TX_BYTES)
-    return transaction_from_obj(obj)
+    tx = transaction_from_obj(obj)
+    tx.__dict__["encoded"] = bytes(data)  # canonical, so it is exactly the encoding
+    return tx
 
 
 def transaction_from_obj(obj: Any) -> AnyTransaction:

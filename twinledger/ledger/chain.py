@@ -5,7 +5,8 @@ point for a certified block, whether this node produced it or a peer sent it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from twinledger.abc import Application, BlockResult, ChainStore, Consensus, StateReader, StateValue
@@ -51,6 +52,35 @@ class StoreState(StateReader):
         return self.store.state_get(key, self.height)
 
 
+class HeadState(StateReader):
+    """Committed state at the head with a bounded read cache, kept current on commit.
+
+    Only the ledger thread uses it."""
+
+    def __init__(self, store: ChainStore, capacity: int = 200_000) -> None:
+        self.store = store
+        self.capacity = capacity
+        self.cache: OrderedDict[str, StateValue] = OrderedDict()
+
+    def get(self, key: str) -> StateValue:
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        value = self.store.state_get(key)
+        self._put(key, value)
+        return value
+
+    def _put(self, key: str, value: StateValue) -> None:
+        self.cache[key] = value
+        self.cache.move_to_end(key)
+        while len(self.cache) > self.capacity:
+            self.cache.popitem(last=False)
+
+    def committed(self, writes: Mapping[str, StateValue]) -> None:
+        for key, value in writes.items():
+            self._put(key, value)
+
+
 @dataclass(frozen=True)
 class ImportOutcome:
     status: str  # "known", "orphan", "side", "head"
@@ -81,13 +111,15 @@ class Chain:
         head = store.head()
         assert head is not None
         self.head: BlockHeader = head
+        self.head_state = HeadState(store)
 
     @property
     def chain_id(self) -> str:
         return self.genesis.chain_id
 
     def state(self, height: int | None = None) -> StateReader:
-        return StoreState(self.store, height)
+        """State after block ``height``; the cached head state if no height is given."""
+        return self.head_state if height is None else StoreState(self.store, height)
 
     # -- producing ---------------------------------------------------------------------------
     def build_block(self, txs: list[Transaction], proposer: bytes, timestamp: int) -> tuple[Block, BlockResult]:
@@ -113,6 +145,7 @@ class Chain:
         assert block.header.previous == self.head.hash
         stored = tuple(tx if self.keep(tx) else tx.strip() for tx in block.transactions)
         self.store.commit_block(block, certificate, result, stored)
+        self.head_state.committed(result.writes)
         self.tree.add(block.header)
         self.head = block.header
 
@@ -156,16 +189,19 @@ class Chain:
         new_branch = [h for h in self.tree.path_from_root(new_head) if h.height > ancestor.height]
         self._switch(ancestor, new_branch, fallback=old_branch)
 
-    def _switch(self, ancestor: BlockHeader, branch: list[BlockHeader], fallback: list[BlockHeader]) -> None:
+    def _rewind(self, ancestor: BlockHeader) -> None:
         self.store.rewind(ancestor.height)
+        self.head_state = HeadState(self.store)
         self.head = ancestor
+
+    def _switch(self, ancestor: BlockHeader, branch: list[BlockHeader], fallback: list[BlockHeader]) -> None:
+        self._rewind(ancestor)
         try:
             for header in branch:
                 block, certificate = self._stored(header.hash)
                 self._execute_and_commit(block, certificate)
         except InvalidBlock:
-            self.store.rewind(ancestor.height)
-            self.head = ancestor
+            self._rewind(ancestor)
             for header in fallback:
                 block, certificate = self._stored(header.hash)
                 self._execute_and_commit(block, certificate)

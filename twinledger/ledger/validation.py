@@ -10,7 +10,6 @@ from twinledger.core.types import (
     Block,
     BlockHeader,
     Transaction,
-    encode_transaction,
 )
 from twinledger.crypto.keys import verify_signature
 from twinledger.errors import InvalidBlock, InvalidTransaction
@@ -23,7 +22,7 @@ def validate_transaction(tx: AnyTransaction, chain_id: str, now_ms: int | None =
     if tx.chain_id != chain_id:
         raise InvalidTransaction(f"transaction is for chain {tx.chain_id!r}, this is {chain_id!r}",
                                  code="wrong_chain")  # fmt: skip
-    if isinstance(tx, Transaction) and len(encode_transaction(tx)) > MAX_TX_BYTES:
+    if len(tx.encoded) > MAX_TX_BYTES:
         raise InvalidTransaction(f"transaction exceeds {MAX_TX_BYTES} bytes", code="too_large")
     if now_ms is not None and abs(tx.timestamp - now_ms) > MAX_CLOCK_DRIFT_MS:
         raise InvalidTransaction("transaction timestamp is more than 10 minutes from this node's clock",

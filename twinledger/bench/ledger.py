@@ -1,0 +1,182 @@
+"""``twinledger bench ledger``: one real node process, 1 kB signed transactions submitted
+in batches by concurrent clients, until every one is committed. In the same run, the
+ceiling: decoding, hashing, verifying and durably storing the same transactions in one
+process with nothing else in the way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from twinledger.config import init_home
+from twinledger.core.encoding import encode
+from twinledger.core.types import Transaction, decode_transaction, encode_transaction, sign_transaction
+from twinledger.crypto.keys import SigningKey
+from twinledger.launcher import start_node
+from twinledger.ledger.store.sqlite import SqliteChainStore
+from twinledger.ledger.validation import validate_transaction
+
+TX_SIZE = 1024
+CHAIN_ID = "bench-chain"
+console = Console(stderr=True)
+
+
+def make_transactions(count: int, senders: int, progress: Progress) -> list[Transaction]:
+    """``count`` records.put transactions of TX_SIZE encoded bytes, round-robin over senders."""
+    keys = [SigningKey.generate() for _ in range(senders)]
+    now = int(time.time() * 1000)
+
+    def tx(key: SigningKey, nonce: int, filler: int) -> Transaction:
+        payload = nonce.to_bytes(8, "big") + os.urandom(filler)
+        return sign_transaction(key, chain_id=CHAIN_ID, nonce=nonce, contract="records", method="put",
+                                args={"payload": payload, "metadata": {"source": "bench"}}, timestamp=now)  # fmt: skip
+
+    probe = len(encode_transaction(tx(keys[0], 0, 800)))
+    filler = 800 + TX_SIZE - probe
+    task = progress.add_task("signing transactions", total=count)
+    txs = []
+    for i in range(count):
+        txs.append(tx(keys[i % senders], i // senders, filler))
+        if i % 500 == 0:
+            progress.update(task, completed=i)
+    progress.update(task, completed=count)
+    return txs
+
+
+def measure_ceiling(txs: list[Transaction], batch: int, workdir: Path) -> float:
+    """Transactions per second for decode + hash + verify + durable store, one process."""
+    raw = [encode_transaction(tx) for tx in txs]
+    store = SqliteChainStore(workdir / "ceiling.db")
+    start = time.perf_counter()
+    for i in range(0, len(raw), batch):
+        decoded = []
+        for data in raw[i : i + batch]:
+            tx = decode_transaction(data)
+            validate_transaction(tx, CHAIN_ID)
+            assert isinstance(tx, Transaction)
+            decoded.append(tx)
+        store.add_pending(decoded)
+    elapsed = time.perf_counter() - start
+    store.close()
+    return len(raw) / elapsed
+
+
+async def _submit_all(url: str, txs: list[Transaction], batch: int, clients: int,
+                      progress: Progress) -> tuple[dict[bytes, float], dict[bytes, float], float, float]:  # fmt: skip
+    submitted: dict[bytes, float] = {}
+    committed: dict[bytes, float] = {}
+    wanted = {tx.hash for tx in txs}
+    lanes: list[list[Transaction]] = [[] for _ in range(clients)]
+    for i, tx in enumerate(txs):
+        lanes[i % clients].append(tx)
+    sent = progress.add_task("submitting", total=len(txs))
+    done = progress.add_task("committed", total=len(txs))
+
+    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+        start_height = (await http.get("/v1/health")).json()["height"]
+
+        async def lane(items: list[Transaction]) -> None:
+            for j in range(0, len(items), batch):
+                chunk = items[j : j + batch]
+                body = encode([encode_transaction(tx) for tx in chunk])
+                sent_at = time.perf_counter()
+                response = await http.post("/v1/transactions/batch", content=body,
+                                           headers={"content-type": "application/octet-stream"})  # fmt: skip
+                result = response.json()
+                if response.status_code != 200 or result["rejected"]:
+                    raise RuntimeError(f"batch refused: {json.dumps(result)[:300]}")
+                for tx in chunk:
+                    submitted[tx.hash] = sent_at
+                progress.advance(sent, len(chunk))
+
+        async def watch() -> None:
+            height = start_height
+            while len(committed) < len(wanted):
+                height += 1
+                response = await http.get(f"/v1/blocks/{height}", params={"wait": "30"})
+                if response.status_code != 200:
+                    raise RuntimeError(f"block {height} did not appear: {response.text[:200]}")
+                now = time.perf_counter()
+                for item in response.json()["transactions"]:
+                    digest = bytes.fromhex(item["hash"])
+                    if digest in wanted:
+                        committed[digest] = now
+                progress.update(done, completed=len(committed))
+
+        begin = time.perf_counter()
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(lane(items) for items in lanes))
+        await watcher
+        end = max(committed.values())
+    return submitted, committed, begin, end
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1] if len(values) > 1 else values[0]
+
+
+def run_ledger_benchmark(txs: int, batch: int, clients: int, output: Path, as_json: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="twinledger-bench-") as tmp, Progress(console=console) as progress:
+        workdir = Path(tmp)
+        home = workdir / "node"
+        init_home(home, "bench", api_port=0, chain_id=CHAIN_ID, block_interval_ms=100, max_block_txs=5000)
+        transactions = make_transactions(txs, senders=clients * 8, progress=progress)
+        node = start_node(home)
+        try:
+            submitted, committed, begin, end = asyncio.run(
+                _submit_all(node.url, transactions, batch, clients, progress)
+            )
+            blocks = httpx.get(f"{node.url}/metrics").text
+        finally:
+            node.stop()
+        ceiling_task = progress.add_task("measuring the ceiling", total=None)
+        ceiling = measure_ceiling(transactions, batch, workdir)
+        progress.update(ceiling_task, total=1, completed=1)
+
+    latencies = [committed[h] - submitted[h] for h in committed]
+    throughput = len(committed) / (end - begin)
+    block_count = next((int(line.split()[1]) for line in blocks.splitlines()
+                        if line.startswith("twinledger_blocks_committed_total ")), 0)  # fmt: skip
+    result = {
+        "benchmark": "ledger",
+        "transactions": txs,
+        "tx_bytes": TX_SIZE,
+        "batch": batch,
+        "clients": clients,
+        "committed": len(committed),
+        "blocks": block_count,
+        "seconds": round(end - begin, 3),
+        "committed_tx_per_s": round(throughput, 1),
+        "latency_p50_ms": round(_percentile(latencies, 0.5) * 1000, 1),
+        "latency_p99_ms": round(_percentile(latencies, 0.99) * 1000, 1),
+        "ceiling_tx_per_s": round(ceiling, 1),
+        "ratio_to_ceiling": round(throughput / ceiling, 3),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine()},  # fmt: skip
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        table = Table("measure", "value", title="ledger benchmark (one node)", title_justify="left")
+        for key in ("committed", "blocks", "seconds", "committed_tx_per_s", "latency_p50_ms", "latency_p99_ms",
+                    "ceiling_tx_per_s", "ratio_to_ceiling"):  # fmt: skip
+            table.add_row(key, str(result[key]))
+        table.add_row("safe-UR-chain (paper)", "100 tx/s")
+        Console().print(table)
+        Console().print(f"results written to {output}")
+    return result

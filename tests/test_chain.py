@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ledger_helpers import GENESIS, USER, VALIDATOR, new_chain, produce, record
+from twinledger.core.types import Block, CommitCertificate, VoteSignature
+from twinledger.crypto.keys import SigningKey
+from twinledger.errors import InvalidBlock, InvalidTransaction, MempoolFull
+from twinledger.ledger.blocktree import BlockTree
+from twinledger.ledger.mempool import Mempool
+from twinledger.ledger.store.sqlite import SqliteChainStore
+from twinledger.ledger.verify import verify_chain
+
+
+@pytest.fixture
+def stores(tmp_path):
+    made = []
+
+    def make(name: str = "a") -> SqliteChainStore:
+        made.append(SqliteChainStore(tmp_path / f"{name}.db"))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_replay_on_a_fresh_node_reaches_the_same_state(stores):
+    producer = new_chain(stores("producer"))
+    blocks = [produce(producer, [record() for _ in range(4)]) for _ in range(3)]
+    follower = new_chain(stores("follower"), key=None)
+    for block, cert in blocks:
+        assert follower.apply_block(block, cert).status == "head"
+    assert follower.head == producer.head
+    assert follower.apply_block(*blocks[-1]).status == "known"
+
+
+def test_replayed_nonce_in_a_block_fails_its_receipt(stores):
+    chain = new_chain(stores())
+    produce(chain, [record(nonce=3)])
+    block, _ = produce(chain, [record(nonce=3), record(nonce=4)])
+    receipts = [chain.store.transaction(tx.hash).receipt for tx in block.transactions]
+    assert [(r.status, r.error) for r in receipts] == [("failed", "nonce_replayed"), ("ok", "")]
+
+
+def test_invalid_blocks_are_refused(stores):
+    producer = new_chain(stores("producer"))
+    block, cert = produce(producer, [record()])
+    follower = new_chain(stores("follower"), key=None)
+
+    wrong_state = dataclasses.replace(block.header, state_root=bytes(32))
+    forged = Block(wrong_state, block.transactions)
+    with pytest.raises(InvalidBlock, match="state root"):
+        follower.apply_block(forged, producer.consensus.certify(forged))
+
+    with pytest.raises(InvalidBlock):
+        follower.apply_block(block, dataclasses.replace(cert, signatures=()))
+    mallory = SigningKey.generate()
+    fake = CommitCertificate(cert.chain_id, cert.height, 0, cert.block_hash,
+                             (VoteSignature(VALIDATOR.public, mallory.sign(cert.vote_message)),))  # fmt: skip
+    with pytest.raises(InvalidBlock):
+        follower.apply_block(block, fake)
+
+    other_tx = Block(block.header, (record(),))
+    with pytest.raises(InvalidBlock, match="transaction root"):
+        follower.apply_block(other_tx, cert)
+    assert follower.head.height == 0
+    assert follower.apply_block(block, cert).status == "head"
+
+
+def test_orphans_wait_for_their_parent(stores):
+    producer = new_chain(stores("producer"))
+    b1, b2, b3 = (produce(producer, [record()]) for _ in range(3))
+    follower = new_chain(stores("follower"), key=None)
+    assert follower.apply_block(*b3).status == "orphan"
+    assert follower.apply_block(*b2).status == "orphan"
+    assert follower.tree.orphan_count() == 2 and follower.head.height == 0
+    follower.apply_block(*b1)
+    assert follower.head == b3[0].header
+    assert follower.tree.orphan_count() == 0
+
+
+def test_fork_choice_reorganises_to_the_longer_branch(stores):
+    a = new_chain(stores("a"))
+    common = produce(a, [record(nonce=1)])
+    branch_b = new_chain(stores("b"))
+    branch_b.apply_block(*common)
+    a1 = produce(a, [record(nonce=2)])
+    b1 = produce(branch_b, [record(nonce=3)], timestamp=a1[0].header.timestamp + 5)
+    b2 = produce(branch_b, [record(nonce=4)])
+    assert a.apply_block(*b1).status in ("side", "head")
+    outcome = a.apply_block(*b2)
+    assert outcome.head == b2[0].header and a.head == branch_b.head
+    assert a.store.transaction(a1[0].transactions[0].hash) is None
+    assert a.store.transaction(b2[0].transactions[0].hash) is not None
+    assert a.state().get(f"nonce/{USER.public.hex()}") == 4
+    report = verify_chain(a.store, GENESIS, a.consensus, a.app)
+    assert report.ok, report.problems
+
+
+def test_block_tree_forks_and_leaves():
+    root = GENESIS.header()
+    tree = BlockTree(root)
+
+    def child(parent, salt):
+        return dataclasses.replace(root, height=parent.height + 1, previous=parent.hash, tx_root=bytes([salt]) * 32)
+
+    h1 = child(root, 1)
+    h2a, h2b = child(h1, 2), child(h1, 3)
+    h3 = child(h2b, 4)
+    assert tree.add(h3) == [] and tree.orphan_count() == 1
+    assert tree.add(h1) == [h1]
+    assert tree.add(h2a) == [h2a]
+    assert tree.add(h2b) == [h2b, h3]
+    assert {h.hash for h in tree.leaves()} == {h2a.hash, h3.hash}
+    assert tree.common_ancestor(h2a.hash, h3.hash) == h1
+    assert [h.height for h in tree.path_from_root(h3.hash)] == [0, 1, 2, 3]
+
+
+def test_mempool_orders_nonces_and_bounds():
+    pool = Mempool(max_txs=3)
+    t5, t4, t9 = record(nonce=5), record(nonce=4), record(nonce=9)
+    for tx in (t5, t4, t9):
+        assert pool.check(tx)
+        pool.add(tx)
+    assert pool.check(t5) is False  # an exact duplicate is idempotent
+    with pytest.raises(InvalidTransaction) as info:
+        pool.check(record(nonce=5))
+    assert info.value.code == "nonce_pending"
+    with pytest.raises(MempoolFull):
+        pool.check(record(nonce=10))
+    assert [t.nonce for t in pool.select(10)] == [4, 5, 9]
+    assert [t.nonce for t in pool.select(1)] == []  # 5 arrived first and needs 4 before it
+    assert [t.nonce for t in pool.select(2)] == [4, 5]
+    pool.remove([t4.hash, t5.hash])
+    assert len(pool) == 1 and pool.pending_nonce(USER.public) == 9
+
+
+def test_verify_chain_finds_tampering(stores):
+    store = stores()
+    chain = new_chain(store)
+    produce(chain, [record() for _ in range(3)])
+    produce(chain, [record() for _ in range(3)])
+    assert verify_chain(store, GENESIS, chain.consensus, chain.app).ok
+    conn = store._conn()
+    row = conn.execute("SELECT block_hash, idx, tx FROM block_txs ORDER BY rowid DESC LIMIT 1").fetchone()
+    tampered = bytearray(row[2])
+    tampered[-5] ^= 1
+    conn.execute("UPDATE block_txs SET tx = ? WHERE block_hash = ? AND idx = ?", (bytes(tampered), row[0], row[1]))
+    report = verify_chain(store, GENESIS, chain.consensus, chain.app)
+    assert not report.ok and report.problems[0][0] == 2
+
+
+def test_verify_chain_finds_tampered_state(stores):
+    store = stores()
+    chain = new_chain(store)
+    produce(chain, [record()])
+    store._conn().execute("UPDATE state SET value = ? WHERE height = 1 AND key LIKE 'nonce/%'", (b"\x05",))
+    report = verify_chain(store, GENESIS, chain.consensus, chain.app)
+    assert not report.ok and "state" in report.problems[0][1]

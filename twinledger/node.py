@@ -148,7 +148,10 @@ class Node(BlockProducer):
                     continue
                 self.chain.app.check_transaction(state, item)
             except TwinledgerError as exc:
-                results.append(SubmitResult(index, error=exc))
+                if exc.code == "nonce_replayed" and self.store.transaction(item.hash) is not None:
+                    results.append(SubmitResult(index, item.hash, duplicate=True))  # resubmitted after commit
+                else:
+                    results.append(SubmitResult(index, error=exc))
                 continue
             self.mempool.add(item)
             fresh.append(item)
@@ -239,12 +242,14 @@ class Node(BlockProducer):
     async def wait_committed(self, tx_hash: bytes, timeout: float) -> TransactionLocation | None:
         """The committed transaction, waiting up to ``timeout`` seconds for it to commit."""
         location = await self.read(self.store.transaction, tx_hash)
-        if location is not None or timeout <= 0 or tx_hash not in self.mempool:
+        if location is not None or timeout <= 0:
             return location
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(tx_hash, []).append(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            # Not pending (any more): unknown, or committed while we looked; the re-read tells.
+            if tx_hash in self.mempool:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
             pass
         finally:

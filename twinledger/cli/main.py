@@ -48,16 +48,21 @@ def command(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TwinledgerError as exc:
-            err.print(f"error: {exc.message}", markup=False, highlight=False)
+            error_line(f"error: {exc.message}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err.print("interrupted")
+            error_line("interrupted")
             raise typer.Exit(130) from None
         except OSError as exc:
-            err.print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), markup=False)
+            error_line(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def error_line(text: str) -> None:
+    """One unwrapped line on stderr."""
+    sys.stderr.write(" ".join(text.split()) + "\n")
 
 
 def print_json(data: Any) -> None:
@@ -264,7 +269,7 @@ def verify_proof_command(
         if as_json:
             print_json({"valid": False, "error": message})
         else:
-            err.print(f"invalid: {message}", markup=False)
+            error_line(f"invalid: {message}")
         raise typer.Exit(1) from None
     result = {"valid": True, "transaction": verified.tx_hash.hex(), "block": verified.block_hash.hex(),
               "height": verified.height, "chain_id": verified.chain_id, "block_time_ms": verified.timestamp,
@@ -312,7 +317,7 @@ def verify_chain_command(home: Home, as_json: Json = False) -> None:
     if not report.ok:
         if not as_json:
             height, problem = report.problems[0]
-            err.print(f"chain INVALID at height {height}: {problem}", markup=False)
+            error_line(f"chain INVALID at height {height}: {problem}")
         raise typer.Exit(1)
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from ledger_helpers import GENESIS, USER, VALIDATOR, new_chain, produce, record
+
 from twinledger.core.types import Block, CommitCertificate, VoteSignature
 from twinledger.crypto.keys import SigningKey
 from twinledger.errors import InvalidBlock, InvalidTransaction, MempoolFull

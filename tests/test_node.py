@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from twinledger.core.encoding import decode, encode
+from twinledger.core.encoding import encode
 from twinledger.core.types import encode_transaction, sign_transaction
 from twinledger.crypto.keys import SigningKey
 

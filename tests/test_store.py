@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from ledger_helpers import GENESIS, new_chain, produce, record
+
 from twinledger.abc import ChainStore
 from twinledger.core.types import Transaction
 from twinledger.ledger.store import open_store

@@ -10,8 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from twinledger.cli.client import NodeClient, NodeUnreachable
 from twinledger.config import load_config, read_run_file
 from twinledger.errors import TwinledgerError
 
@@ -58,11 +57,14 @@ def start_node(home: Path, timeout: float = 60.0) -> NodeProcess:
             raise TwinledgerError(f"node exited with code {process.returncode}: {tail[0]}")
         run = read_run_file(config)
         if run is not None and run.get("pid") == process.pid:
+            client = NodeClient(config, timeout=2)
             try:
-                if httpx.get(f"{run['api']}/v1/health", timeout=2).status_code == 200:
-                    return NodeProcess(home, process, run["api"], log_path)
-            except httpx.TransportError:
+                client.health()
+                return NodeProcess(home, process, client.url, log_path)
+            except NodeUnreachable:
                 pass
+            finally:
+                client.close()
         time.sleep(0.05)
     process.kill()
     raise TwinledgerError(f"node did not start within {timeout:.0f} s (log: {log_path})")

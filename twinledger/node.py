@@ -8,6 +8,7 @@ decodes and verifies submitted transactions on the other cores.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from twinledger.abc import BlockProducer, BlockResult, TransactionLocation
+from twinledger.config import NodeConfig, passphrase
 from twinledger.consensus import create_consensus
 from twinledger.contracts import default_runtime
-from twinledger.config import NodeConfig, passphrase
 from twinledger.core.proof import InclusionProof
 from twinledger.core.types import (
     Block,
@@ -321,10 +322,8 @@ class Node(BlockProducer):
             await serving
         finally:
             producer.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await producer
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
             config.run_file.unlink(missing_ok=True)
             self.close()
 

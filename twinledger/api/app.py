@@ -132,7 +132,7 @@ def create_app(node: Node) -> FastAPI:
 
     @app.get("/v1/health", summary="Liveness and head height")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "chain_id": node.chain_id, "height": node.head.height,
+        return {"status": "ok", "chain_id": node.chain_id, "height": node.head.height, "pending": len(node.mempool),
                 "organisation": node.config.organisation, "roles": list(node.config.roles)}  # fmt: skip
 
     @app.get("/v1/head", summary="Header of the canonical head")

@@ -63,7 +63,7 @@ def _name(common_name: str, organisation: str) -> x509.Name:
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, public_key, validity: dt.timedelta):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -165,7 +165,7 @@ def verify_node_chain(
     node_cert: x509.Certificate, org_cert: x509.Certificate, ca_cert: x509.Certificate
 ) -> NodeIdentity:
     """Verify node ← organisation ← consortium CA and return the identity it proves."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     _check_issued(ca_cert, ca_cert, now)
     _check_issued(org_cert, ca_cert, now)
     _check_issued(node_cert, org_cert, now)

@@ -7,6 +7,7 @@ is a primary-key or index seek.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 from abc import abstractmethod
@@ -106,10 +107,8 @@ class SqlChainStore(ChainStore):
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:
-                try:
+                with contextlib.suppress(Exception):  # best effort at shutdown
                     conn.close()
-                except Exception:  # noqa: BLE001 - closing is best effort at shutdown
-                    pass
             self._connections.clear()
         self._local = threading.local()
 

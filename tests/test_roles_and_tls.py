@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import ssl
+
+import httpx
+import pytest
+from test_node import OCTETS, signed
+
+from twinledger.cli.client import NodeClient
+from twinledger.config import load_config
+from twinledger.core.types import encode_transaction
+from twinledger.crypto.keys import SigningKey
+from twinledger.crypto.tls import client_context
+from twinledger.errors import ConfigError
+from twinledger.launcher import start_node
+
+
+def test_remote_api_requires_a_consortium_certificate(home_factory):
+    config = home_factory("secure")
+    toml = config.home / "node.toml"
+    toml.write_text(toml.read_text().replace('tls = "auto"', 'tls = "on"'))
+    node = start_node(config.home)
+    try:
+        assert node.url.startswith("https://")
+        ca_only = client_context(config.cert("consortium-ca"))
+        with pytest.raises((httpx.TransportError, ssl.SSLError)):
+            httpx.get(f"{node.url}/v1/health", verify=ca_only).raise_for_status()
+        other = home_factory("mallory")
+        foreign = client_context(config.cert("consortium-ca"), other.cert("node-chain"), other.key("tls"))
+        with pytest.raises((httpx.TransportError, ssl.SSLError)):
+            httpx.get(f"{node.url}/v1/health", verify=foreign).raise_for_status()
+        client = NodeClient(load_config(config.home))
+        assert client.health()["status"] == "ok"
+        client.close()
+    finally:
+        node.stop()
+
+
+def test_non_loopback_api_without_tls_is_refused(home_factory):
+    config = home_factory("exposed", api_host="0.0.0.0")
+    toml = config.home / "node.toml"
+    toml.write_text(toml.read_text().replace('tls = "auto"', 'tls = "off"'))
+    with pytest.raises(ConfigError, match="mutual TLS"):
+        load_config(config.home)
+
+
+def test_validator_role_strips_other_parties_payloads(home_factory):
+    config = home_factory("lean", roles=("validator",))
+    node = start_node(config.home)
+    try:
+        client = NodeClient(config)
+        stranger = signed(SigningKey.generate(), 0, chain_id="lean-chain")
+        httpx.post(f"{node.url}/v1/transactions", content=encode_transaction(stranger), headers=OCTETS)
+        own = client.call(config.signing_key("operator"), "records", "put", {"payload": b"ours"}, "lean-chain")
+        assert client.transaction(stranger.hash.hex(), wait=10)["transaction"]["stripped"] is True
+        view = client.transaction(own.hash.hex(), wait=10, proof=True)
+        assert view["transaction"]["stripped"] is False
+        client.close()
+    finally:
+        node.stop()

@@ -113,7 +113,8 @@ class Node(BlockProducer):
     def head(self) -> BlockHeader:
         return self.chain.head
 
-    async def _in_ledger(self, fn: Callable[..., T], *args: Any) -> T:
+    async def in_ledger(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the ledger thread, which owns the chain and the mempool."""
         return await asyncio.get_running_loop().run_in_executor(self._ledger, fn, *args)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
@@ -173,7 +174,7 @@ class Node(BlockProducer):
             *(loop.run_in_executor(self._verifiers, self._decode_and_verify, chunk, now_ms) for chunk in chunks)
         )
         candidates = [item for chunk in verified for item in chunk]
-        results = await self._in_ledger(self._admit, candidates)
+        results = await self.in_ledger(self._admit, candidates)
         now = time.monotonic()
         for result in results:
             if result.error is not None:
@@ -199,14 +200,14 @@ class Node(BlockProducer):
         return self.chain.build_block(txs, proposer, int(time.time() * 1000))
 
     async def build_block(self, proposer: bytes) -> tuple[Block, BlockResult] | None:
-        return await self._in_ledger(self._build, proposer)
+        return await self.in_ledger(self._build, proposer)
 
     def _commit(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> None:
         self.chain.commit(block, certificate, result)
         self.mempool.remove(tx.hash for tx in block.transactions)
 
     async def commit_block(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> None:
-        await self._in_ledger(self._commit, block, certificate, result)
+        await self.in_ledger(self._commit, block, certificate, result)
         now = time.monotonic()
         m = self.metrics
         m.blocks += 1

@@ -138,6 +138,19 @@ def test_mempool_orders_nonces_and_bounds():
     assert len(pool) == 1 and pool.pending_nonce(USER.public) == 9
 
 
+def test_mempool_never_selects_past_a_journaling_transaction():
+    pool = Mempool()
+    other = SigningKey(bytes([3]) * 32)
+    low, high = record(nonce=20), record(nonce=21)
+    theirs = record(nonce=0, key=other)
+    pool.add(low, durable=False)
+    pool.add(high)
+    pool.add(theirs)
+    assert pool.select(10) == [theirs]  # 21 must not overtake 20, which is not yet durable
+    pool.mark_durable([low.hash])
+    assert pool.select(10) == [low, high, theirs]
+
+
 def test_verify_chain_finds_tampering(stores):
     store = stores()
     chain = new_chain(store)

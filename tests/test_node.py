@@ -60,19 +60,24 @@ def test_submit_commit_and_proof(running_node):
     assert verify_proof(parse_proof(json.dumps(view["proof"]))).tx_hash == tx.hash
 
 
-def test_batch_reports_each_transaction(running_node):
+@pytest.mark.parametrize("size", [5, 300], ids=["in-thread", "worker-processes"])
+def test_batch_reports_each_transaction(running_node, size):
     node, _, client = running_node
     key = SigningKey.generate()
-    good = [signed(key, n) for n in range(5)]
-    bad_sig = signed(key, 7)
+    good = [signed(key, n) for n in range(size)]
+    bad_sig = signed(key, size + 2)
     bad_sig = bad_sig.__class__(**{**{f: getattr(bad_sig, f) for f in bad_sig.__dataclass_fields__}, "signature": bytes(64)})
-    body = encode([encode_transaction(t) for t in good] + [encode_transaction(bad_sig), b"garbage"])
-    result = httpx.post(f"{node.url}/v1/transactions/batch", content=body, headers=OCTETS).json()
-    assert result["accepted"] == 5 and result["rejected"] == 2
-    assert [r["error"]["code"] for r in result["results"][5:]] == ["bad_signature", "undecodable"]
-    for tx in good:
-        assert client.transaction(tx.hash.hex(), wait=10)["status"] == "committed"
-    assert client.next_nonce(key.public) == 5
+    middle = size // 2
+    items = [encode_transaction(t) for t in good]
+    items[middle:middle] = [encode_transaction(bad_sig), b"garbage"]
+    result = httpx.post(f"{node.url}/v1/transactions/batch", content=encode(items), headers=OCTETS).json()
+    assert result["accepted"] == size and result["rejected"] == 2
+    assert [r["error"]["code"] for r in result["results"][middle : middle + 2]] == ["bad_signature", "undecodable"]
+    assert [r["hash"] for r in result["results"] if "hash" in r] == [tx.hash.hex() for tx in good]
+    assert client.transaction(good[-1].hash.hex(), wait=10)["status"] == "committed"
+    for tx in good[:: max(1, size // 10)]:
+        assert client.transaction(tx.hash.hex())["status"] == "committed"
+    assert client.next_nonce(key.public) == size
 
 
 @pytest.mark.parametrize(

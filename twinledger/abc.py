@@ -35,6 +35,8 @@ class BlockResult:
     writes: Mapping[str, StateValue]
     receipts: tuple[Receipt, ...]
     state_root: bytes
+    encoded_writes: Mapping[str, bytes | None]
+    """The write set in key order, each value canonically encoded (``None`` deletes)."""
 
 
 @dataclass(frozen=True)

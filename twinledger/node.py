@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
+import multiprocessing
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -30,18 +35,35 @@ from twinledger.core.types import (
     BlockHeader,
     CommitCertificate,
     Transaction,
-    decode_transaction,
 )
-from twinledger.errors import InvalidTransaction, TwinledgerError
+from twinledger.errors import TwinledgerError
 from twinledger.ledger.chain import Chain, keep_all, keep_filter
 from twinledger.ledger.genesis import Genesis
 from twinledger.ledger.mempool import Mempool
 from twinledger.ledger.store import open_store
-from twinledger.ledger.validation import validate_transaction
+from twinledger.ledger.validation import decode_and_validate
 
 log = logging.getLogger("twinledger.node")
 T = TypeVar("T")
 VERIFY_CHUNK = 256
+PROCESS_BATCH = 64
+"""Batches at least this large are verified in worker processes; smaller ones in a thread."""
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make a verifier process end when the node does, even after a kill -9 of the node."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(0)
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,18 @@ class SubmitResult:
     tx_hash: bytes | None = None
     error: TwinledgerError | None = None
     duplicate: bool = False
+
+
+@dataclass
+class Admission:
+    """What the ledger thread decided about a submission."""
+
+    results: list[SubmitResult] = field(default_factory=list)
+    fresh: list[Transaction] = field(default_factory=list)
+    journaled: Future[None] = field(default_factory=Future)
+    """Resolves once ``fresh`` is durable."""
+    waits: set[Future[None]] = field(default_factory=set)
+    """Journal writes of other submissions that this one's duplicates depend on."""
 
 
 @dataclass
@@ -97,7 +131,10 @@ class Node(BlockProducer):
             self.mempool.add(tx)
         self.metrics = Metrics()
         self._ledger = ThreadPoolExecutor(1, thread_name_prefix="ledger")
-        self._verifiers = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="verify")
+        self._journal = ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self._journaling: dict[bytes, Future[None]] = {}
+        self._readers = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="read")
+        self._verifiers: ProcessPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tx_available: asyncio.Event | None = None
         self._block_event: asyncio.Event | None = None
@@ -119,72 +156,89 @@ class Node(BlockProducer):
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store read off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._verifiers, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+
+    def _verifier_processes(self) -> ProcessPoolExecutor:
+        """Worker processes for signature checks of large batches: Python holds one lock per
+        process, so verification in threads would compete with the ledger for it."""
+        if self._verifiers is None:
+            workers = max(1, os.cpu_count() or 1)
+            self._verifiers = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_die_with_parent, initargs=(os.getpid(),))  # fmt: skip
+        return self._verifiers
 
     # -- submission --------------------------------------------------------------------------
-    def _decode_and_verify(self, raw: list[bytes], now_ms: int) -> list[Transaction | TwinledgerError]:
-        out: list[Transaction | TwinledgerError] = []
-        for data in raw:
-            try:
-                tx = decode_transaction(data)
-                if not isinstance(tx, Transaction):
-                    raise InvalidTransaction("a stripped transaction cannot be submitted", code="stripped")
-                validate_transaction(tx, self.chain_id, now_ms)
-                out.append(tx)
-            except TwinledgerError as exc:
-                out.append(exc)
-        return out
-
-    def _admit(self, candidates: list[Transaction | TwinledgerError]) -> list[SubmitResult]:
-        """Stateful checks, then one durable write for the whole batch (ledger thread)."""
+    def _admit(self, candidates: list[Transaction | TwinledgerError]) -> Admission:
+        """Stateful checks; the fresh transactions enter the mempool as journaling (ledger thread)."""
         state = self.chain.state()
-        results: list[SubmitResult] = []
-        fresh: list[Transaction] = []
+        admission = Admission()
         for index, item in enumerate(candidates):
             if isinstance(item, TwinledgerError):
-                results.append(SubmitResult(index, error=item))
+                admission.results.append(SubmitResult(index, error=item))
                 continue
             try:
                 if not self.mempool.check(item):
-                    results.append(SubmitResult(index, item.hash, duplicate=True))
+                    admission.results.append(SubmitResult(index, item.hash, duplicate=True))
+                    if item.hash in self._journaling:
+                        admission.waits.add(self._journaling[item.hash])
                     continue
                 self.chain.app.check_transaction(state, item)
             except TwinledgerError as exc:
                 if exc.code == "nonce_replayed" and self.store.transaction(item.hash) is not None:
-                    results.append(SubmitResult(index, item.hash, duplicate=True))  # resubmitted after commit
+                    admission.results.append(SubmitResult(index, item.hash, duplicate=True))  # resubmitted after commit
                 else:
-                    results.append(SubmitResult(index, error=exc))
+                    admission.results.append(SubmitResult(index, error=exc))
                 continue
-            self.mempool.add(item)
-            fresh.append(item)
-            results.append(SubmitResult(index, item.hash))
-        try:
-            self.store.add_pending(fresh)
-        except BaseException:
-            self.mempool.remove(tx.hash for tx in fresh)
-            raise
-        return results
+            self.mempool.add(item, durable=False)
+            self._journaling[item.hash] = admission.journaled
+            admission.fresh.append(item)
+            admission.results.append(SubmitResult(index, item.hash))
+        return admission
+
+    def _journaled(self, admission: Admission, failure: BaseException | None) -> None:
+        """The journal write of ``admission.fresh`` ended (ledger thread)."""
+        hashes = [tx.hash for tx in admission.fresh]
+        for tx_hash in hashes:
+            self._journaling.pop(tx_hash, None)
+        if failure is None:
+            self.mempool.mark_durable(hashes)
+            admission.journaled.set_result(None)
+        else:
+            self.mempool.remove(hashes)
+            admission.journaled.set_exception(failure)
 
     async def submit(self, raw: list[bytes]) -> list[SubmitResult]:
-        """Admit transactions; an accepted one is durable when this returns."""
+        """Admit transactions; an accepted one is durable when this returns.
+
+        The durable write runs on the journal thread, so the ledger thread builds and
+        commits blocks meanwhile; the mempool offers a transaction to blocks only after it."""
         loop = asyncio.get_running_loop()
         now_ms = int(time.time() * 1000)
+        pool = self._verifier_processes() if len(raw) >= PROCESS_BATCH else self._readers
         chunks = [raw[i : i + VERIFY_CHUNK] for i in range(0, len(raw), VERIFY_CHUNK)]
         verified = await asyncio.gather(
-            *(loop.run_in_executor(self._verifiers, self._decode_and_verify, chunk, now_ms) for chunk in chunks)
+            *(loop.run_in_executor(pool, decode_and_validate, chunk, self.chain_id, now_ms) for chunk in chunks)
         )
-        candidates = [item for chunk in verified for item in chunk]
-        results = await self.in_ledger(self._admit, candidates)
+        admission = await self.in_ledger(self._admit, [item for chunk in verified for item in chunk])
+        if admission.fresh:
+            try:
+                await loop.run_in_executor(self._journal, self.store.add_pending, admission.fresh)
+            except BaseException as exc:
+                await self.in_ledger(self._journaled, admission, exc)
+                raise
+            await self.in_ledger(self._journaled, admission, None)
+        for earlier in admission.waits:  # duplicates of transactions another request is journaling
+            await asyncio.wrap_future(earlier)
         now = time.monotonic()
-        for result in results:
+        for result in admission.results:
             if result.error is not None:
                 self.metrics.rejected[result.error.code] += 1
             elif not result.duplicate and result.tx_hash is not None:
                 self.metrics.accepted += 1
                 self._submitted_at[result.tx_hash] = now
-        if any(r.tx_hash and not r.duplicate for r in results) and self._tx_available is not None:
+        if admission.fresh and self._tx_available is not None:
             self._tx_available.set()
-        return results
+        return admission.results
 
     # -- block production (BlockProducer) ------------------------------------------------------
     async def wait_for_transactions(self) -> None:
@@ -299,7 +353,9 @@ class Node(BlockProducer):
         if config.api_needs_tls:
             server_config.ssl = server_context(config.cert("consortium-ca"), config.cert("node-chain"),
                                                config.key("tls"), passphrase())  # fmt: skip
-        server = uvicorn.Server(server_config)
+        server = _api_server_class()(server_config)
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            self._loop.add_signal_handler(stop_signal, server.stop)
         producer = asyncio.create_task(self.consensus.run(self), name="consensus")
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="api")
         while not server.started and not serving.done():
@@ -330,5 +386,27 @@ class Node(BlockProducer):
 
     def close(self) -> None:
         self._ledger.shutdown(wait=True)
-        self._verifiers.shutdown(wait=True)
+        self._journal.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        if self._verifiers is not None:
+            self._verifiers.shutdown(wait=True)
         self.store.close()
+
+
+def _api_server_class() -> type:
+    import uvicorn
+
+    class ApiServer(uvicorn.Server):
+        """uvicorn without its own signal handling: it re-raises SIGTERM after serving,
+        which would end the process before the node closes its store and workers."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+        def stop(self) -> None:
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+
+    return ApiServer

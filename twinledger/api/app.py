@@ -98,6 +98,20 @@ async def _body(request: Request, limit: int) -> bytes:
     return body
 
 
+def _block_view(node: Node, block_hash: bytes) -> dict[str, Any] | None:
+    block = node.store.block_by_hash(block_hash)
+    cert = node.store.certificate(block_hash)
+    if block is None or cert is None:
+        return None
+    return {
+        "header": header_view(block.header),
+        "certificate": certificate_view(cert),
+        "transactions": [{"hash": tx.hash.hex(), "contract": tx.contract, "method": tx.method,
+                          "sender": tx.sender.hex(), "stripped": tx.stripped}
+                         for tx in block.transactions],
+    }  # fmt: skip
+
+
 def error_response(exc: TwinledgerError) -> JSONResponse:
     return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.http_status)
 
@@ -150,7 +164,7 @@ def create_app(node: Node) -> FastAPI:
         return JSONResponse({"hash": result.tx_hash.hex(), "status": status}, status_code=202)
 
     @app.post("/v1/transactions/batch", summary="Submit a batch (canonical array of transaction bytes)")
-    async def submit_batch(request: Request) -> dict[str, Any]:
+    async def submit_batch(request: Request) -> JSONResponse:
         body = await _body(request, MAX_BATCH_BYTES)
         items = decode(body, max_size=MAX_BATCH_BYTES)
         if not isinstance(items, list) or not all(isinstance(i, bytes) for i in items):
@@ -167,7 +181,7 @@ def create_app(node: Node) -> FastAPI:
                 views.append({"index": r.index, "hash": r.tx_hash.hex(),
                               "status": "duplicate" if r.duplicate else "accepted"})  # fmt: skip
         accepted = sum(1 for v in views if "hash" in v)
-        return {"accepted": accepted, "rejected": len(views) - accepted, "results": views}
+        return JSONResponse({"accepted": accepted, "rejected": len(views) - accepted, "results": views})
 
     @app.get("/v1/transactions/{tx_hash}", summary="A transaction, its receipt and optionally its proof")
     async def get_transaction(tx_hash: str, proof: bool = False, wait: float = 0.0) -> dict[str, Any]:
@@ -183,7 +197,7 @@ def create_app(node: Node) -> FastAPI:
         return view
 
     @app.get("/v1/blocks/{block_id}", summary="A canonical block by height, or any block by hash")
-    async def get_block(block_id: str, wait: float = 0.0) -> dict[str, Any]:
+    async def get_block(block_id: str, wait: float = 0.0) -> JSONResponse:
         if block_id.isdigit():
             await node.wait_for_height(int(block_id), min(max(wait, 0.0), MAX_WAIT_SECONDS))
             header = await node.read(node.store.header_by_height, int(block_id))
@@ -192,17 +206,10 @@ def create_app(node: Node) -> FastAPI:
             block_hash = header.hash
         else:
             block_hash = _hex(block_id, "block id (height or hash)")
-        block = await node.read(node.store.block_by_hash, block_hash)
-        cert = await node.read(node.store.certificate, block_hash)
-        if block is None or cert is None:
+        view = await node.read(_block_view, node, block_hash)
+        if view is None:
             raise NotFound(f"no block {block_id}")
-        return {
-            "header": header_view(block.header),
-            "certificate": certificate_view(cert),
-            "transactions": [{"hash": tx.hash.hex(), "contract": tx.contract, "method": tx.method,
-                              "sender": tx.sender.hex(), "stripped": tx.stripped}
-                             for tx in block.transactions],
-        }  # fmt: skip
+        return JSONResponse(view)  # built off the event loop; a large block skips FastAPI's encoder
 
     @app.get("/v1/accounts/{key}/nonce", summary="Next nonce for a sender key")
     async def next_nonce(key: str) -> dict[str, Any]:

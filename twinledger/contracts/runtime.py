@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twinledger.abc import Application, BlockResult, StateReader, StateValue
-from twinledger.core.encoding import to_obj
+from twinledger.core.encoding import encode
 from twinledger.core.hashing import hash_obj
 from twinledger.core.types import BlockHeader, Event, Receipt, Transaction
 from twinledger.errors import ContractError, DecodeError, InvalidTransaction
@@ -81,15 +81,20 @@ def committed_nonce(state: StateReader, sender: bytes) -> int:
     return -1 if value is None else value
 
 
-def state_root(parent_root: bytes, writes: Mapping[str, StateValue], receipts: tuple[Receipt, ...]) -> bytes:
+def encode_writes(writes: Mapping[str, StateValue]) -> dict[str, bytes | None]:
+    """The write set in key order, each value encoded once for both the root and the store."""
+    return {key: None if writes[key] is None else encode(writes[key]) for key in sorted(writes)}
+
+
+def state_root(parent_root: bytes, encoded_writes: Mapping[str, bytes | None], receipts: tuple[Receipt, ...]) -> bytes:
     """Chains the parent's root with this block's sorted write set and receipts: a replay
-    that diverges anywhere yields another root."""
+    that diverges anywhere yields another root. Hashes the encodings the store keeps."""
     return hash_obj(
         STATE_TAG,
         {
             "parent": parent_root,
-            "writes": [[key, writes[key]] for key in sorted(writes)],
-            "receipts": [to_obj(r) for r in receipts],
+            "writes": [[key, value] for key, value in encoded_writes.items()],
+            "receipts": [receipt.encoded for receipt in receipts],
         },
     )
 
@@ -134,5 +139,5 @@ class ContractRuntime(Application):
                       transactions: tuple[Transaction, ...], parent_state_root: bytes) -> BlockResult:  # fmt: skip
         block_state = Overlay(state)
         receipts = tuple(self.state_transition(block_state, tx, header) for tx in transactions)
-        writes = block_state.writes
-        return BlockResult(writes, receipts, state_root(parent_state_root, writes, receipts))
+        encoded = encode_writes(block_state.writes)
+        return BlockResult(block_state.writes, receipts, state_root(parent_state_root, encoded, receipts), encoded)

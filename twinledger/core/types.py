@@ -286,9 +286,13 @@ class Receipt:
     error: str
     events: tuple[Event, ...] = field(default=())
 
+    @cached_property
+    def encoded(self) -> bytes:
+        return encode(to_obj(self))
+
 
 def encode_receipt(receipt: Receipt) -> bytes:
-    return encode(to_obj(receipt))
+    return receipt.encoded
 
 
 def decode_receipt(data: bytes) -> Receipt:

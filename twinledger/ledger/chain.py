@@ -101,7 +101,7 @@ class Chain:
         if stored is None:
             empty = CommitCertificate(genesis.chain_id, 0, 0, genesis_header.hash, ())
             store.commit_block(Block(genesis_header, ()), empty,
-                               BlockResult({}, (), genesis_header.state_root), ())  # fmt: skip
+                               BlockResult({}, (), genesis_header.state_root, {}), ())  # fmt: skip
         elif stored.hash != genesis_header.hash:
             raise ConfigError("the chain store holds another chain than this genesis describes")
         self.tree = BlockTree(genesis_header)

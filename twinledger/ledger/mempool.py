@@ -1,7 +1,8 @@
 """The mempool: pending transactions in arrival order, de-duplicated and bounded.
 
-Durability is the node's business (it writes each admitted batch to the chain store
-before acknowledging); this structure only orders and bounds.
+Durability is the node's business: it adds a batch as *journaling*, writes it to the
+chain store, then marks it durable. Only durable transactions are selected for blocks,
+and a sender's transactions are never selected past one that is still journaling.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class Mempool:
         self.max_txs = max_txs
         self._txs: dict[bytes, Transaction] = {}
         self._by_sender: dict[bytes, dict[int, bytes]] = {}
+        self._journaling: set[bytes] = set()
 
     def __len__(self) -> int:
         return len(self._txs)
@@ -36,9 +38,14 @@ class Mempool:
             raise MempoolFull(f"mempool holds its limit of {self.max_txs} transactions; retry later")
         return True
 
-    def add(self, tx: Transaction) -> None:
+    def add(self, tx: Transaction, durable: bool = True) -> None:
         self._txs[tx.hash] = tx
         self._by_sender.setdefault(tx.sender, {})[tx.nonce] = tx.hash
+        if not durable:
+            self._journaling.add(tx.hash)
+
+    def mark_durable(self, hashes: Iterable[bytes]) -> None:
+        self._journaling.difference_update(hashes)
 
     def select(self, max_txs: int) -> list[Transaction]:
         """Up to ``max_txs`` transactions in arrival order, each sender's in nonce order,
@@ -47,8 +54,12 @@ class Mempool:
         taken: set[bytes] = set()
         sorted_nonces: dict[bytes, list[int]] = {}
         position: dict[bytes, int] = {}
+        blocked: set[bytes] = set()
         for tx in self._txs.values():
-            if tx.hash in taken:
+            if tx.hash in taken or tx.sender in blocked:
+                continue
+            if tx.hash in self._journaling:
+                blocked.add(tx.sender)
                 continue
             nonces = self._by_sender[tx.sender]
             if tx.sender not in sorted_nonces:
@@ -56,6 +67,9 @@ class Mempool:
             order = sorted_nonces[tx.sender]
             start, end = position.get(tx.sender, 0), bisect.bisect_right(order, tx.nonce)
             batch = [self._txs[nonces[n]] for n in order[start:end]]
+            if any(t.hash in self._journaling for t in batch):
+                blocked.add(tx.sender)
+                continue
             if len(chosen) + len(batch) > max_txs:
                 break
             chosen.extend(batch)
@@ -68,6 +82,7 @@ class Mempool:
             tx = self._txs.pop(tx_hash, None)
             if tx is None:
                 continue
+            self._journaling.discard(tx_hash)
             nonces = self._by_sender[tx.sender]
             nonces.pop(tx.nonce, None)
             if not nonces:

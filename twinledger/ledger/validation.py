@@ -10,9 +10,10 @@ from twinledger.core.types import (
     Block,
     BlockHeader,
     Transaction,
+    decode_transaction,
 )
 from twinledger.crypto.keys import verify_signature
-from twinledger.errors import InvalidBlock, InvalidTransaction
+from twinledger.errors import InvalidBlock, InvalidTransaction, TwinledgerError
 
 MAX_CLOCK_DRIFT_MS = 10 * 60 * 1000
 
@@ -29,6 +30,25 @@ def validate_transaction(tx: AnyTransaction, chain_id: str, now_ms: int | None =
                                  code="bad_timestamp")  # fmt: skip
     if not verify_signature(tx.sender, tx.signing_digest, tx.signature):
         raise InvalidTransaction("transaction signature does not verify", code="bad_signature")
+
+
+def decode_and_validate(raw: list[bytes], chain_id: str, now_ms: int) -> list[Transaction | TwinledgerError]:
+    """Decode and statelessly validate submitted transactions, one outcome per item.
+
+    Runs in worker processes for large batches; the results come back with their hashes
+    already computed, so the ledger never decodes or hashes them again."""
+    out: list[Transaction | TwinledgerError] = []
+    for data in raw:
+        try:
+            tx = decode_transaction(data)
+            if not isinstance(tx, Transaction):
+                raise InvalidTransaction("a stripped transaction cannot be submitted", code="stripped")
+            validate_transaction(tx, chain_id, now_ms)
+            tx.hash  # noqa: B018 - computed here, off the ledger's process
+            out.append(tx)
+        except TwinledgerError as exc:
+            out.append(exc)
+    return out
 
 
 def validate_block(block: Block, parent: BlockHeader, validators_hash: bytes, max_txs: int) -> None:

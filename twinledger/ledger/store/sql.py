@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from twinledger.abc import BlockResult, ChainStore, StateValue, TransactionLocation
-from twinledger.core.encoding import decode, encode
+from twinledger.core.encoding import decode
 from twinledger.core.types import (
     AnyTransaction,
     Block,
@@ -140,9 +140,8 @@ class SqlChainStore(ChainStore):
             )
             cur.executemany(
                 "INSERT INTO state (key, height, value) VALUES (?, ?, ?)",
-                [(key, header.height, None if value is None else encode(value))
-                 for key, value in sorted(result.writes.items())],
-            )  # fmt: skip
+                [(key, header.height, value) for key, value in result.encoded_writes.items()],
+            )
             cur.executemany("DELETE FROM pending WHERE tx_hash = ?", [(tx.hash,) for tx in stored])
 
     def store_side_block(self, block: Block, certificate: CommitCertificate) -> None:

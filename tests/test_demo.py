@@ -1,0 +1,26 @@
+"""`twinledger demo --exit`, the command behind `make demo`, end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from twinledger.core.proof import parse_proof, verify_proof
+
+
+def test_demo_runs_every_step_and_exits_cleanly(tmp_path):
+    home = tmp_path / "demo"
+    run = subprocess.run([sys.executable, "-m", "twinledger", "demo", "--dir", str(home), "--exit"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "rejected" in run.stdout and "chain OK" in run.stdout
+    assert "Traceback" not in run.stdout + run.stderr
+    proofs = list((home / "proofs").glob("*.json"))
+    assert len(proofs) == 1
+    assert verify_proof(parse_proof(proofs[0].read_text())).tx_hash.hex() == proofs[0].stem
+    assert not (home / "run" / "node.json").exists(), "--exit must stop the node"
+
+    again = subprocess.run([sys.executable, "-m", "twinledger", "demo", "--dir", str(home), "--exit"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 0 and "reusing the node home" in again.stdout
+    assert len(list((home / "proofs").glob("*.json"))) == 2

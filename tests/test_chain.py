@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 from ledger_helpers import GENESIS, USER, VALIDATOR, new_chain, produce, record
 
-from twinledger.core.types import Block, CommitCertificate, VoteSignature
+from twinledger.core.types import Block, CommitCertificate, Receipt, VoteSignature, encode_receipt
 from twinledger.crypto.keys import SigningKey
 from twinledger.errors import InvalidBlock, InvalidTransaction, MempoolFull
 from twinledger.ledger.blocktree import BlockTree
@@ -173,3 +173,15 @@ def test_verify_chain_finds_tampered_state(stores):
     store._conn().execute("UPDATE state SET value = ? WHERE height = 1 AND key LIKE 'nonce/%'", (b"\x05",))
     report = verify_chain(store, GENESIS, chain.consensus, chain.app)
     assert not report.ok and "state" in report.problems[0][1]
+
+
+def test_verify_chain_finds_tampered_receipt(stores):
+    store = stores()
+    chain = new_chain(store)
+    tx = record()
+    produce(chain, [tx])
+    assert verify_chain(store, GENESIS, chain.consensus, chain.app).ok
+    forged = Receipt(tx.hash, "failed", "contract_error")
+    store._conn().execute("UPDATE tx_index SET receipt = ? WHERE tx_hash = ?", (encode_receipt(forged), tx.hash))
+    report = verify_chain(store, GENESIS, chain.consensus, chain.app)
+    assert not report.ok and "receipts" in report.problems[0][1]

@@ -110,6 +110,10 @@ class ChainStore(ABC):
     def state_writes(self, height: int) -> dict[str, StateValue]:
         """The state writes recorded for canonical block ``height``."""
 
+    @abstractmethod
+    def receipts(self, height: int) -> list[Receipt]:
+        """The receipts recorded for canonical block ``height``, in transaction order."""
+
     # -- pending transactions (the durable mempool) ----------------------------------------
     @abstractmethod
     def add_pending(self, txs: Iterable[Transaction]) -> None: ...

@@ -105,6 +105,9 @@ def verify_chain(store: ChainStore, genesis: Genesis, consensus: Consensus, app:
             if dict(result.writes) != store.state_writes(height):
                 report.problems.append((height, "stored state differs from the replayed state"))
                 break
+            if store.receipts(height) != list(result.receipts):
+                report.problems.append((height, "stored receipts differ from the replayed receipts"))
+                break
             state.values.update(result.writes)
             report.replayed_to = height
         else:

@@ -22,6 +22,7 @@ from twinledger.core.types import (
     Block,
     BlockHeader,
     CommitCertificate,
+    Receipt,
     Transaction,
     decode_certificate,
     decode_header,
@@ -229,6 +230,10 @@ class SqlChainStore(ChainStore):
     def state_writes(self, height: int) -> dict[str, StateValue]:
         rows = self._all("SELECT key, value FROM state WHERE height = ?", height)
         return {key: None if value is None else decode(bytes(value)) for key, value in rows}
+
+    def receipts(self, height: int) -> list[Receipt]:
+        rows = self._all("SELECT receipt FROM tx_index WHERE height = ? ORDER BY idx", height)
+        return [decode_receipt(bytes(row[0])) for row in rows]
 
     # -- pending ---------------------------------------------------------------------------
     def add_pending(self, txs: Iterable[Transaction]) -> None:

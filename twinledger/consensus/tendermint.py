@@ -1,0 +1,349 @@
+"""Tendermint (Buchman, Kwon, Milosevic 2018, Algorithm 1) as a pure state machine.
+
+``step(state, event) -> (state, effects)`` is the whole algorithm for one height: it
+reads no clock, signs nothing, touches no disk. The driver (``consensus/bft.py``) turns
+effects into signed messages, timers and commits, and the simulator in the tests runs
+the same function under adversarial schedules. Values are block hashes; whether a block
+is valid is decided by the driver before it hands the proposal in.
+
+Line numbers (L22, L28, …) refer to Algorithm 1; docs/consensus.md explains the rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+NIL = b""
+"""The block hash of a nil vote."""
+
+
+class Step(IntEnum):
+    PROPOSE = 0
+    PREVOTE = 1
+    PRECOMMIT = 2
+
+
+class VoteKind(IntEnum):
+    PREVOTE = 1
+    PRECOMMIT = 2
+
+
+# -- messages (signatures are checked by the driver before they get here) ---------------------
+
+
+@dataclass(frozen=True)
+class Proposal:
+    height: int
+    round: int
+    block_hash: bytes
+    valid_round: int
+    proposer: bytes
+    signature: bytes = b""
+
+
+@dataclass(frozen=True)
+class Vote:
+    kind: VoteKind
+    height: int
+    round: int
+    block_hash: bytes
+    validator: bytes
+    signature: bytes = b""
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProposalReceived:
+    proposal: Proposal
+    block_valid: bool
+    """valid(v): the driver has the block and it executes correctly on the head."""
+
+
+@dataclass(frozen=True)
+class VoteReceived:
+    vote: Vote
+
+
+@dataclass(frozen=True)
+class TimeoutFired:
+    step: Step
+    height: int
+    round: int
+
+
+Event = ProposalReceived | VoteReceived | TimeoutFired
+
+
+# -- effects --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildProposal:
+    """This validator proposes at (height, round): ``block_hash`` if it has a valid value,
+    else a new block built by the driver."""
+
+    height: int
+    round: int
+    block_hash: bytes | None
+    valid_round: int
+
+
+@dataclass(frozen=True)
+class CastVote:
+    kind: VoteKind
+    height: int
+    round: int
+    block_hash: bytes
+
+
+@dataclass(frozen=True)
+class ScheduleTimeout:
+    step: Step
+    height: int
+    round: int
+
+
+@dataclass(frozen=True)
+class Decide:
+    height: int
+    round: int
+    block_hash: bytes
+    precommits: tuple[Vote, ...]
+
+
+@dataclass(frozen=True)
+class FetchBlock:
+    """2f+1 precommits for a block this validator has no proposal for (pitfall: fetch it)."""
+
+    height: int
+    round: int
+    block_hash: bytes
+
+
+@dataclass(frozen=True)
+class Equivocation:
+    """Two signed votes of one validator for one (height, round, kind) that differ."""
+
+    first: Vote
+    second: Vote
+
+
+Effect = BuildProposal | CastVote | ScheduleTimeout | Decide | FetchBlock | Equivocation
+
+
+# -- state ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class State:
+    validators: tuple[bytes, ...]
+    me: bytes | None
+    height: int
+    round: int = 0
+    step: Step = Step.PROPOSE
+    locked_value: bytes | None = None
+    locked_round: int = -1
+    valid_value: bytes | None = None
+    valid_round: int = -1
+    decided: bytes | None = None
+    proposals: tuple[Proposal, ...] = ()
+    votes: tuple[Vote, ...] = ()
+    valid_blocks: frozenset[bytes] = frozenset()
+    fired: frozenset[tuple[str, int]] = field(default=frozenset())
+    """"First time" rules already fired, as (rule, round)."""
+
+    @property
+    def quorum(self) -> int:
+        """More than 2/3 of the validators (2f+1)."""
+        return 2 * len(self.validators) // 3 + 1
+
+    @property
+    def one_honest(self) -> int:
+        """More than 1/3 of the validators (f+1): at least one of them is correct."""
+        return len(self.validators) // 3 + 1
+
+
+def proposer(validators: tuple[bytes, ...], height: int, round_: int) -> bytes:
+    """Round-robin over the sorted validator set, shifted by height."""
+    ordered = sorted(validators)
+    return ordered[(height + round_) % len(ordered)]
+
+
+def start_height(validators: tuple[bytes, ...], me: bytes | None, height: int) -> tuple[State, list[Effect]]:
+    """The machine at round 0 of ``height`` and what it does first."""
+    return start_round(State(tuple(validators), me, height), 0)
+
+
+# -- queries over the height's message log ------------------------------------------------------
+
+
+def _votes(state: State, kind: VoteKind, round_: int) -> list[Vote]:
+    return [v for v in state.votes if v.kind == kind and v.round == round_]
+
+
+def _count(state: State, kind: VoteKind, round_: int, block_hash: bytes | None = None) -> int:
+    """Distinct validators voting ``kind`` in ``round_`` (for ``block_hash``, or for anything)."""
+    return len({v.validator for v in _votes(state, kind, round_) if block_hash is None or v.block_hash == block_hash})
+
+
+def _proposal(state: State, round_: int) -> Proposal | None:
+    expected = proposer(state.validators, state.height, round_)
+    for p in state.proposals:
+        if p.round == round_ and p.proposer == expected:
+            return p
+    return None
+
+
+def _first_time(state: State, rule: str, round_: int) -> tuple[bool, State]:
+    if (rule, round_) in state.fired:
+        return False, state
+    return True, dataclasses.replace(state, fired=state.fired | {(rule, round_)})
+
+
+# -- transitions ------------------------------------------------------------------------------
+
+
+def start_round(state: State, round_: int) -> tuple[State, list[Effect]]:
+    state = dataclasses.replace(state, round=round_, step=Step.PROPOSE)
+    if state.me is not None and proposer(state.validators, state.height, round_) == state.me:
+        return state, [BuildProposal(state.height, round_, state.valid_value, state.valid_round)]
+    return state, [ScheduleTimeout(Step.PROPOSE, state.height, round_)]
+
+
+def _cast(state: State, kind: VoteKind, block_hash: bytes) -> tuple[State, list[Effect]]:
+    step = Step.PREVOTE if kind == VoteKind.PREVOTE else Step.PRECOMMIT
+    state = dataclasses.replace(state, step=step)
+    if state.me is None or state.me not in state.validators:
+        return state, []
+    return state, [CastVote(kind, state.height, state.round, block_hash)]
+
+
+def _record(state: State, event: Event) -> tuple[State, list[Effect]]:
+    """Add a message to the log; a second, different vote of one validator is evidence."""
+    if isinstance(event, ProposalReceived):
+        p = event.proposal
+        if p.height != state.height or p.proposer != proposer(state.validators, p.height, p.round):
+            return state, []
+        if any(q.round == p.round and q.proposer == p.proposer for q in state.proposals):
+            return state, []  # a proposer's first proposal of a round is the one that counts
+        valid = state.valid_blocks | {p.block_hash} if event.block_valid else state.valid_blocks
+        return dataclasses.replace(state, proposals=(*state.proposals, p), valid_blocks=valid), []
+    if isinstance(event, VoteReceived):
+        v = event.vote
+        if v.height != state.height or v.validator not in state.validators:
+            return state, []
+        for seen in state.votes:
+            if (seen.validator, seen.kind, seen.round) == (v.validator, v.kind, v.round):
+                if seen.block_hash != v.block_hash:
+                    return state, [Equivocation(seen, v)]
+                return state, []
+        return dataclasses.replace(state, votes=(*state.votes, v)), []
+    return state, []
+
+
+def _on_timeout(state: State, timeout: TimeoutFired) -> tuple[State, list[Effect]]:
+    if (timeout.height, timeout.round) != (state.height, state.round) or state.decided is not None:
+        return state, []
+    if timeout.step == Step.PROPOSE and state.step == Step.PROPOSE:
+        return _cast(state, VoteKind.PREVOTE, NIL)
+    if timeout.step == Step.PREVOTE and state.step == Step.PREVOTE:
+        return _cast(state, VoteKind.PRECOMMIT, NIL)
+    if timeout.step == Step.PRECOMMIT:
+        return start_round(state, state.round + 1)
+    return state, []
+
+
+def _apply_rules(state: State) -> tuple[State, list[Effect]]:
+    """Fire the first rule whose condition holds; ([], same state) when none does."""
+    if state.decided is not None:
+        return state, []
+    h, r = state.height, state.round
+
+    # L49: a proposal and 2f+1 precommits for it, in any round: decide.
+    for p in state.proposals:
+        if _count(state, VoteKind.PRECOMMIT, p.round, p.block_hash) >= state.quorum and p.block_hash in state.valid_blocks:
+            precommits = tuple(v for v in _votes(state, VoteKind.PRECOMMIT, p.round) if v.block_hash == p.block_hash)
+            return dataclasses.replace(state, decided=p.block_hash), [Decide(h, p.round, p.block_hash, precommits)]
+    # Pitfall: 2f+1 precommits for a block we have no proposal for — fetch the block.
+    for v in state.votes:
+        committed = v.kind == VoteKind.PRECOMMIT and v.block_hash != NIL
+        if committed and _count(state, VoteKind.PRECOMMIT, v.round, v.block_hash) >= state.quorum:
+            first, state_after = _first_time(state, "fetch", v.round)
+            if first and not any(p.block_hash == v.block_hash for p in state.proposals):
+                return state_after, [FetchBlock(h, v.round, v.block_hash)]
+
+    # L55: f+1 messages of a higher round: skip to it.
+    later = {m.round for m in (*state.votes, *state.proposals) if m.round > r}
+    for round_ in sorted(later, reverse=True):
+        senders = {v.validator for v in state.votes if v.round == round_}
+        senders |= {p.proposer for p in state.proposals if p.round == round_}
+        if len(senders) >= state.one_honest:
+            return start_round(state, round_)
+
+    proposal = _proposal(state, r)
+    if state.step == Step.PROPOSE and proposal is not None:
+        v, vr = proposal.block_hash, proposal.valid_round
+        valid = v in state.valid_blocks
+        if vr == -1:  # L22
+            ok = valid and (state.locked_round == -1 or state.locked_value == v)
+            return _cast(state, VoteKind.PREVOTE, v if ok else NIL)
+        if 0 <= vr < r and _count(state, VoteKind.PREVOTE, vr, v) >= state.quorum:  # L28
+            ok = valid and (state.locked_round <= vr or state.locked_value == v)
+            return _cast(state, VoteKind.PREVOTE, v if ok else NIL)
+
+    if state.step == Step.PREVOTE and _count(state, VoteKind.PREVOTE, r) >= state.quorum:  # L34
+        first, after = _first_time(state, "L34", r)
+        if first:
+            return after, [ScheduleTimeout(Step.PREVOTE, h, r)]
+
+    if (
+        proposal is not None
+        and state.step >= Step.PREVOTE
+        and proposal.block_hash in state.valid_blocks
+        and _count(state, VoteKind.PREVOTE, r, proposal.block_hash) >= state.quorum
+    ):  # L36
+        first, after = _first_time(state, "L36", r)
+        if first:
+            v = proposal.block_hash
+            effects: list[Effect] = []
+            if after.step == Step.PREVOTE:
+                after = dataclasses.replace(after, locked_value=v, locked_round=r)
+                after, effects = _cast(after, VoteKind.PRECOMMIT, v)
+            return dataclasses.replace(after, valid_value=v, valid_round=r), effects
+
+    if state.step == Step.PREVOTE and _count(state, VoteKind.PREVOTE, r, NIL) >= state.quorum:  # L44
+        return _cast(state, VoteKind.PRECOMMIT, NIL)
+
+    if _count(state, VoteKind.PRECOMMIT, r) >= state.quorum:  # L47
+        first, after = _first_time(state, "L47", r)
+        if first:
+            return after, [ScheduleTimeout(Step.PRECOMMIT, h, r)]
+    return state, []
+
+
+def step(state: State, event: Event) -> tuple[State, list[Effect]]:
+    """Apply one event, then every rule it enables, until none fires."""
+    if isinstance(event, TimeoutFired):
+        state, effects = _on_timeout(state, event)
+    else:
+        state, effects = _record(state, event)
+    while True:
+        before = state
+        state, more = _apply_rules(state)
+        effects.extend(more)
+        if state == before and not more:
+            return state, effects
+
+
+def drive(state: State, events: Iterable[Event]) -> tuple[State, list[Effect]]:
+    """Apply several events in order (a convenience for replay and tests)."""
+    effects: list[Effect] = []
+    for event in events:
+        state, more = step(state, event)
+        effects.extend(more)
+    return state, effects

@@ -7,9 +7,9 @@ stores, ``contracts/runtime.py`` for the application, ``consensus/`` for consens
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twinledger.core.types import (
     AnyTransaction,
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from twinledger.ledger.blocktree import BlockTree
 
 
+T = TypeVar("T")
 StateValue = Any
 """A canonical value (see core.encoding); ``None`` means absent."""
 
@@ -129,6 +130,10 @@ class ChainStore(ABC):
     def set_meta(self, key: str, value: bytes) -> None: ...
 
     @abstractmethod
+    def meta_items(self, prefix: str) -> list[tuple[str, bytes]]:
+        """Metadata entries whose key starts with ``prefix``, in key order."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
 
@@ -174,10 +179,44 @@ class BlockProducer(ABC):
     async def wait_for_transactions(self) -> None: ...
 
     @abstractmethod
-    async def build_block(self, proposer: bytes) -> tuple[Block, BlockResult] | None:
-        """A block over the head from pending transactions, executed; None if none pend."""
+    async def build_block(self, proposer: bytes, allow_empty: bool = False) -> tuple[Block, BlockResult] | None:
+        """A block over the head from pending transactions, executed; None if none pend
+        (unless ``allow_empty``)."""
 
     @abstractmethod
     async def commit_block(self, block: Block, certificate: CommitCertificate,
                            result: BlockResult) -> None:  # fmt: skip
         """Make a certified block the new head, durably."""
+
+
+class NetworkedProducer(BlockProducer):
+    """What a node offers a consensus engine that votes with other nodes over the network."""
+
+    @property
+    @abstractmethod
+    def head(self) -> BlockHeader: ...
+
+    @abstractmethod
+    async def execute_proposal(self, block: Block) -> BlockResult:
+        """Validate and execute a proposed block on the head without committing it; raise
+        InvalidBlock (or InvalidTransaction) if it is not valid."""
+
+    @abstractmethod
+    def broadcast(self, message_type: str, body: dict[str, Any]) -> None:
+        """Gossip a message to every peer."""
+
+    @abstractmethod
+    def request_blocks(self, height: int) -> None:
+        """Ask peers for committed blocks from ``height`` on (block sync)."""
+
+    @abstractmethod
+    async def durably(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` where store writes happen (the ledger thread), and await it."""
+
+    @abstractmethod
+    def consensus_record(self) -> tuple[Callable[[], bytes | None], Callable[[bytes], None]]:
+        """Load and save functions for the consensus engine's crash-safe record."""
+
+    @abstractmethod
+    async def record_evidence(self, kind: str, first: dict[str, Any], second: dict[str, Any]) -> None:
+        """Store evidence of equivocation durably."""

@@ -49,6 +49,12 @@ class NodeConfig:
     store_url: str
     mempool_max_txs: int
     keep_contracts: tuple[str, ...]
+    p2p_host: str = "127.0.0.1"
+    p2p_port: int | None = None
+    """None: no peer-to-peer listener (a solo home)."""
+    p2p_advertise: str | None = None
+    seeds: tuple[str, ...] = ()
+    target_peers: int = 8
 
     @property
     def produces_blocks(self) -> bool:
@@ -120,6 +126,11 @@ def load_config(home: Path) -> NodeConfig:
             store_url=url,
             mempool_max_txs=int(doc.get("mempool", {}).get("max_txs", 100_000)),
             keep_contracts=tuple(doc.get("ledger", {}).get("keep_contracts", [])),
+            p2p_host=str(doc.get("p2p", {}).get("host", "127.0.0.1")),
+            p2p_port=int(doc["p2p"]["port"]) if "p2p" in doc else None,
+            p2p_advertise=doc.get("p2p", {}).get("advertise"),
+            seeds=tuple(str(seed) for seed in doc.get("p2p", {}).get("seeds", [])),
+            target_peers=int(doc.get("p2p", {}).get("target_peers", 8)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path} is missing or has a malformed setting: {exc}") from exc
@@ -146,6 +157,63 @@ def init_home(home: Path, organisation: str, *, node: str = "node-1", roles: tup
               store_url: str = "sqlite:///data/chain.db") -> NodeConfig:  # fmt: skip
     """Create a home: consortium CA (dev), organisation CA, node keys and certificate,
     an operator key for the CLI, a solo genesis naming this node, and node.toml."""
+    _check_new_home(home, organisation, node, roles)
+    secret = passphrase()
+    consortium = certs.create_consortium_ca(f"{organisation}-consortium")
+    certs.write_issuer(home / "ca" / "consortium.pem", home / "ca" / "consortium.key", consortium, secret)
+    signing = _create_node(home, organisation, node, consortium, secret)
+    genesis = Genesis(
+        chain_id=chain_id or f"{organisation}-chain",
+        genesis_time=int(time.time() * 1000),
+        consensus="solo",
+        validators=(GenesisValidator(organisation, signing),),
+        block_interval_ms=block_interval_ms,
+        max_block_txs=max_block_txs,
+    )
+    genesis.write(home / "genesis.json")
+    _write_node_toml(home, organisation, node, roles, api_host, api_port, store_url, p2p=None)
+    return load_config(home)
+
+
+def init_network(directory: Path, organisations: list[str], *, consensus: str = "bft", chain_id: str = "consortium",
+                 host: str = "127.0.0.1", base_port: int = 7800, block_interval_ms: int = 200,
+                 max_block_txs: int = 5000, authority_signatures: int | None = None) -> list[NodeConfig]:  # fmt: skip
+    """A consortium: one CA, and per organisation a home (DIR/<org>) whose node is a
+    validator, listens for peers on base_port + 2i and serves its API on base_port + 2i + 1,
+    with every other node as a seed; one genesis naming all of them."""
+    if consensus not in ("bft", "poa"):
+        raise ConfigError("a network's consensus is bft or poa")
+    if len(set(organisations)) != len(organisations) or not organisations:
+        raise ConfigError("name each organisation once")
+    homes = [directory / org for org in organisations]
+    for home, org in zip(homes, organisations, strict=True):
+        _check_new_home(home, org, "node-1", ("full",))
+    secret = passphrase()
+    consortium = certs.create_consortium_ca(f"{chain_id}-consortium")
+    certs.write_issuer(directory / "consortium" / "consortium-ca.pem", directory / "consortium" / "consortium-ca.key",
+                       consortium, secret)  # fmt: skip
+    keys = [_create_node(home, org, "node-1", consortium, secret) for home, org in zip(homes, organisations, strict=True)]
+    genesis = Genesis(
+        chain_id=chain_id,
+        genesis_time=int(time.time() * 1000),
+        consensus=consensus,
+        validators=tuple(GenesisValidator(org, key) for org, key in zip(organisations, keys, strict=True)),
+        block_interval_ms=block_interval_ms,
+        max_block_txs=max_block_txs,
+        authority_signatures=authority_signatures or (len(organisations) // 2 + 1),
+    )
+    p2p_addresses = [f"{host}:{base_port + 2 * i}" for i in range(len(organisations))]
+    configs = []
+    for i, (home, org) in enumerate(zip(homes, organisations, strict=True)):
+        genesis.write(home / "genesis.json")
+        p2p = {"host": host, "port": base_port + 2 * i, "seeds": [a for a in p2p_addresses if a != p2p_addresses[i]],
+               "target_peers": 8}  # fmt: skip
+        _write_node_toml(home, org, "node-1", ("full",), host, base_port + 2 * i + 1, "sqlite:///data/chain.db", p2p)
+        configs.append(load_config(home))
+    return configs
+
+
+def _check_new_home(home: Path, organisation: str, node: str, roles: tuple[str, ...]) -> None:
     for label, value in (("organisation", organisation), ("node name", node)):
         if not NAME_PATTERN.match(value):
             raise ConfigError(f"{label} {value!r} must be 1-63 letters, digits, '.', '_' or '-'")
@@ -153,15 +221,15 @@ def init_home(home: Path, organisation: str, *, node: str = "node-1", roles: tup
         raise ConfigError(f"roles must be some of {', '.join(ROLES)}")
     if (home / "node.toml").exists():
         raise ConfigError(f"{home} already holds a node (node.toml exists)")
-    home.mkdir(parents=True, exist_ok=True)
-    secret = passphrase()
 
-    consortium = certs.create_consortium_ca(f"{organisation}-consortium")
-    certs.write_issuer(home / "ca" / "consortium.pem", home / "ca" / "consortium.key", consortium, secret)
+
+def _create_node(home: Path, organisation: str, node: str, consortium: certs.Issuer, secret: str | None) -> bytes:
+    """Organisation CA, node keys and certificate chain, operator key; returns the node's
+    Ed25519 public key."""
+    home.mkdir(parents=True, exist_ok=True)
     org_ca = certs.issue_organisation_ca(consortium, organisation)
     certs.write_issuer(home / "certs" / "organisation.pem", home / "keys" / "organisation-ca.key", org_ca, secret)
     certs.write_certificate(home / "certs" / "consortium-ca.pem", consortium.cert)
-
     signing, encryption, operator = SigningKey.generate(), EncryptionKey.generate(), SigningKey.generate()
     write_secret_file(home / "keys" / "node-signing.key", "ed25519", signing.seed, secret)
     write_secret_file(home / "keys" / "node-encryption.key", "x25519", encryption.secret, secret)
@@ -170,24 +238,20 @@ def init_home(home: Path, organisation: str, *, node: str = "node-1", roles: tup
     certs.write_issuer(home / "certs" / "node.pem", home / "keys" / "tls.key", node_cert, secret)
     chain_pem = (home / "certs" / "node.pem").read_bytes() + (home / "certs" / "organisation.pem").read_bytes()
     (home / "certs" / "node-chain.pem").write_bytes(chain_pem)
+    for folder in ("data", "run"):
+        (home / folder).mkdir(exist_ok=True)
+    return signing.public
 
-    genesis = Genesis(
-        chain_id=chain_id or f"{organisation}-chain",
-        genesis_time=int(time.time() * 1000),
-        consensus="solo",
-        validators=(GenesisValidator(organisation, signing.public),),
-        block_interval_ms=block_interval_ms,
-        max_block_txs=max_block_txs,
-    )
-    genesis.write(home / "genesis.json")
-    doc = {
+
+def _write_node_toml(home: Path, organisation: str, node: str, roles: tuple[str, ...], api_host: str, api_port: int,
+                     store_url: str, p2p: dict[str, Any] | None) -> None:  # fmt: skip
+    doc: dict[str, Any] = {
         "node": {"organisation": organisation, "name": node, "roles": list(roles)},
         "api": {"host": api_host, "port": api_port, "tls": "auto"},
         "store": {"url": store_url},
         "mempool": {"max_txs": 100_000},
         "ledger": {"keep_contracts": []},
     }
+    if p2p is not None:
+        doc["p2p"] = p2p
     (home / "node.toml").write_text(tomli_w.dumps(doc))
-    for folder in ("data", "run"):
-        (home / folder).mkdir(exist_ok=True)
-    return load_config(home)

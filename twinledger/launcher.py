@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -39,8 +41,9 @@ class NodeProcess:
         self.process.wait()
 
 
-def start_node(home: Path, timeout: float = 60.0) -> NodeProcess:
-    """Start ``twinledger node start --home HOME`` and return once its API answers."""
+def start_node(home: Path, timeout: float = 60.0, detach: bool = False) -> NodeProcess:
+    """Start ``twinledger node start --home HOME`` and return once its API answers.
+    A detached node runs in its own session, so it outlives the command that started it."""
     config = load_config(home)
     config.run_file.unlink(missing_ok=True)
     log_path = home / "node.log"
@@ -48,6 +51,7 @@ def start_node(home: Path, timeout: float = 60.0) -> NodeProcess:
     process = subprocess.Popen(
         [sys.executable, "-m", "twinledger", "node", "start", "--home", str(home)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=detach,
     )
     log.close()
     deadline = time.monotonic() + timeout
@@ -68,3 +72,54 @@ def start_node(home: Path, timeout: float = 60.0) -> NodeProcess:
         time.sleep(0.05)
     process.kill()
     raise TwinledgerError(f"node did not start within {timeout:.0f} s (log: {log_path})")
+
+
+# -- a local network: one node per organisation ----------------------------------------------------
+
+NETWORK_FILE = "network.json"
+
+
+def network_homes(directory: Path) -> list[tuple[str, Path]]:
+    """(organisation, home) of each node of the local network in ``directory``."""
+    try:
+        doc = json.loads((directory / NETWORK_FILE).read_text())
+        return [(org, directory / org) for org in doc["organisations"]]
+    except FileNotFoundError:
+        raise TwinledgerError(f"{directory} holds no network; run `twinledger network init --dir {directory}`") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TwinledgerError(f"cannot read {directory / NETWORK_FILE}: {exc}") from exc
+
+
+def write_network_file(directory: Path, organisations: list[str], consensus: str) -> None:
+    (directory / NETWORK_FILE).write_text(json.dumps({"organisations": organisations, "consensus": consensus}, indent=2))
+
+
+def running_pid(home: Path) -> int | None:
+    """The pid of the node running from ``home``, if its run file names a live process."""
+    run = read_run_file(load_config(home))
+    if run is None:
+        return None
+    pid = int(run.get("pid", 0))
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return None
+    return pid
+
+
+def stop_pid(pid: int, timeout: float = 15.0) -> bool:
+    """SIGTERM, then SIGKILL after ``timeout``; True if it stopped gracefully."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return False

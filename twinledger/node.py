@@ -25,7 +25,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from twinledger.abc import BlockProducer, BlockResult, TransactionLocation
+from twinledger.abc import BlockResult, NetworkedProducer, TransactionLocation
 from twinledger.config import NodeConfig, passphrase
 from twinledger.consensus import create_consensus
 from twinledger.contracts import default_runtime
@@ -35,16 +35,28 @@ from twinledger.core.types import (
     BlockHeader,
     CommitCertificate,
     Transaction,
+    decode_certificate,
+    decode_header,
+    decode_transaction,
 )
-from twinledger.errors import TwinledgerError
-from twinledger.ledger.chain import Chain, keep_all, keep_filter
+from twinledger.errors import DecodeError, TwinledgerError
+from twinledger.ledger.chain import Chain, ImportOutcome, keep_all, keep_filter
 from twinledger.ledger.genesis import Genesis
 from twinledger.ledger.mempool import Mempool
 from twinledger.ledger.store import open_store
 from twinledger.ledger.validation import decode_and_validate
+from twinledger.net.peers import Peer, PeerManager
+from twinledger.net.wire import Frame
 
 log = logging.getLogger("twinledger.node")
 T = TypeVar("T")
+MAX_GOSSIP_TXS = 10_000
+CONSENSUS_RECORD = "consensus/vote-guard"
+EVIDENCE_PREFIX = "evidence/"
+SYNC_BATCH = 32
+"""Blocks per block-sync response."""
+SYNC_RETRY = 1.0
+"""Seconds before the same height is asked for again."""
 VERIFY_CHUNK = 256
 PROCESS_BATCH = 64
 """Batches at least this large are verified in worker processes; smaller ones in a thread."""
@@ -101,6 +113,7 @@ class Metrics:
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(Metrics.BUCKETS) + 1))
     latency_sum: float = 0.0
     latency_count: int = 0
+    equivocations: int = 0
 
     def observe_latency(self, seconds: float) -> None:
         for i, bound in enumerate(self.BUCKETS):
@@ -113,7 +126,7 @@ class Metrics:
         self.latency_count += 1
 
 
-class Node(BlockProducer):
+class Node(NetworkedProducer):
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.genesis = Genesis.read(config.genesis_path)
@@ -140,6 +153,8 @@ class Node(BlockProducer):
         self._block_event: asyncio.Event | None = None
         self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._submitted_at: dict[bytes, float] = {}
+        self.network: PeerManager | None = None
+        self._sync_asked: dict[int, float] = {}
         self.started = time.time()
 
     @property
@@ -207,7 +222,7 @@ class Node(BlockProducer):
             self.mempool.remove(hashes)
             admission.journaled.set_exception(failure)
 
-    async def submit(self, raw: list[bytes]) -> list[SubmitResult]:
+    async def submit(self, raw: list[bytes], gossip: bool = True) -> list[SubmitResult]:
         """Admit transactions; an accepted one is durable when this returns.
 
         The durable write runs on the journal thread, so the ledger thread builds and
@@ -238,6 +253,8 @@ class Node(BlockProducer):
                 self._submitted_at[result.tx_hash] = now
         if admission.fresh and self._tx_available is not None:
             self._tx_available.set()
+        if gossip and admission.fresh and self.network is not None:
+            self.network.broadcast("txs", {"txs": [tx.encoded for tx in admission.fresh]})
         return admission.results
 
     # -- block production (BlockProducer) ------------------------------------------------------
@@ -247,14 +264,35 @@ class Node(BlockProducer):
             self._tx_available.clear()
             await self._tx_available.wait()
 
-    def _build(self, proposer: bytes) -> tuple[Block, BlockResult] | None:
+    def _build(self, proposer: bytes, allow_empty: bool) -> tuple[Block, BlockResult] | None:
         txs = self.mempool.select(self.genesis.max_block_txs)
-        if not txs:
+        if not txs and not allow_empty:
             return None
         return self.chain.build_block(txs, proposer, int(time.time() * 1000))
 
-    async def build_block(self, proposer: bytes) -> tuple[Block, BlockResult] | None:
-        return await self.in_ledger(self._build, proposer)
+    async def build_block(self, proposer: bytes, allow_empty: bool = False) -> tuple[Block, BlockResult] | None:
+        return await self.in_ledger(self._build, proposer, allow_empty)
+
+    def _execute_proposal(self, block: Block) -> BlockResult:
+        return self.chain.execute_proposal(block, verified=self.mempool)
+
+    async def execute_proposal(self, block: Block) -> BlockResult:
+        return await self.in_ledger(self._execute_proposal, block)
+
+    async def durably(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.in_ledger(fn, *args)
+
+    def consensus_record(self) -> tuple[Callable[[], bytes | None], Callable[[bytes], None]]:
+        return (lambda: self.store.meta(CONSENSUS_RECORD)), (lambda raw: self.store.set_meta(CONSENSUS_RECORD, raw))
+
+    async def record_evidence(self, kind: str, first: dict[str, Any], second: dict[str, Any]) -> None:
+        from twinledger.core.encoding import encode
+        from twinledger.core.hashing import hash_obj
+
+        doc = {"kind": kind, "first": first, "second": second, "detected": int(time.time() * 1000)}
+        key = EVIDENCE_PREFIX + hash_obj("twinledger/evidence/v1", [first, second]).hex()
+        await self.in_ledger(self.store.set_meta, key, encode(doc))
+        self.metrics.equivocations += 1
 
     def _commit(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> None:
         self.chain.commit(block, certificate, result)
@@ -262,6 +300,10 @@ class Node(BlockProducer):
 
     async def commit_block(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> None:
         await self.in_ledger(self._commit, block, certificate, result)
+        self._committed(block)
+
+    def _committed(self, block: Block) -> None:
+        """Metrics, waiting clients and block listeners, after ``block`` became the head."""
         now = time.monotonic()
         m = self.metrics
         m.blocks += 1
@@ -327,6 +369,135 @@ class Node(BlockProducer):
         return max(committed, pending if pending is not None else -1) + 1
 
     # -- running -----------------------------------------------------------------------------
+    # -- the peer-to-peer network ---------------------------------------------------------------
+    def broadcast(self, message_type: str, body: dict[str, Any]) -> None:
+        if self.network is not None:
+            self.network.broadcast(message_type, body)
+
+    def request_blocks(self, height: int) -> None:
+        """Ask the peers that are ahead (or all, if none says so) for blocks from ``height``."""
+        if self.network is None:
+            return
+        now = time.monotonic()
+        if now - self._sync_asked.get(height, 0.0) < SYNC_RETRY:
+            return
+        self._sync_asked = {h: t for h, t in self._sync_asked.items() if now - t < SYNC_RETRY}
+        self._sync_asked[height] = now
+        peers = list(self.network.peers.values())
+        ahead = [peer for peer in peers if peer.height >= height] or peers
+        for peer in ahead:
+            peer.send("get_blocks", {"from": height})
+
+    async def _on_frame(self, peer: Peer, frame: Frame) -> bool:
+        """Everything peers send; True relays a gossip frame."""
+        body = frame.body
+        if frame.type == "txs":
+            raw = body.get("txs")
+            if not isinstance(raw, list) or not all(isinstance(t, bytes) for t in raw) or len(raw) > MAX_GOSSIP_TXS:
+                raise DecodeError("txs: expected a list of transaction byte strings")
+            results = await self.submit(raw, gossip=False)
+            return any(r.tx_hash is not None and not r.duplicate for r in results)
+        if frame.type in ("proposal", "vote"):
+            receive = getattr(self.consensus, "receive", None)
+            return bool(receive(frame.type, body)) if receive is not None else False
+        if frame.type == "status":
+            if peer.height > self.head.height:
+                self.request_blocks(self.head.height + 1)
+            return False
+        if frame.type == "get_blocks":
+            start = body.get("from")
+            if isinstance(start, int) and not isinstance(start, bool) and start > 0:
+                blocks = await self.read(self._raw_blocks, start)
+                if blocks:
+                    peer.send("blocks", {"blocks": blocks})
+            return False
+        if frame.type == "blocks":
+            await self._import_blocks(body.get("blocks"))
+            return False
+        return False
+
+    def evidence(self) -> list[dict[str, Any]]:
+        """Stored equivocation evidence, readable (hex for bytes)."""
+        from twinledger.core.encoding import decode
+
+        def readable(value: Any) -> Any:
+            if isinstance(value, bytes):
+                return value.hex()
+            if isinstance(value, dict):
+                return {k: readable(v) for k, v in value.items()}
+            return value
+
+        return [readable(decode(raw)) for _, raw in self.store.meta_items(EVIDENCE_PREFIX)]
+
+    def _raw_blocks(self, start: int) -> list[dict[str, Any]]:
+        out = []
+        for height in range(start, start + SYNC_BATCH):
+            raw = self.store.raw_block(height)
+            if raw is None:
+                break
+            _, header, certificate, txs = raw
+            out.append({"header": header, "certificate": certificate, "transactions": txs})
+        return out
+
+    async def _import_blocks(self, items: Any) -> None:
+        """Block sync: verify and apply committed blocks with their certificates, in order."""
+        if not isinstance(items, list):
+            raise DecodeError("blocks: expected a list")
+        imported = 0
+        for item in items[:SYNC_BATCH]:
+            try:
+                block = Block(decode_header(item["header"]), tuple(decode_transaction(t) for t in item["transactions"]))
+                certificate = decode_certificate(item["certificate"])
+            except (KeyError, TypeError) as exc:
+                raise DecodeError("blocks: malformed block") from exc
+            if block.height != self.head.height + 1:
+                continue
+            outcome = await self.in_ledger(self._apply_synced, block, certificate)
+            if outcome.head.hash == block.hash:
+                self._committed(block)
+                imported += 1
+        if imported:
+            log.info("block sync: imported %d block(s), head is %d", imported, self.head.height)
+            advanced = getattr(self.consensus, "head_advanced", None)
+            if advanced is not None:
+                advanced(self.head.height)
+            if len(items) >= SYNC_BATCH:
+                self.request_blocks(self.head.height + 1)
+
+    def _apply_synced(self, block: Block, certificate: CommitCertificate) -> ImportOutcome:
+        outcome = self.chain.apply_block(block, certificate)
+        self.mempool.remove(tx.hash for tx in block.transactions)
+        return outcome
+
+    async def _start_network(self) -> None:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from twinledger.crypto.certs import identity_of, read_certificate
+        from twinledger.crypto.tls import client_context, server_context
+
+        config = self.config
+        assert config.p2p_port is not None
+        secret = passphrase()
+        org_cert = read_certificate(config.cert("organisation"))
+        self.network = PeerManager(
+            me=identity_of(read_certificate(config.cert("node"))),
+            chain_id=self.chain_id,
+            genesis_hash=self.genesis.header().hash,
+            listen_host=config.p2p_host,
+            listen_port=config.p2p_port,
+            advertise=config.p2p_advertise,
+            seeds=list(config.seeds),
+            target_peers=config.target_peers,
+            server_ssl=server_context(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"), secret),
+            client_ssl=client_context(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"), secret,
+                                      check_hostname=False),  # fmt: skip
+            ca_cert=read_certificate(config.cert("consortium-ca")),
+            org_cert_der=org_cert.public_bytes(Encoding.DER),
+            handler=self._on_frame,
+            height=lambda: self.head.height,
+        )
+        await self.network.start()
+
     async def run(self, ready: Callable[[str], None] | None = None) -> None:
         """Serve the API and produce blocks until SIGINT/SIGTERM."""
         import uvicorn
@@ -356,6 +527,8 @@ class Node(BlockProducer):
         server = _api_server_class()(server_config)
         for stop_signal in (signal.SIGINT, signal.SIGTERM):
             self._loop.add_signal_handler(stop_signal, server.stop)
+        if config.p2p_port is not None:
+            await self._start_network()
         producer = asyncio.create_task(self.consensus.run(self), name="consensus")
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="api")
         while not server.started and not serving.done():
@@ -363,7 +536,8 @@ class Node(BlockProducer):
         if serving.done():
             await serving
         config.run_file.parent.mkdir(parents=True, exist_ok=True)
-        run_doc = {"pid": os.getpid(), "api": url, "chain_id": self.chain_id, "started": self.started}
+        run_doc = {"pid": os.getpid(), "api": url, "chain_id": self.chain_id, "started": self.started,
+                   "p2p": self.network.address if self.network is not None else None}  # fmt: skip
         tmp = config.run_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(run_doc))
         tmp.replace(config.run_file)
@@ -381,6 +555,8 @@ class Node(BlockProducer):
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await producer
+            if self.network is not None:
+                await self.network.stop()
             config.run_file.unlink(missing_ok=True)
             self.close()
 

@@ -149,6 +149,15 @@ def create_app(node: Node) -> FastAPI:
         return {"status": "ok", "chain_id": node.chain_id, "height": node.head.height, "pending": len(node.mempool),
                 "organisation": node.config.organisation, "roles": list(node.config.roles)}  # fmt: skip
 
+    @app.get("/v1/network", summary="Peers and consensus progress")
+    async def network() -> dict[str, Any]:
+        return network_view(node)
+
+    @app.get("/v1/evidence", summary="Stored evidence of equivocation (two conflicting signed votes)")
+    async def evidence() -> dict[str, Any]:
+        items = await node.read(node.evidence)
+        return {"evidence": items}
+
     @app.get("/v1/head", summary="Header of the canonical head")
     async def head() -> dict[str, Any]:
         return header_view(node.head)
@@ -223,6 +232,24 @@ def create_app(node: Node) -> FastAPI:
     return app
 
 
+def network_view(node: Node) -> dict[str, Any]:
+    consensus = node.consensus
+    peers = node.network.peers.values() if node.network is not None else ()
+    return {
+        "organisation": node.config.organisation,
+        "node": node.config.name,
+        "consensus": consensus.name,
+        "height": node.head.height,
+        "head": node.head.hash.hex(),
+        "round": getattr(consensus, "last_round", 0),
+        "last_block_time": node.head.timestamp,
+        "p2p": node.network.address if node.network is not None else None,
+        "peers": [{"organisation": p.identity.organisation, "node": p.identity.node, "address": p.address,
+                   "height": p.height, "outbound": p.outbound} for p in peers],  # fmt: skip
+        "equivocations": node.metrics.equivocations,
+    }
+
+
 def render_metrics(node: Node) -> str:
     m = node.metrics
     lines = [
@@ -235,6 +262,21 @@ def render_metrics(node: Node) -> str:
         "# HELP twinledger_orphan_blocks Blocks waiting for their parent.",
         "# TYPE twinledger_orphan_blocks gauge",
         f"twinledger_orphan_blocks {node.chain.tree.orphan_count()}",
+        "# HELP twinledger_height Height of the canonical head.",
+        "# TYPE twinledger_height gauge",
+        f"twinledger_height {node.head.height}",
+        "# HELP twinledger_consensus_round Round of the height being decided.",
+        "# TYPE twinledger_consensus_round gauge",
+        f"twinledger_consensus_round {getattr(node.consensus, 'last_round', 0)}",
+        "# HELP twinledger_peers Connected peers.",
+        "# TYPE twinledger_peers gauge",
+        f"twinledger_peers {len(node.network.peers) if node.network is not None else 0}",
+        "# HELP twinledger_mempool_transactions Transactions waiting for a block.",
+        "# TYPE twinledger_mempool_transactions gauge",
+        f"twinledger_mempool_transactions {len(node.mempool)}",
+        "# HELP twinledger_equivocations_total Conflicting votes detected and stored as evidence.",
+        "# TYPE twinledger_equivocations_total counter",
+        f"twinledger_equivocations_total {m.equivocations}",
         "# HELP twinledger_transactions_accepted_total Transactions admitted to the mempool.",
         "# TYPE twinledger_transactions_accepted_total counter",
         f"twinledger_transactions_accepted_total {m.accepted}",

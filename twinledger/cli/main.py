@@ -28,8 +28,9 @@ tx_app = typer.Typer(no_args_is_help=True, help="Transactions.")
 block_app = typer.Typer(no_args_is_help=True, help="Blocks.")
 verify_app = typer.Typer(no_args_is_help=True, help="Offline verification.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results in bench/results and docs/benchmarks.md).")
+network_app = typer.Typer(no_args_is_help=True, help="A local consortium: one node per organisation on this machine.")
 for sub, name in ((node_app, "node"), (record_app, "record"), (tx_app, "tx"), (block_app, "block"),
-                  (verify_app, "verify"), (bench_app, "bench")):  # fmt: skip
+                  (verify_app, "verify"), (bench_app, "bench"), (network_app, "network")):  # fmt: skip
     app.add_typer(sub, name=name)
 
 out = Console()
@@ -350,6 +351,174 @@ def demo(
 
     if not run_demo(directory, exit_after):
         raise typer.Exit(1)
+
+
+# -- network ------------------------------------------------------------------------------------
+
+NetworkDir = Annotated[Path, typer.Option("--dir", help="Directory of the local network (one home per organisation).")]
+DEFAULT_ORGS = "manufacturer,owner,maintainer,auditor"
+
+
+def _split_orgs(orgs: str) -> list[str]:
+    names = [name.strip() for name in orgs.split(",") if name.strip()]
+    if not names:
+        raise TwinledgerError("--orgs needs at least one organisation name")
+    return names
+
+
+def _create_network(directory: Path, orgs: str, consensus: str, chain_id: str, base_port: int,
+                    block_interval_ms: int) -> list[str]:  # fmt: skip
+    from twinledger.config import init_network
+    from twinledger.launcher import write_network_file
+
+    names = _split_orgs(orgs)
+    init_network(directory, names, consensus=consensus, chain_id=chain_id, base_port=base_port,
+                 block_interval_ms=block_interval_ms)  # fmt: skip
+    write_network_file(directory, names, consensus)
+    return names
+
+
+@network_app.command("init")
+@command
+def network_init(
+    directory: NetworkDir,
+    orgs: Annotated[str, typer.Option("--orgs", help="Comma-separated organisation names.")] = DEFAULT_ORGS,
+    consensus: Annotated[str, typer.Option(help="bft (the consortium) or poa (one company's chain).")] = "bft",
+    chain_id: Annotated[str, typer.Option(help="Chain id.")] = "consortium",
+    base_port: Annotated[int, typer.Option(help="First port: node i listens on base+2i (peers) and base+2i+1 (API).")] = 7800,
+    block_interval_ms: Annotated[int, typer.Option(help="Minimum time between blocks.")] = 200,
+    as_json: Json = False,
+) -> None:
+    """Write a genesis and one CA-certified home per organisation."""
+    names = _create_network(directory, orgs, consensus, chain_id, base_port, block_interval_ms)
+    rows = [{"organisation": org, "home": str(directory / org), "p2p": f"127.0.0.1:{base_port + 2 * i}",
+             "api": f"http://127.0.0.1:{base_port + 2 * i + 1}"} for i, org in enumerate(names)]  # fmt: skip
+    if as_json:
+        print_json({"directory": str(directory), "consensus": consensus, "chain_id": chain_id, "nodes": rows})
+        return
+    table = Table("organisation", "home", "peer address", "API", title=f"{consensus} network {chain_id!r} created")
+    for row in rows:
+        table.add_row(row["organisation"], row["home"], row["p2p"], row["api"])
+    out.print(table)
+    out.print(f"start it with: twinledger network up --dir {directory}")
+
+
+def _network_status(directory: Path) -> list[dict[str, Any]]:
+    import httpx
+
+    from twinledger.launcher import network_homes, running_pid
+
+    rows = []
+    for org, home in network_homes(directory):
+        config = load_config(home)
+        row: dict[str, Any] = {"organisation": org, "home": str(home), "pid": running_pid(home), "api": None,
+                               "state": "stopped"}  # fmt: skip
+        run = _run_doc(config)
+        if row["pid"] is not None and run is not None:
+            row["api"] = run.get("api")
+            try:
+                view = httpx.get(f"{row['api']}/v1/network", timeout=3).json()
+                row.update(state="running", height=view["height"], head=view["head"], round=view["round"],
+                           peers=len(view["peers"]), last_block_time=view["last_block_time"])  # fmt: skip
+            except (httpx.HTTPError, ValueError, KeyError):
+                row["state"] = "unresponsive"
+        rows.append(row)
+    return rows
+
+
+def _run_doc(config: Any) -> dict[str, Any] | None:
+    from twinledger.config import read_run_file
+
+    return read_run_file(config)
+
+
+def _print_status(rows: list[dict[str, Any]], title: str) -> None:
+    import datetime as dt
+
+    table = Table("organisation", "state", "pid", "API", "height", "head", "peers", "round", "last block", title=title)
+    for row in rows:
+        last = row.get("last_block_time")
+        when = dt.datetime.fromtimestamp(last / 1000, dt.UTC).strftime("%H:%M:%S") if last else "-"
+        table.add_row(row["organisation"], row["state"], str(row["pid"] or "-"), row["api"] or "-",
+                      str(row.get("height", "-")), (row.get("head") or "-")[:16], str(row.get("peers", "-")),
+                      str(row.get("round", "-")), when)  # fmt: skip
+    out.print(table)
+
+
+@network_app.command("up")
+@command
+def network_up(
+    directory: NetworkDir,
+    orgs: Annotated[str, typer.Option("--orgs", help="Organisations, if the network is created now.")] = DEFAULT_ORGS,
+    consensus: Annotated[str, typer.Option(help="bft or poa, if the network is created now.")] = "bft",
+    base_port: Annotated[int, typer.Option(help="First port, if the network is created now.")] = 7800,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the first commit.")] = 60.0,
+    as_json: Json = False,
+) -> None:
+    """Start one node per organisation (creating the network first if needed) and wait
+    until they commit blocks."""
+    import time
+
+    from twinledger.launcher import NETWORK_FILE, network_homes, running_pid, start_node
+
+    if not (directory / NETWORK_FILE).exists():
+        _create_network(directory, orgs, consensus, "consortium", base_port, 200)
+    homes = network_homes(directory)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("starting nodes", total=len(homes))
+        for _, home in homes:
+            if running_pid(home) is None:
+                start_node(home, detach=True)
+            progress.advance(task)
+        start = {row["organisation"]: row.get("height", 0) for row in _network_status(directory)}
+        waiting = progress.add_task("waiting for every node to commit a block", total=len(homes))
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = _network_status(directory)
+            done = [r for r in rows if r["state"] == "running" and r.get("height", 0) > start[r["organisation"]]]
+            progress.update(waiting, completed=len(done))
+            if len(done) == len(rows):
+                break
+            if time.monotonic() > deadline:
+                late = ", ".join(r["organisation"] for r in rows if r not in done)
+                raise TwinledgerError(f"no block committed within {timeout:.0f} s by: {late}")
+            time.sleep(0.25)
+    if as_json:
+        print_json({"directory": str(directory), "nodes": rows})
+    else:
+        _print_status(rows, f"network in {directory} is up")
+        out.print(f"stop it with: twinledger network down --dir {directory}")
+
+
+@network_app.command("status")
+@command
+def network_status(directory: NetworkDir, as_json: Json = False) -> None:
+    """Per node: organisation, pid, API address, height, head, peers, round, last block time."""
+    rows = _network_status(directory)
+    if as_json:
+        print_json({"directory": str(directory), "nodes": rows})
+    else:
+        _print_status(rows, f"network in {directory}")
+
+
+@network_app.command("down")
+@command
+def network_down(directory: NetworkDir, as_json: Json = False) -> None:
+    """Stop every node of the local network."""
+    from twinledger.launcher import network_homes, running_pid, stop_pid
+
+    stopped = []
+    for org, home in network_homes(directory):
+        pid = running_pid(home)
+        if pid is not None:
+            stopped.append({"organisation": org, "pid": pid, "graceful": stop_pid(pid)})
+    if as_json:
+        print_json({"stopped": stopped})
+    else:
+        for item in stopped:
+            out.print(f"stopped {item['organisation']} (pid {item['pid']}){'' if item['graceful'] else ', killed'}")
+        if not stopped:
+            out.print("no node was running")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Consensus engines behind ``abc.Consensus``: ``solo`` now; ``poa`` and ``bft`` plug in here."""
+"""Consensus engines behind ``abc.Consensus``: ``solo`` and ``bft``; ``poa`` plugs in here."""
 
 from __future__ import annotations
 
@@ -16,4 +16,8 @@ def create_consensus(genesis: Genesis, key: SigningKey | None) -> Consensus:
             raise ConfigError("solo consensus needs exactly one validator in the genesis")
         return SoloConsensus(genesis.validators[0].key, key, genesis.block_interval_ms,
                              genesis.max_block_txs)  # fmt: skip
-    raise ConfigError(f"unknown consensus {genesis.consensus!r} in genesis (known: solo)")
+    if genesis.consensus == "bft":
+        from twinledger.consensus.bft import BftConsensus
+
+        return BftConsensus(genesis, key)
+    raise ConfigError(f"unknown consensus {genesis.consensus!r} in genesis (known: solo, bft)")

@@ -45,10 +45,14 @@ def server_context(ca_cert: Path, cert_chain: Path, key_file: Path,
 
 
 def client_context(ca_cert: Path, cert_chain: Path | None = None, key_file: Path | None = None,
-                   passphrase: str | None = None) -> ssl.SSLContext:
-    """Client side: TLS 1.3 only, server checked against the CA, our certificate if given."""
+                   passphrase: str | None = None, check_hostname: bool = True) -> ssl.SSLContext:
+    """Client side: TLS 1.3 only, server checked against the CA, our certificate if given.
+
+    Between nodes ``check_hostname`` is off: a peer is identified by the ledger keys in
+    its CA-issued certificate, not by the address it happens to listen on."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = check_hostname
     context.load_verify_locations(str(ca_cert))
     if cert_chain is not None and key_file is not None:
         _load_identity(context, cert_chain, key_file, passphrase)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 
 from twinledger.abc import Application, BlockResult, ChainStore, Consensus, StateReader, StateValue
@@ -173,12 +173,23 @@ class Chain:
             self._reorganise(best)
         return ImportOutcome("head" if self.head.hash == header.hash else "side", self.head)
 
-    def _execute_and_commit(self, block: Block, certificate: CommitCertificate) -> None:
+    def execute_proposal(self, block: Block, verified: Container[bytes] = frozenset()) -> BlockResult:
+        """Validate a proposed block and execute it on the head, storing nothing: the
+        consensus's valid(v). Signatures of ``verified`` transaction hashes are not rechecked."""
+        if block.header.proposer not in self.consensus.validators():
+            raise InvalidBlock("block was proposed by a non-validator")
+        validate_block(block, self.head, self.validators_hash, self.genesis.max_block_txs, verified)
+        return self._execute(block)
+
+    def _execute(self, block: Block) -> BlockResult:
         txs = tuple(tx for tx in block.transactions if isinstance(tx, Transaction))
         result = self.app.execute_block(self.state(), block.header, txs, self.head.state_root)
         if result.state_root != block.header.state_root:
             raise InvalidBlock(f"block {block.height} state root does not match its execution")
-        self.commit(block, certificate, result)
+        return result
+
+    def _execute_and_commit(self, block: Block, certificate: CommitCertificate) -> None:
+        self.commit(block, certificate, self._execute(block))
 
     def _reorganise(self, new_head: bytes) -> None:
         """Rewind to the common ancestor and apply the new branch; restore the old one if a

@@ -31,6 +31,13 @@ class Genesis:
     validators: tuple[GenesisValidator, ...]
     block_interval_ms: int
     max_block_txs: int
+    timeout_propose_ms: int = 1000
+    """bft: how long to wait for a proposal in round 0; each round adds timeout_delta_ms."""
+    timeout_vote_ms: int = 500
+    """bft: how long to wait for more votes once 2f+1 of any kind arrived."""
+    timeout_delta_ms: int = 250
+    authority_signatures: int = 1
+    """poa: signatures of authorities a block needs."""
 
     @property
     def validator_keys(self) -> tuple[bytes, ...]:
@@ -67,6 +74,10 @@ class Genesis:
             raise ConfigError("genesis must name validators with 32-byte Ed25519 keys")
         if genesis.block_interval_ms < 0 or genesis.max_block_txs < 1:
             raise ConfigError("genesis: block_interval_ms must be >= 0 and max_block_txs >= 1")
+        if min(genesis.timeout_propose_ms, genesis.timeout_vote_ms, genesis.timeout_delta_ms) < 1:
+            raise ConfigError("genesis: consensus timeouts must be at least 1 ms")
+        if not 1 <= genesis.authority_signatures <= len(genesis.validators):
+            raise ConfigError("genesis: authority_signatures must be between 1 and the number of validators")
         return genesis
 
     def write(self, path: Path) -> None:

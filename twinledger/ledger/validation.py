@@ -3,6 +3,8 @@ is wrong, and changes nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 from twinledger.core.merkle import merkle_root
 from twinledger.core.types import (
     MAX_TX_BYTES,
@@ -51,8 +53,10 @@ def decode_and_validate(raw: list[bytes], chain_id: str, now_ms: int) -> list[Tr
     return out
 
 
-def validate_block(block: Block, parent: BlockHeader, validators_hash: bytes, max_txs: int) -> None:
-    """Everything about a block that can be checked without executing it."""
+def validate_block(block: Block, parent: BlockHeader, validators_hash: bytes, max_txs: int,
+                   verified: Container[bytes] = frozenset()) -> None:  # fmt: skip
+    """Everything about a block that can be checked without executing it; signatures of
+    transactions whose hashes are in ``verified`` (the mempool's) were checked before."""
     header = block.header
     if header.chain_id != parent.chain_id:
         raise InvalidBlock("block belongs to another chain")
@@ -70,7 +74,8 @@ def validate_block(block: Block, parent: BlockHeader, validators_hash: bytes, ma
     for tx in block.transactions:
         if not isinstance(tx, Transaction):
             raise InvalidBlock("block carries a stripped transaction; it cannot be executed")
-        validate_transaction(tx, header.chain_id)
+        if tx.hash not in verified:
+            validate_transaction(tx, header.chain_id)
         if tx.timestamp > header.timestamp + MAX_CLOCK_DRIFT_MS:
             raise InvalidBlock("block carries a transaction from its future")
         if (tx.sender, tx.nonce) in seen:

@@ -254,6 +254,10 @@ class SqlChainStore(ChainStore):
         row = self._one("SELECT value FROM meta WHERE key = ?", key)
         return bytes(row[0]) if row else None
 
+    def meta_items(self, prefix: str) -> list[tuple[str, bytes]]:
+        rows = self._all("SELECT key, value FROM meta WHERE key >= ? AND key < ? ORDER BY key", prefix, prefix + "\uffff")
+        return [(key, bytes(value)) for key, value in rows]
+
     def set_meta(self, key: str, value: bytes) -> None:
         with self._transaction() as cur:
             cur.execute(

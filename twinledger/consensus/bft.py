@@ -1,0 +1,383 @@
+"""``bft``: Tendermint among the consortium's validators (consensus.md).
+
+The algorithm is the pure machine in ``tendermint.py``; this module drives it: it signs
+and checks proposals and votes, persists the vote guard before anything is signed, runs
+the timers, executes proposed blocks through the node, commits decided blocks with their
+certificates (the 2f+1 precommit signatures), and asks for block sync when it holds a
+quorum of precommits for a block it never received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from twinledger.abc import BlockResult, Consensus, NetworkedProducer
+from twinledger.consensus import tendermint as tm
+from twinledger.consensus.signer import VoteGuard, resume_height
+from twinledger.core.hashing import hash_obj
+from twinledger.core.proof import certificate_signers
+from twinledger.core.types import (
+    Block,
+    BlockHeader,
+    CommitCertificate,
+    VoteSignature,
+    decode_header,
+    decode_transaction,
+    encode_header,
+    vote_message,
+)
+from twinledger.crypto.keys import SigningKey, verify_signature
+from twinledger.errors import DecodeError, InvalidBlock, InvalidProof, TwinledgerError
+from twinledger.ledger.blocktree import BlockTree
+from twinledger.ledger.genesis import Genesis
+
+log = logging.getLogger("twinledger.bft")
+
+PROPOSAL_TAG = "twinledger/proposal/v1"
+PREVOTE_TAG = "twinledger/prevote/v1"
+EMPTY_BLOCK_INTERVAL = 5.0
+"""Seconds a validator waits for transactions before it proposes an empty block."""
+REGOSSIP_INTERVAL = 1.0
+MAX_FUTURE_MESSAGES = 10_000
+
+
+def proposal_message(chain_id: str, p: tm.Proposal) -> bytes:
+    return hash_obj(PROPOSAL_TAG, {"chain_id": chain_id, "height": p.height, "round": p.round,
+                                   "block_hash": p.block_hash, "valid_round": p.valid_round})  # fmt: skip
+
+
+def signed_vote_message(chain_id: str, kind: tm.VoteKind, height: int, round_: int, block_hash: bytes) -> bytes:
+    """Precommits sign exactly what a commit certificate's signatures sign."""
+    if kind == tm.VoteKind.PRECOMMIT:
+        return vote_message(chain_id, height, round_, block_hash)
+    return hash_obj(PREVOTE_TAG, {"chain_id": chain_id, "height": height, "round": round_, "block_hash": block_hash})
+
+
+def vote_body(vote: tm.Vote) -> dict[str, Any]:
+    return {"kind": int(vote.kind), "height": vote.height, "round": vote.round, "block_hash": vote.block_hash,
+            "validator": vote.validator, "signature": vote.signature}  # fmt: skip
+
+
+def parse_vote(body: dict[str, Any]) -> tm.Vote:
+    try:
+        vote = tm.Vote(tm.VoteKind(body["kind"]), body["height"], body["round"], body["block_hash"],
+                       body["validator"], body["signature"])  # fmt: skip
+    except (KeyError, ValueError, TypeError) as exc:
+        raise DecodeError("malformed vote") from exc
+    _check_shapes(vote.height, vote.round, vote.block_hash, vote.validator, vote.signature, nil_ok=True)
+    return vote
+
+
+def _check_shapes(height: Any, round_: Any, block_hash: Any, key: Any, signature: Any, nil_ok: bool) -> None:
+    ints = all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 for v in (height, round_))
+    if not ints or not isinstance(block_hash, bytes) or len(block_hash) not in ((0, 32) if nil_ok else (32,)):
+        raise DecodeError("malformed consensus message")
+    if not isinstance(key, bytes) or len(key) != 32 or not isinstance(signature, bytes) or len(signature) != 64:
+        raise DecodeError("malformed consensus message")
+
+
+@dataclass(frozen=True)
+class ProposalMessage:
+    proposal: tm.Proposal
+    block: Block
+
+
+def parse_proposal(body: dict[str, Any]) -> ProposalMessage:
+    try:
+        p = tm.Proposal(body["height"], body["round"], body["block_hash"], body["valid_round"], body["proposer"],
+                        body["signature"])  # fmt: skip
+        header = decode_header(body["header"])
+        raw_txs = body["transactions"]
+        if not isinstance(raw_txs, list):
+            raise DecodeError("proposal: transactions must be a list")
+        txs = tuple(decode_transaction(raw) for raw in raw_txs)
+    except (KeyError, TypeError) as exc:
+        raise DecodeError("malformed proposal") from exc
+    _check_shapes(p.height, p.round, p.block_hash, p.proposer, p.signature, nil_ok=False)
+    if not isinstance(p.valid_round, int) or not -1 <= p.valid_round < p.round:
+        raise DecodeError("proposal: valid_round must be -1 or an earlier round")
+    if header.hash != p.block_hash or header.height != p.height:
+        raise DecodeError("proposal: the block is not the one proposed")
+    return ProposalMessage(p, Block(header, txs))
+
+
+def proposal_body(p: tm.Proposal, block: Block) -> dict[str, Any]:
+    return {"height": p.height, "round": p.round, "block_hash": p.block_hash, "valid_round": p.valid_round,
+            "proposer": p.proposer, "signature": p.signature, "header": encode_header(block.header),
+            "transactions": [tx.encoded for tx in block.transactions]}  # fmt: skip
+
+
+class BftConsensus(Consensus):
+    name = "bft"
+
+    def __init__(self, genesis: Genesis, key: SigningKey | None) -> None:
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self._validators = genesis.validator_keys
+        self.key = key if key is not None and key.public in self._validators else None
+        self.me = self.key.public if self.key is not None else None
+        self.quorum = 2 * len(self._validators) // 3 + 1
+        self.state: tm.State | None = None
+        self.height = 0
+        self.evidence_count = 0
+        self.last_round = 0
+        self._inbox: asyncio.Queue[tuple[str, Any]] | None = None
+        self._host: NetworkedProducer | None = None
+        self._guard: VoteGuard | None = None
+        self._blocks: dict[bytes, Block] = {}
+        self._results: dict[bytes, BlockResult] = {}
+        self._future: list[tuple[str, Any]] = []
+        self._own: list[tuple[str, dict[str, Any]]] = []
+        self._starter: asyncio.Task[None] | None = None
+        self._last_commit = 0.0
+
+    # -- Consensus -----------------------------------------------------------------------------
+    def validators(self) -> tuple[bytes, ...]:
+        return self._validators
+
+    def validate_certificate(self, header: BlockHeader, certificate: CommitCertificate) -> None:
+        if (certificate.chain_id, certificate.height, certificate.block_hash) != (
+            header.chain_id, header.height, header.hash,
+        ):  # fmt: skip
+            raise InvalidBlock("commit certificate is for another block")
+        if header.proposer not in self._validators:
+            raise InvalidBlock("block was proposed by a non-validator")
+        try:
+            signers = certificate_signers(certificate, self._validators)
+        except InvalidProof as exc:
+            raise InvalidBlock(exc.message) from exc
+        if len(signers) < self.quorum:
+            raise InvalidBlock(f"commit certificate has {len(signers)} of the {self.quorum} precommits it needs")
+
+    def fork_choice(self, tree: BlockTree) -> bytes:
+        """Certified blocks are final, so there is one branch unless more than f validators
+        are faulty; then the highest, lowest-hash leaf (and the evidence shows who)."""
+        return min(tree.leaves(), key=lambda h: (-h.height, h.hash)).hash
+
+    # -- messages from the network (event loop) ---------------------------------------------------
+    def receive(self, message_type: str, body: dict[str, Any]) -> bool:
+        """Check a proposal or vote and queue it; True if it is valid and worth relaying."""
+        if self._inbox is None:
+            return False
+        if message_type == "vote":
+            vote = parse_vote(body)
+            if vote.validator not in self._validators or vote.height < self.height:
+                return False
+            message = signed_vote_message(self.chain_id, vote.kind, vote.height, vote.round, vote.block_hash)
+            if not verify_signature(vote.validator, message, vote.signature):
+                raise InvalidProof("vote signature does not verify")
+            self._inbox.put_nowait(("vote", vote))
+            return True
+        if message_type == "proposal":
+            parsed = parse_proposal(body)
+            p = parsed.proposal
+            if p.height < self.height or p.proposer != tm.proposer(self._validators, p.height, p.round):
+                return False
+            if not verify_signature(p.proposer, proposal_message(self.chain_id, p), p.signature):
+                raise InvalidProof("proposal signature does not verify")
+            self._inbox.put_nowait(("proposal", parsed))
+            return True
+        return False
+
+    def head_advanced(self, height: int) -> None:
+        """Block sync committed blocks up to ``height``: leave the height being decided."""
+        if self._inbox is not None:
+            self._inbox.put_nowait(("head", height))
+
+    # -- the driver --------------------------------------------------------------------------------
+    async def run(self, producer: Any) -> None:
+        host: NetworkedProducer = producer
+        self._host = host
+        self._inbox = asyncio.Queue()
+        load, save = host.consensus_record()
+        self._guard = VoteGuard(load, save) if self.me is not None else None
+        self._enter(host.head.height + 1, wait=False)
+        regossip = asyncio.create_task(self._regossip())
+        try:
+            while True:
+                kind, item = await self._inbox.get()
+                try:
+                    await self._handle(kind, item)
+                except TwinledgerError as exc:
+                    log.warning("consensus: %s", exc.message)
+        finally:
+            regossip.cancel()
+            if self._starter is not None:
+                self._starter.cancel()
+
+    def _enter(self, height: int, wait: bool = True) -> None:
+        """Begin ``height``: once the block interval has passed and there is something to
+        propose (or an empty-block interval went by, or a peer already started it)."""
+        self.height = height
+        self.state = None
+        self._blocks.clear()
+        self._results.clear()
+        self._own.clear()
+        if self._starter is not None:
+            self._starter.cancel()
+        self._starter = asyncio.ensure_future(self._start_when_ready(height, wait))
+
+    async def _start_when_ready(self, height: int, wait: bool) -> None:
+        assert self._host is not None and self._inbox is not None
+        if wait:
+            delay = self._last_commit + self.genesis.block_interval_ms / 1000 - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):  # then propose an empty block
+                await asyncio.wait_for(self._host.wait_for_transactions(), EMPTY_BLOCK_INTERVAL)
+        self._inbox.put_nowait(("start", height))
+
+    async def _handle(self, kind: str, item: Any) -> None:
+        if kind == "head":
+            if item >= self.height:
+                self._enter(item + 1, wait=False)
+            return
+        if kind == "start":
+            if item == self.height and self.state is None:
+                await self._start()
+            return
+        height = item.proposal.height if kind == "proposal" else item.height
+        if height < self.height:
+            return
+        if height > self.height or self.state is None:
+            if len(self._future) < MAX_FUTURE_MESSAGES:
+                self._future.append((kind, item))
+            if height > self.height:
+                assert self._host is not None
+                self._host.request_blocks(self.height)
+            elif self.state is None:
+                await self._start()  # a peer has started this height: join at once
+            return
+        await self._step(self._event(kind, item))
+
+    async def _start(self) -> None:
+        assert self._host is not None
+        if self._starter is not None:
+            self._starter.cancel()
+            self._starter = None
+        self.state, effects = resume_height(self._validators, self.me, self.height, self._guard)
+        await self._apply(effects)
+        pending, self._future = self._future, []
+        for kind, item in pending:
+            height = item.proposal.height if kind == "proposal" else item.height
+            if height == self.height and self.state is not None:
+                await self._step(self._event(kind, item))
+            elif height > self.height:
+                self._future.append((kind, item))
+
+    @staticmethod
+    def _event(kind: str, item: Any) -> tm.Event | ProposalMessage:
+        """A vote becomes an event here; a proposal is judged (executed) in ``_step``."""
+        return tm.VoteReceived(item) if kind == "vote" else item
+
+    async def _step(self, event: tm.Event | ProposalMessage) -> None:
+        if isinstance(event, ProposalMessage):
+            event = await self._judge(event)
+        assert self.state is not None
+        self.state, effects = tm.step(self.state, event)
+        self.last_round = self.state.round
+        await self._apply(effects)
+
+    async def _judge(self, message: ProposalMessage) -> tm.ProposalReceived:
+        """valid(v): execute the proposed block on the head (once per block)."""
+        assert self._host is not None
+        block_hash = message.proposal.block_hash
+        if block_hash not in self._results:
+            try:
+                self._results[block_hash] = await self._host.execute_proposal(message.block)
+                self._blocks[block_hash] = message.block
+            except TwinledgerError as exc:
+                log.warning("proposal for height %d is invalid: %s", message.proposal.height, exc.message)
+                return tm.ProposalReceived(message.proposal, False)
+        return tm.ProposalReceived(message.proposal, True)
+
+    async def _apply(self, effects: list[tm.Effect]) -> None:
+        assert self._host is not None and self._inbox is not None
+        for effect in effects:
+            if self.state is None or getattr(effect, "height", self.height) != self.height:
+                return  # decided meanwhile; the rest belongs to a finished height
+            if isinstance(effect, tm.BuildProposal):
+                await self._propose(effect)
+            elif isinstance(effect, tm.CastVote):
+                await self._vote(effect)
+            elif isinstance(effect, tm.ScheduleTimeout):
+                self._schedule(effect)
+            elif isinstance(effect, tm.Decide):
+                await self._decide(effect)
+            elif isinstance(effect, tm.FetchBlock):
+                self._host.request_blocks(effect.height)
+            elif isinstance(effect, tm.Equivocation):
+                self.evidence_count += 1
+                log.warning("equivocation by validator %s at height %d", effect.first.validator.hex()[:16], effect.first.height)
+                await self._host.record_evidence("vote", vote_body(effect.first), vote_body(effect.second))
+
+    async def _propose(self, effect: tm.BuildProposal) -> None:
+        assert self._host is not None and self.key is not None and self._guard is not None and self.state is not None
+        if effect.block_hash is not None and effect.block_hash in self._blocks:
+            block = self._blocks[effect.block_hash]
+        else:
+            built = await self._host.build_block(self.key.public, allow_empty=True)
+            assert built is not None
+            block, result = built
+            self._blocks[block.hash] = block
+            self._results[block.hash] = result
+        unsigned = tm.Proposal(effect.height, effect.round, block.hash, effect.valid_round, self.key.public)
+        if not await self._host.durably(self._guard.permit, self.state, 0, effect.round, block.hash):
+            return
+        signature = self.key.sign(proposal_message(self.chain_id, unsigned))
+        proposal = tm.Proposal(unsigned.height, unsigned.round, unsigned.block_hash, unsigned.valid_round,
+                               unsigned.proposer, signature)  # fmt: skip
+        body = proposal_body(proposal, block)
+        self._own.append(("proposal", body))
+        self._host.broadcast("proposal", body)
+        self._inbox_put("proposal", ProposalMessage(proposal, block))
+
+    async def _vote(self, effect: tm.CastVote) -> None:
+        assert self._host is not None and self.key is not None and self._guard is not None and self.state is not None
+        if not await self._host.durably(self._guard.permit, self.state, int(effect.kind), effect.round, effect.block_hash):
+            return
+        message = signed_vote_message(self.chain_id, effect.kind, effect.height, effect.round, effect.block_hash)
+        vote = tm.Vote(effect.kind, effect.height, effect.round, effect.block_hash, self.key.public, self.key.sign(message))
+        body = vote_body(vote)
+        self._own.append(("vote", body))
+        self._host.broadcast("vote", body)
+        self._inbox_put("vote", vote)
+
+    def _inbox_put(self, kind: str, item: Any) -> None:
+        assert self._inbox is not None
+        self._inbox.put_nowait((kind, item))
+
+    def _schedule(self, effect: tm.ScheduleTimeout) -> None:
+        g = self.genesis
+        base = g.timeout_propose_ms if effect.step == tm.Step.PROPOSE else g.timeout_vote_ms
+        seconds = (base + effect.round * g.timeout_delta_ms) / 1000
+        event = tm.TimeoutFired(effect.step, effect.height, effect.round)
+        asyncio.get_running_loop().call_later(seconds, self._inbox_put, "timeout", event)
+
+    async def _decide(self, effect: tm.Decide) -> None:
+        assert self._host is not None
+        block = self._blocks.get(effect.block_hash)
+        result = self._results.get(effect.block_hash)
+        if block is None or result is None:
+            self._host.request_blocks(effect.height)
+            return
+        signatures = tuple(sorted((VoteSignature(v.validator, v.signature) for v in effect.precommits),
+                                  key=lambda s: s.validator))  # fmt: skip
+        certificate = CommitCertificate(self.chain_id, effect.height, effect.round, effect.block_hash, signatures)
+        await self._host.commit_block(block, certificate, result)
+        self._last_commit = time.monotonic()
+        self._enter(effect.height + 1)
+
+    async def _regossip(self) -> None:
+        """Send this height's own proposal and votes again: one send is not enough for
+        liveness (a peer may have been reconnecting)."""
+        assert self._host is not None
+        while True:
+            await asyncio.sleep(REGOSSIP_INTERVAL)
+            for message_type, body in list(self._own):
+                self._host.broadcast(message_type, body)

@@ -1,0 +1,291 @@
+"""The peer manager (safe-UR-chain §II-C): mutual-TLS connections between consortium
+nodes, bootstrap from seeds, peer exchange so every node learns the online list, a
+target number of connections, reconnection, and flooding gossip with de-duplication.
+
+A peer is who its certificate says: TLS checks the chain to the consortium CA, the hello
+message carries the organisation certificate so the organisation is checked too, and the
+ledger keys come from the node certificate. Nothing a peer sends is trusted further:
+the handler validates every message before it is relayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import ssl
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+
+from twinledger.crypto.certs import CertificateError, NodeIdentity, verify_node_chain
+from twinledger.errors import DecodeError, TwinledgerError
+from twinledger.net.wire import Frame, encode_frame, read_frame
+
+log = logging.getLogger("twinledger.net")
+
+HANDSHAKE_TIMEOUT = 10.0
+PEER_EXCHANGE_INTERVAL = 5.0
+MAX_QUEUED_FRAMES = 20_000
+SEEN_CAPACITY = 200_000
+GOSSIP_TYPES = frozenset({"txs", "proposal", "vote"})
+
+Handler = Callable[["Peer", Frame], Awaitable[bool]]
+"""Handles a frame from a peer; True if a gossip frame is valid and should be relayed."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    chain_id: str
+    genesis_hash: bytes
+    listen: str
+    height: int
+
+
+@dataclass(eq=False)
+class Peer:
+    identity: NodeIdentity
+    address: str
+    """The peer's listen address (host:port), as it announced it."""
+    outbound: bool
+    writer: asyncio.StreamWriter
+    height: int = 0
+    queue: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUED_FRAMES))
+
+    @property
+    def key(self) -> bytes:
+        return self.identity.signing_key
+
+    def send_raw(self, frame: bytes) -> bool:
+        try:
+            self.queue.put_nowait(frame)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    def send(self, message_type: str, body: dict[str, Any]) -> bool:
+        return self.send_raw(encode_frame(message_type, body))
+
+
+class PeerManager:
+    def __init__(self, *, me: NodeIdentity, chain_id: str, genesis_hash: bytes, listen_host: str, listen_port: int,
+                 advertise: str | None, seeds: list[str], target_peers: int, server_ssl: ssl.SSLContext,
+                 client_ssl: ssl.SSLContext, ca_cert: x509.Certificate, org_cert_der: bytes,
+                 handler: Handler, height: Callable[[], int]) -> None:  # fmt: skip
+        self.me = me
+        self.chain_id = chain_id
+        self.genesis_hash = genesis_hash
+        self.listen_host, self.listen_port = listen_host, listen_port
+        self.advertise = advertise
+        self.seeds = list(seeds)
+        self.known: set[str] = set(seeds)
+        self.target_peers = target_peers
+        self.server_ssl, self.client_ssl = server_ssl, client_ssl
+        self.ca_cert = ca_cert
+        self.org_cert_der = org_cert_der
+        self.handler = handler
+        self.height = height
+        self.peers: dict[bytes, Peer] = {}
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+        self._dialing: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._changed = asyncio.Event()
+        self.refused = 0
+
+    @property
+    def address(self) -> str:
+        return self.advertise or f"{self.listen_host}:{self.listen_port}"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.listen_host, self.listen_port, ssl=self.server_ssl,
+                                                  ssl_handshake_timeout=HANDSHAKE_TIMEOUT)  # fmt: skip
+        if self.listen_port == 0:
+            self.listen_port = self._server.sockets[0].getsockname()[1]
+        self._spawn(self._maintain())
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for peer in list(self.peers.values()):
+            peer.writer.close()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
+                await task
+        self.peers.clear()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- gossip ------------------------------------------------------------------------------
+    def mark_seen(self, raw: bytes) -> bool:
+        """True the first time a payload is seen."""
+        digest = hashlib.sha256(raw).digest()
+        if digest in self._seen:
+            return False
+        self._seen[digest] = None
+        if len(self._seen) > SEEN_CAPACITY:
+            self._seen.popitem(last=False)
+        return True
+
+    def broadcast(self, message_type: str, body: dict[str, Any], exclude: Peer | None = None) -> None:
+        frame = encode_frame(message_type, body)
+        self.mark_seen(frame[4:])
+        self._flood(frame, exclude)
+
+    def _flood(self, frame: bytes, exclude: Peer | None) -> None:
+        for peer in list(self.peers.values()):
+            if peer is not exclude and not peer.send_raw(frame):
+                log.warning("peer %s cannot keep up; disconnecting it", peer.identity.node)
+                peer.writer.close()
+
+    # -- connections ---------------------------------------------------------------------------
+    async def _maintain(self) -> None:
+        """Keep the target number of connections, and exchange peer lists."""
+        while True:
+            self._changed.clear()
+            candidates = sorted(self.known - {self.address} - {p.address for p in self.peers.values()} - self._dialing)
+            random.shuffle(candidates)
+            for address in candidates[: max(0, self.target_peers - len(self.peers))]:
+                self._dialing.add(address)
+                self._spawn(self._dial(address))
+            for peer in list(self.peers.values()):
+                peer.send("peers", {"addresses": sorted(self.known | {self.address})})
+                peer.send("status", {"height": self.height()})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), PEER_EXCHANGE_INTERVAL)
+
+    async def _dial(self, address: str) -> None:
+        try:
+            failures = self._failures.get(address, 0)
+            if failures:
+                await asyncio.sleep(min(10.0, 0.2 * 2**failures))
+            host, port = address.rsplit(":", 1)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), int(port), ssl=self.client_ssl, server_hostname=None),
+                HANDSHAKE_TIMEOUT,
+            )
+        except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
+            self._failures[address] = self._failures.get(address, 0) + 1
+            log.debug("cannot reach %s: %s", address, exc)
+            self._dialing.discard(address)
+            self._changed.set()
+            return
+        self._dialing.discard(address)
+        self._failures.pop(address, None)
+        await self._run_peer(reader, writer, outbound=True, dialed=address)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._run_peer(reader, writer, outbound=False, dialed=None)
+
+    async def _run_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, outbound: bool,
+                        dialed: str | None) -> None:  # fmt: skip
+        peer: Peer | None = None
+        try:
+            peer = await asyncio.wait_for(self._handshake(reader, writer, outbound, dialed), HANDSHAKE_TIMEOUT)
+            if peer is None:
+                return
+            sender = self._spawn(self._write_loop(peer))
+            try:
+                await self._read_loop(peer, reader)
+            finally:
+                sender.cancel()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        except TwinledgerError as exc:
+            log.warning("dropping peer %s: %s", peer.identity.node if peer else "(handshake)", exc.message)
+        finally:
+            if peer is not None and self.peers.get(peer.key) is peer:
+                del self.peers[peer.key]
+                log.info("peer %s (%s) disconnected", peer.identity.node, peer.identity.organisation)
+            writer.close()
+            self._changed.set()
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbound: bool,
+                         dialed: str | None) -> Peer | None:  # fmt: skip
+        ssl_object = writer.get_extra_info("ssl_object")
+        leaf_der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if leaf_der is None:
+            raise CertificateError("peer presented no certificate")
+        writer.write(encode_frame("hello", {"chain_id": self.chain_id, "genesis_hash": self.genesis_hash,
+                                            "listen": self.address, "height": self.height(),
+                                            "organisation_certificate": self.org_cert_der}))  # fmt: skip
+        await writer.drain()
+        frame = await read_frame(reader)
+        if frame.type != "hello":
+            raise DecodeError("peer did not start with hello")
+        try:
+            org_cert = x509.load_der_x509_certificate(bytes(frame.body["organisation_certificate"]))
+            identity = verify_node_chain(x509.load_der_x509_certificate(leaf_der), org_cert, self.ca_cert)
+            hello = Hello(str(frame.body["chain_id"]), bytes(frame.body["genesis_hash"]), str(frame.body["listen"]),
+                          int(frame.body["height"]))  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecodeError("malformed hello") from exc
+        if (hello.chain_id, hello.genesis_hash) != (self.chain_id, self.genesis_hash):
+            raise TwinledgerError(f"peer {identity.node} is on another chain ({hello.chain_id})", code="wrong_chain")
+        if identity.signing_key == self.me.signing_key:
+            self.known.discard(hello.listen)
+            return None  # dialled ourselves
+        existing = self.peers.get(identity.signing_key)
+        if existing is not None:
+            # Both sides dialled at once: keep the connection the smaller key initiated.
+            initiator = self.me.signing_key if outbound else identity.signing_key
+            keep_new = initiator == min(self.me.signing_key, identity.signing_key)
+            if not keep_new:
+                return None
+            existing.writer.close()
+        peer = Peer(identity, hello.listen, outbound, writer, hello.height)
+        self.peers[peer.key] = peer
+        self.known.add(hello.listen)
+        if dialed is not None and dialed != hello.listen:
+            self.known.discard(dialed)
+        log.info("peer %s (%s) connected at %s", identity.node, identity.organisation, hello.listen)
+        peer.send("peers", {"addresses": sorted(self.known | {self.address})})
+        self._changed.set()
+        return peer
+
+    async def _write_loop(self, peer: Peer) -> None:
+        while True:
+            frame = await peer.queue.get()
+            peer.writer.write(frame)
+            while not peer.queue.empty() and peer.writer.transport.get_write_buffer_size() < 1 << 20:
+                peer.writer.write(peer.queue.get_nowait())
+            await peer.writer.drain()
+
+    async def _read_loop(self, peer: Peer, reader: asyncio.StreamReader) -> None:
+        while True:
+            frame = await read_frame(reader)
+            if frame.type == "peers":
+                self._learn(frame.body.get("addresses"))
+                continue
+            if frame.type == "status":
+                height = frame.body.get("height")
+                if isinstance(height, int) and not isinstance(height, bool):
+                    peer.height = height
+            if frame.type in GOSSIP_TYPES and not self.mark_seen(frame.raw):
+                continue
+            relay = await self.handler(peer, frame)
+            if relay and frame.type in GOSSIP_TYPES:
+                self._flood(len(frame.raw).to_bytes(4, "big") + frame.raw, exclude=peer)
+
+    def _learn(self, addresses: Any) -> None:
+        if not isinstance(addresses, list):
+            raise DecodeError("peers: addresses must be a list")
+        before = len(self.known)
+        for address in addresses[:1000]:
+            if isinstance(address, str) and 0 < len(address) <= 300 and ":" in address:
+                self.known.add(address)
+        if len(self.known) != before:
+            self._changed.set()

@@ -173,8 +173,10 @@ class PeerManager:
             if failures:
                 await asyncio.sleep(min(10.0, 0.2 * 2**failures))
             host, port = address.rsplit(":", 1)
+            source = None if self.listen_host in ("0.0.0.0", "::", "") else (self.listen_host, 0)
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host.strip("[]"), int(port), ssl=self.client_ssl, server_hostname=None),
+                asyncio.open_connection(host.strip("[]"), int(port), ssl=self.client_ssl, server_hostname=None,
+                                        local_addr=source),  # fmt: skip
                 HANDSHAKE_TIMEOUT,
             )
         except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:

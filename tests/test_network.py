@@ -1,0 +1,176 @@
+"""Four real validator processes on loopback running bft over mutual TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+
+import httpx
+import pytest
+from network_helpers import Load, Network, make_network
+
+from twinledger.config import init_home, load_config
+from twinledger.crypto.tls import client_context
+from twinledger.net.wire import encode_frame, read_frame
+
+
+@pytest.fixture
+def network(tmp_path):
+    created: list[Network] = []
+
+    def create(proxied: bool = False) -> Network:
+        net = make_network(tmp_path / f"net{len(created)}", proxied=proxied)
+        created.append(net)
+        for i in range(len(net.homes)):
+            net.start(i)
+        return net
+
+    yield create
+    for net in created:
+        net.stop_all()
+
+
+def assert_identical_chains(net: Network, nodes: list[int]) -> int:
+    """Every node has the same block hashes and state roots up to the lowest head."""
+    height = min(net.height(i) for i in nodes)
+    chains = {tuple(net.block_hashes(i, height)) for i in nodes}
+    assert len(chains) == 1, "the nodes disagree on the chain"
+    return height
+
+
+def test_validators_commit_the_same_chain_and_every_transaction(network):
+    net = network()
+    with Load(net, targets=[0, 1, 2, 3]) as load:
+        deadline = time.monotonic() + 60
+        while len(load.accepted) < 400 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert len(load.accepted) >= 400 and load.errors == 0
+    for i in range(4):
+        assert not net.missing(i, load.accepted), f"node {i} lacks accepted transactions"
+    assert assert_identical_chains(net, [0, 1, 2, 3]) >= 1
+    view = httpx.get(f"{net.url(0)}/v1/network").json()
+    assert {p["organisation"] for p in view["peers"]} == {"owner", "maintainer", "auditor"}
+    metrics = httpx.get(f"{net.url(0)}/metrics").text
+    assert "twinledger_peers 3" in metrics and "twinledger_height" in metrics
+
+
+def test_killed_validator_does_not_stop_the_chain_and_catches_up(network):
+    net = network()
+    with Load(net, targets=[0, 1, 2]) as load:
+        assert net.wait_height(0, 2)
+        net.kill(3)  # kill -9
+        before = net.height(0)
+        assert net.wait_height(0, before + 3), "three validators of four must keep committing"
+        net.start(3)
+        target = net.height(0)
+        assert net.wait_height(3, target), "the restarted validator must catch up"
+    for i in range(4):
+        missing = net.missing(i, load.accepted)
+        assert not missing, f"node {i}: {len(missing)} accepted transactions are missing"
+    assert_identical_chains(net, [0, 1, 2, 3])
+
+
+def test_two_of_four_down_stops_commits_until_one_returns(network):
+    net = network()
+    assert net.wait_height(0, 1)
+    net.kill(2)
+    net.kill(3)
+    height = net.height(0)
+    load = Load(net, targets=[0, 1], batch=5)
+    with load:
+        deadline = time.monotonic() + 5
+        while not load.accepted and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert load.accepted, "the live nodes still accept transactions"
+    assert not net.wait_height(0, height + 1, timeout=6), "2 of 4 validators must not commit a block"
+    net.start(2)
+    assert net.wait_height(0, height + 1, timeout=60), "commits resume with 3 of 4"
+    assert not net.missing(1, load.accepted)
+    assert_identical_chains(net, [0, 1, 2])
+
+
+def test_cut_off_node_heals_without_fork(network):
+    net = network(proxied=True)
+    assert net.wait_height(0, 1)
+    with Load(net, targets=[0, 1, 2]) as load:
+        net.cut_off(3)
+        cut_height = net.height(3)
+        assert net.wait_height(0, net.height(0) + 3), "the other three keep committing"
+        assert net.height(3) <= cut_height + 1, "the cut-off node cannot commit on its own"
+        net.cut_off(3, cut=False)
+        assert net.wait_height(3, net.height(0)), "the healed node catches up"
+    assert not net.missing(3, load.accepted)
+    assert_identical_chains(net, [0, 1, 2, 3])
+
+
+def test_peer_with_certificate_of_another_ca_is_refused(network, tmp_path):
+    net = network()
+    outsider = init_home(tmp_path / "outsider", "intruder", api_port=0)
+    p2p = load_config(net.homes[0])
+
+    async def attempt() -> str:
+        context = client_context(outsider.cert("consortium-ca"), outsider.cert("node-chain"), outsider.key("tls"),
+                                 check_hostname=False)  # fmt: skip
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the outsider does not even check the server
+        try:
+            reader, writer = await asyncio.open_connection(p2p.p2p_host, p2p.p2p_port, ssl=context)
+            writer.write(encode_frame("status", {"height": 1}))
+            await writer.drain()
+            await asyncio.wait_for(read_frame(reader), 10)
+        except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError, OSError):
+            return "refused"
+        return "accepted"
+
+    assert asyncio.run(attempt()) == "refused"
+    peers = httpx.get(f"{net.url(0)}/v1/network").json()["peers"]
+    assert "intruder" not in {p["organisation"] for p in peers}
+
+
+def test_equivocating_validator_is_caught_and_the_evidence_stored(network):
+    """Node 3's key signs two different prevotes for one round; the honest nodes keep
+    both signed votes as evidence and expose them."""
+    net = network()
+    assert net.wait_height(0, 1)
+    net.kill(3)
+    rogue = load_config(net.homes[3])
+    key = rogue.signing_key()
+    target = load_config(net.homes[0])
+    height = net.height(0) + 1
+
+    async def equivocate() -> None:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from twinledger.consensus.bft import signed_vote_message, vote_body
+        from twinledger.consensus.tendermint import Vote, VoteKind
+        from twinledger.crypto.certs import read_certificate
+        from twinledger.ledger.genesis import Genesis
+
+        context = client_context(rogue.cert("consortium-ca"), rogue.cert("node-chain"), rogue.key("tls"),
+                                 check_hostname=False)  # fmt: skip
+        reader, writer = await asyncio.open_connection(target.p2p_host, target.p2p_port, ssl=context)
+        genesis = Genesis.read(rogue.genesis_path)
+        org_der = read_certificate(rogue.cert("organisation")).public_bytes(Encoding.DER)
+        writer.write(encode_frame("hello", {"chain_id": genesis.chain_id, "genesis_hash": genesis.header().hash,
+                                            "listen": "127.0.0.1:1", "height": 0, "organisation_certificate": org_der}))
+        assert (await read_frame(reader)).type == "hello"
+        for block_hash in (bytes(32), bytes([1]) * 32):
+            message = signed_vote_message(genesis.chain_id, VoteKind.PREVOTE, height, 0, block_hash)
+            vote = Vote(VoteKind.PREVOTE, height, 0, block_hash, key.public, key.sign(message))
+            writer.write(encode_frame("vote", vote_body(vote)))
+        await writer.drain()
+        writer.close()  # the node reads what was sent before the close
+        await writer.wait_closed()
+
+    asyncio.run(equivocate())
+    deadline = time.monotonic() + 30
+    found: list = []
+    while not found and time.monotonic() < deadline:
+        assert net.wait_height(0, height)  # the height starts, its log takes the votes in
+        found = httpx.get(f"{net.url(0)}/v1/evidence").json()["evidence"]
+    assert len(found) == 1
+    first, second = found[0]["first"], found[0]["second"]
+    assert first["validator"] == second["validator"] == key.public.hex()
+    assert first["height"] == second["height"] == height and first["block_hash"] != second["block_hash"]
+    assert "twinledger_equivocations_total 1" in httpx.get(f"{net.url(0)}/metrics").text

@@ -175,11 +175,11 @@ class Network:
         return httpx.post(f"{self.url(i)}/v1/transactions/batch", content=body, headers=OCTETS, timeout=30).json()
 
 
-def make_network(directory: Path, *, proxied: bool = False, orgs: list[str] = ORGS) -> Network:
-    """Homes for a bft network on free loopback ports; with ``proxied``, node i listens on
+def make_network(directory: Path, *, proxied: bool = False, orgs: list[str] = ORGS, consensus: str = "bft") -> Network:
+    """Homes for a network on free loopback ports; with ``proxied``, node i listens on
     127.0.0.(i+2) and every peer reaches it through a cuttable proxy."""
     chain_id = "test-consortium"
-    init_network(directory, orgs, chain_id=chain_id, base_port=free_port(), block_interval_ms=100)
+    init_network(directory, orgs, chain_id=chain_id, base_port=free_port(), block_interval_ms=100, consensus=consensus)
     homes = [directory / org for org in orgs]
     network = Network(directory, homes, chain_id)
     addresses = []

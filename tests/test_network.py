@@ -174,3 +174,20 @@ def test_equivocating_validator_is_caught_and_the_evidence_stored(network):
     assert first["validator"] == second["validator"] == key.public.hex()
     assert first["height"] == second["height"] == height and first["block_hash"] != second["block_hash"]
     assert "twinledger_equivocations_total 1" in httpx.get(f"{net.url(0)}/metrics").text
+
+
+def test_poa_authorities_commit_and_survive_a_lost_leader(tmp_path):
+    net = make_network(tmp_path / "poa", orgs=["plant-a", "plant-b", "plant-c"], consensus="poa")
+    try:
+        for i in range(3):
+            net.start(i)
+        with Load(net, targets=[0, 1]) as load:
+            assert net.wait_height(0, 2)
+            net.kill(2)
+            assert net.wait_height(0, net.height(0) + 3), "two of three authorities (2 signatures) keep going"
+        assert not net.missing(1, load.accepted)
+        net.start(2)
+        assert net.wait_height(2, net.height(0))
+        assert_identical_chains(net, [0, 1, 2])
+    finally:
+        net.stop_all()

@@ -1,4 +1,4 @@
-"""Consensus engines behind ``abc.Consensus``: ``solo`` and ``bft``; ``poa`` plugs in here."""
+"""Consensus engines behind ``abc.Consensus``: ``solo``, ``bft`` and ``poa``."""
 
 from __future__ import annotations
 
@@ -20,4 +20,8 @@ def create_consensus(genesis: Genesis, key: SigningKey | None) -> Consensus:
         from twinledger.consensus.bft import BftConsensus
 
         return BftConsensus(genesis, key)
-    raise ConfigError(f"unknown consensus {genesis.consensus!r} in genesis (known: solo, bft)")
+    if genesis.consensus == "poa":
+        from twinledger.consensus.poa import PoaConsensus
+
+        return PoaConsensus(genesis, key)
+    raise ConfigError(f"unknown consensus {genesis.consensus!r} in genesis (known: solo, bft, poa)")

@@ -141,11 +141,14 @@ class Node(NetworkedProducer):
         self.chain = Chain(self.store, default_runtime(), self.consensus, self.genesis, keep)
         self.mempool = Mempool(config.mempool_max_txs)
         for tx in self.store.pending():
-            self.mempool.add(tx)
+            if self.store.transaction(tx.hash) is None:  # a row left behind by a commit racing its journal write
+                self.mempool.add(tx)
         self.metrics = Metrics()
         self._ledger = ThreadPoolExecutor(1, thread_name_prefix="ledger")
         self._journal = ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._journaling: dict[bytes, Future[None]] = {}
+        self._unjournaled: set[bytes] = set()
+        """Pending transactions relayed by peers, which this node has not written durably."""
         self._readers = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="read")
         self._verifiers: ProcessPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -183,8 +186,9 @@ class Node(NetworkedProducer):
         return self._verifiers
 
     # -- submission --------------------------------------------------------------------------
-    def _admit(self, candidates: list[Transaction | TwinledgerError]) -> Admission:
-        """Stateful checks; the fresh transactions enter the mempool as journaling (ledger thread)."""
+    def _admit(self, candidates: list[Transaction | TwinledgerError], journal: bool) -> Admission:
+        """Stateful checks; the fresh transactions enter the mempool, as journaling if they
+        are to be written durably (ledger thread)."""
         state = self.chain.state()
         admission = Admission()
         for index, item in enumerate(candidates):
@@ -196,6 +200,9 @@ class Node(NetworkedProducer):
                     admission.results.append(SubmitResult(index, item.hash, duplicate=True))
                     if item.hash in self._journaling:
                         admission.waits.add(self._journaling[item.hash])
+                    elif journal and item.hash in self._unjournaled:  # a peer relayed it; a client now asks
+                        self._unjournaled.discard(item.hash)
+                        admission.fresh.append(item)
                     continue
                 self.chain.app.check_transaction(state, item)
             except TwinledgerError as exc:
@@ -204,8 +211,11 @@ class Node(NetworkedProducer):
                 else:
                     admission.results.append(SubmitResult(index, error=exc))
                 continue
-            self.mempool.add(item, durable=False)
-            self._journaling[item.hash] = admission.journaled
+            self.mempool.add(item, durable=not journal)
+            if journal:
+                self._journaling[item.hash] = admission.journaled
+            else:
+                self._unjournaled.add(item.hash)
             admission.fresh.append(item)
             admission.results.append(SubmitResult(index, item.hash))
         return admission
@@ -222,11 +232,14 @@ class Node(NetworkedProducer):
             self.mempool.remove(hashes)
             admission.journaled.set_exception(failure)
 
-    async def submit(self, raw: list[bytes], gossip: bool = True) -> list[SubmitResult]:
-        """Admit transactions; an accepted one is durable when this returns.
+    async def submit(self, raw: list[bytes], from_peer: bool = False) -> list[SubmitResult]:
+        """Admit transactions; one accepted from a client is durable when this returns.
 
         The durable write runs on the journal thread, so the ledger thread builds and
-        commits blocks meanwhile; the mempool offers a transaction to blocks only after it."""
+        commits blocks meanwhile; the mempool offers a transaction to blocks only after it.
+        Transactions relayed by peers are not journaled: the node that acknowledged them
+        to a client holds them durably, and this node only needs them to build and check
+        blocks. Client submissions are gossiped to the peers."""
         loop = asyncio.get_running_loop()
         now_ms = int(time.time() * 1000)
         pool = self._verifier_processes() if len(raw) >= PROCESS_BATCH else self._readers
@@ -234,8 +247,8 @@ class Node(NetworkedProducer):
         verified = await asyncio.gather(
             *(loop.run_in_executor(pool, decode_and_validate, chunk, self.chain_id, now_ms) for chunk in chunks)
         )
-        admission = await self.in_ledger(self._admit, [item for chunk in verified for item in chunk])
-        if admission.fresh:
+        admission = await self.in_ledger(self._admit, [item for chunk in verified for item in chunk], not from_peer)
+        if admission.fresh and not from_peer:
             try:
                 await loop.run_in_executor(self._journal, self.store.add_pending, admission.fresh)
             except BaseException as exc:
@@ -253,7 +266,7 @@ class Node(NetworkedProducer):
                 self._submitted_at[result.tx_hash] = now
         if admission.fresh and self._tx_available is not None:
             self._tx_available.set()
-        if gossip and admission.fresh and self.network is not None:
+        if not from_peer and admission.fresh and self.network is not None:
             self.network.broadcast("txs", {"txs": [tx.encoded for tx in admission.fresh]})
         return admission.results
 
@@ -296,7 +309,13 @@ class Node(NetworkedProducer):
 
     def _commit(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> None:
         self.chain.commit(block, certificate, result)
-        self.mempool.remove(tx.hash for tx in block.transactions)
+        self._forget(block)
+
+    def _forget(self, block: Block) -> None:
+        """Drop a committed block's transactions from the mempool."""
+        hashes = [tx.hash for tx in block.transactions]
+        self.mempool.remove(hashes)
+        self._unjournaled.difference_update(hashes)
 
     async def commit_block(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> None:
         await self.in_ledger(self._commit, block, certificate, result)
@@ -395,7 +414,7 @@ class Node(NetworkedProducer):
             raw = body.get("txs")
             if not isinstance(raw, list) or not all(isinstance(t, bytes) for t in raw) or len(raw) > MAX_GOSSIP_TXS:
                 raise DecodeError("txs: expected a list of transaction byte strings")
-            results = await self.submit(raw, gossip=False)
+            results = await self.submit(raw, from_peer=True)
             return any(r.tx_hash is not None and not r.duplicate for r in results)
         if frame.type in ("proposal", "vote"):
             receive = getattr(self.consensus, "receive", None)
@@ -466,7 +485,7 @@ class Node(NetworkedProducer):
 
     def _apply_synced(self, block: Block, certificate: CommitCertificate) -> ImportOutcome:
         outcome = self.chain.apply_block(block, certificate)
-        self.mempool.remove(tx.hash for tx in block.transactions)
+        self._forget(block)
         return outcome
 
     async def _start_network(self) -> None:

@@ -33,14 +33,14 @@ CHAIN_ID = "bench-chain"
 console = Console(stderr=True)
 
 
-def make_transactions(count: int, senders: int, progress: Progress) -> list[Transaction]:
+def make_transactions(count: int, senders: int, progress: Progress, chain_id: str = CHAIN_ID) -> list[Transaction]:
     """``count`` records.put transactions of TX_SIZE encoded bytes, round-robin over senders."""
     keys = [SigningKey.generate() for _ in range(senders)]
     now = int(time.time() * 1000)
 
     def tx(key: SigningKey, nonce: int, filler: int) -> Transaction:
         payload = nonce.to_bytes(8, "big") + os.urandom(filler)
-        return sign_transaction(key, chain_id=CHAIN_ID, nonce=nonce, contract="records", method="put",
+        return sign_transaction(key, chain_id=chain_id, nonce=nonce, contract="records", method="put",
                                 args={"payload": payload, "metadata": {"source": "bench"}}, timestamp=now)  # fmt: skip
 
     probe = len(encode_transaction(tx(keys[0], 0, 800)))
@@ -55,16 +55,21 @@ def make_transactions(count: int, senders: int, progress: Progress) -> list[Tran
     return txs
 
 
-def measure_ceiling(txs: list[Transaction], batch: int, workdir: Path) -> float:
+def measure_ceiling(txs: list[Transaction], batch: int, workdir: Path, chain_id: str = CHAIN_ID) -> float:
     """Transactions per second for decode + hash + verify + durable store, one process."""
     raw = [encode_transaction(tx) for tx in txs]
-    store = SqliteChainStore(workdir / "ceiling.db")
+    return ceiling_run(raw, batch, str(workdir / "ceiling.db"), chain_id)
+
+
+def ceiling_run(raw: list[bytes], batch: int, path: str, chain_id: str) -> float:
+    """Decode, verify and durably store ``raw`` in batches; transactions per second."""
+    store = SqliteChainStore(path)
     start = time.perf_counter()
     for i in range(0, len(raw), batch):
         decoded = []
         for data in raw[i : i + batch]:
             tx = decode_transaction(data)
-            validate_transaction(tx, CHAIN_ID)
+            validate_transaction(tx, chain_id)
             assert isinstance(tx, Transaction)
             decoded.append(tx)
         store.add_pending(decoded)
@@ -73,8 +78,13 @@ def measure_ceiling(txs: list[Transaction], batch: int, workdir: Path) -> float:
     return len(raw) / elapsed
 
 
-async def _submit_all(url: str, txs: list[Transaction], batch: int, clients: int,
-                      progress: Progress) -> tuple[dict[bytes, float], dict[bytes, float], float, float]:  # fmt: skip
+async def submit_all(urls: list[str], txs: list[Transaction], batch: int, clients: int, chain_id: str, progress: Progress,
+                     window: int = 0) -> tuple[dict[bytes, float], dict[bytes, float], float, float]:  # fmt: skip
+    """Submit ``txs`` in batches over ``clients`` connections spread over the nodes at
+    ``urls``; follow the first node's blocks until every one is committed. With a
+    ``window``, at most that many transactions are submitted and not yet committed (a
+    closed loop, so latency is measured at a load the system sustains). Returns submit and
+    commit times per transaction, and the start and end of the run."""
     submitted: dict[bytes, float] = {}
     committed: dict[bytes, float] = {}
     wanted = {tx.hash for tx in txs}
@@ -83,18 +93,29 @@ async def _submit_all(url: str, txs: list[Transaction], batch: int, clients: int
         lanes[i % clients].append(tx)
     sent = progress.add_task("submitting", total=len(txs))
     done = progress.add_task("committed", total=len(txs))
+    in_flight = 0
+    room = asyncio.Condition()
 
-    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
-        await _warm_up(http, len(txs[0].encoded))
+    clients_by_node = [httpx.AsyncClient(base_url=url, timeout=120) for url in urls]
+    http = clients_by_node[0]
+    try:
+        for node_client in clients_by_node:
+            await _warm_up(node_client, len(txs[0].encoded), chain_id)
         start_height = (await http.get("/v1/health")).json()["height"]
 
-        async def lane(items: list[Transaction]) -> None:
+        async def lane(items: list[Transaction], node_client: httpx.AsyncClient) -> None:
+            nonlocal in_flight
             for j in range(0, len(items), batch):
                 chunk = items[j : j + batch]
+                if window:
+                    async with room:
+                        while in_flight and in_flight + len(chunk) > window:
+                            await room.wait()
+                        in_flight += len(chunk)
                 body = encode([encode_transaction(tx) for tx in chunk])
                 sent_at = time.perf_counter()
-                response = await http.post("/v1/transactions/batch", content=body,
-                                           headers={"content-type": "application/octet-stream"})  # fmt: skip
+                response = await node_client.post("/v1/transactions/batch", content=body,
+                                                  headers={"content-type": "application/octet-stream"})  # fmt: skip
                 result = response.json()
                 if response.status_code != 200 or result["rejected"]:
                     raise RuntimeError(f"batch refused: {json.dumps(result)[:300]}")
@@ -103,6 +124,7 @@ async def _submit_all(url: str, txs: list[Transaction], batch: int, clients: int
                 progress.advance(sent, len(chunk))
 
         async def watch() -> None:
+            nonlocal in_flight
             height = start_height
             while len(committed) < len(wanted):
                 height += 1
@@ -110,25 +132,32 @@ async def _submit_all(url: str, txs: list[Transaction], batch: int, clients: int
                 if response.status_code != 200:
                     raise RuntimeError(f"block {height} did not appear: {response.text[:200]}")
                 now = time.perf_counter()
+                before = len(committed)
                 for item in response.json()["transactions"]:
                     digest = bytes.fromhex(item["hash"])
                     if digest in wanted:
                         committed[digest] = now
+                async with room:
+                    in_flight -= len(committed) - before
+                    room.notify_all()
                 progress.update(done, completed=len(committed))
 
         begin = time.perf_counter()
         watcher = asyncio.create_task(watch())
-        await asyncio.gather(*(lane(items) for items in lanes))
+        await asyncio.gather(*(lane(items, clients_by_node[i % len(urls)]) for i, items in enumerate(lanes)))
         await watcher
         end = max(committed.values())
+    finally:
+        for node_client in clients_by_node:
+            await node_client.aclose()
     return submitted, committed, begin, end
 
 
-async def _warm_up(http: httpx.AsyncClient, size: int) -> None:
+async def _warm_up(http: httpx.AsyncClient, size: int, chain_id: str) -> None:
     """Commit one untimed batch first, so the node's verifier processes are running."""
     key = SigningKey.generate()
     now = int(time.time() * 1000)
-    batch = [sign_transaction(key, chain_id=CHAIN_ID, nonce=n, contract="records", method="put",
+    batch = [sign_transaction(key, chain_id=chain_id, nonce=n, contract="records", method="put",
                               args={"payload": os.urandom(size - 200)}, timestamp=now) for n in range(200)]  # fmt: skip
     response = await http.post("/v1/transactions/batch", content=encode([tx.encoded for tx in batch]),
                                headers={"content-type": "application/octet-stream"})  # fmt: skip
@@ -136,7 +165,7 @@ async def _warm_up(http: httpx.AsyncClient, size: int) -> None:
     await http.get(f"/v1/transactions/{batch[-1].hash.hex()}", params={"wait": "30"})
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1] if len(values) > 1 else values[0]
 
 
@@ -149,7 +178,7 @@ def run_ledger_benchmark(txs: int, batch: int, clients: int, output: Path, as_js
         node = start_node(home)
         try:
             submitted, committed, begin, end = asyncio.run(
-                _submit_all(node.url, transactions, batch, clients, progress)
+                submit_all([node.url], transactions, batch, clients, CHAIN_ID, progress)
             )
             blocks = httpx.get(f"{node.url}/metrics").text
         finally:
@@ -172,8 +201,8 @@ def run_ledger_benchmark(txs: int, batch: int, clients: int, output: Path, as_js
         "blocks": block_count,
         "seconds": round(end - begin, 3),
         "committed_tx_per_s": round(throughput, 1),
-        "latency_p50_ms": round(_percentile(latencies, 0.5) * 1000, 1),
-        "latency_p99_ms": round(_percentile(latencies, 0.99) * 1000, 1),
+        "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+        "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
         "ceiling_tx_per_s": round(ceiling, 1),
         "ratio_to_ceiling": round(throughput / ceiling, 3),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

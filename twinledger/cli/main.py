@@ -340,6 +340,24 @@ def bench_ledger(
     run_ledger_benchmark(txs=txs, batch=batch, clients=clients, output=output, as_json=as_json)
 
 
+@bench_app.command("network")
+@command
+def bench_network(
+    validators: Annotated[int, typer.Option(help="Validator processes.")] = 4,
+    txs: Annotated[int, typer.Option(help="Transactions to commit.")] = 20000,
+    batch: Annotated[int, typer.Option(help="Transactions per submitted batch.")] = 500,
+    clients: Annotated[int, typer.Option(help="Concurrent submitting connections, spread over the nodes.")] = 4,
+    window: Annotated[int, typer.Option(help="Most transactions submitted and not yet committed (0: no limit).")] = 2000,
+    output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench/results/network.json"),
+    as_json: Json = False,
+) -> None:
+    """Validators running bft on this machine, all transactions committed on every node."""
+    from twinledger.bench.network import run_network_benchmark
+
+    run_network_benchmark(validators=validators, txs=txs, batch=batch, clients=clients, window=window, output=output,
+                          as_json=as_json)  # fmt: skip
+
+
 @app.command("demo")
 @command
 def demo(

@@ -25,7 +25,7 @@ from cryptography import x509
 
 from twinledger.crypto.certs import CertificateError, NodeIdentity, verify_node_chain
 from twinledger.errors import DecodeError, TwinledgerError
-from twinledger.net.wire import Frame, encode_frame, read_frame
+from twinledger.net.wire import Frame, encode_frame, parse_frame, read_frame, read_payload
 
 log = logging.getLogger("twinledger.net")
 
@@ -130,19 +130,14 @@ class PeerManager:
         return task
 
     # -- gossip ------------------------------------------------------------------------------
-    def mark_seen(self, raw: bytes) -> bool:
-        """True the first time a payload is seen."""
-        digest = hashlib.sha256(raw).digest()
-        if digest in self._seen:
-            return False
+    def _remember(self, digest: bytes) -> None:
         self._seen[digest] = None
         if len(self._seen) > SEEN_CAPACITY:
             self._seen.popitem(last=False)
-        return True
 
     def broadcast(self, message_type: str, body: dict[str, Any], exclude: Peer | None = None) -> None:
         frame = encode_frame(message_type, body)
-        self.mark_seen(frame[4:])
+        self._remember(hashlib.sha256(frame[4:]).digest())
         self._flood(frame, exclude)
 
     def _flood(self, frame: bytes, exclude: Peer | None) -> None:
@@ -268,7 +263,13 @@ class PeerManager:
 
     async def _read_loop(self, peer: Peer, reader: asyncio.StreamReader) -> None:
         while True:
-            frame = await read_frame(reader)
+            payload = await read_payload(reader)
+            digest = hashlib.sha256(payload).digest()
+            if digest in self._seen:
+                continue  # gossip already handled (another peer relayed it first): dropped unparsed
+            frame = parse_frame(payload)
+            if frame.type in GOSSIP_TYPES:
+                self._remember(digest)
             if frame.type == "peers":
                 self._learn(frame.body.get("addresses"))
                 continue
@@ -276,8 +277,6 @@ class PeerManager:
                 height = frame.body.get("height")
                 if isinstance(height, int) and not isinstance(height, bool):
                     peer.height = height
-            if frame.type in GOSSIP_TYPES and not self.mark_seen(frame.raw):
-                continue
             relay = await self.handler(peer, frame)
             if relay and frame.type in GOSSIP_TYPES:
                 self._flood(len(frame.raw).to_bytes(4, "big") + frame.raw, exclude=peer)

@@ -62,9 +62,14 @@ def parse_frame(payload: bytes) -> Frame:
     return Frame(message["type"], message["body"], payload)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Frame:
-    """The next frame; raises DecodeError for a bad frame, IncompleteReadError at the end."""
+async def read_payload(reader: asyncio.StreamReader) -> bytes:
+    """The next frame's payload, undecoded (so gossip seen before is dropped unparsed)."""
     length = int.from_bytes(await reader.readexactly(4), "big")
     if length > MAX_FRAME:
         raise DecodeError(f"frame of {length} bytes exceeds the limit of {MAX_FRAME}")
-    return parse_frame(await reader.readexactly(length))
+    return await reader.readexactly(length)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Frame:
+    """The next frame; raises DecodeError for a bad frame, IncompleteReadError at the end."""
+    return parse_frame(await read_payload(reader))

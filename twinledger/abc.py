@@ -206,6 +206,10 @@ class NetworkedProducer(BlockProducer):
         """Gossip a message to every peer."""
 
     @abstractmethod
+    def known_transaction(self, encoded: bytes) -> Transaction | None:
+        """A verified pending transaction with exactly these bytes, if there is one."""
+
+    @abstractmethod
     def request_blocks(self, height: int) -> None:
         """Ask peers for committed blocks from ``height`` on (block sync)."""
 

@@ -393,6 +393,9 @@ class Node(NetworkedProducer):
         if self.network is not None:
             self.network.broadcast(message_type, body)
 
+    def known_transaction(self, encoded: bytes) -> Transaction | None:
+        return self.mempool.by_encoding(encoded)
+
     def request_blocks(self, height: int) -> None:
         """Ask the peers that are ahead (or all, if none says so) for blocks from ``height``."""
         if self.network is None:

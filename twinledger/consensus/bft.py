@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,11 @@ from twinledger.consensus.signer import VoteGuard, resume_height
 from twinledger.core.hashing import hash_obj
 from twinledger.core.proof import certificate_signers
 from twinledger.core.types import (
+    AnyTransaction,
     Block,
     BlockHeader,
     CommitCertificate,
+    Transaction,
     VoteSignature,
     decode_header,
     decode_transaction,
@@ -87,7 +90,8 @@ class ProposalMessage:
     block: Block
 
 
-def parse_proposal(body: dict[str, Any]) -> ProposalMessage:
+def parse_proposal(body: dict[str, Any], known: Callable[[bytes], Transaction | None] | None = None) -> ProposalMessage:
+    """Parse a proposal; ``known`` returns an already decoded transaction for its bytes."""
     try:
         p = tm.Proposal(body["height"], body["round"], body["block_hash"], body["valid_round"], body["proposer"],
                         body["signature"])  # fmt: skip
@@ -95,7 +99,7 @@ def parse_proposal(body: dict[str, Any]) -> ProposalMessage:
         raw_txs = body["transactions"]
         if not isinstance(raw_txs, list):
             raise DecodeError("proposal: transactions must be a list")
-        txs = tuple(decode_transaction(raw) for raw in raw_txs)
+        txs = tuple(_transaction(raw, known) for raw in raw_txs)
     except (KeyError, TypeError) as exc:
         raise DecodeError("malformed proposal") from exc
     _check_shapes(p.height, p.round, p.block_hash, p.proposer, p.signature, nil_ok=False)
@@ -104,6 +108,14 @@ def parse_proposal(body: dict[str, Any]) -> ProposalMessage:
     if header.hash != p.block_hash or header.height != p.height:
         raise DecodeError("proposal: the block is not the one proposed")
     return ProposalMessage(p, Block(header, txs))
+
+
+def _transaction(raw: Any, known: Callable[[bytes], Transaction | None] | None) -> AnyTransaction:
+    if known is not None and isinstance(raw, bytes):
+        tx = known(raw)
+        if tx is not None:
+            return tx
+    return decode_transaction(raw)
 
 
 def proposal_body(p: tm.Proposal, block: Block) -> dict[str, Any]:
@@ -174,7 +186,7 @@ class BftConsensus(Consensus):
             self._inbox.put_nowait(("vote", vote))
             return True
         if message_type == "proposal":
-            parsed = parse_proposal(body)
+            parsed = parse_proposal(body, self._host.known_transaction if self._host is not None else None)
             p = parsed.proposal
             if p.height < self.height or p.proposer != tm.proposer(self._validators, p.height, p.round):
                 return False

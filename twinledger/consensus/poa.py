@@ -66,6 +66,7 @@ class PoaConsensus(Consensus):
         self.key = key if key is not None and key.public in self._authorities else None
         self.last_round = 0
         self._inbox: asyncio.Queue[tuple[str, Any]] | None = None
+        self._known: Any = None
 
     def validators(self) -> tuple[bytes, ...]:
         return self._authorities
@@ -96,7 +97,7 @@ class PoaConsensus(Consensus):
         if self._inbox is None:
             return False
         if message_type == "proposal":
-            parsed = parse_proposal(body)
+            parsed = parse_proposal(body, self._known)
             p = parsed.proposal
             if p.proposer != self.leader(p.height, p.round):
                 return False
@@ -121,6 +122,7 @@ class PoaConsensus(Consensus):
     # -- the loop ------------------------------------------------------------------------------
     async def run(self, producer: Any) -> None:
         host: NetworkedProducer = producer
+        self._known = host.known_transaction
         self._inbox = asyncio.Queue()
         load, save = host.consensus_record()
         self._load, self._save = load, save

@@ -8,6 +8,7 @@ and a sender's transactions are never selected past one that is still journaling
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections.abc import Iterable
 
 from twinledger.core.types import Transaction
@@ -20,6 +21,7 @@ class Mempool:
         self._txs: dict[bytes, Transaction] = {}
         self._by_sender: dict[bytes, dict[int, bytes]] = {}
         self._journaling: set[bytes] = set()
+        self._by_encoding: dict[bytes, Transaction] = {}
 
     def __len__(self) -> int:
         return len(self._txs)
@@ -38,8 +40,14 @@ class Mempool:
             raise MempoolFull(f"mempool holds its limit of {self.max_txs} transactions; retry later")
         return True
 
+    def by_encoding(self, encoded: bytes) -> Transaction | None:
+        """The pending transaction with exactly these bytes, so a block that carries it
+        need not be decoded and hashed again. Safe to call from another thread."""
+        return self._by_encoding.get(hashlib.sha256(encoded).digest())
+
     def add(self, tx: Transaction, durable: bool = True) -> None:
         self._txs[tx.hash] = tx
+        self._by_encoding[hashlib.sha256(tx.encoded).digest()] = tx
         self._by_sender.setdefault(tx.sender, {})[tx.nonce] = tx.hash
         if not durable:
             self._journaling.add(tx.hash)
@@ -83,6 +91,7 @@ class Mempool:
             if tx is None:
                 continue
             self._journaling.discard(tx_hash)
+            self._by_encoding.pop(hashlib.sha256(tx.encoded).digest(), None)
             nonces = self._by_sender[tx.sender]
             nonces.pop(tx.nonce, None)
             if not nonces:

@@ -31,6 +31,24 @@ def network(tmp_path):
         net.stop_all()
 
 
+async def connect_as(member, target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection to ``target``'s peer port with ``member``'s certificate, past hello."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from twinledger.crypto.certs import read_certificate
+    from twinledger.ledger.genesis import Genesis
+
+    context = client_context(member.cert("consortium-ca"), member.cert("node-chain"), member.key("tls"),
+                             check_hostname=False)  # fmt: skip
+    reader, writer = await asyncio.open_connection(target.p2p_host, target.p2p_port, ssl=context)
+    genesis = Genesis.read(member.genesis_path)
+    org_der = read_certificate(member.cert("organisation")).public_bytes(Encoding.DER)
+    writer.write(encode_frame("hello", {"chain_id": genesis.chain_id, "genesis_hash": genesis.header().hash,
+                                        "listen": "127.0.0.1:1", "height": 0, "organisation_certificate": org_der}))
+    assert (await read_frame(reader)).type == "hello"
+    return reader, writer
+
+
 def assert_identical_chains(net: Network, nodes: list[int]) -> int:
     """Every node has the same block hashes and state roots up to the lowest head."""
     height = min(net.height(i) for i in nodes)
@@ -140,23 +158,12 @@ def test_equivocating_validator_is_caught_and_the_evidence_stored(network):
     height = net.height(0) + 1
 
     async def equivocate() -> None:
-        from cryptography.hazmat.primitives.serialization import Encoding
-
         from twinledger.consensus.bft import signed_vote_message, vote_body
         from twinledger.consensus.tendermint import Vote, VoteKind
-        from twinledger.crypto.certs import read_certificate
-        from twinledger.ledger.genesis import Genesis
 
-        context = client_context(rogue.cert("consortium-ca"), rogue.cert("node-chain"), rogue.key("tls"),
-                                 check_hostname=False)  # fmt: skip
-        reader, writer = await asyncio.open_connection(target.p2p_host, target.p2p_port, ssl=context)
-        genesis = Genesis.read(rogue.genesis_path)
-        org_der = read_certificate(rogue.cert("organisation")).public_bytes(Encoding.DER)
-        writer.write(encode_frame("hello", {"chain_id": genesis.chain_id, "genesis_hash": genesis.header().hash,
-                                            "listen": "127.0.0.1:1", "height": 0, "organisation_certificate": org_der}))
-        assert (await read_frame(reader)).type == "hello"
+        reader, writer = await connect_as(rogue, target)
         for block_hash in (bytes(32), bytes([1]) * 32):
-            message = signed_vote_message(genesis.chain_id, VoteKind.PREVOTE, height, 0, block_hash)
+            message = signed_vote_message(net.chain_id, VoteKind.PREVOTE, height, 0, block_hash)
             vote = Vote(VoteKind.PREVOTE, height, 0, block_hash, key.public, key.sign(message))
             writer.write(encode_frame("vote", vote_body(vote)))
         await writer.drain()
@@ -191,3 +198,63 @@ def test_poa_authorities_commit_and_survive_a_lost_leader(tmp_path):
         assert_identical_chains(net, [0, 1, 2])
     finally:
         net.stop_all()
+
+
+def wait_until(condition, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_peer_exchange_completes_the_mesh_from_one_seed(tmp_path):
+    import tomllib
+
+    import tomli_w
+
+    net = make_network(tmp_path / "pex")
+    seed = load_config(net.homes[0])
+    for home in net.homes:
+        doc = tomllib.loads((home / "node.toml").read_text())
+        doc["p2p"]["seeds"] = [] if home == net.homes[0] else [f"{seed.p2p_host}:{seed.p2p_port}"]
+        (home / "node.toml").write_text(tomli_w.dumps(doc))
+    try:
+        for i in range(4):
+            net.start(i)
+
+        def full_mesh() -> bool:
+            return all(len(httpx.get(f"{net.url(i)}/v1/network").json()["peers"]) == 3 for i in range(4))
+
+        assert wait_until(full_mesh), "every node learns every other from the one seed"
+        assert net.wait_height(3, 1)
+    finally:
+        net.stop_all()
+
+
+def test_garbage_from_a_member_drops_only_that_connection(network):
+    net = network()
+    assert net.wait_height(0, 1)
+    net.kill(3)
+    member = load_config(net.homes[3])
+    target = load_config(net.homes[0])
+
+    async def send_garbage() -> bool:
+        reader, writer = await connect_as(member, target)
+        writer.write((12).to_bytes(4, "big") + b"not msgpack!")
+        await writer.drain()
+        try:
+            while True:
+                await asyncio.wait_for(reader.read(65536), 10)
+                if reader.at_eof():
+                    return True
+        except (ConnectionError, ssl.SSLError):
+            return True
+
+    assert asyncio.run(send_garbage()), "the node hangs up on a peer that sends garbage"
+    assert "WARNING twinledger.net: dropping peer node-1: trailing bytes" in net.processes[0].log_path.read_text()
+    assert net.health(0)["status"] == "ok"
+    with Load(net, targets=[0]) as load:
+        assert wait_until(lambda: len(load.accepted) >= 50)
+    assert not net.missing(1, load.accepted), "the network carries on"

@@ -453,14 +453,20 @@ def _run_doc(config: Any) -> dict[str, Any] | None:
 def _print_status(rows: list[dict[str, Any]], title: str) -> None:
     import datetime as dt
 
-    table = Table("organisation", "state", "pid", "API", "height", "head", "peers", "round", "last block", title=title)
+    table = Table(title=title, title_justify="left")
+    widest = max((len(row["organisation"]) for row in rows), default=12)
+    table.add_column("organisation", no_wrap=True, min_width=widest)
+    for name in ("state", "height", "head", "peers", "round", "last block", "pid"):
+        table.add_column(name, no_wrap=True)
     for row in rows:
         last = row.get("last_block_time")
         when = dt.datetime.fromtimestamp(last / 1000, dt.UTC).strftime("%H:%M:%S") if last else "-"
-        table.add_row(row["organisation"], row["state"], str(row["pid"] or "-"), row["api"] or "-",
-                      str(row.get("height", "-")), (row.get("head") or "-")[:16], str(row.get("peers", "-")),
-                      str(row.get("round", "-")), when)  # fmt: skip
+        table.add_row(row["organisation"], row["state"], str(row.get("height", "-")), (row.get("head") or "-")[:8],
+                      str(row.get("peers", "-")), str(row.get("round", "-")), when, str(row["pid"] or "-"))  # fmt: skip
     out.print(table)
+    for row in rows:
+        if row["api"]:
+            out.print(f"  {row['organisation']:<{widest}}  API {row['api']}  (home {row['home']})", soft_wrap=True)
 
 
 @network_app.command("up")

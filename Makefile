@@ -30,6 +30,7 @@ test: $(STAMP) system-deps lint
 
 bench: $(STAMP)
 	$(BIN)/twinledger bench ledger --txs 20000
+	$(BIN)/twinledger bench network --validators 4 --txs 20000
 
 clean:
 	rm -rf $(VENV) demo-node .pytest_cache .hypothesis

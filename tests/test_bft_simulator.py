@@ -21,9 +21,9 @@ def check_safe(sim: Simulation) -> None:
             assert sim.nodes[sim.keys.index(evidence.first.validator)].faulty
 
 
-@pytest.mark.parametrize("chunk", range(10))
+@pytest.mark.parametrize("chunk", range(20))
 def test_agreement_validity_and_progress_with_one_equivocator(chunk):
-    """1,000 schedules: reordering, drops, duplicates, crashes and restarts of correct
+    """2,000 schedules: reordering, drops, duplicates, crashes and restarts of correct
     validators, one equivocating validator; up to 60 % of messages lost before GST, after
     which they flow again. (With the lock rules of L22/L28 disabled, some of these
     schedules decide two different blocks at one height.)"""

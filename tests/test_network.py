@@ -158,7 +158,7 @@ def test_equivocating_validator_is_caught_and_the_evidence_stored(network):
     height = net.height(0) + 1
 
     async def equivocate() -> None:
-        from twinledger.consensus.bft import signed_vote_message, vote_body
+        from twinledger.consensus.messages import signed_vote_message, vote_body
         from twinledger.consensus.tendermint import Vote, VoteKind
 
         reader, writer = await connect_as(rogue, target)

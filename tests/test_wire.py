@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twinledger.consensus.bft import parse_proposal, parse_vote
+from twinledger.consensus.messages import parse_proposal, parse_vote
 from twinledger.core.encoding import encode
 from twinledger.errors import DecodeError
 from twinledger.net.wire import MAX_FRAME, PROTOCOL_VERSION, encode_frame, parse_frame, read_frame

@@ -169,6 +169,42 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1] if len(values) > 1 else values[0]
 
 
+def run_measures(submitted: dict[bytes, float], committed: dict[bytes, float], begin: float, end: float,
+                 ceiling: float) -> dict[str, Any]:  # fmt: skip
+    """Throughput, latency percentiles, the ceiling and the machine, for a results file."""
+    latencies = [committed[h] - submitted[h] for h in committed]
+    throughput = len(committed) / (end - begin)
+    return {
+        "committed": len(committed),
+        "seconds": round(end - begin, 3),
+        "committed_tx_per_s": round(throughput, 1),
+        "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+        "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "ceiling_tx_per_s": round(ceiling, 1),
+        "ratio_to_ceiling": round(throughput / ceiling, 3),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine()},  # fmt: skip
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def publish(result: dict[str, Any], output: Path, as_json: bool, title: str, keys: list[str],
+            anchors: list[tuple[str, str]]) -> None:  # fmt: skip
+    """Write the JSON results and print them: as JSON, or as a table with the papers' numbers."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table("measure", "value", title=title, title_justify="left")
+    for key in keys:
+        table.add_row(key, str(result[key]))
+    for name, value in anchors:
+        table.add_row(name, value)
+    Console().print(table)
+    Console().print(f"results written to {output}")
+
+
 def run_ledger_benchmark(txs: int, batch: int, clients: int, output: Path, as_json: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="twinledger-bench-") as tmp, Progress(console=console) as progress:
         workdir = Path(tmp)
@@ -187,38 +223,17 @@ def run_ledger_benchmark(txs: int, batch: int, clients: int, output: Path, as_js
         ceiling = measure_ceiling(transactions, batch, workdir)
         progress.update(ceiling_task, total=1, completed=1)
 
-    latencies = [committed[h] - submitted[h] for h in committed]
-    throughput = len(committed) / (end - begin)
-    block_count = next((int(line.split()[1]) for line in blocks.splitlines()
-                        if line.startswith("twinledger_blocks_committed_total ")), 0)  # fmt: skip
     result = {
         "benchmark": "ledger",
         "transactions": txs,
         "tx_bytes": TX_SIZE,
         "batch": batch,
         "clients": clients,
-        "committed": len(committed),
-        "blocks": block_count,
-        "seconds": round(end - begin, 3),
-        "committed_tx_per_s": round(throughput, 1),
-        "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
-        "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
-        "ceiling_tx_per_s": round(ceiling, 1),
-        "ratio_to_ceiling": round(throughput / ceiling, 3),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine()},  # fmt: skip
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "blocks": next((int(line.split()[1]) for line in blocks.splitlines()
+                        if line.startswith("twinledger_blocks_committed_total ")), 0),  # fmt: skip
+        **run_measures(submitted, committed, begin, end, ceiling),
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        table = Table("measure", "value", title="ledger benchmark (one node)", title_justify="left")
-        for key in ("committed", "blocks", "seconds", "committed_tx_per_s", "latency_p50_ms", "latency_p99_ms",
-                    "ceiling_tx_per_s", "ratio_to_ceiling"):  # fmt: skip
-            table.add_row(key, str(result[key]))
-        table.add_row("safe-UR-chain (paper)", "100 tx/s")
-        Console().print(table)
-        Console().print(f"results written to {output}")
+    publish(result, output, as_json, "ledger benchmark (one node)",
+            ["committed", "blocks", "seconds", "committed_tx_per_s", "latency_p50_ms", "latency_p99_ms",
+             "ceiling_tx_per_s", "ratio_to_ceiling"], [("safe-UR-chain (paper)", "100 tx/s")])  # fmt: skip
     return result

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import multiprocessing
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -21,9 +18,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
-from twinledger.bench.ledger import ceiling_run, make_transactions, percentile, submit_all
+from twinledger.bench.ledger import ceiling_run, make_transactions, publish, run_measures, submit_all
 from twinledger.config import init_network
 from twinledger.core.types import Transaction, encode_transaction
 from twinledger.launcher import NodeProcess, start_node
@@ -80,8 +76,6 @@ def run_network_benchmark(validators: int, txs: int, batch: int, clients: int, w
         ceiling = measure_parallel_ceiling(transactions, validators, batch, workdir)
         progress.update(ceiling_task, total=1, completed=1)
 
-    latencies = [committed[h] - submitted[h] for h in committed]
-    throughput = len(committed) / (end - begin)
     result = {
         "benchmark": "network",
         "validators": validators,
@@ -90,33 +84,15 @@ def run_network_benchmark(validators: int, txs: int, batch: int, clients: int, w
         "batch": batch,
         "clients": clients,
         "window": window,
-        "committed": len(committed),
         "committed_on_every_node": everywhere,
         "blocks": len(intervals) + 1,
-        "seconds": round(end - begin, 3),
-        "committed_tx_per_s": round(throughput, 1),
-        "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
-        "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
         "block_interval_median_s": round(statistics.median(intervals), 3) if intervals else None,
-        "ceiling_tx_per_s": round(ceiling, 1),
-        "ratio_to_ceiling": round(throughput / ceiling, 3),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine()},  # fmt: skip
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **run_measures(submitted, committed, begin, end, ceiling),
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        table = Table("measure", "value", title=f"network benchmark ({validators} validators, bft)", title_justify="left")
-        for key in ("committed", "committed_on_every_node", "blocks", "seconds", "committed_tx_per_s", "latency_p50_ms",
-                    "latency_p99_ms", "block_interval_median_s", "ceiling_tx_per_s", "ratio_to_ceiling"):  # fmt: skip
-            table.add_row(key, str(result[key]))
-        table.add_row("safe-UR-chain (paper)", "100 tx/s, 15 s blocks")
-        table.add_row("BigchainDB (4 × 32 vCPU)", "298 tx/s")
-        Console().print(table)
-        Console().print(f"results written to {output}")
+    publish(result, output, as_json, f"network benchmark ({validators} validators, bft)",
+            ["committed", "committed_on_every_node", "blocks", "seconds", "committed_tx_per_s", "latency_p50_ms",
+             "latency_p99_ms", "block_interval_median_s", "ceiling_tx_per_s", "ratio_to_ceiling"],
+            [("safe-UR-chain (paper)", "100 tx/s, 15 s blocks"), ("BigchainDB (4 × 32 vCPU)", "298 tx/s")])  # fmt: skip
     return result
 
 

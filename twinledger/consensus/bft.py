@@ -13,118 +13,42 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from twinledger.abc import BlockResult, Consensus, NetworkedProducer
+from twinledger.abc import BlockResult, NetworkedProducer
 from twinledger.consensus import tendermint as tm
+from twinledger.consensus.messages import (
+    ProposalMessage,
+    QueuedConsensus,
+    checked_proposal,
+    parse_vote,
+    proposal_body,
+    proposal_message,
+    signed_vote_message,
+    vote_body,
+)
 from twinledger.consensus.signer import VoteGuard, resume_height
-from twinledger.core.hashing import hash_obj
 from twinledger.core.proof import certificate_signers
 from twinledger.core.types import (
-    AnyTransaction,
     Block,
     BlockHeader,
     CommitCertificate,
-    Transaction,
     VoteSignature,
-    decode_header,
-    decode_transaction,
-    encode_header,
-    vote_message,
 )
 from twinledger.crypto.keys import SigningKey, verify_signature
-from twinledger.errors import DecodeError, InvalidBlock, InvalidProof, TwinledgerError
+from twinledger.errors import InvalidBlock, InvalidProof, TwinledgerError
 from twinledger.ledger.blocktree import BlockTree
 from twinledger.ledger.genesis import Genesis
 
 log = logging.getLogger("twinledger.bft")
 
-PROPOSAL_TAG = "twinledger/proposal/v1"
-PREVOTE_TAG = "twinledger/prevote/v1"
 EMPTY_BLOCK_INTERVAL = 5.0
 """Seconds a validator waits for transactions before it proposes an empty block."""
 REGOSSIP_INTERVAL = 1.0
 MAX_FUTURE_MESSAGES = 10_000
 
 
-def proposal_message(chain_id: str, p: tm.Proposal) -> bytes:
-    return hash_obj(PROPOSAL_TAG, {"chain_id": chain_id, "height": p.height, "round": p.round,
-                                   "block_hash": p.block_hash, "valid_round": p.valid_round})  # fmt: skip
-
-
-def signed_vote_message(chain_id: str, kind: tm.VoteKind, height: int, round_: int, block_hash: bytes) -> bytes:
-    """Precommits sign exactly what a commit certificate's signatures sign."""
-    if kind == tm.VoteKind.PRECOMMIT:
-        return vote_message(chain_id, height, round_, block_hash)
-    return hash_obj(PREVOTE_TAG, {"chain_id": chain_id, "height": height, "round": round_, "block_hash": block_hash})
-
-
-def vote_body(vote: tm.Vote) -> dict[str, Any]:
-    return {"kind": int(vote.kind), "height": vote.height, "round": vote.round, "block_hash": vote.block_hash,
-            "validator": vote.validator, "signature": vote.signature}  # fmt: skip
-
-
-def parse_vote(body: dict[str, Any]) -> tm.Vote:
-    try:
-        vote = tm.Vote(tm.VoteKind(body["kind"]), body["height"], body["round"], body["block_hash"],
-                       body["validator"], body["signature"])  # fmt: skip
-    except (KeyError, ValueError, TypeError) as exc:
-        raise DecodeError("malformed vote") from exc
-    _check_shapes(vote.height, vote.round, vote.block_hash, vote.validator, vote.signature, nil_ok=True)
-    return vote
-
-
-def _check_shapes(height: Any, round_: Any, block_hash: Any, key: Any, signature: Any, nil_ok: bool) -> None:
-    ints = all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 for v in (height, round_))
-    if not ints or not isinstance(block_hash, bytes) or len(block_hash) not in ((0, 32) if nil_ok else (32,)):
-        raise DecodeError("malformed consensus message")
-    if not isinstance(key, bytes) or len(key) != 32 or not isinstance(signature, bytes) or len(signature) != 64:
-        raise DecodeError("malformed consensus message")
-
-
-@dataclass(frozen=True)
-class ProposalMessage:
-    proposal: tm.Proposal
-    block: Block
-
-
-def parse_proposal(body: dict[str, Any], known: Callable[[bytes], Transaction | None] | None = None) -> ProposalMessage:
-    """Parse a proposal; ``known`` returns an already decoded transaction for its bytes."""
-    try:
-        p = tm.Proposal(body["height"], body["round"], body["block_hash"], body["valid_round"], body["proposer"],
-                        body["signature"])  # fmt: skip
-        header = decode_header(body["header"])
-        raw_txs = body["transactions"]
-        if not isinstance(raw_txs, list):
-            raise DecodeError("proposal: transactions must be a list")
-        txs = tuple(_transaction(raw, known) for raw in raw_txs)
-    except (KeyError, TypeError) as exc:
-        raise DecodeError("malformed proposal") from exc
-    _check_shapes(p.height, p.round, p.block_hash, p.proposer, p.signature, nil_ok=False)
-    if not isinstance(p.valid_round, int) or not -1 <= p.valid_round < p.round:
-        raise DecodeError("proposal: valid_round must be -1 or an earlier round")
-    if header.hash != p.block_hash or header.height != p.height:
-        raise DecodeError("proposal: the block is not the one proposed")
-    return ProposalMessage(p, Block(header, txs))
-
-
-def _transaction(raw: Any, known: Callable[[bytes], Transaction | None] | None) -> AnyTransaction:
-    if known is not None and isinstance(raw, bytes):
-        tx = known(raw)
-        if tx is not None:
-            return tx
-    return decode_transaction(raw)
-
-
-def proposal_body(p: tm.Proposal, block: Block) -> dict[str, Any]:
-    return {"height": p.height, "round": p.round, "block_hash": p.block_hash, "valid_round": p.valid_round,
-            "proposer": p.proposer, "signature": p.signature, "header": encode_header(block.header),
-            "transactions": [tx.encoded for tx in block.transactions]}  # fmt: skip
-
-
-class BftConsensus(Consensus):
+class BftConsensus(QueuedConsensus):
     name = "bft"
 
     def __init__(self, genesis: Genesis, key: SigningKey | None) -> None:
@@ -138,7 +62,6 @@ class BftConsensus(Consensus):
         self.height = 0
         self.evidence_count = 0
         self.last_round = 0
-        self._inbox: asyncio.Queue[tuple[str, Any]] | None = None
         self._host: NetworkedProducer | None = None
         self._guard: VoteGuard | None = None
         self._blocks: dict[bytes, Block] = {}
@@ -186,20 +109,13 @@ class BftConsensus(Consensus):
             self._inbox.put_nowait(("vote", vote))
             return True
         if message_type == "proposal":
-            parsed = parse_proposal(body, self._host.known_transaction if self._host is not None else None)
-            p = parsed.proposal
-            if p.height < self.height or p.proposer != tm.proposer(self._validators, p.height, p.round):
+            known = self._host.known_transaction if self._host is not None else None
+            parsed = checked_proposal(body, self.chain_id, lambda h, r: tm.proposer(self._validators, h, r), known)
+            if parsed is None or parsed.proposal.height < self.height:
                 return False
-            if not verify_signature(p.proposer, proposal_message(self.chain_id, p), p.signature):
-                raise InvalidProof("proposal signature does not verify")
             self._inbox.put_nowait(("proposal", parsed))
             return True
         return False
-
-    def head_advanced(self, height: int) -> None:
-        """Block sync committed blocks up to ``height``: leave the height being decided."""
-        if self._inbox is not None:
-            self._inbox.put_nowait(("head", height))
 
     # -- the driver --------------------------------------------------------------------------------
     async def run(self, producer: Any) -> None:

@@ -20,12 +20,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from twinledger.abc import BlockResult, Consensus, NetworkedProducer
+from twinledger.abc import BlockResult, NetworkedProducer
 from twinledger.consensus import tendermint as tm
-from twinledger.consensus.bft import (
-    EMPTY_BLOCK_INTERVAL,
+from twinledger.consensus.bft import EMPTY_BLOCK_INTERVAL
+from twinledger.consensus.messages import (
     ProposalMessage,
-    parse_proposal,
+    QueuedConsensus,
+    checked_proposal,
     parse_vote,
     proposal_body,
     proposal_message,
@@ -55,7 +56,7 @@ class Height:
     proposed: set[int] = field(default_factory=set)
 
 
-class PoaConsensus(Consensus):
+class PoaConsensus(QueuedConsensus):
     name = "poa"
 
     def __init__(self, genesis: Genesis, key: SigningKey | None) -> None:
@@ -65,7 +66,6 @@ class PoaConsensus(Consensus):
         self.required = genesis.authority_signatures
         self.key = key if key is not None and key.public in self._authorities else None
         self.last_round = 0
-        self._inbox: asyncio.Queue[tuple[str, Any]] | None = None
         self._known: Any = None
 
     def validators(self) -> tuple[bytes, ...]:
@@ -97,12 +97,9 @@ class PoaConsensus(Consensus):
         if self._inbox is None:
             return False
         if message_type == "proposal":
-            parsed = parse_proposal(body, self._known)
-            p = parsed.proposal
-            if p.proposer != self.leader(p.height, p.round):
+            parsed = checked_proposal(body, self.chain_id, self.leader, self._known)
+            if parsed is None:
                 return False
-            if not verify_signature(p.proposer, proposal_message(self.chain_id, p), p.signature):
-                raise InvalidProof("proposal signature does not verify")
             self._inbox.put_nowait(("proposal", parsed))
             return True
         if message_type == "vote":
@@ -114,10 +111,6 @@ class PoaConsensus(Consensus):
             self._inbox.put_nowait(("vote", vote))
             return True
         return False
-
-    def head_advanced(self, height: int) -> None:
-        if self._inbox is not None:
-            self._inbox.put_nowait(("head", height))
 
     # -- the loop ------------------------------------------------------------------------------
     async def run(self, producer: Any) -> None:

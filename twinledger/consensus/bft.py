@@ -17,6 +17,7 @@ from typing import Any
 
 from twinledger.abc import BlockResult, NetworkedProducer
 from twinledger.consensus import tendermint as tm
+from twinledger.consensus.finality import highest_leaf, signers_of
 from twinledger.consensus.messages import (
     ProposalMessage,
     QueuedConsensus,
@@ -28,7 +29,6 @@ from twinledger.consensus.messages import (
     vote_body,
 )
 from twinledger.consensus.signer import VoteGuard, resume_height
-from twinledger.core.proof import certificate_signers
 from twinledger.core.types import (
     Block,
     BlockHeader,
@@ -76,23 +76,14 @@ class BftConsensus(QueuedConsensus):
         return self._validators
 
     def validate_certificate(self, header: BlockHeader, certificate: CommitCertificate) -> None:
-        if (certificate.chain_id, certificate.height, certificate.block_hash) != (
-            header.chain_id, header.height, header.hash,
-        ):  # fmt: skip
-            raise InvalidBlock("commit certificate is for another block")
-        if header.proposer not in self._validators:
-            raise InvalidBlock("block was proposed by a non-validator")
-        try:
-            signers = certificate_signers(certificate, self._validators)
-        except InvalidProof as exc:
-            raise InvalidBlock(exc.message) from exc
+        signers = signers_of(header, certificate, self._validators)
         if len(signers) < self.quorum:
             raise InvalidBlock(f"commit certificate has {len(signers)} of the {self.quorum} precommits it needs")
 
     def fork_choice(self, tree: BlockTree) -> bytes:
         """Certified blocks are final, so there is one branch unless more than f validators
         are faulty; then the highest, lowest-hash leaf (and the evidence shows who)."""
-        return min(tree.leaves(), key=lambda h: (-h.height, h.hash)).hash
+        return highest_leaf(tree)
 
     # -- messages from the network (event loop) ---------------------------------------------------
     def receive(self, message_type: str, body: dict[str, Any]) -> bool:

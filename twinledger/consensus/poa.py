@@ -23,6 +23,7 @@ from typing import Any
 from twinledger.abc import BlockResult, NetworkedProducer
 from twinledger.consensus import tendermint as tm
 from twinledger.consensus.bft import EMPTY_BLOCK_INTERVAL
+from twinledger.consensus.finality import highest_leaf, signers_of
 from twinledger.consensus.messages import (
     ProposalMessage,
     QueuedConsensus,
@@ -33,7 +34,6 @@ from twinledger.consensus.messages import (
     vote_body,
 )
 from twinledger.core.encoding import decode, encode
-from twinledger.core.proof import certificate_signers
 from twinledger.core.types import Block, BlockHeader, CommitCertificate, VoteSignature, vote_message
 from twinledger.crypto.keys import SigningKey, verify_signature
 from twinledger.errors import DecodeError, InvalidBlock, InvalidProof, TwinledgerError
@@ -76,21 +76,12 @@ class PoaConsensus(QueuedConsensus):
         return ordered[(height + attempt) % len(ordered)]
 
     def validate_certificate(self, header: BlockHeader, certificate: CommitCertificate) -> None:
-        if (certificate.chain_id, certificate.height, certificate.round, certificate.block_hash) != (
-            header.chain_id, header.height, 0, header.hash,
-        ):  # fmt: skip
-            raise InvalidBlock("commit certificate is for another block")
-        if header.proposer not in self._authorities:
-            raise InvalidBlock("block was proposed by a non-authority")
-        try:
-            signers = certificate_signers(certificate, self._authorities)
-        except InvalidProof as exc:
-            raise InvalidBlock(exc.message) from exc
+        signers = signers_of(header, certificate, self._authorities, round_=0)
         if len(signers) < self.required or header.proposer not in signers:
             raise InvalidBlock(f"block needs {self.required} authority signatures, its proposer's among them")
 
     def fork_choice(self, tree: BlockTree) -> bytes:
-        return min(tree.leaves(), key=lambda h: (-h.height, h.hash)).hash
+        return highest_leaf(tree)
 
     # -- messages ------------------------------------------------------------------------------
     def receive(self, message_type: str, body: dict[str, Any]) -> bool:

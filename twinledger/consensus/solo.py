@@ -6,10 +6,10 @@ import asyncio
 import time
 
 from twinledger.abc import BlockProducer, Consensus
-from twinledger.core.proof import certificate_signers
+from twinledger.consensus.finality import highest_leaf, signers_of
 from twinledger.core.types import Block, BlockHeader, CommitCertificate, VoteSignature
 from twinledger.crypto.keys import SigningKey
-from twinledger.errors import InvalidBlock, InvalidProof
+from twinledger.errors import InvalidBlock
 from twinledger.ledger.blocktree import BlockTree
 
 
@@ -36,22 +36,11 @@ class SoloConsensus(Consensus):
         return CommitCertificate(header.chain_id, header.height, 0, header.hash, (signature,))
 
     def validate_certificate(self, header: BlockHeader, certificate: CommitCertificate) -> None:
-        if (certificate.chain_id, certificate.height, certificate.block_hash) != (
-            header.chain_id, header.height, header.hash,
-        ):  # fmt: skip
-            raise InvalidBlock("commit certificate is for another block")
-        if header.proposer != self.validator:
-            raise InvalidBlock("block was proposed by a non-validator")
-        try:
-            signers = certificate_signers(certificate, self.validators())
-        except InvalidProof as exc:
-            raise InvalidBlock(exc.message) from exc
-        if signers != (self.validator,):
+        if signers_of(header, certificate, self.validators()) != (self.validator,):
             raise InvalidBlock("block is not signed by the solo validator")
 
     def fork_choice(self, tree: BlockTree) -> bytes:
-        """Highest block wins; among equals, the lowest hash (deterministic)."""
-        return min(tree.leaves(), key=lambda h: (-h.height, h.hash)).hash
+        return highest_leaf(tree)
 
     async def run(self, producer: BlockProducer) -> None:
         if self.key is None:

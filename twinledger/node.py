@@ -39,7 +39,7 @@ from twinledger.core.types import (
     decode_header,
     decode_transaction,
 )
-from twinledger.errors import DecodeError, TwinledgerError
+from twinledger.errors import DecodeError, InvalidBlock, TwinledgerError
 from twinledger.ledger.chain import Chain, ImportOutcome, keep_all, keep_filter
 from twinledger.ledger.genesis import Genesis
 from twinledger.ledger.mempool import Mempool
@@ -307,9 +307,15 @@ class Node(NetworkedProducer):
         await self.in_ledger(self.store.set_meta, key, encode(doc))
         self.metrics.equivocations += 1
 
-    def _commit(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> None:
+    def _commit(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> bool:
+        """Commit a decided block; False if block sync already brought it."""
+        if self.chain.head.hash == block.hash:
+            return False
+        if block.header.previous != self.chain.head.hash:
+            raise InvalidBlock(f"decided block {block.height} no longer extends the head ({self.chain.head.height})")
         self.chain.commit(block, certificate, result)
         self._forget(block)
+        return True
 
     def _forget(self, block: Block) -> None:
         """Drop a committed block's transactions from the mempool."""
@@ -318,8 +324,8 @@ class Node(NetworkedProducer):
         self._unjournaled.difference_update(hashes)
 
     async def commit_block(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> None:
-        await self.in_ledger(self._commit, block, certificate, result)
-        self._committed(block)
+        if await self.in_ledger(self._commit, block, certificate, result):
+            self._committed(block)
 
     def _committed(self, block: Block) -> None:
         """Metrics, waiting clients and block listeners, after ``block`` became the head."""
@@ -475,7 +481,7 @@ class Node(NetworkedProducer):
             if block.height != self.head.height + 1:
                 continue
             outcome = await self.in_ledger(self._apply_synced, block, certificate)
-            if outcome.head.hash == block.hash:
+            if outcome.status == "head":
                 self._committed(block)
                 imported += 1
         if imported:

@@ -30,8 +30,13 @@ def test_network_up_status_down_and_the_homes_work_with_the_cli(tmp_path):
         put = cli("record", "put", "--home", str(directory / "owner"), str(payload), "--wait", "--json")
         assert put.returncode == 0, put.stderr
         tx_hash = json.loads(put.stdout)["hash"]
-        shown = cli("tx", "show", tx_hash, "--home", str(directory / "auditor"), "--json")
+        shown = cli("tx", "show", tx_hash, "--home", str(directory / "auditor"), "--proof", "--json")
         assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "committed"
+        proof = tmp_path / "proof.json"
+        proof.write_text(shown.stdout)
+        verified = cli("verify", "proof", str(proof), "--json")
+        assert verified.returncode == 0, verified.stderr  # offline: more than 2/3 of the four validators signed
+        assert json.loads(verified.stdout)["signers"].__len__() >= 3
 
         status = cli("network", "status", "--dir", str(directory), "--json")
         assert status.returncode == 0
@@ -47,6 +52,9 @@ def test_network_up_status_down_and_the_homes_work_with_the_cli(tmp_path):
     assert down.returncode == 0 and len(json.loads(down.stdout)["stopped"]) == 4
     after = json.loads(cli("network", "status", "--dir", str(directory), "--json").stdout)
     assert {n["state"] for n in after["nodes"]} == {"stopped"}
+    checked = cli("verify", "chain", "--home", str(directory / "maintainer"), "--json")
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["ok"] is True
 
 
 def test_network_commands_fail_with_one_line(tmp_path):

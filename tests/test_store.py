@@ -96,6 +96,13 @@ def test_meta(store: ChainStore):
     assert store.meta("x") == b"2"
 
 
+def test_meta_items_by_prefix(store: ChainStore):
+    for key in ("evidence/b", "evidence/a", "evidencex", "consensus/vote-guard", "evidence/é"):
+        store.set_meta(key, key.encode())
+    assert store.meta_items("evidence/") == [(k, k.encode()) for k in ("evidence/a", "evidence/b", "evidence/é")]
+    assert store.meta_items("nothing/") == []
+
+
 def test_full_transactions_survive_roundtrip(store: ChainStore):
     chain = new_chain(store)
     tx = record(payload=b"\x00\xff" * 100)

@@ -255,7 +255,8 @@ class SqlChainStore(ChainStore):
         return bytes(row[0]) if row else None
 
     def meta_items(self, prefix: str) -> list[tuple[str, bytes]]:
-        rows = self._all("SELECT key, value FROM meta WHERE key >= ? AND key < ? ORDER BY key", prefix, prefix + "\uffff")
+        rows = self._all("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", len(prefix), prefix)
+        rows.sort(key=lambda row: row[0])  # code point order on every engine, whatever its collation
         return [(key, bytes(value)) for key, value in rows]
 
     def set_meta(self, key: str, value: bytes) -> None:

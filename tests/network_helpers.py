@@ -4,6 +4,7 @@ processes, a cuttable TCP proxy in front of each node, and helpers to load and c
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -19,7 +20,7 @@ from twinledger.config import init_network, load_config
 from twinledger.core.encoding import encode
 from twinledger.core.types import Transaction, encode_transaction, sign_transaction
 from twinledger.crypto.keys import SigningKey
-from twinledger.launcher import NodeProcess, start_node
+from twinledger.launcher import NodeProcess, free_port_block, start_node
 
 OCTETS = {"content-type": "application/octet-stream"}
 ORGS = ["manufacturer", "owner", "maintainer", "auditor"]
@@ -179,15 +180,15 @@ def make_network(directory: Path, *, proxied: bool = False, orgs: list[str] = OR
     """Homes for a network on free loopback ports; with ``proxied``, node i listens on
     127.0.0.(i+2) and every peer reaches it through a cuttable proxy."""
     chain_id = "test-consortium"
-    init_network(directory, orgs, chain_id=chain_id, base_port=free_port(), block_interval_ms=100, consensus=consensus)
+    base = free_port_block(2 * len(orgs), start=20000 + 1000 * (os.getpid() % 10))
+    init_network(directory, orgs, chain_id=chain_id, base_port=base, block_interval_ms=100, consensus=consensus)
     homes = [directory / org for org in orgs]
     network = Network(directory, homes, chain_id)
     addresses = []
     for i in range(len(homes)):
         host = f"127.0.0.{i + 2}" if proxied else "127.0.0.1"
-        port = free_port(host)
         network.hosts.append(host)
-        addresses.append((host, port))
+        addresses.append((host, base + 2 * i))
     if proxied:
         network.proxies = [CuttableProxy(address) for address in addresses]
     public = [p.address for p in network.proxies] if proxied else [f"{h}:{p}" for h, p in addresses]

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,3 +124,22 @@ def stop_pid(pid: int, timeout: float = 15.0) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     return False
+
+
+def free_port_block(count: int, host: str = "127.0.0.1", start: int = 20000) -> int:
+    """The first port of ``count`` consecutive free ports, below the ephemeral range where
+    outgoing connections would take ports from under a starting node."""
+    for base in range(start, 32000 - count, count + 3):
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise TwinledgerError(f"no {count} consecutive free ports on {host}")

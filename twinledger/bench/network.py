@@ -22,7 +22,7 @@ from rich.progress import Progress
 from twinledger.bench.ledger import ceiling_run, make_transactions, publish, run_measures, submit_all
 from twinledger.config import init_network
 from twinledger.core.types import Transaction, encode_transaction
-from twinledger.launcher import NodeProcess, start_node
+from twinledger.launcher import NodeProcess, free_port_block, start_node
 
 CHAIN_ID = "bench-consortium"
 console = Console(stderr=True)
@@ -52,7 +52,7 @@ def run_network_benchmark(validators: int, txs: int, batch: int, clients: int, w
     with tempfile.TemporaryDirectory(prefix="twinledger-bench-net-") as tmp, Progress(console=console) as progress:
         workdir = Path(tmp)
         orgs = [f"org{i}" for i in range(validators)]
-        init_network(workdir / "net", orgs, chain_id=CHAIN_ID, base_port=_free_base_port(validators),
+        init_network(workdir / "net", orgs, chain_id=CHAIN_ID, base_port=free_port_block(2 * validators),
                      block_interval_ms=100)  # fmt: skip
         transactions = make_transactions(txs, senders=clients * 8, progress=progress, chain_id=CHAIN_ID)
         starting = progress.add_task("starting validators", total=validators)
@@ -109,22 +109,3 @@ def _committed_everywhere(urls: list[str], height: int, txs: list[Transaction]) 
             if not wanted <= found:
                 return False
     return True
-
-
-def _free_base_port(count: int) -> int:
-    import socket
-
-    for base in range(21000, 60000, 97):
-        try:
-            sockets = []
-            for port in range(base, base + 2 * count):
-                sock = socket.socket()
-                sock.bind(("127.0.0.1", port))
-                sockets.append(sock)
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no free block of ports")

@@ -164,8 +164,8 @@ class BftConsensus(QueuedConsensus):
         if height < self.height:
             return
         if height > self.height or self.state is None:
-            if len(self._future) < MAX_FUTURE_MESSAGES:
-                self._future.append((kind, item))
+            if height <= self.height + 1 and len(self._future) < MAX_FUTURE_MESSAGES:
+                self._future.append((kind, item))  # further ahead, block sync is the way
             if height > self.height:
                 assert self._host is not None
                 self._host.request_blocks(self.height)

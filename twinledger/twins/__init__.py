@@ -1,0 +1,1 @@
+"""Digital twins: specifications (AutomationML) and the contracts built on them."""

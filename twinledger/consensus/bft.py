@@ -52,16 +52,12 @@ class BftConsensus(QueuedConsensus):
     name = "bft"
 
     def __init__(self, genesis: Genesis, key: SigningKey | None) -> None:
-        self.genesis = genesis
-        self.chain_id = genesis.chain_id
-        self._validators = genesis.validator_keys
-        self.key = key if key is not None and key.public in self._validators else None
+        super().__init__(genesis, key)
         self.me = self.key.public if self.key is not None else None
         self.quorum = 2 * len(self._validators) // 3 + 1
         self.state: tm.State | None = None
         self.height = 0
         self.evidence_count = 0
-        self.last_round = 0
         self._host: NetworkedProducer | None = None
         self._guard: VoteGuard | None = None
         self._blocks: dict[bytes, Block] = {}
@@ -72,9 +68,6 @@ class BftConsensus(QueuedConsensus):
         self._last_commit = 0.0
 
     # -- Consensus -----------------------------------------------------------------------------
-    def validators(self) -> tuple[bytes, ...]:
-        return self._validators
-
     def validate_certificate(self, header: BlockHeader, certificate: CommitCertificate) -> None:
         signers = signers_of(header, certificate, self._validators)
         if len(signers) < self.quorum:

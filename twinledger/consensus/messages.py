@@ -20,8 +20,9 @@ from twinledger.core.types import (
     encode_header,
     vote_message,
 )
-from twinledger.crypto.keys import verify_signature
+from twinledger.crypto.keys import SigningKey, verify_signature
 from twinledger.errors import DecodeError, InvalidProof
+from twinledger.ledger.genesis import Genesis
 
 PROPOSAL_TAG = "twinledger/proposal/v1"
 PREVOTE_TAG = "twinledger/prevote/v1"
@@ -114,9 +115,20 @@ def checked_proposal(body: dict[str, Any], chain_id: str, expected_proposer: Cal
 
 
 class QueuedConsensus(Consensus):
-    """An engine whose driver takes checked network messages and sync news from a queue."""
+    """An engine whose driver takes checked network messages and sync news from a queue;
+    ``key`` is kept only if it belongs to one of the genesis validators."""
 
     _inbox: asyncio.Queue[tuple[str, Any]] | None = None
+
+    def __init__(self, genesis: Genesis, key: SigningKey | None) -> None:
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self._validators = genesis.validator_keys
+        self.key = key if key is not None and key.public in self._validators else None
+        self.last_round = 0
+
+    def validators(self) -> tuple[bytes, ...]:
+        return self._validators
 
     def head_advanced(self, height: int) -> None:
         """Block sync committed blocks up to ``height``: leave the height being worked on."""

@@ -60,23 +60,16 @@ class PoaConsensus(QueuedConsensus):
     name = "poa"
 
     def __init__(self, genesis: Genesis, key: SigningKey | None) -> None:
-        self.genesis = genesis
-        self.chain_id = genesis.chain_id
-        self._authorities = genesis.validator_keys
+        super().__init__(genesis, key)
         self.required = genesis.authority_signatures
-        self.key = key if key is not None and key.public in self._authorities else None
-        self.last_round = 0
         self._known: Any = None
 
-    def validators(self) -> tuple[bytes, ...]:
-        return self._authorities
-
     def leader(self, height: int, attempt: int) -> bytes:
-        ordered = sorted(self._authorities)
+        ordered = sorted(self._validators)
         return ordered[(height + attempt) % len(ordered)]
 
     def validate_certificate(self, header: BlockHeader, certificate: CommitCertificate) -> None:
-        signers = signers_of(header, certificate, self._authorities, round_=0)
+        signers = signers_of(header, certificate, self._validators, round_=0)
         if len(signers) < self.required or header.proposer not in signers:
             raise InvalidBlock(f"block needs {self.required} authority signatures, its proposer's among them")
 
@@ -95,7 +88,7 @@ class PoaConsensus(QueuedConsensus):
             return True
         if message_type == "vote":
             vote = parse_vote(body)
-            if vote.kind != tm.VoteKind.PRECOMMIT or vote.round != 0 or vote.validator not in self._authorities:
+            if vote.kind != tm.VoteKind.PRECOMMIT or vote.round != 0 or vote.validator not in self._validators:
                 raise DecodeError("a poa endorsement is a round-0 precommit by an authority")
             if not verify_signature(vote.validator, vote_message(self.chain_id, vote.height, 0, vote.block_hash), vote.signature):
                 raise InvalidProof("endorsement signature does not verify")

@@ -155,6 +155,16 @@ class Consensus(ABC):
     """Block validity, fork choice and block production: everything a consensus decides."""
 
     name: str
+    last_round: int = 0
+    """Round of the height being decided (0 for engines without rounds)."""
+
+    def receive(self, message_type: str, body: dict[str, Any]) -> bool:
+        """Check and take a consensus message from a peer; True if it is worth relaying.
+        Engines that do not vote over the network take none."""
+        return False
+
+    def head_advanced(self, height: int) -> None:  # noqa: B027 - most engines have nothing to leave
+        """Block sync committed blocks up to ``height`` outside the engine."""
 
     @abstractmethod
     def validators(self) -> tuple[bytes, ...]: ...

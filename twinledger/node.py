@@ -426,8 +426,7 @@ class Node(NetworkedProducer):
             results = await self.submit(raw, from_peer=True)
             return any(r.tx_hash is not None and not r.duplicate for r in results)
         if frame.type in ("proposal", "vote"):
-            receive = getattr(self.consensus, "receive", None)
-            return bool(receive(frame.type, body)) if receive is not None else False
+            return self.consensus.receive(frame.type, body)
         if frame.type == "status":
             if peer.height > self.head.height:
                 self.request_blocks(self.head.height + 1)
@@ -486,9 +485,7 @@ class Node(NetworkedProducer):
                 imported += 1
         if imported:
             log.info("block sync: imported %d block(s), head is %d", imported, self.head.height)
-            advanced = getattr(self.consensus, "head_advanced", None)
-            if advanced is not None:
-                advanced(self.head.height)
+            self.consensus.head_advanced(self.head.height)
             if len(items) >= SYNC_BATCH:
                 self.request_blocks(self.head.height + 1)
 

@@ -57,7 +57,6 @@ class BftConsensus(QueuedConsensus):
         self.quorum = 2 * len(self._validators) // 3 + 1
         self.state: tm.State | None = None
         self.height = 0
-        self.evidence_count = 0
         self._host: NetworkedProducer | None = None
         self._guard: VoteGuard | None = None
         self._blocks: dict[bytes, Block] = {}
@@ -224,7 +223,6 @@ class BftConsensus(QueuedConsensus):
             elif isinstance(effect, tm.FetchBlock):
                 self._host.request_blocks(effect.height)
             elif isinstance(effect, tm.Equivocation):
-                self.evidence_count += 1
                 log.warning("equivocation by validator %s at height %d", effect.first.validator.hex()[:16], effect.first.height)
                 await self._host.record_evidence("vote", vote_body(effect.first), vote_body(effect.second))
 

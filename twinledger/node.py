@@ -29,6 +29,8 @@ from twinledger.abc import BlockResult, NetworkedProducer, TransactionLocation
 from twinledger.config import NodeConfig, passphrase
 from twinledger.consensus import create_consensus
 from twinledger.contracts import default_runtime
+from twinledger.core.encoding import decode, encode
+from twinledger.core.hashing import hash_obj
 from twinledger.core.proof import InclusionProof
 from twinledger.core.types import (
     Block,
@@ -299,9 +301,6 @@ class Node(NetworkedProducer):
         return (lambda: self.store.meta(CONSENSUS_RECORD)), (lambda raw: self.store.set_meta(CONSENSUS_RECORD, raw))
 
     async def record_evidence(self, kind: str, first: dict[str, Any], second: dict[str, Any]) -> None:
-        from twinledger.core.encoding import encode
-        from twinledger.core.hashing import hash_obj
-
         doc = {"kind": kind, "first": first, "second": second, "detected": int(time.time() * 1000)}
         key = EVIDENCE_PREFIX + hash_obj("twinledger/evidence/v1", [first, second]).hex()
         await self.in_ledger(self.store.set_meta, key, encode(doc))
@@ -445,7 +444,6 @@ class Node(NetworkedProducer):
 
     def evidence(self) -> list[dict[str, Any]]:
         """Stored equivocation evidence, readable (hex for bytes)."""
-        from twinledger.core.encoding import decode
 
         def readable(value: Any) -> Any:
             if isinstance(value, bytes):

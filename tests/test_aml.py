@@ -44,11 +44,17 @@ def test_sensor_replacement_of_section_5_2():
         (b"<CAEXFile><InstanceHierarchy>", "not well-formed"),
         (b"<Plant/>", "not <CAEXFile>"),
         (b'<!DOCTYPE x [<!ENTITY e "boom">]><CAEXFile/>', "DOCTYPE"),
-        (b'<CAEXFile><InstanceHierarchy Name="h"><InternalElement Name="a" ID="x"/><InternalElement Name="b" ID="x"/>'
-         b"</InstanceHierarchy></CAEXFile>", "used twice"),
+        (
+            b'<CAEXFile><InstanceHierarchy Name="h"><InternalElement Name="a" ID="x"/><InternalElement Name="b" ID="x"/>'
+            b"</InstanceHierarchy></CAEXFile>",
+            "used twice",
+        ),
         (b'<CAEXFile><InstanceHierarchy Name="h"><InternalElement Name="a"/></InstanceHierarchy></CAEXFile>', "has no ID"),
-        (b'<CAEXFile><InstanceHierarchy Name="h"><InternalElement Name="a" ID="a"><Attribute Name="v">'
-         b'<InternalElement Name="b" ID="b"/></Attribute></InternalElement></InstanceHierarchy></CAEXFile>', "cannot hold"),
+        (
+            b'<CAEXFile><InstanceHierarchy Name="h"><InternalElement Name="a" ID="a"><Attribute Name="v">'
+            b'<InternalElement Name="b" ID="b"/></Attribute></InternalElement></InstanceHierarchy></CAEXFile>',
+            "cannot hold",
+        ),
         (b"<CAEXFile>" + b"<x>" * 70 + b"</x>" * 70 + b"</CAEXFile>", "deeper"),
         (b"<CAEXFile>" + b" " * (aml.MAX_AML_BYTES + 1) + b"</CAEXFile>", "limit"),
     ],
@@ -91,7 +97,7 @@ def test_program_calls_are_checked_against_the_safety_rules():
     with pytest.raises(AmlError, match="not one of"):
         direction.validate_call({"direction": "backward"})
     fill = aml.program(stored, "SetFillVolume")
-    assert fill.validate_call({"volume": 500, "valve_check": True}) == {"volume": "500", "valve_check": True}
+    assert fill.validate_call({"volume": "500", "valve_check": True}) == {"volume": 500, "valve_check": True}
     with pytest.raises(AmlError, match="must be an integer"):
         fill.validate_call({"volume": "500.5", "valve_check": True})
     with pytest.raises(AmlError, match="true or false"):

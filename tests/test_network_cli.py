@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+from twinledger.cli.client import NodeClient
+from twinledger.config import load_config
 from twinledger.launcher import free_port_block
+
+PLANT = Path(__file__).parent.parent / "examples" / "bottling-plant.aml"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -38,6 +43,8 @@ def test_network_up_status_down_and_the_homes_work_with_the_cli(tmp_path):
         assert verified.returncode == 0, verified.stderr  # offline: more than 2/3 of the four validators signed
         assert json.loads(verified.stdout)["signers"].__len__() >= 3
 
+        _twin_on_the_consortium(directory, tmp_path)
+
         status = cli("network", "status", "--dir", str(directory), "--json")
         assert status.returncode == 0
         assert {n["state"] for n in json.loads(status.stdout)["nodes"]} == {"running"}
@@ -64,3 +71,28 @@ def test_network_commands_fail_with_one_line(tmp_path):
     assert bad.returncode == 1 and "once" in bad.stderr
     wrong = cli("network", "init", "--dir", str(tmp_path / "y"), "--consensus", "pow")
     assert wrong.returncode == 1 and "bft or poa" in wrong.stderr
+
+
+def _twin_on_the_consortium(directory: Path, tmp_path: Path) -> None:
+    """The owner registers the plant and makes the maintainer its maintainer; the
+    maintainer edits it; the auditor may not. Every node then holds the same twin."""
+    home = {org: str(directory / org) for org in ("manufacturer", "owner", "maintainer", "auditor")}
+    created = cli("twin", "create", "--home", home["owner"], "--aml", str(PLANT), "--device-id", "plant-7",
+                  "--role", "maintainer=maintainer", "--role", "auditor=auditor", "--json")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    twin = json.loads(created.stdout)["id"]
+    removed = cli("twin", "aml", "remove", twin, "level-sensor-1", "--home", home["maintainer"], "--json")
+    assert removed.returncode == 0, removed.stderr
+    refused = cli("twin", "aml", "remove", twin, "capper-1", "--home", home["auditor"])
+    assert refused.returncode == 1 and "org:auditor may not aml.remove" in refused.stderr
+    height = json.loads(removed.stdout)["block"]["height"]
+    views = []
+    for org, path in home.items():
+        client = NodeClient(load_config(Path(path)))
+        try:
+            client.block(str(height), wait=30)
+            views.append(client.request("GET", f"/v1/twins/{twin}", params={"at": height}))
+        finally:
+            client.close()
+        assert views[-1]["aml_version"] == 2, org
+    assert all(view == views[0] for view in views)

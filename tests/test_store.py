@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from ledger_helpers import GENESIS, new_chain, produce, record
 
-from twinledger.abc import ChainStore
-from twinledger.core.types import Transaction
+from twinledger.abc import BlockResult, ChainStore
+from twinledger.core.types import Block, CommitCertificate, Transaction
 from twinledger.ledger.store import open_store
 
 
@@ -109,3 +111,23 @@ def test_full_transactions_survive_roundtrip(store: ChainStore):
     produce(chain, [tx])
     found = store.transaction(tx.hash)
     assert isinstance(found.transaction, Transaction) and found.transaction.args == tx.args
+
+
+def test_state_items_by_prefix_as_of_any_height(store: ChainStore):
+    chain = new_chain(store)
+    first, second = record(), record()
+    produce(chain, [first, second])
+    produce(chain, [record()])
+    at_one = store.state_items("records/", 1)
+    assert [key for key, _ in at_one] == sorted(f"records/{tx.hash.hex()}" for tx in (first, second))
+    assert len(store.state_items("records/")) == 3
+    assert all(key.startswith("nonce/") for key, _ in store.state_items("nonce/"))
+    head = store.head()
+    assert head is not None
+    deleted = f"records/{first.hash.hex()}"
+    header = dataclasses.replace(head, height=head.height + 1, previous=head.hash)
+    certificate = CommitCertificate(head.chain_id, header.height, 0, header.hash, ())
+    store.commit_block(Block(header, ()), certificate, BlockResult({deleted: None}, (), bytes(32), {deleted: None}), ())
+    assert deleted not in dict(store.state_items("records/"))
+    assert deleted in dict(store.state_items("records/", head.height))
+    assert store.state_items("records/x") == []

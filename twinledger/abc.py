@@ -22,6 +22,7 @@ from twinledger.core.types import (
 
 if TYPE_CHECKING:
     from twinledger.ledger.blocktree import BlockTree
+    from twinledger.ledger.genesis import Genesis
 
 
 T = TypeVar("T")
@@ -108,6 +109,11 @@ class ChainStore(ABC):
         """Value of ``key`` after block ``height`` (default: the head)."""
 
     @abstractmethod
+    def state_items(self, prefix: str, height: int | None = None) -> list[tuple[str, StateValue]]:
+        """Present keys starting with ``prefix`` after block ``height`` (default: the head),
+        with their values, in key order."""
+
+    @abstractmethod
     def state_writes(self, height: int) -> dict[str, StateValue]:
         """The state writes recorded for canonical block ``height``."""
 
@@ -139,6 +145,10 @@ class ChainStore(ABC):
 
 class Application(ABC):
     """The deterministic state machine the ledger orders transactions for."""
+
+    @abstractmethod
+    def genesis_result(self, genesis: Genesis) -> BlockResult:
+        """The state the chain starts from (height 0), derived from ``genesis`` alone."""
 
     @abstractmethod
     def check_transaction(self, state: StateReader, tx: Transaction) -> None:

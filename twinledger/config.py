@@ -1,12 +1,13 @@
 """A node's home directory: configuration, genesis, keys and certificates, data.
 
-    HOME/node.toml            configuration (TOML, edited by hand)
-    HOME/genesis.json         the chain's genesis
-    HOME/certs/*.pem          consortium CA, organisation CA, node certificate
-    HOME/keys/*.key           secret keys (0600; sealed if TWINLEDGER_PASSPHRASE was set)
-    HOME/ca/                  the consortium CA key, only where this home created the CA
-    HOME/data/chain.db        the SQLite chain store (default)
-    HOME/run/node.json        written by a running node: pid and API address
+HOME/node.toml            configuration (TOML, edited by hand)
+HOME/genesis.json         the chain's genesis
+HOME/certs/*.pem          consortium CA, organisation CA, node certificate
+HOME/keys/*.key           secret keys (0600; sealed if TWINLEDGER_PASSPHRASE was set)
+HOME/ca/                  the consortium CA key, only where this home created the CA
+DIR/consortium/           (a network) the consortium CA and the administrator's key
+HOME/data/chain.db        the SQLite chain store (default)
+HOME/run/node.json        written by a running node: pid and API address
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import tomli_w
 from twinledger.crypto import certs
 from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file, write_secret_file
 from twinledger.errors import ConfigError
-from twinledger.ledger.genesis import Genesis, GenesisValidator
+from twinledger.ledger.genesis import Genesis, GenesisNode, GenesisOrganisation, GenesisValidator
 
 PASSPHRASE_ENV = "TWINLEDGER_PASSPHRASE"
 ROLES = ("thin", "validator", "archive", "full")
@@ -161,14 +162,15 @@ def init_home(home: Path, organisation: str, *, node: str = "node-1", roles: tup
     secret = passphrase()
     consortium = certs.create_consortium_ca(f"{organisation}-consortium")
     certs.write_issuer(home / "ca" / "consortium.pem", home / "ca" / "consortium.key", consortium, secret)
-    signing = _create_node(home, organisation, node, consortium, secret)
+    member = _create_node(home, organisation, node, consortium, secret, roles, f"{api_host}:{api_port}", "")
     genesis = Genesis(
         chain_id=chain_id or f"{organisation}-chain",
         genesis_time=int(time.time() * 1000),
         consensus="solo",
-        validators=(GenesisValidator(organisation, signing),),
+        validators=(GenesisValidator(organisation, member.nodes[0].signing_key),),
         block_interval_ms=block_interval_ms,
         max_block_txs=max_block_txs,
+        organisations=(member,),
     )
     genesis.write(home / "genesis.json")
     _write_node_toml(home, organisation, node, roles, api_host, api_port, store_url, p2p=None)
@@ -192,17 +194,23 @@ def init_network(directory: Path, organisations: list[str], *, consensus: str = 
     consortium = certs.create_consortium_ca(f"{chain_id}-consortium")
     certs.write_issuer(directory / "consortium" / "consortium-ca.pem", directory / "consortium" / "consortium-ca.key",
                        consortium, secret)  # fmt: skip
-    keys = [_create_node(home, org, "node-1", consortium, secret) for home, org in zip(homes, organisations, strict=True)]
+    p2p_addresses = [f"{host}:{base_port + 2 * i}" for i in range(len(organisations))]
+    members = [_create_node(home, org, "node-1", consortium, secret, ("full",), f"{host}:{base_port + 2 * i + 1}",
+                            p2p_addresses[i])
+               for i, (home, org) in enumerate(zip(homes, organisations, strict=True))]  # fmt: skip
+    admin = SigningKey.generate()
+    write_secret_file(directory / "consortium" / "admin.key", "ed25519", admin.seed, secret)
     genesis = Genesis(
         chain_id=chain_id,
         genesis_time=int(time.time() * 1000),
         consensus=consensus,
-        validators=tuple(GenesisValidator(org, key) for org, key in zip(organisations, keys, strict=True)),
+        validators=tuple(GenesisValidator(m.name, m.nodes[0].signing_key) for m in members),
         block_interval_ms=block_interval_ms,
         max_block_txs=max_block_txs,
         authority_signatures=authority_signatures or (len(organisations) // 2 + 1),
+        organisations=tuple(members),
+        admins=(admin.public,),
     )
-    p2p_addresses = [f"{host}:{base_port + 2 * i}" for i in range(len(organisations))]
     configs = []
     for i, (home, org) in enumerate(zip(homes, organisations, strict=True)):
         genesis.write(home / "genesis.json")
@@ -223,9 +231,10 @@ def _check_new_home(home: Path, organisation: str, node: str, roles: tuple[str, 
         raise ConfigError(f"{home} already holds a node (node.toml exists)")
 
 
-def _create_node(home: Path, organisation: str, node: str, consortium: certs.Issuer, secret: str | None) -> bytes:
-    """Organisation CA, node keys and certificate chain, operator key; returns the node's
-    Ed25519 public key."""
+def _create_node(home: Path, organisation: str, node: str, consortium: certs.Issuer, secret: str | None,
+                 roles: tuple[str, ...], api: str, p2p: str) -> GenesisOrganisation:  # fmt: skip
+    """Organisation CA, node keys and certificate chain, operator key; returns the
+    organisation as genesis names it."""
     home.mkdir(parents=True, exist_ok=True)
     org_ca = certs.issue_organisation_ca(consortium, organisation)
     certs.write_issuer(home / "certs" / "organisation.pem", home / "keys" / "organisation-ca.key", org_ca, secret)
@@ -240,7 +249,8 @@ def _create_node(home: Path, organisation: str, node: str, consortium: certs.Iss
     (home / "certs" / "node-chain.pem").write_bytes(chain_pem)
     for folder in ("data", "run"):
         (home / folder).mkdir(exist_ok=True)
-    return signing.public
+    node_entry = GenesisNode(node, signing.public, encryption.public, roles, api, p2p)
+    return GenesisOrganisation(organisation, (operator.public,), (node_entry,))
 
 
 def _write_node_toml(home: Path, organisation: str, node: str, roles: tuple[str, ...], api_host: str, api_port: int,

@@ -161,6 +161,8 @@ class Node(NetworkedProducer):
         self.network: PeerManager | None = None
         self._sync_asked: dict[int, float] = {}
         self.started = time.time()
+        self.stopping = False
+        """Set when the node was told to stop, so long-lived API streams end."""
 
     @property
     def chain_id(self) -> str:
@@ -512,8 +514,9 @@ class Node(NetworkedProducer):
             seeds=list(config.seeds),
             target_peers=config.target_peers,
             server_ssl=server_context(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"), secret),
-            client_ssl=client_context(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"), secret,
-                                      check_hostname=False),  # fmt: skip
+            client_ssl=client_context(
+                config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"), secret, check_hostname=False
+            ),  # fmt: skip
             ca_cert=read_certificate(config.cert("consortium-ca")),
             org_cert_der=org_cert.public_bytes(Encoding.DER),
             handler=self._on_frame,
@@ -548,8 +551,13 @@ class Node(NetworkedProducer):
             server_config.ssl = server_context(config.cert("consortium-ca"), config.cert("node-chain"),
                                                config.key("tls"), passphrase())  # fmt: skip
         server = _api_server_class()(server_config)
+
+        def stop() -> None:
+            self.stopping = True
+            server.stop()
+
         for stop_signal in (signal.SIGINT, signal.SIGTERM):
-            self._loop.add_signal_handler(stop_signal, server.stop)
+            self._loop.add_signal_handler(stop_signal, stop)
         if config.p2p_port is not None:
             await self._start_network()
         producer = asyncio.create_task(self.consensus.run(self), name="consensus")

@@ -8,16 +8,20 @@ never with a stack trace).
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twinledger import __version__
 from twinledger.abc import TransactionLocation
+from twinledger.api.graphql import graphql_router
+from twinledger.api.service import TwinService, jsonable
 from twinledger.core.encoding import decode, to_obj
 from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt
 from twinledger.errors import DecodeError, NotFound, TwinledgerError
@@ -29,21 +33,13 @@ log = logging.getLogger("twinledger.api")
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 MAX_BATCH_TXS = 10_000
 MAX_WAIT_SECONDS = 60.0
+KEEPALIVE_SECONDS = 15.0
+Since = Query(None, ge=0, description="First block height whose events to send (default: the next block).")
+At = Query(None, ge=0, description="Show the state after this block height (time travel); default: the head.")
 
 
 class BadRequest(TwinledgerError):
     code = "bad_request"
-
-
-def jsonable(value: Any) -> Any:
-    """Canonical values as JSON: byte strings become hex."""
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    return value
 
 
 def transaction_view(tx: AnyTransaction) -> dict[str, Any]:
@@ -229,7 +225,96 @@ def create_app(node: Node) -> FastAPI:
     async def metrics() -> str:
         return render_metrics(node)
 
+    add_twin_resources(app, node, TwinService(node.store))
     return app
+
+
+def add_twin_resources(app: FastAPI, node: Node, service: TwinService) -> None:
+    """Twins, membership and the event stream: REST over ``TwinService``, and GraphQL."""
+
+    @app.get("/v1/twins", summary="Registered twins", tags=["twins"])
+    async def twins(at: int | None = At) -> dict[str, Any]:
+        return await node.read(service.twins, at)
+
+    @app.get("/v1/twins/{ref}", summary="A twin by id or device id, with everything it holds", tags=["twins"])
+    async def twin(ref: str, at: int | None = At) -> dict[str, Any]:
+        return await node.read(service.twin, ref, at)
+
+    @app.get("/v1/twins/{ref}/specification", summary="A version of the AutomationML specification", tags=["twins"])
+    async def specification(ref: str, version: int | None = Query(None, ge=1), xml: bool = False) -> Response:
+        entry, spec = await node.read(service.specification, ref, version)
+        if xml:
+            return Response(spec, media_type="application/xml")
+        return JSONResponse({**entry, "specification": spec.decode()})
+
+    @app.get("/v1/twins/{ref}/history", summary="Every version of the specification", tags=["twins"])
+    async def history(ref: str) -> dict[str, Any]:
+        return {"versions": await node.read(service.history, ref)}
+
+    @app.get("/v1/twins/{ref}/diff", summary="A readable diff between two specification versions", tags=["twins"])
+    async def diff(
+        ref: str, old: int = Query(..., alias="from", ge=1), new: int | None = Query(None, alias="to", ge=1)
+    ) -> dict[str, Any]:
+        return {"diff": await node.read(service.diff, ref, old, new)}
+
+    @app.get("/v1/twins/{ref}/calls", summary="Program calls, optionally by status", tags=["twins"])
+    async def calls(ref: str, status: str | None = None, at: int | None = At) -> dict[str, Any]:
+        return {"calls": await node.read(service.calls, ref, status, at)}
+
+    @app.get("/v1/twins/{ref}/audit", summary="Every transaction that changed the twin, with proofs", tags=["twins"])
+    async def audit(ref: str, proofs: bool = False) -> dict[str, Any]:
+        entries = await node.read(service.audit, ref)
+        if proofs:
+            for entry in entries:
+                entry["proof"] = (await node.proof(bytes.fromhex(entry["tx"]))).to_json()
+        return {"entries": entries}
+
+    @app.get("/v1/members", summary="Consortium members, administrators and open proposals", tags=["membership"])
+    async def members(at: int | None = At) -> dict[str, Any]:
+        return await node.read(service.members, at)
+
+    @app.get("/v1/events", summary="Contract events as Server-Sent Events, optionally of one twin", tags=["events"],
+             response_class=StreamingResponse)  # fmt: skip
+    async def events(request: Request, twin: str | None = None, since: int | None = Since) -> StreamingResponse:
+        resume = _event_position(request.headers.get("last-event-id"))
+        start = resume[0] if resume is not None else (node.head.height + 1 if since is None else since)
+        return StreamingResponse(_event_stream(node, service, request, twin, start, resume),
+                                 media_type="text/event-stream", headers={"cache-control": "no-cache"})  # fmt: skip
+
+    app.include_router(graphql_router(node, service), prefix="/graphql", tags=["graphql"])
+
+
+def _event_position(last_event_id: str | None) -> tuple[int, int, int] | None:
+    """Where a reconnecting client stopped: the id of the last event it saw."""
+    if last_event_id is None:
+        return None
+    parts = last_event_id.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise BadRequest("Last-Event-ID must be HEIGHT:INDEX:NUMBER as sent in an event's id")
+    height, index, number = (int(p) for p in parts)
+    return height, index, number
+
+
+async def _event_stream(node: Node, service: TwinService, request: Request, twin: str | None, height: int,
+                        after: tuple[int, int, int] | None) -> AsyncIterator[str]:  # fmt: skip
+    """Replays committed blocks from ``height`` and then follows the head; every event is
+    read from the store, so a client that reconnects with Last-Event-ID misses nothing."""
+    yield ": twinledger events\n\n"
+    idle = 0.0
+    while not await request.is_disconnected() and not node.stopping:
+        if height > node.head.height and not await node.wait_for_height(height, 1.0):
+            idle += 1.0
+            if idle >= KEEPALIVE_SECONDS:
+                idle = 0.0
+                yield ": keepalive\n\n"
+            continue
+        idle = 0.0
+        for event in await node.read(lambda h=height: list(service.events(h, twin))):
+            position = tuple(int(p) for p in event["id"].split(":"))
+            if after is not None and position <= after:
+                continue
+            yield f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(event, sort_keys=True)}\n\n"
+        height += 1
 
 
 def network_view(node: Node) -> dict[str, Any]:
@@ -244,8 +329,16 @@ def network_view(node: Node) -> dict[str, Any]:
         "round": consensus.last_round,
         "last_block_time": node.head.timestamp,
         "p2p": node.network.address if node.network is not None else None,
-        "peers": [{"organisation": p.identity.organisation, "node": p.identity.node, "address": p.address,
-                   "height": p.height, "outbound": p.outbound} for p in peers],  # fmt: skip
+        "peers": [
+            {
+                "organisation": p.identity.organisation,
+                "node": p.identity.node,
+                "address": p.address,
+                "height": p.height,
+                "outbound": p.outbound,
+            }
+            for p in peers
+        ],  # fmt: skip
         "equivocations": node.metrics.equivocations,
     }
 
@@ -256,15 +349,9 @@ def render_metrics(node: Node) -> str:
         "# HELP twinledger_height Height of the canonical head.",
         "# TYPE twinledger_height gauge",
         f"twinledger_height {node.head.height}",
-        "# HELP twinledger_mempool_size Transactions waiting to be committed.",
-        "# TYPE twinledger_mempool_size gauge",
-        f"twinledger_mempool_size {len(node.mempool)}",
         "# HELP twinledger_orphan_blocks Blocks waiting for their parent.",
         "# TYPE twinledger_orphan_blocks gauge",
         f"twinledger_orphan_blocks {node.chain.tree.orphan_count()}",
-        "# HELP twinledger_height Height of the canonical head.",
-        "# TYPE twinledger_height gauge",
-        f"twinledger_height {node.head.height}",
         "# HELP twinledger_consensus_round Round of the height being decided.",
         "# TYPE twinledger_consensus_round gauge",
         f"twinledger_consensus_round {node.consensus.last_round}",
@@ -304,4 +391,3 @@ def render_metrics(node: Node) -> str:
     lines.append(f"twinledger_commit_latency_seconds_sum {m.latency_sum:.6f}")
     lines.append(f"twinledger_commit_latency_seconds_count {m.latency_count}")
     return "\n".join(lines) + "\n"
-

@@ -40,7 +40,7 @@ class NodeClient:
     def close(self) -> None:
         self.http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -48,12 +48,20 @@ class NodeClient:
                 f"node at {self.url} is not reachable; is it running? "
                 f"(twinledger node start --home {self.config.home})"
             ) from exc
-        body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
         if response.status_code >= 400:
+            body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
             error = body.get("error", {}) if isinstance(body, dict) else {}
             raise TwinledgerError(error.get("message", f"HTTP {response.status_code}"),
                                   code=error.get("code", "http_error"))  # fmt: skip
-        return body
+        return response
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A JSON resource ({} if the answer is not JSON)."""
+        response = self._send(method, path, **kwargs)
+        return response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+
+    def text(self, path: str, **kwargs: Any) -> str:
+        return self._send("GET", path, **kwargs).text
 
     def next_nonce(self, sender: bytes) -> int:
         return int(self.request("GET", f"/v1/accounts/{sender.hex()}/nonce")["next_nonce"])

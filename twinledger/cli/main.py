@@ -3,20 +3,19 @@ failure one line on stderr saying why, and a non-zero exit code."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from twinledger.cli.common import Home, Json, client, command, err, error_line, kv_table, out, print_json
+from twinledger.cli.twins import member_app, twin_app
 from twinledger.config import ROLES, init_home, load_config
 from twinledger.errors import InvalidProof, TwinledgerError
 
@@ -30,54 +29,9 @@ verify_app = typer.Typer(no_args_is_help=True, help="Offline verification.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results in bench/results and docs/benchmarks.md).")
 network_app = typer.Typer(no_args_is_help=True, help="A local consortium: one node per organisation on this machine.")
 for sub, name in ((node_app, "node"), (record_app, "record"), (tx_app, "tx"), (block_app, "block"),
-                  (verify_app, "verify"), (bench_app, "bench"), (network_app, "network")):  # fmt: skip
+                  (verify_app, "verify"), (bench_app, "bench"), (network_app, "network"), (twin_app, "twin"),
+                  (member_app, "member")):  # fmt: skip
     app.add_typer(sub, name=name)
-
-out = Console()
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-Home = Annotated[Path, typer.Option("--home", help="Node home directory.", envvar="TWINLEDGER_HOME")]
-Json = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
-
-
-def command(fn: F) -> F:
-    """Turn every known error into one readable line on stderr and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TwinledgerError as exc:
-            error_line(f"error: {exc.message}")
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            error_line("interrupted")
-            raise typer.Exit(130) from None
-        except OSError as exc:
-            error_line(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def error_line(text: str) -> None:
-    """One unwrapped line on stderr."""
-    sys.stderr.write(" ".join(text.split()) + "\n")
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold cyan")
-    table.add_column(overflow="fold")
-    for key, value in rows:
-        table.add_row(key, str(value))
-    return table
-
 
 # -- init / node ------------------------------------------------------------------------------
 
@@ -108,7 +62,7 @@ def init(
     if as_json:
         print_json(info)
     else:
-        out.print(_kv_table("node home created", list(info.items())))
+        out.print(kv_table("node home created", list(info.items())))
         out.print(f"start it with: twinledger node start --home {home}")
 
 
@@ -131,12 +85,6 @@ def node_start(home: Home) -> None:
 
 
 # -- records ------------------------------------------------------------------------------------
-
-
-def _client(home: Path) -> Any:
-    from twinledger.cli.client import NodeClient
-
-    return NodeClient(load_config(home))
 
 
 @record_app.command("put")
@@ -168,12 +116,12 @@ def record_put(
     else:
         args["payload"] = data
     config = load_config(home)
-    client = _client(home)
-    health = client.health()
-    tx = client.call(config.signing_key("operator"), "records", "put", args, health["chain_id"])
+    node = client(home)
+    health = node.health()
+    tx = node.call(config.signing_key("operator"), "records", "put", args, health["chain_id"])
     result: dict[str, Any] = {"hash": tx.hash.hex(), "status": "accepted"}
     if wait:
-        view = client.transaction(tx.hash.hex(), wait=30)
+        view = node.transaction(tx.hash.hex(), wait=30)
         if view.get("status") != "committed":
             raise TwinledgerError(f"transaction {tx.hash.hex()} was not committed within 30 s")
         result = {"hash": tx.hash.hex(), "status": "committed", "height": view["block"]["height"],
@@ -197,7 +145,7 @@ def tx_show(
     as_json: Json = False,
 ) -> None:
     """Show a transaction, where it is committed, its receipt, and optionally its proof."""
-    view = _client(home).transaction(tx_hash, proof=proof, wait=wait)
+    view = client(home).transaction(tx_hash, proof=proof, wait=wait)
     if as_json:
         print_json(view)
         return
@@ -213,7 +161,7 @@ def tx_show(
         rows.append(("args", json.dumps(tx["args"], sort_keys=True)[:400]))
     for event in receipt["events"]:
         rows.append(("event", f"{event['contract']}.{event['type']}"))
-    out.print(_kv_table("transaction", rows))
+    out.print(kv_table("transaction", rows))
     if proof:
         out.print("proof: use --json to write it to a file, then: twinledger verify proof FILE")
 
@@ -226,15 +174,15 @@ def block_show(
     as_json: Json = False,
 ) -> None:
     """Show a block: header, certificate signers and transactions."""
-    client = _client(home)
+    node = client(home)
     if height == "head":
-        height = str(client.health()["height"])
-    view = client.block(height)
+        height = str(node.health()["height"])
+    view = node.block(height)
     if as_json:
         print_json(view)
         return
     header = view["header"]
-    out.print(_kv_table(f"block {header['height']}", [(k, header[k]) for k in (
+    out.print(kv_table(f"block {header['height']}", [(k, header[k]) for k in (
         "hash", "chain_id", "timestamp", "previous", "tx_count", "tx_root", "state_root", "proposer")]
         + [("signers", ", ".join(s["validator"][:16] + "…" for s in view["certificate"]["signatures"]) or "-")]))  # fmt: skip
     if view["transactions"]:
@@ -280,7 +228,7 @@ def verify_proof_command(
     if as_json:
         print_json(result)
     else:
-        out.print(_kv_table("proof is valid", [(k, v) for k, v in result.items() if k != "valid"]))
+        out.print(kv_table("proof is valid", [(k, v) for k, v in result.items() if k != "valid"]))
 
 
 @verify_app.command("chain")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from twinledger.contracts.authorization import AUTHORIZATION
+from twinledger.contracts.membership import MEMBERSHIP
 from twinledger.contracts.records import RECORDS
 from twinledger.contracts.runtime import Contract, ContractRuntime
+from twinledger.contracts.specification import SPECIFICATION
 
 
 def builtin_contracts() -> list[Contract]:
-    return [RECORDS]
+    return [MEMBERSHIP, AUTHORIZATION, SPECIFICATION, RECORDS]
 
 
 def default_runtime() -> ContractRuntime:

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from twinledger.contracts.arguments import MAX_TEXT, Arguments
 from twinledger.contracts.runtime import Call, Contract, Method
-from twinledger.errors import InvalidTransaction
+from twinledger.core.types import MAX_TX_BYTES
 
 MAX_METADATA_ENTRIES = 32
-MAX_TEXT = 256
 
 
 def record_key(record_id: bytes) -> str:
@@ -30,33 +30,19 @@ class PutArgs:
     metadata: dict[str, str]
 
 
-def _bad(message: str) -> InvalidTransaction:
-    return InvalidTransaction(f"records.put: {message}", code="bad_arguments")
-
-
 def parse_put(args: Mapping[str, Any]) -> PutArgs:
-    unknown = set(args) - {"payload", "payload_hash", "media_type", "metadata"}
-    if unknown:
-        raise _bad(f"unknown arguments {sorted(unknown)}")
-    payload = args.get("payload")
-    digest = args.get("payload_hash")
+    read = Arguments("records.put", args, ("payload", "payload_hash", "media_type", "metadata"))
+    payload = read.blob("payload", max_size=MAX_TX_BYTES, default=None)
+    digest = read.digest("payload_hash", default=None)
     if (payload is None) == (digest is None):
-        raise _bad("give exactly one of payload and payload_hash")
+        raise read.error("give exactly one of payload and payload_hash")
     if payload is not None:
-        if not isinstance(payload, bytes):
-            raise _bad("payload must be bytes")
         digest = hashlib.sha256(payload).digest()
-    elif not isinstance(digest, bytes) or len(digest) != 32:
-        raise _bad("payload_hash must be a 32-byte SHA-256 digest")
-    media_type = args.get("media_type", "application/octet-stream")
-    if not isinstance(media_type, str) or not 0 < len(media_type) <= MAX_TEXT:
-        raise _bad("media_type must be a short string")
-    metadata = args.get("metadata", {})
-    if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA_ENTRIES:
-        raise _bad(f"metadata must be a map of at most {MAX_METADATA_ENTRIES} entries")
+    media_type = read.text("media_type", default="application/octet-stream")
+    metadata = read.mapping("metadata", max_items=MAX_METADATA_ENTRIES, default={})
     for key, value in metadata.items():
         if not isinstance(value, str) or len(key) > MAX_TEXT or len(value) > MAX_TEXT:
-            raise _bad(f"metadata entry {key[:40]!r} must map a short string to a short string")
+            raise read.error(f"metadata entry {key[:40]!r} must map a short string to a short string")
     return PutArgs(payload, digest, media_type, metadata)
 
 

@@ -18,6 +18,7 @@ from twinledger.core.encoding import encode
 from twinledger.core.hashing import hash_obj
 from twinledger.core.types import BlockHeader, Event, Receipt, Transaction
 from twinledger.errors import ContractError, DecodeError, InvalidTransaction
+from twinledger.ledger.genesis import Genesis
 
 STATE_TAG = "twinledger/state/v1"
 
@@ -69,6 +70,8 @@ class Method:
 class Contract:
     name: str
     methods: Mapping[str, Method]
+    genesis: Callable[[Genesis], Mapping[str, StateValue]] | None = None
+    """The contract's initial state, derived from the genesis."""
 
 
 def nonce_key(sender: bytes) -> str:
@@ -113,6 +116,13 @@ class ContractRuntime(Application):
                                      code="unknown_method")  # fmt: skip
         return method
 
+    def genesis_result(self, genesis: Genesis) -> BlockResult:
+        writes: dict[str, StateValue] = {}
+        for contract in self.contracts.values():
+            if contract.genesis is not None:
+                writes.update(contract.genesis(genesis))
+        return BlockResult(writes, (), genesis.header().state_root, encode_writes(writes))
+
     def check_transaction(self, state: StateReader, tx: Transaction) -> None:
         self.method(tx).parse(tx.args)
         last = committed_nonce(state, tx.sender)
@@ -124,14 +134,14 @@ class ContractRuntime(Application):
         """Apply one transaction; a failure yields a ``failed`` receipt and no state change
         beyond the consumed nonce (if the nonce itself was fresh)."""
         if tx.nonce <= committed_nonce(state, tx.sender):
-            return Receipt(tx.hash, "failed", "nonce_replayed")
+            return Receipt(tx.hash, "failed", "nonce_replayed", message=f"nonce {tx.nonce} was already used")
         state.set(nonce_key(tx.sender), tx.nonce)
         call = Call(tx, header, Overlay(state), tx.contract)
         try:
             method = self.method(tx)
             method.apply(call, method.parse(tx.args))
         except (ContractError, InvalidTransaction, DecodeError) as exc:
-            return Receipt(tx.hash, "failed", exc.code)
+            return Receipt(tx.hash, "failed", exc.code, message=exc.message)
         call.state.commit_into(state)
         return Receipt(tx.hash, "ok", "", tuple(call.events))
 

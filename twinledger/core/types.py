@@ -279,12 +279,14 @@ class Event:
 
 @dataclass(frozen=True)
 class Receipt:
-    """The outcome of one transaction: ``ok`` or ``failed`` with an error code."""
+    """The outcome of one transaction: ``ok`` with its events, or ``failed`` with an error
+    code and the message that says what was wrong."""
 
     tx_hash: bytes
     status: str
     error: str
     events: tuple[Event, ...] = field(default=())
+    message: str = ""
 
     @cached_property
     def encoded(self) -> bytes:

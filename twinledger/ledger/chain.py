@@ -100,8 +100,7 @@ class Chain:
         stored = store.header_by_height(0)
         if stored is None:
             empty = CommitCertificate(genesis.chain_id, 0, 0, genesis_header.hash, ())
-            store.commit_block(Block(genesis_header, ()), empty,
-                               BlockResult({}, (), genesis_header.state_root, {}), ())  # fmt: skip
+            store.commit_block(Block(genesis_header, ()), empty, app.genesis_result(genesis), ())
         elif stored.hash != genesis_header.hash:
             raise ConfigError("the chain store holds another chain than this genesis describes")
         self.tree = BlockTree(genesis_header)
@@ -236,4 +235,3 @@ class Chain:
         path = merkle_path([tx.hash for tx in block.transactions], location.index)
         return InclusionProof(block.header, location.transaction, location.index, tuple(path),
                               certificate, tuple(sorted(self.consensus.validators())))  # fmt: skip
-

@@ -1,8 +1,14 @@
-"""Genesis: the chain's founding parameters, and the height-0 block derived from them."""
+"""Genesis: the chain's founding parameters, and the height-0 block derived from them.
+
+Besides consensus parameters, a genesis names the founding members (organisations with
+their operator keys and nodes) and the consortium administrators; the membership
+contract starts from them (contracts/membership.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,25 @@ class GenesisValidator:
 
 
 @dataclass(frozen=True)
+class GenesisNode:
+    name: str
+    signing_key: bytes
+    encryption_key: bytes
+    roles: tuple[str, ...]
+    api: str
+    p2p: str
+    """host:port peers dial, or "" for a node without a peer-to-peer listener."""
+
+
+@dataclass(frozen=True)
+class GenesisOrganisation:
+    name: str
+    operators: tuple[bytes, ...]
+    """Ed25519 keys that act for the organisation (people, the CLI)."""
+    nodes: tuple[GenesisNode, ...]
+
+
+@dataclass(frozen=True)
 class Genesis:
     chain_id: str
     genesis_time: int
@@ -38,6 +63,11 @@ class Genesis:
     timeout_delta_ms: int = 250
     authority_signatures: int = 1
     """poa: signatures of authorities a block needs."""
+    organisations: tuple[GenesisOrganisation, ...] = ()
+    admins: tuple[bytes, ...] = ()
+    """Consortium administrators: each may change membership alone."""
+    membership_quorum: int = 0
+    """Organisations whose approval changes membership without an administrator (0: a majority)."""
 
     @property
     def validator_keys(self) -> tuple[bytes, ...]:
@@ -57,18 +87,13 @@ class Genesis:
         )
 
     def to_json(self) -> dict[str, Any]:
-        doc = to_obj(self)
-        doc["validators"] = [{"organisation": v.organisation, "key": v.key.hex()} for v in self.validators]
-        return doc
+        return _hex_bytes(to_obj(self))
 
     @classmethod
     def from_json(cls, doc: Any) -> Genesis:
         try:
-            doc = dict(doc)
-            doc["validators"] = [{"organisation": v["organisation"], "key": bytes.fromhex(v["key"])}
-                                 for v in doc["validators"]]  # fmt: skip
-            genesis = from_obj(cls, doc, "genesis")
-        except (TypeError, KeyError, ValueError, DecodeError) as exc:
+            genesis = from_obj(cls, _unhex(cls, dict(doc)), "genesis")
+        except (TypeError, KeyError, ValueError, AttributeError, DecodeError) as exc:
             raise ConfigError(f"genesis is malformed: {exc}") from exc
         if not genesis.validators or any(len(v.key) != 32 for v in genesis.validators):
             raise ConfigError("genesis must name validators with 32-byte Ed25519 keys")
@@ -78,6 +103,14 @@ class Genesis:
             raise ConfigError("genesis: consensus timeouts must be at least 1 ms")
         if not 1 <= genesis.authority_signatures <= len(genesis.validators):
             raise ConfigError("genesis: authority_signatures must be between 1 and the number of validators")
+        names = [org.name for org in genesis.organisations]
+        if len(set(names)) != len(names):
+            raise ConfigError("genesis: an organisation is named twice")
+        keys = [k for org in genesis.organisations for k in (*org.operators, *(n.signing_key for n in org.nodes))]
+        if len(set(keys)) != len(keys) or any(len(k) != 32 for k in (*keys, *genesis.admins)):
+            raise ConfigError("genesis: member keys must be distinct 32-byte Ed25519 keys")
+        if not 0 <= genesis.membership_quorum <= max(len(names), 1):
+            raise ConfigError("genesis: membership_quorum must be between 0 and the number of organisations")
         return genesis
 
     def write(self, path: Path) -> None:
@@ -89,3 +122,26 @@ class Genesis:
             return cls.from_json(json.loads(path.read_text()))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read genesis {path}: {exc}") from exc
+
+
+def _hex_bytes(value: Any) -> Any:
+    """JSON has no bytes: write them as hex."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list):
+        return [_hex_bytes(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _hex_bytes(v) for k, v in value.items()}
+    return value
+
+
+def _unhex(hint: Any, value: Any) -> Any:
+    """The inverse of ``_hex_bytes``, guided by the dataclass's field types."""
+    if hint is bytes:
+        return bytes.fromhex(value)
+    if typing.get_origin(hint) is tuple:
+        return [_unhex(typing.get_args(hint)[0], v) for v in value]
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        hints = typing.get_type_hints(hint)
+        return {k: _unhex(hints[k], v) if k in hints else v for k, v in value.items()}
+    return value

@@ -74,6 +74,10 @@ def verify_chain(store: ChainStore, genesis: Genesis, consensus: Consensus, app:
             if height == 0:
                 if header != genesis.header():
                     raise TwinledgerError("genesis block does not match genesis.json")
+                start = app.genesis_result(genesis)
+                if dict(start.writes) != store.state_writes(0):
+                    raise TwinledgerError("stored genesis state differs from genesis.json")
+                state.values.update(start.writes)
                 previous = header
                 report.blocks += 1
                 continue

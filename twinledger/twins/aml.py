@@ -104,14 +104,38 @@ def _by_id(root: etree._Element, identifier: str) -> etree._Element | None:
     return None
 
 
+def _element(root: etree._Element, identifier: str, purpose: str = "") -> etree._Element:
+    element = _by_id(root, identifier)
+    if element is None:
+        raise AmlError(f"no element with ID {identifier!r}{purpose}", code="unknown_element")
+    return element
+
+
+def component_path(specification: bytes, element_id: str) -> tuple[str, ...]:
+    """IDs of ``element_id`` and of its ancestors that carry one, outermost first; the
+    path authorization scopes are matched against."""
+    element = _element(parse_specification(specification), element_id)
+    ids = [e.get("ID") for e in (element, *element.iterancestors())]
+    return tuple(reversed([i for i in ids if i]))
+
+
+def ids_within(specification: bytes, element_id: str) -> tuple[str, ...]:
+    """IDs of ``element_id`` and everything inside it, in document order."""
+    element = _element(parse_specification(specification), element_id)
+    return tuple(e.get("ID") for e in element.iter(etree.Element) if e.get("ID"))
+
+
+def root_id(fragment: bytes) -> str:
+    """The ID of a fragment's top element ("" if it has none)."""
+    return _parse(fragment, "the fragment").get("ID") or ""
+
+
 def insert(specification: bytes, fragment: bytes, parent_id: str, after_id: str | None = None) -> bytes:
     """The specification with ``fragment`` (one element) inserted under ``parent_id``,
     after its child ``after_id`` or first; the result is validated as a whole."""
     root = parse_specification(specification)
     element = _parse(fragment, "the fragment")
-    parent = _by_id(root, parent_id)
-    if parent is None:
-        raise AmlError(f"no element with ID {parent_id!r} to insert under")
+    parent = _element(root, parent_id, " to insert under")
     if after_id is None:
         parent.insert(_first_child_index(parent), element)
     else:
@@ -135,9 +159,7 @@ def _first_child_index(parent: etree._Element) -> int:
 def remove(specification: bytes, element_id: str) -> bytes:
     """The specification without the element ``element_id`` (and everything inside it)."""
     root = parse_specification(specification)
-    element = _by_id(root, element_id)
-    if element is None:
-        raise AmlError(f"no element with ID {element_id!r} to remove")
+    element = _element(root, element_id, " to remove")
     parent = element.getparent()
     if parent is None:
         raise AmlError("the root cannot be removed")
@@ -187,7 +209,7 @@ class Parameter:
                 raise AmlError(f"{where} = {value} is below its safe minimum {self.minimum:g}", code="unsafe_parameter")
             if self.maximum is not None and number > self.maximum:
                 raise AmlError(f"{where} = {value} is above its safe maximum {self.maximum:g}", code="unsafe_parameter")
-            value = str(value)
+            value = int(value) if self.type == "integer" else str(value)
         elif not isinstance(value, str):
             raise AmlError(f"{where} must be a string", code="unsafe_parameter")
         if self.allowed and str(value) not in self.allowed:

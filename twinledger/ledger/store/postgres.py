@@ -15,6 +15,7 @@ from twinledger.ledger.store.sql import SqlChainStore
 class PostgresChainStore(SqlChainStore):
     blob_type = "BYTEA"
     int_type = "BIGINT"
+    text_type = 'TEXT COLLATE "C"'
 
     def __init__(self, url: str) -> None:
         self.url = url

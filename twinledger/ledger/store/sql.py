@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS tx_index (
     tx_hash {blob} PRIMARY KEY, height {int} NOT NULL, idx {int} NOT NULL, receipt {blob} NOT NULL);
 CREATE INDEX IF NOT EXISTS tx_index_height ON tx_index (height);
 CREATE TABLE IF NOT EXISTS state (
-    key TEXT NOT NULL, height {int} NOT NULL, value {blob}, PRIMARY KEY (key, height));
+    key {text} NOT NULL, height {int} NOT NULL, value {blob}, PRIMARY KEY (key, height));
 CREATE INDEX IF NOT EXISTS state_height ON state (height);
 CREATE TABLE IF NOT EXISTS pending (tx_hash {blob} PRIMARY KEY, seq {int} NOT NULL, tx {blob} NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value {blob} NOT NULL);
@@ -56,13 +56,15 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value {blob} NOT NULL);
 class SqlChainStore(ChainStore):
     blob_type = "BLOB"
     int_type = "INTEGER"
+    text_type = "TEXT"
+    """State keys compare in code point order on every engine (prefix ranges rely on it)."""
 
     def __init__(self) -> None:
         self._local = threading.local()
         self._connections: list[Any] = []
         self._lock = threading.Lock()
         with self._transaction() as cur:
-            for statement in SCHEMA.format(blob=self.blob_type, int=self.int_type).split(";"):
+            for statement in SCHEMA.format(blob=self.blob_type, int=self.int_type, text=self.text_type).split(";"):
                 if statement.strip():
                     cur.execute(statement)
         row = self._one("SELECT MAX(seq) FROM pending")
@@ -124,8 +126,7 @@ class SqlChainStore(ChainStore):
              encode_certificate(certificate)),
         )  # fmt: skip
         cur.executemany(
-            "INSERT INTO block_txs (block_hash, idx, tx_hash, tx) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (block_hash, idx) DO NOTHING",
+            "INSERT INTO block_txs (block_hash, idx, tx_hash, tx) VALUES (?, ?, ?, ?) ON CONFLICT (block_hash, idx) DO NOTHING",
             [(header.hash, i, tx.hash, encode_transaction(tx)) for i, tx in enumerate(stored)],
         )
 
@@ -155,10 +156,7 @@ class SqlChainStore(ChainStore):
                 cur.execute(f"DELETE FROM {table} WHERE height > ?", (height,))
 
     def head(self) -> BlockHeader | None:
-        row = self._one(
-            "SELECT b.header FROM canonical c JOIN blocks b ON b.hash = c.hash"
-            " ORDER BY c.height DESC LIMIT 1"
-        )
+        row = self._one("SELECT b.header FROM canonical c JOIN blocks b ON b.hash = c.hash ORDER BY c.height DESC LIMIT 1")
         return decode_header(bytes(row[0])) if row else None
 
     def header_by_height(self, height: int) -> BlockHeader | None:
@@ -180,10 +178,7 @@ class SqlChainStore(ChainStore):
         return decode_certificate(bytes(row[0])) if row else None
 
     def headers(self) -> Iterator[tuple[BlockHeader, bool]]:
-        rows = self._all(
-            "SELECT b.header, c.hash FROM blocks b LEFT JOIN canonical c ON c.hash = b.hash"
-            " ORDER BY b.height"
-        )
+        rows = self._all("SELECT b.header, c.hash FROM blocks b LEFT JOIN canonical c ON c.hash = b.hash ORDER BY b.height")
         for header, canonical in rows:
             yield decode_header(bytes(header)), canonical is not None
 
@@ -203,8 +198,7 @@ class SqlChainStore(ChainStore):
 
     def raw_block(self, height: int) -> tuple[bytes, bytes, bytes, list[bytes]] | None:
         row = self._one(
-            "SELECT b.hash, b.header, b.certificate FROM canonical c JOIN blocks b ON b.hash = c.hash"
-            " WHERE c.height = ?",
+            "SELECT b.hash, b.header, b.certificate FROM canonical c JOIN blocks b ON b.hash = c.hash WHERE c.height = ?",
             height,
         )
         if row is None:
@@ -215,9 +209,7 @@ class SqlChainStore(ChainStore):
     # -- state -----------------------------------------------------------------------------
     def state_get(self, key: str, height: int | None = None) -> StateValue:
         if height is None:
-            row = self._one(
-                "SELECT value FROM state WHERE key = ? ORDER BY height DESC LIMIT 1", key
-            )
+            row = self._one("SELECT value FROM state WHERE key = ? ORDER BY height DESC LIMIT 1", key)
         else:
             row = self._one(
                 "SELECT value FROM state WHERE key = ? AND height <= ? ORDER BY height DESC LIMIT 1",
@@ -226,6 +218,19 @@ class SqlChainStore(ChainStore):
         if row is None or row[0] is None:
             return None
         return decode(bytes(row[0]))
+
+    def state_items(self, prefix: str, height: int | None = None) -> list[tuple[str, StateValue]]:
+        if not prefix:
+            raise ValueError("state_items needs a prefix")
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        at = (1 << 62) if height is None else height
+        rows = self._all(
+            "SELECT s.key, s.value FROM state s WHERE s.key >= ? AND s.key < ? AND s.height ="
+            " (SELECT MAX(t.height) FROM state t WHERE t.key = s.key AND t.height <= ?)",
+            prefix, upper, at,
+        )  # fmt: skip
+        rows.sort(key=lambda row: row[0])
+        return [(key, decode(bytes(value))) for key, value in rows if value is not None]
 
     def state_writes(self, height: int) -> dict[str, StateValue]:
         rows = self._all("SELECT key, value FROM state WHERE height = ?", height)
@@ -262,8 +267,7 @@ class SqlChainStore(ChainStore):
     def set_meta(self, key: str, value: bytes) -> None:
         with self._transaction() as cur:
             cur.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
 

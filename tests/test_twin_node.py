@@ -1,0 +1,177 @@
+"""Twins on a real node process: the CLI, REST with time travel, GraphQL, the event
+stream and the audit trail with offline proofs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from twinledger.cli.client import NodeClient
+from twinledger.config import init_home, load_config
+from twinledger.launcher import start_node
+
+PLANT = Path(__file__).parent.parent / "examples" / "bottling-plant.aml"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "twinledger", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def plant(tmp_path_factory):
+    """A node of the plant owner with the bottling plant registered."""
+    root = tmp_path_factory.mktemp("twins")
+    home = root / "owner"
+    init_home(home, "plant-owner", api_port=0, block_interval_ms=50)
+    node = start_node(home)
+    client = NodeClient(load_config(home))
+    try:
+        created = cli("twin", "create", "--home", str(home), "--aml", str(PLANT), "--device-id", "plant-7", "--json")
+        assert created.returncode == 0, created.stderr
+        yield home, client, json.loads(created.stdout), root
+    finally:
+        client.close()
+        node.stop()
+
+
+def ok(*args: str) -> subprocess.CompletedProcess[str]:
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_the_sensor_replacement_through_the_cli(plant):
+    home, client, created, root = plant
+    twin, h = created["id"], ["--home", str(home)]
+    listed = json.loads(ok("twin", "list", *h, "--json").stdout)
+    assert [t["device_id"] for t in listed["twins"]] == ["plant-7"]
+
+    ok("twin", "feed", "add", twin, "level-sensor-1", "feed:old-sensor", *h)
+    ok("twin", "aml", "remove", twin, "level-sensor-1", *h)
+    fragment = root / "sensor.xml"
+    fragment.write_text('<InternalElement Name="FillLevelSensor2" ID="level-sensor-2">'
+                        '<Attribute Name="Model" AttributeDataType="xs:string"><Value>LS-300</Value></Attribute>'
+                        "</InternalElement>")  # fmt: skip
+    ok("twin", "aml", "insert", "plant-7", "--fragment", str(fragment), "--parent", "filler-1", "--after",
+       "flow-sensor-1", *h)  # fmt: skip
+    ok("twin", "feed", "add", twin, "level-sensor-2", "feed:new-sensor", *h)
+    report = root / "report.txt"
+    report.write_text("Level sensor LS-200 replaced by LS-300 after bottles flooded.\n")
+    doc = json.loads(ok("twin", "doc", "add", twin, str(report), "--title", "Maintenance report", "--component",
+                        "level-sensor-2", *h, "--json").stdout)["document"]  # fmt: skip
+
+    now = json.loads(ok("twin", "show", twin, *h, "--json").stdout)
+    assert now["aml_version"] == 3 and "level-sensor-2" in now["specification"]
+    assert [f["component"] for f in now["feeds"]] == ["level-sensor-2"]
+    assert [d["id"] for d in now["documents"]] == [doc]
+    before = json.loads(ok("twin", "show", twin, *h, "--at", str(created["height"]), "--json").stdout)
+    assert before["aml_version"] == 1 and "level-sensor-1" in before["specification"]
+    assert before["documents"] == [] and before["feeds"] == []
+
+    history = json.loads(ok("twin", "aml", "history", twin, *h, "--json").stdout)
+    assert [(v["change"], v["element"]) for v in history] == [("create", ""), ("remove", "level-sensor-1"),
+                                                              ("insert", "level-sensor-2")]  # fmt: skip
+    diff = ok("twin", "aml", "diff", twin, "1", *h).stdout
+    assert "-" in diff and "level-sensor-1" in diff and "LS-300" in diff
+    readable = ok("twin", "show", twin, *h).stdout
+    assert "FillLevelSensor2" in readable and "Maintenance" in readable and "plant-owner" in readable
+
+
+def test_unsafe_and_malformed_calls_fail_with_one_line(plant):
+    home, _, created, _ = plant
+    twin, h = created["id"], ["--home", str(home)]
+    unsafe = cli("twin", "call", twin, "SetVelocity", "velocity=3.0", *h)
+    assert unsafe.returncode == 1 and unsafe.stderr.count("\n") == 1
+    assert "above its safe maximum 2.5" in unsafe.stderr
+    missing = cli("twin", "aml", "remove", twin, "no-such-element", *h)
+    assert missing.returncode == 1 and "no element with ID 'no-such-element'" in missing.stderr
+    unknown = cli("twin", "show", "no-such-twin", *h)
+    assert unknown.returncode == 1 and "no twin or device 'no-such-twin'" in unknown.stderr
+    bad_role = cli("twin", "role", "grant", twin, "maker", "janitor", *h)
+    assert bad_role.returncode == 1 and "'role' must be one of" in bad_role.stderr
+    queued = json.loads(ok("twin", "call", twin, "SetVelocity", "velocity=1.5", *h, "--json").stdout)
+    assert queued["receipt"]["events"][0]["data"]["params"] == {"velocity": "1.5"}
+    calls = json.loads(ok("twin", "calls", twin, *h, "--status", "queued", "--json").stdout)
+    assert [c["program"] for c in calls] == ["SetVelocity"]
+
+
+def test_audit_lists_every_change_with_proofs_that_verify_offline(plant):
+    home, _, created, root = plant
+    twin, h = created["id"], ["--home", str(home)]
+    ok("twin", "source", "add", twin, "https://erp.example/plant-7", *h)
+    bundle = root / "audit.json"
+    audit = json.loads(ok("twin", "audit", twin, *h, "--out", str(bundle), "--json").stdout)
+    methods = [e["method"] for e in audit["entries"]]
+    assert methods[0] == "twins.create" and methods[-1] == "twins.add_source"
+    assert all(e["verified"] for e in audit["entries"])
+    first = root / "first.json"
+    first.write_text(json.dumps(audit["entries"][0]["proof"]))
+    assert json.loads(ok("verify", "proof", str(first), "--json").stdout)["call"] == "twins.create"
+    tampered = dict(audit["entries"][0]["proof"])
+    encoded = bytearray.fromhex(tampered["transaction"])
+    encoded[-1] ^= 1  # the last byte of the signature
+    tampered["transaction"] = encoded.hex()
+    first.write_text(json.dumps(tampered))
+    assert cli("verify", "proof", str(first)).returncode == 1
+
+
+def test_rest_graphql_and_openapi_read_the_same_service(plant):
+    _, client, created, _ = plant
+    twin = created["id"]
+    rest = client.request("GET", f"/v1/twins/{twin}")
+    query = """query($ref: String!) { twin(ref: $ref) { id deviceId amlVersion documents { title }
+               feeds { component reference } history { version change } audit { method } } }"""
+    body = client.request("POST", "/graphql", json={"query": query, "variables": {"ref": "plant-7"}})
+    graph = body["data"]["twin"]
+    assert graph["id"] == twin and graph["deviceId"] == "plant-7" and graph["amlVersion"] == rest["aml_version"]
+    assert [d["title"] for d in graph["documents"]] == [d["title"] for d in rest["documents"]]
+    assert len(graph["audit"]) == len(client.request("GET", f"/v1/twins/{twin}/audit")["entries"])
+    missing = client.request("POST", "/graphql", json={"query": '{ twin(ref: "nope") { id } }'})
+    assert missing["errors"][0]["extensions"]["code"] == "not_found"
+    paths = client.request("GET", "/openapi.json")["paths"]
+    assert {"/v1/twins", "/v1/twins/{ref}", "/v1/twins/{ref}/audit", "/v1/events"} <= set(paths)
+    with pytest.raises(Exception, match="height 999999 is not between 0 and the head"):
+        client.request("GET", f"/v1/twins/{twin}", params={"at": 999999})
+
+
+def events(url: str, count: int, stop_type: str | None = None, **request: object) -> list[dict]:
+    """Read the event stream until ``count`` events (or one of ``stop_type``) arrived."""
+    received: list[dict] = []
+    with httpx.Client(base_url=url, timeout=30) as http, http.stream("GET", "/v1/events", **request) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                received.append(json.loads(line[6:]))
+                if len(received) >= count or received[-1]["type"] == stop_type:
+                    return received
+    return received
+
+
+def test_events_stream_replays_and_follows_filtered_by_twin(plant):
+    home, client, created, root = plant
+    other = cli("twin", "create", "--home", str(home), "--aml", str(PLANT), "--device-id", "plant-8", "--json")
+    assert other.returncode == 0, other.stderr
+    live: list[dict] = []
+    follower = threading.Thread(target=lambda: live.extend(
+        events(client.url, 1, params={"twin": created["id"]})), daemon=True)  # fmt: skip
+    follower.start()
+    replayed = events(client.url, 10_000, "SourceAdded", params={"twin": created["id"], "since": 0})
+    assert replayed[0]["type"] == "TwinCreated"
+    assert {e["data"]["twin"] for e in replayed} == {created["id"]}
+    ids = [tuple(int(p) for p in e["id"].split(":")) for e in replayed]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+    note = root / "live.txt"
+    note.write_text("live event\n")
+    ok("twin", "doc", "add", created["id"], str(note), "--title", "live", "--home", str(home))
+    follower.join(30)
+    assert [(e["type"], e["data"]["title"]) for e in live] == [("DocumentAdded", "live")]
+
+    resumed = events(client.url, 1, params={"twin": created["id"]}, headers={"last-event-id": replayed[-2]["id"]})
+    assert resumed == [replayed[-1]]

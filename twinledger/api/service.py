@@ -1,0 +1,162 @@
+"""Read models of the twin contracts, shared by the REST resources, the GraphQL schema
+and the event stream, so none of them holds logic of its own.
+
+Every read takes an optional block height: a twin is shown exactly as the chain had it
+after that block (time travel). Views are JSON-ready: byte strings are hex.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from twinledger.abc import ChainStore
+from twinledger.contracts.authorization import permissions
+from twinledger.contracts.twinstate import (
+    aml_key,
+    device_key,
+    history_key,
+    load_twin,
+    roles_key,
+    twin_key,
+)
+from twinledger.core.types import Event
+from twinledger.errors import ContractError, NotFound, TwinledgerError
+from twinledger.ledger.chain import StoreState
+from twinledger.twins import aml
+
+CALL_STATUSES = ("queued", "dispatched", "executed", "failed", "rejected")
+
+
+class BadQuery(TwinledgerError):
+    code = "bad_request"
+
+
+def jsonable(value: Any) -> Any:
+    """Canonical values as JSON: byte strings become hex."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class TwinService:
+    store: ChainStore
+
+    def _height(self, at: int | None) -> int:
+        head = self.store.head()
+        assert head is not None
+        if at is None:
+            return head.height
+        if not 0 <= at <= head.height:
+            raise BadQuery(f"height {at} is not between 0 and the head ({head.height})")
+        return at
+
+    def _items(self, prefix: str, height: int) -> list[Any]:
+        return [value for _, value in self.store.state_items(prefix, height)]
+
+    # -- registry ------------------------------------------------------------------------------
+    def twins(self, at: int | None = None) -> dict[str, Any]:
+        height = self._height(at)
+        return {"height": height, "twins": jsonable(self._items("registry/twin/", height))}
+
+    def resolve(self, reference: str, height: int) -> dict[str, Any]:
+        """A twin by id or by device id, as of ``height``."""
+        state = StoreState(self.store, height)
+        twin_id = reference if state.get(twin_key(reference)) is not None else state.get(device_key(reference))
+        if twin_id is None:
+            raise NotFound(f"no twin or device {reference!r} at height {height}")
+        return load_twin(state, twin_id)
+
+    def twin(self, reference: str, at: int | None = None) -> dict[str, Any]:
+        """Everything about a twin: metadata, specification, documents, sources, feeds,
+        roles and permissions, and its program calls."""
+        height = self._height(at)
+        twin = self.resolve(reference, height)
+        prefix = f"twin/{twin['id']}/"
+        state = StoreState(self.store, height)
+        return jsonable({
+            "height": height,
+            **twin,
+            "specification": state.get(aml_key(twin["id"], twin["aml_version"])).decode(),
+            "documents": self._items(prefix + "document/", height),
+            "sources": self._items(prefix + "source/", height),
+            "feeds": self._items(prefix + "feed/", height),
+            "roles": state.get(roles_key(twin["id"])) or {},
+            "permissions": {role: list(methods) for role, methods in permissions(state, twin["id"]).items()},
+            "calls": self._items(prefix + "call/", height),
+        })  # fmt: skip
+
+    # -- specification history ------------------------------------------------------------------
+    def history(self, reference: str) -> list[dict[str, Any]]:
+        height = self._height(None)
+        twin = self.resolve(reference, height)
+        return jsonable(self._items(f"twin/{twin['id']}/history/", height))
+
+    def specification(self, reference: str, version: int | None = None) -> tuple[dict[str, Any], bytes]:
+        """The specification of ``version`` (default: the current one) with its history entry."""
+        height = self._height(None)
+        twin = self.resolve(reference, height)
+        number = twin["aml_version"] if version is None else version
+        state = StoreState(self.store, height)
+        spec = state.get(aml_key(twin["id"], number)) if 1 <= number <= twin["aml_version"] else None
+        if spec is None:
+            raise NotFound(f"twin {twin['id']} has versions 1 to {twin['aml_version']}, not {number}")
+        return jsonable(state.get(history_key(twin["id"], number))), spec
+
+    def diff(self, reference: str, old: int, new: int | None = None) -> str:
+        (old_entry, old_spec), (new_entry, new_spec) = self.specification(reference, old), self.specification(reference, new)
+        return aml.diff(old_spec, new_spec, f"version {old_entry['version']}", f"version {new_entry['version']}")
+
+    # -- calls and audit -------------------------------------------------------------------------
+    def calls(self, reference: str, status: str | None = None, at: int | None = None) -> list[dict[str, Any]]:
+        if status is not None and status not in CALL_STATUSES:
+            raise BadQuery(f"status must be one of {list(CALL_STATUSES)}")
+        height = self._height(at)
+        twin = self.resolve(reference, height)
+        calls = self._items(f"twin/{twin['id']}/call/", height)
+        return jsonable([c for c in calls if status is None or c["status"] == status])
+
+    def audit(self, reference: str) -> list[dict[str, Any]]:
+        """Every transaction that changed the twin, oldest first."""
+        height = self._height(None)
+        twin = self.resolve(reference, height)
+        return jsonable(self._items(f"twin/{twin['id']}/log/", height))
+
+    def members(self, at: int | None = None) -> dict[str, Any]:
+        height = self._height(at)
+        state = StoreState(self.store, height)
+        return jsonable({"height": height, "organisations": self._items("membership/organisation/", height),
+                         "admins": state.get("membership/admins") or [],
+                         "quorum": state.get("membership/quorum") or 0,
+                         "proposals": [p for p in self._items("membership/proposal/", height)
+                                       if p["status"] == "open"]})  # fmt: skip
+
+    # -- events --------------------------------------------------------------------------------
+    def events(self, height: int, twin: str | None = None) -> Iterator[dict[str, Any]]:
+        """The events of block ``height``, of one twin or all, with their transaction."""
+        header = self.store.header_by_height(height)
+        if header is None:
+            return
+        block = self.store.block_by_hash(header.hash)
+        assert block is not None
+        for index, (tx, receipt) in enumerate(zip(block.transactions, self.store.receipts(height), strict=True)):
+            for number, event in enumerate(receipt.events):
+                if twin is None or event.data.get("twin") == twin:
+                    yield event_view(event, height, index, number, tx.hash, tx.sender, header.timestamp)
+
+
+def event_view(event: Event, height: int, index: int, number: int, tx_hash: bytes, sender: bytes,
+               timestamp: int) -> dict[str, Any]:  # fmt: skip
+    return jsonable({"id": f"{height}:{index}:{number}", "height": height, "timestamp": timestamp, "tx": tx_hash,
+                     "sender": sender, "contract": event.contract, "type": event.type, "data": event.data})  # fmt: skip
+
+
+def contract_error(exc: ContractError) -> TwinledgerError:
+    """A contract error met while reading (e.g. a malformed version) as a request error."""
+    return BadQuery(exc.message, code=exc.code)

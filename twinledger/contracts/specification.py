@@ -1,0 +1,482 @@
+"""The ``twins`` contract: the twin registry and each twin's specification contract
+(Dietz et al., Listings 1.1 and 1.2).
+
+A twin has a name, a device id, an owning organisation and an AutomationML
+specification with its full version history; documents with versions; external
+sources; sensor feed references by component; and a program-call queue whose calls go
+``queued → dispatched → executed | failed``, or ``rejected`` by the device agent or the
+owner. Every method is checked by ``authorization.authorize``; state layout is in
+``twinstate``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twinledger.contracts.arguments import Arguments
+from twinledger.contracts.authorization import (
+    DATA_METHODS,
+    ROLES,
+    RoleTable,
+    authorize,
+    check_scopes_exist,
+    parse_role_table,
+)
+from twinledger.contracts.membership import organisation_of, required_organisation
+from twinledger.contracts.runtime import Call, Contract, Method
+from twinledger.contracts.twinstate import (
+    aml_key,
+    audited,
+    call_key,
+    device_key,
+    document_key,
+    feed_key,
+    history_key,
+    load_twin,
+    permissions_key,
+    registry_key,
+    roles_key,
+    source_key,
+    specification,
+    twin_key,
+)
+from twinledger.errors import ContractError
+from twinledger.twins import aml
+
+MAX_DOCUMENT_VERSIONS = 1000
+MAX_PARAMS = 64
+MAX_URI = 1024
+MAX_RESULT = 4096
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+CALL_OUTCOMES = ("executed", "failed", "rejected")
+
+
+class TwinError(ContractError):
+    code = "twin"
+
+
+def _actor(call: Call) -> dict[str, Any]:
+    """Who did something: the signing key and the organisation it acts for, if any."""
+    return {"key": call.sender, "organisation": organisation_of(call.state, call.sender) or "",
+            "height": call.header.height, "timestamp": call.header.timestamp, "tx": call.tx.hash}  # fmt: skip
+
+
+# -- registry: create -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateArgs:
+    name: str
+    device_id: str
+    aml: bytes
+    roles: RoleTable
+    permissions: dict[str, list[str]]
+
+
+def parse_create(args: Mapping[str, Any]) -> CreateArgs:
+    read = Arguments("twins.create", args, ("name", "device_id", "aml", "roles", "permissions"))
+    roles = parse_role_table(read, "roles")
+    changed = read.mapping("permissions", max_items=len(ROLES), default={})
+    for role, methods in changed.items():
+        if role not in ROLES or role == "owner" or not isinstance(methods, list) or not set(methods) <= set(DATA_METHODS):
+            raise read.error(f"'permissions' must map roles other than owner to methods among {list(DATA_METHODS)}")
+    return CreateArgs(read.text("name", max_length=128), read.identifier("device_id"),
+                      read.blob("aml", max_size=aml.MAX_AML_BYTES), roles,
+                      {role: sorted(set(methods)) for role, methods in changed.items()})  # fmt: skip
+
+
+def create(call: Call, args: CreateArgs) -> None:
+    """Register a twin owned by the sender's organisation (Dietz et al. §4.5)."""
+    owner = required_organisation(call.state, call.sender, "create a twin")
+    root = aml.parse_specification(args.aml)
+    spec = aml.canonical(root)
+    check_scopes_exist(spec, args.roles)
+    if call.state.get(device_key(args.device_id)) is not None:
+        raise TwinError(f"device {args.device_id!r} already has a twin", code="duplicate_device")
+    twin_id = call.tx.hash[:8].hex()
+    if call.state.get(twin_key(twin_id)) is not None:
+        raise TwinError(f"twin id {twin_id} is taken; sign the creation again", code="duplicate_twin")
+    roles = {**args.roles, f"org:{owner}": {**args.roles.get(f"org:{owner}", {}), "owner": []}}
+    twin = {"id": twin_id, "name": args.name, "device_id": args.device_id, "owner": owner,
+            "created": _actor(call), "aml_version": 1, "aml_hash": hashlib.sha256(spec).digest(), "calls": 0,
+            "changes": 0}  # fmt: skip
+    call.state.set(twin_key(twin_id), twin)
+    call.state.set(registry_key(twin_id), {"id": twin_id, "name": args.name, "device_id": args.device_id,
+                                           "owner": owner})  # fmt: skip
+    call.state.set(device_key(args.device_id), twin_id)
+    call.state.set(roles_key(twin_id), roles)
+    if args.permissions:
+        call.state.set(permissions_key(twin_id), args.permissions)
+    _record_version(call, twin, spec, "create", "", "")
+    call.emit("TwinCreated", twin=twin_id, name=args.name, device_id=args.device_id, owner=owner)
+
+
+def _record_version(call: Call, twin: dict[str, Any], spec: bytes, change: str, element: str, parent: str) -> None:
+    version = twin["aml_version"]
+    call.state.set(aml_key(twin["id"], version), spec)
+    call.state.set(history_key(twin["id"], version), {"version": version, "change": change, "element": element,
+                                                      "parent": parent, "hash": hashlib.sha256(spec).digest(),
+                                                      **_actor(call)})  # fmt: skip
+
+
+def _new_version(call: Call, twin: dict[str, Any], spec: bytes, change: str, element: str, parent: str) -> None:
+    updated = {**twin, "aml_version": twin["aml_version"] + 1, "aml_hash": hashlib.sha256(spec).digest()}
+    call.state.set(twin_key(twin["id"]), updated)
+    _record_version(call, updated, spec, change, element, parent)
+
+
+# -- the specification ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InsertArgs:
+    twin: str
+    fragment: bytes
+    parent: str
+    after: str | None
+
+
+def parse_insert(args: Mapping[str, Any]) -> InsertArgs:
+    read = Arguments("twins.insert_aml", args, ("twin", "fragment", "parent", "after"))
+    after = read.text("after", max_length=128, default=None)
+    return InsertArgs(read.identifier("twin"), read.blob("fragment", max_size=aml.MAX_AML_BYTES),
+                      read.text("parent", max_length=128), after)  # fmt: skip
+
+
+def insert_aml(call: Call, args: InsertArgs) -> None:
+    twin = load_twin(call.state, args.twin)
+    authorize(call.state, twin, call.sender, "aml.insert", args.parent)
+    spec = aml.insert(specification(call.state, twin), args.fragment, args.parent, args.after)
+    element = aml.root_id(args.fragment)
+    _new_version(call, twin, spec, "insert", element, args.parent)
+    call.emit("AmlInserted", twin=args.twin, element=element, parent=args.parent, version=twin["aml_version"] + 1)
+
+
+@dataclass(frozen=True)
+class ElementArgs:
+    twin: str
+    element: str
+
+
+def parse_remove(args: Mapping[str, Any]) -> ElementArgs:
+    read = Arguments("twins.remove_aml", args, ("twin", "element"))
+    return ElementArgs(read.identifier("twin"), read.text("element", max_length=128))
+
+
+def remove_aml(call: Call, args: ElementArgs) -> None:
+    """Remove an element; sensor feeds of components inside it are detached with it."""
+    twin = load_twin(call.state, args.twin)
+    authorize(call.state, twin, call.sender, "aml.remove", args.element)
+    old = specification(call.state, twin)
+    removed = aml.ids_within(old, args.element)
+    spec = aml.remove(old, args.element)
+    _new_version(call, twin, spec, "remove", args.element, "")
+    call.emit("AmlRemoved", twin=args.twin, element=args.element, version=twin["aml_version"] + 1)
+    for component in removed:
+        feed = call.state.get(feed_key(args.twin, component))
+        if feed is not None:
+            call.state.set(feed_key(args.twin, component), None)
+            call.emit("FeedRemoved", twin=args.twin, component=component, reference=feed["reference"],
+                      reason="component removed")  # fmt: skip
+
+
+# -- documents ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DocumentArgs:
+    twin: str
+    hash: bytes
+    title: str
+    description: str
+    reference: str
+    media_type: str
+    size: int
+    component: str | None
+
+
+def parse_add_document(args: Mapping[str, Any]) -> DocumentArgs:
+    read = Arguments("twins.add_document", args, ("twin", "hash", "title", "description", "reference",
+                                                  "media_type", "size", "component"))  # fmt: skip
+    return DocumentArgs(
+        read.identifier("twin"), read.digest("hash"), read.text("title"),
+        read.text("description", max_length=1024, empty=True, default=""), read.text("reference", max_length=512),
+        read.text("media_type", default="application/octet-stream"), read.integer("size", default=0),
+        read.text("component", max_length=128, default=None),
+    )  # fmt: skip
+
+
+def _version(call: Call, digest: bytes, reference: str, size: int, description: str) -> dict[str, Any]:
+    return {"hash": digest, "reference": reference, "size": size, "description": description, **_actor(call)}
+
+
+def add_document(call: Call, args: DocumentArgs) -> None:
+    """Register a document; its first content hash is its id (Listing 1.1)."""
+    twin = load_twin(call.state, args.twin)
+    authorize(call.state, twin, call.sender, "document.add", args.component)
+    if args.component is not None:
+        aml.component_path(specification(call.state, twin), args.component)
+    document_id = args.hash.hex()
+    if call.state.get(document_key(args.twin, document_id)) is not None:
+        raise TwinError(f"document {document_id[:16]}… is already registered; add a version instead",
+                        code="duplicate_document")  # fmt: skip
+    call.state.set(document_key(args.twin, document_id), {
+        "id": document_id, "title": args.title, "media_type": args.media_type, "component": args.component or "",
+        "owner": call.sender, "removed": None,
+        "versions": [_version(call, args.hash, args.reference, args.size, args.description)],
+    })  # fmt: skip
+    call.emit("DocumentAdded", twin=args.twin, document=document_id, title=args.title, component=args.component or "")
+
+
+@dataclass(frozen=True)
+class VersionArgs:
+    twin: str
+    document: str
+    hash: bytes
+    reference: str
+    size: int
+    description: str
+
+
+def parse_add_version(args: Mapping[str, Any]) -> VersionArgs:
+    read = Arguments("twins.add_document_version", args, ("twin", "document", "hash", "reference", "size",
+                                                          "description"))  # fmt: skip
+    return VersionArgs(read.identifier("twin"), read.identifier("document"), read.digest("hash"),
+                       read.text("reference", max_length=512), read.integer("size", default=0),
+                       read.text("description", max_length=1024, empty=True, default=""))  # fmt: skip
+
+
+def _live_document(call: Call, twin: dict[str, Any], document_id: str) -> dict[str, Any]:
+    document = call.state.get(document_key(twin["id"], document_id))
+    if document is None:
+        raise TwinError(f"twin {twin['id']} has no document {document_id[:16]}…", code="unknown_document")
+    if document["removed"] is not None:
+        raise TwinError(f"document {document_id[:16]}… was removed at height {document['removed']['height']}",
+                        code="document_removed")  # fmt: skip
+    return document
+
+
+def add_document_version(call: Call, args: VersionArgs) -> None:
+    twin = load_twin(call.state, args.twin)
+    document = _live_document(call, twin, args.document)
+    authorize(call.state, twin, call.sender, "document.version", document["component"] or None)
+    if any(v["hash"] == args.hash for v in document["versions"]):
+        raise TwinError("this content is already a version of the document", code="duplicate_version")
+    if len(document["versions"]) >= MAX_DOCUMENT_VERSIONS:
+        raise TwinError(f"a document keeps at most {MAX_DOCUMENT_VERSIONS} versions", code="too_many_versions")
+    version = _version(call, args.hash, args.reference, args.size, args.description)
+    call.state.set(document_key(args.twin, args.document), {**document, "versions": [*document["versions"], version]})
+    call.emit("DocumentVersionAdded", twin=args.twin, document=args.document, hash=args.hash,
+              version=len(document["versions"]) + 1)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DocumentRef:
+    twin: str
+    document: str
+
+
+def parse_remove_document(args: Mapping[str, Any]) -> DocumentRef:
+    read = Arguments("twins.remove_document", args, ("twin", "document"))
+    return DocumentRef(read.identifier("twin"), read.identifier("document"))
+
+
+def remove_document(call: Call, args: DocumentRef) -> None:
+    """Mark a document removed; its versions stay in the history for audits."""
+    twin = load_twin(call.state, args.twin)
+    document = _live_document(call, twin, args.document)
+    authorize(call.state, twin, call.sender, "document.remove", document["component"] or None)
+    call.state.set(document_key(args.twin, args.document), {**document, "removed": _actor(call)})
+    call.emit("DocumentRemoved", twin=args.twin, document=args.document)
+
+
+# -- external sources and sensor feeds ------------------------------------------------------------
+
+
+def source_id(uri: str) -> str:
+    return hashlib.sha256(uri.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class SourceArgs:
+    twin: str
+    uri: str
+    description: str
+
+
+def parse_source(method: str) -> Callable[[Mapping[str, Any]], SourceArgs]:
+    def parse(args: Mapping[str, Any]) -> SourceArgs:
+        read = Arguments(f"twins.{method}", args, ("twin", "uri", "description") if method == "add_source"
+                         else ("twin", "uri"))  # fmt: skip
+        uri = read.text("uri", max_length=MAX_URI)
+        if not URI.match(uri):
+            raise read.error(f"'uri' must be an absolute URI such as https://… (got {uri[:40]!r})")
+        return SourceArgs(read.identifier("twin"), uri, read.text("description", max_length=1024, empty=True,
+                                                                  default=""))  # fmt: skip
+
+    return parse
+
+
+def add_source(call: Call, args: SourceArgs) -> None:
+    twin = load_twin(call.state, args.twin)
+    authorize(call.state, twin, call.sender, "source.add")
+    key = source_key(args.twin, source_id(args.uri))
+    if call.state.get(key) is not None:
+        raise TwinError(f"twin {args.twin} already lists source {args.uri!r}", code="duplicate_source")
+    call.state.set(key, {"uri": args.uri, "description": args.description, "owner": call.sender,
+                         "added": _actor(call)})  # fmt: skip
+    call.emit("SourceAdded", twin=args.twin, uri=args.uri)
+
+
+def remove_source(call: Call, args: SourceArgs) -> None:
+    twin = load_twin(call.state, args.twin)
+    authorize(call.state, twin, call.sender, "source.remove")
+    key = source_key(args.twin, source_id(args.uri))
+    if call.state.get(key) is None:
+        raise TwinError(f"twin {args.twin} lists no source {args.uri!r}", code="unknown_source")
+    call.state.set(key, None)
+    call.emit("SourceRemoved", twin=args.twin, uri=args.uri)
+
+
+@dataclass(frozen=True)
+class FeedArgs:
+    twin: str
+    component: str
+    reference: str
+    description: str
+
+
+def parse_add_feed(args: Mapping[str, Any]) -> FeedArgs:
+    read = Arguments("twins.add_feed", args, ("twin", "component", "reference", "description"))
+    return FeedArgs(read.identifier("twin"), read.text("component", max_length=128),
+                    read.text("reference", max_length=512),
+                    read.text("description", max_length=1024, empty=True, default=""))  # fmt: skip
+
+
+def add_feed(call: Call, args: FeedArgs) -> None:
+    """Attach a sensor feed to a component of the specification (Listing 1.1 sensorFeeds)."""
+    twin = load_twin(call.state, args.twin)
+    authorize(call.state, twin, call.sender, "feed.add", args.component)
+    aml.component_path(specification(call.state, twin), args.component)
+    if call.state.get(feed_key(args.twin, args.component)) is not None:
+        raise TwinError(f"component {args.component!r} already has a feed; remove it first", code="duplicate_feed")
+    call.state.set(feed_key(args.twin, args.component), {"component": args.component, "reference": args.reference,
+                                                         "description": args.description, "owner": call.sender,
+                                                         "added": _actor(call)})  # fmt: skip
+    call.emit("FeedAdded", twin=args.twin, component=args.component, reference=args.reference)
+
+
+def parse_remove_feed(args: Mapping[str, Any]) -> ElementArgs:
+    read = Arguments("twins.remove_feed", args, ("twin", "component"))
+    return ElementArgs(read.identifier("twin"), read.text("component", max_length=128))
+
+
+def remove_feed(call: Call, args: ElementArgs) -> None:
+    twin = load_twin(call.state, args.twin)
+    feed = call.state.get(feed_key(args.twin, args.element))
+    if feed is None:
+        raise TwinError(f"component {args.element!r} of twin {args.twin} has no feed", code="unknown_feed")
+    authorize(call.state, twin, call.sender, "feed.remove", args.element)
+    call.state.set(feed_key(args.twin, args.element), None)
+    call.emit("FeedRemoved", twin=args.twin, component=args.element, reference=feed["reference"], reason="removed")
+
+
+# -- program calls --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgramCall:
+    twin: str
+    program: str
+    params: dict[str, Any]
+
+
+def parse_call_program(args: Mapping[str, Any]) -> ProgramCall:
+    read = Arguments("twins.call_program", args, ("twin", "program", "params"))
+    params = read.mapping("params", max_items=MAX_PARAMS, default={})
+    for name, value in params.items():
+        if not isinstance(value, (bool, int, str)) or (isinstance(value, str) and len(value) > 256):
+            raise read.error(f"parameter {name[:40]!r} must be a boolean, an integer or a short string")
+    return ProgramCall(read.identifier("twin"), read.text("program", max_length=128), params)
+
+
+def call_program(call: Call, args: ProgramCall) -> None:
+    """Queue a program call for the device agent once the AML's safety rules allow it."""
+    twin = load_twin(call.state, args.twin)
+    program = aml.program(specification(call.state, twin), args.program)
+    authorize(call.state, twin, call.sender, "program.call", program.id)
+    params = program.validate_call(args.params)
+    number = twin["calls"] + 1
+    call.state.set(twin_key(args.twin), {**twin, "calls": number})
+    call.state.set(call_key(args.twin, number), {
+        "number": number, "program": program.name, "interface": program.id, "component": program.component_id or "",
+        "params": params, "status": "queued", "result": "", "caller": call.sender,
+        "history": [{"status": "queued", **_actor(call)}],
+    })  # fmt: skip
+    call.emit("ProgramCalled", twin=args.twin, call=number, program=program.name, params=params)
+
+
+@dataclass(frozen=True)
+class CallUpdate:
+    twin: str
+    number: int
+    status: str
+    result: str
+
+
+def parse_dispatch(args: Mapping[str, Any]) -> CallUpdate:
+    read = Arguments("twins.dispatch_call", args, ("twin", "call"))
+    return CallUpdate(read.identifier("twin"), read.integer("call", minimum=1), "dispatched", "")
+
+
+def parse_report(args: Mapping[str, Any]) -> CallUpdate:
+    read = Arguments("twins.report_call", args, ("twin", "call", "status", "result"))
+    return CallUpdate(read.identifier("twin"), read.integer("call", minimum=1), read.choice("status", CALL_OUTCOMES),
+                      read.text("result", max_length=MAX_RESULT, empty=True, default=""))  # fmt: skip
+
+
+TRANSITIONS = {"dispatched": ("queued",), "executed": ("dispatched",), "failed": ("dispatched",),
+               "rejected": ("queued", "dispatched")}  # fmt: skip
+
+
+def update_call(call: Call, args: CallUpdate) -> None:
+    """Move a call along its life-cycle; only the transitions in TRANSITIONS exist."""
+    twin = load_twin(call.state, args.twin)
+    entry = call.state.get(call_key(args.twin, args.number))
+    if entry is None:
+        raise TwinError(f"twin {args.twin} has no program call {args.number}", code="unknown_call")
+    method = "program.dispatch" if args.status == "dispatched" else "program.report"
+    authorize(call.state, twin, call.sender, method, entry["interface"])
+    if entry["status"] not in TRANSITIONS[args.status]:
+        raise TwinError(f"program call {args.number} is {entry['status']}; it cannot become {args.status}",
+                        code="bad_transition")  # fmt: skip
+    call.state.set(call_key(args.twin, args.number), {
+        **entry, "status": args.status, "result": args.result or entry["result"],
+        "history": [*entry["history"], {"status": args.status, **_actor(call)}],
+    })  # fmt: skip
+    call.emit("ProgramCallUpdated", twin=args.twin, call=args.number, program=entry["program"], status=args.status,
+              result=args.result)  # fmt: skip
+
+
+SPECIFICATION = Contract(
+    "twins",
+    {
+        "create": Method(parse_create, audited(create)),
+        "insert_aml": Method(parse_insert, audited(insert_aml)),
+        "remove_aml": Method(parse_remove, audited(remove_aml)),
+        "add_document": Method(parse_add_document, audited(add_document)),
+        "add_document_version": Method(parse_add_version, audited(add_document_version)),
+        "remove_document": Method(parse_remove_document, audited(remove_document)),
+        "add_source": Method(parse_source("add_source"), audited(add_source)),
+        "remove_source": Method(parse_source("remove_source"), audited(remove_source)),
+        "add_feed": Method(parse_add_feed, audited(add_feed)),
+        "remove_feed": Method(parse_remove_feed, audited(remove_feed)),
+        "call_program": Method(parse_call_program, audited(call_program)),
+        "dispatch_call": Method(parse_dispatch, audited(update_call)),
+        "report_call": Method(parse_report, audited(update_call)),
+    },
+)

@@ -1,0 +1,120 @@
+"""Where a twin's state lives, shared by the specification and authorization contracts
+and by the readers above them.
+
+    registry/twin/<id>                 {id, name, device_id, owner}
+    registry/device/<device id>        twin id
+    twin/<id>                          the twin: name, device id, owner, AML version, call counter
+    twin/<id>/aml/<version>            the canonical specification of that version
+    twin/<id>/history/<version>        who changed the specification, when, how
+    twin/<id>/document/<document id>   a document with its versions
+    twin/<id>/source/<uri digest>      an external source
+    twin/<id>/feed/<component id>      a sensor feed reference
+    twin/<id>/call/<number>            a program call and its life-cycle
+    twin/<id>/log/<number>             every transaction that changed the twin (the audit trail)
+    twin/<id>/roles                    {subject: {role: [scope IDs]}}
+    twin/<id>/permissions              {role: [methods]} where the owner changed the defaults
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twinledger.abc import StateReader
+from twinledger.contracts.membership import organisation_of
+from twinledger.contracts.runtime import Call
+from twinledger.errors import ContractError
+
+A = TypeVar("A")
+
+VERSION_DIGITS = 8
+
+
+class UnknownTwin(ContractError):
+    code = "unknown_twin"
+
+
+def registry_key(twin_id: str) -> str:
+    return f"registry/twin/{twin_id}"
+
+
+def device_key(device_id: str) -> str:
+    return f"registry/device/{device_id}"
+
+
+def twin_key(twin_id: str) -> str:
+    return f"twin/{twin_id}"
+
+
+def numbered(twin_id: str, kind: str, number: int) -> str:
+    """Keys of numbered entries sort in number order."""
+    return f"twin/{twin_id}/{kind}/{number:0{VERSION_DIGITS}d}"
+
+
+def aml_key(twin_id: str, version: int) -> str:
+    return numbered(twin_id, "aml", version)
+
+
+def history_key(twin_id: str, version: int) -> str:
+    return numbered(twin_id, "history", version)
+
+
+def call_key(twin_id: str, number: int) -> str:
+    return numbered(twin_id, "call", number)
+
+
+def log_key(twin_id: str, number: int) -> str:
+    return numbered(twin_id, "log", number)
+
+
+def document_key(twin_id: str, document_id: str) -> str:
+    return f"twin/{twin_id}/document/{document_id}"
+
+
+def source_key(twin_id: str, source_id: str) -> str:
+    return f"twin/{twin_id}/source/{source_id}"
+
+
+def feed_key(twin_id: str, component: str) -> str:
+    return f"twin/{twin_id}/feed/{component}"
+
+
+def roles_key(twin_id: str) -> str:
+    return f"twin/{twin_id}/roles"
+
+
+def permissions_key(twin_id: str) -> str:
+    return f"twin/{twin_id}/permissions"
+
+
+def load_twin(state: StateReader, twin_id: str) -> dict[str, Any]:
+    twin = state.get(twin_key(twin_id)) if isinstance(twin_id, str) else None
+    if twin is None:
+        raise UnknownTwin(f"no twin {twin_id!r}")
+    return twin
+
+
+def specification(state: StateReader, twin: dict[str, Any]) -> bytes:
+    spec = state.get(aml_key(twin["id"], twin["aml_version"]))
+    assert spec is not None, "every twin has its current specification"
+    return spec
+
+
+def audited(apply: Callable[[Call, A], None]) -> Callable[[Call, A], None]:
+    """Wrap a twin method so that each twin its events name gets an audit-trail entry:
+    which transaction, which method, who, when."""
+
+    def apply_and_log(call: Call, args: A) -> None:
+        apply(call, args)
+        for twin_id in dict.fromkeys(e.data["twin"] for e in call.events if "twin" in e.data):
+            twin = load_twin(call.state, twin_id)
+            number = twin.get("changes", 0) + 1
+            call.state.set(twin_key(twin_id), {**twin, "changes": number})
+            call.state.set(log_key(twin_id, number), {
+                "number": number, "tx": call.tx.hash, "method": f"{call.tx.contract}.{call.tx.method}",
+                "key": call.sender, "organisation": organisation_of(call.state, call.sender) or "",
+                "height": call.header.height, "timestamp": call.header.timestamp,
+                "events": [e.type for e in call.events if e.data.get("twin") == twin_id],
+            })  # fmt: skip
+
+    return apply_and_log

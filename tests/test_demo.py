@@ -13,14 +13,17 @@ def test_demo_runs_every_step_and_exits_cleanly(tmp_path):
     run = subprocess.run([sys.executable, "-m", "twinledger", "demo", "--dir", str(home), "--exit"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "rejected" in run.stdout and "chain OK" in run.stdout
+    for outcome in ("above its safe maximum 2.5", "queued → dispatched → executed", "AmlRemoved, FeedRemoved",
+                    "refused outside its scope", "rejected a proof with one byte changed", "chain OK"):
+        assert outcome in " ".join(run.stdout.split()), outcome
     assert "Traceback" not in run.stdout + run.stderr
     proofs = list((home / "proofs").glob("*.json"))
-    assert len(proofs) == 1
-    assert verify_proof(parse_proof(proofs[0].read_text())).tx_hash.hex() == proofs[0].stem
+    assert len(proofs) == 9  # every change of the twin, from its creation to the maintenance report
+    for proof in proofs:
+        assert verify_proof(parse_proof(proof.read_text())).tx_hash.hex() == proof.stem
     assert not (home / "run" / "node.json").exists(), "--exit must stop the node"
 
     again = subprocess.run([sys.executable, "-m", "twinledger", "demo", "--dir", str(home), "--exit"],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert again.returncode == 0 and "reusing the node home" in again.stdout
-    assert len(list((home / "proofs").glob("*.json"))) == 2
+    assert len(list((home / "proofs").glob("*.json"))) == 18

@@ -1,6 +1,9 @@
-"""``twinledger demo``: start a node on embedded defaults, record a few things a plant
-produces, and verify an inclusion proof offline. (The bottling-plant scenario of the
-Dietz paper replaces this once twins, store and sharing exist.)"""
+"""``twinledger demo``: start a node on embedded defaults and play the bottling-plant
+sensor replacement of Dietz et al. §5 on the twin contracts: register the plant's twin,
+refuse an unsafe program call and run a safe one, let the device agent replace the
+broken level sensor (specification and feed), attach the maintenance report, and audit
+the twin with proofs verified offline. (The full scenario with store, sharing and the
+plant simulator grows from this.)"""
 
 from __future__ import annotations
 
@@ -10,24 +13,25 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from twinledger.cli.client import NodeClient
-from twinledger.config import init_home, load_config
-from twinledger.core.proof import parse_proof, verify_proof
+from twinledger.config import NodeConfig, init_home, load_config
+from twinledger.core.proof import parse_proof, validators_hash, verify_proof
+from twinledger.crypto.keys import SigningKey
 from twinledger.errors import InvalidProof, TwinledgerError
 from twinledger.launcher import start_node
+from twinledger.ledger.genesis import Genesis
 
 console = Console()
-
-RECORDS = [
-    ("specification excerpt", "application/xml",
-     b'<InternalElement Name="LevelSensor01" ID="ls-01"><Attribute Name="range" Value="0..1.2 m"/></InternalElement>'),
-    ("sensor reading", "application/json",
-     json.dumps({"sensor": "ls-01", "level_m": 0.82, "time": "2026-11-22T08:00:00Z"}).encode()),
-]  # fmt: skip
-REPORT = b"Maintenance report: level sensor ls-01 replaced by ls-02 (serial 7731), calibrated.\n"
+PLANT = Path(__file__).resolve().parent.parent / "examples" / "bottling-plant.aml"
+NEW_SENSOR = (b'<InternalElement Name="FillLevelSensor2" ID="level-sensor-2">'
+              b'<Attribute Name="Model" AttributeDataType="xs:string"><Value>LS-300</Value></Attribute>'
+              b'<Attribute Name="SerialNumber" AttributeDataType="xs:string"><Value>LS300-0117</Value></Attribute>'
+              b"</InternalElement>")  # fmt: skip
+REPORT = b"Maintenance report: level sensor LS-200 replaced by LS-300 (serial LS300-0117), calibrated.\n"
 
 
 def step(text: str) -> None:
@@ -46,80 +50,117 @@ def run_demo(directory: Path | None, exit_after: bool) -> bool:
     node = start_node(home)
     ok = False
     try:
-        console.print(f"  node API at {node.url}  (OpenAPI docs at {node.url}/docs)")
+        console.print(f"  node API at {node.url}  (OpenAPI docs at {node.url}/docs, GraphQL at {node.url}/graphql)")
         client = NodeClient(config)
-        chain_id = client.health()["chain_id"]
-        operator = config.signing_key("operator")
-        hashes: list[tuple[str, str]] = []
-        for label, media_type, payload in RECORDS:
-            tx = client.call(operator, "records", "put",
-                             {"payload": payload, "media_type": media_type, "metadata": {"label": label}},
-                             chain_id)  # fmt: skip
-            hashes.append((label, tx.hash.hex()))
-        report_digest = hashlib.sha256(REPORT).digest()
-        tx = client.call(operator, "records", "put",
-                         {"payload_hash": report_digest, "media_type": "text/plain",
-                          "metadata": {"label": "maintenance report (hash only)"}}, chain_id)  # fmt: skip
-        hashes.append(("maintenance report (hash only)", tx.hash.hex()))
-        step("recorded, waiting for the commits:")
-        for label, tx_hash in hashes:
-            view = client.transaction(tx_hash, wait=30)
-            if view.get("status") != "committed" or view["receipt"]["status"] != "ok":
-                raise TwinledgerError(f"{label} was not committed")
-            console.print(f"  {label:<32} block {view['block']['height']:>3}  tx {tx_hash[:16]}…")
-
-        step("fetching an inclusion proof for the maintenance report")
-        proof_doc = client.transaction(hashes[-1][1], proof=True)["proof"]
-        proof_file = home / "proofs" / f"{hashes[-1][1]}.json"
-        proof_file.parent.mkdir(exist_ok=True)
-        proof_file.write_text(json.dumps(proof_doc, indent=2))
-        console.print(f"  written to {proof_file}")
-
-        step("verifying it offline (nothing but the file's bytes)")
-        verified = verify_proof(parse_proof(proof_file.read_text()))
-        console.print(f"  [green]valid[/]: record {verified.tx_hash.hex()[:16]}… is in block "
-                      f"{verified.height}, signed by {len(verified.signers)} validator(s)")  # fmt: skip
-
-        step("tampering with one byte of the proof's transaction")
-        tampered = dict(proof_doc)
-        raw = bytearray(bytes.fromhex(tampered["transaction"]))
-        raw[-1] ^= 0x01
-        tampered["transaction"] = raw.hex()
-        try:
-            verify_proof(parse_proof(json.dumps(tampered)))
-            console.print("  [red]the tampered proof was accepted[/]")
-            return False
-        except InvalidProof as exc:
-            console.print(f"  [green]rejected[/]: {exc.message}")
-
-        step("checking every block, Merkle root, signature and state root")
-        from twinledger.consensus import create_consensus
-        from twinledger.contracts import default_runtime
-        from twinledger.ledger.genesis import Genesis
-        from twinledger.ledger.store import open_store
-        from twinledger.ledger.verify import verify_chain
-
-        genesis = Genesis.read(config.genesis_path)
-        store = open_store(config.store_url)
-        try:
-            report = verify_chain(store, genesis, create_consensus(genesis, None), default_runtime())
-        finally:
-            store.close()
-        if not report.ok:
-            console.print(f"  [red]chain invalid[/]: {report.problems}")
-            return False
-        console.print(f"  [green]chain OK[/]: {report.blocks} blocks, {report.transactions} transactions")
-        ok = True
+        ok = _scenario(home, config, client)
         client.close()
+        if not ok:
+            return False
         if not exit_after:
             console.print(f"\n[bold]The node keeps running[/] at {node.url} (home {home}). "
-                          "Try: twinledger block show head --home " + str(home))  # fmt: skip
+                          "Try: twinledger twin list --home " + str(home))  # fmt: skip
             console.print("Press Ctrl-C to stop it.")
             _wait_for_interrupt()
     finally:
         node.stop()
         step("node stopped")
     return ok
+
+
+def _scenario(home: Path, config: NodeConfig, client: NodeClient) -> bool:
+    if not PLANT.exists():
+        raise TwinledgerError(f"the example plant {PLANT} is missing; run the demo from the source tree")
+    chain_id = client.health()["chain_id"]
+
+    def call(key: SigningKey, method: str, **args: Any) -> dict[str, Any]:
+        return client.commit(key, "twins", method, args, chain_id)
+
+    owner = config.signing_key("operator")
+    agent = SigningKey.generate()
+
+    step("registering the bottling plant's twin from its AutomationML specification")
+    created = call(owner, "create", name="Bottling plant", device_id=f"plant-{agent.public.hex()[:6]}",
+                          aml=PLANT.read_bytes(),
+                          roles={f"key:{agent.public.hex()}": {"device-agent": ["filler-1"]}})  # fmt: skip
+    twin = created["receipt"]["events"][0]["data"]["twin"]
+    console.print(f"  twin {twin} at block {created['block']['height']}; the device agent may act within filler-1")
+
+    step("an operator asks the conveyor for 3.0 m/s; the specification allows at most 2.5")
+    unsafe = call(owner, "call_program", twin=twin, program="SetVelocity", params={"velocity": "3.0"})
+    if unsafe["receipt"]["status"] != "failed":
+        console.print("  [red]the unsafe call was accepted[/]")
+        return False
+    console.print(f"  [green]rejected[/]: {unsafe['receipt']['message']}")
+    step("a safe fill volume is queued, dispatched and executed by the device agent")
+    queued = call(owner, "call_program", twin=twin, program="SetFillVolume",
+                         params={"volume": 500, "valve_check": True})  # fmt: skip
+    number = queued["receipt"]["events"][0]["data"]["call"]
+    call(agent, "dispatch_call", twin=twin, call=number)
+    call(agent, "report_call", twin=twin, call=number, status="executed", result="500 ml set")
+    console.print(f"  call {number}: queued → dispatched → executed")
+
+    step("the level sensor breaks; the device agent replaces its specification entry and feed (§5.2)")
+    for method, args in (("add_feed", {"component": "level-sensor-1", "reference": "feed:level-sensor-1"}),
+                         ("remove_aml", {"element": "level-sensor-1"}),
+                         ("insert_aml", {"fragment": NEW_SENSOR, "parent": "filler-1", "after": "flow-sensor-1"}),
+                         ("add_feed", {"component": "level-sensor-2", "reference": "feed:level-sensor-2"})):  # fmt: skip
+        view = call(agent, method, twin=twin, **args)
+        if view["receipt"]["status"] != "ok":
+            raise TwinledgerError(f"{method}: {view['receipt']['message']}")
+        console.print(f"  {method:<11} {', '.join(e['type'] for e in view['receipt']['events'])}")
+    outside = call(agent, "remove_aml", twin=twin, element="conveyor-1")
+    console.print(f"  [green]refused[/] outside its scope: {outside['receipt']['message']}")
+
+    step("the maintenance report is attached to the new sensor; the specification changed so:")
+    call(owner, "add_document", twin=twin, hash=hashlib.sha256(REPORT).digest(),
+                title="Maintenance report", reference="file:maintenance-report.txt", size=len(REPORT),
+                component="level-sensor-2")  # fmt: skip
+    diff = client.request("GET", f"/v1/twins/{twin}/diff", params={"from": 1})["diff"]
+    changed = [line for line in diff.splitlines() if line[:1] in "+-" and 'InternalElement ID="' in line]
+    for line in changed:
+        console.print(f"  {line.strip()}", style="green" if line.startswith("+") else "red", highlight=False)
+
+    step("auditing the twin: every change with an inclusion proof, verified offline")
+    entries = client.request("GET", f"/v1/twins/{twin}/audit", params={"proofs": "true"})["entries"]
+    trusted = validators_hash(list(Genesis.read(config.genesis_path).validator_keys))
+    proofs = home / "proofs"
+    proofs.mkdir(exist_ok=True)
+    for entry in entries:
+        verified = verify_proof(parse_proof(json.dumps(entry["proof"])), trusted)
+        (proofs / f"{entry['tx']}.json").write_text(json.dumps(entry["proof"], indent=2))
+        console.print(f"  [green]valid[/] {entry['method']:<26} block {verified.height:>3}  {', '.join(entry['events'])}")
+    tampered = dict(entries[-1]["proof"])
+    raw = bytearray(bytes.fromhex(tampered["transaction"]))
+    raw[-1] ^= 0x01
+    tampered["transaction"] = raw.hex()
+    try:
+        verify_proof(parse_proof(json.dumps(tampered)), trusted)
+        console.print("  [red]a tampered proof was accepted[/]")
+        return False
+    except InvalidProof as exc:
+        console.print(f"  [green]rejected[/] a proof with one byte changed: {exc.message}")
+    console.print(f"  proofs written to {proofs}")
+    return _verify_chain(config)
+
+
+def _verify_chain(config: NodeConfig) -> bool:
+    step("checking every block, Merkle root, signature and state root")
+    from twinledger.consensus import create_consensus
+    from twinledger.contracts import default_runtime
+    from twinledger.ledger.store import open_store
+    from twinledger.ledger.verify import verify_chain
+
+    genesis = Genesis.read(config.genesis_path)
+    store = open_store(config.store_url)
+    try:
+        report = verify_chain(store, genesis, create_consensus(genesis, None), default_runtime())
+    finally:
+        store.close()
+    if not report.ok:
+        console.print(f"  [red]chain invalid[/]: {report.problems}")
+        return False
+    console.print(f"  [green]chain OK[/]: {report.blocks} blocks, {report.transactions} transactions, state replayed")
+    return True
 
 
 def _wait_for_interrupt() -> None:

@@ -82,6 +82,17 @@ class NodeClient:
         self.submit(tx)
         return tx
 
+    def commit(self, key: SigningKey, contract: str, method: str, args: dict[str, Any], chain_id: str,
+               wait: float = 30.0) -> dict[str, Any]:  # fmt: skip
+        """Sign, submit and wait for the commit; the committed transaction's view, whose
+        receipt says whether the call succeeded."""
+        tx = self.call(key, contract, method, args, chain_id)
+        view = self.transaction(tx.hash.hex(), wait=wait)
+        if view.get("status") != "committed":
+            raise TwinledgerError(f"transaction {tx.hash.hex()} was not committed within {wait:.0f} s",
+                                  code="not_committed")  # fmt: skip
+        return view
+
     def transaction(self, tx_hash: str, *, proof: bool = False, wait: float = 0.0) -> dict[str, Any]:
         params = {"proof": str(proof).lower(), "wait": str(wait)}
         return self.request("GET", f"/v1/transactions/{tx_hash}", params=params)

@@ -22,7 +22,6 @@ from twinledger.errors import TwinledgerError
 out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
-COMMIT_WAIT_SECONDS = 30.0
 
 Home = Annotated[Path, typer.Option("--home", help="Node home directory.", envvar="TWINLEDGER_HOME")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
@@ -85,13 +84,11 @@ def transact(home: Path, key_file: Path | None, contract: str, method: str, args
     """Sign and submit ``contract.method(args)``; with ``wait``, return the committed
     transaction's view, or raise with the receipt's message if the call failed."""
     node = client(home)
-    tx = node.call(signer(home, key_file), contract, method, args, node.health()["chain_id"])
+    chain_id = node.health()["chain_id"]
     if not wait:
+        tx = node.call(signer(home, key_file), contract, method, args, chain_id)
         return {"hash": tx.hash.hex(), "status": "accepted"}
-    view = node.transaction(tx.hash.hex(), wait=COMMIT_WAIT_SECONDS)
-    if view.get("status") != "committed":
-        raise TwinledgerError(f"transaction {tx.hash.hex()} was not committed within {COMMIT_WAIT_SECONDS:.0f} s",
-                              code="not_committed")  # fmt: skip
+    view = node.commit(signer(home, key_file), contract, method, args, chain_id)
     receipt = view["receipt"]
     if receipt["status"] != "ok":
         raise TwinledgerError(receipt["message"] or receipt["error"], code=receipt["error"])

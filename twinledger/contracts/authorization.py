@@ -104,7 +104,9 @@ def authorize(state: StateReader, twin: dict[str, Any], sender: bytes, method: s
                 return
     where = f" within {component!r}" if component is not None else ""
     roles = ", ".join(f"{r} ({'/'.join(s)})" if s else r for r, s in sorted(held.items())) or "none"
-    raise Forbidden(f"{subjects_of(state, sender)[-1]} may not {method} on twin {twin['id']}{where} (its roles: {roles})")
+    who = subjects_of(state, sender)[-1]
+    who = who if who.startswith("org:") else who[:20] + "…"
+    raise Forbidden(f"{who} may not {method} on twin {twin['id']}{where} (its roles: {roles})")
 
 
 # -- parsing -----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from twinledger import __version__
 from twinledger.abc import TransactionLocation
 from twinledger.api.graphql import graphql_router
-from twinledger.api.service import TwinService, jsonable
+from twinledger.api.service import BadRequest, TwinService, jsonable
 from twinledger.core.encoding import decode, to_obj
 from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt
 from twinledger.errors import DecodeError, NotFound, TwinledgerError
@@ -36,10 +36,6 @@ MAX_WAIT_SECONDS = 60.0
 KEEPALIVE_SECONDS = 15.0
 Since = Query(None, ge=0, description="First block height whose events to send (default: the next block).")
 At = Query(None, ge=0, description="Show the state after this block height (time travel); default: the head.")
-
-
-class BadRequest(TwinledgerError):
-    code = "bad_request"
 
 
 def transaction_view(tx: AnyTransaction) -> dict[str, Any]:

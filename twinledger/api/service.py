@@ -1,8 +1,8 @@
 """Read models of the twin contracts, shared by the REST resources, the GraphQL schema
 and the event stream, so none of them holds logic of its own.
 
-Every read takes an optional block height: a twin is shown exactly as the chain had it
-after that block (time travel). Views are JSON-ready: byte strings are hex.
+Reads of a twin's state take an optional block height: the twin is shown exactly as the
+chain had it after that block (time travel). Views are JSON-ready: byte strings are hex.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from twinledger.contracts.twinstate import (
     twin_key,
 )
 from twinledger.core.types import Event
-from twinledger.errors import ContractError, NotFound, TwinledgerError
+from twinledger.errors import NotFound, TwinledgerError
 from twinledger.ledger.chain import StoreState
 from twinledger.twins import aml
 
 CALL_STATUSES = ("queued", "dispatched", "executed", "failed", "rejected")
 
 
-class BadQuery(TwinledgerError):
+class BadRequest(TwinledgerError):
     code = "bad_request"
 
 
@@ -54,7 +54,7 @@ class TwinService:
         if at is None:
             return head.height
         if not 0 <= at <= head.height:
-            raise BadQuery(f"height {at} is not between 0 and the head ({head.height})")
+            raise BadRequest(f"height {at} is not between 0 and the head ({head.height})")
         return at
 
     def _items(self, prefix: str, height: int) -> list[Any]:
@@ -116,7 +116,7 @@ class TwinService:
     # -- calls and audit -------------------------------------------------------------------------
     def calls(self, reference: str, status: str | None = None, at: int | None = None) -> list[dict[str, Any]]:
         if status is not None and status not in CALL_STATUSES:
-            raise BadQuery(f"status must be one of {list(CALL_STATUSES)}")
+            raise BadRequest(f"status must be one of {list(CALL_STATUSES)}")
         height = self._height(at)
         twin = self.resolve(reference, height)
         calls = self._items(f"twin/{twin['id']}/call/", height)
@@ -156,7 +156,3 @@ def event_view(event: Event, height: int, index: int, number: int, tx_hash: byte
     return jsonable({"id": f"{height}:{index}:{number}", "height": height, "timestamp": timestamp, "tx": tx_hash,
                      "sender": sender, "contract": event.contract, "type": event.type, "data": event.data})  # fmt: skip
 
-
-def contract_error(exc: ContractError) -> TwinledgerError:
-    """A contract error met while reading (e.g. a malformed version) as a request error."""
-    return BadQuery(exc.message, code=exc.code)

@@ -28,8 +28,8 @@ def test_the_example_plant_is_valid_and_canonical():
 def test_sensor_replacement_of_section_5_2():
     """Remove the broken level sensor, insert its replacement after the filler's flow sensor."""
     stored = aml.canonical(aml.parse_specification(PLANT))
-    without = aml.remove(stored, "level-sensor-1")
-    replaced = aml.insert(without, NEW_SENSOR, parent_id="filler-1", after_id="flow-sensor-1")
+    without = aml.remove(stored, "level-sensor-1").specification
+    replaced = aml.insert(without, NEW_SENSOR, parent_id="filler-1", after_id="flow-sensor-1").specification
     root = aml.parse_specification(replaced)
     assert root.find(".//InternalElement[@ID='level-sensor-1']") is None
     filler = root.find(".//InternalElement[@ID='filler-1']")

@@ -150,10 +150,9 @@ def parse_insert(args: Mapping[str, Any]) -> InsertArgs:
 def insert_aml(call: Call, args: InsertArgs) -> None:
     twin = load_twin(call.state, args.twin)
     authorize(call.state, twin, call.sender, "aml.insert", args.parent)
-    spec = aml.insert(specification(call.state, twin), args.fragment, args.parent, args.after)
-    element = aml.root_id(args.fragment)
-    _new_version(call, twin, spec, "insert", element, args.parent)
-    call.emit("AmlInserted", twin=args.twin, element=element, parent=args.parent, version=twin["aml_version"] + 1)
+    edit = aml.insert(specification(call.state, twin), args.fragment, args.parent, args.after)
+    _new_version(call, twin, edit.specification, "insert", edit.element, args.parent)
+    call.emit("AmlInserted", twin=args.twin, element=edit.element, parent=args.parent, version=twin["aml_version"] + 1)
 
 
 @dataclass(frozen=True)
@@ -171,12 +170,10 @@ def remove_aml(call: Call, args: ElementArgs) -> None:
     """Remove an element; sensor feeds of components inside it are detached with it."""
     twin = load_twin(call.state, args.twin)
     authorize(call.state, twin, call.sender, "aml.remove", args.element)
-    old = specification(call.state, twin)
-    removed = aml.ids_within(old, args.element)
-    spec = aml.remove(old, args.element)
-    _new_version(call, twin, spec, "remove", args.element, "")
+    edit = aml.remove(specification(call.state, twin), args.element)
+    _new_version(call, twin, edit.specification, "remove", args.element, "")
     call.emit("AmlRemoved", twin=args.twin, element=args.element, version=twin["aml_version"] + 1)
-    for component in removed:
+    for component in edit.ids:
         feed = call.state.get(feed_key(args.twin, component))
         if feed is not None:
             call.state.set(feed_key(args.twin, component), None)

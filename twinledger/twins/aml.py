@@ -119,18 +119,23 @@ def component_path(specification: bytes, element_id: str) -> tuple[str, ...]:
     return tuple(reversed([i for i in ids if i]))
 
 
-def ids_within(specification: bytes, element_id: str) -> tuple[str, ...]:
-    """IDs of ``element_id`` and everything inside it, in document order."""
-    element = _element(parse_specification(specification), element_id)
-    return tuple(e.get("ID") for e in element.iter(etree.Element) if e.get("ID"))
+@dataclass(frozen=True)
+class Edit:
+    """A changed specification and what the change touched."""
+
+    specification: bytes
+    element: str
+    """ID of the inserted or removed element ("" if it has none)."""
+    ids: tuple[str, ...]
+    """IDs of that element and everything inside it, in document order."""
 
 
-def root_id(fragment: bytes) -> str:
-    """The ID of a fragment's top element ("" if it has none)."""
-    return _parse(fragment, "the fragment").get("ID") or ""
+def _edit(root: etree._Element, element: etree._Element) -> Edit:
+    ids = tuple(e.get("ID") for e in element.iter(etree.Element) if e.get("ID"))
+    return Edit(canonical(root), element.get("ID") or "", ids)
 
 
-def insert(specification: bytes, fragment: bytes, parent_id: str, after_id: str | None = None) -> bytes:
+def insert(specification: bytes, fragment: bytes, parent_id: str, after_id: str | None = None) -> Edit:
     """The specification with ``fragment`` (one element) inserted under ``parent_id``,
     after its child ``after_id`` or first; the result is validated as a whole."""
     root = parse_specification(specification)
@@ -144,7 +149,7 @@ def insert(specification: bytes, fragment: bytes, parent_id: str, after_id: str 
             raise AmlError(f"{after_id!r} is not a child of {parent_id!r}")
         sibling.addnext(element)
     validate(root)
-    return canonical(root)
+    return _edit(root, element)
 
 
 def _first_child_index(parent: etree._Element) -> int:
@@ -156,7 +161,7 @@ def _first_child_index(parent: etree._Element) -> int:
     return len(parent)
 
 
-def remove(specification: bytes, element_id: str) -> bytes:
+def remove(specification: bytes, element_id: str) -> Edit:
     """The specification without the element ``element_id`` (and everything inside it)."""
     root = parse_specification(specification)
     element = _element(root, element_id, " to remove")
@@ -165,7 +170,7 @@ def remove(specification: bytes, element_id: str) -> bytes:
         raise AmlError("the root cannot be removed")
     parent.remove(element)
     validate(root)
-    return canonical(root)
+    return _edit(root, element)
 
 
 def diff(old: bytes, new: bytes, old_label: str = "before", new_label: str = "after") -> str:

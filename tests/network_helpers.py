@@ -180,7 +180,7 @@ def make_network(directory: Path, *, proxied: bool = False, orgs: list[str] = OR
     """Homes for a network on free loopback ports; with ``proxied``, node i listens on
     127.0.0.(i+2) and every peer reaches it through a cuttable proxy."""
     chain_id = "test-consortium"
-    base = free_port_block(2 * len(orgs), start=20000 + 1000 * (os.getpid() % 10))
+    base = free_port_block(3 * len(orgs), start=20000 + 1000 * (os.getpid() % 10))
     init_network(directory, orgs, chain_id=chain_id, base_port=base, block_interval_ms=100, consensus=consensus)
     homes = [directory / org for org in orgs]
     network = Network(directory, homes, chain_id)
@@ -188,7 +188,7 @@ def make_network(directory: Path, *, proxied: bool = False, orgs: list[str] = OR
     for i in range(len(homes)):
         host = f"127.0.0.{i + 2}" if proxied else "127.0.0.1"
         network.hosts.append(host)
-        addresses.append((host, base + 2 * i))
+        addresses.append((host, base + 3 * i))
     if proxied:
         network.proxies = [CuttableProxy(address) for address in addresses]
     public = [p.address for p in network.proxies] if proxied else [f"{h}:{p}" for h, p in addresses]

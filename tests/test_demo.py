@@ -14,9 +14,14 @@ def test_demo_runs_every_step_and_exits_cleanly(tmp_path):
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     for outcome in ("above its safe maximum 2.5", "queued → dispatched → executed", "AmlRemoved, FeedRemoved",
-                    "refused outside its scope", "rejected a proof with one byte changed", "chain OK"):
+                    "refused outside its scope", "read back, verified against the chain and decrypted",
+                    "rejected a proof with one byte changed", "chain OK"):
         assert outcome in " ".join(run.stdout.split()), outcome
     assert "Traceback" not in run.stdout + run.stderr
+    report = (home / "maintenance-report.txt").read_bytes()
+    assert (home / "maintenance-report.from-store.txt").read_bytes() == report
+    stored = b"".join(p.read_bytes() for p in (home / "data" / "store" / "chunks").glob("*/*"))
+    assert stored and b"LS300-0117" not in stored, "the store holds the report encrypted"
     proofs = list((home / "proofs").glob("*.json"))
     assert len(proofs) == 9  # every change of the twin, from its creation to the maintenance report
     for proof in proofs:

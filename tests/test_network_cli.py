@@ -20,7 +20,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_network_up_status_down_and_the_homes_work_with_the_cli(tmp_path):
     directory = tmp_path / "plant-consortium"
-    base = free_port_block(8)
+    base = free_port_block(12)
     up = cli("network", "up", "--dir", str(directory), "--orgs", "manufacturer,owner,maintainer,auditor",
              "--base-port", str(base), "--json")  # fmt: skip
     try:

@@ -7,6 +7,7 @@ HOME/keys/*.key           secret keys (0600; sealed if TWINLEDGER_PASSPHRASE was
 HOME/ca/                  the consortium CA key, only where this home created the CA
 DIR/consortium/           (a network) the consortium CA and the administrator's key
 HOME/data/chain.db        the SQLite chain store (default)
+HOME/data/store/          a store node's chunks and their index
 HOME/run/node.json        written by a running node: pid and API address
 """
 
@@ -30,7 +31,7 @@ from twinledger.errors import ConfigError
 from twinledger.ledger.genesis import Genesis, GenesisNode, GenesisOrganisation, GenesisValidator
 
 PASSPHRASE_ENV = "TWINLEDGER_PASSPHRASE"
-ROLES = ("thin", "validator", "archive", "full")
+ROLES = ("thin", "validator", "archive", "full", "store")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -56,6 +57,11 @@ class NodeConfig:
     p2p_advertise: str | None = None
     seeds: tuple[str, ...] = ()
     target_peers: int = 8
+    storage_host: str = "127.0.0.1"
+    storage_port: int | None = None
+    """None: not a store node."""
+    repair_interval: float = 30.0
+    """Seconds between a store node's anti-entropy passes (0: only on request)."""
 
     @property
     def produces_blocks(self) -> bool:
@@ -77,6 +83,10 @@ class NodeConfig:
     @property
     def genesis_path(self) -> Path:
         return self.home / "genesis.json"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.home / "data" / "store"
 
     @property
     def run_file(self) -> Path:
@@ -132,12 +142,17 @@ def load_config(home: Path) -> NodeConfig:
             p2p_advertise=doc.get("p2p", {}).get("advertise"),
             seeds=tuple(str(seed) for seed in doc.get("p2p", {}).get("seeds", [])),
             target_peers=int(doc.get("p2p", {}).get("target_peers", 8)),
+            storage_host=str(doc.get("storage", {}).get("host", "127.0.0.1")),
+            storage_port=int(doc["storage"]["port"]) if "storage" in doc else None,
+            repair_interval=float(doc.get("storage", {}).get("repair_interval", 30.0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path} is missing or has a malformed setting: {exc}") from exc
     unknown = set(config.roles) - set(ROLES)
     if unknown or not config.roles:
         raise ConfigError(f"{path}: roles must be some of {', '.join(ROLES)} (got {list(config.roles)})")
+    if ("store" in config.roles) != (config.storage_port is not None):
+        raise ConfigError(f"{path}: a node has a [storage] section exactly when it has the store role")
     if config.api_tls not in ("auto", "on", "off"):
         raise ConfigError(f"{path}: api.tls must be auto, on or off")
     if config.api_tls == "off" and not is_loopback(config.api_host):
@@ -152,17 +167,25 @@ def read_run_file(config: NodeConfig) -> dict[str, Any] | None:
         return None
 
 
-def init_home(home: Path, organisation: str, *, node: str = "node-1", roles: tuple[str, ...] = ("full",),
+def init_home(home: Path, organisation: str, *, node: str = "node-1", roles: tuple[str, ...] = ("full", "store"),
               api_host: str = "127.0.0.1", api_port: int = 7700, chain_id: str | None = None,
-              block_interval_ms: int = 200, max_block_txs: int = 5000,
-              store_url: str = "sqlite:///data/chain.db") -> NodeConfig:  # fmt: skip
+              block_interval_ms: int = 200, max_block_txs: int = 5000, store_url: str = "sqlite:///data/chain.db",
+              storage_port: int | None = None) -> NodeConfig:  # fmt: skip
     """Create a home: consortium CA (dev), organisation CA, node keys and certificate,
-    an operator key for the CLI, a solo genesis naming this node, and node.toml."""
+    an operator key for the CLI, a solo genesis naming this node, and node.toml.
+
+    A store node listens on ``storage_port``: by default the API port + 1, or any free
+    port if the API port is chosen at start (0); the CLI then finds it in the run file."""
     _check_new_home(home, organisation, node, roles)
+    storage = None
+    if "store" in roles:
+        port = storage_port if storage_port is not None else (api_port + 1 if api_port else 0)
+        storage = {"host": api_host, "port": port, "repair_interval": 30.0}
     secret = passphrase()
     consortium = certs.create_consortium_ca(f"{organisation}-consortium")
     certs.write_issuer(home / "ca" / "consortium.pem", home / "ca" / "consortium.key", consortium, secret)
-    member = _create_node(home, organisation, node, consortium, secret, roles, f"{api_host}:{api_port}", "")
+    member = _create_node(home, organisation, node, consortium, secret, roles, f"{api_host}:{api_port}", "",
+                          f"{api_host}:{storage['port']}" if storage else "")  # fmt: skip
     genesis = Genesis(
         chain_id=chain_id or f"{organisation}-chain",
         genesis_time=int(time.time() * 1000),
@@ -173,7 +196,7 @@ def init_home(home: Path, organisation: str, *, node: str = "node-1", roles: tup
         organisations=(member,),
     )
     genesis.write(home / "genesis.json")
-    _write_node_toml(home, organisation, node, roles, api_host, api_port, store_url, p2p=None)
+    _write_node_toml(home, organisation, node, roles, api_host, api_port, store_url, p2p=None, storage=storage)
     return load_config(home)
 
 
@@ -181,22 +204,24 @@ def init_network(directory: Path, organisations: list[str], *, consensus: str = 
                  host: str = "127.0.0.1", base_port: int = 7800, block_interval_ms: int = 200,
                  max_block_txs: int = 5000, authority_signatures: int | None = None) -> list[NodeConfig]:  # fmt: skip
     """A consortium: one CA, and per organisation a home (DIR/<org>) whose node is a
-    validator, listens for peers on base_port + 2i and serves its API on base_port + 2i + 1,
-    with every other node as a seed; one genesis naming all of them."""
+    validator and a store node, listens for peers on base_port + 3i, serves its API on
+    base_port + 3i + 1 and the store on base_port + 3i + 2, with every other node as a
+    seed; one genesis naming all of them."""
     if consensus not in ("bft", "poa"):
         raise ConfigError("a network's consensus is bft or poa")
     if len(set(organisations)) != len(organisations) or not organisations:
         raise ConfigError("name each organisation once")
     homes = [directory / org for org in organisations]
     for home, org in zip(homes, organisations, strict=True):
-        _check_new_home(home, org, "node-1", ("full",))
+        _check_new_home(home, org, "node-1", ("full", "store"))
     secret = passphrase()
     consortium = certs.create_consortium_ca(f"{chain_id}-consortium")
     certs.write_issuer(directory / "consortium" / "consortium-ca.pem", directory / "consortium" / "consortium-ca.key",
                        consortium, secret)  # fmt: skip
-    p2p_addresses = [f"{host}:{base_port + 2 * i}" for i in range(len(organisations))]
-    members = [_create_node(home, org, "node-1", consortium, secret, ("full",), f"{host}:{base_port + 2 * i + 1}",
-                            p2p_addresses[i])
+    roles = ("full", "store")
+    p2p_addresses = [f"{host}:{base_port + 3 * i}" for i in range(len(organisations))]
+    members = [_create_node(home, org, "node-1", consortium, secret, roles, f"{host}:{base_port + 3 * i + 1}",
+                            p2p_addresses[i], f"{host}:{base_port + 3 * i + 2}")
                for i, (home, org) in enumerate(zip(homes, organisations, strict=True))]  # fmt: skip
     admin = SigningKey.generate()
     write_secret_file(directory / "consortium" / "admin.key", "ed25519", admin.seed, secret)
@@ -214,9 +239,11 @@ def init_network(directory: Path, organisations: list[str], *, consensus: str = 
     configs = []
     for i, (home, org) in enumerate(zip(homes, organisations, strict=True)):
         genesis.write(home / "genesis.json")
-        p2p = {"host": host, "port": base_port + 2 * i, "seeds": [a for a in p2p_addresses if a != p2p_addresses[i]],
+        p2p = {"host": host, "port": base_port + 3 * i, "seeds": [a for a in p2p_addresses if a != p2p_addresses[i]],
                "target_peers": 8}  # fmt: skip
-        _write_node_toml(home, org, "node-1", ("full",), host, base_port + 2 * i + 1, "sqlite:///data/chain.db", p2p)
+        storage = {"host": host, "port": base_port + 3 * i + 2, "repair_interval": 30.0}
+        _write_node_toml(home, org, "node-1", roles, host, base_port + 3 * i + 1, "sqlite:///data/chain.db", p2p,
+                         storage)  # fmt: skip
         configs.append(load_config(home))
     return configs
 
@@ -232,7 +259,7 @@ def _check_new_home(home: Path, organisation: str, node: str, roles: tuple[str, 
 
 
 def _create_node(home: Path, organisation: str, node: str, consortium: certs.Issuer, secret: str | None,
-                 roles: tuple[str, ...], api: str, p2p: str) -> GenesisOrganisation:  # fmt: skip
+                 roles: tuple[str, ...], api: str, p2p: str, storage: str) -> GenesisOrganisation:  # fmt: skip
     """Organisation CA, node keys and certificate chain, operator key; returns the
     organisation as genesis names it."""
     home.mkdir(parents=True, exist_ok=True)
@@ -249,12 +276,12 @@ def _create_node(home: Path, organisation: str, node: str, consortium: certs.Iss
     (home / "certs" / "node-chain.pem").write_bytes(chain_pem)
     for folder in ("data", "run"):
         (home / folder).mkdir(exist_ok=True)
-    node_entry = GenesisNode(node, signing.public, encryption.public, roles, api, p2p)
+    node_entry = GenesisNode(node, signing.public, encryption.public, roles, api, p2p, storage)
     return GenesisOrganisation(organisation, (operator.public,), (node_entry,))
 
 
 def _write_node_toml(home: Path, organisation: str, node: str, roles: tuple[str, ...], api_host: str, api_port: int,
-                     store_url: str, p2p: dict[str, Any] | None) -> None:  # fmt: skip
+                     store_url: str, p2p: dict[str, Any] | None, storage: dict[str, Any] | None) -> None:  # fmt: skip
     doc: dict[str, Any] = {
         "node": {"organisation": organisation, "name": node, "roles": list(roles)},
         "api": {"host": api_host, "port": api_port, "tls": "auto"},
@@ -264,4 +291,6 @@ def _write_node_toml(home: Path, organisation: str, node: str, roles: tuple[str,
     }
     if p2p is not None:
         doc["p2p"] = p2p
+    if storage is not None:
+        doc["storage"] = storage
     (home / "node.toml").write_text(tomli_w.dumps(doc))

@@ -1,13 +1,12 @@
 """``twinledger demo``: start a node on embedded defaults and play the bottling-plant
 sensor replacement of Dietz et al. §5 on the twin contracts: register the plant's twin,
 refuse an unsafe program call and run a safe one, let the device agent replace the
-broken level sensor (specification and feed), attach the maintenance report, and audit
-the twin with proofs verified offline. (The full scenario with store, sharing and the
+broken level sensor (specification and feed), store the maintenance report encrypted
+off-chain and attach it, and audit the twin with proofs verified offline. (The full scenario with store, sharing and the
 plant simulator grows from this.)"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import threading
@@ -18,12 +17,15 @@ from typing import Any
 from rich.console import Console
 
 from twinledger.cli.client import NodeClient
+from twinledger.cli.storage import organisation_key, with_store
 from twinledger.config import NodeConfig, init_home, load_config
 from twinledger.core.proof import parse_proof, validators_hash, verify_proof
 from twinledger.crypto.keys import SigningKey
 from twinledger.errors import InvalidProof, TwinledgerError
 from twinledger.launcher import start_node
 from twinledger.ledger.genesis import Genesis
+from twinledger.store.client import StoreClient
+from twinledger.store.documents import StoredDocument, download_document, upload_document
 
 console = Console()
 PLANT = Path(__file__).resolve().parent.parent / "examples" / "bottling-plant.aml"
@@ -65,6 +67,25 @@ def run_demo(directory: Path | None, exit_after: bool) -> bool:
         node.stop()
         step("node stopped")
     return ok
+
+
+def _store_report(home: Path, owner: SigningKey) -> StoredDocument:
+    """Upload the report encrypted for the plant's organisation, then read it back."""
+    report = home / "maintenance-report.txt"
+    report.write_bytes(REPORT)
+
+    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> StoredDocument:
+        key = next(o["encryption_key"] for o in members["organisations"] if o["name"] == config.organisation)
+        stored = await upload_document(store, report, owner, config.organisation,
+                                       {config.organisation: bytes.fromhex(key)})  # fmt: skip
+        copy = home / "maintenance-report.from-store.txt"
+        await download_document(store, stored.reference, stored.manifest, config.organisation,
+                                organisation_key(config), copy)  # fmt: skip
+        if copy.read_bytes() != REPORT:
+            raise TwinledgerError("the report read back from the store differs from the one stored")
+        return stored
+
+    return with_store(home, work)
 
 
 def _scenario(home: Path, config: NodeConfig, client: NodeClient) -> bool:
@@ -111,10 +132,13 @@ def _scenario(home: Path, config: NodeConfig, client: NodeClient) -> bool:
     outside = call(agent, "remove_aml", twin=twin, element="conveyor-1")
     console.print(f"  [green]refused[/] outside its scope: {outside['receipt']['message']}")
 
-    step("the maintenance report is attached to the new sensor; the specification changed so:")
-    call(owner, "add_document", twin=twin, hash=hashlib.sha256(REPORT).digest(),
-                title="Maintenance report", reference="file:maintenance-report.txt", size=len(REPORT),
-                component="level-sensor-2")  # fmt: skip
+    step("the maintenance report is encrypted into the off-chain store and attached to the new sensor")
+    stored = _store_report(home, owner)
+    call(owner, "add_document", twin=twin, hash=stored.manifest, title="Maintenance report",
+                reference=stored.reference, size=stored.size, component="level-sensor-2")  # fmt: skip
+    console.print(f"  document {stored.manifest.hex()[:16]}… in the store; read back, verified against the chain "
+                  "and decrypted")  # fmt: skip
+    step("the specification changed so:")
     diff = client.request("GET", f"/v1/twins/{twin}/diff", params={"from": 1})["diff"]
     changed = [line for line in diff.splitlines() if line[:1] in "+-" and 'InternalElement ID="' in line]
     for line in changed:

@@ -49,6 +49,8 @@ from twinledger.ledger.store import open_store
 from twinledger.ledger.validation import decode_and_validate
 from twinledger.net.peers import Peer, PeerManager
 from twinledger.net.wire import Frame
+from twinledger.store.placement import Replication
+from twinledger.store.server import Directory, StoreService
 
 log = logging.getLogger("twinledger.node")
 T = TypeVar("T")
@@ -159,6 +161,8 @@ class Node(NetworkedProducer):
         self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._submitted_at: dict[bytes, float] = {}
         self.network: PeerManager | None = None
+        self.storage: StoreService | None = None
+        self._directory: tuple[int, Directory] | None = None
         self._sync_asked: dict[int, float] = {}
         self.started = time.time()
         self.stopping = False
@@ -524,6 +528,37 @@ class Node(NetworkedProducer):
         )
         await self.network.start()
 
+    # -- the off-chain store ---------------------------------------------------------------------
+    def store_directory(self) -> Directory:
+        """Store nodes and member nodes as the membership contract says at the head."""
+        from twinledger.contracts.membership import organisation_key, organisations
+        from twinledger.ledger.chain import StoreState
+        from twinledger.store.placement import store_nodes
+
+        height = self.head.height
+        if self._directory is None or self._directory[0] != height:
+            state = StoreState(self.store, height)
+            orgs = [state.get(organisation_key(name)) for name in organisations(state)]
+            members = {node["signing_key"]: org["name"] for org in orgs for node in org["nodes"].values()}
+            self._directory = (height, Directory(store_nodes(orgs), members))
+        return self._directory[1]
+
+    def replication(self) -> Replication:
+        return Replication(self.genesis.store_replication, self.genesis.store_write_quorum)
+
+    async def _start_storage(self) -> None:
+        from twinledger.crypto.certs import identity_of, read_certificate
+        from twinledger.store.disk import ChunkStore
+        from twinledger.store.protocol import StoreTls
+
+        config = self.config
+        assert config.storage_port is not None
+        tls = StoreTls.load(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"),
+                            config.cert("organisation"), passphrase())  # fmt: skip
+        self.storage = StoreService(ChunkStore(config.storage_dir), tls, identity_of(read_certificate(config.cert("node"))),
+                                    self.store_directory, self.replication(), config.repair_interval)  # fmt: skip
+        await self.storage.start(config.storage_host, config.storage_port)
+
     async def run(self, ready: Callable[[str], None] | None = None) -> None:
         """Serve the API and produce blocks until SIGINT/SIGTERM."""
         import uvicorn
@@ -560,6 +595,8 @@ class Node(NetworkedProducer):
             self._loop.add_signal_handler(stop_signal, stop)
         if config.p2p_port is not None:
             await self._start_network()
+        if config.storage_port is not None:
+            await self._start_storage()
         producer = asyncio.create_task(self.consensus.run(self), name="consensus")
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="api")
         while not server.started and not serving.done():
@@ -568,7 +605,8 @@ class Node(NetworkedProducer):
             await serving
         config.run_file.parent.mkdir(parents=True, exist_ok=True)
         run_doc = {"pid": os.getpid(), "api": url, "chain_id": self.chain_id, "started": self.started,
-                   "p2p": self.network.address if self.network is not None else None}  # fmt: skip
+                   "p2p": self.network.address if self.network is not None else None,
+                   "storage": self.storage.address if self.storage is not None else None}  # fmt: skip
         tmp = config.run_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(run_doc))
         tmp.replace(config.run_file)
@@ -588,6 +626,8 @@ class Node(NetworkedProducer):
                 await producer
             if self.network is not None:
                 await self.network.stop()
+            if self.storage is not None:
+                await self.storage.stop()
             config.run_file.unlink(missing_ok=True)
             self.close()
 

@@ -269,6 +269,34 @@ def add_twin_resources(app: FastAPI, node: Node, service: TwinService) -> None:
     async def members(at: int | None = At) -> dict[str, Any]:
         return await node.read(service.members, at)
 
+    def _storage() -> Any:
+        if node.storage is None:
+            raise TwinledgerError("this node is not a store node (it lacks the store role)", code="not_a_store_node")
+        return node.storage
+
+    @app.get("/v1/store", summary="This store node: its data, the replication, the store nodes", tags=["store"])
+    async def store_status() -> dict[str, Any]:
+        storage = _storage()
+        disk = await node.read(storage.disk.status)
+        replication = node.replication().effective(len(node.store_directory().nodes))
+        return {"address": storage.address, "items": disk.items, "chunks": disk.chunks, "bytes": disk.bytes,
+                "replication": {"factor": replication.factor, "write_quorum": replication.quorum},
+                "nodes": [{"organisation": n.organisation, "node": n.name, "endpoint": n.endpoint}
+                          for n in node.store_directory().nodes]}  # fmt: skip
+
+    @app.post("/v1/store/repair", summary="Run an anti-entropy pass now: push missing replicas", tags=["store"])
+    async def store_repair() -> dict[str, Any]:
+        report = await _storage().repair()
+        return {"acls_pushed": report.acls_pushed, "chunks_checked": report.chunks_checked,
+                "chunks_pushed": report.chunks_pushed, "unreachable": sorted(report.unreachable)}  # fmt: skip
+
+    @app.post("/v1/store/audit", summary="Re-hash every local chunk; repair damaged ones from replicas",
+              tags=["store"])  # fmt: skip
+    async def store_audit() -> dict[str, Any]:
+        report = await _storage().audit()
+        return {"checked": report.checked, "corrupt": report.corrupt, "repaired": report.repaired,
+                "unrepaired": report.unrepaired}  # fmt: skip
+
     @app.get("/v1/events", summary="Contract events as Server-Sent Events, optionally of one twin", tags=["events"],
              response_class=StreamingResponse)  # fmt: skip
     async def events(request: Request, twin: str | None = None, since: int | None = Since) -> StreamingResponse:

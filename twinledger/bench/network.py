@@ -52,7 +52,7 @@ def run_network_benchmark(validators: int, txs: int, batch: int, clients: int, w
     with tempfile.TemporaryDirectory(prefix="twinledger-bench-net-") as tmp, Progress(console=console) as progress:
         workdir = Path(tmp)
         orgs = [f"org{i}" for i in range(validators)]
-        init_network(workdir / "net", orgs, chain_id=CHAIN_ID, base_port=free_port_block(2 * validators),
+        init_network(workdir / "net", orgs, chain_id=CHAIN_ID, base_port=free_port_block(3 * validators),
                      block_interval_ms=100)  # fmt: skip
         transactions = make_transactions(txs, senders=clients * 8, progress=progress, chain_id=CHAIN_ID)
         starting = progress.add_task("starting validators", total=validators)

@@ -15,6 +15,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from twinledger.cli.common import Home, Json, client, command, err, error_line, kv_table, out, print_json
+from twinledger.cli.storage import store_app
 from twinledger.cli.twins import member_app, twin_app
 from twinledger.config import ROLES, init_home, load_config
 from twinledger.errors import InvalidProof, TwinledgerError
@@ -30,7 +31,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results in bench
 network_app = typer.Typer(no_args_is_help=True, help="A local consortium: one node per organisation on this machine.")
 for sub, name in ((node_app, "node"), (record_app, "record"), (tx_app, "tx"), (block_app, "block"),
                   (verify_app, "verify"), (bench_app, "bench"), (network_app, "network"), (twin_app, "twin"),
-                  (member_app, "member")):  # fmt: skip
+                  (member_app, "member"), (store_app, "store")):  # fmt: skip
     app.add_typer(sub, name=name)
 
 # -- init / node ------------------------------------------------------------------------------
@@ -42,7 +43,7 @@ def init(
     home: Home,
     org: Annotated[str, typer.Option("--org", help="Organisation name.")],
     node: Annotated[str, typer.Option("--node", help="Node name within the organisation.")] = "node-1",
-    role: Annotated[list[str], typer.Option("--role", help=f"Role(s): {', '.join(ROLES)}.")] = ["full"],  # noqa: B006
+    role: Annotated[list[str], typer.Option("--role", help=f"Role(s): {', '.join(ROLES)}.")] = ["full", "store"],  # noqa: B006
     api_host: Annotated[str, typer.Option(help="API listen address.")] = "127.0.0.1",
     api_port: Annotated[int, typer.Option(help="API port (0: any free port).")] = 7700,
     chain_id: Annotated[str | None, typer.Option(help="Chain id (default ORG-chain).")] = None,
@@ -306,6 +307,19 @@ def bench_network(
                           as_json=as_json)  # fmt: skip
 
 
+@bench_app.command("store")
+@command
+def bench_store(
+    size_mib: Annotated[int, typer.Option("--size-mib", help="Document size in MiB.", min=1)] = 256,
+    output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench/results/store.json"),
+    as_json: Json = False,
+) -> None:
+    """Three store nodes (r = 3): upload and download of one document, with the ceiling."""
+    from twinledger.bench.store import run_store_benchmark
+
+    run_store_benchmark(size_mib=size_mib, output=output, as_json=as_json)
+
+
 @app.command("demo")
 @command
 def demo(
@@ -351,14 +365,15 @@ def network_init(
     orgs: Annotated[str, typer.Option("--orgs", help="Comma-separated organisation names.")] = DEFAULT_ORGS,
     consensus: Annotated[str, typer.Option(help="bft (the consortium) or poa (one company's chain).")] = "bft",
     chain_id: Annotated[str, typer.Option(help="Chain id.")] = "consortium",
-    base_port: Annotated[int, typer.Option(help="First port: node i listens on base+2i (peers) and base+2i+1 (API).")] = 7800,
+    base_port: Annotated[int, typer.Option(help="First port: node i uses base+3i (peers), +1 (API), +2 (store).")] = 7800,
     block_interval_ms: Annotated[int, typer.Option(help="Minimum time between blocks.")] = 200,
     as_json: Json = False,
 ) -> None:
     """Write a genesis and one CA-certified home per organisation."""
     names = _create_network(directory, orgs, consensus, chain_id, base_port, block_interval_ms)
-    rows = [{"organisation": org, "home": str(directory / org), "p2p": f"127.0.0.1:{base_port + 2 * i}",
-             "api": f"http://127.0.0.1:{base_port + 2 * i + 1}"} for i, org in enumerate(names)]  # fmt: skip
+    rows = [{"organisation": org, "home": str(directory / org), "p2p": f"127.0.0.1:{base_port + 3 * i}",
+             "api": f"http://127.0.0.1:{base_port + 3 * i + 1}", "store": f"127.0.0.1:{base_port + 3 * i + 2}"}
+            for i, org in enumerate(names)]  # fmt: skip
     if as_json:
         print_json({"directory": str(directory), "consensus": consensus, "chain_id": chain_id, "nodes": rows})
         return

@@ -4,7 +4,6 @@ the commit, so a refused call exits 1 with the contract's reason."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -14,9 +13,24 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from twinledger.cli.common import Home, Json, KeyFile, client, command, error_line, kv_table, out, print_json, transact
-from twinledger.config import load_config
+from twinledger.cli.common import (
+    Home,
+    Json,
+    KeyFile,
+    client,
+    command,
+    error_line,
+    kv_table,
+    out,
+    print_json,
+    signer,
+    transact,
+)
+from twinledger.cli.storage import organisation_key, transfer_progress, with_store
+from twinledger.config import NodeConfig, load_config
 from twinledger.errors import InvalidProof, TwinledgerError
+from twinledger.store.client import StoreClient
+from twinledger.store.documents import StoredDocument, download_document, upload_document
 
 twin_app = typer.Typer(no_args_is_help=True, help="Digital twins: specification, documents, feeds, programs, roles.")
 aml_app = typer.Typer(no_args_is_help=True, help="The twin's AutomationML specification and its versions.")
@@ -34,8 +48,12 @@ Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the commi
 SUBJECT = re.compile(r"^(org:|key:)")
 
 
+def _twin(home: Path, ref: str) -> dict[str, Any]:
+    return client(home).request("GET", f"/v1/twins/{ref}")
+
+
 def _twin_id(home: Path, ref: str) -> str:
-    return str(client(home).request("GET", f"/v1/twins/{ref}")["id"])
+    return str(_twin(home, ref)["id"])
 
 
 def _write(home: Path, key: KeyFile, method: str, args: dict[str, Any], wait: bool, as_json: bool,
@@ -265,18 +283,35 @@ def aml_show(ref: Ref, home: Home,
 # -- documents, sources, feeds --------------------------------------------------------------------
 
 
-def _file_digest(path: Path) -> tuple[bytes, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.digest(), size
-
-
 FileArg = Annotated[Path, typer.Argument(help="The document's file.", exists=True, dir_okay=False)]
-Reference = Annotated[str | None, typer.Option(help="Where the content is stored (default: file:NAME).")]
+Readers = Annotated[list[str], typer.Option("--reader", help="Organisation that may read it (repeatable; default: "
+                                                           "every organisation with a role on the twin).")]
+
+
+def _recipients(view: dict[str, Any], members: dict[str, Any], chosen: list[str], own: str) -> dict[str, bytes]:
+    """Reader organisations and their X25519 keys; the uploader's organisation always reads."""
+    organisations = {org["name"]: org for org in members["organisations"]}
+    names = set(chosen) if chosen else {s.removeprefix("org:") for s in view["roles"] if s.startswith("org:")}
+    names.add(own)
+    unknown = sorted(names - set(organisations))
+    if unknown:
+        raise TwinledgerError(f"no member organisation is named {', '.join(unknown)}", code="unknown_organisation")
+    keyless = sorted(name for name in names if not organisations[name].get("encryption_key"))
+    if keyless:
+        raise TwinledgerError(f"organisation(s) {', '.join(keyless)} have no encryption key", code="no_encryption_key")
+    return {name: bytes.fromhex(organisations[name]["encryption_key"]) for name in sorted(names)}
+
+
+def _store_document(home: Path, key: Path | None, view: dict[str, Any], file: Path, readers: list[str],
+                    quiet: bool) -> StoredDocument:  # fmt: skip
+    owner = signer(home, key)
+
+    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> StoredDocument:
+        recipients = _recipients(view, members, readers, config.organisation)
+        with transfer_progress(f"encrypting {file.name}", file.stat().st_size, quiet) as advance:
+            return await upload_document(store, file, owner, config.organisation, recipients, advance)
+
+    return with_store(home, work)
 
 
 @doc_app.command("add")
@@ -289,23 +324,27 @@ def doc_add(
     description: Annotated[str, typer.Option(help="What the document is.")] = "",
     component: Annotated[str | None, typer.Option(help="AML component the document is about.")] = None,
     media_type: Annotated[str, typer.Option(help="Media type.")] = "application/octet-stream",
-    reference: Reference = None,
+    reader: Readers = [],  # noqa: B006
     key: KeyFile = None,
-    wait: Wait = True,
     as_json: Json = False,
 ) -> None:
-    """Register a document by its SHA-256 (its id) with title, description and reference."""
-    digest, size = _file_digest(file)
-    args: dict[str, Any] = {"twin": _twin_id(home, ref), "hash": digest, "title": title or file.name,
-                            "description": description, "reference": reference or f"file:{file.name}",
-                            "media_type": media_type, "size": size}  # fmt: skip
+    """Encrypt the file into the off-chain store and register it on the twin; prints its id.
+
+    The chain records the hash of the document's manifest, which commits to every
+    encrypted chunk and to the data key; the data key is sealed to each reader."""
+    view = _twin(home, ref)
+    stored = _store_document(home, key, view, file, reader, as_json)
+    args: dict[str, Any] = {"twin": view["id"], "hash": stored.manifest, "title": title or file.name,
+                            "description": description, "reference": stored.reference, "media_type": media_type,
+                            "size": stored.size}  # fmt: skip
     if component is not None:
         args["component"] = component
-    view = transact(home, key, "twins", "add_document", args, wait)
+    committed = transact(home, key, "twins", "add_document", args)
     if as_json:
-        print_json({"document": digest.hex(), "tx": view.get("transaction", view).get("hash")})
+        print_json({"document": stored.manifest.hex(), "reference": stored.reference, "size": stored.size,
+                    "readers": list(stored.readers), "tx": committed["transaction"]["hash"]})  # fmt: skip
     else:
-        out.print(digest.hex(), highlight=False)
+        out.print(stored.manifest.hex(), highlight=False)
 
 
 @doc_app.command("version")
@@ -316,16 +355,58 @@ def doc_version(
     file: FileArg,
     home: Home,
     description: Annotated[str, typer.Option(help="What changed.")] = "",
-    reference: Reference = None,
+    reader: Readers = [],  # noqa: B006
     key: KeyFile = None,
-    wait: Wait = True,
     as_json: Json = False,
 ) -> None:
-    """Add a new version of a document."""
-    digest, size = _file_digest(file)
-    args = {"twin": _twin_id(home, ref), "document": document, "hash": digest, "size": size,
-            "reference": reference or f"file:{file.name}", "description": description}  # fmt: skip
-    _write(home, key, "add_document_version", args, wait, as_json, f"added version {digest.hex()[:16]}…")
+    """Store a new version of a document and register it."""
+    view = _twin(home, ref)
+    stored = _store_document(home, key, view, file, reader, as_json)
+    args = {"twin": view["id"], "document": _document(view, document)["id"], "hash": stored.manifest,
+            "size": stored.size, "reference": stored.reference, "description": description}  # fmt: skip
+    _write(home, key, "add_document_version", args, True, as_json, f"added version {stored.manifest.hex()[:16]}…")
+
+
+@doc_app.command("get")
+@command
+def doc_get(
+    ref: Ref,
+    document: Annotated[str, typer.Argument(help="Document id (or a unique prefix of at least 8 digits).")],
+    home: Home,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the document.", dir_okay=False)],
+    version: Annotated[int | None, typer.Option(help="Version number (default: the latest).", min=1)] = None,
+    as_json: Json = False,
+) -> None:
+    """Fetch a document from the store, check it against the chain and decrypt it."""
+    entry = _document(_twin(home, ref), document)
+    versions = entry["versions"]
+    if version is not None and version > len(versions):
+        raise TwinledgerError(f"document {entry['id'][:16]}… has {len(versions)} version(s), not {version}",
+                              code="unknown_version")  # fmt: skip
+    chosen = versions[(version or len(versions)) - 1]
+
+    async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> None:
+        with transfer_progress(f"fetching {entry['title']}", chosen["size"], as_json) as advance:
+            await download_document(store, chosen["reference"], bytes.fromhex(chosen["hash"]), config.organisation,
+                                    organisation_key(config), output, advance)  # fmt: skip
+
+    with_store(home, work)
+    number = version or len(versions)
+    if as_json:
+        print_json({"document": entry["id"], "version": number, "path": str(output), "size": chosen["size"],
+                    "hash": chosen["hash"]})  # fmt: skip
+    else:
+        out.print(f"wrote {output} ({chosen['size']:,} bytes, version {number}, verified against the chain)",
+                  highlight=False)  # fmt: skip
+
+
+def _document(view: dict[str, Any], document: str) -> dict[str, Any]:
+    """A document of the twin by id or by a unique prefix of at least 8 hex digits."""
+    matches = [d for d in view["documents"] if d["id"] == document or (len(document) >= 8 and d["id"].startswith(document))]
+    if len(matches) != 1:
+        problem = "names several documents" if matches else "is no document"
+        raise TwinledgerError(f"{document[:64]!r} {problem} of twin {view['id']}", code="unknown_document")
+    return matches[0]
 
 
 @doc_app.command("remove")

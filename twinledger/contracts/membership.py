@@ -329,7 +329,7 @@ def genesis_state(genesis: Genesis) -> dict[str, StateValue]:
     writes: dict[str, StateValue] = {}
     for org in genesis.organisations:
         nodes = {n.name: {"signing_key": n.signing_key, "encryption_key": n.encryption_key, "roles": sorted(n.roles),
-                          "api": n.api, "p2p": n.p2p, "storage": ""} for n in org.nodes}  # fmt: skip
+                          "api": n.api, "p2p": n.p2p, "storage": n.storage} for n in org.nodes}  # fmt: skip
         encryption = org.nodes[0].encryption_key if org.nodes else None
         writes.update(_organisation_writes({"name": org.name, "operators": sorted(org.operators), "nodes": nodes,
                                             "encryption_key": encryption, "kpcpre_key": None}))  # fmt: skip

@@ -38,6 +38,8 @@ class GenesisNode:
     api: str
     p2p: str
     """host:port peers dial, or "" for a node without a peer-to-peer listener."""
+    storage: str = ""
+    """host:port of a store node's store listener, or ""."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ class Genesis:
     """Consortium administrators: each may change membership alone."""
     membership_quorum: int = 0
     """Organisations whose approval changes membership without an administrator (0: a majority)."""
+    store_replication: int = 3
+    """Copies the off-chain store keeps of every chunk."""
+    store_write_quorum: int = 2
+    """Copies that must be durable before a store write is acknowledged."""
 
     @property
     def validator_keys(self) -> tuple[bytes, ...]:
@@ -111,6 +117,8 @@ class Genesis:
             raise ConfigError("genesis: member keys must be distinct 32-byte Ed25519 keys")
         if not 0 <= genesis.membership_quorum <= max(len(names), 1):
             raise ConfigError("genesis: membership_quorum must be between 0 and the number of organisations")
+        if not 1 <= genesis.store_write_quorum <= genesis.store_replication:
+            raise ConfigError("genesis: store_write_quorum must be between 1 and store_replication")
         return genesis
 
     def write(self, path: Path) -> None:

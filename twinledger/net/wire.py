@@ -62,11 +62,11 @@ def parse_frame(payload: bytes) -> Frame:
     return Frame(message["type"], message["body"], payload)
 
 
-async def read_payload(reader: asyncio.StreamReader) -> bytes:
+async def read_payload(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> bytes:
     """The next frame's payload, undecoded (so gossip seen before is dropped unparsed)."""
     length = int.from_bytes(await reader.readexactly(4), "big")
-    if length > MAX_FRAME:
-        raise DecodeError(f"frame of {length} bytes exceeds the limit of {MAX_FRAME}")
+    if length > limit:
+        raise DecodeError(f"frame of {length} bytes exceeds the limit of {limit}")
     return await reader.readexactly(length)
 
 

@@ -1,0 +1,194 @@
+"""The store client: one hop to an object's replicas, quorum writes, verified reads.
+
+Used by the CLI (uploading and fetching documents with the home's node certificate),
+and by store nodes themselves when they repair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from twinledger.store.placement import Replication, StoreNode, rank
+from twinledger.store.protocol import Connection, StoreTls, StoreUnavailable
+from twinledger.store.records import AccessDenied, ItemAcl, StoreError, chunk_hash, decode_acl
+
+REQUEST_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    digest: bytes
+    acknowledged: tuple[str, ...]
+    """Labels of the store nodes that hold the object durably."""
+
+
+class StoreClient:
+    def __init__(self, nodes: Sequence[StoreNode], tls: StoreTls, replication: Replication,
+                 timeout: float = REQUEST_TIMEOUT) -> None:  # fmt: skip
+        self.nodes = tuple(nodes)
+        self.tls = tls
+        self.replication = replication.effective(len(self.nodes))
+        self.timeout = timeout
+        self._connections: dict[bytes, Connection] = {}
+        self._opening: dict[bytes, asyncio.Task[Connection]] = {}
+
+    async def close(self) -> None:
+        for connection in self._connections.values():
+            await connection.close()
+        self._connections.clear()
+
+    async def __aenter__(self) -> StoreClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connection(self, node: StoreNode) -> Connection:
+        """An open connection to ``node``, checked to be the node the membership names."""
+        existing = self._connections.get(node.signing_key)
+        if existing is not None and not existing.closed:
+            return existing
+        task = self._opening.get(node.signing_key)
+        if task is None:
+            task = asyncio.ensure_future(self._open(node))
+            self._opening[node.signing_key] = task
+        try:
+            connection = await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._opening.pop(node.signing_key, None)
+        self._connections[node.signing_key] = connection
+        return connection
+
+    async def _open(self, node: StoreNode) -> Connection:
+        try:
+            connection = await Connection.open(node.endpoint, self.tls)
+        except (OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"store node {node.label} at {node.endpoint} is unreachable: {exc}") from None
+        if connection.identity.signing_key != node.signing_key or connection.identity.organisation != node.organisation:
+            await connection.close()
+            raise StoreError(f"the node at {node.endpoint} is not {node.label} as the membership names it",
+                             code="wrong_store_node")  # fmt: skip
+        return connection
+
+    async def request(self, node: StoreNode, op: str, body: dict[str, object]) -> dict[str, object]:
+        connection = await self.connection(node)
+        return await connection.request(op, body, self.timeout)
+
+    def ranked(self, key: bytes) -> list[StoreNode]:
+        """Every store node, the best home for ``key`` first."""
+        if not self.nodes:
+            raise StoreError("the consortium has no store nodes (no member node has the store role)",
+                             code="no_store_nodes")  # fmt: skip
+        return rank(key, self.nodes)
+
+    def replicas(self, key: bytes) -> list[StoreNode]:
+        return self.ranked(key)[: self.replication.factor]
+
+    # -- writes ----------------------------------------------------------------------------
+    async def _write(self, key: bytes, op: str, body: dict[str, object], what: str) -> WriteResult:
+        """Send to the r best nodes for ``key``; each that fails is replaced by the next
+        in rendezvous order (repair moves the copy home later). Succeeds once a quorum
+        acknowledged, after every attempt ended."""
+        candidates = self.ranked(key)
+        wanted = self.replication.factor
+        acknowledged: list[str] = []
+        failures: list[StoreError] = []
+
+        async def attempt(node: StoreNode) -> None:
+            try:
+                answer = await self.request(node, op, body)
+            except StoreError as exc:
+                failures.append(exc)
+                return
+            if op == "put" and answer.get("hash") != key:
+                failures.append(StoreError(f"{node.label} stored another hash", code="store_mismatch"))
+                return
+            acknowledged.append(node.label)
+
+        queue = list(candidates)
+        refused: StoreError | None = None  # a node refused the request itself: other nodes will too
+        while queue and len(acknowledged) < wanted and refused is None:
+            batch, queue = queue[: wanted - len(acknowledged)], queue[wanted - len(acknowledged) :]
+            await asyncio.gather(*(attempt(node) for node in batch))
+            refused = next((f for f in failures if not isinstance(f, StoreUnavailable)), None)
+        if len(acknowledged) < self.replication.quorum:
+            if refused is not None:
+                raise refused
+            reason = failures[-1].message if failures else "no store node answered"
+            raise StoreError(f"{what}: {len(acknowledged)} of the {self.replication.quorum} acknowledgements a "
+                             f"write needs ({reason})", code="no_write_quorum")  # fmt: skip
+        return WriteResult(key, tuple(acknowledged))
+
+    async def put_chunk(self, item: bytes, data: bytes, acl: ItemAcl) -> WriteResult:
+        digest = chunk_hash(data)
+        return await self._write(digest, "put", {"item": item, "acl": acl.encoded(), "data": data},
+                                 f"chunk {digest.hex()[:16]}…")  # fmt: skip
+
+    async def put_acl(self, acl: ItemAcl) -> WriteResult:
+        """An ACL goes to every store node: it is small, and every node holding a chunk of
+        the item checks it. It counts as written once a quorum of nodes took it; repair
+        brings it to the others."""
+        results = await asyncio.gather(*(self._acl_to(node, acl) for node in self.ranked(acl.item)))
+        acknowledged = tuple(label for label in results if label is not None)
+        if len(acknowledged) < self.replication.quorum:
+            raise StoreError(f"ACL of item {acl.item.hex()[:16]}…: {len(acknowledged)} of the "
+                             f"{self.replication.quorum} acknowledgements a write needs", code="no_write_quorum")
+        return WriteResult(acl.item, acknowledged)
+
+    async def _acl_to(self, node: StoreNode, acl: ItemAcl) -> str | None:
+        try:
+            await self.request(node, "acl_put", {"acl": acl.encoded()})
+        except StoreUnavailable:
+            return None
+        return node.label
+
+    # -- reads -------------------------------------------------------------------------------
+    async def get_chunk(self, item: bytes, digest: bytes) -> bytes:
+        """The chunk from the first replica whose answer matches its hash."""
+        errors: list[StoreError] = []
+        for node in self.ranked(digest):
+            try:
+                answer = await self.request(node, "get", {"item": item, "hash": digest})
+            except StoreError as exc:
+                errors.append(exc)
+                continue
+            data = answer.get("data")
+            if isinstance(data, bytes) and chunk_hash(data) == digest:
+                return data
+            errors.append(StoreError(f"{node.label} returned a chunk that does not match its hash"))
+        raise _read_error(f"chunk {digest.hex()[:16]}…", errors)
+
+    async def get_acl(self, item: bytes) -> ItemAcl:
+        """The newest validly signed ACL the item's replicas hold."""
+        errors: list[StoreError] = []
+        found: list[ItemAcl] = []
+        for node in self.ranked(item):
+            try:
+                answer = await self.request(node, "acl_get", {"item": item})
+                raw = answer.get("acl")
+                acl = decode_acl(raw if isinstance(raw, bytes) else b"")
+            except StoreError as exc:
+                errors.append(exc)
+                continue
+            if acl.item == item and (not found or acl.owner == found[0].owner):
+                found.append(acl)
+            if len(found) >= self.replication.quorum:
+                break
+        if not found:
+            raise _read_error(f"ACL of item {item.hex()[:16]}…", errors)
+        return max(found, key=lambda acl: acl.version)
+
+
+def _read_error(what: str, errors: list[StoreError]) -> StoreError:
+    """Access denied wins (it is the answer); otherwise the failures, summarised."""
+    for exc in errors:
+        if exc.code == "access_denied":
+            return AccessDenied(f"{what}: {exc.message}")
+    if errors and all(exc.code == "not_found" for exc in errors):
+        return StoreError(f"{what} is on no store node", code="not_found")
+    reasons = "; ".join(sorted({exc.message for exc in errors})) or "no store node answered"
+    return StoreError(f"{what} could not be read from any replica ({reasons})", code="store_read_failed")
+

@@ -1,0 +1,204 @@
+"""Documents end to end: streamed, chunked, encrypted, replicated, and read back verified.
+
+A document is an item. Its file is read one chunk at a time (never whole in memory),
+each chunk sealed with AES-256-GCM under a fresh data key (the nonce is the chunk's
+index, the AAD says whether it is the last), and stored by the hash of its ciphertext.
+The manifest lists the chunk hashes and commits to the data key; its hash is what the
+specification contract records. The data key is sealed to each reader organisation's
+X25519 key inside the item's owner-signed ACL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from twinledger.crypto.keys import EncryptionKey, SigningKey
+from twinledger.crypto.seal import DecryptionFailed, seal, unseal
+from twinledger.store.client import StoreClient
+from twinledger.store.records import (
+    CHUNK_SIZE,
+    AccessDenied,
+    ItemAcl,
+    Manifest,
+    Reader,
+    StoreError,
+    chunk_hash,
+    decode_manifest,
+    item_id,
+    key_commitment,
+)
+
+DATA_KEY_CONTEXT = b"twinledger/store/data-key/v1"
+CHUNK_AAD = b"twinledger/store/document-chunk/v1"
+IN_FLIGHT = 8
+"""Chunks uploaded or fetched at once."""
+REFERENCE = re.compile(r"^store:([0-9a-f]{64})/([0-9a-f]{64})$")
+
+Progress = Callable[[int], None]
+"""Called with the number of plaintext bytes just done."""
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    item: bytes
+    manifest: bytes
+    """The manifest's hash: the document's hash on the chain."""
+    size: int
+    chunks: int
+    readers: tuple[str, ...]
+
+    @property
+    def reference(self) -> str:
+        return f"store:{self.item.hex()}/{self.manifest.hex()}"
+
+
+def parse_reference(reference: str) -> tuple[bytes, bytes]:
+    """(item, manifest hash) of a ``store:`` reference."""
+    match = REFERENCE.match(reference)
+    if match is None:
+        raise StoreError(f"{reference[:80]!r} is not a store reference (store:<item>/<manifest>)", code="not_stored")
+    return bytes.fromhex(match[1]), bytes.fromhex(match[2])
+
+
+def sealed_key_context(item: bytes) -> bytes:
+    return DATA_KEY_CONTEXT + item
+
+
+def new_acl(owner: SigningKey, organisation: str, kind: str, label: bytes, data_key: bytes,
+            recipients: Mapping[str, bytes]) -> ItemAcl:  # fmt: skip
+    """Version 1 of an item's ACL: the data key sealed to every recipient organisation."""
+    item = item_id(owner.public, kind, label)
+    readers = tuple(Reader(org, key, seal(key, data_key, sealed_key_context(item)))
+                    for org, key in sorted(recipients.items()))  # fmt: skip
+    return ItemAcl(item, kind, owner.public, organisation, label, 1, readers, int(time.time() * 1000)).signed(owner)
+
+
+def data_key(acl: ItemAcl, organisation: str, key: EncryptionKey) -> bytes:
+    """The item's data key, unsealed with ``organisation``'s key."""
+    reader = acl.reader(organisation)
+    if reader is None:
+        raise AccessDenied(f"the ACL of item {acl.item.hex()[:16]}… holds no key for organisation {organisation}")
+    if reader.key != key.public:
+        raise StoreError(f"the data key is sealed to another key of {organisation} than this home holds",
+                         code="wrong_key")  # fmt: skip
+    return unseal(key, reader.sealed_key, sealed_key_context(acl.item))
+
+
+def _nonce(index: int) -> bytes:
+    return index.to_bytes(12, "big")
+
+
+def _aad(last: bool) -> bytes:
+    return CHUNK_AAD + (b"\x01" if last else b"\x00")
+
+
+async def upload_document(client: StoreClient, path: Path, owner: SigningKey, organisation: str,
+                          recipients: Mapping[str, bytes], progress: Progress | None = None) -> StoredDocument:  # fmt: skip
+    """Encrypt and store the file at ``path``; readable by ``recipients`` (organisation →
+    X25519 key). Returns once the manifest and every chunk reached a write quorum."""
+    secret = os.urandom(32)
+    acl = new_acl(owner, organisation, "document", os.urandom(16), secret, recipients)
+    await client.put_acl(acl)
+    aead = AESGCM(secret)
+    slots = asyncio.Semaphore(IN_FLIGHT)
+    uploads: list[asyncio.Task[None]] = []
+    hashes: list[bytes] = []
+    size = 0
+
+    async def upload(ciphertext: bytes, plain_size: int) -> None:
+        try:
+            await client.put_chunk(acl.item, ciphertext, acl)
+            if progress is not None:
+                progress(plain_size)
+        finally:
+            slots.release()
+
+    try:
+        with path.open("rb") as source:
+            block = source.read(CHUNK_SIZE)
+            index = 0
+            while True:
+                following = source.read(CHUNK_SIZE) if len(block) == CHUNK_SIZE else b""
+                last = not following
+                ciphertext = aead.encrypt(_nonce(index), block, _aad(last))
+                hashes.append(chunk_hash(ciphertext))
+                size += len(block)
+                await slots.acquire()
+                for task in uploads:
+                    if task.done() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                uploads.append(asyncio.ensure_future(upload(ciphertext, len(block))))
+                if last:
+                    break
+                block, index = following, index + 1
+        await asyncio.gather(*uploads)
+    except BaseException:
+        for task in uploads:
+            task.cancel()
+        raise
+    manifest = Manifest(size, CHUNK_SIZE, tuple(hashes), key_commitment(secret))
+    written = await client.put_chunk(acl.item, manifest.encoded(), acl)
+    return StoredDocument(acl.item, written.digest, size, len(hashes), tuple(r.organisation for r in acl.readers))
+
+
+async def download_document(client: StoreClient, reference: str, expected: bytes, organisation: str,
+                            key: EncryptionKey, destination: Path, progress: Progress | None = None) -> Manifest:  # fmt: skip
+    """Fetch, verify and decrypt a document into ``destination``; ``expected`` is the
+    manifest hash the chain records. Nothing is left at ``destination`` on failure."""
+    item, manifest_hash = parse_reference(reference)
+    if manifest_hash != expected:
+        raise StoreError("the document's reference names another manifest than the chain records",
+                         code="hash_mismatch")  # fmt: skip
+    manifest = decode_manifest(await client.get_chunk(item, manifest_hash))
+    acl = await client.get_acl(item)
+    secret = data_key(acl, organisation, key)
+    if key_commitment(secret) != manifest.key_commitment:
+        raise DecryptionFailed()
+    aead = AESGCM(secret)
+    temporary = destination.with_name(f".{destination.name}.part")
+    fetches: dict[int, asyncio.Task[bytes]] = {}
+    last = len(manifest.chunks) - 1
+
+    def fetch(index: int) -> None:
+        if index <= last and index not in fetches:
+            fetches[index] = asyncio.ensure_future(client.get_chunk(item, manifest.chunks[index]))
+
+    try:
+        with temporary.open("wb") as sink:
+            for index in range(IN_FLIGHT):
+                fetch(index)
+            written = 0
+            for index in range(last + 1):
+                ciphertext = await fetches.pop(index)
+                fetch(index + IN_FLIGHT)
+                try:
+                    block = aead.decrypt(_nonce(index), ciphertext, _aad(index == last))
+                except InvalidTag:
+                    raise DecryptionFailed() from None
+                sink.write(block)
+                written += len(block)
+                if progress is not None:
+                    progress(len(block))
+            if written != manifest.size:
+                raise StoreError(f"the document decrypted to {written} bytes, the manifest says {manifest.size}",
+                                 code="size_mismatch")  # fmt: skip
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(temporary, destination)
+    except BaseException:
+        for task in fetches.values():
+            task.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+    return manifest

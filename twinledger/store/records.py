@@ -1,0 +1,142 @@
+"""The signed and hashed objects of the off-chain store.
+
+An *item* is what an ACL protects: a document (its manifest and encrypted chunks) or a
+sensor feed. Its ACL is signed by the item's owner key and versioned; a store node takes
+a newer version only with the same owner's signature. Each reader entry carries the
+item's data key sealed to that organisation's X25519 key, so the ACL is also the
+paper's list of encrypted access keys (Dietz et al. §4.2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+
+from twinledger.core.encoding import decode, encode, from_obj, to_obj
+from twinledger.core.hashing import hash_obj
+from twinledger.crypto.keys import SigningKey, verify_signature
+from twinledger.errors import DecodeError, TwinledgerError
+
+ACL_TAG = "twinledger/store/acl/v1"
+ITEM_TAG = "twinledger/store/item/v1"
+KEY_COMMITMENT_TAG = "twinledger/store/data-key/v1"
+ITEM_KINDS = ("document", "feed")
+MAX_READERS = 64
+MAX_ACL_BYTES = 64 * 1024
+MAX_CHUNKS = 1 << 20
+CHUNK_SIZE = 1 << 20
+"""Plaintext bytes per document chunk."""
+
+
+class StoreError(TwinledgerError):
+    code = "store"
+
+
+class AccessDenied(StoreError):
+    code = "access_denied"
+    http_status = 403
+
+
+def chunk_hash(data: bytes) -> bytes:
+    """A chunk's address: plain SHA-256, so any tool can check a chunk."""
+    return hashlib.sha256(data).digest()
+
+
+def item_id(owner: bytes, kind: str, label: bytes) -> bytes:
+    """Items are named by their owner key, so no one can claim another owner's item id;
+    a feed's label is its topic, so its id is hash(owner key, topic)."""
+    return hash_obj(ITEM_TAG, [owner, kind, label])
+
+
+def key_commitment(data_key: bytes) -> bytes:
+    """Binds a manifest to one data key: AES-GCM alone would let an uploader give two
+    readers two keys that decrypt the same ciphertext to different plaintexts."""
+    return hash_obj(KEY_COMMITMENT_TAG, data_key)
+
+
+@dataclass(frozen=True)
+class Reader:
+    organisation: str
+    key: bytes
+    """The organisation's X25519 key the data key is sealed to."""
+    sealed_key: bytes
+
+
+@dataclass(frozen=True)
+class ItemAcl:
+    item: bytes
+    kind: str
+    owner: bytes
+    """The Ed25519 key that signs every version of the ACL (and a feed's updates)."""
+    owner_organisation: str
+    label: bytes
+    """With ``owner`` and ``kind``, what the item id is derived from (``item_id``)."""
+    version: int
+    readers: tuple[Reader, ...]
+    issued: int
+    """Milliseconds since the epoch."""
+    signature: bytes = b""
+
+    def signing_bytes(self) -> bytes:
+        return hash_obj(ACL_TAG, to_obj(replace(self, signature=b"")))
+
+    def signed(self, key: SigningKey) -> ItemAcl:
+        if key.public != self.owner:
+            raise StoreError("an ACL is signed by its owner key", code="bad_acl")
+        return replace(self, signature=key.sign(self.signing_bytes()))
+
+    def encoded(self) -> bytes:
+        return encode(to_obj(self))
+
+    def allows(self, organisation: str) -> bool:
+        return organisation == self.owner_organisation or any(r.organisation == organisation for r in self.readers)
+
+    def reader(self, organisation: str) -> Reader | None:
+        return next((r for r in self.readers if r.organisation == organisation), None)
+
+
+def decode_acl(raw: bytes) -> ItemAcl:
+    """A well-formed ACL with a valid owner signature, or StoreError naming what is wrong."""
+    if len(raw) > MAX_ACL_BYTES:
+        raise StoreError(f"ACL of {len(raw)} bytes exceeds {MAX_ACL_BYTES}", code="bad_acl")
+    try:
+        acl = from_obj(ItemAcl, decode(raw), "acl")
+    except DecodeError as exc:
+        raise StoreError(f"malformed ACL: {exc.message}", code="bad_acl") from None
+    if len(acl.owner) != 32 or acl.kind not in ITEM_KINDS or acl.version < 1 or len(acl.label) > 256:
+        raise StoreError("malformed ACL: a 32-byte owner, kind document or feed, version from 1",
+                         code="bad_acl")  # fmt: skip
+    names = [r.organisation for r in acl.readers]
+    if len(names) > MAX_READERS or len(set(names)) != len(names) or any(len(r.key) != 32 for r in acl.readers):
+        raise StoreError(f"malformed ACL: at most {MAX_READERS} distinct readers with 32-byte keys", code="bad_acl")
+    if acl.item != item_id(acl.owner, acl.kind, acl.label):
+        raise StoreError("malformed ACL: the item id is not derived from its owner and label", code="bad_acl")
+    if not verify_signature(acl.owner, acl.signing_bytes(), acl.signature):
+        raise StoreError("ACL signature does not verify against its owner key", code="bad_signature")
+    return acl
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A document's table of contents; its hash is what the chain records."""
+
+    size: int
+    chunk_size: int
+    chunks: tuple[bytes, ...]
+    key_commitment: bytes
+    cipher: str = "aes-256-gcm"
+
+    def encoded(self) -> bytes:
+        return encode(to_obj(self))
+
+
+def decode_manifest(raw: bytes) -> Manifest:
+    try:
+        manifest = from_obj(Manifest, decode(raw), "manifest")
+    except DecodeError as exc:
+        raise StoreError(f"malformed manifest: {exc.message}", code="bad_manifest") from None
+    expected = -(-manifest.size // manifest.chunk_size) if manifest.chunk_size > 0 else -1
+    if (manifest.cipher != "aes-256-gcm" or manifest.size < 0 or manifest.chunk_size < 1
+            or len(manifest.chunks) != max(expected, 1) or any(len(c) != 32 for c in manifest.chunks)):  # fmt: skip
+        raise StoreError("malformed manifest: its chunk count does not match its size", code="bad_manifest")
+    return manifest

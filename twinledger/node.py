@@ -555,8 +555,9 @@ class Node(NetworkedProducer):
         assert config.storage_port is not None
         tls = StoreTls.load(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"),
                             config.cert("organisation"), passphrase())  # fmt: skip
-        self.storage = StoreService(ChunkStore(config.storage_dir), tls, identity_of(read_certificate(config.cert("node"))),
-                                    self.store_directory, self.replication(), config.repair_interval)  # fmt: skip
+        me = identity_of(read_certificate(config.cert("node")))
+        self.storage = StoreService(ChunkStore(config.storage_dir), tls, me, self.store_directory, self.replication(),
+                                    config.repair_interval)  # fmt: skip
         await self.storage.start(config.storage_host, config.storage_port)
 
     async def run(self, ready: Callable[[str], None] | None = None) -> None:

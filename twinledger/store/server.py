@@ -345,7 +345,10 @@ class StoreService:
                 try:
                     for batch in _batches(owed.get(node.signing_key, []), MAX_BATCH):
                         answer = await client.request(node, "have", {"chunks": [list(pair) for pair in batch]})
-                        missing = [pair for pair, held in zip(batch, answer["have"], strict=True) if not held]
+                        held = answer.get("have")
+                        if not isinstance(held, list) or len(held) != len(batch):
+                            raise StoreUnavailable(f"{node.label} answered have with a malformed list")
+                        missing = [pair for pair, present in zip(batch, held, strict=True) if not present]
                         pushed = await asyncio.gather(*(self._push_chunk(client, node, *pair) for pair in missing))
                         report.chunks_pushed += sum(pushed)
                 except StoreUnavailable:
@@ -360,8 +363,11 @@ class StoreService:
             try:
                 for batch in _batches(versions, MAX_BATCH):
                     answer = await client.request(node, "acl_sync", {"versions": [list(v) for v in batch]})
-                    for item in answer["wanted"]:
-                        acl = await self._disk(self.disk.acl, item)
+                    wanted = answer.get("wanted")
+                    if not isinstance(wanted, list):
+                        raise StoreUnavailable(f"{node.label} answered acl_sync with a malformed list")
+                    for item in wanted:
+                        acl = await self._disk(self.disk.acl, item) if isinstance(item, bytes) else None
                         if acl is not None:
                             await client.request(node, "acl_put", {"acl": acl.encoded()})
                             report.acls_pushed += 1

@@ -32,7 +32,6 @@ from twinledger.store.records import (
     Manifest,
     Reader,
     StoreError,
-    chunk_hash,
     decode_manifest,
     item_id,
     key_commitment,
@@ -111,15 +110,15 @@ async def upload_document(client: StoreClient, path: Path, owner: SigningKey, or
     await client.put_acl(acl)
     aead = AESGCM(secret)
     slots = asyncio.Semaphore(IN_FLIGHT)
-    uploads: list[asyncio.Task[None]] = []
-    hashes: list[bytes] = []
+    uploads: list[asyncio.Task[bytes]] = []
     size = 0
 
-    async def upload(ciphertext: bytes, plain_size: int) -> None:
+    async def upload(ciphertext: bytes, plain_size: int) -> bytes:
         try:
-            await client.put_chunk(acl.item, ciphertext, acl)
+            written = await client.put_chunk(acl.item, ciphertext, acl)
             if progress is not None:
                 progress(plain_size)
+            return written.digest
         finally:
             slots.release()
 
@@ -131,7 +130,6 @@ async def upload_document(client: StoreClient, path: Path, owner: SigningKey, or
                 following = source.read(CHUNK_SIZE) if len(block) == CHUNK_SIZE else b""
                 last = not following
                 ciphertext = aead.encrypt(_nonce(index), block, _aad(last))
-                hashes.append(chunk_hash(ciphertext))
                 size += len(block)
                 await slots.acquire()
                 for task in uploads:
@@ -141,7 +139,7 @@ async def upload_document(client: StoreClient, path: Path, owner: SigningKey, or
                 if last:
                     break
                 block, index = following, index + 1
-        await asyncio.gather(*uploads)
+        hashes = await asyncio.gather(*uploads)
     except BaseException:
         for task in uploads:
             task.cancel()

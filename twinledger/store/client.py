@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from twinledger.store.placement import Replication, StoreNode, rank
+from twinledger.store.placement import Replication, StoreNode, rank, replicas
 from twinledger.store.protocol import Connection, StoreTls, StoreUnavailable
 from twinledger.store.records import AccessDenied, ItemAcl, StoreError, chunk_hash, decode_acl
 
@@ -77,15 +77,18 @@ class StoreClient:
         connection = await self.connection(node)
         return await connection.request(op, body, self.timeout)
 
-    def ranked(self, key: bytes) -> list[StoreNode]:
-        """Every store node, the best home for ``key`` first."""
+    def _known_nodes(self) -> tuple[StoreNode, ...]:
         if not self.nodes:
             raise StoreError("the consortium has no store nodes (no member node has the store role)",
                              code="no_store_nodes")  # fmt: skip
-        return rank(key, self.nodes)
+        return self.nodes
+
+    def ranked(self, key: bytes) -> list[StoreNode]:
+        """Every store node, the best home for ``key`` first."""
+        return rank(key, self._known_nodes())
 
     def replicas(self, key: bytes) -> list[StoreNode]:
-        return self.ranked(key)[: self.replication.factor]
+        return replicas(key, self._known_nodes(), self.replication)
 
     # -- writes ----------------------------------------------------------------------------
     async def _write(self, key: bytes, op: str, body: dict[str, object], what: str) -> WriteResult:

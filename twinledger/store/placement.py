@@ -5,7 +5,7 @@ the objects whose top-r set it enters or leaves."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,3 +55,8 @@ def store_nodes(organisations: Iterable[Mapping[str, Any]]) -> tuple[StoreNode, 
 def rank(key: bytes, nodes: Iterable[StoreNode]) -> list[StoreNode]:
     """All nodes, best home for ``key`` first; the first r are its replicas."""
     return sorted(nodes, key=lambda node: tagged_hash(RENDEZVOUS_TAG, node.signing_key, key), reverse=True)
+
+
+def replicas(key: bytes, nodes: Sequence[StoreNode], replication: Replication) -> list[StoreNode]:
+    """The nodes that hold ``key``: its r best homes among ``nodes``."""
+    return rank(key, nodes)[: replication.effective(len(nodes)).factor]

@@ -24,7 +24,7 @@ from twinledger.crypto.certs import NodeIdentity
 from twinledger.errors import DecodeError, TwinledgerError
 from twinledger.store.client import StoreClient
 from twinledger.store.disk import ChunkStore, CorruptChunk
-from twinledger.store.placement import Replication, StoreNode, rank
+from twinledger.store.placement import Replication, StoreNode, rank, replicas
 from twinledger.store.protocol import (
     HANDSHAKE_TIMEOUT,
     OPS,
@@ -200,9 +200,7 @@ class StoreService:
 
     def _replica_of(self, key: bytes, digest: bytes) -> bool:
         """Whether the node with signing key ``key`` is one of ``digest``'s r replicas."""
-        nodes = self.directory().nodes
-        factor = self.replication.effective(len(nodes)).factor
-        return any(node.signing_key == key for node in rank(digest, nodes)[:factor])
+        return any(node.signing_key == key for node in replicas(digest, self.directory().nodes, self.replication))
 
     async def _verified_acl(self, raw: bytes) -> ItemAcl:
         """Decode and check an ACL, remembering ones already checked (one arrives per chunk)."""

@@ -11,7 +11,7 @@ import pytest
 from twin_helpers import PLANT, World, key_for
 
 from twinledger.contracts.authorization import DATA_METHODS, DEFAULT_PERMISSIONS, OWNER_METHODS, ROLES
-from twinledger.contracts.twinstate import aml_key, call_key, document_key, feed_key, history_key
+from twinledger.contracts.twinstate import aml_key, call_key, checkpoint_key, document_key, feed_key, history_key
 from twinledger.crypto.keys import SigningKey
 from twinledger.twins import aml
 
@@ -306,3 +306,33 @@ def test_replay_reaches_the_same_state_root():
         second.run(tx)
     assert second.root == first.root
     assert second.state.values == first.state.values
+
+
+def test_feed_checkpoints_come_from_the_key_that_attached_the_feed_and_only_move_forward():
+    world = World()
+    agent = SigningKey(b"\x06" * 32)
+    twin = world.create_twin(roles={f"key:{agent.public.hex()}": {"device-agent": ["filler-1"]},
+                                    "org:maintenance-co": {"maintainer": []}})  # fmt: skip
+    reference = "store:" + "ab" * 32
+    world.ok(agent, "twins", "add_feed", twin=twin, component="level-sensor-1", reference=reference)
+    head = hashlib.sha256(b"head 9").digest()
+    done = world.ok(agent, "twins", "checkpoint_feed", twin=twin, component="level-sensor-1", sequence=9, head=head)
+    assert [e.type for e in done.events] == ["FeedCheckpointed"]
+
+    def refused(code: str, signer: SigningKey, **args: Any) -> None:
+        world.fails(code, signer, "twins", "checkpoint_feed", **{"twin": twin, "component": "level-sensor-1",
+                                                                  "sequence": 19, "head": head, **args})  # fmt: skip
+
+    refused("not_feed_owner", ACTOR)  # a maintainer may attach feeds, not checkpoint another key's
+    refused("stale_checkpoint", agent, sequence=9)
+    refused("stale_checkpoint", agent, sequence=3)
+    refused("unknown_feed", agent, component="flow-sensor-1")
+    refused("bad_arguments", agent, head=b"short")
+    world.ok(agent, "twins", "checkpoint_feed", twin=twin, component="level-sensor-1", sequence=19, head=head)
+    # Detached and attached again, the feed keeps its checkpoints and their numbering.
+    world.ok(agent, "twins", "remove_feed", twin=twin, component="level-sensor-1")
+    world.ok(agent, "twins", "add_feed", twin=twin, component="level-sensor-1", reference=reference)
+    refused("stale_checkpoint", agent)
+    latest = world.get(checkpoint_key(twin, reference))
+    assert (latest["count"], latest["sequence"], latest["number"]) == (2, 19, 2)
+    assert world.get(checkpoint_key(twin, reference, 1))["sequence"] == 9

@@ -52,7 +52,7 @@ def test_the_sensor_replacement_through_the_cli(plant):
     listed = json.loads(ok("twin", "list", *h, "--json").stdout)
     assert [t["device_id"] for t in listed["twins"]] == ["plant-7"]
 
-    ok("twin", "feed", "add", twin, "level-sensor-1", "feed:old-sensor", *h)
+    ok("twin", "feed", "add", twin, "level-sensor-1", "--reference", "feed:old-sensor", *h)
     ok("twin", "aml", "remove", twin, "level-sensor-1", *h)
     fragment = root / "sensor.xml"
     fragment.write_text('<InternalElement Name="FillLevelSensor2" ID="level-sensor-2">'
@@ -60,7 +60,7 @@ def test_the_sensor_replacement_through_the_cli(plant):
                         "</InternalElement>")  # fmt: skip
     ok("twin", "aml", "insert", "plant-7", "--fragment", str(fragment), "--parent", "filler-1", "--after",
        "flow-sensor-1", *h)  # fmt: skip
-    ok("twin", "feed", "add", twin, "level-sensor-2", "feed:new-sensor", *h)
+    ok("twin", "feed", "add", twin, "level-sensor-2", "--reference", "feed:new-sensor", *h)
     report = root / "report.txt"
     report.write_text("Level sensor LS-200 replaced by LS-300 after bottles flooded.\n")
     doc = json.loads(ok("twin", "doc", "add", twin, str(report), "--title", "Maintenance report", "--component",

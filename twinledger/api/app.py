@@ -25,6 +25,8 @@ from twinledger.api.service import BadRequest, TwinService, jsonable
 from twinledger.core.encoding import decode, to_obj
 from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt
 from twinledger.errors import DecodeError, NotFound, TwinledgerError
+from twinledger.store.client import StoreClient
+from twinledger.store.records import AccessDenied, ItemAcl, StoreError
 
 if TYPE_CHECKING:
     from twinledger.node import Node
@@ -34,6 +36,7 @@ MAX_BATCH_BYTES = 64 * 1024 * 1024
 MAX_BATCH_TXS = 10_000
 MAX_WAIT_SECONDS = 60.0
 KEEPALIVE_SECONDS = 15.0
+FeedAfter = Query(-1, ge=-1, description="Send the updates after this sequence number.")
 Since = Query(None, ge=0, description="First block height whose events to send (default: the next block).")
 At = Query(None, ge=0, description="Show the state after this block height (time travel); default: the head.")
 
@@ -265,6 +268,11 @@ def add_twin_resources(app: FastAPI, node: Node, service: TwinService) -> None:
                 entry["proof"] = (await node.proof(bytes.fromhex(entry["tx"]))).to_json()
         return {"entries": entries}
 
+    @app.get("/v1/twins/{ref}/feeds/{component}/checkpoints", summary="A component's feed and its on-chain checkpoints",
+             tags=["twins"])  # fmt: skip
+    async def checkpoints(ref: str, component: str) -> dict[str, Any]:
+        return await node.read(service.checkpoints, ref, component)
+
     @app.get("/v1/members", summary="Consortium members, administrators and open proposals", tags=["membership"])
     async def members(at: int | None = At) -> dict[str, Any]:
         return await node.read(service.members, at)
@@ -288,7 +296,8 @@ def add_twin_resources(app: FastAPI, node: Node, service: TwinService) -> None:
     async def store_repair() -> dict[str, Any]:
         report = await _storage().repair()
         return {"acls_pushed": report.acls_pushed, "chunks_checked": report.chunks_checked,
-                "chunks_pushed": report.chunks_pushed, "unreachable": sorted(report.unreachable)}  # fmt: skip
+                "chunks_pushed": report.chunks_pushed, "feed_updates_pushed": report.feed_updates_pushed,
+                "unreachable": sorted(report.unreachable)}  # fmt: skip
 
     @app.post("/v1/store/audit", summary="Re-hash every local chunk; repair damaged ones from replicas",
               tags=["store"])  # fmt: skip
@@ -296,6 +305,25 @@ def add_twin_resources(app: FastAPI, node: Node, service: TwinService) -> None:
         report = await _storage().audit()
         return {"checked": report.checked, "corrupt": report.corrupt, "repaired": report.repaired,
                 "unrepaired": report.unrepaired}  # fmt: skip
+
+    @app.get("/v1/feeds/{feed}/updates", summary="A feed's signed updates as Server-Sent Events, live",
+             tags=["events"], response_class=StreamingResponse)  # fmt: skip
+    async def feed_updates(request: Request, feed: str, after: int = FeedAfter) -> StreamingResponse:
+        """This node follows the feed as its organisation, which must be a reader. Events
+        carry the owner-signed update (``update``, hex) for the client to check; its
+        segment stays sealed until the client fetches and decrypts it."""
+        if len(feed) != 64 or not all(c in "0123456789abcdef" for c in feed):
+            raise BadRequest("the feed id is 64 hex digits")
+        resume = request.headers.get("last-event-id")
+        if resume is not None and not resume.isdigit():
+            raise BadRequest("Last-Event-ID must be the sequence number sent in an event's id")
+        store = _storage().client()
+        acl = await store.get_acl(bytes.fromhex(feed))
+        if acl.kind != "feed" or not acl.allows(node.config.organisation):
+            raise AccessDenied(f"organisation {node.config.organisation} is not a reader of feed {feed[:16]}…")
+        start = int(resume) if resume is not None else after
+        return StreamingResponse(_feed_stream(node, request, store, acl, start), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache"})  # fmt: skip
 
     @app.get("/v1/events", summary="Contract events as Server-Sent Events, optionally of one twin", tags=["events"],
              response_class=StreamingResponse)  # fmt: skip
@@ -339,6 +367,26 @@ async def _event_stream(node: Node, service: TwinService, request: Request, twin
                 continue
             yield f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(event, sort_keys=True)}\n\n"
         height += 1
+
+
+async def _feed_stream(node: Node, request: Request, store: StoreClient, acl: ItemAcl,
+                       after: int) -> AsyncIterator[str]:  # fmt: skip
+    """Long polls on the feed's replicas: a store node answers the moment an update lands."""
+    yield ": twinledger feed\n\n"
+    while not await request.is_disconnected() and not node.stopping:
+        try:
+            updates = await store.feed_updates(acl, after, wait=KEEPALIVE_SECONDS)
+        except StoreError as exc:
+            yield f"event: problem\ndata: {json.dumps({'code': exc.code, 'message': exc.message})}\n\n"
+            return
+        if not updates:
+            yield ": keepalive\n\n"
+        for update in updates:
+            view = {"feed": update.feed.hex(), "sequence": update.sequence, "time": update.time,
+                    "samples": update.samples, "first": update.first, "last": update.last,
+                    "hash": update.hash.hex(), "update": update.encoded().hex()}  # fmt: skip
+            yield f"id: {update.sequence}\nevent: update\ndata: {json.dumps(view, sort_keys=True)}\n\n"
+            after = update.sequence
 
 
 def network_view(node: Node) -> dict[str, Any]:

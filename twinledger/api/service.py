@@ -15,7 +15,9 @@ from twinledger.abc import ChainStore
 from twinledger.contracts.authorization import permissions
 from twinledger.contracts.twinstate import (
     aml_key,
+    checkpoint_key,
     device_key,
+    feed_key,
     history_key,
     load_twin,
     roles_key,
@@ -112,6 +114,17 @@ class TwinService:
     def diff(self, reference: str, old: int, new: int | None = None) -> str:
         (old_entry, old_spec), (new_entry, new_spec) = self.specification(reference, old), self.specification(reference, new)
         return aml.diff(old_spec, new_spec, f"version {old_entry['version']}", f"version {new_entry['version']}")
+
+    # -- feeds -----------------------------------------------------------------------------------
+    def checkpoints(self, reference: str, component: str) -> dict[str, Any]:
+        """The feed attached to ``component`` with every checkpoint recorded for it, oldest first."""
+        height = self._height(None)
+        twin = self.resolve(reference, height)
+        feed = StoreState(self.store, height).get(feed_key(twin["id"], component))
+        if feed is None:
+            raise NotFound(f"component {component!r} of twin {twin['id']} has no feed")
+        prefix = checkpoint_key(twin["id"], feed["reference"]) + "/"
+        return jsonable({"height": height, "feed": feed, "checkpoints": self._items(prefix, height)})
 
     # -- calls and audit -------------------------------------------------------------------------
     def calls(self, reference: str, status: str | None = None, at: int | None = None) -> list[dict[str, Any]]:

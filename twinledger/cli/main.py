@@ -14,6 +14,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from twinledger.cli import feeds  # noqa: F401  (registers twin feed …)
 from twinledger.cli.common import Home, Json, client, command, err, error_line, kv_table, out, print_json
 from twinledger.cli.storage import store_app
 from twinledger.cli.twins import member_app, twin_app

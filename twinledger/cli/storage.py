@@ -95,14 +95,15 @@ def store_status(home: Home, as_json: Json = False) -> None:
 @store_app.command("repair")
 @command
 def store_repair(home: Home, as_json: Json = False) -> None:
-    """Push ACLs and chunks that other store nodes should hold but lack (anti-entropy)."""
+    """Push ACLs, feed updates and chunks that other store nodes should hold but lack (anti-entropy)."""
     report = client(home).request("POST", "/v1/store/repair")
     if as_json:
         print_json(report)
         return
     unreachable = ", ".join(report["unreachable"]) or "none"
-    out.print(f"checked {report['chunks_checked']} chunk(s), pushed {report['chunks_pushed']} chunk(s) and "
-              f"{report['acls_pushed']} ACL(s); unreachable: {unreachable}", highlight=False, soft_wrap=True)  # fmt: skip
+    out.print(f"checked {report['chunks_checked']} chunk(s), pushed {report['chunks_pushed']} chunk(s), "
+              f"{report['feed_updates_pushed']} feed update(s) and {report['acls_pushed']} ACL(s); unreachable: "
+              f"{unreachable}", highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @store_app.command("audit")

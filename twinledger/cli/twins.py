@@ -36,7 +36,7 @@ twin_app = typer.Typer(no_args_is_help=True, help="Digital twins: specification,
 aml_app = typer.Typer(no_args_is_help=True, help="The twin's AutomationML specification and its versions.")
 doc_app = typer.Typer(no_args_is_help=True, help="Documents registered on the twin.")
 source_app = typer.Typer(no_args_is_help=True, help="External data sources of the twin.")
-feed_app = typer.Typer(no_args_is_help=True, help="Sensor feed references by component.")
+feed_app = typer.Typer(no_args_is_help=True, help="Encrypted sensor feeds of components: add, push, read, follow, verify.")
 role_app = typer.Typer(no_args_is_help=True, help="Who may do what on the twin.")
 member_app = typer.Typer(no_args_is_help=True, help="Consortium membership.")
 for sub, name in ((aml_app, "aml"), (doc_app, "doc"), (source_app, "source"), (feed_app, "feed"), (role_app, "role")):
@@ -455,32 +455,6 @@ def source_remove(ref: Ref, uri: Annotated[str, typer.Argument(help="URI of the 
     """Remove an external data source."""
     _write(home, key, "remove_source", {"twin": _twin_id(home, ref), "uri": uri}, wait, as_json,
            f"removed source {uri}")  # fmt: skip
-
-
-@feed_app.command("add")
-@command
-def feed_add(
-    ref: Ref,
-    component: Annotated[str, typer.Argument(help="AML component id of the sensor.")],
-    reference: Annotated[str, typer.Argument(help="Feed reference.")],
-    home: Home,
-    description: Annotated[str, typer.Option(help="What the feed carries.")] = "",
-    key: KeyFile = None,
-    wait: Wait = True,
-    as_json: Json = False,
-) -> None:
-    """Attach a sensor feed to a component."""
-    args = {"twin": _twin_id(home, ref), "component": component, "reference": reference, "description": description}
-    _write(home, key, "add_feed", args, wait, as_json, f"feed {reference} attached to {component}")
-
-
-@feed_app.command("remove")
-@command
-def feed_remove(ref: Ref, component: Annotated[str, typer.Argument(help="AML component id.")], home: Home,
-                key: KeyFile = None, wait: Wait = True, as_json: Json = False) -> None:  # fmt: skip
-    """Detach a component's sensor feed."""
-    _write(home, key, "remove_feed", {"twin": _twin_id(home, ref), "component": component}, wait, as_json,
-           f"feed of {component} removed")  # fmt: skip
 
 
 # -- programs -------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from twinledger.contracts.twinstate import (
     aml_key,
     audited,
     call_key,
+    checkpoint_key,
     device_key,
     document_key,
     feed_key,
@@ -382,6 +383,44 @@ def remove_feed(call: Call, args: ElementArgs) -> None:
     call.emit("FeedRemoved", twin=args.twin, component=args.element, reference=feed["reference"], reason="removed")
 
 
+@dataclass(frozen=True)
+class CheckpointArgs:
+    twin: str
+    component: str
+    sequence: int
+    head: bytes
+
+
+def parse_checkpoint_feed(args: Mapping[str, Any]) -> CheckpointArgs:
+    read = Arguments("twins.checkpoint_feed", args, ("twin", "component", "sequence", "head"))
+    return CheckpointArgs(read.identifier("twin"), read.text("component", max_length=128), read.integer("sequence"),
+                          read.digest("head"))  # fmt: skip
+
+
+def checkpoint_feed(call: Call, args: CheckpointArgs) -> None:
+    """Record a feed's head (sequence and update hash) so that the history up to it can no
+    longer be rewritten unnoticed, not even by the feed's owner. Only the key that
+    attached the feed signs its updates, so only it checkpoints."""
+    twin = load_twin(call.state, args.twin)
+    feed = call.state.get(feed_key(args.twin, args.component))
+    if feed is None:
+        raise TwinError(f"component {args.component!r} of twin {args.twin} has no feed", code="unknown_feed")
+    authorize(call.state, twin, call.sender, "feed.add", args.component)
+    if call.sender != feed["owner"]:
+        raise TwinError("only the key that attached a feed records its checkpoints", code="not_feed_owner")
+    latest = call.state.get(checkpoint_key(args.twin, feed["reference"])) or {"count": 0, "sequence": -1}
+    if args.sequence <= latest["sequence"]:
+        raise TwinError(f"the feed's last checkpoint is at update {latest['sequence']}; a new one must be later",
+                        code="stale_checkpoint")  # fmt: skip
+    number = latest["count"] + 1
+    entry = {"number": number, "reference": feed["reference"], "sequence": args.sequence, "head": args.head,
+             "height": call.header.height, "timestamp": call.header.timestamp}  # fmt: skip
+    call.state.set(checkpoint_key(args.twin, feed["reference"], number), entry)
+    call.state.set(checkpoint_key(args.twin, feed["reference"]), {**entry, "count": number})
+    call.emit("FeedCheckpointed", twin=args.twin, component=args.component, reference=feed["reference"],
+              sequence=args.sequence, head=args.head)  # fmt: skip
+
+
 # -- program calls --------------------------------------------------------------------------------
 
 
@@ -472,6 +511,7 @@ SPECIFICATION = Contract(
         "remove_source": Method(parse_source("remove_source"), audited(remove_source)),
         "add_feed": Method(parse_add_feed, audited(add_feed)),
         "remove_feed": Method(parse_remove_feed, audited(remove_feed)),
+        "checkpoint_feed": Method(parse_checkpoint_feed, audited(checkpoint_feed)),
         "call_program": Method(parse_call_program, audited(call_program)),
         "dispatch_call": Method(parse_dispatch, audited(update_call)),
         "report_call": Method(parse_report, audited(update_call)),

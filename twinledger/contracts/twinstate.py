@@ -9,6 +9,8 @@ and by the readers above them.
     twin/<id>/document/<document id>   a document with its versions
     twin/<id>/source/<uri digest>      an external source
     twin/<id>/feed/<component id>      a sensor feed reference
+    twin/<id>/checkpoint/<feed digest> the newest checkpoint of a feed and how many there are
+    twin/<id>/checkpoint/<feed digest>/<number>  each checkpoint: sequence, head hash, when
     twin/<id>/call/<number>            a program call and its life-cycle
     twin/<id>/log/<number>             every transaction that changed the twin (the audit trail)
     twin/<id>/roles                    {subject: {role: [scope IDs]}}
@@ -17,6 +19,7 @@ and by the readers above them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -77,6 +80,13 @@ def source_key(twin_id: str, source_id: str) -> str:
 
 def feed_key(twin_id: str, component: str) -> str:
     return f"twin/{twin_id}/feed/{component}"
+
+
+def checkpoint_key(twin_id: str, reference: str, number: int | None = None) -> str:
+    """A feed's checkpoints are keyed by its reference, not its component: they stay with
+    the feed when it is detached, and a feed attached again continues its numbering."""
+    feed = hashlib.sha256(reference.encode()).hexdigest()[:32]
+    return f"twin/{twin_id}/checkpoint/{feed}" if number is None else numbered(twin_id, f"checkpoint/{feed}", number)
 
 
 def roles_key(twin_id: str) -> str:

@@ -7,12 +7,21 @@ and by store nodes themselves when they repair.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from twinledger.store.placement import Replication, StoreNode, rank, replicas
 from twinledger.store.protocol import Connection, StoreTls, StoreUnavailable
-from twinledger.store.records import AccessDenied, ItemAcl, StoreError, chunk_hash, decode_acl
+from twinledger.store.records import (
+    AccessDenied,
+    FeedUpdate,
+    ItemAcl,
+    StoreError,
+    chunk_hash,
+    decode_acl,
+    decode_feed_update,
+)
 
 REQUEST_TIMEOUT = 30.0
 
@@ -91,10 +100,12 @@ class StoreClient:
         return replicas(key, self._known_nodes(), self.replication)
 
     # -- writes ----------------------------------------------------------------------------
-    async def _write(self, key: bytes, op: str, body: dict[str, object], what: str) -> WriteResult:
+    async def _write(self, key: bytes, op: str, body: dict[str, object], what: str,
+                     held: str | None = None) -> WriteResult:  # fmt: skip
         """Send to the r best nodes for ``key``; each that fails is replaced by the next
         in rendezvous order (repair moves the copy home later). Succeeds once a quorum
-        acknowledged, after every attempt ended."""
+        acknowledged, after every attempt ended. A refusal with code ``held`` says the
+        node holds the object already, and counts as an acknowledgement."""
         candidates = self.ranked(key)
         wanted = self.replication.factor
         acknowledged: list[str] = []
@@ -104,8 +115,10 @@ class StoreClient:
             try:
                 answer = await self.request(node, op, body)
             except StoreError as exc:
-                failures.append(exc)
-                return
+                if held is None or exc.code != held:
+                    failures.append(exc)
+                    return
+                answer = {}
             if op == "put" and answer.get("hash") != key:
                 failures.append(StoreError(f"{node.label} stored another hash", code="store_mismatch"))
                 return
@@ -141,6 +154,13 @@ class StoreClient:
                              f"{self.replication.quorum} acknowledgements a write needs", code="no_write_quorum")
         return WriteResult(acl.item, acknowledged)
 
+    async def put_feed_update(self, acl: ItemAcl, update: FeedUpdate) -> WriteResult:
+        """Append ``update`` on the feed's replicas; a node that holds it already (a retry
+        after a lost acknowledgement) counts as acknowledging."""
+        return await self._write(acl.item, "feed_put", {"feed": acl.item, "acl": acl.encoded(),
+                                                        "update": update.encoded()},
+                                 f"update {update.sequence} of feed {acl.item.hex()[:16]}…", held="replayed_update")  # fmt: skip
+
     async def _acl_to(self, node: StoreNode, acl: ItemAcl) -> str | None:
         try:
             await self.request(node, "acl_put", {"acl": acl.encoded()})
@@ -164,6 +184,41 @@ class StoreClient:
             errors.append(StoreError(f"{node.label} returned a chunk that does not match its hash"))
         raise _read_error(f"chunk {digest.hex()[:16]}…", errors)
 
+    async def feed_updates(self, acl: ItemAcl, after: int = -1, *, since: int | None = None, until: int | None = None,
+                           wait: float = 0, limit: int | None = None) -> list[FeedUpdate]:  # fmt: skip
+        """A page of the feed's updates after sequence ``after`` (optionally overlapping a
+        time range, or waiting up to ``wait`` seconds for one), each checked against the
+        owner's signature and linked to the one before. The feed's best replica answers;
+        the next one only if it fails."""
+        body: dict[str, object] = {"feed": acl.item, "after": after, "since": since, "until": until,
+                                   "wait_ms": round(wait * 1000)}  # fmt: skip
+        if limit is not None:
+            body["limit"] = limit
+        errors: list[StoreError] = []
+        for node in self.replicas(acl.item):
+            try:
+                answer = await self.request(node, "feed_get", body)
+                return linked_updates(answer.get("updates"), acl, after if since is None else None)
+            except StoreError as exc:
+                errors.append(exc)
+        raise _read_error(f"feed {acl.item.hex()[:16]}…", errors)
+
+    async def feed_head(self, acl: ItemAcl) -> FeedUpdate | None:
+        """The newest update any replica of the feed holds (None: the feed is empty)."""
+        heads = await asyncio.gather(*(self._head_at(node, acl) for node in self.replicas(acl.item)))
+        found = [h for h in heads if isinstance(h, FeedUpdate)]
+        if not found and all(isinstance(h, StoreError) for h in heads):
+            raise _read_error(f"feed {acl.item.hex()[:16]}…", [h for h in heads if isinstance(h, StoreError)])
+        return max(found, key=lambda update: update.sequence, default=None)
+
+    async def _head_at(self, node: StoreNode, acl: ItemAcl) -> FeedUpdate | StoreError | None:
+        try:
+            answer = await self.request(node, "feed_get", {"feed": acl.item, "after": -1, "latest": True})
+            updates = linked_updates(answer.get("updates"), acl, None)
+        except StoreError as exc:
+            return exc
+        return updates[-1] if updates else None
+
     async def get_acl(self, item: bytes) -> ItemAcl:
         """The newest validly signed ACL the item's replicas hold."""
         errors: list[StoreError] = []
@@ -183,6 +238,25 @@ class StoreClient:
         if not found:
             raise _read_error(f"ACL of item {item.hex()[:16]}…", errors)
         return max(found, key=lambda acl: acl.version)
+
+
+def linked_updates(raws: object, acl: ItemAcl, after: int | None) -> list[FeedUpdate]:
+    """Decode a page of a feed's updates: each signed by the owner, in sequence order, each
+    linked to the update before it; with ``after`` the page must continue from there."""
+    if not isinstance(raws, list):
+        raise StoreError("a store node answered feed_get without a list of updates", code="bad_update")
+    updates = [decode_feed_update(raw, acl.owner) for raw in raws]
+    if any(update.feed != acl.item for update in updates):
+        raise StoreError("a store node answered with an update of another feed", code="bad_update")
+    if updates and after is not None and updates[0].sequence != after + 1:
+        raise StoreError(f"a store node answered with update {updates[0].sequence} after {after}", code="bad_update")
+    for before, update in itertools.pairwise(updates):
+        if update.sequence <= before.sequence or (update.sequence == before.sequence + 1
+                                                  and update.previous != before.hash):  # fmt: skip
+            raise StoreError(f"update {update.sequence} does not follow update {before.sequence}", code="bad_update")
+        if after is not None and update.sequence != before.sequence + 1:
+            raise StoreError(f"a store node left out updates after {before.sequence}", code="bad_update")
+    return updates
 
 
 def _read_error(what: str, errors: list[StoreError]) -> StoreError:

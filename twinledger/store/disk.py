@@ -4,8 +4,8 @@ DIR/chunks/<ab>/<hash hex>   one file per chunk, written to a temporary name, fs
                              renamed and the directory fsynced: an acknowledged chunk
                              survives kill -9 and power loss
 DIR/corrupt/                 chunks that failed their hash, kept for inspection
-DIR/index.db                 ACLs (newest version per item) and which chunks belong to
-                             which item
+DIR/index.db                 ACLs (newest version per item), which chunks belong to which
+                             item, and feed updates
 """
 
 from __future__ import annotations
@@ -18,13 +18,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from twinledger.store.records import ItemAcl, StoreError, chunk_hash, decode_acl
+from twinledger.core.encoding import decode, from_obj
+from twinledger.store.records import FeedUpdate, ItemAcl, StoreError, check_successor, chunk_hash, decode_acl
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS acls (item BLOB PRIMARY KEY, version INTEGER NOT NULL, raw BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS item_chunks (item BLOB NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (item, hash));
 CREATE INDEX IF NOT EXISTS item_chunks_by_hash ON item_chunks (hash);
+CREATE TABLE IF NOT EXISTS feed_updates (item BLOB NOT NULL, sequence INTEGER NOT NULL, first INTEGER NOT NULL,
+                                         last INTEGER NOT NULL, hash BLOB NOT NULL, raw BLOB NOT NULL,
+                                         PRIMARY KEY (item, sequence));
+CREATE INDEX IF NOT EXISTS feed_updates_by_time ON feed_updates (item, last);
 """
+MAX_FEED_PAGE = 1000
 
 
 class CorruptChunk(StoreError):
@@ -84,6 +90,55 @@ class ChunkStore:
     def acl_versions(self) -> dict[bytes, int]:
         with self._lock:
             return dict(self._db.execute("SELECT item, version FROM acls").fetchall())
+
+    # -- feeds -------------------------------------------------------------------------------
+    def put_feed_update(self, update: FeedUpdate) -> None:
+        """Append ``update`` (already checked against the owner's signature) durably, if it
+        follows this node's head; StoreError with code replayed_update, conflicting_update
+        or out_of_order otherwise."""
+        with self._lock, self._db:
+            head = self._feed_head(update.feed)
+            if head is not None and update.sequence <= head.sequence:
+                row = self._db.execute("SELECT hash FROM feed_updates WHERE item = ? AND sequence = ?",
+                                       (update.feed, update.sequence)).fetchone()  # fmt: skip
+                if row is not None and row[0] == update.hash:
+                    raise StoreError(f"update {update.sequence} of this feed is already stored", code="replayed_update")
+                raise StoreError(f"another update {update.sequence} of this feed is already stored",
+                                 code="conflicting_update")  # fmt: skip
+            check_successor(head, update)
+            self._db.execute("INSERT INTO feed_updates (item, sequence, first, last, hash, raw) VALUES (?, ?, ?, ?, ?, ?)",
+                             (update.feed, update.sequence, update.first, update.last, update.hash,
+                              update.encoded()))  # fmt: skip
+
+    def _feed_head(self, item: bytes) -> FeedUpdate | None:
+        row = self._db.execute("SELECT raw FROM feed_updates WHERE item = ? ORDER BY sequence DESC LIMIT 1",
+                               (item,)).fetchone()  # fmt: skip
+        return from_obj(FeedUpdate, decode(row[0]), "feed update") if row else None
+
+    def feed_head(self, item: bytes) -> FeedUpdate | None:
+        with self._lock:
+            return self._feed_head(item)
+
+    def feed_updates(self, item: bytes, after: int = -1, limit: int = MAX_FEED_PAGE, since: int | None = None,
+                     until: int | None = None) -> list[bytes]:  # fmt: skip
+        """Encoded updates after sequence ``after`` in sequence order; with ``since`` and
+        ``until`` only those whose samples overlap that time range (microseconds)."""
+        query = "SELECT raw FROM feed_updates WHERE item = ? AND sequence > ?"
+        params: list[object] = [item, after]
+        if since is not None:
+            query += " AND last >= ?"
+            params.append(since)
+        if until is not None:
+            query += " AND first <= ?"
+            params.append(until)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY sequence LIMIT ?", (*params, min(limit, MAX_FEED_PAGE)))
+            return [row[0] for row in rows.fetchall()]
+
+    def feed_heads(self) -> dict[bytes, int]:
+        """The head sequence of every feed this node holds updates of."""
+        with self._lock:
+            return dict(self._db.execute("SELECT item, max(sequence) FROM feed_updates GROUP BY item").fetchall())
 
     # -- chunks ------------------------------------------------------------------------------
     def put_chunk(self, item: bytes, data: bytes) -> bytes:

@@ -40,6 +40,9 @@ OPS = frozenset({
     "have",  # store nodes: which of these chunks do you hold?
     "fetch",  # store nodes: a chunk you should hold a replica of
     "acl_sync",  # store nodes: which of these ACL versions are newer than yours?
+    "feed_put",  # an owner-signed feed update that follows the feed's head
+    "feed_get",  # a feed's updates after a sequence, optionally in a time range or waiting for new ones
+    "feed_sync",  # store nodes: of these feed heads, which are you behind on?
 })  # fmt: skip
 
 

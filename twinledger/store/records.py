@@ -1,10 +1,11 @@
 """The signed and hashed objects of the off-chain store.
 
 An *item* is what an ACL protects: a document (its manifest and encrypted chunks) or a
-sensor feed. Its ACL is signed by the item's owner key and versioned; a store node takes
-a newer version only with the same owner's signature. Each reader entry carries the
-item's data key sealed to that organisation's X25519 key, so the ACL is also the
-paper's list of encrypted access keys (Dietz et al. §4.2).
+sensor feed (its signed updates and their encrypted segments). Its ACL is signed by the
+item's owner key and versioned; a store node takes a newer version only with the same
+owner's signature. Each reader entry carries the item's data key sealed to that
+organisation's X25519 key, so the ACL is also the paper's list of encrypted access keys
+(Dietz et al. §4.2).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from twinledger.errors import DecodeError, TwinledgerError
 ACL_TAG = "twinledger/store/acl/v1"
 ITEM_TAG = "twinledger/store/item/v1"
 KEY_COMMITMENT_TAG = "twinledger/store/data-key/v1"
+FEED_UPDATE_TAG = "twinledger/store/feed-update/v1"
+FEED_HEAD_TAG = "twinledger/store/feed-head/v1"
+MAX_FEED_UPDATE_BYTES = 1024
 ITEM_KINDS = ("document", "feed")
 MAX_READERS = 64
 MAX_ACL_BYTES = 64 * 1024
@@ -140,3 +144,78 @@ def decode_manifest(raw: bytes) -> Manifest:
             or len(manifest.chunks) != max(expected, 1) or any(len(c) != 32 for c in manifest.chunks)):  # fmt: skip
         raise StoreError("malformed manifest: its chunk count does not match its size", code="bad_manifest")
     return manifest
+
+
+@dataclass(frozen=True)
+class FeedUpdate:
+    """One step of a feed: the owner's signed statement that ``segment`` holds the samples
+    between ``first`` and ``last``, following the update whose hash is ``previous``. The
+    hash chain makes the history one sequence no store can reorder or thin out unseen."""
+
+    feed: bytes
+    sequence: int
+    time: int
+    """Microseconds since the epoch when the owner made the update; strictly increasing."""
+    previous: bytes
+    """The hash of update ``sequence - 1``; 32 zero bytes for the first update."""
+    segment: bytes
+    """The chunk hash of the encrypted segment."""
+    samples: int
+    first: int
+    last: int
+    """The times of the segment's first and last sample (microseconds)."""
+    key_commitment: bytes
+    signature: bytes = b""
+
+    def signing_bytes(self) -> bytes:
+        return hash_obj(FEED_UPDATE_TAG, to_obj(replace(self, signature=b"")))
+
+    def signed(self, key: SigningKey) -> FeedUpdate:
+        return replace(self, signature=key.sign(self.signing_bytes()))
+
+    def encoded(self) -> bytes:
+        return encode(to_obj(self))
+
+    @property
+    def hash(self) -> bytes:
+        """What the next update's ``previous`` and an on-chain checkpoint's head name."""
+        return hash_obj(FEED_HEAD_TAG, to_obj(self))
+
+
+def decode_feed_update(raw: bytes, owner: bytes) -> FeedUpdate:
+    """A well-formed update signed by ``owner``, or StoreError naming what is wrong."""
+    if not isinstance(raw, bytes) or len(raw) > MAX_FEED_UPDATE_BYTES:
+        raise StoreError(f"a feed update is a byte string of at most {MAX_FEED_UPDATE_BYTES} bytes", code="bad_update")
+    try:
+        update = from_obj(FeedUpdate, decode(raw), "feed update")
+    except DecodeError as exc:
+        raise StoreError(f"malformed feed update: {exc.message}", code="bad_update") from None
+    if (any(len(value) != 32 for value in (update.feed, update.previous, update.segment, update.key_commitment))
+            or not 0 <= update.sequence < 1 << 62 or not 0 < update.samples <= MAX_CHUNKS
+            or not 0 <= update.first <= update.last or update.time < 0):  # fmt: skip
+        raise StoreError("malformed feed update: 32-byte hashes, a sequence from 0, at least one sample",
+                         code="bad_update")  # fmt: skip
+    if (update.sequence == 0) != (update.previous == bytes(32)):
+        raise StoreError("malformed feed update: only the first update has no previous one", code="bad_update")
+    if not verify_signature(owner, update.signing_bytes(), update.signature):
+        raise StoreError("feed update signature does not verify against the feed owner's key", code="bad_signature")
+    return update
+
+
+def check_successor(head: FeedUpdate | None, update: FeedUpdate) -> None:
+    """Whether ``update`` may follow ``head`` (None: the feed is empty); raises StoreError
+    with code out_of_order otherwise. Replays are told apart by the caller, who holds
+    the update already stored at that sequence."""
+    if head is None:
+        if update.sequence != 0:
+            raise StoreError(f"update {update.sequence} does not follow: this node holds none of the feed yet",
+                             code="out_of_order")  # fmt: skip
+        return
+    if update.sequence != head.sequence + 1:
+        raise StoreError(f"update {update.sequence} does not follow the head, update {head.sequence}",
+                         code="out_of_order")  # fmt: skip
+    if update.previous != head.hash:
+        raise StoreError(f"update {update.sequence} names another previous update than the stored one",
+                         code="out_of_order")  # fmt: skip
+    if update.time <= head.time:
+        raise StoreError(f"update {update.sequence} is not later than update {head.sequence}", code="out_of_order")

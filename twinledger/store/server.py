@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import ssl
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 from twinledger.crypto.certs import NodeIdentity
 from twinledger.errors import DecodeError, TwinledgerError
 from twinledger.store.client import StoreClient
-from twinledger.store.disk import ChunkStore, CorruptChunk
+from twinledger.store.disk import MAX_FEED_PAGE, ChunkStore, CorruptChunk
 from twinledger.store.placement import Replication, StoreNode, rank, replicas
 from twinledger.store.protocol import (
     HANDSHAKE_TIMEOUT,
@@ -35,7 +36,17 @@ from twinledger.store.protocol import (
     peer_identity,
     read_message,
 )
-from twinledger.store.records import CHUNK_SIZE, AccessDenied, ItemAcl, StoreError, chunk_hash, decode_acl
+from twinledger.store.records import (
+    CHUNK_SIZE,
+    MAX_FEED_UPDATE_BYTES,
+    AccessDenied,
+    FeedUpdate,
+    ItemAcl,
+    StoreError,
+    chunk_hash,
+    decode_acl,
+    decode_feed_update,
+)
 
 log = logging.getLogger("twinledger.store")
 T = TypeVar("T")
@@ -44,6 +55,10 @@ MAX_BATCH = 4096
 CONCURRENT_REQUESTS = 32
 """Per connection: requests handled at once before the server stops reading more."""
 VERIFIED_ACLS = 4096
+MAX_FEED_WAIT_MS = 20_000
+"""Longest a feed_get waits for a new update (below the client's request timeout)."""
+MAX_CLOCK_SKEW = 300_000_000
+"""Microseconds an update's time may lie ahead of this node's clock."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,7 @@ class RepairReport:
     acls_pushed: int = 0
     chunks_checked: int = 0
     chunks_pushed: int = 0
+    feed_updates_pushed: int = 0
     unreachable: set[str] = field(default_factory=set)
 
 
@@ -76,6 +92,13 @@ def _field(message: Mapping[str, Any], name: str, size: int | None = None, limit
     if not isinstance(value, bytes) or (size is not None and len(value) != size) or len(value) > limit:
         expected = f"{size} bytes" if size is not None else f"at most {limit} bytes"
         raise StoreError(f"'{name}' must be a byte string of {expected}", code="bad_request")
+    return value
+
+
+def _integer(message: Mapping[str, Any], name: str, default: int, minimum: int) -> int:
+    value = message.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value < 1 << 62:
+        raise StoreError(f"'{name}' must be an integer from {minimum}", code="bad_request")
     return value
 
 
@@ -99,6 +122,7 @@ class StoreService:
         self._client: StoreClient | None = None
         self._acls: OrderedDict[bytes, ItemAcl] = OrderedDict()
         self._repairing = asyncio.Lock()
+        self._feed_changes: dict[bytes, asyncio.Event] = {}
         self.address = ""
 
     # -- life-cycle --------------------------------------------------------------------------
@@ -132,6 +156,10 @@ class StoreService:
 
     async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def client(self) -> StoreClient:
+        """This node's client of the store, as its organisation (the API's feed streams use it)."""
+        return self._peers()[0]
 
     def _peers(self) -> tuple[StoreClient, list[StoreNode]]:
         """A client for the other store nodes (rebuilt when the membership changes them)."""
@@ -254,11 +282,12 @@ class StoreService:
             data = await self._disk(self.disk.read_chunk, digest)
         except CorruptChunk:
             log.warning("chunk %s failed its hash check; repairing it from a replica", digest.hex()[:16])
-            data = await self._repair_chunk(item, digest)
-        if data is None:
-            data = await self._repair_chunk(item, digest)
-        if data is None:
-            raise CorruptChunk(f"chunk {digest.hex()[:16]}… is damaged on this node and no replica could repair it")
+            if (data := await self._repair_chunk(item, digest)) is None:
+                raise CorruptChunk(f"chunk {digest.hex()[:16]}… is damaged on this node and no replica could "
+                                   "repair it") from None  # fmt: skip
+        if data is None and (data := await self._repair_chunk(item, digest)) is None:
+            raise StoreError(f"chunk {digest.hex()[:16]}… is missing on this node and no replica could repair it",
+                             code="not_found")  # fmt: skip
         return data
 
     async def _acl_put(self, identity: NodeIdentity, message: dict[str, Any]) -> dict[str, Any]:
@@ -307,6 +336,126 @@ class StoreService:
         mine = await self._disk(self.disk.acl_versions)
         return {"wanted": [item for item, version in versions if mine.get(item, 0) < version]}
 
+    # -- feeds -----------------------------------------------------------------------------
+    async def _feed_acl(self, item: bytes) -> ItemAcl:
+        acl = await self._known_acl(item)
+        if acl.kind != "feed":
+            raise StoreError(f"item {item.hex()[:16]}… is a {acl.kind}, not a feed", code="bad_request")
+        return acl
+
+    async def _feed_put(self, identity: NodeIdentity, message: dict[str, Any]) -> dict[str, Any]:
+        """The owner's organisation appends; store nodes relay to the feed's replicas (repair).
+        Either way only updates the owner key signed that follow this node's head."""
+        item = _field(message, "feed", 32)
+        if message.get("acl") is not None:
+            acl = await self._verified_acl(_field(message, "acl", limit=1 << 16))
+            if acl.item != item:
+                raise StoreError("the ACL sent with a feed update is for another feed", code="bad_request")
+        acl = await self._feed_acl(item)
+        if identity.organisation != acl.owner_organisation and not (
+                self._is_store_node(identity) and self._replica_of(self.me.signing_key, item)):  # fmt: skip
+            raise AccessDenied(f"organisation {identity.organisation} may not append to feed {item.hex()[:16]}… "
+                               f"of {acl.owner_organisation}")  # fmt: skip
+        update = decode_feed_update(_field(message, "update", limit=MAX_FEED_UPDATE_BYTES), acl.owner)
+        if update.feed != item:
+            raise StoreError("the update is for another feed", code="bad_update")
+        if update.time > time.time_ns() // 1000 + MAX_CLOCK_SKEW:
+            raise StoreError(f"update {update.sequence} is dated more than {MAX_CLOCK_SKEW // 60_000_000} minutes "
+                             "ahead of this node's clock", code="future_update")  # fmt: skip
+        await self._append(acl, update)
+        return {"head": update.sequence}
+
+    async def _append(self, acl: ItemAcl, update: FeedUpdate) -> None:
+        """Store ``update``; a node that missed earlier updates fetches them from the other
+        store nodes first, so one that was down serves the whole feed again."""
+        try:
+            await self._disk(self.disk.put_feed_update, update)
+        except StoreError as exc:
+            if exc.code != "out_of_order" or not await self._catch_up(acl, update.sequence):
+                raise
+            await self._disk(self.disk.put_feed_update, update)
+        self._feed_changed(update.feed)
+
+    async def _catch_up(self, acl: ItemAcl, before: int) -> bool:
+        """Fetch, check and store the updates before sequence ``before`` this node lacks."""
+        head = await self._disk(self.disk.feed_head, acl.item)
+        after = head.sequence if head is not None else -1
+        if after + 1 >= before:
+            return False
+        client, others = self._peers()
+        for node in rank(acl.item, others):
+            try:
+                after = await self._fetch_feed(client, node, acl, after, before)
+            except StoreError as exc:
+                log.info("feed catch-up from %s stopped: %s", node.label, exc.message)
+            if after + 1 >= before:
+                self._feed_changed(acl.item)
+                return True
+        return False
+
+    async def _fetch_feed(self, client: StoreClient, node: StoreNode, acl: ItemAcl, after: int, before: int) -> int:
+        """Store the updates between ``after`` and ``before`` that ``node`` holds, each
+        checked against the owner's signature and the chain; returns the new head."""
+        while after + 1 < before:
+            answer = await client.request(node, "feed_get", {"feed": acl.item, "after": after,
+                                                             "limit": min(MAX_FEED_PAGE, before - after - 1)})  # fmt: skip
+            raws = answer.get("updates")
+            if not isinstance(raws, list) or not raws:
+                break
+            for raw in raws:
+                update = decode_feed_update(raw, acl.owner)
+                if update.feed != acl.item or update.sequence != after + 1:
+                    return after
+                try:
+                    await self._disk(self.disk.put_feed_update, update)
+                except StoreError as exc:
+                    if exc.code != "replayed_update":
+                        raise
+                after = update.sequence
+        return after
+
+    def _feed_changed(self, item: bytes) -> None:
+        event = self._feed_changes.pop(item, None)
+        if event is not None:
+            event.set()
+
+    async def _feed_get(self, identity: NodeIdentity, message: dict[str, Any]) -> dict[str, Any]:
+        """Readers see a feed's updates (segments stay sealed); store nodes too, for
+        catch-up and repair: updates hold hashes and times, no sample values."""
+        item = _field(message, "feed", 32)
+        acl = await self._feed_acl(item)
+        if not acl.allows(identity.organisation) and not self._is_store_node(identity):
+            raise AccessDenied(f"organisation {identity.organisation} is not a reader of feed {item.hex()[:16]}…")
+        after = _integer(message, "after", -1, minimum=-1)
+        limit = _integer(message, "limit", MAX_FEED_PAGE, minimum=1)
+        since, until = message.get("since"), message.get("until")
+        if any(v is not None and (not isinstance(v, int) or isinstance(v, bool)) for v in (since, until)):
+            raise StoreError("'since' and 'until' must be integer microseconds", code="bad_request")
+        wait = _integer(message, "wait_ms", 0, minimum=0)
+        if wait > MAX_FEED_WAIT_MS:
+            raise StoreError(f"'wait_ms' must be at most {MAX_FEED_WAIT_MS}", code="bad_request")
+        if message.get("latest") is True:
+            head = await self._disk(self.disk.feed_head, item)
+            return {"updates": [head.encoded()] if head is not None else []}
+        changed = self._feed_changes.setdefault(item, asyncio.Event())
+        updates = await self._disk(self.disk.feed_updates, item, after, limit, since, until)
+        if not updates and wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), wait / 1000)
+            updates = await self._disk(self.disk.feed_updates, item, after, limit, since, until)
+        return {"updates": updates}
+
+    async def _feed_sync(self, identity: NodeIdentity, message: dict[str, Any]) -> dict[str, Any]:
+        self._require_store_node(identity, "synchronise feeds")
+        heads = message.get("heads")
+        if (not isinstance(heads, list) or len(heads) > MAX_BATCH
+                or not all(isinstance(h, list) and len(h) == 2 and isinstance(h[0], bytes) and isinstance(h[1], int)
+                           for h in heads)):  # fmt: skip
+            raise StoreError(f"'heads' must be a list of at most {MAX_BATCH} [feed, sequence] pairs",
+                             code="bad_request")  # fmt: skip
+        mine = await self._disk(self.disk.feed_heads)
+        return {"behind": [[feed, mine.get(feed, -1)] for feed, sequence in heads if mine.get(feed, -1) < sequence]}
+
     # -- keeping replicas --------------------------------------------------------------------
     async def _repair_chunk(self, item: bytes, digest: bytes) -> bytes | None:
         """Fetch a good copy from another replica and store it again."""
@@ -330,6 +479,7 @@ class StoreService:
             report = RepairReport()
             client, others = self._peers()
             await self._push_acls(client, others, report)
+            await self._push_feeds(client, others, report)
             chunks = await self._disk(lambda: list(self.disk.item_chunks()))
             report.chunks_checked = len(chunks)
             owed: dict[bytes, list[tuple[bytes, bytes]]] = {}
@@ -351,8 +501,9 @@ class StoreService:
                         report.chunks_pushed += sum(pushed)
                 except StoreUnavailable:
                     report.unreachable.add(node.label)
-            if report.chunks_pushed or report.acls_pushed:
-                log.info("repair: pushed %d ACL(s) and %d chunk(s)", report.acls_pushed, report.chunks_pushed)
+            if report.chunks_pushed or report.acls_pushed or report.feed_updates_pushed:
+                log.info("repair: pushed %d ACL(s), %d feed update(s) and %d chunk(s)", report.acls_pushed,
+                         report.feed_updates_pushed, report.chunks_pushed)  # fmt: skip
             return report
 
     async def _push_acls(self, client: StoreClient, others: list[StoreNode], report: RepairReport) -> None:
@@ -371,6 +522,51 @@ class StoreService:
                             report.acls_pushed += 1
             except StoreUnavailable:
                 report.unreachable.add(node.label)
+
+    async def _push_feeds(self, client: StoreClient, others: list[StoreNode], report: RepairReport) -> None:
+        """Bring each feed's replicas up to this node's head, oldest missing update first."""
+        heads = await self._disk(self.disk.feed_heads)
+        owed: dict[bytes, list[list[object]]] = {}
+        for feed, sequence in heads.items():
+            for node in client.replicas(feed):
+                if node.signing_key != self.me.signing_key:
+                    owed.setdefault(node.signing_key, []).append([feed, sequence])
+        for node in others:
+            if node.label in report.unreachable:
+                continue
+            try:
+                for batch in _batches(owed.get(node.signing_key, []), MAX_BATCH):
+                    answer = await client.request(node, "feed_sync", {"heads": batch})
+                    behind = answer.get("behind")
+                    if not isinstance(behind, list) or not all(
+                            isinstance(b, list) and len(b) == 2 and isinstance(b[0], bytes) and isinstance(b[1], int)
+                            for b in behind):  # fmt: skip
+                        raise StoreUnavailable(f"{node.label} answered feed_sync with a malformed list")
+                    for feed, after in behind:
+                        try:
+                            report.feed_updates_pushed += await self._push_feed(client, node, feed, after)
+                        except StoreUnavailable:
+                            raise
+                        except StoreError as exc:
+                            log.warning("repair: %s refused feed %s: %s", node.label, feed.hex()[:16], exc.message)
+            except StoreUnavailable:
+                report.unreachable.add(node.label)
+
+    async def _push_feed(self, client: StoreClient, node: StoreNode, feed: bytes, after: int) -> int:
+        acl = await self._disk(self.disk.acl, feed)
+        if acl is None:
+            return 0
+        pushed = 0
+        while raws := await self._disk(self.disk.feed_updates, feed, after):
+            for raw in raws:
+                try:
+                    await client.request(node, "feed_put", {"feed": feed, "acl": acl.encoded(), "update": raw})
+                    pushed += 1
+                except StoreError as exc:
+                    if exc.code != "replayed_update":
+                        raise
+            after = decode_feed_update(raws[-1], acl.owner).sequence
+        return pushed
 
     async def _push_chunk(self, client: StoreClient, node: StoreNode, item: bytes, digest: bytes) -> bool:
         try:

@@ -1,0 +1,371 @@
+"""Sensor feeds on real node processes: a four-organisation consortium whose nodes are all
+store nodes (r = 3, write quorum 2). Feeds are created, pushed, read, followed and
+verified through the CLI; forged and replayed updates speak the store protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import sqlite3
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import tomli_w
+from network_helpers import Network, make_network
+
+from twinledger.cli.storage import store_client
+from twinledger.config import load_config
+from twinledger.crypto.keys import SigningKey
+from twinledger.store.client import StoreClient
+from twinledger.store.feeds import parse_feed_reference, seal_segment
+from twinledger.store.records import FeedUpdate, ItemAcl, StoreError, chunk_hash
+
+PLANT = Path(__file__).parent.parent / "examples" / "bottling-plant.aml"
+MANUFACTURER, OWNER, MAINTAINER, AUDITOR = range(4)
+START = 1_790_000_000_000_000
+"""Sample times (microseconds) of the pushed test data."""
+DEVICES = itertools.count(1)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "twinledger", *args], capture_output=True, text=True, timeout=180)
+
+
+def ok(*args: str) -> Any:
+    done = cli(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory) -> Iterator[Network]:
+    network = make_network(tmp_path_factory.mktemp("feeds") / "net")
+    for path in network.homes:  # repair passes run when a test asks, never in the middle of one
+        doc = tomllib.loads((path / "node.toml").read_text())
+        doc["storage"]["repair_interval"] = 0
+        (path / "node.toml").write_text(tomli_w.dumps(doc))
+    try:
+        for i in range(4):
+            network.start(i)
+        yield network
+    finally:
+        network.stop_all()
+
+
+def home(network: Network, i: int) -> str:
+    return str(network.homes[i])
+
+
+def new_feed(network: Network, *readers: str) -> tuple[str, bytes]:
+    """A new twin whose level sensor has a store feed readable by ``readers``: (twin, feed id)."""
+    twin = ok("twin", "create", "--home", home(network, OWNER), "--aml", str(PLANT),
+              "--device-id", f"plant-{next(DEVICES)}")["id"]  # fmt: skip
+    options = [arg for reader in readers for arg in ("--reader", reader)]
+    ok("twin", "feed", "add", twin, "level-sensor-1", "--home", home(network, OWNER), *options)
+    view = httpx.get(f"{network.url(OWNER)}/v1/twins/{twin}", timeout=10).json()
+    return twin, parse_feed_reference(view["feeds"][0]["reference"])
+
+
+def samples_csv(path: Path, count: int, start: int = START, rate: int = 100) -> Path:
+    """``count`` samples at ``rate`` Hz from ``start``: a ramp that is easy to check."""
+    step = 1_000_000 // rate
+    lines = ["time,value", *(f"{(start + i * step) / 1e6:.6f},{i * 0.5}" for i in range(count))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def push(network: Network, twin: str, path: Path, *options: str) -> Any:
+    return ok("twin", "feed", "push", twin, "level-sensor-1", str(path), "--home", home(network, OWNER), *options)
+
+
+def with_client(network: Network, i: int, work: Any) -> Any:
+    config = load_config(network.homes[i])
+    members = httpx.get(f"{network.url(i)}/v1/members", timeout=10).json()
+
+    async def run() -> Any:
+        async with store_client(config, members) as client:
+            return await work(client)
+
+    return asyncio.run(run())
+
+
+def checkpoints(network: Network, twin: str) -> list[dict[str, Any]]:
+    view = httpx.get(f"{network.url(AUDITOR)}/v1/twins/{twin}/feeds/level-sensor-1/checkpoints", timeout=10)
+    return view.json()["checkpoints"]
+
+
+def test_a_feed_is_pushed_checkpointed_and_read_back_only_by_its_readers(consortium, tmp_path):
+    twin, feed = new_feed(consortium, "maintainer")
+    pushed = push(consortium, twin, samples_csv(tmp_path / "s.csv", 2500), "--checkpoint-every", "10")
+    assert (pushed["samples"], pushed["updates"], pushed["first_sequence"], pushed["last_sequence"]) == (2500, 25, 0, 24)
+    assert [c["sequence"] for c in checkpoints(consortium, twin)] == [9, 19, 24]
+    assert checkpoints(consortium, twin)[-1]["head"] == pushed["head"]
+
+    read = ok("twin", "feed", "read", twin, "level-sensor-1", "--home", home(consortium, MAINTAINER))
+    assert read["samples"] == [[START + i * 10_000, i * 0.5] for i in range(2500)]
+    assert [u["sequence"] for u in read["updates"]] == list(range(25))
+
+    window = ok("twin", "feed", "read", twin, "level-sensor-1", "--home", home(consortium, MAINTAINER),
+                "--since", str((START + 3_000_000) / 1e6), "--until", str((START + 4_995_000) / 1e6))  # fmt: skip
+    assert [t for t, _ in window["samples"]] == [START + i * 10_000 for i in range(300, 500)]
+    assert [u["sequence"] for u in window["updates"]] == [3, 4]
+    latest = ok("twin", "feed", "read", twin, "level-sensor-1", "--latest", "--home", home(consortium, OWNER))
+    assert [u["sequence"] for u in latest["updates"]] == [24] and latest["samples"][-1] == [START + 2499 * 10_000, 1249.5]
+
+    plot = cli("twin", "feed", "read", twin, "level-sensor-1", "--home", home(consortium, MAINTAINER))
+    assert plot.returncode == 0 and "2,500" in plot.stdout and "▁" in plot.stdout and "█" in plot.stdout
+
+    refused = cli("twin", "feed", "read", twin, "level-sensor-1", "--home", home(consortium, AUDITOR))
+    assert refused.returncode == 1 and "not a reader" in refused.stderr and refused.stderr.count("\n") == 1
+
+    verified = ok("twin", "feed", "verify", twin, "level-sensor-1", "--home", home(consortium, MAINTAINER))
+    assert verified["intact"] and verified["updates"] == 25 and verified["checkpoints"] == 3
+    assert verified["segments_opened"] and len(verified["replicas"]) == 3
+
+    more = push(consortium, twin, samples_csv(tmp_path / "t.csv", 300, start=START + 30_000_000))
+    assert (more["first_sequence"], more["last_sequence"]) == (25, 27)  # the writer continues from the stored head
+
+
+def test_bad_samples_are_refused_before_anything_is_appended(consortium, tmp_path):
+    twin, feed = new_feed(consortium, "maintainer")
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"time,value\n{START / 1e6},1.0\n{START / 1e6 + 1},warm\n")
+    refused = cli("twin", "feed", "push", twin, "level-sensor-1", str(bad), "--home", home(consortium, OWNER))
+    assert refused.returncode == 1 and "line 3" in refused.stderr and "'warm' is not a number" in refused.stderr
+    backwards = tmp_path / "backwards.csv"
+    backwards.write_text(f"{START / 1e6 + 1},1.0\n{START / 1e6},2.0\n")
+    refused = cli("twin", "feed", "push", twin, "level-sensor-1", str(backwards), "--home", home(consortium, OWNER))
+    assert refused.returncode == 1 and "line 2: samples must be in time order" in refused.stderr
+    assert ok("twin", "feed", "read", twin, "level-sensor-1", "--home", home(consortium, OWNER))["updates"] == []
+    stranger = cli("twin", "feed", "push", twin, "level-sensor-1", str(samples_csv(tmp_path / "x.csv", 10)),
+                   "--home", home(consortium, MAINTAINER))  # fmt: skip
+    assert stranger.returncode == 1 and "only its owner appends" in stranger.stderr
+
+
+async def _acl(client: StoreClient, feed: bytes) -> ItemAcl:
+    return await client.get_acl(feed)
+
+
+def _next_update(client_head: FeedUpdate, acl: ItemAcl, key: SigningKey, **changes: Any) -> tuple[FeedUpdate, bytes]:
+    sequence = client_head.sequence + 1
+    segment = seal_segment(bytes(32), acl.item, sequence, [(START, 1.0)])
+    update = FeedUpdate(acl.item, sequence, client_head.time + 1, client_head.hash, chunk_hash(segment), 1, START,
+                        START, client_head.key_commitment)  # fmt: skip
+    return replace(update, **changes).signed(key), segment
+
+
+def test_forged_replayed_and_out_of_order_updates_are_refused(consortium, tmp_path):
+    twin, feed = new_feed(consortium, "maintainer")
+    push(consortium, twin, samples_csv(tmp_path / "s.csv", 500))
+    owner = load_config(consortium.homes[OWNER]).signing_key("operator")
+    stranger = load_config(consortium.homes[MAINTAINER]).signing_key("operator")
+
+    async def attempts(client: StoreClient) -> dict[str, list[str]]:
+        acl = await client.get_acl(feed)
+        head = await client.feed_head(acl)
+        assert head is not None and head.sequence == 4
+        old = (await client.feed_updates(acl, 1))[0]
+        cases = {
+            "replayed": old,
+            "forged": _next_update(head, acl, stranger)[0],
+            "gap": _next_update(head, acl, owner, sequence=6)[0],
+            "wrong previous": _next_update(head, acl, owner, previous=old.hash)[0],
+            "not later": _next_update(head, acl, owner, time=head.time)[0],
+            "conflicting": replace(old, time=old.time + 1).signed(owner),
+            "from the future": _next_update(head, acl, owner, time=head.time + 3_600_000_000)[0],
+        }
+        codes: dict[str, list[str]] = {}
+        for name, update in {**cases, "malformed": None}.items():
+            raw = update.encoded() if update is not None else b"\x93\x01\x02"
+            codes[name] = []
+            for node in client.replicas(feed):
+                try:
+                    await client.request(node, "feed_put", {"feed": feed, "update": raw})
+                    codes[name].append("accepted")
+                except StoreError as exc:
+                    codes[name].append(exc.code)
+        after = await client.feed_head(acl)
+        assert after is not None and after.hash == head.hash
+        return codes
+
+    codes = with_client(consortium, OWNER, attempts)
+    expected = {"replayed": "replayed_update", "forged": "bad_signature", "gap": "out_of_order",
+                "wrong previous": "out_of_order", "not later": "out_of_order", "conflicting": "conflicting_update",
+                "from the future": "future_update", "malformed": "bad_update"}  # fmt: skip
+    assert codes == {name: [code] * 3 for name, code in expected.items()}
+
+    async def relayed_off_the_replicas(client: StoreClient) -> list[str]:
+        acl = await client.get_acl(feed)
+        head = await client.feed_head(acl)
+        assert head is not None
+        update, _ = _next_update(head, acl, owner)  # validly signed, sent by another organisation's node
+        refused = []
+        for node in (n for n in client.nodes if n not in client.replicas(feed)):
+            with pytest.raises(StoreError) as caught:
+                await client.request(node, "feed_put", {"feed": feed, "update": update.encoded()})
+            refused.append(caught.value.code)
+        return refused
+
+    assert with_client(consortium, MAINTAINER, relayed_off_the_replicas) == ["access_denied"]
+    segment = with_client(consortium, OWNER, lambda c: _all_updates(c, feed))[0].segment
+    assert with_client(consortium, AUDITOR, lambda c: _segment_codes(c, feed, segment)) == ["access_denied"] * 3
+
+
+async def _segment_codes(client: StoreClient, feed: bytes, segment: bytes) -> list[str]:
+    """A store node that is no reader sees a feed's updates (hashes and times, for catch-up)
+    but gets none of its segments."""
+    codes = []
+    for node in client.replicas(segment):
+        with pytest.raises(StoreError) as caught:
+            await client.request(node, "get", {"item": feed, "hash": segment})
+        codes.append(caught.value.code)
+    return codes
+
+
+def test_a_follower_sees_each_new_segment_live_through_the_cli_and_the_node_event_stream(consortium, tmp_path):
+    twin, feed = new_feed(consortium, "maintainer")
+    first = push(consortium, twin, samples_csv(tmp_path / "a.csv", 100))
+    follower = subprocess.Popen([sys.executable, "-m", "twinledger", "twin", "feed", "follow", twin, "level-sensor-1",
+                                 "--after", str(first["last_sequence"]), "--count", "3", "--json",
+                                 "--home", home(consortium, MAINTAINER)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    url = f"{consortium.url(MAINTAINER)}/v1/feeds/{feed.hex()}/updates?after={first['last_sequence']}"
+    with httpx.stream("GET", url, timeout=60) as stream:
+        assert stream.status_code == 200
+        pushed = push(consortium, twin, samples_csv(tmp_path / "b.csv", 300, start=START + 10_000_000))
+        events = []
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+            if len(events) == 3:
+                break
+    assert [e["sequence"] for e in events] == [1, 2, 3] and events[-1]["hash"] == pushed["head"]
+    out, _ = follower.communicate(timeout=60)
+    segments = [json.loads(line) for line in out.splitlines()]
+    assert follower.returncode == 0 and [s["sequence"] for s in segments] == [1, 2, 3]
+    assert segments[0]["values"][0] == [START + 10_000_000, 0.0] and sum(len(s["values"]) for s in segments) == 300
+
+    refused = httpx.get(f"{consortium.url(AUDITOR)}/v1/feeds/{feed.hex()}/updates", timeout=10)
+    assert refused.status_code == 403 and "not a reader" in refused.json()["error"]["message"]
+
+
+def test_feed_writes_go_on_without_a_replica_which_catches_up_after_kill_9(consortium, tmp_path):
+    twin, feed = new_feed(consortium, "maintainer")
+    push(consortium, twin, samples_csv(tmp_path / "a.csv", 300))
+    replicas = with_client(consortium, OWNER, lambda c: _replica_orgs(c, feed))
+    victim = next(i for i, name in enumerate(("manufacturer", "owner", "maintainer", "auditor"))
+                  if name in replicas and i != OWNER)  # fmt: skip
+    consortium.kill(victim)
+    try:
+        more = push(consortium, twin, samples_csv(tmp_path / "b.csv", 500, start=START + 10_000_000))
+        assert (more["first_sequence"], more["last_sequence"]) == (3, 7)
+    finally:
+        consortium.start(victim)
+    held = with_client(consortium, OWNER, lambda c: _head_on(c, feed, replicas[victim_name(victim)]))
+    assert held == 2  # what it accepted before kill -9 survived; it missed the rest
+
+    pushed = sum(ok("store", "repair", "--home", home(consortium, i))["feed_updates_pushed"]
+                 for i in range(4) if i != victim)  # fmt: skip
+    assert pushed >= 5
+    assert with_client(consortium, OWNER, lambda c: _head_on(c, feed, replicas[victim_name(victim)])) == 7
+    verified = ok("twin", "feed", "verify", twin, "level-sensor-1", "--home", home(consortium, OWNER))
+    assert verified["intact"] and verified["behind"] == {} and verified["updates"] == 8
+
+
+def victim_name(i: int) -> str:
+    return ("manufacturer", "owner", "maintainer", "auditor")[i]
+
+
+async def _replica_orgs(client: StoreClient, feed: bytes) -> dict[str, Any]:
+    return {node.organisation: node for node in client.replicas(feed)}
+
+
+async def _head_on(client: StoreClient, feed: bytes, node: Any) -> int:
+    answer = await client.request(node, "feed_get", {"feed": feed, "after": -1, "latest": True})
+    acl = await client.get_acl(feed)
+    from twinledger.store.client import linked_updates
+
+    updates = linked_updates(answer["updates"], acl, None)
+    return updates[-1].sequence if updates else -1
+
+
+def _store_dbs(network: Network) -> list[Path]:
+    return [path / "data" / "store" / "index.db" for path in network.homes]
+
+
+def _rows(network: Network, feed: bytes, sequence: int) -> list[tuple[Path, bytes]]:
+    found = []
+    for db in _store_dbs(network):
+        with sqlite3.connect(db) as connection:
+            row = connection.execute("SELECT raw FROM feed_updates WHERE item = ? AND sequence = ?",
+                                     (feed, sequence)).fetchone()  # fmt: skip
+        if row is not None:
+            found.append((db, row[0]))
+    return found
+
+
+def _chunk_paths(network: Network, digest: bytes) -> list[Path]:
+    name = digest.hex()
+    return [p for path in network.homes for p in [path / "data" / "store" / "chunks" / name[:2] / name] if p.exists()]
+
+
+def test_feed_verify_finds_altered_deleted_and_reordered_history(consortium, tmp_path):
+    twin, feed = new_feed(consortium, "maintainer")
+    push(consortium, twin, samples_csv(tmp_path / "s.csv", 3000), "--checkpoint-every", "10")
+    owner = load_config(consortium.homes[OWNER]).signing_key("operator")
+    updates = with_client(consortium, OWNER, lambda c: _all_updates(c, feed))
+    assert len(updates) == 30
+
+    def verify() -> tuple[int, dict[str, set[int]]]:
+        done = cli("twin", "feed", "verify", twin, "level-sensor-1", "--json", "--home", home(consortium, MAINTAINER))
+        report = json.loads(done.stdout)
+        kinds: dict[str, set[int]] = {}
+        for problem in report["problems"]:
+            kinds.setdefault(problem["kind"], set()).add(problem["sequence"])
+        return done.returncode, kinds
+
+    for path in _chunk_paths(consortium, updates[3].segment):  # a segment altered on every replica
+        data = bytearray(path.read_bytes())
+        data[40] ^= 0x01
+        path.write_bytes(bytes(data))
+    assert verify() == (1, {"segment altered": {3}})
+
+    for path in _chunk_paths(consortium, updates[5].segment):  # a segment deleted everywhere
+        path.unlink()
+    code, kinds = verify()
+    assert code == 1 and 5 in kinds["segment missing"]
+
+    for db, _ in _rows(consortium, feed, 7) + _rows(consortium, feed, 8):  # two updates deleted everywhere
+        with sqlite3.connect(db) as connection:
+            connection.execute("DELETE FROM feed_updates WHERE item = ? AND sequence IN (7, 8)", (feed,))
+    code, kinds = verify()
+    assert code == 1 and kinds["deleted"] == {7}
+
+    # The owner rewrites checkpointed history: updates 18 and 19 swap their segments.
+    first = replace(updates[18], segment=updates[19].segment, samples=updates[19].samples,
+                    first=updates[19].first, last=updates[19].last).signed(owner)  # fmt: skip
+    second = replace(updates[19], previous=first.hash, segment=updates[18].segment, samples=updates[18].samples,
+                     first=updates[18].first, last=updates[18].last).signed(owner)  # fmt: skip
+    for sequence, rewritten in ((18, first), (19, second)):
+        for db, _ in _rows(consortium, feed, sequence):
+            with sqlite3.connect(db) as connection:
+                connection.execute("UPDATE feed_updates SET raw = ?, hash = ? WHERE item = ? AND sequence = ?",
+                                   (rewritten.encoded(), rewritten.hash, feed, sequence))  # fmt: skip
+    code, kinds = verify()
+    assert code == 1 and kinds["altered"] == {19} and {18, 19, 20} <= kinds["reordered"]
+
+    plain = cli("twin", "feed", "verify", twin, "level-sensor-1", "--home", home(consortium, MAINTAINER))
+    assert plain.returncode == 1 and "differs from the on-chain checkpoint" in plain.stdout
+    assert plain.stderr.startswith("error: feed ") and plain.stderr.count("\n") == 1
+
+
+async def _all_updates(client: StoreClient, feed: bytes) -> list[FeedUpdate]:
+    acl = await client.get_acl(feed)
+    return await client.feed_updates(acl)

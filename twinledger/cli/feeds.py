@@ -1,0 +1,355 @@
+"""``twinledger twin feed …``: sensor feeds in the off-chain store, attached to components.
+
+Samples are encrypted here with the feed's data key and appended as owner-signed updates;
+reading, following and verifying happen here too, so no node sees a sample value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import math
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from twinledger.cli.common import Home, Json, KeyFile, client, command, err, kv_table, out, print_json, signer, transact
+from twinledger.cli.storage import organisation_key, with_store
+from twinledger.cli.twins import Readers, Ref, Wait, _recipients, _twin, _write, feed_app
+from twinledger.config import NodeConfig
+from twinledger.errors import TwinledgerError
+from twinledger.store.client import StoreClient
+from twinledger.store.documents import data_key
+from twinledger.store.feeds import (
+    CHECKPOINT_EVERY,
+    MAX_SEGMENT_SAMPLES,
+    Checkpoint,
+    FeedReader,
+    FeedReport,
+    FeedWriter,
+    Sample,
+    Segment,
+    create_feed,
+    feed_reference,
+    parse_feed_reference,
+    verify_feed,
+)
+from twinledger.store.records import AccessDenied, FeedUpdate
+
+Component = Annotated[str, typer.Argument(help="AML component id of the sensor.")]
+TimeOption = Annotated[str | None, typer.Option(help="Seconds since the epoch or an ISO 8601 time (UTC if no zone).")]
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def parse_time(text: str) -> int:
+    """Microseconds since the epoch from seconds since the epoch or an ISO 8601 time."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise TwinledgerError(f"{text[:40]!r} is neither seconds since the epoch nor an ISO 8601 time",
+                                  code="bad_time") from None  # fmt: skip
+        seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(seconds) or not 0 <= seconds < 1 << 33:
+        raise TwinledgerError(f"{text[:40]!r} is not a time between 1970 and 2242", code="bad_time")
+    return round(seconds * 1_000_000)
+
+
+def show_time(microseconds: int) -> str:
+    return datetime.fromtimestamp(microseconds / 1_000_000, UTC).isoformat(timespec="milliseconds")
+
+
+def sparkline(values: list[float], width: int = 72) -> str:
+    """The values' shape in one line: the mean of each of ``width`` buckets."""
+    if not values:
+        return ""
+    size = math.ceil(len(values) / width)
+    means = [sum(bucket) / len(bucket) for bucket in (values[i : i + size] for i in range(0, len(values), size))]
+    low, high = min(means), max(means)
+    span = (high - low) or 1.0
+    return "".join(SPARK[min(len(SPARK) - 1, int((m - low) / span * len(SPARK)))] for m in means)
+
+
+def _feed_of(home: Path, ref: str, component: str) -> tuple[dict[str, Any], bytes, list[Checkpoint]]:
+    """The chain's entry for the component's feed, its store id, and its checkpoints."""
+    view = client(home).request("GET", f"/v1/twins/{ref}/feeds/{component}/checkpoints")
+    feed = parse_feed_reference(view["feed"]["reference"])
+    return view["feed"], feed, [Checkpoint(c["sequence"], bytes.fromhex(c["head"])) for c in view["checkpoints"]]
+
+
+def _update_view(update: FeedUpdate) -> dict[str, Any]:
+    return {"sequence": update.sequence, "time": update.time, "samples": update.samples, "first": update.first,
+            "last": update.last, "hash": update.hash.hex(), "segment": update.segment.hex()}  # fmt: skip
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+@feed_app.command("add")
+@command
+def feed_add(
+    ref: Ref,
+    component: Component,
+    home: Home,
+    topic: Annotated[str | None, typer.Option(help="The feed's topic (default: TWIN/COMPONENT); with the owner key "
+                                                   "it names the feed.")] = None,  # fmt: skip
+    reference: Annotated[str | None, typer.Option(help="Attach a feed kept elsewhere (any URI) instead of "
+                                                       "creating one in the store.")] = None,  # fmt: skip
+    reader: Readers = [],  # noqa: B006
+    description: Annotated[str, typer.Option(help="What the feed carries.")] = "",
+    key: KeyFile = None,
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
+    """Create an encrypted sensor feed in the store and attach it to a component.
+
+    Only this key can append to it; the readers get its data key sealed to them."""
+    view = _twin(home, ref)
+    if reference is None:
+        owner = signer(home, key)
+
+        async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> bytes:
+            recipients = _recipients(view, members, reader, config.organisation)
+            acl = await create_feed(store, owner, config.organisation, organisation_key(config),
+                                    topic or f"{view['id']}/{component}", recipients)  # fmt: skip
+            return acl.item
+
+        reference = feed_reference(with_store(home, work))
+    args = {"twin": view["id"], "component": component, "reference": reference, "description": description}
+    _write(home, key, "add_feed", args, wait, as_json, f"feed {reference} attached to {component}")
+
+
+@feed_app.command("remove")
+@command
+def feed_remove(ref: Ref, component: Component, home: Home, key: KeyFile = None, wait: Wait = True,
+                as_json: Json = False) -> None:  # fmt: skip
+    """Detach a component's sensor feed (its data and checkpoints stay)."""
+    _write(home, key, "remove_feed", {"twin": _twin(home, ref)["id"], "component": component}, wait, as_json,
+           f"feed of {component} removed")  # fmt: skip
+
+
+def _read_samples(source: Path) -> Iterator[tuple[int, Sample]]:
+    """(line number, sample) of a CSV file of ``time,value`` lines; '-' is stdin."""
+    stream = sys.stdin if str(source) == "-" else source.open(newline="")
+    try:
+        previous = -1
+        for number, row in enumerate(csv.reader(stream), start=1):
+            if not row or (number == 1 and row[0].strip().lower() == "time"):
+                continue
+            if len(row) != 2:
+                raise TwinledgerError(f"line {number}: expected time,value, got {len(row)} field(s)", code="bad_sample")
+            try:
+                value = float(row[1])
+                moment = parse_time(row[0])
+            except (ValueError, TwinledgerError) as exc:
+                detail = exc.message if isinstance(exc, TwinledgerError) else f"{row[1][:40]!r} is not a number"
+                raise TwinledgerError(f"line {number}: {detail}", code="bad_sample") from None
+            if moment < previous:
+                raise TwinledgerError(f"line {number}: samples must be in time order", code="bad_sample")
+            previous = moment
+            yield number, (moment, value)
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def _segments(samples: list[Sample], seconds: float) -> Iterator[list[Sample]]:
+    """Consecutive samples grouped into windows of ``seconds`` of sample time."""
+    window = max(1, round(seconds * 1_000_000))
+    batch: list[Sample] = []
+    for sample in samples:
+        if batch and (sample[0] - batch[0][0] >= window or len(batch) == MAX_SEGMENT_SAMPLES):
+            yield batch
+            batch = []
+        batch.append(sample)
+    if batch:
+        yield batch
+
+
+@feed_app.command("push")
+@command
+def feed_push(
+    ref: Ref,
+    component: Component,
+    source: Annotated[Path, typer.Argument(help="CSV of time,value lines (time in seconds since the epoch or ISO "
+                                                "8601); - for stdin.", allow_dash=True)],  # fmt: skip
+    home: Home,
+    segment_seconds: Annotated[float, typer.Option(help="Sample time per segment.", min=0.001)] = 1.0,
+    checkpoint_every: Annotated[int, typer.Option(help="Updates between on-chain checkpoints.", min=1)] = CHECKPOINT_EVERY,
+    key: KeyFile = None,
+    as_json: Json = False,
+) -> None:
+    """Append samples to the component's feed, encrypted, and checkpoint its head on chain.
+
+    The whole file is checked before anything is appended."""
+    if str(source) != "-" and not source.is_file():
+        raise TwinledgerError(f"no file {source}", code="no_file")
+    samples = [sample for _, sample in _read_samples(source)]
+    if not samples:
+        raise TwinledgerError(f"{source} holds no samples", code="bad_sample")
+    entry, feed, _ = _feed_of(home, ref, component)
+    owner = signer(home, key)
+    twin = _twin(home, ref)["id"]
+
+    async def checkpoint(head: FeedUpdate) -> None:
+        await asyncio.to_thread(transact, home, key, "twins", "checkpoint_feed",
+                                {"twin": twin, "component": component, "sequence": head.sequence, "head": head.hash})  # fmt: skip
+
+    async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> list[FeedUpdate]:
+        writer = await FeedWriter.open(store, owner, config.organisation, organisation_key(config), feed,
+                                       checkpoint, checkpoint_every)  # fmt: skip
+        written: list[FeedUpdate] = []
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} samples"),
+                            TimeRemainingColumn(), console=err, transient=True,
+                            disable=as_json or not err.is_terminal)  # fmt: skip
+        with progress:
+            task = progress.add_task(f"appending to {component}", total=len(samples))
+            for batch in _segments(samples, segment_seconds):
+                writer.extend(batch)
+                written += await writer.flush()
+                progress.advance(task, len(batch))
+            await writer.close()
+        return written
+
+    written = with_store(home, work)
+    summary = {"feed": feed.hex(), "component": entry["component"], "samples": len(samples), "updates": len(written),
+               "first_sequence": written[0].sequence, "last_sequence": written[-1].sequence,
+               "head": written[-1].hash.hex()}  # fmt: skip
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(f"appended {len(samples):,} samples in {len(written)} segment(s) (updates {written[0].sequence} to "
+                  f"{written[-1].sequence}); head {written[-1].hash.hex()[:16]}… checkpointed on chain",
+                  highlight=False)  # fmt: skip
+
+
+@feed_app.command("read")
+@command
+def feed_read(
+    ref: Ref,
+    component: Component,
+    home: Home,
+    after: Annotated[int, typer.Option(help="Start after this update sequence number.", min=-1)] = -1,
+    since: TimeOption = None,
+    until: TimeOption = None,
+    latest: Annotated[bool, typer.Option("--latest", help="Only the newest segment.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Fetch, verify and decrypt a feed's history (optionally a time range) and plot it."""
+    _, feed, _ = _feed_of(home, ref, component)
+    start, end = (parse_time(t) if t is not None else None for t in (since, until))
+
+    async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> list[Segment]:
+        reader = await FeedReader.open(store, feed, config.organisation, organisation_key(config))
+        if latest:
+            newest = await reader.latest()
+            return [newest] if newest is not None else []
+        return [segment async for segment in reader.history(after, since=start, until=end)]
+
+    segments = with_store(home, work)
+    samples = [s for segment in segments for s in segment.samples
+               if (start is None or s[0] >= start) and (end is None or s[0] <= end)]  # fmt: skip
+    if as_json:
+        print_json({"feed": feed.hex(), "updates": [_update_view(s.update) for s in segments],
+                    "samples": [[t, v] for t, v in samples]})  # fmt: skip
+        return
+    if not samples:
+        out.print(f"feed {feed.hex()[:16]}… holds no samples there", highlight=False)
+        return
+    values = [v for _, v in samples]
+    out.print(kv_table(f"feed of {component}", [
+        ("feed", feed.hex()), ("updates", f"{segments[0].update.sequence} to {segments[-1].update.sequence}"),
+        ("samples", f"{len(samples):,}"), ("from", show_time(samples[0][0])), ("to", show_time(samples[-1][0])),
+        ("min / mean / max", f"{min(values):.6g} / {sum(values) / len(values):.6g} / {max(values):.6g}"),
+    ]))  # fmt: skip
+    out.print(sparkline(values), highlight=False)
+    table = Table("time (UTC)", "value", title="newest samples", title_justify="left")
+    for moment, value in samples[-10:]:
+        table.add_row(show_time(moment), f"{value:.6g}")
+    out.print(table)
+
+
+@feed_app.command("follow")
+@command
+def feed_follow(
+    ref: Ref,
+    component: Component,
+    home: Home,
+    after: Annotated[int | None, typer.Option(help="Start after this update (default: the current head).",
+                                              min=-1)] = None,  # fmt: skip
+    count: Annotated[int | None, typer.Option(help="Stop after this many segments.", min=1)] = None,
+    as_json: Json = False,
+) -> None:
+    """Print new segments as they arrive (one JSON object per line with --json)."""
+    _, feed, _ = _feed_of(home, ref, component)
+
+    async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> None:
+        reader = await FeedReader.open(store, feed, config.organisation, organisation_key(config))
+        start = after
+        if start is None:
+            head = await store.feed_head(reader.acl)
+            start = head.sequence if head is not None else -1
+        seen = 0
+        async for segment in reader.follow(start):
+            if as_json:
+                sys.stdout.write(json.dumps({**_update_view(segment.update),
+                                             "values": [[t, v] for t, v in segment.samples]}) + "\n")  # fmt: skip
+                sys.stdout.flush()
+            else:
+                last_time, last_value = segment.samples[-1]
+                out.print(f"update {segment.update.sequence}: {len(segment.samples):,} samples, last "
+                          f"{last_value:.6g} at {show_time(last_time)}", highlight=False)  # fmt: skip
+            seen += 1
+            if count is not None and seen >= count:
+                return
+
+    with_store(home, work)
+
+
+def _report_view(report: FeedReport) -> dict[str, Any]:
+    return {"feed": report.feed.hex(), "intact": report.intact, "updates": report.updates,
+            "checkpoints": report.checkpoints, "segments_opened": report.segments_opened,
+            "replicas": report.replicas, "behind": report.behind,
+            "problems": [{"kind": p.kind, "sequence": p.sequence, "node": p.node, "detail": p.detail}
+                         for p in report.problems]}  # fmt: skip
+
+
+@feed_app.command("verify")
+@command
+def feed_verify(ref: Ref, component: Component, home: Home, as_json: Json = False) -> None:
+    """Check the feed's whole history on every replica against its on-chain checkpoints;
+    reports deleted, altered and reordered updates and segments. Exits 1 if any."""
+    entry, feed, checkpoints = _feed_of(home, ref, component)
+
+    async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> FeedReport:
+        acl = await store.get_acl(feed)
+        try:
+            secret: bytes | None = data_key(acl, config.organisation, organisation_key(config))
+        except AccessDenied:
+            secret = None
+        return await verify_feed(store, feed, checkpoints, bytes.fromhex(entry["owner"]), secret)
+
+    report = with_store(home, work)
+    if as_json:
+        print_json(_report_view(report))
+    else:
+        state = "intact" if report.intact else f"{len(report.problems)} problem(s)"
+        out.print(f"feed {feed.hex()[:16]}…: {report.updates} update(s), {report.checkpoints} checkpoint(s), "
+                  f"replicas {', '.join(report.replicas)}: {state}", highlight=False)  # fmt: skip
+        for label, head in report.behind.items():
+            out.print(f"  {label} is behind at update {head} (repair brings it up)", highlight=False)
+        for problem in report.problems:
+            where = f" on {problem.node}" if problem.node else ""
+            out.print(f"  {problem.kind}{where}: {problem.detail}", highlight=False)
+    if not report.intact:
+        raise TwinledgerError(f"feed {feed.hex()[:16]}… failed verification: "
+                              f"{', '.join(sorted({p.kind for p in report.problems}))}", code="feed_damaged")  # fmt: skip

@@ -1,0 +1,459 @@
+"""Sensor feeds: signed, hash-linked updates pointing at encrypted segments of samples.
+
+A feed is an item named by its owner key and topic (Dietz et al. §4.3, feeds as in
+Swarm). Its owner batches samples into *segments*: 16-byte samples (a microsecond
+timestamp and a float64 value), sealed with AES-256-GCM under the feed's data key and
+stored as chunks. Each segment gets an owner-signed ``FeedUpdate`` with the next
+sequence number, a later time and the hash of the update before; store nodes append
+only updates that follow their head, so history is one chain. Now and then the owner
+records the head on chain (a checkpoint), after which no one, the owner included, can
+rewrite what came before without ``verify_feed`` noticing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from twinledger.crypto.keys import EncryptionKey, SigningKey
+from twinledger.crypto.seal import DecryptionFailed
+from twinledger.store.client import StoreClient
+from twinledger.store.documents import data_key, new_acl
+from twinledger.store.placement import StoreNode
+from twinledger.store.records import (
+    CHUNK_SIZE,
+    FeedUpdate,
+    ItemAcl,
+    StoreError,
+    chunk_hash,
+    decode_feed_update,
+    item_id,
+    key_commitment,
+)
+
+SAMPLE = struct.Struct("<qd")
+"""A sample: microseconds since the epoch and a float64 value (16 bytes)."""
+NONCE_SIZE = 12
+MAX_SEGMENT_SAMPLES = (CHUNK_SIZE - NONCE_SIZE - 16) // SAMPLE.size
+SEGMENT_AAD = b"twinledger/store/feed-segment/v1"
+REFERENCE = re.compile(r"^store:([0-9a-f]{64})$")
+VERIFY_IN_FLIGHT = 16
+CHECKPOINT_EVERY = 60
+"""Updates between on-chain checkpoints: once a minute with 1 s segments."""
+
+Sample = tuple[int, float]
+Checkpointer = Callable[[FeedUpdate], Awaitable[None]]
+"""Records (feed, sequence, head hash) on chain; the writer calls it every few updates."""
+
+
+def feed_reference(item: bytes) -> str:
+    """What the specification contract records for a store feed."""
+    return f"store:{item.hex()}"
+
+
+def parse_feed_reference(reference: str) -> bytes:
+    match = REFERENCE.match(reference)
+    if match is None:
+        raise StoreError(f"{reference[:80]!r} is not a store feed reference (store:<feed id>)", code="not_stored")
+    return bytes.fromhex(match[1])
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+async def create_feed(store: StoreClient, owner: SigningKey, organisation: str, key: EncryptionKey, topic: str,
+                      recipients: Mapping[str, bytes]) -> ItemAcl:  # fmt: skip
+    """``owner``'s feed on ``topic`` (its id is hash(owner key, topic)), readable by
+    ``recipients`` (organisation → X25519 key) and the owner's organisation; an existing
+    feed of the same owner and topic is returned as it is."""
+    item = item_id(owner.public, "feed", topic.encode())
+    try:
+        return await store.get_acl(item)
+    except StoreError as exc:
+        if exc.code != "not_found":
+            raise
+    acl = new_acl(owner, organisation, "feed", topic.encode(), os.urandom(32), {**recipients, organisation: key.public})
+    await store.put_acl(acl)
+    return acl
+
+
+# -- segments --------------------------------------------------------------------------------------
+
+
+def _segment_aad(feed: bytes, sequence: int) -> bytes:
+    """Binds a segment to its feed and place: a store cannot move it to another update."""
+    return SEGMENT_AAD + feed + sequence.to_bytes(8, "big")
+
+
+def seal_segment(secret: bytes, feed: bytes, sequence: int, samples: Sequence[Sample]) -> bytes:
+    """A random nonce per segment: a writer that crashes and seals sequence n again with
+    other samples must never reuse a nonce under the feed's key."""
+    if not 0 < len(samples) <= MAX_SEGMENT_SAMPLES:
+        raise StoreError(f"a segment holds 1 to {MAX_SEGMENT_SAMPLES} samples, not {len(samples)}",
+                         code="bad_segment")  # fmt: skip
+    nonce = os.urandom(NONCE_SIZE)
+    plain = b"".join([SAMPLE.pack(t, v) for t, v in samples])
+    return nonce + AESGCM(secret).encrypt(nonce, plain, _segment_aad(feed, sequence))
+
+
+def open_segment(secret: bytes, update: FeedUpdate, data: bytes) -> list[Sample]:
+    """The samples of ``update``'s segment; DecryptionFailed if anything does not match."""
+    if chunk_hash(data) != update.segment:
+        raise DecryptionFailed()
+    try:
+        plain = AESGCM(secret).decrypt(data[:NONCE_SIZE], data[NONCE_SIZE:], _segment_aad(update.feed, update.sequence))
+    except (InvalidTag, ValueError):
+        raise DecryptionFailed() from None
+    if len(plain) != update.samples * SAMPLE.size:
+        raise DecryptionFailed()
+    return list(SAMPLE.iter_unpack(plain))
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+class FeedWriter:
+    """Appends segments to one feed. Samples given to ``add`` are sealed by ``flush``
+    (call it every segment period, or use ``run``). A segment whose update did not reach
+    a write quorum is kept, as signed, and sent again first: retrying never forks the
+    feed, and a failed flush loses no sample."""
+
+    def __init__(self, store: StoreClient, owner: SigningKey, acl: ItemAcl, secret: bytes, head: FeedUpdate | None,
+                 checkpoint: Checkpointer | None = None, checkpoint_every: int = CHECKPOINT_EVERY) -> None:  # fmt: skip
+        self.store = store
+        self.owner = owner
+        self.acl = acl
+        self.secret = secret
+        self.head = head
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
+        self.checkpointed = head.sequence if head is not None else -1
+        self._pending: list[Sample] = []
+        self._unsent: list[tuple[FeedUpdate, bytes]] = []
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, store: StoreClient, owner: SigningKey, organisation: str, key: EncryptionKey, feed: bytes,
+                   checkpoint: Checkpointer | None = None, checkpoint_every: int = CHECKPOINT_EVERY) -> FeedWriter:  # fmt: skip
+        """The writer of ``owner``'s ``feed``, continuing from the newest stored head."""
+        acl = await store.get_acl(feed)
+        if acl.kind != "feed" or acl.owner != owner.public:
+            raise StoreError(f"item {feed.hex()[:16]}… is not a feed of this key; only its owner appends",
+                             code="not_item_owner")  # fmt: skip
+        return cls(store, owner, acl, data_key(acl, organisation, key), await store.feed_head(acl),
+                   checkpoint, checkpoint_every)  # fmt: skip
+
+    @property
+    def feed(self) -> bytes:
+        return self.acl.item
+
+    @property
+    def pending(self) -> int:
+        """Samples not yet on a write quorum."""
+        return len(self._pending) + sum(update.samples for update, _ in self._unsent)
+
+    def add(self, sample_time: int, value: float) -> None:
+        self._pending.append((sample_time, value))
+
+    def extend(self, samples: Iterable[Sample]) -> None:
+        self._pending.extend(samples)
+
+    async def flush(self) -> list[FeedUpdate]:
+        """Seal what was added into segments and append them; returns the new updates.
+        Raises if a segment found no write quorum (it stays queued)."""
+        async with self._lock:
+            while self._pending:
+                batch = self._pending[:MAX_SEGMENT_SAMPLES]
+                self._unsent.append(self._sealed(batch))
+                del self._pending[: len(batch)]
+            written = []
+            while self._unsent:
+                update, segment = self._unsent[0]
+                await self.store.put_chunk(self.feed, segment, self.acl)
+                await self.store.put_feed_update(self.acl, update)
+                self._unsent.pop(0)
+                written.append(update)
+            if written and self.checkpoint is not None and self.head is not None \
+                    and self.head.sequence - self.checkpointed >= self.checkpoint_every:  # fmt: skip
+                await self.record_checkpoint()
+            return written
+
+    def _sealed(self, samples: list[Sample]) -> tuple[FeedUpdate, bytes]:
+        """The next update with its segment; it becomes the head at once, so the segment
+        after it links to it even before both are written."""
+        head = self.head
+        sequence = head.sequence + 1 if head is not None else 0
+        segment = seal_segment(self.secret, self.feed, sequence, samples)
+        times = [t for t, _ in samples]
+        update = FeedUpdate(self.feed, sequence, max(now_us(), head.time + 1 if head is not None else 0),
+                            head.hash if head is not None else bytes(32), chunk_hash(segment), len(samples),
+                            min(times), max(times), key_commitment(self.secret)).signed(self.owner)  # fmt: skip
+        self.head = update
+        return update, segment
+
+    async def record_checkpoint(self) -> None:
+        """Record the head on chain now (also done every ``checkpoint_every`` updates)."""
+        if self.checkpoint is None or self.head is None or self._unsent or self.head.sequence == self.checkpointed:
+            return
+        await self.checkpoint(self.head)
+        self.checkpointed = self.head.sequence
+
+    async def run(self, period: float = 1.0, errors: Callable[[StoreError], None] | None = None) -> None:
+        """Flush every ``period`` seconds until cancelled; a failed flush is reported to
+        ``errors`` and retried at the next period."""
+        deadline = time.monotonic()
+        while True:
+            deadline += period
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            try:
+                await self.flush()
+            except StoreError as exc:
+                if errors is None:
+                    raise
+                errors(exc)
+
+    async def close(self) -> None:
+        """Flush what is left and checkpoint the head."""
+        await self.flush()
+        await self.record_checkpoint()
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Segment:
+    update: FeedUpdate
+    samples: list[Sample]
+
+
+class FeedReader:
+    """Reads a feed as one of its reader organisations: updates checked against the
+    owner's signature and each other, segments against their hash and key."""
+
+    def __init__(self, store: StoreClient, acl: ItemAcl, secret: bytes) -> None:
+        self.store, self.acl, self.secret = store, acl, secret
+        self._commitment = key_commitment(secret)
+
+    @classmethod
+    async def open(cls, store: StoreClient, feed: bytes, organisation: str, key: EncryptionKey) -> FeedReader:
+        acl = await store.get_acl(feed)
+        if acl.kind != "feed":
+            raise StoreError(f"item {feed.hex()[:16]}… is a {acl.kind}, not a feed", code="not_a_feed")
+        return cls(store, acl, data_key(acl, organisation, key))
+
+    async def segment(self, update: FeedUpdate) -> Segment:
+        if update.key_commitment != self._commitment:
+            raise StoreError(f"update {update.sequence} is sealed under a data key this reader does not hold",
+                             code="wrong_key")  # fmt: skip
+        return Segment(update, open_segment(self.secret, update, await self.store.get_chunk(self.acl.item,
+                                                                                            update.segment)))  # fmt: skip
+
+    async def history(self, after: int = -1, until_sequence: int | None = None, since: int | None = None,
+                      until: int | None = None) -> AsyncIterator[Segment]:  # fmt: skip
+        """Segments after sequence ``after`` (up to ``until_sequence``), or those whose
+        samples overlap [``since``, ``until``] microseconds, oldest first."""
+        while True:
+            updates = await self.store.feed_updates(self.acl, after, since=since, until=until)
+            if not updates:
+                return
+            for update in updates:
+                if until_sequence is not None and update.sequence > until_sequence:
+                    return
+                yield await self.segment(update)
+            after = updates[-1].sequence
+
+    async def latest(self) -> Segment | None:
+        head = await self.store.feed_head(self.acl)
+        return await self.segment(head) if head is not None else None
+
+    async def follow(self, after: int = -1, wait: float = 15.0) -> AsyncIterator[Segment]:
+        """Segments after ``after`` as they arrive (a long poll on the feed's replica:
+        the store answers the moment an update lands)."""
+        while True:
+            for update in await self.store.feed_updates(self.acl, after, wait=wait):
+                yield await self.segment(update)
+                after = update.sequence
+
+
+# -- verifying -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    sequence: int
+    head: bytes
+
+
+@dataclass(frozen=True)
+class FeedProblem:
+    kind: str
+    """deleted, altered, reordered, forged, segment missing, segment altered, unreachable."""
+    sequence: int
+    """-1 when the problem is not about one update."""
+    node: str
+    """The store node it was found on; empty when every replica shows it."""
+    detail: str
+
+
+@dataclass
+class FeedReport:
+    feed: bytes
+    updates: int = 0
+    checkpoints: int = 0
+    segments_opened: bool = False
+    """Whether segments were also decrypted (the verifier is a reader)."""
+    replicas: list[str] = field(default_factory=list)
+    behind: dict[str, int] = field(default_factory=dict)
+    """Replicas whose head is older than the feed's (repair brings them up); not a problem."""
+    problems: list[FeedProblem] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+
+async def verify_feed(store: StoreClient, feed: bytes, checkpoints: Sequence[Checkpoint], owner: bytes | None = None,
+                      secret: bytes | None = None) -> FeedReport:  # fmt: skip
+    """Check the whole history of ``feed`` against the on-chain ``checkpoints``.
+
+    Every replica's updates are read; what survives on any replica counts, so a problem is
+    one no repair can fix: a sequence no replica holds (deleted), an update whose signature
+    fails, that two replicas disagree on or that differs from a checkpoint (altered), an
+    update not linked to the one before (reordered), a segment no replica serves intact.
+    ``owner`` is the key the chain says attached the feed; with the feed's ``secret`` each
+    segment is also opened, which finds one moved to another place in the history."""
+    acl = await store.get_acl(feed)
+    report = FeedReport(feed, checkpoints=len(checkpoints), segments_opened=secret is not None)
+    if owner is not None and acl.owner != owner:
+        report.problems.append(FeedProblem("forged", -1, "", "the feed's updates are signed by another key than "
+                                                             "the one that attached it on chain"))  # fmt: skip
+    versions: dict[int, dict[bytes, FeedUpdate]] = {}
+    heads: dict[str, int] = {}
+    for node in store.replicas(feed):
+        report.replicas.append(node.label)
+        try:
+            history = await _replica_history(store, node, acl, report)
+        except StoreError as exc:
+            report.problems.append(FeedProblem("unreachable", -1, node.label, exc.message))
+            continue
+        heads[node.label] = max(history, default=-1)
+        for sequence, update in history.items():
+            versions.setdefault(sequence, {})[update.hash] = update
+    last = max([-1, *heads.values(), *(c.sequence for c in checkpoints)])
+    report.behind = {label: head for label, head in heads.items() if head < last}
+    pinned = {c.sequence: c.head for c in checkpoints}
+    chain = _chain(versions, last, pinned, report)
+    report.updates = len(chain)
+    ordered = [chain[sequence] for sequence in sorted(chain)]
+    for start in range(0, len(ordered), VERIFY_IN_FLIGHT):
+        found = await asyncio.gather(*(_segment_problem(store, acl, update, secret)
+                                       for update in ordered[start : start + VERIFY_IN_FLIGHT]))  # fmt: skip
+        report.problems.extend(problem for problem in found if problem is not None)
+    return report
+
+
+def _chain(versions: dict[int, dict[bytes, FeedUpdate]], last: int, pinned: Mapping[int, bytes],
+           report: FeedReport) -> dict[int, FeedUpdate]:  # fmt: skip
+    """One update per sequence (the checkpointed one where replicas disagree), with the
+    gaps, disagreements, broken links and checkpoint mismatches reported."""
+    chain: dict[int, FeedUpdate] = {}
+    missing = []
+    for sequence in range(last + 1):
+        found = versions.get(sequence, {})
+        if not found:
+            missing.append(sequence)
+            continue
+        if len(found) > 1:
+            report.problems.append(FeedProblem("altered", sequence, "", f"replicas hold {len(found)} different "
+                                                                        f"updates {sequence}"))  # fmt: skip
+        chain[sequence] = found.get(pinned.get(sequence, b""), next(iter(found.values())))
+        if sequence in pinned and chain[sequence].hash != pinned[sequence]:
+            report.problems.append(FeedProblem("altered", sequence, "", f"update {sequence} differs from the "
+                                                                        "on-chain checkpoint"))  # fmt: skip
+    for start, end in _runs(missing):
+        span = f"update {start} is" if start == end else f"updates {start} to {end} are"
+        report.problems.append(FeedProblem("deleted", start, "", f"{span} on no replica"))
+    for sequence, update in sorted(chain.items()):
+        before = chain.get(sequence - 1)
+        if before is not None and (update.previous != before.hash or update.time <= before.time):
+            report.problems.append(FeedProblem("reordered", sequence, "", f"update {sequence} does not follow "
+                                                                          f"update {sequence - 1}"))  # fmt: skip
+    return chain
+
+
+async def _replica_history(store: StoreClient, node: StoreNode, acl: ItemAcl,
+                           report: FeedReport) -> dict[int, FeedUpdate]:  # fmt: skip
+    """Every update ``node`` serves that verifies on its own; one that does not (a bad
+    signature, another feed, a sequence twice) is reported as altered on that node."""
+    history: dict[int, FeedUpdate] = {}
+    after = -1
+    while True:
+        answer = await store.request(node, "feed_get", {"feed": acl.item, "after": after})
+        raws = answer.get("updates")
+        if not isinstance(raws, list) or not raws:
+            return history
+        for position, raw in enumerate(raws):
+            try:
+                update = decode_feed_update(raw, acl.owner)
+            except StoreError as exc:
+                report.problems.append(FeedProblem("altered", after + 1 + position, node.label, exc.message))
+                continue
+            if update.feed != acl.item or update.sequence in history:
+                report.problems.append(FeedProblem("altered", update.sequence, node.label,
+                                                   "an update of another feed or a second one with this sequence"))  # fmt: skip
+                continue
+            history[update.sequence] = update
+        after = max(after + len(raws), max(history, default=after))
+
+
+def _runs(numbers: list[int]) -> Iterable[tuple[int, int]]:
+    """Consecutive runs of sorted ``numbers`` as (first, last)."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return [(first, last) for first, last in runs]
+
+
+async def _segment_problem(store: StoreClient, acl: ItemAcl, update: FeedUpdate,
+                           secret: bytes | None) -> FeedProblem | None:  # fmt: skip
+    """Whether some replica still serves ``update``'s segment intact (a store node repairs
+    a damaged copy from another replica before answering)."""
+    codes: set[str] = set()
+    for node in store.replicas(update.segment):
+        try:
+            answer = await store.request(node, "get", {"item": acl.item, "hash": update.segment})
+        except StoreError as exc:
+            codes.add(exc.code)
+            continue
+        data = answer.get("data")
+        if not isinstance(data, bytes) or chunk_hash(data) != update.segment:
+            codes.add("corrupt_chunk")
+            continue
+        if secret is not None and update.key_commitment == key_commitment(secret):
+            try:
+                open_segment(secret, update, data)
+            except DecryptionFailed:
+                return FeedProblem("reordered", update.sequence, "", f"the segment of update {update.sequence} was "
+                                                                     "sealed for another place in the feed")  # fmt: skip
+        return None
+    if codes <= {"not_found"}:
+        return FeedProblem("segment missing", update.sequence, "", f"the segment of update {update.sequence} is on "
+                                                                   "no replica")  # fmt: skip
+    if "corrupt_chunk" in codes:
+        return FeedProblem("segment altered", update.sequence, "", f"the segment of update {update.sequence} no "
+                                                                   "longer matches its hash on any replica")  # fmt: skip
+    return FeedProblem("unreachable", update.sequence, "", f"no replica of the segment of update {update.sequence} "
+                                                           f"answered ({', '.join(sorted(codes))})")  # fmt: skip

@@ -369,3 +369,41 @@ def test_feed_verify_finds_altered_deleted_and_reordered_history(consortium, tmp
 async def _all_updates(client: StoreClient, feed: bytes) -> list[FeedUpdate]:
     acl = await client.get_acl(feed)
     return await client.feed_updates(acl)
+
+
+def test_the_owner_shares_and_unshares_feeds_and_documents(consortium, tmp_path):
+    twin, feed = new_feed(consortium, "maintainer")
+    push(consortium, twin, samples_csv(tmp_path / "s.csv", 300))
+
+    def reads(i: int) -> subprocess.CompletedProcess[str]:
+        return cli("twin", "feed", "read", twin, "level-sensor-1", "--json", "--home", home(consortium, i))
+
+    assert reads(AUDITOR).returncode == 1
+    shared = ok("twin", "feed", "share", twin, "level-sensor-1", "auditor", "--home", home(consortium, OWNER))
+    assert shared["readers"] == ["auditor", "maintainer", "owner"] and shared["versions"] == [2]
+    assert len(json.loads(reads(AUDITOR).stdout)["samples"]) == 300  # the history written before, too
+    ok("twin", "feed", "unshare", twin, "level-sensor-1", "maintainer", "--home", home(consortium, OWNER))
+    refused = reads(MAINTAINER)
+    assert refused.returncode == 1 and "not a reader" in refused.stderr
+
+    for args, message in ((("unshare", "owner", OWNER), "always reads"), (("unshare", "manufacturer", OWNER),
+                          "not a reader"), (("share", "nobody", OWNER), "no member organisation is named nobody"),
+                          (("share", "manufacturer", AUDITOR), "only the owner")):  # fmt: skip
+        verb, organisation, who = args
+        done = cli("twin", "feed", verb, twin, "level-sensor-1", organisation, "--home", home(consortium, who))
+        assert done.returncode == 1 and message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+    report = tmp_path / "report.bin"
+    report.write_bytes(b"maintenance report " * 1000)
+    added = ok("twin", "doc", "add", twin, str(report), "--reader", "maintainer", "--home", home(consortium, OWNER))
+
+    def fetch(i: int) -> int:
+        return cli("twin", "doc", "get", twin, added["document"], "-o", str(tmp_path / f"out-{i}.bin"),
+                   "--home", home(consortium, i)).returncode  # fmt: skip
+
+    assert fetch(AUDITOR) == 1
+    ok("twin", "doc", "share", twin, added["document"], "auditor", "--home", home(consortium, OWNER))
+    assert fetch(AUDITOR) == 0 and (tmp_path / f"out-{AUDITOR}.bin").read_bytes() == report.read_bytes()
+    unshared = cli("twin", "doc", "unshare", twin, added["document"], "auditor", "--home", home(consortium, OWNER))
+    assert unshared.returncode == 0 and "store a new version" in unshared.stdout
+    assert fetch(AUDITOR) == 1 and fetch(MAINTAINER) == 0

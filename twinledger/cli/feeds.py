@@ -22,7 +22,7 @@ from rich.table import Table
 
 from twinledger.cli.common import Home, Json, KeyFile, client, command, err, kv_table, out, print_json, signer, transact
 from twinledger.cli.storage import organisation_key, with_store
-from twinledger.cli.twins import Readers, Ref, Wait, _recipients, _twin, _write, feed_app
+from twinledger.cli.twins import Organisations, Readers, Ref, Wait, _recipients, _twin, _write, change_readers, feed_app
 from twinledger.config import NodeConfig
 from twinledger.errors import TwinledgerError
 from twinledger.store.client import StoreClient
@@ -135,6 +135,24 @@ def feed_remove(ref: Ref, component: Component, home: Home, key: KeyFile = None,
     """Detach a component's sensor feed (its data and checkpoints stay)."""
     _write(home, key, "remove_feed", {"twin": _twin(home, ref)["id"], "component": component}, wait, as_json,
            f"feed of {component} removed")  # fmt: skip
+
+
+@feed_app.command("share")
+@command
+def feed_share(ref: Ref, component: Component, organisations: Organisations, home: Home, key: KeyFile = None,
+               as_json: Json = False) -> None:  # fmt: skip
+    """Let more organisations read the component's feed, its history included."""
+    _, feed, _ = _feed_of(home, ref, component)
+    change_readers(home, key, [feed], organisations, [], f"shared the feed of {component}", as_json)
+
+
+@feed_app.command("unshare")
+@command
+def feed_unshare(ref: Ref, component: Component, organisations: Organisations, home: Home, key: KeyFile = None,
+                 as_json: Json = False) -> None:  # fmt: skip
+    """Take organisations off the feed's readers; store nodes refuse their reads from then on."""
+    _, feed, _ = _feed_of(home, ref, component)
+    change_readers(home, key, [feed], [], organisations, f"unshared the feed of {component}", as_json)
 
 
 def _read_samples(source: Path) -> Iterator[tuple[int, Sample]]:

@@ -312,13 +312,17 @@ def bench_network(
 @command
 def bench_store(
     size_mib: Annotated[int, typer.Option("--size-mib", help="Document size in MiB.", min=1)] = 256,
+    feed_rate: Annotated[int, typer.Option(help="Samples per second offered to the feed.", min=1)] = 100_000,
+    feed_seconds: Annotated[float, typer.Option(help="Seconds of samples per feed run.", min=1)] = 10.0,
     output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench/results/store.json"),
     as_json: Json = False,
 ) -> None:
-    """Three store nodes (r = 3): upload and download of one document, with the ceiling."""
+    """Three store nodes (r = 3): upload and download of one document, and a sensor feed
+    followed live (samples/s, sample-to-reader latency), each with its ceiling."""
     from twinledger.bench.store import run_store_benchmark
 
-    run_store_benchmark(size_mib=size_mib, output=output, as_json=as_json)
+    run_store_benchmark(size_mib=size_mib, output=output, as_json=as_json, feed_rate=feed_rate,
+                        feed_seconds=feed_seconds)  # fmt: skip
 
 
 @app.command("demo")

@@ -30,7 +30,9 @@ from twinledger.cli.storage import organisation_key, transfer_progress, with_sto
 from twinledger.config import NodeConfig, load_config
 from twinledger.errors import InvalidProof, TwinledgerError
 from twinledger.store.client import StoreClient
-from twinledger.store.documents import StoredDocument, download_document, upload_document
+from twinledger.store.documents import StoredDocument, download_document, parse_reference, upload_document
+from twinledger.store.documents import change_readers as store_change_readers
+from twinledger.store.records import ItemAcl
 
 twin_app = typer.Typer(no_args_is_help=True, help="Digital twins: specification, documents, feeds, programs, roles.")
 aml_app = typer.Typer(no_args_is_help=True, help="The twin's AutomationML specification and its versions.")
@@ -398,6 +400,63 @@ def doc_get(
     else:
         out.print(f"wrote {output} ({chosen['size']:,} bytes, version {number}, verified against the chain)",
                   highlight=False)  # fmt: skip
+
+
+Organisations = Annotated[list[str], typer.Argument(help="Member organisation names.")]
+
+
+def change_readers(home: Path, key: KeyFile, items: list[bytes], add: list[str], remove: list[str], what: str,
+                   as_json: bool) -> None:  # fmt: skip
+    """Publish new owner-signed ACL versions of ``items`` and report the readers now."""
+    owner = signer(home, key)
+
+    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> list[ItemAcl]:
+        keys = _recipients({"roles": {}}, members, add, config.organisation) if add else {}
+        added = {name: public for name, public in keys.items() if name in add}
+        return [await store_change_readers(store, owner, config.organisation, organisation_key(config), item, added,
+                                           remove) for item in items]  # fmt: skip
+
+    acls = with_store(home, work)
+    readers = sorted({r.organisation for acl in acls for r in acl.readers})
+    if as_json:
+        print_json({"items": [acl.item.hex() for acl in acls], "versions": [acl.version for acl in acls],
+                    "readers": readers})  # fmt: skip
+        return
+    out.print(f"{what}: readers now {', '.join(readers)} ({len(acls)} item(s))", highlight=False)
+    if remove:
+        out.print(f"store nodes refuse {', '.join(remove)} from now on; a copy taken before stays readable to it, "
+                  "so store a new version for data it must no longer read", highlight=False)  # fmt: skip
+
+
+def _version_items(entry: dict[str, Any], version: int | None) -> list[bytes]:
+    versions = entry["versions"] if version is None else entry["versions"][version - 1 : version]
+    if not versions:
+        raise TwinledgerError(f"document {entry['id'][:16]}… has {len(entry['versions'])} version(s), not {version}",
+                              code="unknown_version")  # fmt: skip
+    return [parse_reference(v["reference"])[0] for v in versions]
+
+
+@doc_app.command("share")
+@command
+def doc_share(ref: Ref, document: Annotated[str, typer.Argument(help="Document id (or a unique prefix).")],
+              organisations: Organisations, home: Home,
+              version: Annotated[int | None, typer.Option(help="Only this version (default: all).", min=1)] = None,
+              key: KeyFile = None, as_json: Json = False) -> None:  # fmt: skip
+    """Let more organisations read a document: its data key is sealed to each of them."""
+    entry = _document(_twin(home, ref), document)
+    change_readers(home, key, _version_items(entry, version), organisations, [], f"shared {entry['title']}", as_json)
+
+
+@doc_app.command("unshare")
+@command
+def doc_unshare(ref: Ref, document: Annotated[str, typer.Argument(help="Document id (or a unique prefix).")],
+                organisations: Organisations, home: Home,
+                version: Annotated[int | None, typer.Option(help="Only this version (default: all).", min=1)] = None,
+                key: KeyFile = None, as_json: Json = False) -> None:  # fmt: skip
+    """Take organisations off a document's readers; store nodes refuse their reads from then on."""
+    entry = _document(_twin(home, ref), document)
+    change_readers(home, key, _version_items(entry, version), [], organisations, f"unshared {entry['title']}",
+                   as_json)  # fmt: skip
 
 
 def _document(view: dict[str, Any], document: str) -> dict[str, Any]:

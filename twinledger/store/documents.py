@@ -15,8 +15,8 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -91,6 +91,30 @@ def data_key(acl: ItemAcl, organisation: str, key: EncryptionKey) -> bytes:
         raise StoreError(f"the data key is sealed to another key of {organisation} than this home holds",
                          code="wrong_key")  # fmt: skip
     return unseal(key, reader.sealed_key, sealed_key_context(acl.item))
+
+
+async def change_readers(client: StoreClient, owner: SigningKey, organisation: str, key: EncryptionKey, item: bytes,
+                         add: Mapping[str, bytes], remove: Collection[str]) -> ItemAcl:  # fmt: skip
+    """Publish the next version of ``item``'s ACL with the data key sealed to the ``add``
+    organisations (name → X25519 key) and without the ``remove`` ones. A removed reader
+    is refused by every store node from then on; what it fetched before, it keeps."""
+    acl = await client.get_acl(item)
+    if acl.owner != owner.public:
+        raise StoreError(f"only the owner of item {item.hex()[:16]}… changes its readers", code="not_item_owner")
+    if organisation in remove:
+        raise StoreError(f"the owner's organisation {organisation} always reads its items", code="bad_request")
+    unknown = sorted(set(remove) - {r.organisation for r in acl.readers})
+    if unknown:
+        raise StoreError(f"{', '.join(unknown)} cannot be removed: not a reader of item {item.hex()[:16]}…",
+                         code="not_a_reader")  # fmt: skip
+    secret = data_key(acl, organisation, key)
+    readers = {r.organisation: r for r in acl.readers if r.organisation not in remove}
+    for name, public in add.items():
+        readers[name] = Reader(name, public, seal(public, secret, sealed_key_context(item)))
+    changed = replace(acl, version=acl.version + 1, readers=tuple(readers[name] for name in sorted(readers)),
+                      issued=int(time.time() * 1000), signature=b"").signed(owner)  # fmt: skip
+    await client.put_acl(changed)
+    return changed
 
 
 def _nonce(index: int) -> bytes:

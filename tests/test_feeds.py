@@ -4,13 +4,11 @@ verified through the CLI; forged and replayed updates speak the store protocol."
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import sqlite3
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,50 +16,29 @@ from typing import Any
 
 import httpx
 import pytest
-import tomli_w
-from network_helpers import Network, make_network
+from network_helpers import Network
+from store_helpers import AUDITOR, MAINTAINER, ORGANISATIONS, OWNER, cli, home, ok, store_consortium, with_client
 
-from twinledger.cli.storage import store_client
+from twinledger.cli.storage import organisation_key
 from twinledger.config import load_config
 from twinledger.crypto.keys import SigningKey
-from twinledger.store.client import StoreClient
-from twinledger.store.feeds import parse_feed_reference, seal_segment
+from twinledger.errors import TwinledgerError
+from twinledger.store.client import StoreClient, linked_updates
+from twinledger.store.feeds import FeedWriter, parse_feed_reference, seal_segment
 from twinledger.store.records import FeedUpdate, ItemAcl, StoreError, chunk_hash
 
 PLANT = Path(__file__).parent.parent / "examples" / "bottling-plant.aml"
-MANUFACTURER, OWNER, MAINTAINER, AUDITOR = range(4)
 START = 1_790_000_000_000_000
 """Sample times (microseconds) of the pushed test data."""
 DEVICES = itertools.count(1)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "twinledger", *args], capture_output=True, text=True, timeout=180)
-
-
-def ok(*args: str) -> Any:
-    done = cli(*args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory) -> Iterator[Network]:
-    network = make_network(tmp_path_factory.mktemp("feeds") / "net")
-    for path in network.homes:  # repair passes run when a test asks, never in the middle of one
-        doc = tomllib.loads((path / "node.toml").read_text())
-        doc["storage"]["repair_interval"] = 0
-        (path / "node.toml").write_text(tomli_w.dumps(doc))
-    try:
-        for i in range(4):
-            network.start(i)
-        yield network
-    finally:
-        network.stop_all()
+    yield from store_consortium(tmp_path_factory.mktemp("feeds") / "net")
 
-
-def home(network: Network, i: int) -> str:
-    return str(network.homes[i])
 
 
 def new_feed(network: Network, *readers: str) -> tuple[str, bytes]:
@@ -85,16 +62,6 @@ def samples_csv(path: Path, count: int, start: int = START, rate: int = 100) -> 
 def push(network: Network, twin: str, path: Path, *options: str) -> Any:
     return ok("twin", "feed", "push", twin, "level-sensor-1", str(path), "--home", home(network, OWNER), *options)
 
-
-def with_client(network: Network, i: int, work: Any) -> Any:
-    config = load_config(network.homes[i])
-    members = httpx.get(f"{network.url(i)}/v1/members", timeout=10).json()
-
-    async def run() -> Any:
-        async with store_client(config, members) as client:
-            return await work(client)
-
-    return asyncio.run(run())
 
 
 def checkpoints(network: Network, twin: str) -> list[dict[str, Any]]:
@@ -259,41 +226,60 @@ def test_a_follower_sees_each_new_segment_live_through_the_cli_and_the_node_even
 def test_feed_writes_go_on_without_a_replica_which_catches_up_after_kill_9(consortium, tmp_path):
     twin, feed = new_feed(consortium, "maintainer")
     push(consortium, twin, samples_csv(tmp_path / "a.csv", 300))
-    replicas = with_client(consortium, OWNER, lambda c: _replica_orgs(c, feed))
-    victim = next(i for i, name in enumerate(("manufacturer", "owner", "maintainer", "auditor"))
-                  if name in replicas and i != OWNER)  # fmt: skip
+    replicas = with_client(consortium, OWNER, lambda c: _replicas(c, feed))
+    victim = next(i for i, name in enumerate(ORGANISATIONS) if name in replicas and i != OWNER)
+    stand_in = next(i for i, name in enumerate(ORGANISATIONS) if name not in replicas)
     consortium.kill(victim)
     try:
         more = push(consortium, twin, samples_csv(tmp_path / "b.csv", 500, start=START + 10_000_000))
         assert (more["first_sequence"], more["last_sequence"]) == (3, 7)
+        # The node standing in held none of the feed: it fetched updates 0 to 2 before taking 3.
+        assert with_client(consortium, OWNER, lambda c: _head_on(c, feed, stand_in)) == 7
     finally:
         consortium.start(victim)
-    held = with_client(consortium, OWNER, lambda c: _head_on(c, feed, replicas[victim_name(victim)]))
-    assert held == 2  # what it accepted before kill -9 survived; it missed the rest
+    assert with_client(consortium, OWNER, lambda c: _head_on(c, feed, victim)) == 2  # kept through kill -9
 
     pushed = sum(ok("store", "repair", "--home", home(consortium, i))["feed_updates_pushed"]
                  for i in range(4) if i != victim)  # fmt: skip
     assert pushed >= 5
-    assert with_client(consortium, OWNER, lambda c: _head_on(c, feed, replicas[victim_name(victim)])) == 7
+    assert with_client(consortium, OWNER, lambda c: _head_on(c, feed, victim)) == 7
     verified = ok("twin", "feed", "verify", twin, "level-sensor-1", "--home", home(consortium, OWNER))
     assert verified["intact"] and verified["behind"] == {} and verified["updates"] == 8
 
 
-def victim_name(i: int) -> str:
-    return ("manufacturer", "owner", "maintainer", "auditor")[i]
+async def _replicas(client: StoreClient, feed: bytes) -> list[str]:
+    return [node.organisation for node in client.replicas(feed)]
 
 
-async def _replica_orgs(client: StoreClient, feed: bytes) -> dict[str, Any]:
-    return {node.organisation: node for node in client.replicas(feed)}
-
-
-async def _head_on(client: StoreClient, feed: bytes, node: Any) -> int:
+async def _head_on(client: StoreClient, feed: bytes, i: int) -> int:
+    """The newest update organisation i's store node holds of ``feed``."""
+    node = next(n for n in client.nodes if n.organisation == ORGANISATIONS[i])
     answer = await client.request(node, "feed_get", {"feed": feed, "after": -1, "latest": True})
-    acl = await client.get_acl(feed)
-    from twinledger.store.client import linked_updates
-
-    updates = linked_updates(answer["updates"], acl, None)
+    updates = linked_updates(answer["updates"], await client.get_acl(feed), None)
     return updates[-1].sequence if updates else -1
+
+
+def test_a_failed_checkpoint_keeps_the_samples_and_is_tried_again(consortium, tmp_path):
+    twin, feed = new_feed(consortium)
+    config = load_config(consortium.homes[OWNER])
+    attempts: list[int] = []
+
+    async def flaky_chain(head: FeedUpdate) -> None:
+        attempts.append(head.sequence)
+        if len(attempts) == 1:
+            raise TwinledgerError("node unreachable", code="unreachable")
+
+    async def write(client: StoreClient) -> tuple[list[int], int]:
+        writer = await FeedWriter.open(client, config.signing_key("operator"), "owner", organisation_key(config), feed,
+                                       flaky_chain, checkpoint_every=1)  # fmt: skip
+        written = []
+        for second in range(3):
+            writer.extend([(START + second * 1_000_000, float(second))])
+            written += [u.sequence for u in await writer.flush()]
+        return written, writer.checkpointed
+
+    assert with_client(consortium, OWNER, write) == ([0, 1, 2], 2)
+    assert attempts == [0, 1, 2]
 
 
 def _store_dbs(network: Network) -> list[Path]:

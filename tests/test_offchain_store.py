@@ -4,12 +4,7 @@ adversarial cases speak the store protocol directly."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import subprocess
-import sys
-import tomllib
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-import tomli_w
-from network_helpers import Network, make_network
+from network_helpers import Network
+from store_helpers import AUDITOR, MAINTAINER, MANUFACTURER, OWNER, cli, home, ok, store_consortium, with_client
 
-from twinledger.cli.storage import organisation_key, store_client
+from twinledger.cli.storage import organisation_key
 from twinledger.config import load_config
 from twinledger.crypto.keys import SigningKey
 from twinledger.store.client import StoreClient
@@ -30,32 +25,13 @@ from twinledger.store.protocol import Connection
 from twinledger.store.records import StoreError, chunk_hash, decode_manifest
 
 PLANT = Path(__file__).parent.parent / "examples" / "bottling-plant.aml"
-MANUFACTURER, OWNER, MAINTAINER, AUDITOR = range(4)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "twinledger", *args], capture_output=True, text=True, timeout=180)
-
-
-def ok(*args: str) -> Any:
-    done = cli(*args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory) -> Iterator[Network]:
-    network = make_network(tmp_path_factory.mktemp("store") / "net")
-    for path in network.homes:  # repair passes run when a test asks, never in the middle of one
-        doc = tomllib.loads((path / "node.toml").read_text())
-        doc["storage"]["repair_interval"] = 0
-        (path / "node.toml").write_text(tomli_w.dumps(doc))
-    try:
-        for i in range(4):
-            network.start(i)
-        yield network
-    finally:
-        network.stop_all()
+    yield from store_consortium(tmp_path_factory.mktemp("store") / "net")
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +40,6 @@ def twin(consortium: Network) -> str:
                  "--role", "maintainer=maintainer", "--role", "auditor=auditor")  # fmt: skip
     return str(created["id"])
 
-
-def home(network: Network, i: int) -> str:
-    return str(network.homes[i])
 
 
 def random_file(path: Path, size: int) -> Path:
@@ -78,17 +51,6 @@ def document(network: Network, twin: str, document_id: str) -> dict[str, Any]:
     view = httpx.get(f"{network.url(OWNER)}/v1/twins/{twin}", timeout=10).json()
     return next(d for d in view["documents"] if d["id"] == document_id)
 
-
-def with_client(network: Network, i: int, work: Any) -> Any:
-    """Run ``work(client)`` with a store client acting as organisation i's node."""
-    config = load_config(network.homes[i])
-    members = httpx.get(f"{network.url(i)}/v1/members", timeout=10).json()
-
-    async def run() -> Any:
-        async with store_client(config, members) as client:
-            return await work(client)
-
-    return asyncio.run(run())
 
 
 def chunk_files(network: Network, i: int) -> set[str]:

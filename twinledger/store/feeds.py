@@ -13,6 +13,7 @@ rewrite what came before without ``verify_feed`` noticing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import struct
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from twinledger.crypto.keys import EncryptionKey, SigningKey
 from twinledger.crypto.seal import DecryptionFailed
+from twinledger.errors import TwinledgerError
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import data_key, new_acl
 from twinledger.store.placement import StoreNode
@@ -39,6 +41,7 @@ from twinledger.store.records import (
     key_commitment,
 )
 
+log = logging.getLogger("twinledger.store")
 SAMPLE = struct.Struct("<qd")
 """A sample: microseconds since the epoch and a float64 value (16 bytes)."""
 NONCE_SIZE = 12
@@ -182,9 +185,11 @@ class FeedWriter:
                 await self.store.put_feed_update(self.acl, update)
                 self._unsent.pop(0)
                 written.append(update)
-            if written and self.checkpoint is not None and self.head is not None \
-                    and self.head.sequence - self.checkpointed >= self.checkpoint_every:  # fmt: skip
-                await self.record_checkpoint()
+            if written and self.head is not None and self.head.sequence - self.checkpointed >= self.checkpoint_every:
+                try:
+                    await self.record_checkpoint()
+                except TwinledgerError as exc:  # the samples are stored; the next flush tries again
+                    log.warning("checkpoint of feed %s failed: %s", self.feed.hex()[:16], exc.message)
             return written
 
     def _sealed(self, samples: list[Sample]) -> tuple[FeedUpdate, bytes]:
@@ -201,7 +206,8 @@ class FeedWriter:
         return update, segment
 
     async def record_checkpoint(self) -> None:
-        """Record the head on chain now (also done every ``checkpoint_every`` updates)."""
+        """Record the head on chain now (``flush`` does every ``checkpoint_every`` updates,
+        and tries again at the next flush if the chain could not be reached)."""
         if self.checkpoint is None or self.head is None or self._unsent or self.head.sequence == self.checkpointed:
             return
         await self.checkpoint(self.head)

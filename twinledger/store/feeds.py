@@ -125,8 +125,8 @@ def open_segment(secret: bytes, update: FeedUpdate, data: bytes) -> list[Sample]
 
 
 class FeedWriter:
-    """Appends segments to one feed. Samples given to ``add`` are sealed by ``flush``
-    (call it every segment period, or use ``run``). A segment whose update did not reach
+    """Appends segments to one feed. Samples given to ``extend`` are sealed by ``flush``,
+    which the caller runs once per segment period. A segment whose update did not reach
     a write quorum is kept, as signed, and sent again first: retrying never forks the
     feed, and a failed flush loses no sample."""
 
@@ -158,14 +158,6 @@ class FeedWriter:
     @property
     def feed(self) -> bytes:
         return self.acl.item
-
-    @property
-    def pending(self) -> int:
-        """Samples not yet on a write quorum."""
-        return len(self._pending) + sum(update.samples for update, _ in self._unsent)
-
-    def add(self, sample_time: int, value: float) -> None:
-        self._pending.append((sample_time, value))
 
     def extend(self, samples: Iterable[Sample]) -> None:
         self._pending.extend(samples)
@@ -212,20 +204,6 @@ class FeedWriter:
             return
         await self.checkpoint(self.head)
         self.checkpointed = self.head.sequence
-
-    async def run(self, period: float = 1.0, errors: Callable[[StoreError], None] | None = None) -> None:
-        """Flush every ``period`` seconds until cancelled; a failed flush is reported to
-        ``errors`` and retried at the next period."""
-        deadline = time.monotonic()
-        while True:
-            deadline += period
-            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-            try:
-                await self.flush()
-            except StoreError as exc:
-                if errors is None:
-                    raise
-                errors(exc)
 
     async def close(self) -> None:
         """Flush what is left and checkpoint the head."""

@@ -26,6 +26,7 @@ from twinledger.core.encoding import decode, to_obj
 from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt
 from twinledger.errors import DecodeError, NotFound, TwinledgerError
 from twinledger.store.client import StoreClient
+from twinledger.store.feeds import update_view
 from twinledger.store.records import AccessDenied, ItemAcl, StoreError
 
 if TYPE_CHECKING:
@@ -382,9 +383,7 @@ async def _feed_stream(node: Node, request: Request, store: StoreClient, acl: It
         if not updates:
             yield ": keepalive\n\n"
         for update in updates:
-            view = {"feed": update.feed.hex(), "sequence": update.sequence, "time": update.time,
-                    "samples": update.samples, "first": update.first, "last": update.last,
-                    "hash": update.hash.hex(), "update": update.encoded().hex()}  # fmt: skip
+            view = {**update_view(update), "update": update.encoded().hex()}
             yield f"id: {update.sequence}\nevent: update\ndata: {json.dumps(view, sort_keys=True)}\n\n"
             after = update.sequence
 

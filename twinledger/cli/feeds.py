@@ -39,6 +39,7 @@ from twinledger.store.feeds import (
     create_feed,
     feed_reference,
     parse_feed_reference,
+    update_view,
     verify_feed,
 )
 from twinledger.store.records import AccessDenied, FeedUpdate
@@ -84,11 +85,6 @@ def _feed_of(home: Path, ref: str, component: str) -> tuple[dict[str, Any], byte
     view = client(home).request("GET", f"/v1/twins/{ref}/feeds/{component}/checkpoints")
     feed = parse_feed_reference(view["feed"]["reference"])
     return view["feed"], feed, [Checkpoint(c["sequence"], bytes.fromhex(c["head"])) for c in view["checkpoints"]]
-
-
-def _update_view(update: FeedUpdate) -> dict[str, Any]:
-    return {"sequence": update.sequence, "time": update.time, "samples": update.samples, "first": update.first,
-            "last": update.last, "hash": update.hash.hex(), "segment": update.segment.hex()}  # fmt: skip
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -277,7 +273,7 @@ def feed_read(
     samples = [s for segment in segments for s in segment.samples
                if (start is None or s[0] >= start) and (end is None or s[0] <= end)]  # fmt: skip
     if as_json:
-        print_json({"feed": feed.hex(), "updates": [_update_view(s.update) for s in segments],
+        print_json({"feed": feed.hex(), "updates": [update_view(s.update) for s in segments],
                     "samples": [[t, v] for t, v in samples]})  # fmt: skip
         return
     if not samples:
@@ -319,7 +315,7 @@ def feed_follow(
         seen = 0
         async for segment in reader.follow(start):
             if as_json:
-                sys.stdout.write(json.dumps({**_update_view(segment.update),
+                sys.stdout.write(json.dumps({**update_view(segment.update),
                                              "values": [[t, v] for t, v in segment.samples]}) + "\n")  # fmt: skip
                 sys.stdout.flush()
             else:

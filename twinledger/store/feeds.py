@@ -20,6 +20,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -67,6 +68,12 @@ def parse_feed_reference(reference: str) -> bytes:
     if match is None:
         raise StoreError(f"{reference[:80]!r} is not a store feed reference (store:<feed id>)", code="not_stored")
     return bytes.fromhex(match[1])
+
+
+def update_view(update: FeedUpdate) -> dict[str, Any]:
+    """An update as JSON, for the CLI and the node's feed event stream."""
+    return {"feed": update.feed.hex(), "sequence": update.sequence, "time": update.time, "samples": update.samples,
+            "first": update.first, "last": update.last, "hash": update.hash.hex(), "segment": update.segment.hex()}
 
 
 def now_us() -> int:

@@ -124,7 +124,7 @@ class TwinService:
         if feed is None:
             raise NotFound(f"component {component!r} of twin {twin['id']} has no feed")
         prefix = checkpoint_key(twin["id"], feed["reference"]) + "/"
-        return jsonable({"height": height, "feed": feed, "checkpoints": self._items(prefix, height)})
+        return jsonable({"height": height, "twin": twin["id"], "feed": feed, "checkpoints": self._items(prefix, height)})
 
     # -- calls and audit -------------------------------------------------------------------------
     def calls(self, reference: str, status: str | None = None, at: int | None = None) -> list[dict[str, Any]]:

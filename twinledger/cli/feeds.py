@@ -12,6 +12,7 @@ import json
 import math
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -80,11 +81,20 @@ def sparkline(values: list[float], width: int = 72) -> str:
     return "".join(SPARK[min(len(SPARK) - 1, int((m - low) / span * len(SPARK)))] for m in means)
 
 
-def _feed_of(home: Path, ref: str, component: str) -> tuple[dict[str, Any], bytes, list[Checkpoint]]:
-    """The chain's entry for the component's feed, its store id, and its checkpoints."""
+@dataclass(frozen=True)
+class AttachedFeed:
+    twin: str
+    entry: dict[str, Any]
+    """What the specification contract records of the feed."""
+    feed: bytes
+    checkpoints: list[Checkpoint]
+
+
+def _feed_of(home: Path, ref: str, component: str) -> AttachedFeed:
+    """The feed attached to the component, as the chain has it, with its checkpoints."""
     view = client(home).request("GET", f"/v1/twins/{ref}/feeds/{component}/checkpoints")
-    feed = parse_feed_reference(view["feed"]["reference"])
-    return view["feed"], feed, [Checkpoint(c["sequence"], bytes.fromhex(c["head"])) for c in view["checkpoints"]]
+    return AttachedFeed(view["twin"], view["feed"], parse_feed_reference(view["feed"]["reference"]),
+                        [Checkpoint(c["sequence"], bytes.fromhex(c["head"])) for c in view["checkpoints"]])  # fmt: skip
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -138,7 +148,7 @@ def feed_remove(ref: Ref, component: Component, home: Home, key: KeyFile = None,
 def feed_share(ref: Ref, component: Component, organisations: Organisations, home: Home, key: KeyFile = None,
                as_json: Json = False) -> None:  # fmt: skip
     """Let more organisations read the component's feed, its history included."""
-    _, feed, _ = _feed_of(home, ref, component)
+    feed = _feed_of(home, ref, component).feed
     change_readers(home, key, [feed], organisations, [], f"shared the feed of {component}", as_json)
 
 
@@ -147,7 +157,7 @@ def feed_share(ref: Ref, component: Component, organisations: Organisations, hom
 def feed_unshare(ref: Ref, component: Component, organisations: Organisations, home: Home, key: KeyFile = None,
                  as_json: Json = False) -> None:  # fmt: skip
     """Take organisations off the feed's readers; store nodes refuse their reads from then on."""
-    _, feed, _ = _feed_of(home, ref, component)
+    feed = _feed_of(home, ref, component).feed
     change_readers(home, key, [feed], [], organisations, f"unshared the feed of {component}", as_json)
 
 
@@ -210,9 +220,9 @@ def feed_push(
     samples = [sample for _, sample in _read_samples(source)]
     if not samples:
         raise TwinledgerError(f"{source} holds no samples", code="bad_sample")
-    entry, feed, _ = _feed_of(home, ref, component)
+    attached = _feed_of(home, ref, component)
+    feed, twin = attached.feed, attached.twin
     owner = signer(home, key)
-    twin = _twin(home, ref)["id"]
 
     async def checkpoint(head: FeedUpdate) -> None:
         await asyncio.to_thread(transact, home, key, "twins", "checkpoint_feed",
@@ -235,7 +245,7 @@ def feed_push(
         return written
 
     written = with_store(home, work)
-    summary = {"feed": feed.hex(), "component": entry["component"], "samples": len(samples), "updates": len(written),
+    summary = {"feed": feed.hex(), "component": attached.entry["component"], "samples": len(samples), "updates": len(written),
                "first_sequence": written[0].sequence, "last_sequence": written[-1].sequence,
                "head": written[-1].hash.hex()}  # fmt: skip
     if as_json:
@@ -259,7 +269,7 @@ def feed_read(
     as_json: Json = False,
 ) -> None:
     """Fetch, verify and decrypt a feed's history (optionally a time range) and plot it."""
-    _, feed, _ = _feed_of(home, ref, component)
+    feed = _feed_of(home, ref, component).feed
     start, end = (parse_time(t) if t is not None else None for t in (since, until))
 
     async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> list[Segment]:
@@ -304,7 +314,7 @@ def feed_follow(
     as_json: Json = False,
 ) -> None:
     """Print new segments as they arrive (one JSON object per line with --json)."""
-    _, feed, _ = _feed_of(home, ref, component)
+    feed = _feed_of(home, ref, component).feed
 
     async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> None:
         reader = await FeedReader.open(store, feed, config.organisation, organisation_key(config))
@@ -342,7 +352,8 @@ def _report_view(report: FeedReport) -> dict[str, Any]:
 def feed_verify(ref: Ref, component: Component, home: Home, as_json: Json = False) -> None:
     """Check the feed's whole history on every replica against its on-chain checkpoints;
     reports deleted, altered and reordered updates and segments. Exits 1 if any."""
-    entry, feed, checkpoints = _feed_of(home, ref, component)
+    attached = _feed_of(home, ref, component)
+    feed = attached.feed
 
     async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> FeedReport:
         acl = await store.get_acl(feed)
@@ -350,7 +361,7 @@ def feed_verify(ref: Ref, component: Component, home: Home, as_json: Json = Fals
             secret: bytes | None = data_key(acl, config.organisation, organisation_key(config))
         except AccessDenied:
             secret = None
-        return await verify_feed(store, feed, checkpoints, bytes.fromhex(entry["owner"]), secret)
+        return await verify_feed(store, feed, attached.checkpoints, bytes.fromhex(attached.entry["owner"]), secret)
 
     report = with_store(home, work)
     if as_json:

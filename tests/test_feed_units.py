@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twinledger.crypto.keys import SigningKey
-from twinledger.crypto.seal import DecryptionFailed
+from twinledger.errors import DecryptionFailed
 from twinledger.store.client import linked_updates
 from twinledger.store.disk import ChunkStore
 from twinledger.store.documents import new_acl

@@ -12,7 +12,8 @@ import pytest
 
 from twinledger.core.encoding import encode, to_obj
 from twinledger.crypto.keys import EncryptionKey, SigningKey
-from twinledger.crypto.seal import DecryptionFailed, seal, unseal
+from twinledger.crypto.seal import seal, unseal
+from twinledger.errors import DecryptionFailed
 from twinledger.store.client import WriteResult
 from twinledger.store.disk import ChunkStore, CorruptChunk
 from twinledger.store.documents import download_document, new_acl, upload_document

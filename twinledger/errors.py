@@ -63,3 +63,12 @@ class KeyFileError(TwinledgerError):
     """One generic error for every failure to open a key file (wrong passphrase, tampering)."""
 
     code = "key_file"
+
+
+class DecryptionFailed(TwinledgerError):
+    """One generic error for every failure to decrypt or re-encrypt: wrong key, tampering, truncation."""
+
+    code = "decryption_failed"
+
+    def __init__(self) -> None:
+        super().__init__("cannot decrypt: wrong key or damaged data")

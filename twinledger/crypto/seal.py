@@ -1,4 +1,4 @@
-"""Public-key encryption to an X25519 key, and the one AEAD error.
+"""Public-key encryption to an X25519 key.
 
 ``seal`` is an ECIES "sealed box": a fresh ephemeral X25519 key, the shared secret run
 through HKDF-SHA256 bound to both public keys and a context label, then AES-256-GCM.
@@ -15,20 +15,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from twinledger.crypto.keys import EncryptionKey
-from twinledger.errors import TwinledgerError
+from twinledger.errors import DecryptionFailed, TwinledgerError
 
 SEAL_TAG = b"twinledger/seal/v1"
 SEAL_OVERHEAD = 32 + 16
 ZERO_NONCE = bytes(12)
-
-
-class DecryptionFailed(TwinledgerError):
-    """One generic error for every failure to decrypt: wrong key, tampering, truncation."""
-
-    code = "decryption_failed"
-
-    def __init__(self) -> None:
-        super().__init__("cannot decrypt: wrong key or damaged data")
 
 
 def _wrapping_key(shared: bytes, ephemeral: bytes, recipient: bytes, context: bytes) -> bytes:

@@ -23,7 +23,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from twinledger.crypto.keys import EncryptionKey, SigningKey
-from twinledger.crypto.seal import DecryptionFailed, seal, unseal
+from twinledger.crypto.seal import seal, unseal
+from twinledger.errors import DecryptionFailed
 from twinledger.store.client import StoreClient
 from twinledger.store.records import (
     CHUNK_SIZE,

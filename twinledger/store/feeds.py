@@ -26,8 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from twinledger.crypto.keys import EncryptionKey, SigningKey
-from twinledger.crypto.seal import DecryptionFailed
-from twinledger.errors import TwinledgerError
+from twinledger.errors import DecryptionFailed, TwinledgerError
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import data_key, new_acl
 from twinledger.store.placement import StoreNode

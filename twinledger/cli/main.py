@@ -325,6 +325,20 @@ def bench_store(
                         feed_seconds=feed_seconds)  # fmt: skip
 
 
+@bench_app.command("kpcpre")
+@command
+def bench_kpcpre(
+    runs: Annotated[int, typer.Option(help="Runs per measurement (the median is reported).", min=5)] = 100,
+    output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench/results/kpcpre.json"),
+    as_json: Json = False,
+) -> None:
+    """KeyGen, RKGen, Enc, ReEnc and Dec for AND and OR policy trees of 3, 7 and 15 nodes
+    (Armored Twins Table 1), with the ceiling, and sharing one epoch with a new reader."""
+    from twinledger.bench.kpcpre import run_kpcpre_benchmark
+
+    run_kpcpre_benchmark(runs=runs, output=output, as_json=as_json)
+
+
 @app.command("demo")
 @command
 def demo(

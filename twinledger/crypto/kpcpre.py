@@ -23,7 +23,8 @@ Notation as in the design note: h generates G2, u = H("u") in G1, X = h^x, Y = e
 * RKGen(x, P, X_B): Σ random in GT, T = H5(Σ); x shared over P; per leaf ℓ:
   D_ℓ = u^{q_ℓ(0)}·T·Ha(att_ℓ)^{ρ_ℓ}, R_ℓ = h^{ρ_ℓ}; V = h^v, W = Σ·Y_B^v.
 * ReEnc: check e(C4, h) = e(H4(…), C1); K = e(∏D_ℓ^{c_ℓ}, C1) / ∏e(E_ℓ^{c_ℓ}, R_ℓ)
-  = Y^r·e(T, C1) over a smallest satisfying leaf set; C2' = C2/K.
+  = Y^r·e(T, C1) over a smallest satisfying leaf set; C2' = C2/K. Both are products of
+  pairings computed with one final exponentiation each.
 * Dec (recipient): Σ = W/e(u^{x_B}, V), R = C2'·e(H5(Σ), C1), check C1 = h^{H1(R, A, X)}.
 * Dec (owner): R = C2/e(u^x, C1), check C1 and C4.
 
@@ -45,7 +46,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from twinledger.core.encoding import decode, encode
 from twinledger.crypto import groups
-from twinledger.crypto.groups import G1, G2, GT, Fr, RandomBytes
+from twinledger.crypto.groups import G1, G2, GT, RandomBytes
 from twinledger.crypto.policy import (
     Policy,
     PolicyError,
@@ -63,7 +64,7 @@ SUITE = "twinledger-kpcpre/bls12-381/1"
 MAX_ENCODED = 64 * 1024
 
 H = groups.G2_GENERATOR
-U = groups.hash_to_g1("twinledger/kpcpre/u")
+U = groups.hash_to_g1("KPCPRE-U")
 
 
 class PolicyNotSatisfied(TwinledgerError):
@@ -71,23 +72,23 @@ class PolicyNotSatisfied(TwinledgerError):
     http_status = 403
 
 
-def _h1(r: GT, attributes: tuple[str, ...], owner: PublicKey) -> Fr:
+def _h1(r: GT, attributes: tuple[str, ...], owner: PublicKey) -> int:
     return groups.hash_to_scalar("twinledger/kpcpre/h1", r.serialize(), encode(list(attributes)), owner.to_bytes())
 
 
 @functools.lru_cache(maxsize=4096)
 def _attribute_point(attribute: str) -> G1:
-    return groups.hash_to_g1("twinledger/kpcpre/attribute", attribute.encode("utf-8"))
+    return groups.hash_to_g1("KPCPRE-ATTRIBUTE", attribute.encode("utf-8"))
 
 
 def _h4(c1: G2, c2: GT, attributes: tuple[str, ...], tags: tuple[G1, ...]) -> G1:
     return groups.hash_to_g1(
-        "twinledger/kpcpre/h4", c1.serialize(), c2.serialize(), encode(list(attributes)), *(tag.serialize() for tag in tags)
+        "KPCPRE-H4", c1.serialize(), c2.serialize(), encode(list(attributes)), *(tag.serialize() for tag in tags)
     )
 
 
 def _h5(sigma: GT) -> G1:
-    return groups.hash_to_g1("twinledger/kpcpre/h5", sigma.serialize())
+    return groups.hash_to_g1("KPCPRE-H5", sigma.serialize())
 
 
 def _data_key(r: GT) -> bytes:
@@ -119,7 +120,7 @@ class PublicKey:
 
 @dataclass(frozen=True)
 class SecretKey:
-    x: Fr
+    x: int
 
     @classmethod
     def generate(cls, random_bytes: RandomBytes = os.urandom) -> SecretKey:
@@ -331,13 +332,11 @@ def rkgen(
     check_policy(policy)
     sigma = groups.random_gt(random_bytes)
     blind = _h5(sigma)
-    shares = share_secret(
-        policy, groups.scalar_value(owner.x), groups.ORDER, lambda: groups.scalar_value(groups.random_scalar(random_bytes))
-    )
+    shares = share_secret(policy, owner.x, groups.ORDER, lambda: groups.random_scalar(random_bytes))
     parts = []
     for attribute, share in zip(leaves(policy), shares, strict=True):
         rho = groups.random_scalar(random_bytes)
-        parts.append((U * groups.scalar(share) + blind + _attribute_point(attribute) * rho, H * rho))
+        parts.append((U * share + blind + _attribute_point(attribute) * rho, H * rho))
     v = groups.random_scalar(random_bytes)
     return ReEncryptionKey(owner.public, recipient, policy, tuple(parts), H * v, sigma * recipient.pairing_value**v)
 
@@ -345,7 +344,7 @@ def rkgen(
 def check_ciphertext(ciphertext: Ciphertext) -> None:
     """The proxy's Fujisaki–Okamoto check: C4 must be H4(C1, C2, A, E) to the same r as C1."""
     expected = _h4(ciphertext.c1, ciphertext.c2, ciphertext.attributes, ciphertext.tags)
-    if groups.pair(ciphertext.c4, H) != groups.pair(expected, ciphertext.c1):
+    if groups.pair_product([(ciphertext.c4, H), (-expected, ciphertext.c1)]) != GT.one():
         raise DecryptionFailed()
 
 
@@ -359,14 +358,11 @@ def reencrypt(key: ReEncryptionKey, ciphertext: Ciphertext) -> ReEncryptedCipher
         raise PolicyNotSatisfied("the data's attributes do not satisfy the grant's policy")
     tags = dict(zip(ciphertext.attributes, ciphertext.tags, strict=True))
     names = leaves(key.policy)
-    combined = G1()
-    denominator = GT()
-    for index, coefficient in coefficients.items():
-        c = groups.scalar(coefficient)
-        d, r = key.leaves[index]
-        combined = combined + d * c
-        denominator = denominator * groups.pair(tags[names[index]] * c, r)
-    k = groups.pair(combined, ciphertext.c1) / denominator
+    used = list(coefficients.items())
+    combined = groups.g1_multi_mul([key.leaves[index][0] for index, _ in used], [c for _, c in used])
+    k = groups.pair_product(
+        [(combined, ciphertext.c1)] + [(tags[names[index]] * (groups.ORDER - c), key.leaves[index][1]) for index, c in used]
+    )
     return ReEncryptedCiphertext(
         ciphertext.owner, key.recipient, ciphertext.attributes, ciphertext.c1, ciphertext.c2 / k, key.v, key.w
     )

@@ -16,7 +16,7 @@ from twinledger.crypto.seal import seal, unseal
 from twinledger.errors import DecryptionFailed
 from twinledger.store.client import WriteResult
 from twinledger.store.disk import ChunkStore, CorruptChunk
-from twinledger.store.documents import download_document, new_acl, upload_document
+from twinledger.store.documents import as_reader, download_document, new_acl, upload_document
 from twinledger.store.placement import StoreNode, rank
 from twinledger.store.records import (
     CHUNK_SIZE,
@@ -141,7 +141,7 @@ def _upload(store: MemoryStore, path: Path, readers: tuple[str, ...] = ("owner",
 
 def _download(store: MemoryStore, reference: str, expected: bytes, org: str, destination: Path,
               key: EncryptionKey | None = None) -> Manifest:  # fmt: skip
-    return asyncio.run(download_document(store, reference, expected, org, key or ORGS[org], destination))  # type: ignore[arg-type]
+    return asyncio.run(download_document(store, reference, expected, as_reader(org, key or ORGS[org]), destination))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE + 17])

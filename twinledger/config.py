@@ -25,13 +25,13 @@ from typing import Any
 
 import tomli_w
 
-from twinledger.crypto import certs
+from twinledger.crypto import certs, kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file, write_secret_file
 from twinledger.errors import ConfigError
 from twinledger.ledger.genesis import Genesis, GenesisNode, GenesisOrganisation, GenesisValidator
 
 PASSPHRASE_ENV = "TWINLEDGER_PASSPHRASE"
-ROLES = ("thin", "validator", "archive", "full", "store")
+ROLES = ("thin", "validator", "archive", "full", "store", "proxy")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -153,6 +153,8 @@ def load_config(home: Path) -> NodeConfig:
         raise ConfigError(f"{path}: roles must be some of {', '.join(ROLES)} (got {list(config.roles)})")
     if ("store" in config.roles) != (config.storage_port is not None):
         raise ConfigError(f"{path}: a node has a [storage] section exactly when it has the store role")
+    if "proxy" in config.roles and "store" not in config.roles:
+        raise ConfigError(f"{path}: a proxy node serves re-encryption on the store listener: give it the store role too")
     if config.api_tls not in ("auto", "on", "off"):
         raise ConfigError(f"{path}: api.tls must be auto, on or off")
     if config.api_tls == "off" and not is_loopback(config.api_host):
@@ -167,7 +169,7 @@ def read_run_file(config: NodeConfig) -> dict[str, Any] | None:
         return None
 
 
-def init_home(home: Path, organisation: str, *, node: str = "node-1", roles: tuple[str, ...] = ("full", "store"),
+def init_home(home: Path, organisation: str, *, node: str = "node-1", roles: tuple[str, ...] = ("full", "store", "proxy"),
               api_host: str = "127.0.0.1", api_port: int = 7700, chain_id: str | None = None,
               block_interval_ms: int = 200, max_block_txs: int = 5000, store_url: str = "sqlite:///data/chain.db",
               storage_port: int | None = None) -> NodeConfig:  # fmt: skip
@@ -204,7 +206,7 @@ def init_network(directory: Path, organisations: list[str], *, consensus: str = 
                  host: str = "127.0.0.1", base_port: int = 7800, block_interval_ms: int = 200,
                  max_block_txs: int = 5000, authority_signatures: int | None = None) -> list[NodeConfig]:  # fmt: skip
     """A consortium: one CA, and per organisation a home (DIR/<org>) whose node is a
-    validator and a store node, listens for peers on base_port + 3i, serves its API on
+    validator, store and proxy node, listens for peers on base_port + 3i, serves its API on
     base_port + 3i + 1 and the store on base_port + 3i + 2, with every other node as a
     seed; one genesis naming all of them."""
     if consensus not in ("bft", "poa"):
@@ -213,12 +215,12 @@ def init_network(directory: Path, organisations: list[str], *, consensus: str = 
         raise ConfigError("name each organisation once")
     homes = [directory / org for org in organisations]
     for home, org in zip(homes, organisations, strict=True):
-        _check_new_home(home, org, "node-1", ("full", "store"))
+        _check_new_home(home, org, "node-1", ("full", "store", "proxy"))
     secret = passphrase()
     consortium = certs.create_consortium_ca(f"{chain_id}-consortium")
     certs.write_issuer(directory / "consortium" / "consortium-ca.pem", directory / "consortium" / "consortium-ca.key",
                        consortium, secret)  # fmt: skip
-    roles = ("full", "store")
+    roles = ("full", "store", "proxy")
     p2p_addresses = [f"{host}:{base_port + 3 * i}" for i in range(len(organisations))]
     members = [_create_node(home, org, "node-1", consortium, secret, roles, f"{host}:{base_port + 3 * i + 1}",
                             p2p_addresses[i], f"{host}:{base_port + 3 * i + 2}")
@@ -270,6 +272,8 @@ def _create_node(home: Path, organisation: str, node: str, consortium: certs.Iss
     write_secret_file(home / "keys" / "node-signing.key", "ed25519", signing.seed, secret)
     write_secret_file(home / "keys" / "node-encryption.key", "x25519", encryption.secret, secret)
     write_secret_file(home / "keys" / "operator.key", "ed25519", operator.seed, secret)
+    sharing = kpcpre.keygen()
+    write_secret_file(home / "keys" / "sharing.key", "kpcpre", sharing.to_bytes(), secret)
     node_cert = certs.issue_node_certificate(org_ca, node, signing.public, encryption.public)
     certs.write_issuer(home / "certs" / "node.pem", home / "keys" / "tls.key", node_cert, secret)
     chain_pem = (home / "certs" / "node.pem").read_bytes() + (home / "certs" / "organisation.pem").read_bytes()
@@ -277,7 +281,7 @@ def _create_node(home: Path, organisation: str, node: str, consortium: certs.Iss
     for folder in ("data", "run"):
         (home / folder).mkdir(exist_ok=True)
     node_entry = GenesisNode(node, signing.public, encryption.public, roles, api, p2p, storage)
-    return GenesisOrganisation(organisation, (operator.public,), (node_entry,))
+    return GenesisOrganisation(organisation, (operator.public,), (node_entry,), sharing.public.to_bytes())
 
 
 def _write_node_toml(home: Path, organisation: str, node: str, roles: tuple[str, ...], api_host: str, api_port: int,

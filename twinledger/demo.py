@@ -25,7 +25,7 @@ from twinledger.errors import InvalidProof, TwinledgerError
 from twinledger.launcher import start_node
 from twinledger.ledger.genesis import Genesis
 from twinledger.store.client import StoreClient
-from twinledger.store.documents import StoredDocument, download_document, upload_document
+from twinledger.store.documents import StoredDocument, as_reader, download_document, upload_document
 
 console = Console()
 PLANT = Path(__file__).resolve().parent.parent / "examples" / "bottling-plant.aml"
@@ -79,8 +79,8 @@ def _store_report(home: Path, owner: SigningKey) -> StoredDocument:
         stored = await upload_document(store, report, owner, config.organisation,
                                        {config.organisation: bytes.fromhex(key)})  # fmt: skip
         copy = home / "maintenance-report.from-store.txt"
-        await download_document(store, stored.reference, stored.manifest, config.organisation,
-                                organisation_key(config), copy)  # fmt: skip
+        await download_document(store, stored.reference, stored.manifest,
+                                as_reader(config.organisation, organisation_key(config)), copy)  # fmt: skip
         if copy.read_bytes() != REPORT:
             raise TwinledgerError("the report read back from the store differs from the one stored")
         return stored

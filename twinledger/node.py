@@ -23,9 +23,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from twinledger.abc import BlockResult, NetworkedProducer, TransactionLocation
+from twinledger.abc import BlockResult, NetworkedProducer, StateReader, TransactionLocation
 from twinledger.config import NodeConfig, passphrase
 from twinledger.consensus import create_consensus
 from twinledger.contracts import default_runtime
@@ -51,6 +51,9 @@ from twinledger.net.peers import Peer, PeerManager
 from twinledger.net.wire import Frame
 from twinledger.store.placement import Replication
 from twinledger.store.server import Directory, StoreService
+
+if TYPE_CHECKING:
+    from twinledger.sharing.proxy import ProxyService
 
 log = logging.getLogger("twinledger.node")
 T = TypeVar("T")
@@ -162,6 +165,7 @@ class Node(NetworkedProducer):
         self._submitted_at: dict[bytes, float] = {}
         self.network: PeerManager | None = None
         self.storage: StoreService | None = None
+        self.proxy: ProxyService | None = None
         self._directory: tuple[int, Directory] | None = None
         self._sync_asked: dict[int, float] = {}
         self.started = time.time()
@@ -351,6 +355,8 @@ class Node(NetworkedProducer):
         if self._block_event is not None:
             self._block_event.set()
             self._block_event = asyncio.Event()
+        if self.proxy is not None and self._loop is not None:
+            self._loop.run_in_executor(self._readers, self.proxy.sweep, self.head_state())
 
     async def wait_for_height(self, height: int, timeout: float) -> bool:
         """True once the head reaches ``height``; False if ``timeout`` seconds pass first."""
@@ -529,18 +535,28 @@ class Node(NetworkedProducer):
         await self.network.start()
 
     # -- the off-chain store ---------------------------------------------------------------------
-    def store_directory(self) -> Directory:
-        """Store nodes and member nodes as the membership contract says at the head."""
-        from twinledger.contracts.membership import organisation_key, organisations
+    def head_state(self) -> StateReader:
+        """Contract state at the current head, readable from any thread."""
         from twinledger.ledger.chain import StoreState
+
+        return StoreState(self.store, self.head.height)
+
+    def store_directory(self) -> Directory:
+        """Store nodes, member nodes and active grants as the contracts say at the head."""
+        from twinledger.contracts.membership import organisation_key, organisations
+        from twinledger.contracts.sharing import GRANT_PREFIX
+        from twinledger.crypto.policy import from_obj as policy_from_obj
         from twinledger.store.placement import store_nodes
+        from twinledger.store.server import ReadGrant
 
         height = self.head.height
         if self._directory is None or self._directory[0] != height:
-            state = StoreState(self.store, height)
+            state = self.head_state()
             orgs = [state.get(organisation_key(name)) for name in organisations(state)]
             members = {node["signing_key"]: org["name"] for org in orgs for node in org["nodes"].values()}
-            self._directory = (height, Directory(store_nodes(orgs), members))
+            grants = tuple(ReadGrant(g["owner"], g["recipient"], g["twin"], policy_from_obj(g["policy"]), g["valid_until"])
+                           for _, g in self.store.state_items(GRANT_PREFIX, height) if g["status"] == "active")  # fmt: skip
+            self._directory = (height, Directory(store_nodes(orgs), members, grants))
         return self._directory[1]
 
     def replication(self) -> Replication:
@@ -556,8 +572,12 @@ class Node(NetworkedProducer):
         tls = StoreTls.load(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"),
                             config.cert("organisation"), passphrase())  # fmt: skip
         me = identity_of(read_certificate(config.cert("node")))
+        if "proxy" in config.roles:
+            from twinledger.sharing.proxy import ProxyService
+
+            self.proxy = ProxyService(config.home / "data" / "proxy-keys.db", me, self.head_state, self.wait_for_height)
         self.storage = StoreService(ChunkStore(config.storage_dir), tls, me, self.store_directory, self.replication(),
-                                    config.repair_interval)  # fmt: skip
+                                    config.repair_interval, self.proxy.handlers() if self.proxy else None)  # fmt: skip
         await self.storage.start(config.storage_host, config.storage_port)
 
     async def run(self, ready: Callable[[str], None] | None = None) -> None:
@@ -629,6 +649,8 @@ class Node(NetworkedProducer):
                 await self.network.stop()
             if self.storage is not None:
                 await self.storage.stop()
+            if self.proxy is not None:
+                self.proxy.close()
             config.run_file.unlink(missing_ok=True)
             self.close()
 

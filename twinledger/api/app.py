@@ -278,6 +278,11 @@ def add_twin_resources(app: FastAPI, node: Node, service: TwinService) -> None:
     async def members(at: int | None = At) -> dict[str, Any]:
         return await node.read(service.members, at)
 
+    @app.get("/v1/grants", summary="Grants of read access, newest first", tags=["sharing"])
+    async def grants(twin: str | None = None, recipient: str | None = None, owner: str | None = None,
+                     at: int | None = At) -> dict[str, Any]:  # fmt: skip
+        return await node.read(service.grants, twin, recipient, owner, at)
+
     def _storage() -> Any:
         if node.storage is None:
             raise TwinledgerError("this node is not a store node (it lacks the store role)", code="not_a_store_node")
@@ -320,7 +325,7 @@ def add_twin_resources(app: FastAPI, node: Node, service: TwinService) -> None:
             raise BadRequest("Last-Event-ID must be the sequence number sent in an event's id")
         store = _storage().client()
         acl = await store.get_acl(bytes.fromhex(feed))
-        if acl.kind != "feed" or not acl.allows(node.config.organisation):
+        if acl.kind != "feed" or not node.store_directory().may_read(acl, node.config.organisation):
             raise AccessDenied(f"organisation {node.config.organisation} is not a reader of feed {feed[:16]}…")
         start = int(resume) if resume is not None else after
         return StreamingResponse(_feed_stream(node, request, store, acl, start), media_type="text/event-stream",

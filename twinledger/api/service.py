@@ -13,6 +13,7 @@ from typing import Any
 
 from twinledger.abc import ChainStore
 from twinledger.contracts.authorization import permissions
+from twinledger.contracts.sharing import GRANT_PREFIX
 from twinledger.contracts.twinstate import (
     aml_key,
     checkpoint_key,
@@ -149,6 +150,17 @@ class TwinService:
                          "quorum": state.get("membership/quorum") or 0,
                          "proposals": [p for p in self._items("membership/proposal/", height)
                                        if p["status"] == "open"]})  # fmt: skip
+
+    def grants(self, twin: str | None = None, recipient: str | None = None, owner: str | None = None,
+               at: int | None = None) -> dict[str, Any]:
+        """Grants of read access (the sharing contract), newest first, optionally of one twin,
+        recipient or owner organisation."""
+        height = self._height(at)
+        grants = [g for g in self._items(GRANT_PREFIX, height)
+                  if (twin is None or g["twin"] == twin) and (recipient is None or g["recipient"] == recipient)
+                  and (owner is None or g["owner"] == owner)]  # fmt: skip
+        grants.sort(key=lambda g: (-g["granted"]["height"], g["id"]))
+        return jsonable({"height": height, "grants": grants})
 
     # -- events --------------------------------------------------------------------------------
     def events(self, height: int, twin: str | None = None) -> Iterator[dict[str, Any]]:

@@ -30,7 +30,7 @@ from twinledger.cli.storage import organisation_key, store_client
 from twinledger.config import init_network, load_config
 from twinledger.launcher import NodeProcess, free_port_block, start_node
 from twinledger.store.client import StoreClient
-from twinledger.store.documents import download_document, upload_document
+from twinledger.store.documents import as_reader, download_document, upload_document
 from twinledger.store.feeds import MAX_SEGMENT_SAMPLES, FeedReader, FeedWriter, create_feed, now_us, seal_segment
 from twinledger.store.records import CHUNK_SIZE
 
@@ -173,8 +173,8 @@ def run_store_benchmark(size_mib: int, output: Path, as_json: bool, feed_rate: i
                     uploaded = time.perf_counter() - begin
                 async with store_client(reader, members) as client:
                     begin = time.perf_counter()
-                    await download_document(client, stored.reference, stored.manifest, "maintainer",
-                                            organisation_key(reader), workdir / "copy.bin",
+                    await download_document(client, stored.reference, stored.manifest,
+                                            as_reader("maintainer", organisation_key(reader)), workdir / "copy.bin",
                                             lambda n: progress.advance(download_task, n))  # fmt: skip
                     downloaded = time.perf_counter() - begin
                 return uploaded, downloaded

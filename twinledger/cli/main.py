@@ -14,7 +14,10 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from twinledger.cli import feeds  # noqa: F401  (registers twin feed …)
+from twinledger.cli import (
+    feeds,  # noqa: F401  (registers twin feed …)
+    sharing,
+)
 from twinledger.cli.common import Home, Json, client, command, err, error_line, kv_table, out, print_json
 from twinledger.cli.storage import store_app
 from twinledger.cli.twins import member_app, twin_app
@@ -34,6 +37,8 @@ for sub, name in ((node_app, "node"), (record_app, "record"), (tx_app, "tx"), (b
                   (verify_app, "verify"), (bench_app, "bench"), (network_app, "network"), (twin_app, "twin"),
                   (member_app, "member"), (store_app, "store")):  # fmt: skip
     app.add_typer(sub, name=name)
+for function, name in ((sharing.grant, "grant"), (sharing.revoke, "revoke"), (sharing.grants, "grants")):
+    app.command(name)(function)
 
 # -- init / node ------------------------------------------------------------------------------
 
@@ -44,7 +49,7 @@ def init(
     home: Home,
     org: Annotated[str, typer.Option("--org", help="Organisation name.")],
     node: Annotated[str, typer.Option("--node", help="Node name within the organisation.")] = "node-1",
-    role: Annotated[list[str], typer.Option("--role", help=f"Role(s): {', '.join(ROLES)}.")] = ["full", "store"],  # noqa: B006
+    role: Annotated[list[str], typer.Option("--role", help=f"Role(s): {', '.join(ROLES)}.")] = ["full", "store", "proxy"],  # noqa: B006
     api_host: Annotated[str, typer.Option(help="API listen address.")] = "127.0.0.1",
     api_port: Annotated[int, typer.Option(help="API port (0: any free port).")] = 7700,
     chain_id: Annotated[str | None, typer.Option(help="Chain id (default ORG-chain).")] = None,

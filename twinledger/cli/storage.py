@@ -19,6 +19,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from twinledger.cli.common import Home, Json, client, command, err, kv_table, out, print_json
 from twinledger.config import NodeConfig, load_config, passphrase, read_run_file
+from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, read_secret_file
 from twinledger.errors import TwinledgerError
 from twinledger.ledger.genesis import Genesis
@@ -47,6 +48,11 @@ def store_client(config: NodeConfig, members: dict[str, Any]) -> StoreClient:
 def organisation_key(config: NodeConfig) -> EncryptionKey:
     """The X25519 key this home holds for its organisation."""
     return EncryptionKey(read_secret_file(config.key("node-encryption"), "x25519", passphrase()))
+
+
+def sharing_key(config: NodeConfig) -> kpcpre.SecretKey:
+    """The KP-CPRE key this home holds for its organisation (grants, reading shared data)."""
+    return kpcpre.SecretKey.from_bytes(read_secret_file(config.key("sharing"), "kpcpre", passphrase()))
 
 
 def with_store(home: Path, work: Callable[[NodeConfig, StoreClient, dict[str, Any]], Awaitable[T]]) -> T:

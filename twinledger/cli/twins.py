@@ -26,8 +26,10 @@ from twinledger.cli.common import (
     signer,
     transact,
 )
+from twinledger.cli.sharing import unlock_for
 from twinledger.cli.storage import organisation_key, transfer_progress, with_store
 from twinledger.config import NodeConfig, load_config
+from twinledger.crypto import kpcpre
 from twinledger.errors import InvalidProof, TwinledgerError
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import StoredDocument, download_document, parse_reference, upload_document
@@ -288,6 +290,13 @@ def aml_show(ref: Ref, home: Home,
 FileArg = Annotated[Path, typer.Argument(help="The document's file.", exists=True, dir_okay=False)]
 Readers = Annotated[list[str], typer.Option("--reader", help="Organisation that may read it (repeatable; default: "
                                                            "every organisation with a role on the twin).")]
+Attributes = Annotated[list[str], typer.Option("--attribute", help="Attribute for grants' policies, e.g. type:report "
+                                                                   "(repeatable; twin:ID and kind:document are always set).")]
+
+
+def document_attributes(twin_id: str, component: str | None, extra: list[str]) -> list[str]:
+    """What a document's grants are checked against: its twin, its kind, its component, and more."""
+    return [f"twin:{twin_id}", "kind:document", *([f"component:{component}"] if component else []), *extra]
 
 
 def _recipients(view: dict[str, Any], members: dict[str, Any], chosen: list[str], own: str) -> dict[str, bytes]:
@@ -305,13 +314,16 @@ def _recipients(view: dict[str, Any], members: dict[str, Any], chosen: list[str]
 
 
 def _store_document(home: Path, key: Path | None, view: dict[str, Any], file: Path, readers: list[str],
-                    quiet: bool) -> StoredDocument:  # fmt: skip
+                    quiet: bool, attributes: list[str]) -> StoredDocument:  # fmt: skip
     owner = signer(home, key)
 
     async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> StoredDocument:
         recipients = _recipients(view, members, readers, config.organisation)
+        own = next(org for org in members["organisations"] if org["name"] == config.organisation)
+        sharing = kpcpre.PublicKey.from_bytes(bytes.fromhex(own["kpcpre_key"])) if own.get("kpcpre_key") else None
         with transfer_progress(f"encrypting {file.name}", file.stat().st_size, quiet) as advance:
-            return await upload_document(store, file, owner, config.organisation, recipients, advance)
+            return await upload_document(store, file, owner, config.organisation, recipients, advance,
+                                         attributes=attributes, sharing=sharing)  # fmt: skip
 
     return with_store(home, work)
 
@@ -327,15 +339,19 @@ def doc_add(
     component: Annotated[str | None, typer.Option(help="AML component the document is about.")] = None,
     media_type: Annotated[str, typer.Option(help="Media type.")] = "application/octet-stream",
     reader: Readers = [],  # noqa: B006
+    attribute: Attributes = [],  # noqa: B006
     key: KeyFile = None,
     as_json: Json = False,
 ) -> None:
     """Encrypt the file into the off-chain store and register it on the twin; prints its id.
 
     The chain records the hash of the document's manifest, which commits to every
-    encrypted chunk and to the data key; the data key is sealed to each reader."""
+    encrypted chunk and to the data key; the data key is sealed to each reader, and
+    KP-CPRE-encrypted for the owner under the document's attributes, so the owner can
+    grant others access later (twinledger grant)."""
     view = _twin(home, ref)
-    stored = _store_document(home, key, view, file, reader, as_json)
+    stored = _store_document(home, key, view, file, reader, as_json,
+                             document_attributes(view["id"], component, attribute))  # fmt: skip
     args: dict[str, Any] = {"twin": view["id"], "hash": stored.manifest, "title": title or file.name,
                             "description": description, "reference": stored.reference, "media_type": media_type,
                             "size": stored.size}  # fmt: skip
@@ -358,13 +374,16 @@ def doc_version(
     home: Home,
     description: Annotated[str, typer.Option(help="What changed.")] = "",
     reader: Readers = [],  # noqa: B006
+    attribute: Attributes = [],  # noqa: B006
     key: KeyFile = None,
     as_json: Json = False,
 ) -> None:
     """Store a new version of a document and register it."""
     view = _twin(home, ref)
-    stored = _store_document(home, key, view, file, reader, as_json)
-    args = {"twin": view["id"], "document": _document(view, document)["id"], "hash": stored.manifest,
+    entry = _document(view, document)
+    stored = _store_document(home, key, view, file, reader, as_json,
+                             document_attributes(view["id"], entry.get("component") or None, attribute))  # fmt: skip
+    args = {"twin": view["id"], "document": entry["id"], "hash": stored.manifest,
             "size": stored.size, "reference": stored.reference, "description": description}  # fmt: skip
     _write(home, key, "add_document_version", args, True, as_json, f"added version {stored.manifest.hex()[:16]}…")
 
@@ -389,8 +408,8 @@ def doc_get(
 
     async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> None:
         with transfer_progress(f"fetching {entry['title']}", chosen["size"], as_json) as advance:
-            await download_document(store, chosen["reference"], bytes.fromhex(chosen["hash"]), config.organisation,
-                                    organisation_key(config), output, advance)  # fmt: skip
+            await download_document(store, chosen["reference"], bytes.fromhex(chosen["hash"]),
+                                    unlock_for(home, config, store), output, advance)  # fmt: skip
 
     with_store(home, work)
     number = version or len(versions)

@@ -6,11 +6,12 @@ from twinledger.contracts.authorization import AUTHORIZATION
 from twinledger.contracts.membership import MEMBERSHIP
 from twinledger.contracts.records import RECORDS
 from twinledger.contracts.runtime import Contract, ContractRuntime
+from twinledger.contracts.sharing import SHARING
 from twinledger.contracts.specification import SPECIFICATION
 
 
 def builtin_contracts() -> list[Contract]:
-    return [MEMBERSHIP, AUTHORIZATION, SPECIFICATION, RECORDS]
+    return [MEMBERSHIP, AUTHORIZATION, SPECIFICATION, SHARING, RECORDS]
 
 
 def default_runtime() -> ContractRuntime:

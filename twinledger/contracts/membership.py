@@ -332,7 +332,7 @@ def genesis_state(genesis: Genesis) -> dict[str, StateValue]:
                           "api": n.api, "p2p": n.p2p, "storage": n.storage} for n in org.nodes}  # fmt: skip
         encryption = org.nodes[0].encryption_key if org.nodes else None
         writes.update(_organisation_writes({"name": org.name, "operators": sorted(org.operators), "nodes": nodes,
-                                            "encryption_key": encryption, "kpcpre_key": None}))  # fmt: skip
+                                            "encryption_key": encryption, "kpcpre_key": org.kpcpre_key or None}))  # fmt: skip
     writes[ORGANISATIONS] = sorted(org.name for org in genesis.organisations)
     writes[ADMINS] = sorted(genesis.admins)
     writes[QUORUM] = genesis.membership_quorum

@@ -48,6 +48,8 @@ class GenesisOrganisation:
     operators: tuple[bytes, ...]
     """Ed25519 keys that act for the organisation (people, the CLI)."""
     nodes: tuple[GenesisNode, ...]
+    kpcpre_key: bytes = b""
+    """The organisation's KP-CPRE public key (sharing), or empty."""
 
 
 @dataclass(frozen=True)

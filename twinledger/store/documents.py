@@ -15,13 +15,14 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey
 from twinledger.crypto.seal import seal, unseal
 from twinledger.errors import DecryptionFailed
@@ -46,6 +47,8 @@ REFERENCE = re.compile(r"^store:([0-9a-f]{64})/([0-9a-f]{64})$")
 
 Progress = Callable[[int], None]
 """Called with the number of plaintext bytes just done."""
+Unlock = Callable[[ItemAcl], Awaitable[bytes]]
+"""Gives the data key of the item an ACL protects: as a named reader, or through a grant."""
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,32 @@ def sealed_key_context(item: bytes) -> bytes:
 
 
 def new_acl(owner: SigningKey, organisation: str, kind: str, label: bytes, data_key: bytes,
-            recipients: Mapping[str, bytes]) -> ItemAcl:  # fmt: skip
-    """Version 1 of an item's ACL: the data key sealed to every recipient organisation."""
+            recipients: Mapping[str, bytes], attributes: tuple[str, ...] = (), capsule: bytes = b"") -> ItemAcl:  # fmt: skip
+    """Version 1 of an item's ACL: the data key sealed to every recipient organisation,
+    and its capsule (the data key KP-CPRE-encrypted under ``attributes``), if any."""
     item = item_id(owner.public, kind, label)
     readers = tuple(Reader(org, key, seal(key, data_key, sealed_key_context(item)))
                     for org, key in sorted(recipients.items()))  # fmt: skip
-    return ItemAcl(item, kind, owner.public, organisation, label, 1, readers, int(time.time() * 1000)).signed(owner)
+    return ItemAcl(item, kind, owner.public, organisation, label, 1, readers, int(time.time() * 1000),
+                   attributes, capsule).signed(owner)  # fmt: skip
+
+
+def new_data_key(sharing: kpcpre.PublicKey | None, attributes: Sequence[str]) -> tuple[bytes, tuple[str, ...], bytes]:
+    """A fresh data key, with the item's canonical attributes and its capsule for the owner
+    organisation's sharing key (none without a key or attributes)."""
+    if sharing is None or not attributes:
+        return os.urandom(32), (), b""
+    secret, capsule = kpcpre.encrypt(sharing, attributes)
+    return secret, capsule.attributes, capsule.to_bytes()
+
+
+def as_reader(organisation: str, key: EncryptionKey) -> Unlock:
+    """Unlock items as ``organisation``, a reader the ACL names, with its X25519 key."""
+
+    async def unlock(acl: ItemAcl) -> bytes:
+        return data_key(acl, organisation, key)
+
+    return unlock
 
 
 def data_key(acl: ItemAcl, organisation: str, key: EncryptionKey) -> bytes:
@@ -127,11 +150,14 @@ def _aad(last: bool) -> bytes:
 
 
 async def upload_document(client: StoreClient, path: Path, owner: SigningKey, organisation: str,
-                          recipients: Mapping[str, bytes], progress: Progress | None = None) -> StoredDocument:  # fmt: skip
+                          recipients: Mapping[str, bytes], progress: Progress | None = None, *,
+                          attributes: Sequence[str] = (), sharing: kpcpre.PublicKey | None = None) -> StoredDocument:  # fmt: skip
     """Encrypt and store the file at ``path``; readable by ``recipients`` (organisation →
-    X25519 key). Returns once the manifest and every chunk reached a write quorum."""
-    secret = os.urandom(32)
-    acl = new_acl(owner, organisation, "document", os.urandom(16), secret, recipients)
+    X25519 key) and, with ``attributes`` and the owner organisation's ``sharing`` key,
+    by whom the owner grants access to them. Returns once the manifest and every chunk
+    reached a write quorum."""
+    secret, canonical, capsule = new_data_key(sharing, attributes)
+    acl = new_acl(owner, organisation, "document", os.urandom(16), secret, recipients, canonical, capsule)
     await client.put_acl(acl)
     aead = AESGCM(secret)
     slots = asyncio.Semaphore(IN_FLIGHT)
@@ -174,8 +200,8 @@ async def upload_document(client: StoreClient, path: Path, owner: SigningKey, or
     return StoredDocument(acl.item, written.digest, size, len(hashes), tuple(r.organisation for r in acl.readers))
 
 
-async def download_document(client: StoreClient, reference: str, expected: bytes, organisation: str,
-                            key: EncryptionKey, destination: Path, progress: Progress | None = None) -> Manifest:  # fmt: skip
+async def download_document(client: StoreClient, reference: str, expected: bytes, unlock: Unlock,
+                            destination: Path, progress: Progress | None = None) -> Manifest:  # fmt: skip
     """Fetch, verify and decrypt a document into ``destination``; ``expected`` is the
     manifest hash the chain records. Nothing is left at ``destination`` on failure."""
     item, manifest_hash = parse_reference(reference)
@@ -183,8 +209,7 @@ async def download_document(client: StoreClient, reference: str, expected: bytes
         raise StoreError("the document's reference names another manifest than the chain records",
                          code="hash_mismatch")  # fmt: skip
     manifest = decode_manifest(await client.get_chunk(item, manifest_hash))
-    acl = await client.get_acl(item)
-    secret = data_key(acl, organisation, key)
+    secret = await unlock(await client.get_acl(item))
     if key_commitment(secret) != manifest.key_commitment:
         raise DecryptionFailed()
     aead = AESGCM(secret)

@@ -44,6 +44,11 @@ OPS = frozenset({
     "feed_get",  # a feed's updates after a sequence, optionally in a time range or waiting for new ones
     "feed_sync",  # store nodes: of these feed heads, which are you behind on?
 })  # fmt: skip
+PROXY_OPS = frozenset({
+    "proxy_key_put",  # the granting organisation hands a proxy node a grant's re-encryption key
+    "reencrypt",  # the grant's recipient has a capsule re-encrypted for it
+})  # fmt: skip
+"""Served on the store listener by nodes with the proxy role (twinledger.sharing.proxy)."""
 
 
 class StoreUnavailable(StoreError):

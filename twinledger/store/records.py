@@ -5,7 +5,9 @@ sensor feed (its signed updates and their encrypted segments). Its ACL is signed
 item's owner key and versioned; a store node takes a newer version only with the same
 owner's signature. Each reader entry carries the item's data key sealed to that
 organisation's X25519 key, so the ACL is also the paper's list of encrypted access keys
-(Dietz et al. §4.2).
+(Dietz et al. §4.2). It may also carry the item's public attributes and the data key
+KP-CPRE-encrypted for the owner organisation (a *capsule*): organisations the owner
+granted access to read through a proxy that re-encrypts the capsule (docs/sharing.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, replace
 from twinledger.core.encoding import decode, encode, from_obj, to_obj
 from twinledger.core.hashing import hash_obj
 from twinledger.crypto.keys import SigningKey, verify_signature
+from twinledger.crypto.policy import PolicyError, attribute_set
 from twinledger.errors import DecodeError, TwinledgerError
 
 ACL_TAG = "twinledger/store/acl/v1"
@@ -27,6 +30,7 @@ MAX_FEED_UPDATE_BYTES = 1024
 ITEM_KINDS = ("document", "feed")
 MAX_READERS = 64
 MAX_ACL_BYTES = 64 * 1024
+MAX_CAPSULE_BYTES = 16 * 1024
 MAX_CHUNKS = 1 << 20
 CHUNK_SIZE = 1 << 20
 """Plaintext bytes per document chunk."""
@@ -79,6 +83,10 @@ class ItemAcl:
     readers: tuple[Reader, ...]
     issued: int
     """Milliseconds since the epoch."""
+    attributes: tuple[str, ...] = ()
+    """Public attributes of the data (twin, kind, component, …): what grants' policies are checked against."""
+    capsule: bytes = b""
+    """The data key, KP-CPRE-encrypted for the owner organisation under ``attributes`` (docs/sharing.md)."""
     signature: bytes = b""
 
     def signing_bytes(self) -> bytes:
@@ -113,6 +121,12 @@ def decode_acl(raw: bytes) -> ItemAcl:
     names = [r.organisation for r in acl.readers]
     if len(names) > MAX_READERS or len(set(names)) != len(names) or any(len(r.key) != 32 for r in acl.readers):
         raise StoreError(f"malformed ACL: at most {MAX_READERS} distinct readers with 32-byte keys", code="bad_acl")
+    try:
+        canonical = attribute_set(acl.attributes) if acl.attributes else ()
+    except PolicyError as exc:
+        raise StoreError(f"malformed ACL: {exc.message}", code="bad_acl") from None
+    if canonical != acl.attributes or len(acl.capsule) > MAX_CAPSULE_BYTES or (acl.capsule and not acl.attributes):
+        raise StoreError("malformed ACL: attributes must be a sorted set, and a capsule needs them", code="bad_acl")
     if acl.item != item_id(acl.owner, acl.kind, acl.label):
         raise StoreError("malformed ACL: the item id is not derived from its owner and label", code="bad_acl")
     if not verify_signature(acl.owner, acl.signing_bytes(), acl.signature):

@@ -1,8 +1,9 @@
 """A store node: serves its chunks to the consortium and keeps them replicated.
 
 Every request comes from a node whose certificate chain and current membership were
-checked. Writers must belong to the item's owner organisation and readers must be on
-its ACL. Store nodes also push and fetch replicas, but only of chunks the receiving or
+checked. Writers must belong to the item's owner organisation; readers must be on its
+ACL or hold an active grant of the owner whose policy the item's attributes satisfy.
+Store nodes also push and fetch replicas, but only of chunks the receiving or
 fetching node is a replica of: an organisation gets no ciphertext beyond what its own
 store node holds anyway, and without a sealed data key that ciphertext reveals nothing.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from twinledger.crypto.certs import NodeIdentity
+from twinledger.crypto.policy import Policy, satisfied
 from twinledger.errors import DecodeError, TwinledgerError
 from twinledger.store.client import StoreClient
 from twinledger.store.disk import MAX_FEED_PAGE, ChunkStore, CorruptChunk
@@ -29,6 +31,7 @@ from twinledger.store.placement import Replication, StoreNode, rank, replicas
 from twinledger.store.protocol import (
     HANDSHAKE_TIMEOUT,
     OPS,
+    PROXY_OPS,
     StoreTls,
     StoreUnavailable,
     frame,
@@ -50,6 +53,7 @@ from twinledger.store.records import (
 
 log = logging.getLogger("twinledger.store")
 T = TypeVar("T")
+Handler = Callable[[NodeIdentity, dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_CHUNK_BYTES = CHUNK_SIZE + 64
 MAX_BATCH = 4096
 CONCURRENT_REQUESTS = 32
@@ -62,12 +66,35 @@ MAX_CLOCK_SKEW = 300_000_000
 
 
 @dataclass(frozen=True)
+class ReadGrant:
+    """A grant as store nodes enforce it: ``recipient`` reads ``owner``'s items of ``twin``
+    whose attributes satisfy ``policy``, until ``valid_until`` (ms; 0: no end)."""
+
+    owner: str
+    recipient: str
+    twin: str
+    policy: Policy
+    valid_until: int
+
+    def covers(self, acl: ItemAcl, organisation: str, now_ms: int) -> bool:
+        return (organisation == self.recipient and acl.owner_organisation == self.owner
+                and (not self.valid_until or now_ms < self.valid_until)
+                and f"twin:{self.twin}" in acl.attributes and satisfied(self.policy, acl.attributes))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Directory:
-    """Who the store serves, from the membership contract at the node's head."""
+    """Who the store serves, from the membership and sharing contracts at the node's head."""
 
     nodes: tuple[StoreNode, ...]
     members: Mapping[bytes, str]
     """Every current member node's signing key, with its organisation."""
+    grants: tuple[ReadGrant, ...] = ()
+    """Active grants."""
+
+    def may_read(self, acl: ItemAcl, organisation: str) -> bool:
+        now = int(time.time() * 1000)
+        return acl.allows(organisation) or any(grant.covers(acl, organisation, now) for grant in self.grants)
 
 
 @dataclass
@@ -109,8 +136,11 @@ def _batches(items: list[T], size: int) -> Iterator[list[T]]:
 
 class StoreService:
     def __init__(self, disk: ChunkStore, tls: StoreTls, me: NodeIdentity, directory: Callable[[], Directory],
-                 replication: Replication, repair_interval: float = 30.0) -> None:  # fmt: skip
+                 replication: Replication, repair_interval: float = 30.0,
+                 extensions: Mapping[str, Handler] | None = None) -> None:  # fmt: skip
         self.disk = disk
+        self.extensions = dict(extensions or {})
+        """Handlers of operations other layers serve on this listener (the proxy's)."""
         self.tls = tls
         self.me = me
         self.directory = directory
@@ -207,10 +237,15 @@ class StoreService:
         number = message["id"]
         op = message.get("op")
         try:
-            if op not in OPS:
+            if op not in OPS | PROXY_OPS:
                 raise StoreError(f"unknown store operation {str(op)[:40]!r}", code="bad_request")
             self._check_member(identity)
-            result = await getattr(self, f"_{op}")(identity, message)
+            if op in PROXY_OPS:
+                if op not in self.extensions:
+                    raise StoreError(f"{self.me.organisation}/{self.me.node} is not a proxy node", code="not_a_proxy")
+                result = await self.extensions[op](identity, message)
+            else:
+                result = await getattr(self, f"_{op}")(identity, message)
         except TwinledgerError as exc:
             return {"id": number, "ok": False, "code": exc.code, "message": exc.message}
         return {"id": number, "ok": True, **result}
@@ -250,8 +285,9 @@ class StoreService:
 
     async def _readable_acl(self, identity: NodeIdentity, item: bytes) -> ItemAcl:
         acl = await self._known_acl(item)
-        if not acl.allows(identity.organisation):
-            raise AccessDenied(f"organisation {identity.organisation} is not a reader of item {item.hex()[:16]}…")
+        if not self.directory().may_read(acl, identity.organisation):
+            raise AccessDenied(f"organisation {identity.organisation} is not a reader of item {item.hex()[:16]}… "
+                               "and holds no active grant that covers it")  # fmt: skip
         return acl
 
     # -- operations --------------------------------------------------------------------------
@@ -424,7 +460,7 @@ class StoreService:
         catch-up and repair: updates hold hashes and times, no sample values."""
         item = _field(message, "feed", 32)
         acl = await self._feed_acl(item)
-        if not acl.allows(identity.organisation) and not self._is_store_node(identity):
+        if not self.directory().may_read(acl, identity.organisation) and not self._is_store_node(identity):
             raise AccessDenied(f"organisation {identity.organisation} is not a reader of feed {item.hex()[:16]}…")
         after = _integer(message, "after", -1, minimum=-1)
         limit = _integer(message, "limit", MAX_FEED_PAGE, minimum=1)

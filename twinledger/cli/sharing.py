@@ -1,0 +1,173 @@
+"""``twinledger grant``, ``revoke`` and ``grants``: fine-grained read access through proxies.
+
+The owner's CLI makes the re-encryption key from the organisation's sharing key (it
+never leaves this machine otherwise), records the grant on chain, then hands the key to
+the proxy nodes; a recipient's ``twin doc get`` reads through them (docs/sharing.md).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from twinledger.cli.common import Home, Json, KeyFile, client, command, out, print_json, transact
+from twinledger.cli.storage import organisation_key, sharing_key, with_store
+from twinledger.config import NodeConfig
+from twinledger.crypto import kpcpre
+from twinledger.crypto.policy import parse_policy, policy_text
+from twinledger.crypto.policy import to_obj as policy_to_obj
+from twinledger.errors import TwinledgerError
+from twinledger.sharing.grants import covering_grant, hand_over, make_grant_key, through_proxy
+from twinledger.store.client import StoreClient
+from twinledger.store.documents import Unlock, as_reader
+from twinledger.store.records import AccessDenied, ItemAcl
+
+Proxies = Annotated[list[str], typer.Option("--proxy", help="Proxy node ORG/NODE to hold the key (repeatable; default: "
+                                                            "every proxy node of the granting organisation).")]
+
+
+def unlock_for(home: Path, config: NodeConfig, store: StoreClient) -> Unlock:
+    """How this home gets an item's data key: as a reader the ACL names, else through a
+    proxy under an active grant to its organisation that covers the item."""
+    as_named_reader = as_reader(config.organisation, organisation_key(config))
+
+    async def unlock(acl: ItemAcl) -> bytes:
+        if acl.allows(config.organisation):
+            return await as_named_reader(acl)
+        listing = client(home).request("GET", f"/v1/grants?recipient={config.organisation}&owner={acl.owner_organisation}")
+        chosen = covering_grant(listing["grants"], acl, config.organisation, int(time.time() * 1000))
+        if chosen is None:
+            raise AccessDenied(f"{config.organisation} is no reader of item {acl.item.hex()[:16]}… and holds no active "
+                               f"grant of {acl.owner_organisation} that covers it")  # fmt: skip
+        return await through_proxy(store, chosen, sharing_key(config), listing["height"])(acl)
+
+    return unlock
+
+
+def parse_time(text: str) -> int:
+    """Milliseconds since the epoch of an ISO 8601 time (UTC unless it says otherwise)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise TwinledgerError(f"--until {text!r} is not an ISO 8601 time such as 2027-01-31T18:00", code="bad_time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _organisation(members: dict[str, Any], name: str) -> dict[str, Any]:
+    for org in members["organisations"]:
+        if org["name"] == name:
+            return org
+    raise TwinledgerError(f"no member organisation is named {name}", code="unknown_organisation")
+
+
+def _default_proxies(members: dict[str, Any], organisation: str) -> list[str]:
+    org = _organisation(members, organisation)
+    proxies = [f"{organisation}/{name}" for name, node in sorted(org["nodes"].items()) if "proxy" in node["roles"]]
+    if not proxies:
+        raise TwinledgerError(f"{organisation} has no proxy node; name one with --proxy ORG/NODE", code="no_proxy")
+    return proxies
+
+
+@command
+def grant(
+    home: Home,
+    twin: Annotated[str, typer.Option("--twin", help="Twin id or device id.")],
+    to: Annotated[str, typer.Option("--to", help="Organisation that may read.")],
+    policy: Annotated[str, typer.Option("--policy", help='Which data, e.g. "kind:document and type:report".')],
+    until: Annotated[str | None, typer.Option("--until", help="End of the grant, ISO 8601 (default: none).")] = None,
+    proxy: Proxies = [],  # noqa: B006
+    key: KeyFile = None,
+    as_json: Json = False,
+) -> None:
+    """Let another organisation read the twin's data that satisfies a policy.
+
+    The policy is confined to the twin (twin:ID is added if it does not require it); the
+    re-encryption key is made here, its hash recorded on chain, and the key handed to
+    the proxies, which re-encrypt only while the grant is active."""
+    asked = parse_policy(policy)
+    valid_until = parse_time(until) if until else 0
+    if valid_until and valid_until <= time.time() * 1000:
+        raise TwinledgerError(f"--until {until} lies in the past", code="bad_time")
+    twin_view = client(home).request("GET", f"/v1/twins/{twin}")
+
+    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> dict[str, Any]:
+        recipient = _organisation(members, to)
+        if not recipient.get("kpcpre_key"):
+            raise TwinledgerError(f"{to} has no sharing (KP-CPRE) key on chain", code="no_sharing_key")
+        proxies = sorted(proxy) or _default_proxies(members, config.organisation)
+        made = make_grant_key(sharing_key(config), twin_view["id"], asked,
+                              kpcpre.PublicKey.from_bytes(bytes.fromhex(recipient["kpcpre_key"])))  # fmt: skip
+        committed = transact(home, key, "sharing", "grant", {
+            "twin": twin_view["id"], "recipient": to, "policy": policy_to_obj(made.policy), "key_hash": made.key_hash,
+            "proxies": proxies, "valid_until": valid_until})  # fmt: skip
+        grant_id = bytes.fromhex(committed["transaction"]["hash"])
+        held = await hand_over(store, proxies, grant_id, made.key, committed["block"]["height"])
+        return {"grant": grant_id.hex(), "twin": twin_view["id"], "recipient": to, "policy": policy_text(made.policy),
+                "valid_until": valid_until, "proxies": held, "block": committed["block"]["height"]}  # fmt: skip
+
+    result = with_store(home, work)
+    if as_json:
+        print_json(result)
+        return
+    out.print(result["grant"], highlight=False)
+    out.print(f"{to} may read data of twin {result['twin']} where: {result['policy']}", highlight=False)
+    for label, outcome in result["proxies"].items():
+        out.print(f"  proxy {label}: {outcome}", highlight=False)
+
+
+@command
+def revoke(
+    grant_id: Annotated[str, typer.Argument(help="Grant id (or a unique prefix of at least 8 digits).")],
+    home: Home,
+    key: KeyFile = None,
+    as_json: Json = False,
+) -> None:
+    """End a grant: proxies delete its key and refuse, store nodes stop serving its data.
+    Data written from now on is under new keys the revoked party cannot get."""
+    chosen = _grant(home, grant_id)
+    committed = transact(home, key, "sharing", "revoke", {"grant": bytes.fromhex(chosen["id"])})
+    if as_json:
+        print_json({"grant": chosen["id"], "status": "revoked", "block": committed["block"]["height"]})
+    else:
+        out.print(f"revoked grant {chosen['id'][:16]}… of {chosen['recipient']} (block {committed['block']['height']})",
+                  highlight=False)  # fmt: skip
+
+
+def _grant(home: Path, prefix: str) -> dict[str, Any]:
+    if len(prefix) < 8:
+        raise TwinledgerError("give at least 8 digits of the grant id", code="bad_request")
+    matches = [g for g in client(home).request("GET", "/v1/grants")["grants"] if g["id"].startswith(prefix.lower())]
+    if len(matches) != 1:
+        raise TwinledgerError(f"{'no' if not matches else 'more than one'} grant id starts with {prefix}",
+                              code="unknown_grant")  # fmt: skip
+    return matches[0]
+
+
+@command
+def grants(
+    home: Home,
+    twin: Annotated[str | None, typer.Option("--twin", help="Only grants of this twin (id or device id).")] = None,
+    as_json: Json = False,
+) -> None:
+    """Grants of read access, newest first."""
+    query = f"?twin={client(home).request('GET', f'/v1/twins/{twin}')['id']}" if twin else ""
+    listing = client(home).request("GET", f"/v1/grants{query}")
+    if as_json:
+        print_json(listing)
+        return
+    table = Table("grant", "twin", "from", "to", "policy", "until", "status", title=f"grants at block {listing['height']}",
+                  title_justify="left")  # fmt: skip
+    for entry in listing["grants"]:
+        until = "—"
+        if entry["valid_until"]:
+            until = datetime.fromtimestamp(entry["valid_until"] / 1000, UTC).isoformat(timespec="minutes")
+        table.add_row(entry["id"][:16], entry["twin"], entry["owner"], entry["recipient"], entry["policy_text"], until,
+                      entry["status"])  # fmt: skip
+    out.print(table)

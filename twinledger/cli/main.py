@@ -19,6 +19,7 @@ from twinledger.cli import (
     sharing,
 )
 from twinledger.cli.common import Home, Json, client, command, err, error_line, kv_table, out, print_json
+from twinledger.cli.keys import key_app
 from twinledger.cli.storage import store_app
 from twinledger.cli.twins import member_app, twin_app
 from twinledger.config import ROLES, init_home, load_config
@@ -35,7 +36,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results in bench
 network_app = typer.Typer(no_args_is_help=True, help="A local consortium: one node per organisation on this machine.")
 for sub, name in ((node_app, "node"), (record_app, "record"), (tx_app, "tx"), (block_app, "block"),
                   (verify_app, "verify"), (bench_app, "bench"), (network_app, "network"), (twin_app, "twin"),
-                  (member_app, "member"), (store_app, "store")):  # fmt: skip
+                  (member_app, "member"), (store_app, "store"), (key_app, "key")):  # fmt: skip
     app.add_typer(sub, name=name)
 for function, name in ((sharing.grant, "grant"), (sharing.revoke, "revoke"), (sharing.grants, "grants")):
     app.command(name)(function)

@@ -1,0 +1,128 @@
+"""Owner-key recovery: a passphrase-sealed backup (Argon2id + AES-256-GCM) and a k-of-n
+Shamir split among trustees, each restoring the organisation's keys into a home."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from twinledger.config import init_home, load_config
+from twinledger.crypto.shamir import MAX_SHARES, Share, ShareError, combine_shares, split_secret
+
+SECRET = os.urandom(200)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6).flatmap(lambda k: st.tuples(st.just(k), st.integers(k, 8))), st.binary(max_size=300))
+def test_any_k_of_n_shares_recover_the_secret(sizes: tuple[int, int], secret: bytes) -> None:
+    threshold, count = sizes
+    shares = split_secret(secret, threshold, count, "acme")
+    for chosen in itertools.islice(itertools.combinations(shares, threshold), 10):
+        assert combine_shares(list(chosen)) == (secret, [])
+    if threshold > 1:
+        with pytest.raises(ShareError, match=f"this split needs {threshold}"):
+            combine_shares(shares[: threshold - 1])
+
+
+def test_a_damaged_share_is_named_when_there_are_enough_others() -> None:
+    shares = split_secret(SECRET, 3, 5, "acme")
+    damaged = replace(shares[1], value=(shares[1].value + 1))
+    secret, misfits = combine_shares([shares[0], damaged, shares[2], shares[3]])
+    assert secret == SECRET and misfits == [2]
+    with pytest.raises(ShareError, match="damaged or from different splits"):
+        combine_shares([shares[0], damaged, shares[2]])
+
+
+def test_shares_of_two_splits_do_not_combine() -> None:
+    first, second = split_secret(SECRET, 2, 3), split_secret(SECRET, 2, 3)
+    with pytest.raises(ShareError):
+        combine_shares([first[0], second[1]])
+    relabelled = [replace(share, label="other") for share in first[:2]]
+    with pytest.raises(ShareError):  # the label is bound into the encryption
+        combine_shares(relabelled)
+
+
+def test_share_files_round_trip_and_malformed_ones_are_named() -> None:
+    share = split_secret(SECRET, 2, 3, "acme")[0]
+    assert Share.from_bytes(share.to_bytes()) == share
+    for junk in (b"", b"\x00" * 10, share.to_bytes()[:-3], json.dumps({"format": 1}).encode()):
+        with pytest.raises(ShareError, match="not a twinledger key share"):
+            Share.from_bytes(junk)
+    with pytest.raises(ShareError):
+        split_secret(SECRET, 3, 2)
+    with pytest.raises(ShareError):
+        split_secret(SECRET, 1, MAX_SHARES + 1)
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "twinledger", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def key_files(home: Path) -> dict[str, bytes]:
+    return {name: (home / "keys" / f"{name}.key").read_bytes() for name in ("operator", "sharing", "node-encryption")}
+
+
+def test_a_passphrase_backup_restores_the_organisation_keys(tmp_path: Path) -> None:
+    home = tmp_path / "acme"
+    init_home(home, "acme", api_port=0)
+    original = key_files(home)
+    public = load_config(home).signing_key("operator").public
+    backup = tmp_path / "acme-keys.backup"
+    secret_env = {"TWINLEDGER_BACKUP_PASSPHRASE": "correct horse battery staple"}
+    made = run("key", "backup", "--home", str(home), "--out", str(backup), "--json", env=secret_env)
+    assert made.returncode == 0, made.stderr
+    assert sorted(json.loads(made.stdout)["keys"]) == ["node-encryption", "operator", "sharing"]
+    assert oct(backup.stat().st_mode & 0o777) == "0o600"
+    for content in original.values():
+        assert bytes.fromhex(json.loads(content)["secret"]) not in backup.read_bytes()
+
+    for path in (home / "keys").glob("*.key"):
+        if path.stem in original:
+            path.unlink()
+    wrong = run("key", "restore", str(backup), "--home", str(home), env={"TWINLEDGER_BACKUP_PASSPHRASE": "guess"})
+    assert wrong.returncode == 1 and "cannot open" in wrong.stderr and wrong.stderr.count("\n") == 1
+    restored = run("key", "restore", str(backup), "--home", str(home), env=secret_env)
+    assert restored.returncode == 0, restored.stderr
+    assert load_config(home).signing_key("operator").public == public
+    again = run("key", "restore", str(backup), "--home", str(home), env=secret_env)
+    assert again.returncode == 1 and "already holds" in again.stderr
+
+
+def test_trustees_recover_the_keys_with_k_of_n_shares(tmp_path: Path) -> None:
+    home = tmp_path / "acme"
+    init_home(home, "acme", api_port=0)
+    original = key_files(home)
+    shares_dir = tmp_path / "shares"
+    made = run("key", "split", "--home", str(home), "--threshold", "2", "--shares", "3", "--out", str(shares_dir),
+               "--json")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    files = [Path(p) for p in json.loads(made.stdout)["shares"]]
+    assert len(files) == 3 and all(oct(f.stat().st_mode & 0o777) == "0o600" for f in files)
+
+    fresh = tmp_path / "recovered"
+    init_home(fresh, "acme", api_port=0)
+    too_few = run("key", "combine", str(files[0]), "--home", str(fresh), "--force")
+    assert too_few.returncode == 1 and "needs 2" in too_few.stderr
+    damaged = tmp_path / "damaged.share"
+    raw = bytearray(files[1].read_bytes())
+    raw[-5] ^= 1
+    damaged.write_bytes(bytes(raw))
+    combined = run("key", "combine", str(files[0]), str(damaged), str(files[2]), "--home", str(fresh), "--force", "--json")
+    assert combined.returncode == 0, combined.stderr
+    assert json.loads(combined.stdout)["misfits"] == [2]
+    secrets = {name: json.loads(content)["secret"] for name, content in key_files(fresh).items()}
+    assert secrets == {name: json.loads(content)["secret"] for name, content in original.items()}
+    assert load_config(fresh).signing_key("operator").public == load_config(home).signing_key("operator").public

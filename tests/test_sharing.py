@@ -16,11 +16,13 @@ from network_helpers import Network
 from store_helpers import AUDITOR, MAINTAINER, MANUFACTURER, OWNER, cli, home, ok, store_consortium, with_client
 
 from twinledger.cli.common import transact
-from twinledger.cli.storage import organisation_key
+from twinledger.cli.storage import organisation_key, sharing_public
 from twinledger.config import load_config
 from twinledger.crypto.policy import parse_policy, to_obj
+from twinledger.store import feeds
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import data_key, parse_reference
+from twinledger.store.feeds import FeedWriter, parse_feed_reference, rotate_feed
 from twinledger.store.records import StoreError
 
 PLANT = Path(__file__).parent.parent / "examples" / "bottling-plant.aml"
@@ -169,3 +171,80 @@ def test_revocation_ends_access_to_old_and_new_data(consortium, twin, tmp_path):
     # what the auditor fetched while the grant held, it keeps; everything is under per-item keys
     assert hashlib.sha256((tmp_path / "ok.txt").read_bytes()).digest() == hashlib.sha256(
         (tmp_path / "before.txt").read_bytes()).digest()
+
+
+def samples(path: Path, count: int, start: int) -> Path:
+    path.write_text("time,value\n" + "".join(f"{(start + i * 10_000) / 1e6:.6f},{i}\n" for i in range(count)))
+    return path
+
+
+def test_a_feed_is_shared_by_grant_and_gets_a_new_key_when_the_grant_is_revoked(consortium, tmp_path):
+    twin = ok("twin", "create", "--home", home(consortium, OWNER), "--aml", str(PLANT), "--device-id", "plant-feed")["id"]
+    ok("twin", "feed", "add", twin, "level-sensor-1", "--home", home(consortium, OWNER), "--attribute", "type:level")
+    start = 1_790_000_000_000_000
+    ok("twin", "feed", "push", twin, "level-sensor-1", str(samples(tmp_path / "a.csv", 300, start)),
+       "--home", home(consortium, OWNER))  # fmt: skip
+    denied = cli("twin", "feed", "read", twin, "level-sensor-1", "--home", home(consortium, AUDITOR))
+    assert denied.returncode == 1 and "holds no active grant" in denied.stderr
+
+    granted = ok("grant", "--twin", twin, "--to", "auditor", "--policy", "kind:sensor and type:level",
+                 "--proxy", PROXY, "--home", home(consortium, OWNER))  # fmt: skip
+    read = ok("twin", "feed", "read", twin, "level-sensor-1", "--home", home(consortium, AUDITOR))
+    assert [value for _, value in read["samples"]] == list(range(300))
+
+    revoked = ok("revoke", granted["grant"], "--home", home(consortium, OWNER))
+    assert revoked["feeds_rotated"] == ["level-sensor-1"] and revoked["feeds_not_rotated"] == {}
+    ok("twin", "feed", "push", twin, "level-sensor-1", str(samples(tmp_path / "b.csv", 200, start + 10**8)),
+       "--home", home(consortium, OWNER))  # fmt: skip
+    assert cli("twin", "feed", "read", twin, "level-sensor-1", "--home", home(consortium, AUDITOR)).returncode == 1
+
+    # the owner reads both epochs, each segment with its own key, and the history verifies
+    everything = ok("twin", "feed", "read", twin, "level-sensor-1", "--home", home(consortium, OWNER))
+    assert [value for _, value in everything["samples"]] == list(range(300)) + list(range(200))
+    verified = ok("twin", "feed", "verify", twin, "level-sensor-1", "--home", home(consortium, OWNER))
+    assert verified["intact"] and verified["segments_opened"]
+
+    # the revoked party could not open the new epoch even with every key it ever received
+    view = httpx.get(f"{consortium.url(OWNER)}/v1/twins/{twin}", timeout=10).json()
+    item = parse_feed_reference(view["feeds"][0]["reference"])
+
+    async def epochs(client: StoreClient):
+        acl = await client.get_acl(item)
+        updates = await client.feed_updates(acl)
+        return acl, {u.key_commitment for u in updates}
+
+    acl, commitments = with_client(consortium, OWNER, epochs)
+    assert len(acl.retired) == 1 and len(commitments) == 2 and acl.retired[0].commitment in commitments
+
+    # a new grant later shares the whole history again: old data, no device touched
+    ok("grant", "--twin", twin, "--to", "auditor", "--policy", "type:level", "--proxy", PROXY,
+       "--home", home(consortium, OWNER))  # fmt: skip
+    again = ok("twin", "feed", "read", twin, "level-sensor-1", "--home", home(consortium, AUDITOR))
+    assert [value for _, value in again["samples"]] == list(range(300)) + list(range(200))
+
+
+def test_a_running_writer_adopts_the_epoch_a_revocation_started(consortium, tmp_path, monkeypatch):
+    twin = ok("twin", "create", "--home", home(consortium, OWNER), "--aml", str(PLANT), "--device-id", "plant-writer")["id"]
+    ok("twin", "feed", "add", twin, "level-sensor-1", "--home", home(consortium, OWNER))
+    view = httpx.get(f"{consortium.url(OWNER)}/v1/twins/{twin}", timeout=10).json()
+    item = parse_feed_reference(view["feeds"][0]["reference"])
+    config = load_config(consortium.homes[OWNER])
+    owner, key = config.signing_key("operator"), organisation_key(config)
+    monkeypatch.setattr(feeds, "ACL_REFRESH", 0.0)
+
+    async def work(client: StoreClient):
+        running = await FeedWriter.open(client, owner, "owner", key, item)
+        running.extend([(1_790_000_000_000_000 + i, float(i)) for i in range(10)])
+        first = (await running.flush())[0]
+        await rotate_feed(client, owner, "owner", key, item, sharing_public(members(consortium), "owner"))
+        running.extend([(1_790_000_001_000_000 + i, float(i)) for i in range(10)])
+        second = (await running.flush())[0]
+        return first, second, await client.get_acl(item)
+
+    first, second, acl = with_client(consortium, OWNER, work)
+    assert first.key_commitment != second.key_commitment
+    assert acl.retired[0].commitment == first.key_commitment
+
+
+def members(network: Network) -> dict:
+    return httpx.get(f"{network.url(OWNER)}/v1/members", timeout=10).json()

@@ -95,7 +95,7 @@ async def run_feed(writer_client: StoreClient, reader_client: StoreClient, owner
                             recipients)  # fmt: skip
     writer = await FeedWriter.open(writer_client, owner.signing_key("operator"), "owner", organisation_key(owner),
                                    acl.item)  # fmt: skip
-    follower = await FeedReader.open(reader_client, acl.item, "maintainer", organisation_key(reader))
+    follower = await FeedReader.open(reader_client, acl.item, as_reader("maintainer", organisation_key(reader)))
     total = int(rate * seconds)
     task = progress.add_task(f"feed: {rate:,} samples/s, {period:g} s segments", total=total)
     latencies: list[float] = []

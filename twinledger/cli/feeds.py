@@ -22,12 +22,23 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from twinledger.cli.common import Home, Json, KeyFile, client, command, err, kv_table, out, print_json, signer, transact
-from twinledger.cli.storage import organisation_key, with_store
-from twinledger.cli.twins import Organisations, Readers, Ref, Wait, _recipients, _twin, _write, change_readers, feed_app
+from twinledger.cli.sharing import unlock_for
+from twinledger.cli.storage import organisation_key, sharing_public, with_store
+from twinledger.cli.twins import (
+    Attributes,
+    Organisations,
+    Readers,
+    Ref,
+    Wait,
+    _recipients,
+    _twin,
+    _write,
+    change_readers,
+    feed_app,
+)
 from twinledger.config import NodeConfig
 from twinledger.errors import TwinledgerError
 from twinledger.store.client import StoreClient
-from twinledger.store.documents import data_key
 from twinledger.store.feeds import (
     CHECKPOINT_EVERY,
     MAX_SEGMENT_SAMPLES,
@@ -40,6 +51,7 @@ from twinledger.store.feeds import (
     create_feed,
     feed_reference,
     parse_feed_reference,
+    rotate_feed,
     update_view,
     verify_feed,
 )
@@ -111,6 +123,7 @@ def feed_add(
     reference: Annotated[str | None, typer.Option(help="Attach a feed kept elsewhere (any URI) instead of "
                                                        "creating one in the store.")] = None,  # fmt: skip
     reader: Readers = [],  # noqa: B006
+    attribute: Attributes = [],  # noqa: B006
     description: Annotated[str, typer.Option(help="What the feed carries.")] = "",
     key: KeyFile = None,
     wait: Wait = True,
@@ -118,15 +131,19 @@ def feed_add(
 ) -> None:
     """Create an encrypted sensor feed in the store and attach it to a component.
 
-    Only this key can append to it; the readers get its data key sealed to them."""
+    Only this key can append to it; the readers get its data key sealed to them, and the
+    owner can grant others access by its attributes (twin:ID, kind:sensor,
+    component:COMPONENT and every --attribute)."""
     view = _twin(home, ref)
     if reference is None:
         owner = signer(home, key)
+        attributes = [f"twin:{view['id']}", "kind:sensor", f"component:{component}", *attribute]
 
         async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> bytes:
             recipients = _recipients(view, members, reader, config.organisation)
             acl = await create_feed(store, owner, config.organisation, organisation_key(config),
-                                    topic or f"{view['id']}/{component}", recipients)  # fmt: skip
+                                    topic or f"{view['id']}/{component}", recipients, attributes,
+                                    sharing_public(members, config.organisation))  # fmt: skip
             return acl.item
 
         reference = feed_reference(with_store(home, work))
@@ -228,9 +245,9 @@ def feed_push(
         await asyncio.to_thread(transact, home, key, "twins", "checkpoint_feed",
                                 {"twin": twin, "component": component, "sequence": head.sequence, "head": head.hash})  # fmt: skip
 
-    async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> list[FeedUpdate]:
+    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> list[FeedUpdate]:
         writer = await FeedWriter.open(store, owner, config.organisation, organisation_key(config), feed,
-                                       checkpoint, checkpoint_every)  # fmt: skip
+                                       checkpoint, checkpoint_every, sharing_public(members, config.organisation))  # fmt: skip
         written: list[FeedUpdate] = []
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} samples"),
                             TimeRemainingColumn(), console=err, transient=True,
@@ -273,7 +290,7 @@ def feed_read(
     start, end = (parse_time(t) if t is not None else None for t in (since, until))
 
     async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> list[Segment]:
-        reader = await FeedReader.open(store, feed, config.organisation, organisation_key(config))
+        reader = await FeedReader.open(store, feed, unlock_for(home, config, store))
         if latest:
             newest = await reader.latest()
             return [newest] if newest is not None else []
@@ -317,7 +334,7 @@ def feed_follow(
     feed = _feed_of(home, ref, component).feed
 
     async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> None:
-        reader = await FeedReader.open(store, feed, config.organisation, organisation_key(config))
+        reader = await FeedReader.open(store, feed, unlock_for(home, config, store))
         start = after
         if start is None:
             head = await store.feed_head(reader.acl)
@@ -347,6 +364,26 @@ def _report_view(report: FeedReport) -> dict[str, Any]:
                          for p in report.problems]}  # fmt: skip
 
 
+@feed_app.command("rotate")
+@command
+def feed_rotate(ref: Ref, component: Component, home: Home, key: KeyFile = None, as_json: Json = False) -> None:
+    """Give the feed a new data key for everything appended from now on (a new epoch).
+    History keeps its keys; twinledger revoke does this by itself for the twin's feeds."""
+    attached = _feed_of(home, ref, component)
+    owner = signer(home, key)
+
+    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> Any:
+        return await rotate_feed(store, owner, config.organisation, organisation_key(config), attached.feed,
+                                 sharing_public(members, config.organisation))  # fmt: skip
+
+    acl = with_store(home, work)
+    if as_json:
+        print_json({"feed": attached.feed.hex(), "epoch": len(acl.retired) + 1, "acl_version": acl.version})
+    else:
+        out.print(f"feed of {component} is in epoch {len(acl.retired) + 1}: samples appended from now on are "
+                  "sealed under a new key", highlight=False)  # fmt: skip
+
+
 @feed_app.command("verify")
 @command
 def feed_verify(ref: Ref, component: Component, home: Home, as_json: Json = False) -> None:
@@ -356,12 +393,13 @@ def feed_verify(ref: Ref, component: Component, home: Home, as_json: Json = Fals
     feed = attached.feed
 
     async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> FeedReport:
-        acl = await store.get_acl(feed)
+        owner = bytes.fromhex(attached.entry["owner"])
+        unlock = unlock_for(home, config, store)
         try:
-            secret: bytes | None = data_key(acl, config.organisation, organisation_key(config))
-        except AccessDenied:
-            secret = None
-        return await verify_feed(store, feed, attached.checkpoints, bytes.fromhex(attached.entry["owner"]), secret)
+            await unlock(await store.get_acl(feed), None)
+        except AccessDenied:  # not a reader: checks everything but what is inside the segments
+            return await verify_feed(store, feed, attached.checkpoints, owner)
+        return await verify_feed(store, feed, attached.checkpoints, owner, unlock)
 
     report = with_store(home, work)
     if as_json:

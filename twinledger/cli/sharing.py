@@ -15,8 +15,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from twinledger.cli.common import Home, Json, KeyFile, client, command, out, print_json, transact
-from twinledger.cli.storage import organisation_key, sharing_key, with_store
+from twinledger.cli.common import Home, Json, KeyFile, client, command, out, print_json, signer, transact
+from twinledger.cli.storage import organisation_key, sharing_key, sharing_public, with_store
 from twinledger.config import NodeConfig
 from twinledger.crypto import kpcpre
 from twinledger.crypto.policy import parse_policy, policy_text
@@ -25,6 +25,7 @@ from twinledger.errors import TwinledgerError
 from twinledger.sharing.grants import covering_grant, hand_over, make_grant_key, through_proxy
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import Unlock, as_reader
+from twinledger.store.feeds import parse_feed_reference, rotate_feed
 from twinledger.store.records import AccessDenied, ItemAcl
 
 Proxies = Annotated[list[str], typer.Option("--proxy", help="Proxy node ORG/NODE to hold the key (repeatable; default: "
@@ -36,15 +37,15 @@ def unlock_for(home: Path, config: NodeConfig, store: StoreClient) -> Unlock:
     proxy under an active grant to its organisation that covers the item."""
     as_named_reader = as_reader(config.organisation, organisation_key(config))
 
-    async def unlock(acl: ItemAcl) -> bytes:
+    async def unlock(acl: ItemAcl, commitment: bytes | None) -> bytes:
         if acl.allows(config.organisation):
-            return await as_named_reader(acl)
+            return await as_named_reader(acl, commitment)
         listing = client(home).request("GET", f"/v1/grants?recipient={config.organisation}&owner={acl.owner_organisation}")
         chosen = covering_grant(listing["grants"], acl, config.organisation, int(time.time() * 1000))
         if chosen is None:
             raise AccessDenied(f"{config.organisation} is no reader of item {acl.item.hex()[:16]}… and holds no active "
                                f"grant of {acl.owner_organisation} that covers it")  # fmt: skip
-        return await through_proxy(store, chosen, sharing_key(config), listing["height"])(acl)
+        return await through_proxy(store, chosen, sharing_key(config), listing["height"])(acl, commitment)
 
     return unlock
 
@@ -130,14 +131,43 @@ def revoke(
     as_json: Json = False,
 ) -> None:
     """End a grant: proxies delete its key and refuse, store nodes stop serving its data.
-    Data written from now on is under new keys the revoked party cannot get."""
+    The twin's feeds this key owns get a new data key (documents have one each), so data
+    written from now on is under keys the revoked party never saw."""
     chosen = _grant(home, grant_id)
     committed = transact(home, key, "sharing", "revoke", {"grant": bytes.fromhex(chosen["id"])})
+    rotated, failed = _new_epochs(home, key, chosen["twin"])
     if as_json:
-        print_json({"grant": chosen["id"], "status": "revoked", "block": committed["block"]["height"]})
+        print_json({"grant": chosen["id"], "status": "revoked", "block": committed["block"]["height"],
+                    "feeds_rotated": rotated, "feeds_not_rotated": failed})  # fmt: skip
     else:
-        out.print(f"revoked grant {chosen['id'][:16]}… of {chosen['recipient']} (block {committed['block']['height']})",
-                  highlight=False)  # fmt: skip
+        out.print(f"revoked grant {chosen['id'][:16]}… of {chosen['recipient']} (block {committed['block']['height']}); "
+                  f"{len(rotated)} feed(s) of the twin have a new key", highlight=False)  # fmt: skip
+    if failed:
+        raise TwinledgerError("the grant is revoked, but feed(s) " + "; ".join(f"{c}: {why}" for c, why in failed.items())
+                              + " kept their key: run twin feed rotate", code="rotation_failed")  # fmt: skip
+
+
+def _new_epochs(home: Path, key: Path | None, twin: str) -> tuple[list[str], dict[str, str]]:
+    """Rotate the data key of every store feed of ``twin`` this key owns, so what its
+    devices append from now on is unreadable with keys a revoked party may hold.
+    Feeds other keys own (a device agent's) rotate when their writer sees the revocation."""
+    me = signer(home, key)
+    feeds = [f for f in client(home).request("GET", f"/v1/twins/{twin}")["feeds"]
+             if f["reference"].startswith("store:") and f["owner"] == me.public.hex()]  # fmt: skip
+
+    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+        rotated, failed = [], {}
+        sharing = sharing_public(members, config.organisation)
+        for entry in feeds:
+            try:
+                await rotate_feed(store, me, config.organisation, organisation_key(config),
+                                  parse_feed_reference(entry["reference"]), sharing)  # fmt: skip
+                rotated.append(entry["component"])
+            except TwinledgerError as exc:
+                failed[entry["component"]] = exc.message
+        return rotated, failed
+
+    return with_store(home, work) if feeds else ([], {})
 
 
 def _grant(home: Path, prefix: str) -> dict[str, Any]:

@@ -55,6 +55,14 @@ def sharing_key(config: NodeConfig) -> kpcpre.SecretKey:
     return kpcpre.SecretKey.from_bytes(read_secret_file(config.key("sharing"), "kpcpre", passphrase()))
 
 
+def sharing_public(members: dict[str, Any], organisation: str) -> kpcpre.PublicKey | None:
+    """``organisation``'s public sharing key as the membership lists it (None if it has none)."""
+    for org in members["organisations"]:
+        if org["name"] == organisation and org.get("kpcpre_key"):
+            return kpcpre.PublicKey.from_bytes(bytes.fromhex(org["kpcpre_key"]))
+    return None
+
+
 def with_store(home: Path, work: Callable[[NodeConfig, StoreClient, dict[str, Any]], Awaitable[T]]) -> T:
     """Run ``work`` with a store client for the home, closing it afterwards."""
     config = load_config(home)

@@ -27,9 +27,8 @@ from twinledger.cli.common import (
     transact,
 )
 from twinledger.cli.sharing import unlock_for
-from twinledger.cli.storage import organisation_key, transfer_progress, with_store
+from twinledger.cli.storage import organisation_key, sharing_public, transfer_progress, with_store
 from twinledger.config import NodeConfig, load_config
-from twinledger.crypto import kpcpre
 from twinledger.errors import InvalidProof, TwinledgerError
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import StoredDocument, download_document, parse_reference, upload_document
@@ -291,7 +290,7 @@ FileArg = Annotated[Path, typer.Argument(help="The document's file.", exists=Tru
 Readers = Annotated[list[str], typer.Option("--reader", help="Organisation that may read it (repeatable; default: "
                                                            "every organisation with a role on the twin).")]
 Attributes = Annotated[list[str], typer.Option("--attribute", help="Attribute for grants' policies, e.g. type:report "
-                                                                   "(repeatable; twin:ID and kind:document are always set).")]
+                                                                   "(repeatable; twin:ID and the kind are always set).")]
 
 
 def document_attributes(twin_id: str, component: str | None, extra: list[str]) -> list[str]:
@@ -319,8 +318,7 @@ def _store_document(home: Path, key: Path | None, view: dict[str, Any], file: Pa
 
     async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> StoredDocument:
         recipients = _recipients(view, members, readers, config.organisation)
-        own = next(org for org in members["organisations"] if org["name"] == config.organisation)
-        sharing = kpcpre.PublicKey.from_bytes(bytes.fromhex(own["kpcpre_key"])) if own.get("kpcpre_key") else None
+        sharing = sharing_public(members, config.organisation)
         with transfer_progress(f"encrypting {file.name}", file.stat().st_size, quiet) as advance:
             return await upload_document(store, file, owner, config.organisation, recipients, advance,
                                          attributes=attributes, sharing=sharing)  # fmt: skip

@@ -79,8 +79,9 @@ def covering_grant(grants: Iterable[Mapping[str, Any]], acl: ItemAcl, organisati
 def through_proxy(client: StoreClient, grant: Mapping[str, Any], secret: kpcpre.SecretKey, height: int) -> Unlock:
     """Unlock items as ``grant``'s recipient: a proxy re-encrypts the capsule, ``secret`` opens it."""
 
-    async def unlock(acl: ItemAcl) -> bytes:
-        if not acl.capsule:
+    async def unlock(acl: ItemAcl, commitment: bytes | None) -> bytes:
+        capsule = acl.epoch(commitment).capsule
+        if not capsule:
             raise AccessDenied(f"item {acl.item.hex()[:16]}… has no capsule: only the readers it names can read it")
         nodes = {node.label: node for node in client.nodes}
         refusals: list[str] = []
@@ -89,7 +90,7 @@ def through_proxy(client: StoreClient, grant: Mapping[str, Any], secret: kpcpre.
                 continue
             try:
                 response = await client.request(nodes[label], "reencrypt", {
-                    "grant": bytes.fromhex(grant["id"]), "capsule": acl.capsule, "height": height})  # fmt: skip
+                    "grant": bytes.fromhex(grant["id"]), "capsule": capsule, "height": height})  # fmt: skip
             except StoreError as exc:
                 if exc.code in ("access_denied", "policy_not_satisfied", "decryption_failed"):
                     raise

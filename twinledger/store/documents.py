@@ -47,8 +47,9 @@ REFERENCE = re.compile(r"^store:([0-9a-f]{64})/([0-9a-f]{64})$")
 
 Progress = Callable[[int], None]
 """Called with the number of plaintext bytes just done."""
-Unlock = Callable[[ItemAcl], Awaitable[bytes]]
-"""Gives the data key of the item an ACL protects: as a named reader, or through a grant."""
+Unlock = Callable[[ItemAcl, bytes | None], Awaitable[bytes]]
+"""Gives the data key with a commitment (None: the current one) of the item an ACL
+protects: as a named reader, or through a grant."""
 
 
 @dataclass(frozen=True)
@@ -100,15 +101,15 @@ def new_data_key(sharing: kpcpre.PublicKey | None, attributes: Sequence[str]) ->
 def as_reader(organisation: str, key: EncryptionKey) -> Unlock:
     """Unlock items as ``organisation``, a reader the ACL names, with its X25519 key."""
 
-    async def unlock(acl: ItemAcl) -> bytes:
-        return data_key(acl, organisation, key)
+    async def unlock(acl: ItemAcl, commitment: bytes | None) -> bytes:
+        return data_key(acl, organisation, key, commitment)
 
     return unlock
 
 
-def data_key(acl: ItemAcl, organisation: str, key: EncryptionKey) -> bytes:
-    """The item's data key, unsealed with ``organisation``'s key."""
-    reader = acl.reader(organisation)
+def data_key(acl: ItemAcl, organisation: str, key: EncryptionKey, commitment: bytes | None = None) -> bytes:
+    """The item's data key (of the epoch with ``commitment``), unsealed with ``organisation``'s key."""
+    reader = next((r for r in acl.epoch(commitment).readers if r.organisation == organisation), None)
     if reader is None:
         raise AccessDenied(f"the ACL of item {acl.item.hex()[:16]}… holds no key for organisation {organisation}")
     if reader.key != key.public:
@@ -209,7 +210,7 @@ async def download_document(client: StoreClient, reference: str, expected: bytes
         raise StoreError("the document's reference names another manifest than the chain records",
                          code="hash_mismatch")  # fmt: skip
     manifest = decode_manifest(await client.get_chunk(item, manifest_hash))
-    secret = await unlock(await client.get_acl(item))
+    secret = await unlock(await client.get_acl(item), manifest.key_commitment)
     if key_commitment(secret) != manifest.key_commitment:
         raise DecryptionFailed()
     aead = AESGCM(secret)

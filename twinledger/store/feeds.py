@@ -8,6 +8,11 @@ sequence number, a later time and the hash of the update before; store nodes app
 only updates that follow their head, so history is one chain. Now and then the owner
 records the head on chain (a checkpoint), after which no one, the owner included, can
 rewrite what came before without ``verify_feed`` noticing.
+
+A feed's data key lasts an *epoch*: ``FeedWriter.rotate`` starts a new one (when access
+is revoked, so nothing written later opens with a key the revoked party may hold).
+Every update names its epoch by the commitment to its key; the ACL keeps the earlier
+epochs' capsules and sealed keys, so readers open each segment with its own key.
 """
 
 from __future__ import annotations
@@ -19,21 +24,26 @@ import re
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey
+from twinledger.crypto.seal import seal
 from twinledger.errors import DecryptionFailed, TwinledgerError
 from twinledger.store.client import StoreClient
-from twinledger.store.documents import data_key, new_acl
+from twinledger.store.documents import Unlock, as_reader, new_acl, new_data_key, sealed_key_context
 from twinledger.store.placement import StoreNode
 from twinledger.store.records import (
     CHUNK_SIZE,
+    MAX_ACL_BYTES,
+    Epoch,
     FeedUpdate,
     ItemAcl,
+    Reader,
     StoreError,
     chunk_hash,
     decode_feed_update,
@@ -51,6 +61,8 @@ REFERENCE = re.compile(r"^store:([0-9a-f]{64})$")
 VERIFY_IN_FLIGHT = 16
 CHECKPOINT_EVERY = 60
 """Updates between on-chain checkpoints: once a minute with 1 s segments."""
+ACL_REFRESH = 5.0
+"""Seconds between a writer's looks for a newer epoch started elsewhere (a revocation)."""
 
 Sample = tuple[int, float]
 Checkpointer = Callable[[FeedUpdate], Awaitable[None]]
@@ -80,17 +92,21 @@ def now_us() -> int:
 
 
 async def create_feed(store: StoreClient, owner: SigningKey, organisation: str, key: EncryptionKey, topic: str,
-                      recipients: Mapping[str, bytes]) -> ItemAcl:  # fmt: skip
+                      recipients: Mapping[str, bytes], attributes: Sequence[str] = (),
+                      sharing: kpcpre.PublicKey | None = None) -> ItemAcl:  # fmt: skip
     """``owner``'s feed on ``topic`` (its id is hash(owner key, topic)), readable by
-    ``recipients`` (organisation → X25519 key) and the owner's organisation; an existing
-    feed of the same owner and topic is returned as it is."""
+    ``recipients`` (organisation → X25519 key) and the owner's organisation, and with
+    ``attributes`` and the organisation's ``sharing`` key by whom it grants access; an
+    existing feed of the same owner and topic is returned as it is."""
     item = item_id(owner.public, "feed", topic.encode())
     try:
         return await store.get_acl(item)
     except StoreError as exc:
         if exc.code != "not_found":
             raise
-    acl = new_acl(owner, organisation, "feed", topic.encode(), os.urandom(32), {**recipients, organisation: key.public})
+    secret, canonical, capsule = new_data_key(sharing, attributes)
+    acl = new_acl(owner, organisation, "feed", topic.encode(), secret, {**recipients, organisation: key.public},
+                  canonical, capsule)  # fmt: skip
     await store.put_acl(acl)
     return acl
 
@@ -136,12 +152,16 @@ class FeedWriter:
     a write quorum is kept, as signed, and sent again first: retrying never forks the
     feed, and a failed flush loses no sample."""
 
-    def __init__(self, store: StoreClient, owner: SigningKey, acl: ItemAcl, secret: bytes, head: FeedUpdate | None,
-                 checkpoint: Checkpointer | None = None, checkpoint_every: int = CHECKPOINT_EVERY) -> None:  # fmt: skip
+    def __init__(self, store: StoreClient, owner: SigningKey, acl: ItemAcl, unlock: Unlock, secret: bytes,
+                 head: FeedUpdate | None, checkpoint: Checkpointer | None = None,
+                 checkpoint_every: int = CHECKPOINT_EVERY, sharing: kpcpre.PublicKey | None = None) -> None:  # fmt: skip
         self.store = store
         self.owner = owner
         self.acl = acl
+        self.unlock = unlock
         self.secret = secret
+        self.sharing = sharing
+        self._acl_checked = time.monotonic()
         self.head = head
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
@@ -152,14 +172,17 @@ class FeedWriter:
 
     @classmethod
     async def open(cls, store: StoreClient, owner: SigningKey, organisation: str, key: EncryptionKey, feed: bytes,
-                   checkpoint: Checkpointer | None = None, checkpoint_every: int = CHECKPOINT_EVERY) -> FeedWriter:  # fmt: skip
-        """The writer of ``owner``'s ``feed``, continuing from the newest stored head."""
+                   checkpoint: Checkpointer | None = None, checkpoint_every: int = CHECKPOINT_EVERY,
+                   sharing: kpcpre.PublicKey | None = None) -> FeedWriter:  # fmt: skip
+        """The writer of ``owner``'s ``feed``, continuing from the newest stored head;
+        ``sharing`` (the organisation's public sharing key) is needed to rotate its key."""
         acl = await store.get_acl(feed)
         if acl.kind != "feed" or acl.owner != owner.public:
             raise StoreError(f"item {feed.hex()[:16]}… is not a feed of this key; only its owner appends",
                              code="not_item_owner")  # fmt: skip
-        return cls(store, owner, acl, data_key(acl, organisation, key), await store.feed_head(acl),
-                   checkpoint, checkpoint_every)  # fmt: skip
+        unlock = as_reader(organisation, key)
+        return cls(store, owner, acl, unlock, await unlock(acl, None), await store.feed_head(acl), checkpoint,
+                   checkpoint_every, sharing)  # fmt: skip
 
     @property
     def feed(self) -> bytes:
@@ -172,6 +195,8 @@ class FeedWriter:
         """Seal what was added into segments and append them; returns the new updates.
         Raises if a segment found no write quorum (it stays queued)."""
         async with self._lock:
+            if self._pending and time.monotonic() - self._acl_checked >= ACL_REFRESH:
+                await self._refresh()
             while self._pending:
                 batch = self._pending[:MAX_SEGMENT_SAMPLES]
                 self._unsent.append(self._sealed(batch))
@@ -203,6 +228,36 @@ class FeedWriter:
         self.head = update
         return update, segment
 
+    async def _refresh(self) -> None:
+        """Adopt a newer epoch another writer of the owner started (``twinledger revoke``)."""
+        acl = await self.store.get_acl(self.feed)
+        self._acl_checked = time.monotonic()
+        if acl.version > self.acl.version and acl.owner == self.acl.owner:
+            self.acl, self.secret = acl, await self.unlock(acl, None)
+
+    async def rotate(self) -> ItemAcl:
+        """Start a new epoch: a fresh data key, sealed to the same named readers and
+        KP-CPRE-encrypted under the same attributes, for everything sealed from now on.
+        The old key moves to the ACL's retired epochs, so history stays readable to
+        whoever could read it."""
+        async with self._lock:
+            old = self.acl
+            if old.capsule and self.sharing is None:
+                raise StoreError("rotating a shared feed's key needs the organisation's sharing key", code="no_sharing_key")
+            secret, _, capsule = new_data_key(self.sharing, old.attributes)
+            context = sealed_key_context(old.item)
+            readers = tuple(Reader(r.organisation, r.key, seal(r.key, secret, context)) for r in old.readers)
+            retired = (*old.retired, Epoch(key_commitment(self.secret), old.capsule, old.readers))
+            acl = replace(old, version=old.version + 1, readers=readers, capsule=capsule, retired=retired,
+                          issued=int(time.time() * 1000), signature=b"").signed(self.owner)  # fmt: skip
+            if len(acl.encoded()) > MAX_ACL_BYTES:
+                raise StoreError(f"feed {self.feed.hex()[:16]}… has changed its key {len(retired)} times and its ACL is "
+                                 "full; start a new feed", code="acl_full")  # fmt: skip
+            await self.store.put_acl(acl)
+            self.acl, self.secret = acl, secret
+            self._acl_checked = time.monotonic()
+            return acl
+
     async def record_checkpoint(self) -> None:
         """Record the head on chain now (``flush`` does every ``checkpoint_every`` updates,
         and tries again at the next flush if the chain could not be reached)."""
@@ -217,7 +272,35 @@ class FeedWriter:
         await self.record_checkpoint()
 
 
+async def rotate_feed(store: StoreClient, owner: SigningKey, organisation: str, key: EncryptionKey, feed: bytes,
+                      sharing: kpcpre.PublicKey | None) -> ItemAcl:  # fmt: skip
+    """Start a new epoch of ``owner``'s ``feed`` (see ``FeedWriter.rotate``)."""
+    writer = await FeedWriter.open(store, owner, organisation, key, feed, sharing=sharing)
+    return await writer.rotate()
+
+
 # -- reading ---------------------------------------------------------------------------------------
+
+
+class EpochKeys:
+    """The data keys of a feed's epochs, unlocked once each as updates name them."""
+
+    def __init__(self, store: StoreClient, acl: ItemAcl, unlock: Unlock) -> None:
+        self.store, self.acl, self.unlock = store, acl, unlock
+        self._keys: dict[bytes, bytes] = {}
+
+    async def get(self, update: FeedUpdate) -> bytes:
+        commitment = update.key_commitment
+        if commitment not in self._keys:
+            secret = await self.unlock(self.acl, commitment)
+            if key_commitment(secret) != commitment:  # a newer epoch than this copy of the ACL knows
+                self.acl = await self.store.get_acl(self.acl.item)
+                secret = await self.unlock(self.acl, commitment)
+            if key_commitment(secret) != commitment:
+                raise StoreError(f"update {update.sequence} is sealed under a data key the feed's ACL does not hold",
+                                 code="wrong_key")  # fmt: skip
+            self._keys[commitment] = secret
+        return self._keys[commitment]
 
 
 @dataclass(frozen=True)
@@ -230,23 +313,20 @@ class FeedReader:
     """Reads a feed as one of its reader organisations: updates checked against the
     owner's signature and each other, segments against their hash and key."""
 
-    def __init__(self, store: StoreClient, acl: ItemAcl, secret: bytes) -> None:
-        self.store, self.acl, self.secret = store, acl, secret
-        self._commitment = key_commitment(secret)
+    def __init__(self, store: StoreClient, acl: ItemAcl, unlock: Unlock) -> None:
+        self.store, self.acl = store, acl
+        self.keys = EpochKeys(store, acl, unlock)
 
     @classmethod
-    async def open(cls, store: StoreClient, feed: bytes, organisation: str, key: EncryptionKey) -> FeedReader:
+    async def open(cls, store: StoreClient, feed: bytes, unlock: Unlock) -> FeedReader:
         acl = await store.get_acl(feed)
         if acl.kind != "feed":
             raise StoreError(f"item {feed.hex()[:16]}… is a {acl.kind}, not a feed", code="not_a_feed")
-        return cls(store, acl, data_key(acl, organisation, key))
+        return cls(store, acl, unlock)
 
     async def segment(self, update: FeedUpdate) -> Segment:
-        if update.key_commitment != self._commitment:
-            raise StoreError(f"update {update.sequence} is sealed under a data key this reader does not hold",
-                             code="wrong_key")  # fmt: skip
-        return Segment(update, open_segment(self.secret, update, await self.store.get_chunk(self.acl.item,
-                                                                                            update.segment)))  # fmt: skip
+        secret = await self.keys.get(update)
+        return Segment(update, open_segment(secret, update, await self.store.get_chunk(self.acl.item, update.segment)))
 
     async def history(self, after: int = -1, until_sequence: int | None = None, since: int | None = None,
                       until: int | None = None) -> AsyncIterator[Segment]:  # fmt: skip
@@ -313,17 +393,19 @@ class FeedReport:
 
 
 async def verify_feed(store: StoreClient, feed: bytes, checkpoints: Sequence[Checkpoint], owner: bytes | None = None,
-                      secret: bytes | None = None) -> FeedReport:  # fmt: skip
+                      unlock: Unlock | None = None) -> FeedReport:  # fmt: skip
     """Check the whole history of ``feed`` against the on-chain ``checkpoints``.
 
     Every replica's updates are read; what survives on any replica counts, so a problem is
     one no repair can fix: a sequence no replica holds (deleted), an update whose signature
     fails, that two replicas disagree on or that differs from a checkpoint (altered), an
     update not linked to the one before (reordered), a segment no replica serves intact.
-    ``owner`` is the key the chain says attached the feed; with the feed's ``secret`` each
-    segment is also opened, which finds one moved to another place in the history."""
+    ``owner`` is the key the chain says attached the feed; a reader (``unlock``) also opens
+    each segment it holds the epoch's key for, which finds one moved to another place in
+    the history."""
     acl = await store.get_acl(feed)
-    report = FeedReport(feed, checkpoints=len(checkpoints), segments_opened=secret is not None)
+    report = FeedReport(feed, checkpoints=len(checkpoints), segments_opened=unlock is not None)
+    keys = EpochKeys(store, acl, unlock) if unlock is not None else None
     if owner is not None and acl.owner != owner:
         report.problems.append(FeedProblem("forged", -1, "", "the feed's updates are signed by another key than "
                                                              "the one that attached it on chain"))  # fmt: skip
@@ -346,7 +428,7 @@ async def verify_feed(store: StoreClient, feed: bytes, checkpoints: Sequence[Che
     report.updates = len(chain)
     ordered = [chain[sequence] for sequence in sorted(chain)]
     for start in range(0, len(ordered), VERIFY_IN_FLIGHT):
-        found = await asyncio.gather(*(_segment_problem(store, acl, update, secret)
+        found = await asyncio.gather(*(_segment_problem(store, acl, update, keys)
                                        for update in ordered[start : start + VERIFY_IN_FLIGHT]))  # fmt: skip
         report.problems.extend(problem for problem in found if problem is not None)
     return report
@@ -418,7 +500,7 @@ def _runs(numbers: list[int]) -> Iterable[tuple[int, int]]:
 
 
 async def _segment_problem(store: StoreClient, acl: ItemAcl, update: FeedUpdate,
-                           secret: bytes | None) -> FeedProblem | None:  # fmt: skip
+                           keys: EpochKeys | None) -> FeedProblem | None:  # fmt: skip
     """Whether some replica still serves ``update``'s segment intact (a store node repairs
     a damaged copy from another replica before answering)."""
     codes: set[str] = set()
@@ -432,7 +514,11 @@ async def _segment_problem(store: StoreClient, acl: ItemAcl, update: FeedUpdate,
         if not isinstance(data, bytes) or chunk_hash(data) != update.segment:
             codes.add("corrupt_chunk")
             continue
-        if secret is not None and update.key_commitment == key_commitment(secret):
+        if keys is not None:
+            try:
+                secret = await keys.get(update)
+            except TwinledgerError:  # an epoch this verifier cannot open: the hash check is what it can do
+                return None
             try:
                 open_segment(secret, update, data)
             except DecryptionFailed:

@@ -71,6 +71,16 @@ class Reader:
 
 
 @dataclass(frozen=True)
+class Epoch:
+    """A data key an item used before its current one (a feed's key is replaced when
+    access is revoked): its commitment, capsule and named readers' sealed copies."""
+
+    commitment: bytes
+    capsule: bytes
+    readers: tuple[Reader, ...]
+
+
+@dataclass(frozen=True)
 class ItemAcl:
     item: bytes
     kind: str
@@ -87,6 +97,8 @@ class ItemAcl:
     """Public attributes of the data (twin, kind, component, …): what grants' policies are checked against."""
     capsule: bytes = b""
     """The data key, KP-CPRE-encrypted for the owner organisation under ``attributes`` (docs/sharing.md)."""
+    retired: tuple[Epoch, ...] = ()
+    """Earlier data keys, oldest first; ``readers`` and ``capsule`` hold the current one."""
     signature: bytes = b""
 
     def signing_bytes(self) -> bytes:
@@ -105,6 +117,14 @@ class ItemAcl:
 
     def reader(self, organisation: str) -> Reader | None:
         return next((r for r in self.readers if r.organisation == organisation), None)
+
+    def epoch(self, commitment: bytes | None) -> Epoch:
+        """The retired epoch whose data key has ``commitment``; else (None, or a commitment
+        not retired) the current one, whose commitment only the data key itself tells."""
+        for epoch in self.retired:
+            if epoch.commitment == commitment:
+                return epoch
+        return Epoch(b"", self.capsule, self.readers)
 
 
 def decode_acl(raw: bytes) -> ItemAcl:
@@ -127,6 +147,11 @@ def decode_acl(raw: bytes) -> ItemAcl:
         raise StoreError(f"malformed ACL: {exc.message}", code="bad_acl") from None
     if canonical != acl.attributes or len(acl.capsule) > MAX_CAPSULE_BYTES or (acl.capsule and not acl.attributes):
         raise StoreError("malformed ACL: attributes must be a sorted set, and a capsule needs them", code="bad_acl")
+    commitments = [epoch.commitment for epoch in acl.retired]
+    if len(set(commitments)) != len(commitments) or any(
+            len(epoch.commitment) != 32 or len(epoch.capsule) > MAX_CAPSULE_BYTES or len(epoch.readers) > MAX_READERS
+            or any(len(r.key) != 32 for r in epoch.readers) for epoch in acl.retired):  # fmt: skip
+        raise StoreError("malformed ACL: retired epochs need distinct 32-byte commitments", code="bad_acl")
     if acl.item != item_id(acl.owner, acl.kind, acl.label):
         raise StoreError("malformed ACL: the item id is not derived from its owner and label", code="bad_acl")
     if not verify_signature(acl.owner, acl.signing_bytes(), acl.signature):

@@ -335,14 +335,17 @@ def bench_store(
 @command
 def bench_kpcpre(
     runs: Annotated[int, typer.Option(help="Runs per measurement (the median is reported).", min=5)] = 100,
+    network_segments: Annotated[int, typer.Option(help="Segments of the epoch shared over three nodes (0: skip).",
+                                                  min=0)] = 600,  # fmt: skip
     output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench/results/kpcpre.json"),
     as_json: Json = False,
 ) -> None:
     """KeyGen, RKGen, Enc, ReEnc and Dec for AND and OR policy trees of 3, 7 and 15 nodes
-    (Armored Twins Table 1), with the ceiling, and sharing one epoch with a new reader."""
+    (Armored Twins Table 1), with the ceiling, and sharing one epoch with a new reader:
+    the cryptography alone, then on three nodes through a proxy."""
     from twinledger.bench.kpcpre import run_kpcpre_benchmark
 
-    run_kpcpre_benchmark(runs=runs, output=output, as_json=as_json)
+    run_kpcpre_benchmark(runs=runs, output=output, as_json=as_json, network_segments=network_segments)
 
 
 @app.command("demo")

@@ -18,6 +18,7 @@ from store_helpers import AUDITOR, MAINTAINER, MANUFACTURER, OWNER, cli, home, o
 from twinledger.cli.common import transact
 from twinledger.cli.storage import organisation_key, sharing_public
 from twinledger.config import load_config
+from twinledger.crypto.keys import SigningKey, write_secret_file
 from twinledger.crypto.policy import parse_policy, to_obj
 from twinledger.store import feeds
 from twinledger.store.client import StoreClient
@@ -248,3 +249,30 @@ def test_a_running_writer_adopts_the_epoch_a_revocation_started(consortium, tmp_
 
 def members(network: Network) -> dict:
     return httpx.get(f"{network.url(OWNER)}/v1/members", timeout=10).json()
+
+
+def test_a_processing_service_writes_only_with_a_token_from_the_owner(consortium, twin, tmp_path):
+    service = SigningKey.generate()
+    key_file = tmp_path / "service.key"
+    write_secret_file(key_file, "ed25519", service.seed)
+    owner = home(consortium, OWNER)
+
+    def add_source(uri: str):
+        return cli("twin", "source", "add", twin, uri, "--home", owner, "--key", str(key_file))
+
+    refused = add_source("https://analytics.example/a")
+    assert refused.returncode == 1 and "no valid write token" in refused.stderr
+    issued = ok("token", "issue", "--home", owner, "--twin", twin, "--to", service.public.hex(), "--method",
+                "source.add", "--until", "2099-01-01", "--out", str(tmp_path / "t.json"))  # fmt: skip
+    assert issued["methods"] == ["source.add"] and issued["recipient"] == service.public.hex()
+    assert add_source("https://analytics.example/b").returncode == 1  # issued is not yet in force
+    ok("token", "present", str(tmp_path / "t.json"), "--home", owner, "--key", str(key_file))
+    assert add_source("https://analytics.example/c").returncode == 0
+    removal = cli("twin", "source", "remove", twin, "https://analytics.example/c", "--home", owner, "--key", str(key_file))
+    assert removal.returncode == 1  # only what the token names
+    stolen = cli("token", "revoke", str(tmp_path / "t.json"), "--home", home(consortium, AUDITOR))
+    assert stolen.returncode == 1 and "may not role.revoke" in stolen.stderr
+    ok("token", "revoke", str(tmp_path / "t.json"), "--home", owner)
+    assert add_source("https://analytics.example/d").returncode == 1
+    again = cli("token", "present", str(tmp_path / "t.json"), "--home", owner, "--key", str(key_file))
+    assert again.returncode == 1 and "was revoked" in again.stderr

@@ -1,4 +1,5 @@
-"""``twinledger grant``, ``revoke`` and ``grants``: fine-grained read access through proxies.
+"""``twinledger grant``, ``revoke``, ``grants`` and ``token``: fine-grained read access
+through proxies, and write tokens.
 
 The owner's CLI makes the re-encryption key from the organisation's sharing key (it
 never leaves this machine otherwise), records the grant on chain, then hands the key to
@@ -7,6 +8,8 @@ the proxy nodes; a recipient's ``twin doc get`` reads through them (docs/sharing
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +21,7 @@ from rich.table import Table
 from twinledger.cli.common import Home, Json, KeyFile, client, command, out, print_json, signer, transact
 from twinledger.cli.storage import organisation_key, sharing_key, sharing_public, with_store
 from twinledger.config import NodeConfig
+from twinledger.contracts.authorization import WriteToken
 from twinledger.crypto import kpcpre
 from twinledger.crypto.policy import parse_policy, policy_text
 from twinledger.crypto.policy import to_obj as policy_to_obj
@@ -201,3 +205,97 @@ def grants(
         table.add_row(entry["id"][:16], entry["twin"], entry["owner"], entry["recipient"], entry["policy_text"], until,
                       entry["status"])  # fmt: skip
     out.print(table)
+
+
+# -- write tokens ---------------------------------------------------------------------------------
+
+token_app = typer.Typer(no_args_is_help=True, help="Write tokens: the owner's signed leave for a key to change a twin.")
+TOKEN_FORMAT = "twinledger-write-token/1"
+
+
+@token_app.command("issue")
+@command
+def token_issue(
+    home: Home,
+    twin: Annotated[str, typer.Option("--twin", help="Twin id or device id.")],
+    to: Annotated[str, typer.Option("--to", help="The recipient's Ed25519 public key, hex (a processing service).")],
+    method: Annotated[list[str], typer.Option("--method", help="A twin method it may use, e.g. document.add "
+                                                               "(repeatable).")],  # fmt: skip
+    until: Annotated[str, typer.Option("--until", help="When the token ends, ISO 8601.")],
+    output: Annotated[Path, typer.Option("--out", help="The token file to write.", dir_okay=False)],
+    scope: Annotated[list[str], typer.Option("--scope", help="Only within this AML component (repeatable).")] = [],  # noqa: B006
+    key: KeyFile = None,
+    as_json: Json = False,
+) -> None:
+    """Sign a write token for another key; give it the file, it presents it (token present).
+    Nothing changes on chain until then; the token is checked again at every use."""
+    try:
+        recipient = bytes.fromhex(to)
+        if len(recipient) != 32:
+            raise ValueError
+    except ValueError:
+        raise TwinledgerError("--to must be a 32-byte Ed25519 public key in hex", code="bad_key") from None
+    not_after = parse_time(until)
+    if not_after <= time.time() * 1000:
+        raise TwinledgerError(f"--until {until} lies in the past", code="bad_time")
+    node = client(home)
+    twin_id = node.request("GET", f"/v1/twins/{twin}")["id"]
+    token = WriteToken(node.health()["chain_id"], twin_id, recipient, tuple(method), tuple(sorted(set(scope))),
+                       not_after, b"", os.urandom(16)).signed(signer(home, key))  # fmt: skip
+    if output.exists():
+        raise TwinledgerError(f"{output} exists; choose another file", code="exists")
+    view = {"format": TOKEN_FORMAT, "id": token.id.hex(), "twin": twin_id, "recipient": to, "methods": list(method),
+            "scopes": list(token.scopes), "not_after": not_after, "token": token.encoded().hex()}  # fmt: skip
+    output.write_text(json.dumps(view, indent=2) + "\n")
+    if as_json:
+        print_json({k: v for k, v in view.items() if k != "token"} | {"file": str(output)})
+    else:
+        out.print(f"token {token.id.hex()[:16]}… for {to[:16]}… on twin {twin_id}: {', '.join(method)} until {until}; "
+                  f"written to {output}", highlight=False)  # fmt: skip
+
+
+def _token_file(path: Path) -> dict[str, Any]:
+    try:
+        view = json.loads(path.read_text())
+        if view.get("format") != TOKEN_FORMAT:
+            raise ValueError
+        bytes.fromhex(view["token"])
+        return view
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TwinledgerError(f"{path} is not a twinledger write token file", code="bad_token") from None
+
+
+@token_app.command("present")
+@command
+def token_present(
+    file: Annotated[Path, typer.Argument(help="A token file from token issue.", exists=True, dir_okay=False)],
+    home: Home,
+    key: KeyFile = None,
+    as_json: Json = False,
+) -> None:
+    """Put a write token into force on chain (sign with the recipient's --key, or any key)."""
+    view = _token_file(file)
+    committed = transact(home, key, "authorization", "present_token", {"token": bytes.fromhex(view["token"])})
+    if as_json:
+        print_json({"token": view["id"], "twin": view["twin"], "block": committed["block"]["height"]})
+    else:
+        out.print(f"token {view['id'][:16]}… is in force on twin {view['twin']} (block {committed['block']['height']})",
+                  highlight=False)  # fmt: skip
+
+
+@token_app.command("revoke")
+@command
+def token_revoke(
+    file: Annotated[Path, typer.Argument(help="The token file that was issued.", exists=True, dir_okay=False)],
+    home: Home,
+    key: KeyFile = None,
+    as_json: Json = False,
+) -> None:
+    """End a write token now, presented or not."""
+    view = _token_file(file)
+    committed = transact(home, key, "authorization", "revoke_token", {"twin": view["twin"], "token": bytes.fromhex(
+        view["id"]), "recipient": bytes.fromhex(view["recipient"])})  # fmt: skip
+    if as_json:
+        print_json({"token": view["id"], "status": "revoked", "block": committed["block"]["height"]})
+    else:
+        out.print(f"revoked token {view['id'][:16]}… (block {committed['block']['height']})", highlight=False)

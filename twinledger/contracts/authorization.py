@@ -8,22 +8,39 @@ maintainer; read: everyone) plus what a device agent needs to keep the twin in s
 (§5.2). Only the owner grants and revokes roles or changes a role's permissions, and
 the owner's own permissions are fixed.
 
+A key may also act through a *write token* (Armored Twins phase 2 step 2): the owner's
+signed leave for one key — a processing service — to use some methods, optionally within
+some components, until a time. It is presented on chain, checked again at every use
+(unexpired, its issuer still allowed to grant roles) and ended early by ``revoke_token``.
+
 ``authorize`` is the one check every state-changing twin method makes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twinledger.abc import StateReader
 from twinledger.contracts.arguments import Arguments
 from twinledger.contracts.membership import organisation_of
 from twinledger.contracts.runtime import Call, Contract, Method
-from twinledger.contracts.twinstate import audited, load_twin, permissions_key, roles_key, specification
-from twinledger.errors import ContractError
+from twinledger.contracts.twinstate import (
+    audited,
+    load_twin,
+    permissions_key,
+    revoked_token_key,
+    roles_key,
+    specification,
+    tokens_key,
+)
+from twinledger.core.encoding import decode, encode, from_obj, to_obj
+from twinledger.core.hashing import hash_obj
+from twinledger.crypto.keys import SigningKey, verify_signature
+from twinledger.errors import ContractError, DecodeError
 from twinledger.twins import aml
 
 ROLES = ("owner", "manufacturer", "maintainer", "auditor", "device-agent", "distributor", "processing-service")
@@ -85,28 +102,35 @@ def roles_of(state: StateReader, twin_id: str, sender: bytes) -> dict[str, list[
     return held
 
 
-def authorize(state: StateReader, twin: dict[str, Any], sender: bytes, method: str,
-              component: str | None = None) -> None:  # fmt: skip
-    """Pass if a role the sender holds permits ``method`` on the whole twin, or within a
-    scope that contains ``component``; raise Forbidden naming who, what and where."""
-    held = roles_of(state, twin["id"], sender)
+def may(state: StateReader, twin: dict[str, Any], key: bytes, method: str, component: str | None = None,
+        now: int | None = None) -> bool:  # fmt: skip
+    """Whether ``key`` may ``method`` on the twin (within ``component``): through a role it
+    holds over the whole twin or a scope containing the component, or, given the block's
+    time ``now``, through a write token the owner issued it."""
     allowed = permissions(state, twin["id"])
-    path: tuple[str, ...] | None = None
-    for role, scopes in held.items():
-        if method not in allowed[role]:
-            continue
-        if not scopes:
-            return
-        if component is not None:
-            if path is None:
-                path = aml.component_path(specification(state, twin), component)
-            if set(scopes) & set(path):
-                return
+    grants = [scopes for role, scopes in roles_of(state, twin["id"], key).items() if method in allowed[role]]
+    if now is not None:
+        tokens = (state.get(tokens_key(twin["id"], key)) or {}).values()
+        grants += [token["scopes"] for token in tokens if method in token["methods"] and now < token["not_after"]
+                   and may(state, twin, token["issuer"], "role.grant")]  # fmt: skip
+    if any(not scopes for scopes in grants):
+        return True
+    if component is None or not grants:
+        return False
+    path = set(aml.component_path(specification(state, twin), component))
+    return any(set(scopes) & path for scopes in grants)
+
+
+def authorize(call: Call, twin: dict[str, Any], method: str, component: str | None = None) -> None:
+    """Pass if the sender may ``method`` (``may``); raise Forbidden naming who, what and where."""
+    if may(call.state, twin, call.sender, method, component, call.header.timestamp):
+        return
+    held = roles_of(call.state, twin["id"], call.sender)
     where = f" within {component!r}" if component is not None else ""
     roles = ", ".join(f"{r} ({'/'.join(s)})" if s else r for r, s in sorted(held.items())) or "none"
-    who = subjects_of(state, sender)[-1]
+    who = subjects_of(call.state, call.sender)[-1]
     who = who if who.startswith("org:") else who[:20] + "…"
-    raise Forbidden(f"{who} may not {method} on twin {twin['id']}{where} (its roles: {roles})")
+    raise Forbidden(f"{who} may not {method} on twin {twin['id']}{where} (its roles: {roles}; no valid write token)")
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -172,7 +196,7 @@ def parse_grant(args: Mapping[str, Any]) -> Grant:
 
 def grant_role(call: Call, grant: Grant) -> None:
     twin = load_twin(call.state, grant.twin)
-    authorize(call.state, twin, call.sender, "role.grant")
+    authorize(call, twin, "role.grant")
     spec = specification(call.state, twin)
     for scope in grant.scopes:
         aml.component_path(spec, scope)
@@ -198,7 +222,7 @@ def parse_revoke(args: Mapping[str, Any]) -> Revocation:
 
 def revoke_role(call: Call, revocation: Revocation) -> None:
     twin = load_twin(call.state, revocation.twin)
-    authorize(call.state, twin, call.sender, "role.revoke")
+    authorize(call, twin, "role.revoke")
     table = role_table(call.state, revocation.twin)
     roles = table.get(revocation.subject, {})
     if revocation.role not in roles:
@@ -234,10 +258,125 @@ def parse_set_permissions(args: Mapping[str, Any]) -> PermissionChange:
 
 def set_permissions(call: Call, change: PermissionChange) -> None:
     twin = load_twin(call.state, change.twin)
-    authorize(call.state, twin, call.sender, "permissions.set")
+    authorize(call, twin, "permissions.set")
     changed = call.state.get(permissions_key(change.twin)) or {}
     call.state.set(permissions_key(change.twin), {**changed, change.role: list(change.methods)})
     call.emit("PermissionsSet", twin=change.twin, role=change.role, methods=list(change.methods))
+
+
+# -- write tokens ------------------------------------------------------------------------------
+
+TOKEN_TAG = "twinledger/write-token/v1"
+MAX_TOKENS = 16
+"""Unexpired tokens one key may hold on one twin."""
+
+
+@dataclass(frozen=True)
+class WriteToken:
+    """The owner's signed leave for one key to change a twin's state (Armored Twins, phase 2
+    step 2): which methods, where, until when. The recipient presents it on chain
+    (``authorization.present_token``); from then until ``not_after`` or a revocation it
+    acts as a role, if its issuer may still grant roles on the twin."""
+
+    chain_id: str
+    twin: str
+    recipient: bytes
+    methods: tuple[str, ...]
+    scopes: tuple[str, ...]
+    not_after: int
+    """Milliseconds since the epoch; block time must be earlier."""
+    issuer: bytes
+    nonce: bytes
+    signature: bytes = b""
+
+    def signing_bytes(self) -> bytes:
+        return hash_obj(TOKEN_TAG, to_obj(replace(self, signature=b"")))
+
+    def signed(self, key: SigningKey) -> WriteToken:
+        return replace(self, issuer=key.public, signature=key.sign(replace(self, issuer=key.public).signing_bytes()))
+
+    def encoded(self) -> bytes:
+        return encode(to_obj(self))
+
+    @property
+    def id(self) -> bytes:
+        return hashlib.sha256(self.encoded()).digest()
+
+
+def decode_token(raw: bytes, read: Arguments) -> WriteToken:
+    """A well-formed token with a valid issuer signature, or the argument error naming what is wrong."""
+    try:
+        token = from_obj(WriteToken, decode(raw, max_size=4096), "write token")
+    except DecodeError as exc:
+        raise read.error(f"'token' is malformed: {exc.message}") from None
+    if (len(token.recipient) != 32 or len(token.issuer) != 32 or len(token.nonce) != 16 or not token.methods
+            or any(m not in DATA_METHODS for m in token.methods) or len(set(token.methods)) != len(token.methods)
+            or len(token.scopes) > MAX_SCOPES or not all(aml_id(s) for s in token.scopes)):  # fmt: skip
+        raise read.error(f"'token' must name a 32-byte recipient and issuer, a 16-byte nonce and methods among "
+                         f"{list(DATA_METHODS)}")  # fmt: skip
+    if not verify_signature(token.issuer, token.signing_bytes(), token.signature):
+        raise read.error("'token' does not carry its issuer's valid signature")
+    return token
+
+
+def parse_present_token(args: Mapping[str, Any]) -> WriteToken:
+    read = Arguments("authorization.present_token", args, ("token",))
+    return decode_token(read.blob("token", max_size=4096), read)
+
+
+def present_token(call: Call, token: WriteToken) -> None:
+    """Put a write token into force for its recipient; anyone may present it."""
+    twin = load_twin(call.state, token.twin)
+    if token.chain_id != call.tx.chain_id:
+        raise Forbidden(f"the token was issued for chain {token.chain_id!r}", code="bad_token")
+    if not may(call.state, twin, token.issuer, "role.grant"):
+        raise Forbidden(f"the token's issuer {token.issuer.hex()[:16]}… may not grant access to twin {twin['id']}",
+                        code="bad_token")  # fmt: skip
+    if token.not_after <= call.header.timestamp:
+        raise Forbidden("the token has expired", code="expired_token")
+    if call.state.get(revoked_token_key(twin["id"], token.id)) is not None:
+        raise Forbidden(f"token {token.id.hex()[:16]}… was revoked", code="revoked_token")
+    spec = specification(call.state, twin)
+    for scope in token.scopes:
+        aml.component_path(spec, scope)
+    held = {k: v for k, v in (call.state.get(tokens_key(twin["id"], token.recipient)) or {}).items()
+            if v["not_after"] > call.header.timestamp}  # fmt: skip
+    if token.id.hex() in held:
+        raise Forbidden(f"token {token.id.hex()[:16]}… is already in force", code="token_in_force")
+    if len(held) >= MAX_TOKENS:
+        raise Forbidden(f"key {token.recipient.hex()[:16]}… already holds {MAX_TOKENS} tokens on twin {twin['id']}")
+    held[token.id.hex()] = {"id": token.id, "methods": list(token.methods), "scopes": list(token.scopes),
+                            "not_after": token.not_after, "issuer": token.issuer, "presented": call.header.height}  # fmt: skip
+    call.state.set(tokens_key(twin["id"], token.recipient), held)
+    call.emit("TokenPresented", twin=twin["id"], token=token.id, recipient=token.recipient,
+              methods=list(token.methods), not_after=token.not_after)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TokenRevocation:
+    twin: str
+    token: bytes
+    recipient: bytes
+
+
+def parse_revoke_token(args: Mapping[str, Any]) -> TokenRevocation:
+    read = Arguments("authorization.revoke_token", args, ("twin", "token", "recipient"))
+    return TokenRevocation(read.identifier("twin"), read.digest("token"), read.key("recipient"))
+
+
+def revoke_token(call: Call, revocation: TokenRevocation) -> None:
+    """End a write token now, whether presented yet or not (Armored Twins M1 step 3)."""
+    twin = load_twin(call.state, revocation.twin)
+    authorize(call, twin, "role.revoke")
+    key = revoked_token_key(twin["id"], revocation.token)
+    if call.state.get(key) is not None:
+        raise Forbidden(f"token {revocation.token.hex()[:16]}… is already revoked", code="already_revoked")
+    call.state.set(key, {"revoked": call.header.height})
+    held = call.state.get(tokens_key(twin["id"], revocation.recipient)) or {}
+    if revocation.token.hex() in held:
+        call.state.set(tokens_key(twin["id"], revocation.recipient),
+                       {k: v for k, v in held.items() if k != revocation.token.hex()} or None)  # fmt: skip
+    call.emit("TokenRevoked", twin=twin["id"], token=revocation.token, recipient=revocation.recipient)
 
 
 AUTHORIZATION = Contract(
@@ -246,5 +385,7 @@ AUTHORIZATION = Contract(
         "grant_role": Method(parse_grant, audited(grant_role)),
         "revoke_role": Method(parse_revoke, audited(revoke_role)),
         "set_permissions": Method(parse_set_permissions, audited(set_permissions)),
+        "present_token": Method(parse_present_token, audited(present_token)),
+        "revoke_token": Method(parse_revoke_token, audited(revoke_token)),
     },
 )

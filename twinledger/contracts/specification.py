@@ -150,7 +150,7 @@ def parse_insert(args: Mapping[str, Any]) -> InsertArgs:
 
 def insert_aml(call: Call, args: InsertArgs) -> None:
     twin = load_twin(call.state, args.twin)
-    authorize(call.state, twin, call.sender, "aml.insert", args.parent)
+    authorize(call, twin, "aml.insert", args.parent)
     edit = aml.insert(specification(call.state, twin), args.fragment, args.parent, args.after)
     _new_version(call, twin, edit.specification, "insert", edit.element, args.parent)
     call.emit("AmlInserted", twin=args.twin, element=edit.element, parent=args.parent, version=twin["aml_version"] + 1)
@@ -170,7 +170,7 @@ def parse_remove(args: Mapping[str, Any]) -> ElementArgs:
 def remove_aml(call: Call, args: ElementArgs) -> None:
     """Remove an element; sensor feeds of components inside it are detached with it."""
     twin = load_twin(call.state, args.twin)
-    authorize(call.state, twin, call.sender, "aml.remove", args.element)
+    authorize(call, twin, "aml.remove", args.element)
     edit = aml.remove(specification(call.state, twin), args.element)
     _new_version(call, twin, edit.specification, "remove", args.element, "")
     call.emit("AmlRemoved", twin=args.twin, element=args.element, version=twin["aml_version"] + 1)
@@ -215,7 +215,7 @@ def _version(call: Call, digest: bytes, reference: str, size: int, description: 
 def add_document(call: Call, args: DocumentArgs) -> None:
     """Register a document; its first content hash is its id (Listing 1.1)."""
     twin = load_twin(call.state, args.twin)
-    authorize(call.state, twin, call.sender, "document.add", args.component)
+    authorize(call, twin, "document.add", args.component)
     if args.component is not None:
         aml.component_path(specification(call.state, twin), args.component)
     document_id = args.hash.hex()
@@ -261,7 +261,7 @@ def _live_document(call: Call, twin: dict[str, Any], document_id: str) -> dict[s
 def add_document_version(call: Call, args: VersionArgs) -> None:
     twin = load_twin(call.state, args.twin)
     document = _live_document(call, twin, args.document)
-    authorize(call.state, twin, call.sender, "document.version", document["component"] or None)
+    authorize(call, twin, "document.version", document["component"] or None)
     if any(v["hash"] == args.hash for v in document["versions"]):
         raise TwinError("this content is already a version of the document", code="duplicate_version")
     if len(document["versions"]) >= MAX_DOCUMENT_VERSIONS:
@@ -287,7 +287,7 @@ def remove_document(call: Call, args: DocumentRef) -> None:
     """Mark a document removed; its versions stay in the history for audits."""
     twin = load_twin(call.state, args.twin)
     document = _live_document(call, twin, args.document)
-    authorize(call.state, twin, call.sender, "document.remove", document["component"] or None)
+    authorize(call, twin, "document.remove", document["component"] or None)
     call.state.set(document_key(args.twin, args.document), {**document, "removed": _actor(call)})
     call.emit("DocumentRemoved", twin=args.twin, document=args.document)
 
@@ -321,7 +321,7 @@ def parse_source(method: str) -> Callable[[Mapping[str, Any]], SourceArgs]:
 
 def add_source(call: Call, args: SourceArgs) -> None:
     twin = load_twin(call.state, args.twin)
-    authorize(call.state, twin, call.sender, "source.add")
+    authorize(call, twin, "source.add")
     key = source_key(args.twin, source_id(args.uri))
     if call.state.get(key) is not None:
         raise TwinError(f"twin {args.twin} already lists source {args.uri!r}", code="duplicate_source")
@@ -332,7 +332,7 @@ def add_source(call: Call, args: SourceArgs) -> None:
 
 def remove_source(call: Call, args: SourceArgs) -> None:
     twin = load_twin(call.state, args.twin)
-    authorize(call.state, twin, call.sender, "source.remove")
+    authorize(call, twin, "source.remove")
     key = source_key(args.twin, source_id(args.uri))
     if call.state.get(key) is None:
         raise TwinError(f"twin {args.twin} lists no source {args.uri!r}", code="unknown_source")
@@ -358,7 +358,7 @@ def parse_add_feed(args: Mapping[str, Any]) -> FeedArgs:
 def add_feed(call: Call, args: FeedArgs) -> None:
     """Attach a sensor feed to a component of the specification (Listing 1.1 sensorFeeds)."""
     twin = load_twin(call.state, args.twin)
-    authorize(call.state, twin, call.sender, "feed.add", args.component)
+    authorize(call, twin, "feed.add", args.component)
     aml.component_path(specification(call.state, twin), args.component)
     if call.state.get(feed_key(args.twin, args.component)) is not None:
         raise TwinError(f"component {args.component!r} already has a feed; remove it first", code="duplicate_feed")
@@ -378,7 +378,7 @@ def remove_feed(call: Call, args: ElementArgs) -> None:
     feed = call.state.get(feed_key(args.twin, args.element))
     if feed is None:
         raise TwinError(f"component {args.element!r} of twin {args.twin} has no feed", code="unknown_feed")
-    authorize(call.state, twin, call.sender, "feed.remove", args.element)
+    authorize(call, twin, "feed.remove", args.element)
     call.state.set(feed_key(args.twin, args.element), None)
     call.emit("FeedRemoved", twin=args.twin, component=args.element, reference=feed["reference"], reason="removed")
 
@@ -405,7 +405,7 @@ def checkpoint_feed(call: Call, args: CheckpointArgs) -> None:
     feed = call.state.get(feed_key(args.twin, args.component))
     if feed is None:
         raise TwinError(f"component {args.component!r} of twin {args.twin} has no feed", code="unknown_feed")
-    authorize(call.state, twin, call.sender, "feed.add", args.component)
+    authorize(call, twin, "feed.add", args.component)
     if call.sender != feed["owner"]:
         raise TwinError("only the key that attached a feed records its checkpoints", code="not_feed_owner")
     latest = call.state.get(checkpoint_key(args.twin, feed["reference"])) or {"count": 0, "sequence": -1}
@@ -444,7 +444,7 @@ def call_program(call: Call, args: ProgramCall) -> None:
     """Queue a program call for the device agent once the AML's safety rules allow it."""
     twin = load_twin(call.state, args.twin)
     program = aml.program(specification(call.state, twin), args.program)
-    authorize(call.state, twin, call.sender, "program.call", program.id)
+    authorize(call, twin, "program.call", program.id)
     params = program.validate_call(args.params)
     number = twin["calls"] + 1
     call.state.set(twin_key(args.twin), {**twin, "calls": number})
@@ -486,7 +486,7 @@ def update_call(call: Call, args: CallUpdate) -> None:
     if entry is None:
         raise TwinError(f"twin {args.twin} has no program call {args.number}", code="unknown_call")
     method = "program.dispatch" if args.status == "dispatched" else "program.report"
-    authorize(call.state, twin, call.sender, method, entry["interface"])
+    authorize(call, twin, method, entry["interface"])
     if entry["status"] not in TRANSITIONS[args.status]:
         raise TwinError(f"program call {args.number} is {entry['status']}; it cannot become {args.status}",
                         code="bad_transition")  # fmt: skip

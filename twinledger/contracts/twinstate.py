@@ -93,6 +93,15 @@ def roles_key(twin_id: str) -> str:
     return f"twin/{twin_id}/roles"
 
 
+def tokens_key(twin_id: str, recipient: bytes) -> str:
+    """The write tokens presented for ``recipient``: token id hex → what it allows."""
+    return f"twin/{twin_id}/tokens/{recipient.hex()}"
+
+
+def revoked_token_key(twin_id: str, token_id: bytes) -> str:
+    return f"twin/{twin_id}/revoked-token/{token_id.hex()}"
+
+
 def permissions_key(twin_id: str) -> str:
     return f"twin/{twin_id}/permissions"
 

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -356,7 +357,15 @@ class Node(NetworkedProducer):
             self._block_event.set()
             self._block_event = asyncio.Event()
         if self.proxy is not None and self._loop is not None:
-            self._loop.run_in_executor(self._readers, self.proxy.sweep, self.head_state())
+            self._loop.run_in_executor(self._readers, self._sweep_proxy_keys)
+
+    def _sweep_proxy_keys(self) -> None:
+        """Delete the re-encryption keys of grants that ended (after every block)."""
+        assert self.proxy is not None
+        try:
+            self.proxy.sweep(self.head_state())
+        except (sqlite3.Error, TwinledgerError) as exc:
+            log.warning("could not sweep the proxy's keys: %s", exc)
 
     async def wait_for_height(self, height: int, timeout: float) -> bool:
         """True once the head reaches ``height``; False if ``timeout`` seconds pass first."""

@@ -18,8 +18,9 @@ from store_helpers import AUDITOR, MAINTAINER, MANUFACTURER, OWNER, cli, home, o
 from twinledger.cli.common import transact
 from twinledger.cli.storage import organisation_key, sharing_public
 from twinledger.config import load_config
-from twinledger.crypto.keys import SigningKey, write_secret_file
+from twinledger.crypto.keys import SigningKey, read_secret_file, write_secret_file
 from twinledger.crypto.policy import parse_policy, to_obj
+from twinledger.sharing.proxy import device_request
 from twinledger.store import feeds
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import data_key, parse_reference
@@ -276,3 +277,64 @@ def test_a_processing_service_writes_only_with_a_token_from_the_owner(consortium
     assert add_source("https://analytics.example/d").returncode == 1
     again = cli("token", "present", str(tmp_path / "t.json"), "--home", owner, "--key", str(key_file))
     assert again.returncode == 1 and "was revoked" in again.stderr
+
+
+def test_a_replaced_device_recovers_the_twin_s_state_through_its_own_grant(consortium, tmp_path):
+    owner = home(consortium, OWNER)
+    twin = ok("twin", "create", "--home", owner, "--aml", str(PLANT), "--device-id", "plant-m3")["id"]
+    old = ok("device", "add", "--twin", twin, "--name", "plc-1", "--out", str(tmp_path / "plc-1"), "--home", owner)
+    ok("grant", "--twin", twin, "--to", "device:plc-1", "--policy", "kind:sensor", "--proxy", PROXY, "--home", owner)
+    # the device keeps the twin in sync: it owns and writes the level sensor's feed
+    device_key = str(tmp_path / "plc-1" / "device.key")
+    ok("twin", "feed", "add", twin, "level-sensor-1", "--home", owner, "--key", device_key)
+    ok("twin", "feed", "push", twin, "level-sensor-1", str(samples(tmp_path / "m3.csv", 250, 1_790_000_000_000_000)),
+       "--home", owner, "--key", device_key)  # fmt: skip
+    written = ok("twin", "feed", "read", twin, "level-sensor-1", "--home", owner, "--device", str(tmp_path / "plc-1"))
+    assert len(written["samples"]) == 250
+
+    # plc-1 is stolen: retire it (role and grants end), register plc-2 with new keys and a grant of its own
+    retired = ok("device", "retire", "plc-1", "--twin", twin, "--home", owner)
+    assert retired["grants_ended"] == 1
+    lost = cli("twin", "feed", "read", twin, "level-sensor-1", "--home", owner, "--device", str(tmp_path / "plc-1"))
+    assert lost.returncode == 1 and "holds no active grant" in lost.stderr
+    removal = cli("twin", "feed", "remove", twin, "level-sensor-1", "--home", owner, "--key", device_key)
+    assert removal.returncode == 1 and "may not feed.remove" in removal.stderr
+    new = ok("device", "add", "--twin", twin, "--name", "plc-2", "--out", str(tmp_path / "plc-2"), "--home", owner)
+    assert new["key"] != old["key"]
+    ok("grant", "--twin", twin, "--to", "device:plc-2", "--policy", "kind:sensor", "--proxy", PROXY, "--home", owner)
+    recovered = ok("twin", "feed", "read", twin, "level-sensor-1", "--home", owner, "--device", str(tmp_path / "plc-2"))
+    assert recovered["samples"] == written["samples"]  # no key left the old device
+
+    listing = ok("device", "list", "--twin", twin, "--home", owner)
+    assert sorted((d["name"], d["status"]) for d in listing) == [("plc-1", "retired"), ("plc-2", "active")]
+
+    # the proxy re-encrypts for a device only on that device's signature, sent through its owner's nodes
+    grant = next(g for g in ok("grants", "--twin", twin, "--home", owner)["grants"] if g["status"] == "active")
+    view = httpx.get(f"{consortium.url(OWNER)}/v1/twins/{twin}", timeout=10).json()
+    item = parse_feed_reference(view["feeds"][0]["reference"])
+    height = httpx.get(f"{consortium.url(OWNER)}/v1/head", timeout=10).json()["height"]
+
+    async def fetch_capsule(client: StoreClient) -> bytes:
+        return (await client.get_acl(item)).capsule
+
+    capsule = with_client(consortium, OWNER, fetch_capsule)
+
+    def ask(i: int, signer: SigningKey | None) -> str:
+        async def work(client: StoreClient) -> str:
+            body = {"grant": bytes.fromhex(grant["id"]), "capsule": capsule, "height": height}
+            if signer is not None:
+                body["device_signature"] = signer.sign(device_request(body["grant"], capsule, height))
+            proxy = next(n for n in client.nodes if n.label == PROXY)
+            try:
+                await client.request(proxy, "reencrypt", body)
+            except StoreError as exc:
+                return exc.code
+            return "ok"
+
+        return with_client(consortium, i, work)
+
+    plc2 = SigningKey(read_secret_file(tmp_path / "plc-2" / "device.key", "ed25519"))
+    assert ask(OWNER, plc2) == "ok"
+    assert ask(OWNER, None) == "access_denied"
+    assert ask(OWNER, SigningKey.generate()) == "access_denied"
+    assert ask(AUDITOR, plc2) == "access_denied"  # not through the owner's nodes

@@ -13,7 +13,7 @@ from typing import Any
 
 from twinledger.abc import ChainStore
 from twinledger.contracts.authorization import permissions
-from twinledger.contracts.sharing import GRANT_PREFIX
+from twinledger.contracts.sharing import DEVICE_PREFIX, GRANT_PREFIX
 from twinledger.contracts.twinstate import (
     aml_key,
     checkpoint_key,
@@ -78,7 +78,7 @@ class TwinService:
 
     def twin(self, reference: str, at: int | None = None) -> dict[str, Any]:
         """Everything about a twin: metadata, specification, documents, sources, feeds,
-        roles and permissions, and its program calls."""
+        roles and permissions, its program calls and its devices."""
         height = self._height(at)
         twin = self.resolve(reference, height)
         prefix = f"twin/{twin['id']}/"
@@ -93,6 +93,7 @@ class TwinService:
             "roles": state.get(roles_key(twin["id"])) or {},
             "permissions": {role: list(methods) for role, methods in permissions(state, twin["id"]).items()},
             "calls": self._items(prefix + "call/", height),
+            "devices": self._items(f"{DEVICE_PREFIX}{twin['id']}/", height),
         })  # fmt: skip
 
     # -- specification history ------------------------------------------------------------------

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from twinledger.cli.common import Home, Json, KeyFile, client, command, err, kv_table, out, print_json, signer, transact
-from twinledger.cli.sharing import unlock_for
+from twinledger.cli.sharing import DeviceDir, unlock_for
 from twinledger.cli.storage import organisation_key, sharing_public, with_store
 from twinledger.cli.twins import (
     Attributes,
@@ -283,6 +283,7 @@ def feed_read(
     since: TimeOption = None,
     until: TimeOption = None,
     latest: Annotated[bool, typer.Option("--latest", help="Only the newest segment.")] = False,
+    device: DeviceDir = None,
     as_json: Json = False,
 ) -> None:
     """Fetch, verify and decrypt a feed's history (optionally a time range) and plot it."""
@@ -290,7 +291,7 @@ def feed_read(
     start, end = (parse_time(t) if t is not None else None for t in (since, until))
 
     async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> list[Segment]:
-        reader = await FeedReader.open(store, feed, unlock_for(home, config, store))
+        reader = await FeedReader.open(store, feed, unlock_for(home, config, store, device))
         if latest:
             newest = await reader.latest()
             return [newest] if newest is not None else []
@@ -328,13 +329,14 @@ def feed_follow(
     after: Annotated[int | None, typer.Option(help="Start after this update (default: the current head).",
                                               min=-1)] = None,  # fmt: skip
     count: Annotated[int | None, typer.Option(help="Stop after this many segments.", min=1)] = None,
+    device: DeviceDir = None,
     as_json: Json = False,
 ) -> None:
     """Print new segments as they arrive (one JSON object per line with --json)."""
     feed = _feed_of(home, ref, component).feed
 
     async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> None:
-        reader = await FeedReader.open(store, feed, unlock_for(home, config, store))
+        reader = await FeedReader.open(store, feed, unlock_for(home, config, store, device))
         start = after
         if start is None:
             head = await store.feed_head(reader.acl)

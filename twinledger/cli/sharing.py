@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,9 +21,11 @@ from rich.table import Table
 
 from twinledger.cli.common import Home, Json, KeyFile, client, command, out, print_json, signer, transact
 from twinledger.cli.storage import organisation_key, sharing_key, sharing_public, with_store
-from twinledger.config import NodeConfig
+from twinledger.config import NodeConfig, passphrase
 from twinledger.contracts.authorization import WriteToken
+from twinledger.contracts.sharing import DEVICE_RECIPIENT
 from twinledger.crypto import kpcpre
+from twinledger.crypto.keys import SigningKey, read_secret_file, write_secret_file
 from twinledger.crypto.policy import parse_policy, policy_text
 from twinledger.crypto.policy import to_obj as policy_to_obj
 from twinledger.errors import TwinledgerError
@@ -36,20 +39,46 @@ Proxies = Annotated[list[str], typer.Option("--proxy", help="Proxy node ORG/NODE
                                                             "every proxy node of the granting organisation).")]
 
 
-def unlock_for(home: Path, config: NodeConfig, store: StoreClient) -> Unlock:
-    """How this home gets an item's data key: as a reader the ACL names, else through a
-    proxy under an active grant to its organisation that covers the item."""
+DeviceDir = Annotated[Path | None, typer.Option("--device", help="Read as this device of the twin (the directory "
+                                                                  "device add wrote), through its grants.",
+                                                  file_okay=False)]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DeviceKeys:
+    signing: SigningKey
+    sharing: kpcpre.SecretKey
+
+    @property
+    def recipient(self) -> str:
+        return f"{DEVICE_RECIPIENT}{self.signing.public.hex()}"
+
+
+def device_keys(directory: Path) -> DeviceKeys:
+    return DeviceKeys(SigningKey(read_secret_file(directory / "device.key", "ed25519", passphrase())),
+                      kpcpre.SecretKey.from_bytes(read_secret_file(directory / "device-sharing.key", "kpcpre",
+                                                                   passphrase())))  # fmt: skip
+
+
+def unlock_for(home: Path, config: NodeConfig, store: StoreClient, device: Path | None = None) -> Unlock:
+    """How this home (or one of its twin's devices) gets an item's data key: as a reader
+    the ACL names, else through a proxy under an active grant that covers the item."""
     as_named_reader = as_reader(config.organisation, organisation_key(config))
+    keys = device_keys(device) if device is not None else None
+    recipient = keys.recipient if keys is not None else config.organisation
 
     async def unlock(acl: ItemAcl, commitment: bytes | None) -> bytes:
-        if acl.allows(config.organisation):
+        if keys is None and acl.allows(config.organisation):
             return await as_named_reader(acl, commitment)
-        listing = client(home).request("GET", f"/v1/grants?recipient={config.organisation}&owner={acl.owner_organisation}")
-        chosen = covering_grant(listing["grants"], acl, config.organisation, int(time.time() * 1000))
+        listing = client(home).request("GET", "/v1/grants", params={"recipient": recipient,
+                                                                     "owner": acl.owner_organisation})  # fmt: skip
+        chosen = covering_grant(listing["grants"], acl, recipient, int(time.time() * 1000))
         if chosen is None:
-            raise AccessDenied(f"{config.organisation} is no reader of item {acl.item.hex()[:16]}… and holds no active "
-                               f"grant of {acl.owner_organisation} that covers it")  # fmt: skip
-        return await through_proxy(store, chosen, sharing_key(config), listing["height"])(acl, commitment)
+            who = "this device" if keys is not None else f"{config.organisation} is no reader of it and"
+            raise AccessDenied(f"item {acl.item.hex()[:16]}…: {who} holds no active grant of {acl.owner_organisation} "
+                               "that covers it")  # fmt: skip
+        secret = keys.sharing if keys is not None else sharing_key(config)
+        return await through_proxy(store, chosen, secret, listing["height"], keys.signing if keys else None)(acl, commitment)
 
     return unlock
 
@@ -84,7 +113,7 @@ def _default_proxies(members: dict[str, Any], organisation: str) -> list[str]:
 def grant(
     home: Home,
     twin: Annotated[str, typer.Option("--twin", help="Twin id or device id.")],
-    to: Annotated[str, typer.Option("--to", help="Organisation that may read.")],
+    to: Annotated[str, typer.Option("--to", help="Organisation that may read, or device:NAME of the twin.")],
     policy: Annotated[str, typer.Option("--policy", help='Which data, e.g. "kind:document and type:report".')],
     until: Annotated[str | None, typer.Option("--until", help="End of the grant, ISO 8601 (default: none).")] = None,
     proxy: Proxies = [],  # noqa: B006
@@ -103,15 +132,19 @@ def grant(
     twin_view = client(home).request("GET", f"/v1/twins/{twin}")
 
     async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> dict[str, Any]:
-        recipient = _organisation(members, to)
-        if not recipient.get("kpcpre_key"):
-            raise TwinledgerError(f"{to} has no sharing (KP-CPRE) key on chain", code="no_sharing_key")
+        if to.startswith(DEVICE_RECIPIENT):
+            device = _device(home, twin_view["id"], to.removeprefix(DEVICE_RECIPIENT))
+            recipient, public = f"{DEVICE_RECIPIENT}{device['key']}", device["sharing_key"]
+        else:
+            recipient, public = to, _organisation(members, to).get("kpcpre_key")
+            if not public:
+                raise TwinledgerError(f"{to} has no sharing (KP-CPRE) key on chain", code="no_sharing_key")
         proxies = sorted(proxy) or _default_proxies(members, config.organisation)
         made = make_grant_key(sharing_key(config), twin_view["id"], asked,
-                              kpcpre.PublicKey.from_bytes(bytes.fromhex(recipient["kpcpre_key"])))  # fmt: skip
+                              kpcpre.PublicKey.from_bytes(bytes.fromhex(public)))  # fmt: skip
         committed = transact(home, key, "sharing", "grant", {
-            "twin": twin_view["id"], "recipient": to, "policy": policy_to_obj(made.policy), "key_hash": made.key_hash,
-            "proxies": proxies, "valid_until": valid_until})  # fmt: skip
+            "twin": twin_view["id"], "recipient": recipient, "policy": policy_to_obj(made.policy),
+            "key_hash": made.key_hash, "proxies": proxies, "valid_until": valid_until})  # fmt: skip
         grant_id = bytes.fromhex(committed["transaction"]["hash"])
         held = await hand_over(store, proxies, grant_id, made.key, committed["block"]["height"])
         return {"grant": grant_id.hex(), "twin": twin_view["id"], "recipient": to, "policy": policy_text(made.policy),
@@ -299,3 +332,84 @@ def token_revoke(
         print_json({"token": view["id"], "status": "revoked", "block": committed["block"]["height"]})
     else:
         out.print(f"revoked token {view['id'][:16]}… (block {committed['block']['height']})", highlight=False)
+
+
+# -- devices --------------------------------------------------------------------------------------
+
+device_app = typer.Typer(no_args_is_help=True, help="Devices of a twin: their own keys, the device role, grants (M3).")
+
+
+def _device(home: Path, twin: str, name: str) -> dict[str, Any]:
+    """The active device called ``name`` (or with that key, hex) of the twin."""
+    view = client(home).request("GET", f"/v1/twins/{twin}")
+    found = [d for d in view["devices"] if d["status"] == "active" and name in (d["name"], d["key"])]
+    if not found:
+        raise TwinledgerError(f"twin {view['id']} has no active device {name}", code="unknown_device")
+    return found[0]
+
+
+@device_app.command("add")
+@command
+def device_add(
+    home: Home,
+    twin: Annotated[str, typer.Option("--twin", help="Twin id or device id.")],
+    name: Annotated[str, typer.Option("--name", help="The device's name, e.g. plc-2.")],
+    output: Annotated[Path, typer.Option("--out", help="New directory for the device's keys.", file_okay=False)],
+    key: KeyFile = None,
+    as_json: Json = False,
+) -> None:
+    """Make a device's keys (Ed25519 to sign, KP-CPRE to read what it is granted) in a new
+    directory for the device, and register it on the twin with the device-agent role."""
+    if output.exists():
+        raise TwinledgerError(f"{output} exists; the device's keys go into a new directory", code="exists")
+    twin_id = client(home).request("GET", f"/v1/twins/{twin}")["id"]
+    signing, sharing = SigningKey.generate(), kpcpre.keygen()
+    committed = transact(home, key, "sharing", "add_device", {"twin": twin_id, "name": name, "key": signing.public,
+                                                               "sharing_key": sharing.public.to_bytes()})  # fmt: skip
+    write_secret_file(output / "device.key", "ed25519", signing.seed, passphrase())
+    write_secret_file(output / "device-sharing.key", "kpcpre", sharing.to_bytes(), passphrase())
+    result = {"twin": twin_id, "name": name, "key": signing.public.hex(), "recipient": f"{DEVICE_RECIPIENT}{name}",
+              "keys": str(output), "block": committed["block"]["height"]}  # fmt: skip
+    if as_json:
+        print_json(result)
+    else:
+        out.print(f"device {name} of twin {twin_id}: key {signing.public.hex()[:16]}…, keys in {output}; grant it "
+                  f"access with --to device:{name}", highlight=False)  # fmt: skip
+
+
+@device_app.command("retire")
+@command
+def device_retire(
+    home: Home,
+    twin: Annotated[str, typer.Option("--twin", help="Twin id or device id.")],
+    name: Annotated[str, typer.Argument(help="The device's name or key (hex).")],
+    key: KeyFile = None,
+    as_json: Json = False,
+) -> None:
+    """A device broke or was lost: take its role and end its grants (proxies forget its keys)."""
+    device = _device(home, twin, name)
+    committed = transact(home, key, "sharing", "retire_device", {"twin": device["twin"],
+                                                                  "key": bytes.fromhex(device["key"])})  # fmt: skip
+    if as_json:
+        print_json({"twin": device["twin"], "name": device["name"], "status": "retired",
+                    "grants_ended": len(device["grants"]), "block": committed["block"]["height"]})  # fmt: skip
+    else:
+        out.print(f"retired device {device['name']} of twin {device['twin']}; its role and grants ended", highlight=False)
+
+
+@device_app.command("list")
+@command
+def device_list(
+    home: Home,
+    twin: Annotated[str, typer.Option("--twin", help="Twin id or device id.")],
+    as_json: Json = False,
+) -> None:
+    """The twin's devices, active and retired."""
+    devices = client(home).request("GET", f"/v1/twins/{twin}")["devices"]
+    if as_json:
+        print_json(devices)
+        return
+    table = Table("name", "key", "status", "grants", title="devices", title_justify="left")
+    for device in devices:
+        table.add_row(device["name"], device["key"][:16] + "…", device["status"], str(len(device["grants"])))
+    out.print(table)

@@ -26,7 +26,7 @@ from twinledger.cli.common import (
     signer,
     transact,
 )
-from twinledger.cli.sharing import unlock_for
+from twinledger.cli.sharing import DeviceDir, unlock_for
 from twinledger.cli.storage import organisation_key, sharing_public, transfer_progress, with_store
 from twinledger.config import NodeConfig, load_config
 from twinledger.errors import InvalidProof, TwinledgerError
@@ -394,6 +394,7 @@ def doc_get(
     home: Home,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the document.", dir_okay=False)],
     version: Annotated[int | None, typer.Option(help="Version number (default: the latest).", min=1)] = None,
+    device: DeviceDir = None,
     as_json: Json = False,
 ) -> None:
     """Fetch a document from the store, check it against the chain and decrypt it."""
@@ -407,7 +408,7 @@ def doc_get(
     async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> None:
         with transfer_progress(f"fetching {entry['title']}", chosen["size"], as_json) as advance:
             await download_document(store, chosen["reference"], bytes.fromhex(chosen["hash"]),
-                                    unlock_for(home, config, store), output, advance)  # fmt: skip
+                                    unlock_for(home, config, store, device), output, advance)  # fmt: skip
 
     with_store(home, work)
     number = version or len(versions)

@@ -11,8 +11,16 @@ A grant's policy must require the attribute ``twin:<id>``: the re-encryption key
 made from the owner organisation's key, which encrypts all its twins' data, so the
 policy is what confines the grant to the twin it names.
 
+A grant's recipient is another member organisation, or one of the twin's *devices*
+(``device:<key hex>``): the owner registers a device with its Ed25519 key (which gets
+the device-agent role) and its own KP-CPRE key, so a device reads what its grants cover
+without ever holding the owner's keys. Retiring a device (it broke or was stolen, M3)
+takes its role and ends its grants; its replacement is registered and granted anew and
+recovers the twin's state by reading it back through a proxy.
+
 State:
-    sharing/grant/<grant id hex>   the grant (its id is the granting transaction's hash)
+    sharing/grant/<grant id hex>            the grant (its id is the granting transaction's hash)
+    sharing/device/<twin>/<device key hex>  a device of the twin
 """
 
 from __future__ import annotations
@@ -23,13 +31,15 @@ from typing import Any
 
 from twinledger.abc import StateReader
 from twinledger.contracts.arguments import Arguments
+from twinledger.contracts.authorization import authorize, role_table
 from twinledger.contracts.membership import organisation_key, required_organisation
 from twinledger.contracts.runtime import Call, Contract, Method
-from twinledger.contracts.twinstate import audited, load_twin
+from twinledger.contracts.twinstate import audited, load_twin, roles_key
+from twinledger.crypto import kpcpre
 from twinledger.crypto.policy import Policy, PolicyError, leaves, policy_text, satisfied
 from twinledger.crypto.policy import from_obj as policy_from_obj
 from twinledger.crypto.policy import to_obj as policy_to_obj
-from twinledger.errors import ContractError
+from twinledger.errors import ContractError, TwinledgerError
 
 MAX_PROXIES = 16
 
@@ -40,6 +50,14 @@ class SharingError(ContractError):
 
 def grant_key(grant: bytes) -> str:
     return f"sharing/grant/{grant.hex()}"
+
+
+def device_key(twin_id: str, key: bytes) -> str:
+    return f"sharing/device/{twin_id}/{key.hex()}"
+
+
+DEVICE_PREFIX = "sharing/device/"
+DEVICE_RECIPIENT = "device:"
 
 
 GRANT_PREFIX = "sharing/grant/"
@@ -95,12 +113,7 @@ def grant(call: Call, args: GrantArgs) -> None:
     if owner != twin["owner"]:
         raise SharingError(f"only the owner of twin {args.twin} ({twin['owner']}) grants access to its data",
                            code="not_twin_owner")  # fmt: skip
-    recipient = call.state.get(organisation_key(args.recipient))
-    if recipient is None or args.recipient == owner:
-        raise SharingError(f"the recipient must be another member organisation; {args.recipient!r} is not",
-                           code="bad_recipient")  # fmt: skip
-    if not recipient.get("kpcpre_key"):
-        raise SharingError(f"organisation {args.recipient} has no sharing (KP-CPRE) key", code="no_sharing_key")
+    recipient_key = _recipient_key(call, args.twin, args.recipient, owner)
     if not requires(args.policy, twin_attribute(args.twin)):
         raise SharingError(f"the policy must require {twin_attribute(args.twin)}: "
                            f"'{policy_text(args.policy)}' would cover other twins' data", code="policy_not_confined")  # fmt: skip
@@ -114,13 +127,38 @@ def grant(call: Call, args: GrantArgs) -> None:
     grant_id = call.tx.hash
     call.state.set(grant_key(grant_id), {
         "id": grant_id, "twin": args.twin, "owner": owner, "grantor": call.sender, "recipient": args.recipient,
-        "recipient_key": recipient["kpcpre_key"], "policy": policy_to_obj(args.policy),
+        "recipient_key": recipient_key, "policy": policy_to_obj(args.policy),
         "policy_text": policy_text(args.policy), "key_hash": args.key_hash, "proxies": list(args.proxies),
         "valid_until": args.valid_until, "status": "active", "granted": {"height": call.header.height,
                                                                          "timestamp": call.header.timestamp},
         "revoked": None,
     })  # fmt: skip
+    if args.recipient.startswith(DEVICE_RECIPIENT):
+        key = device_key(args.twin, bytes.fromhex(args.recipient.removeprefix(DEVICE_RECIPIENT)))
+        device = call.state.get(key)
+        call.state.set(key, {**device, "grants": [*device["grants"], grant_id]})
     call.emit("AccessGranted", twin=args.twin, grant=grant_id, recipient=args.recipient, policy=policy_text(args.policy))
+
+
+def _recipient_key(call: Call, twin_id: str, recipient: str, owner: str) -> bytes:
+    """The KP-CPRE public key of a grant's recipient: another member organisation, or an
+    active device of the twin."""
+    if recipient.startswith(DEVICE_RECIPIENT):
+        try:
+            key = bytes.fromhex(recipient.removeprefix(DEVICE_RECIPIENT))
+        except ValueError:
+            key = b""
+        device = call.state.get(device_key(twin_id, key)) if len(key) == 32 else None
+        if device is None or device["status"] != "active":
+            raise SharingError(f"{recipient[:30]} is no active device of twin {twin_id}", code="bad_recipient")
+        return device["sharing_key"]
+    entry = call.state.get(organisation_key(recipient))
+    if entry is None or recipient == owner:
+        raise SharingError(f"the recipient must be another member organisation or a device of the twin; {recipient!r} "
+                           "is neither", code="bad_recipient")  # fmt: skip
+    if not entry.get("kpcpre_key"):
+        raise SharingError(f"organisation {recipient} has no sharing (KP-CPRE) key", code="no_sharing_key")
+    return entry["kpcpre_key"]
 
 
 def parse_revoke(args: Mapping[str, Any]) -> bytes:
@@ -141,10 +179,84 @@ def revoke(call: Call, grant_id: bytes) -> None:
     call.emit("AccessRevoked", twin=entry["twin"], grant=grant_id, recipient=entry["recipient"])
 
 
+@dataclass(frozen=True)
+class DeviceArgs:
+    twin: str
+    name: str
+    key: bytes
+    sharing_key: bytes
+
+
+def parse_add_device(args: Mapping[str, Any]) -> DeviceArgs:
+    read = Arguments("sharing.add_device", args, ("twin", "name", "key", "sharing_key"))
+    sharing_key = read.blob("sharing_key", max_size=96, size=96)
+    try:
+        kpcpre.PublicKey.from_bytes(sharing_key)
+    except TwinledgerError:
+        raise read.error("'sharing_key' is not a KP-CPRE public key (a point of G2)") from None
+    return DeviceArgs(read.identifier("twin"), read.identifier("name"), read.key("key"), sharing_key)
+
+
+def add_device(call: Call, args: DeviceArgs) -> None:
+    """Register a device of the twin (Armored Twins phase 1): its key gets the device-agent
+    role; grants to ``device:<key hex>`` reach its KP-CPRE key."""
+    twin = load_twin(call.state, args.twin)
+    authorize(call, twin, "role.grant")
+    if call.state.get(device_key(args.twin, args.key)) is not None:
+        raise SharingError(f"key {args.key.hex()[:16]}… is already a device of twin {args.twin}", code="duplicate_device")
+    call.state.set(device_key(args.twin, args.key), {
+        "twin": args.twin, "name": args.name, "key": args.key, "sharing_key": args.sharing_key, "status": "active",
+        "grants": [], "added": {"height": call.header.height, "timestamp": call.header.timestamp}, "retired": None})  # fmt: skip
+    table = role_table(call.state, args.twin)
+    subject = f"key:{args.key.hex()}"
+    table[subject] = {**table.get(subject, {}), "device-agent": []}
+    call.state.set(roles_key(args.twin), table)
+    call.emit("DeviceAdded", twin=args.twin, name=args.name, key=args.key)
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    twin: str
+    key: bytes
+
+
+def parse_retire_device(args: Mapping[str, Any]) -> DeviceRef:
+    read = Arguments("sharing.retire_device", args, ("twin", "key"))
+    return DeviceRef(read.identifier("twin"), read.key("key"))
+
+
+def retire_device(call: Call, ref: DeviceRef) -> None:
+    """A device broke or was lost (M3): its role is taken and its grants end, so its keys
+    open and change nothing from now on."""
+    twin = load_twin(call.state, ref.twin)
+    authorize(call, twin, "role.revoke")
+    device = call.state.get(device_key(ref.twin, ref.key))
+    if device is None or device["status"] != "active":
+        raise SharingError(f"key {ref.key.hex()[:16]}… is no active device of twin {ref.twin}", code="unknown_device")
+    revoked = {"height": call.header.height, "timestamp": call.header.timestamp}
+    for grant_id in device["grants"]:
+        entry = load_grant(call.state, grant_id)
+        if entry["status"] == "active":
+            call.state.set(grant_key(grant_id), {**entry, "status": "revoked", "revoked": revoked})
+            call.emit("AccessRevoked", twin=ref.twin, grant=grant_id, recipient=entry["recipient"])
+    call.state.set(device_key(ref.twin, ref.key), {**device, "status": "retired", "retired": revoked})
+    table = role_table(call.state, ref.twin)
+    subject = f"key:{ref.key.hex()}"
+    remaining = {role: scopes for role, scopes in table.get(subject, {}).items() if role != "device-agent"}
+    if remaining:
+        table[subject] = remaining
+    else:
+        table.pop(subject, None)
+    call.state.set(roles_key(ref.twin), table)
+    call.emit("DeviceRetired", twin=ref.twin, name=device["name"], key=ref.key)
+
+
 SHARING = Contract(
     "sharing",
     {
         "grant": Method(parse_grant, audited(grant)),
         "revoke": Method(parse_revoke, audited(revoke)),
+        "add_device": Method(parse_add_device, audited(add_device)),
+        "retire_device": Method(parse_retire_device, audited(retire_device)),
     },
 )

@@ -10,9 +10,11 @@ from typing import Any
 
 from twinledger.contracts.sharing import requires, twin_attribute
 from twinledger.crypto import kpcpre
+from twinledger.crypto.keys import SigningKey
 from twinledger.crypto.policy import Leaf, Policy, all_of, satisfied
 from twinledger.crypto.policy import from_obj as policy_from_obj
 from twinledger.errors import TwinledgerError
+from twinledger.sharing.proxy import device_request
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import Unlock
 from twinledger.store.records import AccessDenied, ItemAcl, StoreError
@@ -76,8 +78,10 @@ def covering_grant(grants: Iterable[Mapping[str, Any]], acl: ItemAcl, organisati
     return None
 
 
-def through_proxy(client: StoreClient, grant: Mapping[str, Any], secret: kpcpre.SecretKey, height: int) -> Unlock:
-    """Unlock items as ``grant``'s recipient: a proxy re-encrypts the capsule, ``secret`` opens it."""
+def through_proxy(client: StoreClient, grant: Mapping[str, Any], secret: kpcpre.SecretKey, height: int,
+                  device: SigningKey | None = None) -> Unlock:  # fmt: skip
+    """Unlock items as ``grant``'s recipient: a proxy re-encrypts the capsule, ``secret``
+    opens it. A device recipient signs its requests with its ``device`` key."""
 
     async def unlock(acl: ItemAcl, commitment: bytes | None) -> bytes:
         capsule = acl.epoch(commitment).capsule
@@ -88,9 +92,11 @@ def through_proxy(client: StoreClient, grant: Mapping[str, Any], secret: kpcpre.
         for label in grant["proxies"]:
             if label not in nodes:
                 continue
+            body: dict[str, object] = {"grant": bytes.fromhex(grant["id"]), "capsule": capsule, "height": height}
+            if device is not None:
+                body["device_signature"] = device.sign(device_request(bytes.fromhex(grant["id"]), capsule, height))
             try:
-                response = await client.request(nodes[label], "reencrypt", {
-                    "grant": bytes.fromhex(grant["id"]), "capsule": capsule, "height": height})  # fmt: skip
+                response = await client.request(nodes[label], "reencrypt", body)
             except StoreError as exc:
                 if exc.code in ("access_denied", "policy_not_satisfied", "decryption_failed"):
                     raise

@@ -27,9 +27,11 @@ from typing import Any
 
 from twinledger.abc import StateReader
 from twinledger.contracts.membership import organisation_key
-from twinledger.contracts.sharing import grant_is_active, grant_key
+from twinledger.contracts.sharing import DEVICE_RECIPIENT, grant_is_active, grant_key
+from twinledger.core.hashing import hash_obj
 from twinledger.crypto import kpcpre
 from twinledger.crypto.certs import NodeIdentity
+from twinledger.crypto.keys import verify_signature
 from twinledger.crypto.policy import from_obj as policy_from_obj
 from twinledger.store.records import AccessDenied, StoreError
 
@@ -38,6 +40,11 @@ MAX_KEY_BYTES = 64 * 1024
 MAX_CAPSULE_BYTES = 16 * 1024
 HEIGHT_WAIT = 10.0
 """Seconds a request naming a newer height waits for this node to reach it."""
+
+
+def device_request(grant_id: bytes, capsule: bytes, height: int) -> bytes:
+    """What a device signs to have a capsule re-encrypted under a grant to it."""
+    return hash_obj("twinledger/proxy/device-request/v1", [grant_id, hashlib.sha256(capsule).digest(), height])
 
 
 class ProxyService:
@@ -100,7 +107,14 @@ class ProxyService:
         await self._reach(message)
         grant = self._grant(self.state(), grant_id)
         self._require_active(grant_id, grant)
-        if identity.organisation != grant["recipient"]:
+        if grant["recipient"].startswith(DEVICE_RECIPIENT):
+            device = bytes.fromhex(grant["recipient"].removeprefix(DEVICE_RECIPIENT))
+            signature = message.get("device_signature")
+            if identity.organisation != grant["owner"] or not isinstance(signature, bytes) or not verify_signature(
+                    device, device_request(grant_id, capsule, message.get("height", 0)), signature):  # fmt: skip
+                raise AccessDenied(f"grant {grant_id.hex()[:16]}… is for a device of {grant['owner']}: its requests "
+                                   "come through that organisation's nodes, signed by the device")  # fmt: skip
+        elif identity.organisation != grant["recipient"]:
             raise AccessDenied(f"grant {grant_id.hex()[:16]}… is for {grant['recipient']}, "
                                f"not {identity.organisation}")  # fmt: skip
         key = self._keys.get(grant_id) or await self._run(self._load, grant_id)

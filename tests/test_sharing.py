@@ -5,9 +5,13 @@ never holds a data key or plaintext; revocation ends it, for old and new data.""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -18,9 +22,11 @@ from store_helpers import AUDITOR, MAINTAINER, MANUFACTURER, OWNER, cli, home, o
 from twinledger.cli.common import transact
 from twinledger.cli.storage import organisation_key, sharing_public
 from twinledger.config import load_config
-from twinledger.crypto.keys import SigningKey, read_secret_file, write_secret_file
+from twinledger.crypto import kpcpre
+from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file, write_secret_file
 from twinledger.crypto.policy import parse_policy, to_obj
 from twinledger.sharing.proxy import device_request
+from twinledger.sharing.requests import collect_response, make_request, send_request, take_requests
 from twinledger.store import feeds
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import data_key, parse_reference
@@ -338,3 +344,82 @@ def test_a_replaced_device_recovers_the_twin_s_state_through_its_own_grant(conso
     assert ask(OWNER, None) == "access_denied"
     assert ask(OWNER, SigningKey.generate()) == "access_denied"
     assert ask(AUDITOR, plc2) == "access_denied"  # not through the owner's nodes
+
+
+def test_an_external_request_reaches_the_chosen_device_and_only_the_requester_reads_the_answer(consortium, tmp_path):
+    owner = home(consortium, OWNER)
+    twin = ok("twin", "create", "--home", owner, "--aml", str(PLANT), "--device-id", "plant-req")["id"]
+    plc = tmp_path / "plc"
+    ok("device", "add", "--twin", twin, "--name", "plc", "--out", str(plc), "--home", owner)
+    routing = ok("grant", "--twin", twin, "--to", "device:plc", "--policy", "req", "--proxy", PROXY, "--home", owner)
+    assert routing["policy"] == f"req and twin:{twin}"
+
+    # the CLI end to end: the auditor asks, the device answers, the auditor reads the answer
+    asking = subprocess.Popen([sys.executable, "-m", "twinledger", "request", "send", "--twin", twin, "--payload",
+                               "fill level?", "--wait", "120", "--json", "--home", home(consortium, AUDITOR)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        for _ in range(60):  # until the proxy has queued the request (each look is a CLI run)
+            pending = ok("device", "requests", "--twin", twin, "--device", str(plc), "--home", owner)
+            if pending:
+                break
+        assert [(p["requester"], p["payload"]) for p in pending] == [("auditor", "fill level?")]
+        ok("device", "respond", pending[0]["id"][:12], "--twin", twin, "--device", str(plc), "--answer", "41.5 %",
+           "--home", owner)  # fmt: skip
+        stdout, stderr = asking.communicate(timeout=120)
+    finally:
+        asking.kill()
+    assert asking.returncode == 0, stderr
+    assert json.loads(stdout)["answer"] == "41.5 %"
+
+    # and the rules, over the protocol
+    members = httpx.get(f"{consortium.url(OWNER)}/v1/members", timeout=10).json()
+    owner_key = sharing_public(members, "owner")
+    height = httpx.get(f"{consortium.url(OWNER)}/v1/head", timeout=10).json()["height"]
+
+    def send(i: int, request, target: str = twin) -> str:
+        async def work(client: StoreClient) -> str:
+            try:
+                await send_request(client, [PROXY], target, request, height)
+            except StoreError as exc:
+                return exc.code
+            return "queued"
+
+        return with_client(consortium, i, work)
+
+    first, _ = make_request(owner_key, twin, b"status?")
+    assert send(MANUFACTURER, first) == "queued"
+    assert send(MANUFACTURER, first) == "replayed_request"
+    codes = [send(MANUFACTURER, make_request(owner_key, twin, b"again?")[0]) for _ in range(20)]
+    assert codes[:18] == ["queued"] * 18 and codes[-1] == "rate_limited"  # 20 a minute per organisation and twin
+    forged = replace(make_request(owner_key, twin, b"x")[0], body=os.urandom(64))
+    assert send(AUDITOR, forged) == "queued"  # the proxy cannot see inside; the device finds it does not open
+    listed = ok("device", "requests", "--twin", twin, "--device", str(plc), "--home", owner)
+    assert any(entry["payload"] is None and entry["requester"] == "auditor" for entry in listed)
+    other = ok("twin", "create", "--home", owner, "--aml", str(PLANT), "--device-id", "plant-req-2")["id"]
+    assert send(AUDITOR, make_request(owner_key, other, b"?")[0], other) == "no_route"
+    assert send(AUDITOR, make_request(owner_key, other, b"?")[0]) == "bad_request"  # attributes of another twin
+
+    async def peek(client: StoreClient) -> str:
+        try:
+            await collect_response(client, PROXY, first.id, EncryptionKey.generate())
+        except StoreError as exc:
+            return exc.code
+        return "answered or pending"
+
+    assert with_client(consortium, AUDITOR, peek) == "unknown_request"  # only the requester collects
+    secret = kpcpre.SecretKey.from_bytes(read_secret_file(plc / "device-sharing.key", "kpcpre"))
+
+    def take(i: int, signer: SigningKey) -> str:
+        async def work(client: StoreClient) -> str:
+            try:
+                return f"{len(await take_requests(client, PROXY, twin, signer, secret, 0, height))} requests"
+            except StoreError as exc:
+                return exc.code
+
+        return with_client(consortium, i, work)
+
+    device = SigningKey(read_secret_file(plc / "device.key", "ed25519"))
+    assert take(OWNER, device).endswith("requests")
+    assert take(OWNER, SigningKey.generate()) == "access_denied"  # not a device of the twin
+    assert take(AUDITOR, device) == "access_denied"  # not through the owner's nodes

@@ -359,6 +359,12 @@ class Node(NetworkedProducer):
         if self.proxy is not None and self._loop is not None:
             self._loop.run_in_executor(self._readers, self._sweep_proxy_keys)
 
+    def _grants(self) -> list[dict[str, Any]]:
+        """Every grant at the head, as the sharing contract stores it."""
+        from twinledger.contracts.sharing import GRANT_PREFIX
+
+        return [grant for _, grant in self.store.state_items(GRANT_PREFIX, self.head.height)]
+
     def _sweep_proxy_keys(self) -> None:
         """Delete the re-encryption keys of grants that ended (after every block)."""
         assert self.proxy is not None
@@ -584,7 +590,8 @@ class Node(NetworkedProducer):
         if "proxy" in config.roles:
             from twinledger.sharing.proxy import ProxyService
 
-            self.proxy = ProxyService(config.home / "data" / "proxy-keys.db", me, self.head_state, self.wait_for_height)
+            self.proxy = ProxyService(config.home / "data" / "proxy-keys.db", me, self.head_state, self.wait_for_height,
+                                      self._grants)  # fmt: skip
         self.storage = StoreService(ChunkStore(config.storage_dir), tls, me, self.store_directory, self.replication(),
                                     config.repair_interval, self.proxy.handlers() if self.proxy else None)  # fmt: skip
         await self.storage.start(config.storage_host, config.storage_port)

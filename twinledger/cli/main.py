@@ -37,7 +37,7 @@ network_app = typer.Typer(no_args_is_help=True, help="A local consortium: one no
 for sub, name in ((node_app, "node"), (record_app, "record"), (tx_app, "tx"), (block_app, "block"),
                   (verify_app, "verify"), (bench_app, "bench"), (network_app, "network"), (twin_app, "twin"),
                   (member_app, "member"), (store_app, "store"), (key_app, "key"),
-                  (sharing.token_app, "token"), (sharing.device_app, "device")):  # fmt: skip
+                  (sharing.token_app, "token"), (sharing.device_app, "device"), (sharing.request_app, "request")):  # fmt: skip
     app.add_typer(sub, name=name)
 for function, name in ((sharing.grant, "grant"), (sharing.revoke, "revoke"), (sharing.grants, "grants")):
     app.command(name)(function)

@@ -8,6 +8,7 @@ the proxy nodes; a recipient's ``twin doc get`` reads through them (docs/sharing
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -30,6 +31,15 @@ from twinledger.crypto.policy import parse_policy, policy_text
 from twinledger.crypto.policy import to_obj as policy_to_obj
 from twinledger.errors import TwinledgerError
 from twinledger.sharing.grants import covering_grant, hand_over, make_grant_key, through_proxy
+from twinledger.sharing.requests import (
+    collect_response,
+    make_request,
+    request_attributes,
+    respond,
+    routes,
+    send_request,
+    take_requests,
+)
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import Unlock, as_reader
 from twinledger.store.feeds import parse_feed_reference, rotate_feed
@@ -413,3 +423,125 @@ def device_list(
     for device in devices:
         table.add_row(device["name"], device["key"][:16] + "…", device["status"], str(len(device["grants"])))
     out.print(table)
+
+
+# -- external requests ------------------------------------------------------------------------------
+
+request_app = typer.Typer(no_args_is_help=True, help="External requests to a twin's device, routed through proxies.")
+POLL = 0.2
+"""Seconds between looks for the device's answer."""
+
+
+@request_app.command("send")
+@command
+def request_send(
+    home: Home,
+    twin: Annotated[str, typer.Option("--twin", help="Twin id or device id.")],
+    payload: Annotated[str, typer.Option("--payload", help="What to ask the device (text).")],
+    attribute: Annotated[list[str], typer.Option("--attribute", help="More attributes for routing (repeatable; req and "
+                                                                     "twin:ID are always set).")] = [],  # noqa: B006
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the answer.", min=1)] = 30.0,
+    as_json: Json = False,
+) -> None:
+    """Ask a twin's device something: encrypted for the twin's owner, routed by a proxy to
+    the device the owner chose, answered sealed to a key only this command holds."""
+    node = client(home)
+    view = node.request("GET", f"/v1/twins/{twin}")
+    grants = node.request("GET", "/v1/grants", params={"twin": view["id"]})
+    proxies = routes(grants["grants"], view["id"], request_attributes(view["id"], attribute), int(time.time() * 1000))
+    if not proxies:
+        raise TwinledgerError(f"the owner of twin {view['id']} routes no requests with these attributes to a device",
+                              code="no_route")  # fmt: skip
+
+    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> dict[str, Any]:
+        owner = sharing_public(members, view["owner"])
+        if owner is None:
+            raise TwinledgerError(f"{view['owner']} has no sharing key", code="no_sharing_key")
+        request, reply = make_request(owner, view["id"], payload.encode(), attribute)
+        proxy = await send_request(store, proxies, view["id"], request, grants["height"])
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            answer = await collect_response(store, proxy, request.id, reply)
+            if answer is not None:
+                return {"request": request.id.hex(), "proxy": proxy, "answer": answer.decode(errors="replace")}
+            await asyncio.sleep(POLL)
+        raise TwinledgerError(f"no answer within {wait:g} s; request {request.id.hex()[:16]}… is queued at {proxy}",
+                              code="no_answer")  # fmt: skip
+
+    result = with_store(home, work)
+    if as_json:
+        print_json(result)
+    else:
+        out.print(result["answer"], highlight=False)
+
+
+def _device_proxies(home: Path, twin_id: str, keys: DeviceKeys) -> tuple[list[str], int]:
+    listing = client(home).request("GET", "/v1/grants", params={"twin": twin_id, "recipient": keys.recipient})
+    proxies = sorted({p for g in listing["grants"] if g["status"] == "active" for p in g["proxies"]})
+    return proxies, listing["height"]
+
+
+async def _pending(home: Path, store: StoreClient, twin_id: str, keys: DeviceKeys) -> list[tuple[str, dict[str, Any]]]:
+    proxies, height = _device_proxies(home, twin_id, keys)
+    found = []
+    for proxy in proxies:
+        for entry in await take_requests(store, proxy, twin_id, keys.signing, keys.sharing, 0, height):
+            found.append((proxy, entry))
+    return found
+
+
+@device_app.command("requests")
+@command
+def device_requests(
+    home: Home,
+    twin: Annotated[str, typer.Option("--twin", help="Twin id or device id.")],
+    device: Annotated[Path, typer.Option("--device", help="The device's key directory.", file_okay=False)],
+    as_json: Json = False,
+) -> None:
+    """The unanswered requests proxies routed to this device, opened."""
+    twin_id = client(home).request("GET", f"/v1/twins/{twin}")["id"]
+    keys = device_keys(device)
+
+    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        return await _pending(home, store, twin_id, keys)
+
+    pending = with_store(home, work)
+    views = [{"id": e["id"].hex(), "proxy": proxy, "requester": e["requester"], "received": e["received"],
+              "payload": e["payload"].decode(errors="replace") if e["payload"] is not None else None}
+             for proxy, e in pending]  # fmt: skip
+    if as_json:
+        print_json(views)
+        return
+    for view in views:
+        text = view["payload"] if view["payload"] is not None else "(does not decrypt: damaged or forged)"
+        out.print(f"{view['id'][:16]}…  from {view['requester']}: {text}", highlight=False)
+
+
+@device_app.command("respond")
+@command
+def device_respond(
+    home: Home,
+    twin: Annotated[str, typer.Option("--twin", help="Twin id or device id.")],
+    device: Annotated[Path, typer.Option("--device", help="The device's key directory.", file_okay=False)],
+    request: Annotated[str, typer.Argument(help="Request id (or a unique prefix of at least 8 digits).")],
+    answer: Annotated[str, typer.Option("--answer", help="The answer (text), sealed to the requester.")],
+    as_json: Json = False,
+) -> None:
+    """Answer a request routed to this device."""
+    twin_id = client(home).request("GET", f"/v1/twins/{twin}")["id"]
+    keys = device_keys(device)
+
+    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> str:
+        matches = [(proxy, e) for proxy, e in await _pending(home, store, twin_id, keys)
+                   if e["id"].hex().startswith(request.lower()) and e["reply_key"] is not None]  # fmt: skip
+        if len(request) < 8 or len(matches) != 1:
+            raise TwinledgerError(f"no single open request starts with {request}", code="unknown_request")
+        proxy, entry = matches[0]
+        await respond(store, proxy, twin_id, keys.signing, entry["id"], entry["reply_key"], answer.encode())
+        return entry["id"].hex()
+
+    answered = with_store(home, work)
+    if as_json:
+        print_json({"request": answered, "status": "answered"})
+    else:
+        out.print(f"answered request {answered[:16]}…", highlight=False)

@@ -9,6 +9,12 @@ the grant's policy (which the cryptography enforces, not just this code).
 
 Keys are kept in ``data/proxy-keys.db`` (SQLite, synchronous writes, readable by the
 node's user only) and deleted when their grant is revoked or expires.
+
+It also routes external requests (Armored Twins phase 5, ``sharing.requests``): a
+request encrypted for the twin's owner under ``req`` and ``twin:<id>`` is re-encrypted
+for the device an active grant of the owner routes it to, within a rate limit per
+requesting organisation and twin, and queued until the device takes it (for at most an
+hour); the device's answer, sealed to the requester, waits for the requester.
 """
 
 from __future__ import annotations
@@ -27,12 +33,15 @@ from typing import Any
 
 from twinledger.abc import StateReader
 from twinledger.contracts.membership import organisation_key
-from twinledger.contracts.sharing import DEVICE_RECIPIENT, grant_is_active, grant_key
+from twinledger.contracts.sharing import DEVICE_RECIPIENT, device_key, grant_is_active, grant_key
+from twinledger.contracts.twinstate import twin_key
 from twinledger.core.hashing import hash_obj
 from twinledger.crypto import kpcpre
 from twinledger.crypto.certs import NodeIdentity
 from twinledger.crypto.keys import verify_signature
 from twinledger.crypto.policy import from_obj as policy_from_obj
+from twinledger.crypto.policy import satisfied
+from twinledger.sharing.requests import DEVICE_MESSAGE_TAG, MAX_PAYLOAD, REQUEST_MARKER, ExternalRequest
 from twinledger.store.records import AccessDenied, StoreError
 
 log = logging.getLogger("twinledger.proxy")
@@ -40,6 +49,11 @@ MAX_KEY_BYTES = 64 * 1024
 MAX_CAPSULE_BYTES = 16 * 1024
 HEIGHT_WAIT = 10.0
 """Seconds a request naming a newer height waits for this node to reach it."""
+REQUESTS_PER_MINUTE = 20
+"""External requests one organisation may send one twin through one proxy per minute."""
+REQUEST_TTL_MS = 3_600_000
+"""Routed requests no device took within an hour are dropped."""
+MAX_REQUEST_BYTES = MAX_PAYLOAD + 32 * 1024
 
 
 def device_request(grant_id: bytes, capsule: bytes, height: int) -> bytes:
@@ -49,8 +63,12 @@ def device_request(grant_id: bytes, capsule: bytes, height: int) -> bytes:
 
 class ProxyService:
     def __init__(self, path: Path, me: NodeIdentity, state: Callable[[], StateReader],
-                 wait_for_height: Callable[[int, float], Awaitable[bool]]) -> None:  # fmt: skip
+                 wait_for_height: Callable[[int, float], Awaitable[bool]],
+                 grants: Callable[[], list[dict[str, Any]]] = list,
+                 requests_per_minute: int = REQUESTS_PER_MINUTE) -> None:  # fmt: skip
         self.me = me
+        self.grants = grants
+        self.requests_per_minute = requests_per_minute
         self.name = f"{me.organisation}/{me.node}"
         self.state = state
         self.wait_for_height = wait_for_height
@@ -61,12 +79,16 @@ class ProxyService:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS keys (grant_id BLOB PRIMARY KEY, key BLOB NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS requests (sequence INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB UNIQUE "
+                         "NOT NULL, twin TEXT NOT NULL, device BLOB NOT NULL, requester TEXT NOT NULL, received INTEGER "
+                         "NOT NULL, capsule BLOB NOT NULL, body BLOB NOT NULL, response BLOB)")  # fmt: skip
         self._lock = threading.Lock()
         self._keys: dict[bytes, kpcpre.ReEncryptionKey] = {}
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="proxy")
 
     def handlers(self) -> dict[str, Callable[[NodeIdentity, dict[str, Any]], Awaitable[dict[str, Any]]]]:
-        return {"proxy_key_put": self.put_key, "reencrypt": self.reencrypt}
+        return {"proxy_key_put": self.put_key, "reencrypt": self.reencrypt, "request_put": self.put_request,
+                "request_take": self.take_requests, "response_put": self.put_response, "response_get": self.get_response}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -127,6 +149,111 @@ class ProxyService:
 
         return {"reencrypted": await self._run(transform)}
 
+    # -- external requests ---------------------------------------------------------------------
+    async def put_request(self, identity: NodeIdentity, message: dict[str, Any]) -> dict[str, Any]:
+        """Route a request to the twin's device: re-encrypt it under the owner's grant to the
+        device whose policy its attributes satisfy, within the rate limit."""
+        twin = _text(message, "twin")
+        raw = _bytes(message, "request", 1, MAX_REQUEST_BYTES)
+        await self._reach(message)
+        request = ExternalRequest.from_bytes(raw)
+        capsule = await self._run(kpcpre.Ciphertext.from_bytes, request.capsule)
+        if REQUEST_MARKER not in capsule.attributes or f"twin:{twin}" not in capsule.attributes:
+            raise StoreError(f"a request carries the attributes {REQUEST_MARKER} and twin:{twin}", code="bad_request")
+        now = int(time.time() * 1000)
+        routes = [g for g in self.grants() if g["twin"] == twin and g["recipient"].startswith(DEVICE_RECIPIENT)
+                  and self.name in g["proxies"] and grant_is_active(g, now)
+                  and satisfied(policy_from_obj(g["policy"]), capsule.attributes)]  # fmt: skip
+        keys = [(g, self._keys.get(g["id"]) or await self._run(self._load, g["id"])) for g in routes]
+        route = next(((g, key) for g, key in keys if key is not None), None)
+        if route is None:
+            raise StoreError(f"proxy {self.name} routes no requests of these attributes to a device of twin {twin}",
+                             code="no_route")  # fmt: skip
+        grant, key = route
+        recent = await self._run(self._count_recent, identity.organisation, twin, now - 60_000)
+        if recent >= self.requests_per_minute:
+            raise StoreError(f"{identity.organisation} sent {recent} requests to twin {twin} in the last minute; "
+                             f"the limit is {self.requests_per_minute}", code="rate_limited")  # fmt: skip
+        routed = await self._run(lambda: kpcpre.reencrypt(key, capsule).to_bytes())
+        device = bytes.fromhex(grant["recipient"].removeprefix(DEVICE_RECIPIENT))
+        await self._run(self._queue, request.id, twin, device, identity.organisation, now, routed, request.body)
+        return {"request_id": request.id}
+
+    async def take_requests(self, identity: NodeIdentity, message: dict[str, Any]) -> dict[str, Any]:
+        """A device takes the requests routed to it after sequence ``after`` (an hour at most old)."""
+        twin, device = _text(message, "twin"), _bytes(message, "device", 32, 32)
+        after = message.get("after", 0)
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise StoreError("'after' must be a request sequence number", code="bad_request")
+        await self._reach(message)
+        self._require_device(identity, twin, device, message, ["take", twin, after, message.get("height", 0)])
+        rows = await self._run(self._taken, twin, device, after, int(time.time() * 1000) - REQUEST_TTL_MS)
+        return {"requests": [{"sequence": sequence, "id": request_id, "requester": requester, "received": received,
+                              "capsule": capsule, "body": body}
+                             for sequence, request_id, requester, received, capsule, body in rows]}  # fmt: skip
+
+    async def put_response(self, identity: NodeIdentity, message: dict[str, Any]) -> dict[str, Any]:
+        request_id = _bytes(message, "request_id", 32, 32)
+        response = _bytes(message, "response", 1, MAX_REQUEST_BYTES)
+        twin, device = _text(message, "twin"), _bytes(message, "device", 32, 32)
+        self._require_device(identity, twin, device, message, ["respond", request_id, hashlib.sha256(response).digest()])
+        if not await self._run(self._answer, request_id, twin, device, response):
+            raise StoreError(f"no request {request_id.hex()[:16]}… waits for device {device.hex()[:16]}…",
+                             code="unknown_request")  # fmt: skip
+        return {"stored": True}
+
+    async def get_response(self, identity: NodeIdentity, message: dict[str, Any]) -> dict[str, Any]:
+        request_id = _bytes(message, "request_id", 32, 32)
+        row = await self._run(self._response, request_id)
+        if row is None or row[0] != identity.organisation:
+            raise StoreError(f"no request {request_id.hex()[:16]}… of {identity.organisation} on proxy {self.name}",
+                             code="unknown_request")  # fmt: skip
+        return {"status": "answered", "response": row[1]} if row[1] is not None else {"status": "pending"}
+
+    def _require_device(self, identity: NodeIdentity, twin: str, device: bytes, message: dict[str, Any],
+                        signed: list[Any]) -> None:  # fmt: skip
+        """The request comes through a node of the twin's owner, signed by an active device of the twin."""
+        state = self.state()
+        entry = state.get(device_key(twin, device))
+        owner = (state.get(twin_key(twin)) or {}).get("owner")
+        signature = message.get("device_signature")
+        if (entry is None or entry["status"] != "active" or identity.organisation != owner
+                or not isinstance(signature, bytes)
+                or not verify_signature(device, hash_obj(DEVICE_MESSAGE_TAG, signed), signature)):  # fmt: skip
+            raise AccessDenied(f"only an active device of twin {twin}, through a node of its owner, takes and answers "
+                               "its requests")  # fmt: skip
+
+    def _count_recent(self, requester: str, twin: str, since: int) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM requests WHERE requester = ? AND twin = ? AND received > ?",
+                                        (requester, twin, since)).fetchone()[0])  # fmt: skip
+
+    def _queue(self, request_id: bytes, twin: str, device: bytes, requester: str, received: int, capsule: bytes,
+               body: bytes) -> None:  # fmt: skip
+        with self._lock:
+            try:
+                self._db.execute("INSERT INTO requests (id, twin, device, requester, received, capsule, body) "
+                                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 (request_id, twin, device, requester, received, capsule, body))  # fmt: skip
+            except sqlite3.IntegrityError:
+                raise StoreError(f"request {request_id.hex()[:16]}… was sent before", code="replayed_request") from None
+
+    def _taken(self, twin: str, device: bytes, after: int, oldest: int) -> list[tuple[Any, ...]]:
+        with self._lock:
+            self._db.execute("DELETE FROM requests WHERE received < ?", (oldest,))
+            return self._db.execute("SELECT sequence, id, requester, received, capsule, body FROM requests WHERE twin = ? "
+                                    "AND device = ? AND sequence > ? AND response IS NULL ORDER BY sequence LIMIT 100",
+                                    (twin, device, after)).fetchall()  # fmt: skip
+
+    def _answer(self, request_id: bytes, twin: str, device: bytes, response: bytes) -> bool:
+        with self._lock:
+            return self._db.execute("UPDATE requests SET response = ? WHERE id = ? AND twin = ? AND device = ? AND "
+                                    "response IS NULL", (response, request_id, twin, device)).rowcount == 1  # fmt: skip
+
+    def _response(self, request_id: bytes) -> tuple[str, bytes | None] | None:
+        with self._lock:
+            return self._db.execute("SELECT requester, response FROM requests WHERE id = ?", (request_id,)).fetchone()
+
     # -- grants ----------------------------------------------------------------------------------
     async def _reach(self, message: dict[str, Any]) -> None:
         """Wait until this node has the block the caller saw (the grant may be that new)."""
@@ -180,6 +307,13 @@ class ProxyService:
     def held(self) -> list[bytes]:
         with self._lock:
             return [row[0] for row in self._db.execute("SELECT grant_id FROM keys ORDER BY grant_id")]
+
+
+def _text(message: dict[str, Any], name: str) -> str:
+    value = message.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= 128:
+        raise StoreError(f"'{name}' must be a short text", code="bad_request")
+    return value
 
 
 def _bytes(message: dict[str, Any], name: str, minimum: int, maximum: int) -> bytes:

@@ -47,6 +47,10 @@ OPS = frozenset({
 PROXY_OPS = frozenset({
     "proxy_key_put",  # the granting organisation hands a proxy node a grant's re-encryption key
     "reencrypt",  # the grant's recipient has a capsule re-encrypted for it
+    "request_put",  # an external request for a twin, routed to its device by re-encryption
+    "request_take",  # a device takes the requests routed to it
+    "response_put",  # a device answers a request (sealed to the requester)
+    "response_get",  # the requester collects the answer
 })  # fmt: skip
 """Served on the store listener by nodes with the proxy role (twinledger.sharing.proxy)."""
 

@@ -248,7 +248,7 @@ class StoreService:
                 result = await getattr(self, f"_{op}")(identity, message)
         except TwinledgerError as exc:
             return {"id": number, "ok": False, "code": exc.code, "message": exc.message}
-        return {"id": number, "ok": True, **result}
+        return {**result, "id": number, "ok": True}
 
     def _check_member(self, identity: NodeIdentity) -> None:
         if self.directory().members.get(identity.signing_key) != identity.organisation:

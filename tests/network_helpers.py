@@ -85,14 +85,16 @@ class CuttableProxy:
         self._links.discard(up_writer)
 
     def set_cut(self, cut: bool, blocked_sources: set[str] | None = None) -> None:
-        def apply() -> None:
+        """Returns once the cut is in force: links are closed before anything else is read."""
+
+        async def apply() -> None:
             self.cut = cut
             self.blocked_sources = set(blocked_sources or ())
             for w in list(self._links):
                 if cut or getattr(w, "source", None) in self.blocked_sources:
                     w.close()
 
-        self._loop.call_soon_threadsafe(apply)
+        asyncio.run_coroutine_threadsafe(apply(), self._loop).result(timeout=10)
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

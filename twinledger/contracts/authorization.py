@@ -177,6 +177,26 @@ def check_scopes_exist(spec: bytes, table: RoleTable) -> None:
 # -- methods -----------------------------------------------------------------------------------
 
 
+def set_role(call: Call, twin_id: str, subject: str, role: str, scopes: tuple[str, ...] = ()) -> None:
+    """Give ``subject`` ``role`` on the twin (within ``scopes``), the one place roles are added."""
+    table = role_table(call.state, twin_id)
+    if subject not in table and len(table) >= MAX_SUBJECTS:
+        raise Forbidden(f"twin {twin_id} already has {MAX_SUBJECTS} subjects with roles")
+    table[subject] = {**table.get(subject, {}), role: list(scopes)}
+    call.state.set(roles_key(twin_id), table)
+
+
+def remove_role(call: Call, twin_id: str, subject: str, role: str) -> None:
+    """Take ``role`` from ``subject``, if it holds it; a subject left with no role leaves the table."""
+    table = role_table(call.state, twin_id)
+    remaining = {held: scopes for held, scopes in table.get(subject, {}).items() if held != role}
+    if remaining:
+        table[subject] = remaining
+    else:
+        table.pop(subject, None)
+    call.state.set(roles_key(twin_id), table)
+
+
 @dataclass(frozen=True)
 class Grant:
     twin: str
@@ -200,11 +220,7 @@ def grant_role(call: Call, grant: Grant) -> None:
     spec = specification(call.state, twin)
     for scope in grant.scopes:
         aml.component_path(spec, scope)
-    table = role_table(call.state, grant.twin)
-    if grant.subject not in table and len(table) >= MAX_SUBJECTS:
-        raise Forbidden(f"twin {grant.twin} already has {MAX_SUBJECTS} subjects with roles")
-    table[grant.subject] = {**table.get(grant.subject, {}), grant.role: list(grant.scopes)}
-    call.state.set(roles_key(grant.twin), table)
+    set_role(call, grant.twin, grant.subject, grant.role, grant.scopes)
     call.emit("RoleGranted", twin=grant.twin, subject=grant.subject, role=grant.role, scopes=list(grant.scopes))
 
 
@@ -231,12 +247,7 @@ def revoke_role(call: Call, revocation: Revocation) -> None:
     if revocation.role == "owner" and sum("owner" in r for r in table.values()) == 1:
         raise Forbidden(f"{revocation.subject} is the twin's only owner; grant ownership to another first",
                         code="last_owner")  # fmt: skip
-    remaining = {role: scopes for role, scopes in roles.items() if role != revocation.role}
-    if remaining:
-        table[revocation.subject] = remaining
-    else:
-        del table[revocation.subject]
-    call.state.set(roles_key(revocation.twin), table)
+    remove_role(call, revocation.twin, revocation.subject, revocation.role)
     call.emit("RoleRevoked", twin=revocation.twin, subject=revocation.subject, role=revocation.role)
 
 

@@ -31,10 +31,10 @@ from typing import Any
 
 from twinledger.abc import StateReader
 from twinledger.contracts.arguments import Arguments
-from twinledger.contracts.authorization import authorize, role_table
+from twinledger.contracts.authorization import authorize, remove_role, set_role
 from twinledger.contracts.membership import organisation_key, required_organisation
 from twinledger.contracts.runtime import Call, Contract, Method
-from twinledger.contracts.twinstate import audited, load_twin, roles_key
+from twinledger.contracts.twinstate import audited, load_twin
 from twinledger.crypto import kpcpre
 from twinledger.crypto.policy import Policy, PolicyError, leaves, policy_text, satisfied
 from twinledger.crypto.policy import from_obj as policy_from_obj
@@ -207,10 +207,7 @@ def add_device(call: Call, args: DeviceArgs) -> None:
     call.state.set(device_key(args.twin, args.key), {
         "twin": args.twin, "name": args.name, "key": args.key, "sharing_key": args.sharing_key, "status": "active",
         "grants": [], "added": {"height": call.header.height, "timestamp": call.header.timestamp}, "retired": None})  # fmt: skip
-    table = role_table(call.state, args.twin)
-    subject = f"key:{args.key.hex()}"
-    table[subject] = {**table.get(subject, {}), "device-agent": []}
-    call.state.set(roles_key(args.twin), table)
+    set_role(call, args.twin, f"key:{args.key.hex()}", "device-agent")
     call.emit("DeviceAdded", twin=args.twin, name=args.name, key=args.key)
 
 
@@ -240,14 +237,7 @@ def retire_device(call: Call, ref: DeviceRef) -> None:
             call.state.set(grant_key(grant_id), {**entry, "status": "revoked", "revoked": revoked})
             call.emit("AccessRevoked", twin=ref.twin, grant=grant_id, recipient=entry["recipient"])
     call.state.set(device_key(ref.twin, ref.key), {**device, "status": "retired", "retired": revoked})
-    table = role_table(call.state, ref.twin)
-    subject = f"key:{ref.key.hex()}"
-    remaining = {role: scopes for role, scopes in table.get(subject, {}).items() if role != "device-agent"}
-    if remaining:
-        table[subject] = remaining
-    else:
-        table.pop(subject, None)
-    call.state.set(roles_key(ref.twin), table)
+    remove_role(call, ref.twin, f"key:{ref.key.hex()}", "device-agent")
     call.emit("DeviceRetired", twin=ref.twin, name=device["name"], key=ref.key)
 
 

@@ -34,10 +34,12 @@ block_app = typer.Typer(no_args_is_help=True, help="Blocks.")
 verify_app = typer.Typer(no_args_is_help=True, help="Offline verification.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results in bench/results and docs/benchmarks.md).")
 network_app = typer.Typer(no_args_is_help=True, help="A local consortium: one node per organisation on this machine.")
+plant_app = typer.Typer(no_args_is_help=True, help="The bottling-plant simulator (a real OPC UA server).")
 for sub, name in ((node_app, "node"), (record_app, "record"), (tx_app, "tx"), (block_app, "block"),
                   (verify_app, "verify"), (bench_app, "bench"), (network_app, "network"), (twin_app, "twin"),
                   (member_app, "member"), (store_app, "store"), (key_app, "key"),
-                  (sharing.token_app, "token"), (sharing.device_app, "device"), (sharing.request_app, "request")):  # fmt: skip
+                  (sharing.token_app, "token"), (sharing.device_app, "device"), (sharing.request_app, "request"),
+                  (plant_app, "plant")):  # fmt: skip
     app.add_typer(sub, name=name)
 for function, name in ((sharing.grant, "grant"), (sharing.revoke, "revoke"), (sharing.grants, "grants")):
     app.command(name)(function)
@@ -347,6 +349,34 @@ def bench_kpcpre(
     from twinledger.bench.kpcpre import run_kpcpre_benchmark
 
     run_kpcpre_benchmark(runs=runs, output=output, as_json=as_json, network_segments=network_segments)
+
+
+@plant_app.command("run")
+@command
+def plant_run(
+    port: Annotated[int, typer.Option(help="OPC UA port on 127.0.0.1.")] = 4840,
+    seed: Annotated[int, typer.Option(help="Seed of the sensors' noise.")] = 7,
+    rate: Annotated[float, typer.Option(help="Steps of the simulation per second.", min=0.1)] = 20.0,
+) -> None:
+    """Serve the bottling plant of examples/bottling-plant.aml over OPC UA until Ctrl-C:
+    conveyor, filler, level and flow sensors, their methods, and a fault switch
+    (plant/BreakLevelSensor) that makes bottles flood."""
+    import asyncio
+
+    from twinledger.agent.plant import NAMESPACE, Plant, PlantServer
+
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
+
+    async def serve() -> None:
+        async with PlantServer(Plant(seed=seed), port=port, rate_hz=rate) as server:
+            out.print(f"bottling plant at {server.url} (namespace {NAMESPACE}); nodes are named by AML ID, e.g. "
+                      "level-sensor-1/Level, conveyor-1/SetVelocity", highlight=False)  # fmt: skip
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        out.print("plant stopped", highlight=False)
 
 
 @app.command("demo")

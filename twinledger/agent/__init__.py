@@ -1,0 +1,1 @@
+"""The physical world: the plant simulator and the device agent."""

@@ -560,17 +560,16 @@ class Node(NetworkedProducer):
         """Store nodes, member nodes and active grants as the contracts say at the head."""
         from twinledger.contracts.membership import organisation_key, organisations
         from twinledger.contracts.sharing import GRANT_PREFIX
-        from twinledger.crypto.policy import from_obj as policy_from_obj
         from twinledger.store.placement import store_nodes
-        from twinledger.store.server import ReadGrant
+        from twinledger.store.records import ReadGrant
 
         height = self.head.height
         if self._directory is None or self._directory[0] != height:
             state = self.head_state()
             orgs = [state.get(organisation_key(name)) for name in organisations(state)]
             members = {node["signing_key"]: org["name"] for org in orgs for node in org["nodes"].values()}
-            grants = tuple(ReadGrant(g["owner"], g["recipient"], g["twin"], policy_from_obj(g["policy"]), g["valid_until"])
-                           for _, g in self.store.state_items(GRANT_PREFIX, height) if g["status"] == "active")  # fmt: skip
+            grants = tuple(ReadGrant.of(g) for _, g in self.store.state_items(GRANT_PREFIX, height)
+                           if g["status"] == "active")  # fmt: skip
             self._directory = (height, Directory(store_nodes(orgs), members, grants))
         return self._directory[1]
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -93,3 +95,19 @@ def transact(home: Path, key_file: Path | None, contract: str, method: str, args
     if receipt["status"] != "ok":
         raise TwinledgerError(receipt["message"] or receipt["error"], code=receipt["error"])
     return view
+
+
+def parse_time(text: str) -> int:
+    """Microseconds since the epoch from seconds since the epoch or an ISO 8601 time."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise TwinledgerError(f"{text[:40]!r} is neither seconds since the epoch nor an ISO 8601 time",
+                                  code="bad_time") from None  # fmt: skip
+        seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(seconds) or not 0 <= seconds < 1 << 33:
+        raise TwinledgerError(f"{text[:40]!r} is not a time between 1970 and 2242", code="bad_time")
+    return round(seconds * 1_000_000)

@@ -21,7 +21,20 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from twinledger.cli.common import Home, Json, KeyFile, client, command, err, kv_table, out, print_json, signer, transact
+from twinledger.cli.common import (
+    Home,
+    Json,
+    KeyFile,
+    client,
+    command,
+    err,
+    kv_table,
+    out,
+    parse_time,
+    print_json,
+    signer,
+    transact,
+)
 from twinledger.cli.sharing import DeviceDir, unlock_for
 from twinledger.cli.storage import organisation_key, sharing_public, with_store
 from twinledger.cli.twins import (
@@ -60,22 +73,6 @@ from twinledger.store.records import AccessDenied, FeedUpdate
 Component = Annotated[str, typer.Argument(help="AML component id of the sensor.")]
 TimeOption = Annotated[str | None, typer.Option(help="Seconds since the epoch or an ISO 8601 time (UTC if no zone).")]
 SPARK = "▁▂▃▄▅▆▇█"
-
-
-def parse_time(text: str) -> int:
-    """Microseconds since the epoch from seconds since the epoch or an ISO 8601 time."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text.strip())
-        except ValueError:
-            raise TwinledgerError(f"{text[:40]!r} is neither seconds since the epoch nor an ISO 8601 time",
-                                  code="bad_time") from None  # fmt: skip
-        seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-    if not math.isfinite(seconds) or not 0 <= seconds < 1 << 33:
-        raise TwinledgerError(f"{text[:40]!r} is not a time between 1970 and 2242", code="bad_time")
-    return round(seconds * 1_000_000)
 
 
 def show_time(microseconds: int) -> str:

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from twinledger.cli.common import Home, Json, KeyFile, client, command, out, print_json, signer, transact
+from twinledger.cli.common import Home, Json, KeyFile, client, command, out, parse_time, print_json, signer, transact
 from twinledger.cli.storage import organisation_key, sharing_key, sharing_public, with_store
 from twinledger.config import NodeConfig, passphrase
 from twinledger.contracts.authorization import WriteToken
@@ -93,17 +93,6 @@ def unlock_for(home: Path, config: NodeConfig, store: StoreClient, device: Path 
     return unlock
 
 
-def parse_time(text: str) -> int:
-    """Milliseconds since the epoch of an ISO 8601 time (UTC unless it says otherwise)."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise TwinledgerError(f"--until {text!r} is not an ISO 8601 time such as 2027-01-31T18:00", code="bad_time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
 def _organisation(members: dict[str, Any], name: str) -> dict[str, Any]:
     for org in members["organisations"]:
         if org["name"] == name:
@@ -136,7 +125,7 @@ def grant(
     re-encryption key is made here, its hash recorded on chain, and the key handed to
     the proxies, which re-encrypt only while the grant is active."""
     asked = parse_policy(policy)
-    valid_until = parse_time(until) if until else 0
+    valid_until = parse_time(until) // 1000 if until else 0
     if valid_until and valid_until <= time.time() * 1000:
         raise TwinledgerError(f"--until {until} lies in the past", code="bad_time")
     twin_view = client(home).request("GET", f"/v1/twins/{twin}")
@@ -278,7 +267,7 @@ def token_issue(
             raise ValueError
     except ValueError:
         raise TwinledgerError("--to must be a 32-byte Ed25519 public key in hex", code="bad_key") from None
-    not_after = parse_time(until)
+    not_after = parse_time(until) // 1000
     if not_after <= time.time() * 1000:
         raise TwinledgerError(f"--until {until} lies in the past", code="bad_time")
     node = client(home)

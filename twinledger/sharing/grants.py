@@ -11,13 +11,12 @@ from typing import Any
 from twinledger.contracts.sharing import requires, twin_attribute
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import SigningKey
-from twinledger.crypto.policy import Leaf, Policy, all_of, satisfied
-from twinledger.crypto.policy import from_obj as policy_from_obj
+from twinledger.crypto.policy import Leaf, Policy, all_of
 from twinledger.errors import TwinledgerError
 from twinledger.sharing.proxy import device_request
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import Unlock
-from twinledger.store.records import AccessDenied, ItemAcl, StoreError
+from twinledger.store.records import AccessDenied, ItemAcl, ReadGrant, StoreError
 
 
 @dataclass(frozen=True)
@@ -69,13 +68,8 @@ async def hand_over(client: StoreClient, proxies: Sequence[str], grant_id: bytes
 def covering_grant(grants: Iterable[Mapping[str, Any]], acl: ItemAcl, organisation: str,
                    now_ms: int) -> Mapping[str, Any] | None:  # fmt: skip
     """An active grant (as GET /v1/grants lists them) that lets ``organisation`` read ``acl``'s item."""
-    for grant in grants:
-        if (grant["recipient"] == organisation and grant["owner"] == acl.owner_organisation
-                and grant["status"] == "active" and (not grant["valid_until"] or now_ms < grant["valid_until"])
-                and twin_attribute(grant["twin"]) in acl.attributes
-                and satisfied(policy_from_obj(grant["policy"]), acl.attributes)):  # fmt: skip
-            return grant
-    return None
+    return next((g for g in grants if g["status"] == "active" and ReadGrant.of(g).covers(acl, organisation, now_ms)),
+                None)
 
 
 def through_proxy(client: StoreClient, grant: Mapping[str, Any], secret: kpcpre.SecretKey, height: int,

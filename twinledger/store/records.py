@@ -13,12 +13,15 @@ granted access to read through a proxy that re-encrypts the capsule (docs/sharin
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from twinledger.core.encoding import decode, encode, from_obj, to_obj
 from twinledger.core.hashing import hash_obj
 from twinledger.crypto.keys import SigningKey, verify_signature
-from twinledger.crypto.policy import PolicyError, attribute_set
+from twinledger.crypto.policy import Policy, PolicyError, attribute_set, satisfied
+from twinledger.crypto.policy import from_obj as policy_from_obj
 from twinledger.errors import DecodeError, TwinledgerError
 
 ACL_TAG = "twinledger/store/acl/v1"
@@ -125,6 +128,28 @@ class ItemAcl:
             if epoch.commitment == commitment:
                 return epoch
         return Epoch(b"", self.capsule, self.readers)
+
+
+@dataclass(frozen=True)
+class ReadGrant:
+    """A grant as store nodes enforce it: ``recipient`` reads ``owner``'s items of ``twin``
+    whose attributes satisfy ``policy``, until ``valid_until`` (ms; 0: no end)."""
+
+    owner: str
+    recipient: str
+    twin: str
+    policy: Policy
+    valid_until: int
+
+    @classmethod
+    def of(cls, grant: Mapping[str, Any]) -> ReadGrant:
+        """From a grant as the sharing contract stores it (or the API lists it)."""
+        return cls(grant["owner"], grant["recipient"], grant["twin"], policy_from_obj(grant["policy"]), grant["valid_until"])
+
+    def covers(self, acl: ItemAcl, organisation: str, now_ms: int) -> bool:
+        return (organisation == self.recipient and acl.owner_organisation == self.owner
+                and (not self.valid_until or now_ms < self.valid_until)
+                and f"twin:{self.twin}" in acl.attributes and satisfied(self.policy, acl.attributes))  # fmt: skip
 
 
 def decode_acl(raw: bytes) -> ItemAcl:

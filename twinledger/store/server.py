@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from twinledger.crypto.certs import NodeIdentity
-from twinledger.crypto.policy import Policy, satisfied
 from twinledger.errors import DecodeError, TwinledgerError
 from twinledger.store.client import StoreClient
 from twinledger.store.disk import MAX_FEED_PAGE, ChunkStore, CorruptChunk
@@ -45,6 +44,7 @@ from twinledger.store.records import (
     AccessDenied,
     FeedUpdate,
     ItemAcl,
+    ReadGrant,
     StoreError,
     chunk_hash,
     decode_acl,
@@ -63,23 +63,6 @@ MAX_FEED_WAIT_MS = 20_000
 """Longest a feed_get waits for a new update (below the client's request timeout)."""
 MAX_CLOCK_SKEW = 300_000_000
 """Microseconds an update's time may lie ahead of this node's clock."""
-
-
-@dataclass(frozen=True)
-class ReadGrant:
-    """A grant as store nodes enforce it: ``recipient`` reads ``owner``'s items of ``twin``
-    whose attributes satisfy ``policy``, until ``valid_until`` (ms; 0: no end)."""
-
-    owner: str
-    recipient: str
-    twin: str
-    policy: Policy
-    valid_until: int
-
-    def covers(self, acl: ItemAcl, organisation: str, now_ms: int) -> bool:
-        return (organisation == self.recipient and acl.owner_organisation == self.owner
-                and (not self.valid_until or now_ms < self.valid_until)
-                and f"twin:{self.twin}" in acl.attributes and satisfied(self.policy, acl.attributes))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from twinledger.cli.client import NodeClient
+from twinledger.client import NodeClient
 from twinledger.config import NodeConfig, init_home, load_config
 from twinledger.launcher import NodeProcess, start_node
 

@@ -17,7 +17,7 @@ import httpx
 import tomli_w
 from network_helpers import Network, make_network
 
-from twinledger.cli.storage import store_client
+from twinledger.client import store_client
 from twinledger.config import load_config
 
 ORGANISATIONS = ("manufacturer", "owner", "maintainer", "auditor")

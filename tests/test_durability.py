@@ -9,7 +9,7 @@ import time
 import httpx
 from test_node import OCTETS, signed
 
-from twinledger.cli.client import NodeClient
+from twinledger.client import NodeClient
 from twinledger.config import load_config
 from twinledger.core.encoding import encode
 from twinledger.core.types import encode_transaction

@@ -19,7 +19,7 @@ import pytest
 from network_helpers import Network
 from store_helpers import AUDITOR, MAINTAINER, ORGANISATIONS, OWNER, cli, home, ok, store_consortium, with_client
 
-from twinledger.cli.storage import organisation_key
+from twinledger.client import organisation_key
 from twinledger.config import load_config
 from twinledger.crypto.keys import SigningKey
 from twinledger.errors import TwinledgerError

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from twinledger.cli.client import NodeClient
+from twinledger.client import NodeClient
 from twinledger.config import load_config
 from twinledger.launcher import free_port_block
 

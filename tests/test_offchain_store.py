@@ -15,7 +15,7 @@ import pytest
 from network_helpers import Network
 from store_helpers import AUDITOR, MAINTAINER, MANUFACTURER, OWNER, cli, home, ok, store_consortium, with_client
 
-from twinledger.cli.storage import organisation_key
+from twinledger.client import organisation_key
 from twinledger.config import load_config
 from twinledger.crypto.keys import SigningKey
 from twinledger.store.client import StoreClient

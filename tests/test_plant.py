@@ -90,7 +90,7 @@ def test_the_plant_over_opc_ua() -> None:
         server.plant.step(3.0)
         await server.publish()
         assert await asyncio.wait_for(changes.get(), 10) < 180
-        assert await node("plant/FloodedBottles").read_value() == 20  # 2 m/s for 3 s
+        assert await node("line-1/FloodedBottles").read_value() == 20  # 2 m/s for 3 s
         await node("plant").call_method(ua.NodeId("plant/ReplaceLevelSensor", ns), "LS200-9911")
         assert await node("level-sensor-1/SerialNumber").read_value() == "LS200-9911"
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from test_node import OCTETS, signed
 
-from twinledger.cli.client import NodeClient
+from twinledger.client import NodeClient
 from twinledger.config import load_config
 from twinledger.core.types import encode_transaction
 from twinledger.crypto.keys import SigningKey

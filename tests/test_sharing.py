@@ -20,7 +20,7 @@ from network_helpers import Network
 from store_helpers import AUDITOR, MAINTAINER, MANUFACTURER, OWNER, cli, home, ok, store_consortium, with_client
 
 from twinledger.cli.common import transact
-from twinledger.cli.storage import organisation_key, sharing_public
+from twinledger.client import organisation_key, sharing_public
 from twinledger.config import load_config
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file, write_secret_file

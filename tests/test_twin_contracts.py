@@ -59,6 +59,8 @@ CASES: dict[str, tuple[Setup, str, str, dict[str, Any]]] = {
                      {"program": "SetFillVolume", "params": {"volume": 500, "valve_check": True}}),
     "program.dispatch": (_call, "twins", "dispatch_call", {"call": 1}),
     "program.report": (_dispatched, "twins", "report_call", {"call": 1, "status": "executed", "result": "ok"}),
+    "anomaly.report": (_nothing, "twins", "report_anomaly",
+                       {"signal": "level-sensor-1-level", "state": "raised", "deviation": "below", "since": 1}),
     "role.grant": (_nothing, "authorization", "grant_role", {"subject": "org:audit-co", "role": "auditor"}),
     "role.revoke": (lambda w, t: w.ok(OWNER, "authorization", "grant_role", twin=t, subject="org:audit-co",
                                       role="auditor"),

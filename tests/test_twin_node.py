@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from twinledger.cli.client import NodeClient
+from twinledger.client import NodeClient
 from twinledger.config import init_home, load_config
 from twinledger.launcher import start_node
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from rich.console import Console
 
-from twinledger.cli.client import NodeClient
-from twinledger.cli.storage import organisation_key, with_store
+from twinledger.cli.storage import with_store
+from twinledger.client import NodeClient, organisation_key
 from twinledger.config import NodeConfig, init_home, load_config
 from twinledger.core.proof import parse_proof, validators_hash, verify_proof
 from twinledger.crypto.keys import SigningKey

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from twinledger.cli.client import NodeClient, NodeUnreachable
+from twinledger.client import NodeClient, NodeUnreachable
 from twinledger.config import load_config, read_run_file
 from twinledger.errors import TwinledgerError
 

@@ -11,7 +11,7 @@ the sensor puts a new one, with a new serial number, in its place.
 The model is time-stepped and deterministic for a seed: ``Plant.step(seconds)`` moves
 it on, and the server steps it in real time. Node ids are strings in the plant's
 namespace, named by the AML element ID: ``level-sensor-1/Level``,
-``conveyor-1/SetVelocity``, ``plant/FloodedBottles``.
+``conveyor-1/SetVelocity``, ``line-1/FloodedBottles``.
 
 The server listens without OPC UA security, so only on a loopback address: the plant is
 a simulation on the same machine as its agent.
@@ -185,8 +185,8 @@ class PlantServer:
             (level, "level-sensor-1/SerialNumber", "SerialNumber", ua.VariantType.String),
             (flow, "flow-sensor-1/Flow", "Flow", ua.VariantType.Double),
             (capper, "capper-1/Torque", "Torque", ua.VariantType.Double),
-            (status, "plant/BottlesFilled", "BottlesFilled", ua.VariantType.Int64),
-            (status, "plant/FloodedBottles", "FloodedBottles", ua.VariantType.Int64),
+            (line, "line-1/BottlesFilled", "BottlesFilled", ua.VariantType.Int64),
+            (line, "line-1/FloodedBottles", "FloodedBottles", ua.VariantType.Int64),
         ]
         values = self._values()
         for parent, node, name, kind in variables:
@@ -225,8 +225,8 @@ class PlantServer:
             "filler-1/FillVolume": plant.fill_volume, "filler-1/Valves": plant.valves,
             "level-sensor-1/Level": plant.level_reading, "level-sensor-1/Model": plant.level_sensor.model,
             "level-sensor-1/SerialNumber": plant.level_sensor.serial, "flow-sensor-1/Flow": plant.flow_reading,
-            "capper-1/Torque": plant.torque, "plant/BottlesFilled": plant.bottles_filled,
-            "plant/FloodedBottles": plant.flooded_bottles,
+            "capper-1/Torque": plant.torque, "line-1/BottlesFilled": plant.bottles_filled,
+            "line-1/FloodedBottles": plant.flooded_bottles,
         }  # fmt: skip
 
     async def publish(self) -> None:

@@ -17,6 +17,7 @@ from twinledger.contracts.sharing import DEVICE_PREFIX, GRANT_PREFIX
 from twinledger.contracts.twinstate import (
     aml_key,
     checkpoint_key,
+    detached_feed_key,
     device_key,
     feed_key,
     history_key,
@@ -78,7 +79,7 @@ class TwinService:
 
     def twin(self, reference: str, at: int | None = None) -> dict[str, Any]:
         """Everything about a twin: metadata, specification, documents, sources, feeds,
-        roles and permissions, its program calls and its devices."""
+        roles and permissions, its program calls, open anomalies and its devices."""
         height = self._height(at)
         twin = self.resolve(reference, height)
         prefix = f"twin/{twin['id']}/"
@@ -93,6 +94,7 @@ class TwinService:
             "roles": state.get(roles_key(twin["id"])) or {},
             "permissions": {role: list(methods) for role, methods in permissions(state, twin["id"]).items()},
             "calls": self._items(prefix + "call/", height),
+            "anomalies": self._items(prefix + "anomaly/", height),
             "devices": self._items(f"{DEVICE_PREFIX}{twin['id']}/", height),
         })  # fmt: skip
 
@@ -119,12 +121,17 @@ class TwinService:
 
     # -- feeds -----------------------------------------------------------------------------------
     def checkpoints(self, reference: str, component: str) -> dict[str, Any]:
-        """The feed attached to ``component`` with every checkpoint recorded for it, oldest first."""
+        """The feed attached to ``component`` (or, if none is, the one last detached from it,
+        marked ``detached``) with every checkpoint recorded for it, oldest first."""
         height = self._height(None)
         twin = self.resolve(reference, height)
-        feed = StoreState(self.store, height).get(feed_key(twin["id"], component))
+        state = StoreState(self.store, height)
+        feed = state.get(feed_key(twin["id"], component))
         if feed is None:
-            raise NotFound(f"component {component!r} of twin {twin['id']} has no feed")
+            detached = state.get(detached_feed_key(twin["id"], component))
+            if detached is None:
+                raise NotFound(f"component {component!r} of twin {twin['id']} has no feed")
+            feed = {**detached, "detached": True}
         prefix = checkpoint_key(twin["id"], feed["reference"]) + "/"
         return jsonable({"height": height, "twin": twin["id"], "feed": feed, "checkpoints": self._items(prefix, height)})
 

@@ -38,8 +38,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from twinledger.bench.ledger import publish
-from twinledger.cli.client import NodeClient
-from twinledger.cli.storage import organisation_key, sharing_key, sharing_public, store_client
+from twinledger.client import NodeClient, organisation_key, sharing_key, sharing_public, store_client
 from twinledger.config import init_network, load_config
 from twinledger.crypto import groups, kpcpre
 from twinledger.crypto.policy import Leaf, Policy, all_of, any_of, parse_policy

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from twinledger.bench.ledger import publish
-from twinledger.cli.storage import organisation_key, store_client
+from twinledger.client import organisation_key, store_client
 from twinledger.config import init_network, load_config
 from twinledger.launcher import NodeProcess, free_port_block, start_node
 from twinledger.store.client import StoreClient

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from twinledger.cli.client import NodeClient
+from twinledger.client import NodeClient
 from twinledger.config import load_config, passphrase
 from twinledger.crypto.keys import SigningKey, read_secret_file
 from twinledger.errors import TwinledgerError

@@ -36,7 +36,7 @@ from twinledger.cli.common import (
     transact,
 )
 from twinledger.cli.sharing import DeviceDir, unlock_for
-from twinledger.cli.storage import organisation_key, sharing_public, with_store
+from twinledger.cli.storage import with_store
 from twinledger.cli.twins import (
     Attributes,
     Organisations,
@@ -49,6 +49,7 @@ from twinledger.cli.twins import (
     change_readers,
     feed_app,
 )
+from twinledger.client import organisation_key, sharing_public
 from twinledger.config import NodeConfig
 from twinledger.errors import TwinledgerError
 from twinledger.store.client import StoreClient

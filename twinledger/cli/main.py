@@ -18,6 +18,7 @@ from twinledger.cli import (
     feeds,  # noqa: F401  (registers twin feed …)
     sharing,
 )
+from twinledger.cli.agent import agent
 from twinledger.cli.common import Home, Json, client, command, err, error_line, kv_table, out, print_json
 from twinledger.cli.keys import key_app
 from twinledger.cli.storage import store_app
@@ -41,7 +42,8 @@ for sub, name in ((node_app, "node"), (record_app, "record"), (tx_app, "tx"), (b
                   (sharing.token_app, "token"), (sharing.device_app, "device"), (sharing.request_app, "request"),
                   (plant_app, "plant")):  # fmt: skip
     app.add_typer(sub, name=name)
-for function, name in ((sharing.grant, "grant"), (sharing.revoke, "revoke"), (sharing.grants, "grants")):
+for function, name in ((sharing.grant, "grant"), (sharing.revoke, "revoke"), (sharing.grants, "grants"),
+                       (agent, "agent")):
     app.command(name)(function)
 
 # -- init / node ------------------------------------------------------------------------------

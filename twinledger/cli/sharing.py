@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,12 +20,13 @@ import typer
 from rich.table import Table
 
 from twinledger.cli.common import Home, Json, KeyFile, client, command, out, parse_time, print_json, signer, transact
-from twinledger.cli.storage import organisation_key, sharing_key, sharing_public, with_store
+from twinledger.cli.storage import with_store
+from twinledger.client import DeviceKeys, device_keys, organisation_key, sharing_key, sharing_public
 from twinledger.config import NodeConfig, passphrase
 from twinledger.contracts.authorization import WriteToken
 from twinledger.contracts.sharing import DEVICE_RECIPIENT
 from twinledger.crypto import kpcpre
-from twinledger.crypto.keys import SigningKey, read_secret_file, write_secret_file
+from twinledger.crypto.keys import SigningKey, write_secret_file
 from twinledger.crypto.policy import parse_policy, policy_text
 from twinledger.crypto.policy import to_obj as policy_to_obj
 from twinledger.errors import TwinledgerError
@@ -52,22 +52,6 @@ Proxies = Annotated[list[str], typer.Option("--proxy", help="Proxy node ORG/NODE
 DeviceDir = Annotated[Path | None, typer.Option("--device", help="Read as this device of the twin (the directory "
                                                                   "device add wrote), through its grants.",
                                                   file_okay=False)]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class DeviceKeys:
-    signing: SigningKey
-    sharing: kpcpre.SecretKey
-
-    @property
-    def recipient(self) -> str:
-        return f"{DEVICE_RECIPIENT}{self.signing.public.hex()}"
-
-
-def device_keys(directory: Path) -> DeviceKeys:
-    return DeviceKeys(SigningKey(read_secret_file(directory / "device.key", "ed25519", passphrase())),
-                      kpcpre.SecretKey.from_bytes(read_secret_file(directory / "device-sharing.key", "kpcpre",
-                                                                   passphrase())))  # fmt: skip
 
 
 def unlock_for(home: Path, config: NodeConfig, store: StoreClient, device: Path | None = None) -> Unlock:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,49 +17,13 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from twinledger.cli.common import Home, Json, client, command, err, kv_table, out, print_json
-from twinledger.config import NodeConfig, load_config, passphrase, read_run_file
-from twinledger.crypto import kpcpre
-from twinledger.crypto.keys import EncryptionKey, read_secret_file
+from twinledger.client import store_client
+from twinledger.config import NodeConfig, load_config
 from twinledger.errors import TwinledgerError
-from twinledger.ledger.genesis import Genesis
 from twinledger.store.client import StoreClient
-from twinledger.store.placement import Replication, store_nodes
-from twinledger.store.protocol import StoreTls
 
 T = TypeVar("T")
 store_app = typer.Typer(no_args_is_help=True, help="The off-chain store on this node: status, repair, audit.")
-
-
-def store_client(config: NodeConfig, members: dict[str, Any]) -> StoreClient:
-    """A client of the store nodes ``members`` (GET /v1/members) lists, as this home's node.
-    The home's own node is reached where its run file says it listens (its configured port
-    may be 0: any free port)."""
-    genesis = Genesis.read(config.genesis_path)
-    tls = StoreTls.load(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"),
-                        config.cert("organisation"), passphrase())  # fmt: skip
-    own = config.signing_key().public
-    running = (read_run_file(config) or {}).get("storage")
-    nodes = [replace(node, endpoint=running) if node.signing_key == own and running else node
-             for node in store_nodes(members["organisations"])]  # fmt: skip
-    return StoreClient(nodes, tls, Replication(genesis.store_replication, genesis.store_write_quorum))
-
-
-def organisation_key(config: NodeConfig) -> EncryptionKey:
-    """The X25519 key this home holds for its organisation."""
-    return EncryptionKey(read_secret_file(config.key("node-encryption"), "x25519", passphrase()))
-
-
-def sharing_key(config: NodeConfig) -> kpcpre.SecretKey:
-    """The KP-CPRE key this home holds for its organisation (grants, reading shared data)."""
-    return kpcpre.SecretKey.from_bytes(read_secret_file(config.key("sharing"), "kpcpre", passphrase()))
-
-
-def sharing_public(members: dict[str, Any], organisation: str) -> kpcpre.PublicKey | None:
-    """``organisation``'s public sharing key as the membership lists it (None if it has none)."""
-    for org in members["organisations"]:
-        if org["name"] == organisation and org.get("kpcpre_key"):
-            return kpcpre.PublicKey.from_bytes(bytes.fromhex(org["kpcpre_key"]))
-    return None
 
 
 def with_store(home: Path, work: Callable[[NodeConfig, StoreClient, dict[str, Any]], Awaitable[T]]) -> T:

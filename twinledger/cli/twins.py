@@ -27,7 +27,8 @@ from twinledger.cli.common import (
     transact,
 )
 from twinledger.cli.sharing import DeviceDir, unlock_for
-from twinledger.cli.storage import organisation_key, sharing_public, transfer_progress, with_store
+from twinledger.cli.storage import transfer_progress, with_store
+from twinledger.client import organisation_key, sharing_public
 from twinledger.config import NodeConfig, load_config
 from twinledger.errors import InvalidProof, TwinledgerError
 from twinledger.store.client import StoreClient

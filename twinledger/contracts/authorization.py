@@ -50,13 +50,15 @@ DATA_METHODS = (
     "source.add", "source.remove",
     "feed.add", "feed.remove",
     "program.call", "program.dispatch", "program.report",
+    "anomaly.report",
 )  # fmt: skip
 OWNER_METHODS = ("role.grant", "role.revoke", "permissions.set")
 DEFAULT_PERMISSIONS: dict[str, tuple[str, ...]] = {
     "owner": DATA_METHODS + OWNER_METHODS,
     "maintainer": ("aml.insert", "aml.remove", "document.add", "document.version", "document.remove",
-                   "source.add", "source.remove", "feed.add", "feed.remove", "program.call"),
-    "device-agent": ("aml.insert", "aml.remove", "feed.add", "feed.remove", "program.dispatch", "program.report"),
+                   "source.add", "source.remove", "feed.add", "feed.remove", "program.call", "anomaly.report"),
+    "device-agent": ("aml.insert", "aml.remove", "feed.add", "feed.remove", "program.dispatch", "program.report",
+                     "anomaly.report"),
     "manufacturer": (),
     "auditor": (),
     "distributor": (),

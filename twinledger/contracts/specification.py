@@ -30,9 +30,11 @@ from twinledger.contracts.membership import organisation_of, required_organisati
 from twinledger.contracts.runtime import Call, Contract, Method
 from twinledger.contracts.twinstate import (
     aml_key,
+    anomaly_key,
     audited,
     call_key,
     checkpoint_key,
+    detached_feed_key,
     device_key,
     document_key,
     feed_key,
@@ -177,9 +179,12 @@ def remove_aml(call: Call, args: ElementArgs) -> None:
     for component in edit.ids:
         feed = call.state.get(feed_key(args.twin, component))
         if feed is not None:
-            call.state.set(feed_key(args.twin, component), None)
+            _detach_feed(call, args.twin, component, feed)
             call.emit("FeedRemoved", twin=args.twin, component=component, reference=feed["reference"],
                       reason="component removed")  # fmt: skip
+        if call.state.get(anomaly_key(args.twin, component)) is not None:
+            call.state.set(anomaly_key(args.twin, component), None)
+            call.emit("AnomalyCleared", twin=args.twin, signal=component, reason="component removed")
 
 
 # -- documents ------------------------------------------------------------------------------------
@@ -368,6 +373,11 @@ def add_feed(call: Call, args: FeedArgs) -> None:
     call.emit("FeedAdded", twin=args.twin, component=args.component, reference=args.reference)
 
 
+def _detach_feed(call: Call, twin_id: str, component: str, feed: dict[str, Any]) -> None:
+    call.state.set(feed_key(twin_id, component), None)
+    call.state.set(detached_feed_key(twin_id, component), {**feed, "removed": _actor(call)})
+
+
 def parse_remove_feed(args: Mapping[str, Any]) -> ElementArgs:
     read = Arguments("twins.remove_feed", args, ("twin", "component"))
     return ElementArgs(read.identifier("twin"), read.text("component", max_length=128))
@@ -379,7 +389,7 @@ def remove_feed(call: Call, args: ElementArgs) -> None:
     if feed is None:
         raise TwinError(f"component {args.element!r} of twin {args.twin} has no feed", code="unknown_feed")
     authorize(call, twin, "feed.remove", args.element)
-    call.state.set(feed_key(args.twin, args.element), None)
+    _detach_feed(call, args.twin, args.element, feed)
     call.emit("FeedRemoved", twin=args.twin, component=args.element, reference=feed["reference"], reason="removed")
 
 
@@ -498,6 +508,60 @@ def update_call(call: Call, args: CallUpdate) -> None:
               result=args.result)  # fmt: skip
 
 
+# -- anomalies ------------------------------------------------------------------------------------
+
+ANOMALY_STATES = ("raised", "cleared")
+DEVIATIONS = ("below", "above")
+
+
+@dataclass(frozen=True)
+class AnomalyReport:
+    twin: str
+    signal: str
+    state: str
+    deviation: str
+    since: int
+    """Microseconds since the epoch: the first reading out of (or back in) range."""
+    sequence: int
+    """The feed update holding that reading (-1: not yet in the feed)."""
+
+
+def parse_report_anomaly(args: Mapping[str, Any]) -> AnomalyReport:
+    read = Arguments("twins.report_anomaly", args, ("twin", "signal", "state", "deviation", "since", "sequence"))
+    state = read.choice("state", ANOMALY_STATES)
+    deviation = read.choice("deviation", DEVIATIONS) if state == "raised" else ""
+    return AnomalyReport(read.identifier("twin"), read.text("signal", max_length=128), state, deviation,
+                         read.integer("since", minimum=0), read.integer("sequence", minimum=-1, default=-1))  # fmt: skip
+
+
+def report_anomaly(call: Call, args: AnomalyReport) -> None:
+    """Raise an alert when a signal leaves the range its specification expects (Dietz et
+    al. §4.3), or clear it when readings are back. The alert names the range and the feed
+    update, not the reading: values stay in the encrypted feed, for those it is shared with."""
+    twin = load_twin(call.state, args.twin)
+    signal = next((s for s in aml.signals(specification(call.state, twin)) if s.id == args.signal), None)
+    if signal is None:
+        raise TwinError(f"the specification has no signal {args.signal!r}", code="unknown_signal")
+    authorize(call, twin, "anomaly.report", signal.id)
+    key = anomaly_key(args.twin, signal.id)
+    current = call.state.get(key)
+    if args.state == "raised":
+        if current is not None:
+            raise TwinError(f"signal {signal.id!r} already has an open anomaly", code="anomaly_open")
+        expected = {"minimum": "" if signal.minimum is None else f"{signal.minimum:g}",
+                    "maximum": "" if signal.maximum is None else f"{signal.maximum:g}", "unit": signal.unit or ""}  # fmt: skip
+        call.state.set(key, {"signal": signal.id, "component": signal.component_id, "deviation": args.deviation,
+                             "since": args.since, "sequence": args.sequence, **expected, "raised": _actor(call)})  # fmt: skip
+        call.emit("AnomalyRaised", twin=args.twin, signal=signal.id, component=signal.component_id,
+                  deviation=args.deviation, since=args.since, sequence=args.sequence, **expected)  # fmt: skip
+        return
+    if current is None:
+        raise TwinError(f"signal {signal.id!r} has no open anomaly to clear", code="no_anomaly")
+    call.state.set(key, None)
+    call.emit("AnomalyCleared", twin=args.twin, signal=signal.id, reason="back in range", since=args.since,
+              sequence=args.sequence)  # fmt: skip
+
+
 SPECIFICATION = Contract(
     "twins",
     {
@@ -515,5 +579,6 @@ SPECIFICATION = Contract(
         "call_program": Method(parse_call_program, audited(call_program)),
         "dispatch_call": Method(parse_dispatch, audited(update_call)),
         "report_call": Method(parse_report, audited(update_call)),
+        "report_anomaly": Method(parse_report_anomaly, audited(report_anomaly)),
     },
 )

@@ -82,6 +82,16 @@ def feed_key(twin_id: str, component: str) -> str:
     return f"twin/{twin_id}/feed/{component}"
 
 
+def detached_feed_key(twin_id: str, component: str) -> str:
+    """The feed last detached from a component: its history stays readable by name."""
+    return f"twin/{twin_id}/detached-feed/{component}"
+
+
+def anomaly_key(twin_id: str, signal: str) -> str:
+    """The open anomaly of a signal, if any."""
+    return f"twin/{twin_id}/anomaly/{signal}"
+
+
 def checkpoint_key(twin_id: str, reference: str, number: int | None = None) -> str:
     """A feed's checkpoints are keyed by its reference, not its component: they stay with
     the feed when it is detached, and a feed attached again continues its numbering."""

@@ -14,6 +14,13 @@ Conventions on top of CAEX (docs/twins.md):
   and its safety rules are CAEX ``Constraint``s: ``OrdinalScaledType``
   (RequiredMinValue, RequiredMaxValue) and ``NominalScaledType`` (RequiredValue, one per
   allowed value).
+- A *signal* is an ``ExternalInterface`` whose ``RefBaseClassPath`` ends in ``/Signal``:
+  a value the device streams (docs/agent.md). Its ``Name`` is the variable's name on the
+  element's OPC UA object (the element's ``OpcUaObject`` attribute, else its ID), its
+  ``Kind`` attribute says what it is (``sensor``, ``production``, …), and the
+  ``ExpectedRange`` constraint of its ``Value`` attribute is what the anomaly check holds
+  readings against.
+- A component's identity is its ``Model`` and ``SerialNumber`` attributes.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from twinledger.errors import ContractError
 MAX_AML_BYTES = 60 * 1024
 MAX_DEPTH = 64
 PROGRAM_CLASS_SUFFIX = "/Program"
+SIGNAL_CLASS_SUFFIX = "/Signal"
 ID_HOLDERS = frozenset({"InternalElement", "ExternalInterface", "SystemUnitClass", "InternalLink"})
 CONTAINERS = frozenset({"InstanceHierarchy", "InternalElement", "SystemUnitClass"})
 """Elements an InternalElement may be inserted under."""
@@ -90,6 +98,7 @@ def validate(root: etree._Element) -> None:
             raise AmlError(f"ExternalInterface {identifier!r} sits in <{_local(parent)}>, which cannot hold one")
     for program in programs_of(root).values():
         program.check_rules()
+    signals_of(root)
 
 
 def canonical(root: etree._Element) -> bytes:
@@ -304,3 +313,158 @@ def program(specification: bytes, name: str) -> Program:
         raise AmlError(f"the specification has no program {name!r} (it has {sorted(programs) or 'none'})",
                        code="unknown_program")  # fmt: skip
     return programs[name]
+
+
+# -- signals and component identity ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A value a device streams into a feed, attached to the signal's ID."""
+
+    id: str
+    name: str
+    component_id: str
+    opcua_object: str
+    kind: str
+    unit: str | None
+    minimum: float | None
+    """The ExpectedRange, if the specification gives one."""
+    maximum: float | None
+
+    @property
+    def opcua_node(self) -> str:
+        return f"{self.opcua_object}/{self.name}"
+
+    def deviation(self, value: float) -> str | None:
+        """'below' or 'above' when ``value`` is outside the expected range, else None."""
+        if self.minimum is not None and value < self.minimum:
+            return "below"
+        if self.maximum is not None and value > self.maximum:
+            return "above"
+        return None
+
+
+def _interfaces(root: etree._Element, suffix: str) -> list[etree._Element]:
+    return [e for e in root.iter(etree.Element)
+            if _local(e) == "ExternalInterface" and (e.get("RefBaseClassPath") or "").endswith(suffix)]  # fmt: skip
+
+
+def _attribute_value(element: etree._Element, name: str) -> str | None:
+    """The ``Value`` of the element's own attribute ``name`` (not of its children's)."""
+    for attribute in element:
+        if _local(attribute) == "Attribute" and attribute.get("Name") == name:
+            value = next((v for v in attribute if _local(v) == "Value"), None)
+            return (value.text or "").strip() if value is not None else ""
+    return None
+
+
+def opcua_object(element: etree._Element) -> str:
+    return _attribute_value(element, "OpcUaObject") or element.get("ID") or ""
+
+
+def object_of(specification: bytes, element_id: str) -> str:
+    """The OPC UA object of the component ``element_id``."""
+    return opcua_object(_element(parse_specification(specification), element_id))
+
+
+def signals_of(root: etree._Element) -> list[Signal]:
+    """Signal interfaces in document order."""
+    found = []
+    for interface in _interfaces(root, SIGNAL_CLASS_SUFFIX):
+        owner = interface.getparent()
+        if owner is None or _local(owner) != "InternalElement":
+            raise AmlError(f"signal {interface.get('ID')!r} must belong to an InternalElement")
+        kind = _attribute_value(interface, "Kind") or "sensor"
+        value = next((a for a in interface if _local(a) == "Attribute" and a.get("Name") == "Value"), None)
+        rule = _parameter(value) if value is not None else Parameter("Value", "number")
+        if rule.type not in ("number", "integer"):
+            raise AmlError(f"signal {interface.get('ID')!r} must carry numbers, not {rule.type}s")
+        if rule.minimum is not None and rule.maximum is not None and rule.minimum > rule.maximum:
+            raise AmlError(f"signal {interface.get('ID')!r} expects a minimum above its maximum")
+        found.append(Signal(interface.get("ID") or "", interface.get("Name") or "", owner.get("ID") or "",
+                            opcua_object(owner), kind, rule.unit, rule.minimum, rule.maximum))  # fmt: skip
+    return found
+
+
+def signals(specification: bytes) -> list[Signal]:
+    return signals_of(parse_specification(specification))
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What tells one physical component from another of the same kind."""
+
+    element_id: str
+    opcua_object: str
+    model: str
+    serial: str
+
+
+def identities(specification: bytes) -> list[Identity]:
+    """Components that state a serial number, in document order."""
+    root = parse_specification(specification)
+    return [Identity(e.get("ID") or "", opcua_object(e), _attribute_value(e, "Model") or "", serial)
+            for e in root.iter(etree.Element)
+            if _local(e) == "InternalElement" and (serial := _attribute_value(e, "SerialNumber"))]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """How to swap a component for a new one of its kind: remove ``old``, insert
+    ``fragment`` under ``parent`` after ``after``."""
+
+    old: str
+    new: str
+    parent: str
+    after: str | None
+    fragment: bytes
+
+
+def _in_namespace_of(element: etree._Element, tag: str, **attributes: str) -> etree._Element:
+    namespace = etree.QName(element).namespace
+    return etree.Element(f"{{{namespace}}}{tag}" if namespace else tag, **attributes)
+
+
+def _successor_id(root: etree._Element, old: str) -> str:
+    """``level-sensor-1`` → ``level-sensor-2`` (the next number no element uses)."""
+    used = {e.get("ID") for e in root.iter(etree.Element)}
+    stem = old.rsplit("-", 1)[0] if old.rsplit("-", 1)[-1].isdigit() else old
+    number = 2
+    while f"{stem}-{number}" in used:
+        number += 1
+    return f"{stem}-{number}"
+
+
+def replacement(specification: bytes, element_id: str, model: str, serial: str) -> Replacement:
+    """The specification entry of a new component in ``element_id``'s place: the old
+    entry with a new ID (its interfaces renamed alike), the new identity, and its OPC UA
+    object kept, since the new part sits where the old one did."""
+    root = parse_specification(specification)
+    old = _element(root, element_id)
+    parent = old.getparent()
+    if _local(old) != "InternalElement" or parent is None or not parent.get("ID"):
+        raise AmlError(f"{element_id!r} is not a component inside an element with an ID")
+    new_id = _successor_id(root, element_id)
+    new = etree.fromstring(etree.tostring(old))
+    for element in new.iter(etree.Element):
+        identifier = element.get("ID")
+        if identifier:
+            element.set("ID", new_id + identifier[len(element_id):] if identifier.startswith(element_id) else
+                        f"{new_id}-{identifier}")  # fmt: skip
+    for name, value in (("Model", model), ("SerialNumber", serial), ("OpcUaObject", opcua_object(old))):
+        attribute = next((a for a in new if _local(a) == "Attribute" and a.get("Name") == name), None)
+        if attribute is None:
+            attribute = _in_namespace_of(new, "Attribute", Name=name, AttributeDataType="xs:string")
+            attributes = [i for i, child in enumerate(new) if _local(child) == "Attribute"]
+            new.insert(attributes[-1] + 1 if attributes else 0, attribute)
+        for child in [c for c in attribute if _local(c) == "Value"]:
+            attribute.remove(child)
+        value_element = _in_namespace_of(attribute, "Value")
+        value_element.text = value
+        attribute.append(value_element)
+    previous = old.getprevious()
+    while previous is not None and not previous.get("ID"):
+        previous = previous.getprevious()
+    after = previous.get("ID") if previous is not None and _local(previous) == "InternalElement" else None
+    return Replacement(element_id, new_id, parent.get("ID") or "", after, etree.tostring(new, method="c14n"))

@@ -1,18 +1,28 @@
-"""A small client of the node API, used by the CLI, the demo and the benchmarks."""
+"""How a program working from a node's home reaches the node: the API client, the
+store client (as the home's node, over mutual TLS), and the keys the home and its
+devices hold. The CLI, the device agent, the demo and the benchmarks use it."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from twinledger.config import NodeConfig, passphrase, read_run_file
+from twinledger.contracts.sharing import DEVICE_RECIPIENT
 from twinledger.core.encoding import encode
 from twinledger.core.types import Transaction, encode_transaction, sign_transaction
-from twinledger.crypto.keys import SigningKey
+from twinledger.crypto import kpcpre
+from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file
 from twinledger.crypto.tls import client_context
 from twinledger.errors import TwinledgerError
+from twinledger.ledger.genesis import Genesis
+from twinledger.store.client import StoreClient
+from twinledger.store.placement import Replication, store_nodes
+from twinledger.store.protocol import StoreTls
 
 
 class NodeUnreachable(TwinledgerError):
@@ -102,3 +112,51 @@ class NodeClient:
 
     def health(self) -> dict[str, Any]:
         return self.request("GET", "/v1/health")
+
+
+def store_client(config: NodeConfig, members: dict[str, Any]) -> StoreClient:
+    """A client of the store nodes ``members`` (GET /v1/members) lists, as this home's node.
+    The home's own node is reached where its run file says it listens (its configured port
+    may be 0: any free port)."""
+    genesis = Genesis.read(config.genesis_path)
+    tls = StoreTls.load(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"),
+                        config.cert("organisation"), passphrase())  # fmt: skip
+    own = config.signing_key().public
+    running = (read_run_file(config) or {}).get("storage")
+    nodes = [replace(node, endpoint=running) if node.signing_key == own and running else node
+             for node in store_nodes(members["organisations"])]  # fmt: skip
+    return StoreClient(nodes, tls, Replication(genesis.store_replication, genesis.store_write_quorum))
+
+
+def organisation_key(config: NodeConfig) -> EncryptionKey:
+    """The X25519 key this home holds for its organisation."""
+    return EncryptionKey(read_secret_file(config.key("node-encryption"), "x25519", passphrase()))
+
+
+def sharing_key(config: NodeConfig) -> kpcpre.SecretKey:
+    """The KP-CPRE key this home holds for its organisation (grants, reading shared data)."""
+    return kpcpre.SecretKey.from_bytes(read_secret_file(config.key("sharing"), "kpcpre", passphrase()))
+
+
+def sharing_public(members: dict[str, Any], organisation: str) -> kpcpre.PublicKey | None:
+    """``organisation``'s public sharing key as the membership lists it (None if it has none)."""
+    for org in members["organisations"]:
+        if org["name"] == organisation and org.get("kpcpre_key"):
+            return kpcpre.PublicKey.from_bytes(bytes.fromhex(org["kpcpre_key"]))
+    return None
+
+
+@dataclass(frozen=True)
+class DeviceKeys:
+    signing: SigningKey
+    sharing: kpcpre.SecretKey
+
+    @property
+    def recipient(self) -> str:
+        return f"{DEVICE_RECIPIENT}{self.signing.public.hex()}"
+
+
+def device_keys(directory: Path) -> DeviceKeys:
+    return DeviceKeys(SigningKey(read_secret_file(directory / "device.key", "ed25519", passphrase())),
+                      kpcpre.SecretKey.from_bytes(read_secret_file(directory / "device-sharing.key", "kpcpre",
+                                                                   passphrase())))  # fmt: skip

@@ -1,0 +1,261 @@
+"""The device agent against the real plant simulator and a real node: feeds filled from
+OPC UA, alerts from the anomaly check, the §5.2 sensor replacement without human help,
+program calls re-checked at the agent, and no reading lost while the node is down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import Client, ua
+from twin_helpers import World, key_for
+
+from twinledger.agent.anomaly import CLEAR_AFTER, RAISE_AFTER, AnomalyCheck
+from twinledger.agent.plant import NAMESPACE
+from twinledger.agent.spool import Spool
+from twinledger.client import NodeClient
+from twinledger.config import init_home, load_config
+from twinledger.launcher import NodeProcess, start_node
+from twinledger.twins import aml
+
+PLANT = Path(__file__).resolve().parent.parent / "examples" / "bottling-plant.aml"
+SPEC = PLANT.read_bytes()
+OWNER = key_for("plant-owner")
+
+
+def tl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "twinledger", *args], capture_output=True, text=True, timeout=120)
+
+
+def ok(*args: str) -> Any:
+    done = tl(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- the parts on their own ----------------------------------------------------------------------
+
+
+def test_the_specification_names_the_signals_and_the_replacement():
+    signals = {s.id: s for s in aml.signals(SPEC)}
+    level = signals["level-sensor-1-level"]
+    assert (level.opcua_node, level.kind, level.minimum, level.maximum) == ("level-sensor-1/Level", "sensor", 180, 195)
+    assert signals["line-1-bottles-filled"].kind == "production" and signals["line-1-bottles-filled"].minimum is None
+    assert level.deviation(120.0) == "below" and level.deviation(199.0) == "above" and level.deviation(187.5) is None
+    plan = aml.replacement(SPEC, "level-sensor-1", "LS-300", "LS300-0117")
+    assert (plan.old, plan.new, plan.parent) == ("level-sensor-1", "level-sensor-2", "filler-1")
+    after = aml.insert(aml.remove(SPEC, plan.old).specification, plan.fragment, plan.parent, plan.after).specification
+    (new,) = [i for i in aml.identities(after) if i.element_id == "level-sensor-2"]
+    assert (new.model, new.serial, new.opcua_object) == ("LS-300", "LS300-0117", "level-sensor-1")
+    moved = {s.id: s for s in aml.signals(after)}["level-sensor-2-level"]
+    assert moved.opcua_node == "level-sensor-1/Level" and (moved.minimum, moved.maximum) == (180, 195)
+    with pytest.raises(aml.AmlError, match="must carry numbers"):
+        aml.signals(SPEC.replace(b'Name="Value" AttributeDataType="xs:double" Unit="mm"',
+                                 b'Name="Value" AttributeDataType="xs:string" Unit="mm"'))  # fmt: skip
+
+
+def test_the_anomaly_check_ignores_noise_and_raises_and_clears_on_runs():
+    level = {s.id: s for s in aml.signals(SPEC)}["level-sensor-1-level"]
+    check = AnomalyCheck(level)
+    assert check.observe([(1, 187.0), (2, 170.0), (3, 188.0), (4, 200.0), (5, 199.0), (6, 187.0)]) == []
+    low = [(10 + i, 120.0) for i in range(RAISE_AFTER)]
+    (raised,) = check.observe(low)
+    assert (raised.state, raised.deviation, raised.since) == ("raised", "below", 10)
+    assert check.observe([(20, 187.0), (21, 121.0)]) == []
+    (cleared,) = check.observe([(30 + i, 186.0) for i in range(CLEAR_AFTER)])
+    assert (cleared.state, cleared.since) == ("cleared", 30)
+    assert AnomalyCheck(level, open_=True).observe([(1, 100.0)] * 5) == [], "an open alert is not raised again"
+
+
+def test_the_spool_keeps_readings_in_order_across_a_restart(tmp_path):
+    spool = Spool(tmp_path / "spool.db")
+    spool.add([("a/Level", 100, 1.0), ("a/Level", 100, 2.0), ("a/Level", 50, 3.0), ("b/Flow", 7, 4.0)])
+    assert [(r.time, r.value) for r in spool.pending("a/Level")] == [(100, 1.0), (101, 2.0), (102, 3.0)]
+    spool.close()
+    again = Spool(tmp_path / "spool.db")
+    again.add([("a/Level", 90, 5.0)])
+    assert [r.time for r in again.pending("a/Level")] == [100, 101, 102, 103]
+    assert again.drop_until("a/Level", 101) == 2 and again.count() == 3
+
+
+def test_the_contract_records_alerts_once_and_clears_them_with_the_component():
+    world = World()
+    twin = world.ok(OWNER, "twins", "create", name="plant", device_id="p-1", aml=SPEC).events[0].data["twin"]
+    raised = world.ok(OWNER, "twins", "report_anomaly", twin=twin, signal="level-sensor-1-level", state="raised",
+                      deviation="below", since=5, sequence=3)  # fmt: skip
+    event = next(e for e in raised.events if e.type == "AnomalyRaised")
+    assert (event.data["deviation"], event.data["minimum"], event.data["maximum"]) == ("below", "180", "195")
+    assert "value" not in event.data, "alerts carry the range, not the reading"
+    again = world.call(OWNER, "twins", "report_anomaly", twin=twin, signal="level-sensor-1-level", state="raised",
+                       deviation="below", since=6)  # fmt: skip
+    assert again.error == "anomaly_open"
+    assert world.call(OWNER, "twins", "report_anomaly", twin=twin, signal="flow-sensor-1-flow", state="cleared",
+                      since=6).error == "no_anomaly"  # fmt: skip
+    assert world.call(OWNER, "twins", "report_anomaly", twin=twin, signal="conveyor-1", state="raised",
+                      deviation="above", since=6).error == "unknown_signal"  # fmt: skip
+    assert world.call(OWNER, "twins", "report_anomaly", twin=twin, signal="flow-sensor-1-flow", state="raised",
+                      deviation="sideways", since=6).error == "bad_arguments"  # fmt: skip
+    removed = world.ok(OWNER, "twins", "remove_aml", twin=twin, element="level-sensor-1")
+    assert [e.type for e in removed.events] == ["AmlRemoved", "AnomalyCleared"]
+
+
+# -- the agent with a node and the plant ---------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Line:
+    home: Path
+    node: NodeProcess
+    twin: str
+    device: Path
+    url: str
+    plant: subprocess.Popen[str]
+
+    def view(self) -> dict[str, Any]:
+        return ok("twin", "show", self.twin, "--home", str(self.home))
+
+    def commit(self, method: str, **args: Any) -> dict[str, Any]:
+        config = load_config(self.home)
+        client = NodeClient(config)
+        try:
+            return client.commit(config.signing_key("operator"), "twins", method, {"twin": self.twin, **args},
+                                 client.health()["chain_id"])["receipt"]  # fmt: skip
+        finally:
+            client.close()
+
+    def plant_call(self, obj: str, method: str, *args: Any) -> Any:
+        async def call() -> Any:
+            async with Client(self.url) as client:
+                ns = await client.get_namespace_index(NAMESPACE)
+                return await client.get_node(ua.NodeId(obj, ns)).call_method(ua.NodeId(f"{obj}/{method}", ns), *args)
+
+        return asyncio.run(call())
+
+    def plant_read(self, name: str) -> Any:
+        async def read() -> Any:
+            async with Client(self.url) as client:
+                ns = await client.get_namespace_index(NAMESPACE)
+                return await client.get_node(ua.NodeId(name, ns)).read_value()
+
+        return asyncio.run(read())
+
+    def feed(self, component: str) -> list[tuple[int, float]]:
+        return [(t, v) for t, v in ok("twin", "feed", "read", self.twin, component, "--home", str(self.home))["samples"]]
+
+
+@contextmanager
+def plant_line(tmp_path: Path, rate: float = 20.0) -> Iterator[Line]:
+    home = tmp_path / "owner"
+    init_home(home, "owner", api_port=0, block_interval_ms=50)
+    node = start_node(home)
+    port = free_port()
+    plant = subprocess.Popen([sys.executable, "-m", "twinledger", "plant", "run", "--port", str(port), "--rate",
+                              str(rate), "--seed", "5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        assert plant.stdout is not None and "bottling plant at" in plant.stdout.readline()
+        twin = ok("twin", "create", "--home", str(home), "--aml", str(PLANT))["id"]
+        ok("device", "add", "--home", str(home), "--twin", twin, "--name", "plc-1", "--out", str(tmp_path / "plc-1"))
+        yield Line(home, node, twin, tmp_path / "plc-1", f"opc.tcp://127.0.0.1:{port}/twinledger/plant/", plant)
+    finally:
+        plant.terminate()
+        plant.wait(10)
+        node.stop()
+
+
+@contextmanager
+def running_agent(line: Line, log: Path) -> Iterator[subprocess.Popen[str]]:
+    with log.open("w") as sink:
+        agent = subprocess.Popen([sys.executable, "-m", "twinledger", "agent", "--home", str(line.home), "--twin",
+                                  line.twin, "--device", str(line.device), "--opcua", line.url, "--flush-seconds",
+                                  "0.5", "--json"], stdout=sink, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        try:
+            yield agent
+        finally:
+            agent.terminate()
+            agent.wait(30)
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_calls_are_rechecked_at_the_agent_and_run_on_the_device(tmp_path):
+    with plant_line(tmp_path) as line:
+        unsafe = tl("twin", "call", line.twin, "SetVelocity", "velocity=3.0", "--home", str(line.home))
+        assert unsafe.returncode == 1 and "above its safe maximum 2.5" in unsafe.stderr, "refused at the contract"
+        ok("twin", "call", line.twin, "SetVelocity", "velocity=2.0", "--home", str(line.home))
+        # the rules tighten while the call waits: the agent holds it to today's specification
+        assert line.commit("remove_aml", element="conveyor-1-set-velocity")["status"] == "ok"
+        stricter = (b'<ExternalInterface Name="SetVelocity" ID="conveyor-1-set-velocity-2" RefBaseClassPath='
+                    b'"TwinledgerInterfaceClassLib/Program"><Attribute Name="velocity" AttributeDataType="xs:double">'
+                    b"<Constraint Name=\"SafeRange\"><OrdinalScaledType><RequiredMinValue>0</RequiredMinValue>"
+                    b"<RequiredMaxValue>1.5</RequiredMaxValue></OrdinalScaledType></Constraint></Attribute>"
+                    b"</ExternalInterface>")  # fmt: skip
+        assert line.commit("insert_aml", fragment=stricter, parent="conveyor-1")["status"] == "ok"
+        ok("twin", "call", line.twin, "SetFillVolume", "volume=400", "valve_check=true", "--home", str(line.home))
+        with running_agent(line, tmp_path / "agent.log"):
+            calls = wait_for(lambda: [c for c in line.view()["calls"] if c["status"] not in ("queued", "dispatched")]
+                             if all(c["status"] not in ("queued", "dispatched") for c in line.view()["calls"]) else None,
+                             "the agent to handle both calls")  # fmt: skip
+        by_number = {c["number"]: c for c in calls}
+        assert by_number[1]["status"] == "rejected" and "above its safe maximum 1.5" in by_number[1]["result"]
+        assert [h["status"] for h in by_number[1]["history"]] == ["queued", "rejected"], "never sent to the device"
+        assert by_number[2]["status"] == "executed"
+        assert [h["status"] for h in by_number[2]["history"]] == ["queued", "dispatched", "executed"]
+        device_key = ok("device", "list", "--home", str(line.home), "--twin", line.twin)[0]["key"]
+        assert by_number[2]["history"][-1]["key"] == device_key, "the device's own key reports"
+        assert line.plant_read("conveyor-1/Velocity") == 1.2 and line.plant_read("filler-1/FillVolume") == 400
+
+
+def test_the_agent_streams_alerts_and_replaces_a_broken_sensor(tmp_path):
+    with plant_line(tmp_path) as line, running_agent(line, tmp_path / "agent.log"):
+        wait_for(lambda: len(line.view()["feeds"]) == 4, "the agent to attach a feed to every signal")
+        wait_for(lambda: len(line.feed("level-sensor-1-level")) >= 20, "level readings in the feed")
+        healthy = line.feed("level-sensor-1-level")
+        assert all(180 <= v <= 195 for _, v in healthy) and line.view()["anomalies"] == []
+        assert [t for t, _ in healthy] == sorted({t for t, _ in healthy}), "in order, each once"
+
+        line.plant_call("plant", "BreakLevelSensor")
+        (alert,) = wait_for(lambda: line.view()["anomalies"], "the alert")
+        assert (alert["signal"], alert["deviation"], alert["minimum"]) == ("level-sensor-1-level", "below", "180")
+        wait_for(lambda: line.plant_read("line-1/FloodedBottles") > 0, "bottles to flood")
+
+        line.plant_call("plant", "ReplaceLevelSensor", "LS200-9911")
+        view = wait_for(lambda: (v := line.view()) and "level-sensor-2-level" in {f["component"] for f in v["feeds"]}
+                        and v, "the agent to replace the sensor")  # fmt: skip
+        new = {i.element_id: i for i in aml.identities(view["specification"].encode())}
+        assert "level-sensor-1" not in new and new["level-sensor-2"].serial == "LS200-9911"
+        assert view["anomalies"] == [], "the alert left with the broken sensor"
+        types = [e for entry in ok("twin", "audit", line.twin, "--home", str(line.home))["entries"]
+                 for e in entry["events"]]  # fmt: skip
+        assert "AnomalyRaised" in types and "AmlRemoved" in types and "AmlInserted" in types
+        wait_for(lambda: len(line.feed("level-sensor-2-level")) >= 5, "the new sensor's readings")
+        assert all(180 <= v <= 195 for _, v in line.feed("level-sensor-2-level"))
+
+        failure = line.feed("level-sensor-1-level")
+        assert failure[0][1] >= 180 and failure[-1][1] < 180, "the detached feed keeps the failure for analysis"
+    log = (tmp_path / "agent.log").read_text()
+    assert "ALERT level-sensor-1-level" in log and "replacing it by level-sensor-2" in log

@@ -9,10 +9,12 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +261,58 @@ def test_the_agent_streams_alerts_and_replaces_a_broken_sensor(tmp_path):
         assert failure[0][1] >= 180 and failure[-1][1] < 180, "the detached feed keeps the failure for analysis"
     log = (tmp_path / "agent.log").read_text()
     assert "ALERT level-sensor-1-level" in log and "replacing it by level-sensor-2" in log
+
+
+@contextmanager
+def witness(url: str, name: str) -> Iterator[list[tuple[int, float]]]:
+    """An independent OPC UA subscriber: every reading of ``name`` the plant published."""
+    seen: list[tuple[int, float]] = []
+    stop = threading.Event()
+    ready = threading.Event()
+
+    async def watch() -> None:
+        class Handler:
+            def datachange_notification(self, _node: Any, value: float, data: Any) -> None:
+                stamp = data.monitored_item.Value.SourceTimestamp
+                seen.append((int(stamp.replace(tzinfo=stamp.tzinfo or UTC).timestamp() * 1_000_000), value))
+
+        async with Client(url) as client:
+            ns = await client.get_namespace_index(NAMESPACE)
+            subscription = await client.create_subscription(50, Handler())
+            await subscription.subscribe_data_change(client.get_node(ua.NodeId(name, ns)), sampling_interval=50,
+                                                     queuesize=100)  # fmt: skip
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+
+    thread = threading.Thread(target=lambda: asyncio.run(watch()))
+    thread.start()
+    try:
+        assert ready.wait(30)
+        yield seen
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_a_node_outage_loses_no_reading(tmp_path):
+    with plant_line(tmp_path, rate=5.0) as line, running_agent(line, tmp_path / "agent.log"):
+        wait_for(lambda: len(line.view()["feeds"]) == 4, "the agent to attach its feeds")
+        wait_for(lambda: len(line.feed("level-sensor-1-level")) >= 5, "the level feed to fill")
+        with witness(line.url, "level-sensor-1/Level") as seen:
+            wait_for(lambda: len(seen) >= 3, "the witness to see readings")
+            line.node.kill()
+            outage_starts = len(seen)
+            wait_for(lambda: len(seen) >= outage_starts + 15, "three seconds of readings during the outage")
+            wait_for(lambda: "caching readings" in (tmp_path / "agent.log").read_text(), "the agent to notice")
+            line.node = start_node(line.home)
+            wait_for(lambda: len(seen) >= outage_starts + 25, "readings after the restart")
+            last = seen[-1][0]
+            wait_for(lambda: line.feed("level-sensor-1-level")[-1][0] >= last, "the feed to catch up", timeout=90)
+        feed = line.feed("level-sensor-1-level")
+        times = [t for t, _ in feed]
+        assert times == sorted(set(times)), "every reading once, in order"
+        stored = dict(feed)
+        missing = [(t, v) for t, v in seen if stored.get(t) != v]
+        assert not missing, f"{len(missing)} of {len(seen)} readings lost, e.g. {missing[:3]}"
+    assert "the node is back" in (tmp_path / "agent.log").read_text()

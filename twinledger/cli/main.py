@@ -384,10 +384,14 @@ def plant_run(
 @app.command("demo")
 @command
 def demo(
-    directory: Annotated[Path | None, typer.Option("--dir", help="Where to create the demo node.")] = None,
-    exit_after: Annotated[bool, typer.Option("--exit", help="Stop the node at the end.")] = False,
+    directory: Annotated[Path | None, typer.Option("--dir", help="Where to create the demo consortium "
+                                                          "(default: demo-network).")] = None,  # fmt: skip
+    exit_after: Annotated[bool, typer.Option("--exit", help="Stop everything at the end; exit 0 only if every step "
+                                                            "succeeded.")] = False,  # fmt: skip
 ) -> None:
-    """Start a node, write records, and verify a proof offline."""
+    """Play the bottling-plant scenario on a local consortium of four organisations: a
+    sensor breaks, the alert, the replacement, the report, who reads what, program calls,
+    and an audit verified offline."""
     from twinledger.demo import run_demo
 
     if not run_demo(directory, exit_after):

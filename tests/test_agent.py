@@ -5,7 +5,6 @@ program calls re-checked at the agent, and no reading lost while the node is dow
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from typing import Any
 
 import pytest
 from asyncua import Client, ua
+from store_helpers import cli as tl
+from store_helpers import ok
 from twin_helpers import World, key_for
 
 from twinledger.agent.anomaly import CLEAR_AFTER, RAISE_AFTER, AnomalyCheck
@@ -33,16 +34,6 @@ from twinledger.twins import aml
 PLANT = Path(__file__).resolve().parent.parent / "examples" / "bottling-plant.aml"
 SPEC = PLANT.read_bytes()
 OWNER = key_for("plant-owner")
-
-
-def tl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "twinledger", *args], capture_output=True, text=True, timeout=120)
-
-
-def ok(*args: str) -> Any:
-    done = tl(*args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:

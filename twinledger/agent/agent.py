@@ -374,8 +374,8 @@ class DeviceAgent:
                     self.say(f"connected to the device at {self.opcua_url}: {watched} variable(s) subscribed")
                     while not stop.is_set():
                         await client.check_connection()
-                        if await self._resubscribe_needed():
-                            break
+                        if self._subscribed != self._wanted():
+                            break  # the specification's signals changed: subscribe again
                         await _wait(stop, 1.0)
             except Exception as exc:  # noqa: BLE001 - whatever broke the session, the agent reconnects
                 self.say(f"the device at {self.opcua_url} is unreachable ({type(exc).__name__}); retrying")
@@ -383,11 +383,8 @@ class DeviceAgent:
                 self.opcua = None
             await _wait(stop, 1.0)
 
-    async def _resubscribe_needed(self) -> bool:
-        """After a replacement the set of signals differs from the subscribed one."""
-        return self._subscribed != self._wanted()
-
     def _wanted(self) -> frozenset[str]:
+        """The variables the specification asks the agent to watch."""
         if not self.twin:
             return frozenset()
         nodes = {s.opcua_node for s in aml.signals(self.specification)}

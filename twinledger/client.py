@@ -29,6 +29,10 @@ class NodeUnreachable(TwinledgerError):
     code = "node_unreachable"
 
 
+class TransactionFailed(TwinledgerError):
+    """The chain committed the transaction and the contract refused it; the code is the receipt's."""
+
+
 def api_url(config: NodeConfig) -> str:
     run = read_run_file(config)
     if run is not None:
@@ -93,14 +97,17 @@ class NodeClient:
         return tx
 
     def commit(self, key: SigningKey, contract: str, method: str, args: dict[str, Any], chain_id: str,
-               wait: float = 30.0) -> dict[str, Any]:  # fmt: skip
+               wait: float = 30.0, check: bool = False) -> dict[str, Any]:  # fmt: skip
         """Sign, submit and wait for the commit; the committed transaction's view, whose
-        receipt says whether the call succeeded."""
+        receipt says whether the call succeeded (with ``check``, TransactionFailed if not)."""
         tx = self.call(key, contract, method, args, chain_id)
         view = self.transaction(tx.hash.hex(), wait=wait)
         if view.get("status") != "committed":
             raise TwinledgerError(f"transaction {tx.hash.hex()} was not committed within {wait:.0f} s",
                                   code="not_committed")  # fmt: skip
+        receipt = view["receipt"]
+        if check and receipt["status"] != "ok":
+            raise TransactionFailed(receipt["message"] or receipt["error"], code=receipt["error"])
         return view
 
     def transaction(self, tx_hash: str, *, proof: bool = False, wait: float = 0.0) -> dict[str, Any]:

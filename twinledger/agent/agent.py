@@ -42,7 +42,7 @@ from asyncua.ua.uaerrors import UaError
 
 from twinledger.agent.anomaly import AnomalyCheck, Transition
 from twinledger.agent.spool import Spool
-from twinledger.client import DeviceKeys, NodeClient, organisation_key, sharing_public, store_client
+from twinledger.client import DeviceKeys, NodeClient, TransactionFailed, organisation_key, sharing_public, store_client
 from twinledger.config import NodeConfig
 from twinledger.errors import TwinledgerError
 from twinledger.store.client import StoreClient
@@ -56,10 +56,6 @@ REFRESH_SECONDS = 5.0
 """How often the agent re-reads the twin (specification changes, revocations)."""
 CALL_TIMEOUT = 10.0
 MAX_RESULT = 4096
-
-
-class AgentError(TwinledgerError):
-    code = "agent"
 
 
 @dataclass
@@ -171,13 +167,10 @@ class DeviceAgent:
         return await asyncio.to_thread(self.node.request, "GET", path, params=params)
 
     async def transact(self, method: str, args: dict[str, Any], contract: str = "twins") -> dict[str, Any]:
-        """Commit a call signed by the device; AgentError with the receipt's code if it failed."""
+        """Commit a call signed by the device; TransactionFailed if the contract refused it."""
         assert self.node is not None
-        view = await asyncio.to_thread(self.node.commit, self.device.signing, contract, method, args, self.chain_id)
-        receipt = view["receipt"]
-        if receipt["status"] != "ok":
-            raise AgentError(receipt["message"] or receipt["error"], code=receipt["error"])
-        return view
+        return await asyncio.to_thread(self.node.commit, self.device.signing, contract, method, args, self.chain_id,
+                                       check=True)  # fmt: skip
 
     async def _refresh(self, force: bool = False) -> None:
         """Re-read the twin; reconcile the streams when the specification changed, and
@@ -291,7 +284,7 @@ class DeviceAgent:
                 await self.transact("report_anomaly", {"twin": self.twin["id"], "signal": signal,
                                                        "state": transition.state, "deviation": transition.deviation,
                                                        "since": transition.since, "sequence": sequence})  # fmt: skip
-            except AgentError as exc:
+            except TransactionFailed as exc:
                 self.reports.pop(0)
                 if exc.code not in ("anomaly_open", "no_anomaly", "unknown_signal"):
                     self.say(f"{signal}: the chain refused the alert: {exc.message}")
@@ -460,7 +453,7 @@ class DeviceAgent:
             return  # the device is unreachable: the call waits in the queue
         try:
             await self.transact("dispatch_call", {"twin": self.twin["id"], "call": call["number"]})
-        except AgentError as exc:
+        except TransactionFailed as exc:
             if exc.code == "forbidden":
                 self.refused.add(call["number"])
                 return
@@ -502,7 +495,7 @@ class DeviceAgent:
                         await self._flush(stream)
                 await self._send_reports()
                 await self._handle_calls()
-            except AgentError as exc:
+            except TransactionFailed as exc:
                 self.say(f"the chain refused a change: {exc.message}")
             except TwinledgerError as exc:
                 if self.connected or waiting_since is None:

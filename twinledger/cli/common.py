@@ -90,11 +90,7 @@ def transact(home: Path, key_file: Path | None, contract: str, method: str, args
     if not wait:
         tx = node.call(signer(home, key_file), contract, method, args, chain_id)
         return {"hash": tx.hash.hex(), "status": "accepted"}
-    view = node.commit(signer(home, key_file), contract, method, args, chain_id)
-    receipt = view["receipt"]
-    if receipt["status"] != "ok":
-        raise TwinledgerError(receipt["message"] or receipt["error"], code=receipt["error"])
-    return view
+    return node.commit(signer(home, key_file), contract, method, args, chain_id, check=True)
 
 
 def parse_time(text: str) -> int:

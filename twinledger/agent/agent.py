@@ -44,6 +44,7 @@ from twinledger.agent.anomaly import AnomalyCheck, Transition
 from twinledger.agent.spool import Spool
 from twinledger.client import DeviceKeys, NodeClient, TransactionFailed, organisation_key, sharing_public, store_client
 from twinledger.config import NodeConfig
+from twinledger.crypto import kpcpre
 from twinledger.errors import TwinledgerError
 from twinledger.store.client import StoreClient
 from twinledger.store.feeds import CHECKPOINT_EVERY, FeedWriter, create_feed, feed_reference, parse_feed_reference
@@ -120,12 +121,13 @@ class DeviceAgent:
         self.checkpoint_every = checkpoint_every
         self.say = say
         self.spool = Spool(self.state_dir / "spool.db")
+        self.organisation_key = organisation_key(config)
+        self.sharing: kpcpre.PublicKey | None = None
         self.streams: dict[str, Stream] = {}
         """By signal id."""
         self.twin: dict[str, Any] = {}
         self.node: NodeClient | None = None
         self.store: StoreClient | None = None
-        self.members: dict[str, Any] = {}
         self.chain_id = ""
         self.opcua: Client | None = None
         self.ns = 0
@@ -155,8 +157,9 @@ class DeviceAgent:
             self.node.close()
         self.node = NodeClient(self.config, timeout=15.0)
         self.chain_id = (await asyncio.to_thread(self.node.health))["chain_id"]
-        self.members = await asyncio.to_thread(self.node.request, "GET", "/v1/members")
-        self.store = store_client(self.config, self.members)
+        members = await asyncio.to_thread(self.node.request, "GET", "/v1/members")
+        self.sharing = sharing_public(members, self.config.organisation)
+        self.store = store_client(self.config, members)
         for stream in self.streams.values():
             stream.writer.store = self.store
         await self._refresh(force=True)
@@ -223,9 +226,8 @@ class DeviceAgent:
         assert self.store is not None
         twin = self.twin["id"]
         attributes = [f"twin:{twin}", f"kind:{signal.kind}", f"component:{signal.component_id}", f"signal:{signal.id}"]
-        acl = await create_feed(self.store, self.device.signing, self.config.organisation,
-                                organisation_key(self.config), f"{twin}/{signal.id}", {}, attributes,
-                                sharing_public(self.members, self.config.organisation))  # fmt: skip
+        acl = await create_feed(self.store, self.device.signing, self.config.organisation, self.organisation_key,
+                                f"{twin}/{signal.id}", {}, attributes, self.sharing)  # fmt: skip
         unit = f" ({signal.unit})" if signal.unit else ""
         await self.transact("add_feed", {"twin": twin, "component": signal.id, "reference": feed_reference(acl.item),
                                          "description": f"{signal.name}{unit} from {signal.opcua_node}"})  # fmt: skip
@@ -241,8 +243,8 @@ class DeviceAgent:
                                                     "head": head.hash})  # fmt: skip
 
         writer = await FeedWriter.open(self.store, self.device.signing, self.config.organisation,
-                                       organisation_key(self.config), feed, checkpoint, self.checkpoint_every,
-                                       sharing_public(self.members, self.config.organisation))  # fmt: skip
+                                       self.organisation_key, feed, checkpoint, self.checkpoint_every,
+                                       self.sharing)  # fmt: skip
         if writer.head is not None:
             self.spool.drop_until(signal.opcua_node, writer.head.last)
         open_ = any(a["signal"] == signal.id for a in self.twin.get("anomalies", []))

@@ -134,6 +134,9 @@ class DeviceAgent:
         self.sightings: asyncio.Queue[Sighting] = asyncio.Queue()
         self.reports: list[tuple[str, Transition, int]] = []
         """Anomaly transitions not yet on chain: (signal id, transition, feed sequence)."""
+        self.outcomes: list[tuple[dict[str, Any], str, str]] = []
+        """Calls run on the device whose outcome is not yet on chain (the node was down)."""
+        self._swept = False
         self.refused: set[int] = set()
         """Calls this agent may not handle (another device's scope)."""
         self.revoked: set[str] | None = None
@@ -424,11 +427,16 @@ class DeviceAgent:
     # -- program calls -----------------------------------------------------------------------------
 
     async def _handle_calls(self) -> None:
+        """Report what is known, then run what is queued. A call this device had
+        dispatched when an earlier run of the agent stopped is reported failed, once."""
         twin = self.twin["id"]
-        for call in (await self._get(f"/v1/twins/{twin}/calls", status="dispatched"))["calls"]:
-            if call["number"] not in self.refused and call["history"][-1]["key"] == self.key_hex:
-                await self._report(call, "failed", "the agent stopped while executing this call; its outcome on the "
-                                                   "device is unknown")  # fmt: skip
+        await self._send_outcomes()
+        if not self._swept:
+            for call in (await self._get(f"/v1/twins/{twin}/calls", status="dispatched"))["calls"]:
+                if call["history"][-1]["key"] == self.key_hex:
+                    await self._report(call, "failed", "the agent stopped while executing this call; its outcome on "
+                                                       "the device is unknown")  # fmt: skip
+            self._swept = True
         for call in (await self._get(f"/v1/twins/{twin}/calls", status="queued"))["calls"]:
             if call["number"] not in self.refused:
                 await self._execute(call)
@@ -470,7 +478,14 @@ class DeviceAgent:
             status, result = "failed", f"the device refused it: {type(exc).__name__}"
         except (OSError, TimeoutError, ConnectionError):
             status, result = "failed", "the device did not answer"
-        await self._report(call, status, result)
+        self.outcomes.append((call, status, result))
+        await self._send_outcomes()
+
+    async def _send_outcomes(self) -> None:
+        """Report each outcome; one the node could not take stays for the next round."""
+        while self.outcomes:
+            await self._report(*self.outcomes[0])
+            self.outcomes.pop(0)
 
     # -- running ---------------------------------------------------------------------------------
 

@@ -121,13 +121,18 @@ class NodeClient:
         return self.request("GET", "/v1/health")
 
 
+def store_tls(config: NodeConfig) -> StoreTls:
+    """The mutual-TLS identity of this home's node, for the store and ingest protocols."""
+    return StoreTls.load(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"),
+                         config.cert("organisation"), passphrase())  # fmt: skip
+
+
 def store_client(config: NodeConfig, members: dict[str, Any]) -> StoreClient:
     """A client of the store nodes ``members`` (GET /v1/members) lists, as this home's node.
     The home's own node is reached where its run file says it listens (its configured port
     may be 0: any free port)."""
     genesis = Genesis.read(config.genesis_path)
-    tls = StoreTls.load(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"),
-                        config.cert("organisation"), passphrase())  # fmt: skip
+    tls = store_tls(config)
     own = config.signing_key().public
     running = (read_run_file(config) or {}).get("storage")
     nodes = [replace(node, endpoint=running) if node.signing_key == own and running else node

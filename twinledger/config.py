@@ -62,6 +62,11 @@ class NodeConfig:
     """None: not a store node."""
     repair_interval: float = 30.0
     """Seconds between a store node's anti-entropy passes (0: only on request)."""
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int | None = None
+    """None: no TCP ingest listener; 0: any free port (the run file names it)."""
+    ingest_window: int = 256
+    ingest_max_record: int = 16 << 20
 
     @property
     def produces_blocks(self) -> bool:
@@ -145,6 +150,10 @@ def load_config(home: Path) -> NodeConfig:
             storage_host=str(doc.get("storage", {}).get("host", "127.0.0.1")),
             storage_port=int(doc["storage"]["port"]) if "storage" in doc else None,
             repair_interval=float(doc.get("storage", {}).get("repair_interval", 30.0)),
+            ingest_host=str(doc.get("ingest", {}).get("host", "127.0.0.1")),
+            ingest_port=int(doc["ingest"]["port"]) if "ingest" in doc else None,
+            ingest_window=int(doc.get("ingest", {}).get("window", 256)),
+            ingest_max_record=int(doc.get("ingest", {}).get("max_record_bytes", 16 << 20)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path} is missing or has a malformed setting: {exc}") from exc
@@ -155,6 +164,8 @@ def load_config(home: Path) -> NodeConfig:
         raise ConfigError(f"{path}: a node has a [storage] section exactly when it has the store role")
     if "proxy" in config.roles and "store" not in config.roles:
         raise ConfigError(f"{path}: a proxy node serves re-encryption on the store listener: give it the store role too")
+    if not 1 <= config.ingest_window <= 100_000 or not 1 <= config.ingest_max_record <= 1 << 30:
+        raise ConfigError(f"{path}: ingest.window must be 1–100000 and ingest.max_record_bytes 1 byte–1 GiB")
     if config.api_tls not in ("auto", "on", "off"):
         raise ConfigError(f"{path}: api.tls must be auto, on or off")
     if config.api_tls == "off" and not is_loopback(config.api_host):
@@ -198,7 +209,8 @@ def init_home(home: Path, organisation: str, *, node: str = "node-1", roles: tup
         organisations=(member,),
     )
     genesis.write(home / "genesis.json")
-    _write_node_toml(home, organisation, node, roles, api_host, api_port, store_url, p2p=None, storage=storage)
+    _write_node_toml(home, organisation, node, roles, api_host, api_port, store_url, p2p=None, storage=storage,
+                     ingest=default_ingest(api_host))
     return load_config(home)
 
 
@@ -245,7 +257,7 @@ def init_network(directory: Path, organisations: list[str], *, consensus: str = 
                "target_peers": 8}  # fmt: skip
         storage = {"host": host, "port": base_port + 3 * i + 2, "repair_interval": 30.0}
         _write_node_toml(home, org, "node-1", roles, host, base_port + 3 * i + 1, "sqlite:///data/chain.db", p2p,
-                         storage)  # fmt: skip
+                         storage, default_ingest(host))  # fmt: skip
         configs.append(load_config(home))
     return configs
 
@@ -284,8 +296,15 @@ def _create_node(home: Path, organisation: str, node: str, consortium: certs.Iss
     return GenesisOrganisation(organisation, (operator.public,), (node_entry,), sharing.public.to_bytes())
 
 
+def default_ingest(host: str) -> dict[str, Any]:
+    """The TCP ingest listener of a new home: any free port, which the run file names; set
+    a fixed one for plant programs to connect to."""
+    return {"host": host, "port": 0, "window": 256, "max_record_bytes": 16 << 20}
+
+
 def _write_node_toml(home: Path, organisation: str, node: str, roles: tuple[str, ...], api_host: str, api_port: int,
-                     store_url: str, p2p: dict[str, Any] | None, storage: dict[str, Any] | None) -> None:  # fmt: skip
+                     store_url: str, p2p: dict[str, Any] | None, storage: dict[str, Any] | None,
+                     ingest: dict[str, Any]) -> None:  # fmt: skip
     doc: dict[str, Any] = {
         "node": {"organisation": organisation, "name": node, "roles": list(roles)},
         "api": {"host": api_host, "port": api_port, "tls": "auto"},
@@ -297,4 +316,5 @@ def _write_node_toml(home: Path, organisation: str, node: str, roles: tuple[str,
         doc["p2p"] = p2p
     if storage is not None:
         doc["storage"] = storage
+    doc["ingest"] = ingest
     (home / "node.toml").write_text(tomli_w.dumps(doc))

@@ -54,7 +54,10 @@ from twinledger.store.placement import Replication
 from twinledger.store.server import Directory, StoreService
 
 if TYPE_CHECKING:
+    from twinledger.crypto.certs import NodeIdentity
+    from twinledger.ingest.service import IngestService
     from twinledger.sharing.proxy import ProxyService
+    from twinledger.store.protocol import StoreTls
 
 log = logging.getLogger("twinledger.node")
 T = TypeVar("T")
@@ -167,6 +170,7 @@ class Node(NetworkedProducer):
         self.network: PeerManager | None = None
         self.storage: StoreService | None = None
         self.proxy: ProxyService | None = None
+        self.ingest: IngestService | None = None
         self._directory: tuple[int, Directory] | None = None
         self._sync_asked: dict[int, float] = {}
         self.started = time.time()
@@ -576,16 +580,19 @@ class Node(NetworkedProducer):
     def replication(self) -> Replication:
         return Replication(self.genesis.store_replication, self.genesis.store_write_quorum)
 
-    async def _start_storage(self) -> None:
+    def _store_tls(self) -> tuple[StoreTls, NodeIdentity]:
+        """The TLS contexts and the identity this node speaks the store (and ingest) protocol with."""
+        from twinledger.client import store_tls
         from twinledger.crypto.certs import identity_of, read_certificate
+
+        return store_tls(self.config), identity_of(read_certificate(self.config.cert("node")))
+
+    async def _start_storage(self) -> None:
         from twinledger.store.disk import ChunkStore
-        from twinledger.store.protocol import StoreTls
 
         config = self.config
         assert config.storage_port is not None
-        tls = StoreTls.load(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"),
-                            config.cert("organisation"), passphrase())  # fmt: skip
-        me = identity_of(read_certificate(config.cert("node")))
+        tls, me = self._store_tls()
         if "proxy" in config.roles:
             from twinledger.sharing.proxy import ProxyService
 
@@ -594,6 +601,34 @@ class Node(NetworkedProducer):
         self.storage = StoreService(ChunkStore(config.storage_dir), tls, me, self.store_directory, self.replication(),
                                     config.repair_interval, self.proxy.handlers() if self.proxy else None)  # fmt: skip
         await self.storage.start(config.storage_host, config.storage_port)
+
+    async def _start_ingest(self) -> None:
+        from twinledger.contracts.membership import organisation_key
+        from twinledger.ingest.journal import IngestJournal
+        from twinledger.ingest.service import IngestService
+        from twinledger.store.client import StoreClient
+
+        config = self.config
+        assert config.ingest_port is not None
+        tls, me = self._store_tls()
+        own: list[StoreClient] = []
+
+        def store() -> StoreClient:
+            if self.storage is not None:
+                return self.storage.client()
+            nodes = self.store_directory().nodes
+            if not own or own[0].nodes != nodes:
+                own[:] = [StoreClient(nodes, tls, self.replication())]
+            return own[0]
+
+        def recipients() -> dict[str, bytes]:
+            organisation = self.head_state().get(organisation_key(config.organisation))
+            return {config.organisation: organisation["encryption_key"]}
+
+        self.ingest = IngestService(IngestJournal(config.home / "data" / "ingest.db"), config.signing_key(), me, tls,
+                                    self, store, recipients, lambda: self.store_directory().members,
+                                    config.ingest_window, config.ingest_max_record)  # fmt: skip
+        await self.ingest.start(config.ingest_host, config.ingest_port)
 
     async def run(self, ready: Callable[[str], None] | None = None) -> None:
         """Serve the API and produce blocks until SIGINT/SIGTERM."""
@@ -633,6 +668,8 @@ class Node(NetworkedProducer):
             await self._start_network()
         if config.storage_port is not None:
             await self._start_storage()
+        if config.ingest_port is not None:
+            await self._start_ingest()
         producer = asyncio.create_task(self.consensus.run(self), name="consensus")
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="api")
         while not server.started and not serving.done():
@@ -642,7 +679,8 @@ class Node(NetworkedProducer):
         config.run_file.parent.mkdir(parents=True, exist_ok=True)
         run_doc = {"pid": os.getpid(), "api": url, "chain_id": self.chain_id, "started": self.started,
                    "p2p": self.network.address if self.network is not None else None,
-                   "storage": self.storage.address if self.storage is not None else None}  # fmt: skip
+                   "storage": self.storage.address if self.storage is not None else None,
+                   "ingest": self.ingest.address if self.ingest is not None else None}  # fmt: skip
         tmp = config.run_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(run_doc))
         tmp.replace(config.run_file)
@@ -660,6 +698,8 @@ class Node(NetworkedProducer):
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await producer
+            if self.ingest is not None:
+                await self.ingest.stop()
             if self.network is not None:
                 await self.network.stop()
             if self.storage is not None:

@@ -22,9 +22,11 @@ from twinledger import __version__
 from twinledger.abc import TransactionLocation
 from twinledger.api.graphql import graphql_router
 from twinledger.api.service import BadRequest, TwinService, jsonable
+from twinledger.contracts.records import record_key
 from twinledger.core.encoding import decode, to_obj
 from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt
 from twinledger.errors import DecodeError, NotFound, TwinledgerError
+from twinledger.ingest.protocol import STREAM_BYTES
 from twinledger.store.client import StoreClient
 from twinledger.store.feeds import update_view
 from twinledger.store.records import AccessDenied, ItemAcl, StoreError
@@ -215,6 +217,25 @@ def create_app(node: Node) -> FastAPI:
         if view is None:
             raise NotFound(f"no block {block_id}")
         return JSONResponse(view)  # built off the event loop; a large block skips FastAPI's encoder
+
+    @app.get("/v1/records/{record_id}", summary="A record: its payload hash, media type and metadata",
+             tags=["records"])  # fmt: skip
+    async def get_record(record_id: str) -> dict[str, Any]:
+        digest = _hex(record_id, "record id")
+        record = await node.read(node.head_state().get, record_key(digest))
+        if record is None:
+            raise NotFound(f"no record {record_id} at height {node.head.height}")
+        return {"id": record_id, **jsonable(record)}
+
+    @app.get("/v1/ingest/streams/{stream}", summary="What this node's ingest listener took from a stream",
+             tags=["records"])  # fmt: skip
+    async def ingest_stream(stream: str, after: int = 0, limit: int = 1000) -> dict[str, Any]:
+        if node.ingest is None:
+            raise NotFound("this node has no ingest listener ([ingest] in node.toml)")
+        stream_id = _hex(stream, "stream id", STREAM_BYTES)
+        rows = await node.read(node.ingest.journal.rows, stream_id, after, min(max(limit, 1), 10_000))
+        return {"stream": stream, "records": [{"seq": r.seq, "record": r.tx_hash.hex(), "height": r.height}
+                                              for r in rows]}  # fmt: skip
 
     @app.get("/v1/accounts/{key}/nonce", summary="Next nonce for a sender key")
     async def next_nonce(key: str) -> dict[str, Any]:

@@ -157,7 +157,7 @@ class ChunkStore:
             finally:
                 os.close(fd)
             os.replace(temporary, path)
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
         with self._lock, self._db:
             self._db.execute("INSERT OR IGNORE INTO item_chunks (item, hash) VALUES (?, ?)", (item, digest))
         return digest
@@ -229,7 +229,7 @@ class ChunkStore:
         return DiskStatus(items, len(hashes), size)
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

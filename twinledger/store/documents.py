@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import re
 import time
@@ -150,10 +151,10 @@ def _aad(last: bool) -> bytes:
     return CHUNK_AAD + (b"\x01" if last else b"\x00")
 
 
-async def upload_document(client: StoreClient, path: Path, owner: SigningKey, organisation: str,
+async def upload_document(client: StoreClient, source: Path | bytes, owner: SigningKey, organisation: str,
                           recipients: Mapping[str, bytes], progress: Progress | None = None, *,
                           attributes: Sequence[str] = (), sharing: kpcpre.PublicKey | None = None) -> StoredDocument:  # fmt: skip
-    """Encrypt and store the file at ``path``; readable by ``recipients`` (organisation →
+    """Encrypt and store the file at ``source`` (or the bytes it is); readable by ``recipients`` (organisation →
     X25519 key) and, with ``attributes`` and the owner organisation's ``sharing`` key,
     by whom the owner grants access to them. Returns once the manifest and every chunk
     reached a write quorum."""
@@ -175,11 +176,11 @@ async def upload_document(client: StoreClient, path: Path, owner: SigningKey, or
             slots.release()
 
     try:
-        with path.open("rb") as source:
-            block = source.read(CHUNK_SIZE)
+        with io.BytesIO(source) if isinstance(source, bytes) else source.open("rb") as reader:
+            block = reader.read(CHUNK_SIZE)
             index = 0
             while True:
-                following = source.read(CHUNK_SIZE) if len(block) == CHUNK_SIZE else b""
+                following = reader.read(CHUNK_SIZE) if len(block) == CHUNK_SIZE else b""
                 last = not following
                 ciphertext = aead.encrypt(_nonce(index), block, _aad(last))
                 size += len(block)

@@ -94,18 +94,19 @@ def hello(tls: StoreTls) -> dict[str, Any]:
     return {"id": 0, "op": "hello", "protocol": PROTOCOL, "organisation_certificate": tls.org_cert_der}
 
 
-def peer_identity(writer: asyncio.StreamWriter, message: dict[str, Any], tls: StoreTls) -> NodeIdentity:
+def peer_identity(writer: asyncio.StreamWriter, message: dict[str, Any], tls: StoreTls,
+                  protocol: str = PROTOCOL) -> NodeIdentity:  # fmt: skip
     """The identity the other side's TLS certificate and hello prove."""
     ssl_object = writer.get_extra_info("ssl_object")
     leaf = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if leaf is None:
         raise CertificateError("the other side presented no certificate")
-    if message.get("protocol") != PROTOCOL:
-        raise DecodeError(f"store hello: expected protocol {PROTOCOL}")
+    if message.get("protocol") != protocol:
+        raise DecodeError(f"hello: expected protocol {protocol}")
     try:
         org_cert = x509.load_der_x509_certificate(bytes(message["organisation_certificate"]))
     except (KeyError, TypeError, ValueError) as exc:
-        raise DecodeError("store hello: malformed organisation certificate") from exc
+        raise DecodeError("hello: malformed organisation certificate") from exc
     return verify_node_chain(x509.load_der_x509_certificate(leaf), org_cert, tls.ca_cert)
 
 

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from twinledger.crypto.certs import NodeIdentity
@@ -176,7 +176,8 @@ class StoreService:
 
     def _peers(self) -> tuple[StoreClient, list[StoreNode]]:
         """A client for the other store nodes (rebuilt when the membership changes them)."""
-        nodes = self.directory().nodes
+        nodes = tuple(replace(node, endpoint=self.address) if node.signing_key == self.me.signing_key else node
+                      for node in self.directory().nodes)  # fmt: skip
         if self._client is None or self._client.nodes != nodes:
             if self._client is not None:
                 self._spawn(self._client.close())

@@ -1,0 +1,409 @@
+"""The node's TCP ingest listener (docs/ingest-protocol.md).
+
+Each record's payload goes into a store document (encrypted, sealed to the node's
+organisation, written to a quorum of store nodes), shared with the records that arrived
+with it; each record gets its own ``records.put`` transaction naming the document and its
+part of it, signed by this node's key as safe-UR-chain's ingest module signs records. The
+record is acknowledged only once that transaction is committed. The node's key sends no
+other transactions, so the service hands out its nonces itself, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twinledger.abc import TransactionLocation
+from twinledger.core.types import Transaction, decode_transaction, sign_transaction
+from twinledger.crypto.certs import NodeIdentity
+from twinledger.crypto.keys import SigningKey
+from twinledger.errors import TwinledgerError
+from twinledger.ingest.journal import IngestJournal, JournalRow
+from twinledger.ingest.protocol import (
+    CLIENT_MESSAGES,
+    PROTOCOL,
+    IngestError,
+    IngestRecord,
+    RecordRejected,
+    error_message,
+    frame,
+    max_frame,
+    parse_hello,
+    parse_record,
+    read_message,
+    record_seq,
+)
+from twinledger.store.client import StoreClient
+from twinledger.store.documents import upload_document
+from twinledger.store.protocol import HANDSHAKE_TIMEOUT, StoreTls, StoreUnavailable, peer_identity
+from twinledger.store.records import StoreError
+
+log = logging.getLogger(__name__)
+
+UPLOADS_IN_FLIGHT = 8
+"""Batches being written to the store at once."""
+BATCH_BYTES = 1 << 20
+MAX_BATCH = 1000
+WINDOW_BYTES = 64 << 20
+"""Payload bytes a connection may have unanswered before the node stops reading it."""
+RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
+HEIGHTS_FLUSH_SECONDS = 2.0
+TRANSIENT_STORE_ERRORS = frozenset({"no_write_quorum", "store_unreachable"})
+
+
+class Ledger(Protocol):
+    """What the service needs of the node it runs in."""
+
+    @property
+    def chain_id(self) -> str: ...
+
+    async def submit(self, raw: list[bytes]) -> Sequence[Any]:
+        """One result per transaction, with ``tx_hash`` and ``error``."""
+
+    async def wait_committed(self, tx_hash: bytes, timeout: float) -> TransactionLocation | None: ...
+
+    def next_nonce(self, sender: bytes) -> int: ...
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    record: bytes
+    """The record's id: its transaction's hash."""
+    height: int
+
+
+@dataclass
+class Job:
+    stream: bytes
+    record: IngestRecord
+    done: asyncio.Future[Acknowledged]
+    args: dict[str, Any] = field(default_factory=dict)
+    notify: Callable[[str], Awaitable[None]] | None = None
+    """Tells the connection that sent the record why it is held up."""
+
+
+class IngestService:
+    def __init__(self, journal: IngestJournal, key: SigningKey, me: NodeIdentity, tls: StoreTls, ledger: Ledger,
+                 store: Callable[[], StoreClient], recipients: Callable[[], dict[str, bytes]],
+                 members: Callable[[], dict[bytes, str]], window: int, max_record: int) -> None:  # fmt: skip
+        self.journal = journal
+        self.key = key
+        self.me = me
+        self.tls = tls
+        self.ledger = ledger
+        self.store = store
+        self.recipients = recipients
+        """Organisation → X25519 key the records are sealed to: this node's organisation."""
+        self.members = members
+        """Member node signing keys → organisation, as the chain says now."""
+        self.window = window
+        self.max_record = max_record
+        self.address = ""
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._in_flight: dict[tuple[bytes, int], Job] = {}
+        self._uploads = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
+        self._storing: asyncio.Queue[Job] = asyncio.Queue()
+        self._signing: asyncio.Queue[Job] = asyncio.Queue()
+        self._heights: list[tuple[bytes, int, int]] = []
+        self._next_nonce = 0
+
+    # -- life-cycle --------------------------------------------------------------------------
+    async def start(self, host: str, port: int) -> str:
+        await self._recover()
+        self._spawn(self._store_loop())
+        self._spawn(self._sign_loop())
+        self._spawn(self._flush_heights())
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=self.tls.server,
+                                                  ssl_handshake_timeout=HANDSHAKE_TIMEOUT, limit=1 << 20)  # fmt: skip
+        self.address = f"{host}:{self._server.sockets[0].getsockname()[1]}"
+        return self.address
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
+                await task
+        await asyncio.get_running_loop().run_in_executor(None, self._write_heights)
+        self.journal.close()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _journal(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def _recover(self) -> None:
+        """Resubmit the transactions of records not seen committed before a stop or crash
+        (the chain takes a transaction once), lowest nonce first."""
+        rows = sorted(await self._journal(self.journal.open_rows), key=lambda r: decode_transaction(r.tx).nonce)
+        self._next_nonce = max([self.ledger.next_nonce(self.key.public)]
+                               + [decode_transaction(r.tx).nonce + 1 for r in rows])  # fmt: skip
+        log.info("ingest: next nonce %d (%d records not seen committed)", self._next_nonce, len(rows))
+        if rows:
+            await self.ledger.submit([row.tx for row in rows])
+            for row in rows:
+                self._spawn(self._commit(row))
+
+    async def _resign(self, row: JournalRow, nonce: int | None = None) -> JournalRow:
+        """The same call signed again with a fresh timestamp, journaled before it is sent.
+
+        With the same nonce (``nonce`` None) for a transaction too old to be admitted: at
+        most one of the two can ever commit. With a new nonce for one that committed as
+        failed because a later nonce of this key overtook it on the way to a proposer (a
+        sender's nonces may have gaps, so nothing holds a later one back): the failed one
+        is final, so the record still commits once."""
+        old = decode_transaction(row.tx)
+        assert isinstance(old, Transaction)
+        if nonce is None:
+            nonce = old.nonce
+        tx = sign_transaction(self.key, chain_id=old.chain_id, nonce=nonce, contract=old.contract,
+                              method=old.method, args=old.args, timestamp=int(time.time() * 1000))  # fmt: skip
+        fresh = JournalRow(row.stream, row.seq, row.digest, tx.encoded, tx.hash, None)
+        await self._journal(self.journal.add, [fresh])
+        return fresh
+
+    def _take_nonce(self) -> int:
+        nonce = self._next_nonce
+        self._next_nonce += 1
+        return nonce
+
+    # -- connections -------------------------------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writing = asyncio.Lock()
+
+        async def send(message: dict[str, Any]) -> None:
+            async with writing:
+                writer.write(frame(message))
+                await writer.drain()
+
+        outstanding: set[asyncio.Task[Any]] = set()
+        try:
+            first = await asyncio.wait_for(read_message(reader, 1 << 16, CLIENT_MESSAGES), HANDSHAKE_TIMEOUT)
+            hello = parse_hello(first)
+            try:
+                identity = peer_identity(writer, first, self.tls, PROTOCOL)
+            except TwinledgerError as exc:
+                raise IngestError(f"not a member node: {exc.message}", code="not_allowed") from None
+            if identity.organisation != self.me.organisation or \
+                    self.members().get(identity.signing_key) != identity.organisation:  # fmt: skip
+                raise IngestError(f"{identity.organisation}/{identity.node} may not ingest through a node of "
+                                  f"{self.me.organisation}", code="not_allowed")  # fmt: skip
+            source = f"{identity.organisation}/{identity.node}"
+            if await self._journal(self.journal.claim_stream, hello.stream, source) != source:
+                raise IngestError(f"stream {hello.stream.hex()} belongs to another client", code="stream_taken")
+            await send({"type": "welcome", "protocol": PROTOCOL, "organisation_certificate": self.tls.org_cert_der,
+                        "node": self.me.node, "organisation": self.me.organisation, "window": self.window,
+                        "max_record": self.max_record,
+                        "next": await self._journal(self.journal.next_seq, hello.stream)})  # fmt: skip
+            held: dict[asyncio.Task[Any], int] = {}
+            limit = max_frame(self.max_record)
+            while True:
+                message = await read_message(reader, limit, CLIENT_MESSAGES)
+                if message["type"] != "record":
+                    raise IngestError("hello was already said", code="handshake")
+                seq = record_seq(message)
+                if len(outstanding) >= self.window:
+                    raise IngestError(f"more than the window of {self.window} records sent unanswered",
+                                      code="window_exceeded")  # fmt: skip
+                payload = message.get("payload")
+                size = len(payload) if isinstance(payload, bytes) else 0
+                while held and sum(held.values()) + size > WINDOW_BYTES:
+                    await asyncio.wait(list(held), return_when=asyncio.FIRST_COMPLETED)
+                task = asyncio.ensure_future(self._answer(hello.stream, seq, message, send))
+                outstanding.add(task)
+                held[task] = size
+                task.add_done_callback(outstanding.discard)
+                task.add_done_callback(lambda done: held.pop(done, None))
+        except IngestError as exc:
+            with contextlib.suppress(OSError, ssl.SSLError, ConnectionError):  # the client went away
+                await send(error_message(exc))
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError, ConnectionError):
+            pass
+        finally:
+            for task in outstanding:
+                task.cancel()
+            writer.close()
+
+    async def _answer(self, stream: bytes, seq: int, message: dict[str, Any],
+                      send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:  # fmt: skip
+        try:
+            record = parse_record(message, self.max_record)
+
+            async def busy(reason: str) -> None:
+                await send({"type": "busy", "seq": record.seq, "reason": reason})
+
+            done = await self._take(stream, record, busy)
+            answer = {"type": "ack", "seq": record.seq, "record": done.record, "height": done.height}
+        except IngestError as exc:
+            answer = error_message(exc, seq)
+        with contextlib.suppress(OSError, ssl.SSLError, ConnectionError):  # the client went away; it will resend
+            await send(answer)
+
+    # -- records -----------------------------------------------------------------------------
+    async def _take(self, stream: bytes, record: IngestRecord,
+                    busy: Callable[[str], Awaitable[None]]) -> Acknowledged:  # fmt: skip
+        """The record's acknowledgement: at once for one committed before, after the commit
+        for one in flight or new. The same sequence number with other content is refused."""
+        key = (stream, record.seq)
+        job = self._in_flight.get(key)
+        if job is None:
+            row = await self._journal(self.journal.lookup, stream, record.seq)
+            if row is not None:
+                if row.digest != record.digest:
+                    raise _reused(record.seq)
+                return await self._commit(row)
+            job = self._in_flight.get(key)  # another connection may have started it meanwhile
+        if job is None:
+            job = Job(stream, record, asyncio.get_running_loop().create_future(), notify=busy)
+            self._in_flight[key] = job
+            job.done.add_done_callback(lambda _: self._in_flight.pop(key, None))
+            await self._storing.put(job)
+        elif job.record.digest != record.digest:
+            raise _reused(record.seq)
+        else:
+            job.notify = busy
+        return await asyncio.shield(job.done)
+
+    async def _store_loop(self) -> None:
+        """Gather the records waiting to be stored into batches: small records share one
+        store document (each record names its part of it), so the store's durable
+        writes are paid once per batch, not once per record."""
+        while True:
+            jobs = [await self._storing.get()]
+            size = len(jobs[0].record.payload)
+            while not self._storing.empty() and size < BATCH_BYTES and len(jobs) < MAX_BATCH:
+                job = self._storing.get_nowait()
+                jobs.append(job)
+                size += len(job.record.payload)
+            await self._uploads.acquire()
+            self._spawn(self._store_batch(jobs))
+
+    async def _store_batch(self, jobs: list[Job]) -> None:
+        """Store the batch's payloads as one document, then queue its records for signing;
+        a store without a write quorum is retried (the clients are told they wait), a
+        refusal rejects the records."""
+        attempt = 0
+        try:
+            while True:
+                try:
+                    stored = await upload_document(self.store(), b"".join(job.record.payload for job in jobs), self.key,
+                                                   self.me.organisation, self.recipients())  # fmt: skip
+                    break
+                except StoreError as exc:
+                    if exc.code not in TRANSIENT_STORE_ERRORS and not isinstance(exc, StoreUnavailable):
+                        for job in jobs:
+                            _fail(job, RecordRejected(f"record {job.record.seq}: the store refused it: {exc.message}",
+                                                      code="store_refused"))  # fmt: skip
+                        return
+                    for job in jobs:
+                        if job.notify is not None:
+                            with contextlib.suppress(OSError, ssl.SSLError, ConnectionError):  # the client went away
+                                await job.notify(f"the store is unavailable: {exc.message}")
+                    await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
+                    attempt += 1
+        finally:
+            self._uploads.release()
+        offset = 0
+        for job in jobs:
+            record = job.record
+            metadata = {**record.metadata, "ingest": f"{job.stream.hex()}/{record.seq}", "store": stored.reference,
+                        "part": f"{offset}+{len(record.payload)}"}  # fmt: skip
+            offset += len(record.payload)
+            job.args = {"payload_hash": stored.manifest, "media_type": record.media_type, "metadata": metadata}
+            await self._signing.put(job)
+
+    async def _sign_loop(self) -> None:
+        """Sign what was stored, in nonce order; write the batch to the journal before
+        anything is submitted; submit it; wait for the commits."""
+        while True:
+            jobs = [await self._signing.get()]
+            while not self._signing.empty() and len(jobs) < MAX_BATCH:
+                jobs.append(self._signing.get_nowait())
+            now = int(time.time() * 1000)
+            txs = []
+            for job in jobs:
+                txs.append(sign_transaction(self.key, chain_id=self.ledger.chain_id, nonce=self._take_nonce(),
+                                            contract="records", method="put", args=job.args, timestamp=now))  # fmt: skip
+            rows = [JournalRow(job.stream, job.record.seq, job.record.digest, tx.encoded, tx.hash, None)
+                    for job, tx in zip(jobs, txs, strict=True)]  # fmt: skip
+            try:
+                await self._journal(self.journal.add, rows)
+                results = await self.ledger.submit([tx.encoded for tx in txs])
+            except (OSError, sqlite3.Error, TwinledgerError) as exc:  # the node's storage failed: nothing acknowledged
+                log.error("ingest: could not journal or submit %d records: %s", len(jobs), exc)
+                for job in jobs:
+                    _fail(job, IngestError("the node could not store the record; send it again", code="node_failure"))
+                continue
+            for job, row, result in zip(jobs, rows, results, strict=True):
+                if result.error is not None:
+                    _fail(job, RecordRejected(f"record {job.record.seq}: {result.error.message}",
+                                              code="record_refused"))  # fmt: skip
+                else:
+                    self._spawn(self._settle(job, row))
+
+    async def _commit(self, row: JournalRow) -> Acknowledged:
+        """Wait for the record's transaction to commit (submitting it again when the node
+        no longer holds it, signing it again when it cannot commit as it is); acknowledged
+        once a receipt is ok."""
+        while True:
+            location = await self.ledger.wait_committed(row.tx_hash, 30.0)
+            if location is not None and location.receipt.error == "nonce_replayed":
+                row = await self._resign(row, self._take_nonce())
+            elif location is not None:
+                break
+            [result] = await self.ledger.submit([row.tx])
+            if result.error is not None and result.error.code == "bad_timestamp":
+                row = await self._resign(row)
+                [result] = await self.ledger.submit([row.tx])
+            if result.error is not None:
+                raise IngestError(f"record {row.seq}: its transaction is refused: {result.error.message}",
+                                  code="record_refused")  # fmt: skip
+        if row.height is None:
+            self._heights.append((row.stream, row.seq, location.height))
+        receipt = location.receipt
+        if receipt.status != "ok":
+            raise RecordRejected(f"record {row.seq}: the records contract refused it: "
+                                 f"{receipt.message or receipt.error}", code="record_refused")  # fmt: skip
+        return Acknowledged(row.tx_hash, location.height)
+
+    async def _settle(self, job: Job, row: JournalRow) -> None:
+        try:
+            job.done.set_result(await self._commit(row))
+        except IngestError as exc:
+            _fail(job, exc)
+
+    async def _flush_heights(self) -> None:
+        """Note commits in the journal now and then; a row left open is checked again at
+        the next start, so these writes need not be prompt."""
+        while True:
+            await asyncio.sleep(HEIGHTS_FLUSH_SECONDS)
+            await self._journal(self._write_heights)
+
+    def _write_heights(self) -> None:
+        heights, self._heights = self._heights, []
+        if heights:
+            self.journal.committed(heights)
+
+
+def _reused(seq: int) -> RecordRejected:
+    return RecordRejected(f"record {seq} was taken before with other content: a stream's numbers are not reused",
+                          code="seq_reused")  # fmt: skip
+
+
+def _fail(job: Job, exc: IngestError) -> None:
+    if not job.done.done():
+        job.done.set_exception(exc)

@@ -55,6 +55,7 @@ WINDOW_BYTES = 64 << 20
 """Payload bytes a connection may have unanswered before the node stops reading it."""
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
 HEIGHTS_FLUSH_SECONDS = 2.0
+LINGER_SECONDS = 2.0
 TRANSIENT_STORE_ERRORS = frozenset({"no_write_quorum", "store_unreachable"})
 
 
@@ -109,6 +110,8 @@ class IngestService:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._in_flight: dict[tuple[bytes, int], Job] = {}
+        """Records being stored, signed and committed, by (stream, seq)."""
+        self._commits: dict[tuple[bytes, int], asyncio.Task[Acknowledged]] = {}
         self._uploads = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
         self._storing: asyncio.Queue[Job] = asyncio.Queue()
         self._signing: asyncio.Queue[Job] = asyncio.Queue()
@@ -156,7 +159,7 @@ class IngestService:
         if rows:
             await self.ledger.submit([row.tx for row in rows])
             for row in rows:
-                self._spawn(self._commit(row))
+                self._settled(row)
 
     async def _resign(self, row: JournalRow, nonce: int | None = None) -> JournalRow:
         """The same call signed again with a fresh timestamp, journaled before it is sent.
@@ -231,6 +234,7 @@ class IngestService:
         except IngestError as exc:
             with contextlib.suppress(OSError, ssl.SSLError, ConnectionError):  # the client went away
                 await send(error_message(exc))
+                await _discard_input(reader)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError, ConnectionError):
             pass
         finally:
@@ -265,7 +269,7 @@ class IngestService:
             if row is not None:
                 if row.digest != record.digest:
                     raise _reused(record.seq)
-                return await self._commit(row)
+                return await asyncio.shield(self._settled(row))
             job = self._in_flight.get(key)  # another connection may have started it meanwhile
         if job is None:
             job = Job(stream, record, asyncio.get_running_loop().create_future(), notify=busy)
@@ -380,9 +384,21 @@ class IngestService:
                                  f"{receipt.message or receipt.error}", code="record_refused")  # fmt: skip
         return Acknowledged(row.tx_hash, location.height)
 
+    def _settled(self, row: JournalRow) -> asyncio.Future[Acknowledged]:
+        """The one wait for this record's commit, however many ask (a resent record, the
+        restart's recovery): two would each sign a failed transaction again, twice."""
+        key = (row.stream, row.seq)
+        task = self._commits.get(key)
+        if task is None:
+            task = self._spawn(self._commit(row))
+            self._commits[key] = task
+            task.add_done_callback(lambda done: (self._commits.pop(key, None),
+                                                 done.cancelled() or done.exception()))  # fmt: skip
+        return task
+
     async def _settle(self, job: Job, row: JournalRow) -> None:
         try:
-            job.done.set_result(await self._commit(row))
+            job.done.set_result(await asyncio.shield(self._settled(row)))
         except IngestError as exc:
             _fail(job, exc)
 
@@ -397,6 +413,15 @@ class IngestService:
         heights, self._heights = self._heights, []
         if heights:
             self.journal.committed(heights)
+
+
+async def _discard_input(reader: asyncio.StreamReader) -> None:
+    """Read what the client still sends, for a moment, before closing: closing with unread
+    input resets the connection, and the client would lose the error that says why."""
+    deadline = time.monotonic() + LINGER_SECONDS
+    with contextlib.suppress(TimeoutError):
+        while (left := deadline - time.monotonic()) > 0 and await asyncio.wait_for(reader.read(1 << 16), left):
+            pass
 
 
 def _reused(seq: int) -> RecordRejected:

@@ -26,10 +26,12 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import tomli_w
 from asyncua import Client, ua
 from rich.console import Console
 
@@ -125,7 +127,9 @@ class Demo:
 
     # -- the consortium ------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, ingest_window: int | None = None) -> None:
+        """Create (or reuse) the consortium and start its nodes; ``ingest_window`` sets the
+        nodes' TCP ingest window (the ingest benchmark's)."""
         if (self.directory / NETWORK_FILE).exists():
             step(f"reusing the consortium in {self.directory}")
         else:
@@ -135,6 +139,11 @@ class Demo:
                          base_port=free_port_block(3 * len(names)), block_interval_ms=100)  # fmt: skip
             write_network_file(self.directory, names, "bft")
         self.homes = dict(network_homes(self.directory))
+        if ingest_window is not None:
+            for home in self.homes.values():
+                doc = tomllib.loads((home / "node.toml").read_text())
+                doc["ingest"]["window"] = ingest_window
+                (home / "node.toml").write_text(tomli_w.dumps(doc))
         note("each organisation runs one node: BFT validator, encrypted store and re-encryption proxy, mutual TLS")
         for organisation in ORGANISATIONS:
             self.nodes.append(start_node(self.homes[organisation]))
@@ -146,12 +155,12 @@ class Demo:
                 c.close()
         note("4 nodes are committing blocks")
 
-    def start_line(self) -> None:
+    def start_line(self, rate_hz: float = 20.0) -> None:
         port = free_port_block(1)
         self.plant_url = f"opc.tcp://127.0.0.1:{port}/twinledger/plant/"
         log = (self.directory / "plant.log").open("ab")
-        self.processes.append(subprocess.Popen([sys.executable, "-m", "twinledger", "plant", "run", "--port", str(port)],
-                                               stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+        self.processes.append(subprocess.Popen([sys.executable, "-m", "twinledger", "plant", "run", "--port", str(port),
+                                                "--rate", str(rate_hz)], stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
         wait_for(lambda: self._plant_up(), "the plant simulator to listen")
 
     def _plant_up(self) -> bool:
@@ -161,12 +170,13 @@ class Demo:
         except (OSError, TimeoutError, ua.UaError):
             return False
 
-    def start_agent(self, device: Path) -> None:
+    def start_agent(self, device: Path, sampling_ms: int = 50) -> None:
         self.agent_log = self.directory / f"agent-{self.twin}.log"
         log = self.agent_log.open("ab")
         self.processes.append(subprocess.Popen([sys.executable, "-m", "twinledger", "agent", "--home",
                                                 self.home("owner"), "--twin", self.twin, "--device", str(device),
-                                                "--opcua", self.plant_url, "--flush-seconds", "0.5", "--json"],
+                                                "--opcua", self.plant_url, "--flush-seconds", "0.5",
+                                                "--sampling-ms", str(sampling_ms), "--json"],
                                                stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
 
     def agent_said(self, text: str) -> str | None:

@@ -357,6 +357,29 @@ def bench_kpcpre(
     run_kpcpre_benchmark(runs=runs, output=output, as_json=as_json, network_segments=network_segments)
 
 
+@bench_app.command("ingest")
+@command
+def bench_ingest(
+    connections: Annotated[int, typer.Option(help="TCP ingest connections at once.", min=1)] = 4,
+    window: Annotated[int, typer.Option(help="Unanswered records per connection (the nodes' ingest window).",
+                                        min=1)] = 1024,  # fmt: skip
+    scale: Annotated[float, typer.Option(help="Fraction of the default record counts (20,000 / 20,000 / 2,000).",
+                                         min=0.001)] = 1.0,  # fmt: skip
+    plant_hz: Annotated[float, typer.Option(help="Steps per second of the plant simulator.", min=1)] = 100.0,
+    sampling_ms: Annotated[int, typer.Option(help="The agent's OPC UA sampling interval (ms).", min=1)] = 10,
+    seconds: Annotated[float, typer.Option(help="Seconds of OPC UA samples counted.", min=1)] = 15.0,
+    output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench/results/ingest.json"),
+    as_json: Json = False,
+) -> None:
+    """Four bft validators (r = 3): TCP ingest records/s at 100 B, 1 kB and 100 kB with the
+    TLS channel's ceiling, and OPC UA samples/s through the device agent into feeds with
+    what the OPC UA server delivers as the ceiling."""
+    from twinledger.bench.ingest import run_ingest_benchmark
+
+    run_ingest_benchmark(output=output, as_json=as_json, connections=connections, window=window, plant_hz=plant_hz,
+                         sampling_ms=sampling_ms, seconds=seconds, scale=scale)  # fmt: skip
+
+
 @plant_app.command("run")
 @command
 def plant_run(

@@ -88,13 +88,18 @@ async def _sink_ceiling(tls: StoreTls, size: int, count: int, window: int) -> fl
     each one and does nothing else: what the channel allows."""
     limit = max_frame(max(size, 1 << 20))
 
+    handlers: list[asyncio.Future[None]] = []
+
     async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(done := asyncio.get_running_loop().create_future())
         try:
             while True:
                 message = await read_message(reader, limit, frozenset({"record"}))
                 writer.write(frame({"type": "ack", "seq": message["seq"], "record": bytes(32), "height": 0}))
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
+        finally:
+            done.set_result(None)
 
     server = await asyncio.start_server(sink, "127.0.0.1", 0, ssl=tls.server)
     port = server.sockets[0].getsockname()[1]
@@ -115,7 +120,11 @@ async def _sink_ceiling(tls: StoreTls, size: int, count: int, window: int) -> fl
         answered += 1
     elapsed = time.perf_counter() - begin
     writer.close()
+    await writer.wait_closed()
+    while handlers:
+        await handlers.pop()
     server.close()
+    await server.wait_closed()
     return count / elapsed
 
 

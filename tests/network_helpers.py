@@ -9,9 +9,11 @@ import socket
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import tomli_w
@@ -24,6 +26,17 @@ from twinledger.launcher import NodeProcess, free_port_block, start_node
 
 OCTETS = {"content-type": "application/octet-stream"}
 ORGS = ["manufacturer", "owner", "maintainer", "auditor"]
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
+    """Poll ``condition`` until it gives something true, and return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -9,8 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from asyncua import Client, ua
+from network_helpers import wait_for
 from store_helpers import cli as tl
 from store_helpers import ok
 from twin_helpers import World, key_for
@@ -35,15 +35,6 @@ PLANT = Path(__file__).resolve().parent.parent / "examples" / "bottling-plant.am
 SPEC = PLANT.read_bytes()
 OWNER = key_for("plant-owner")
 
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- the parts on their own ----------------------------------------------------------------------

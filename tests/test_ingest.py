@@ -11,16 +11,15 @@ import random
 import subprocess
 import sys
 import threading
-import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import tomli_w
-from network_helpers import Network
+from network_helpers import Network, wait_for
 from store_helpers import MANUFACTURER, OWNER, cli, ok, store_consortium
 
 from twinledger.client import organisation_key, store_client, store_tls
@@ -42,17 +41,6 @@ from twinledger.ingest.protocol import (
 )
 from twinledger.launcher import NodeProcess, start_node
 from twinledger.store.documents import as_reader
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 # -- the parts on their own ----------------------------------------------------------------------
 

@@ -193,7 +193,8 @@ class IngestService:
                 writer.write(frame(message))
                 await writer.drain()
 
-        outstanding: set[asyncio.Task[Any]] = set()
+        held: dict[asyncio.Task[Any], int] = {}
+        """The connection's unanswered records and their payload sizes."""
         try:
             first = await asyncio.wait_for(read_message(reader, 1 << 16, CLIENT_MESSAGES), HANDSHAKE_TIMEOUT)
             hello = parse_hello(first)
@@ -212,14 +213,13 @@ class IngestService:
                         "node": self.me.node, "organisation": self.me.organisation, "window": self.window,
                         "max_record": self.max_record,
                         "next": await self._journal(self.journal.next_seq, hello.stream)})  # fmt: skip
-            held: dict[asyncio.Task[Any], int] = {}
             limit = max_frame(self.max_record)
             while True:
                 message = await read_message(reader, limit, CLIENT_MESSAGES)
                 if message["type"] != "record":
                     raise IngestError("hello was already said", code="handshake")
                 seq = record_seq(message)
-                if len(outstanding) >= self.window:
+                if len(held) >= self.window:
                     raise IngestError(f"more than the window of {self.window} records sent unanswered",
                                       code="window_exceeded")  # fmt: skip
                 payload = message.get("payload")
@@ -227,9 +227,7 @@ class IngestService:
                 while held and sum(held.values()) + size > WINDOW_BYTES:
                     await asyncio.wait(list(held), return_when=asyncio.FIRST_COMPLETED)
                 task = asyncio.ensure_future(self._answer(hello.stream, seq, message, send))
-                outstanding.add(task)
                 held[task] = size
-                task.add_done_callback(outstanding.discard)
                 task.add_done_callback(lambda done: held.pop(done, None))
         except IngestError as exc:
             with contextlib.suppress(OSError, ssl.SSLError, ConnectionError):  # the client went away
@@ -238,7 +236,7 @@ class IngestService:
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError, ConnectionError):
             pass
         finally:
-            for task in outstanding:
+            for task in list(held):
                 task.cancel()
             writer.close()
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twinledger.abc import TransactionLocation
+from twinledger.core.tasks import Tasks
 from twinledger.core.types import Transaction, decode_transaction, sign_transaction
 from twinledger.crypto.certs import NodeIdentity
 from twinledger.crypto.keys import SigningKey
@@ -108,7 +109,7 @@ class IngestService:
         self.max_record = max_record
         self.address = ""
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks()
         self._in_flight: dict[tuple[bytes, int], Job] = {}
         """Records being stored, signed and committed, by (stream, seq)."""
         self._commits: dict[tuple[bytes, int], asyncio.Task[Acknowledged]] = {}
@@ -121,9 +122,9 @@ class IngestService:
     # -- life-cycle --------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> str:
         await self._recover()
-        self._spawn(self._store_loop())
-        self._spawn(self._sign_loop())
-        self._spawn(self._flush_heights())
+        self._tasks.spawn(self._store_loop())
+        self._tasks.spawn(self._sign_loop())
+        self._tasks.spawn(self._flush_heights())
         self._server = await asyncio.start_server(self._serve, host, port, ssl=self.tls.server,
                                                   ssl_handshake_timeout=HANDSHAKE_TIMEOUT, limit=1 << 20)  # fmt: skip
         self.address = f"{host}:{self._server.sockets[0].getsockname()[1]}"
@@ -132,19 +133,9 @@ class IngestService:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
-                await task
+        await self._tasks.stop()
         await asyncio.get_running_loop().run_in_executor(None, self._write_heights)
         self.journal.close()
-
-    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     async def _journal(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -292,7 +283,7 @@ class IngestService:
                 jobs.append(job)
                 size += len(job.record.payload)
             await self._uploads.acquire()
-            self._spawn(self._store_batch(jobs))
+            self._tasks.spawn(self._store_batch(jobs))
 
     async def _store_batch(self, jobs: list[Job]) -> None:
         """Store the batch's payloads as one document, then queue its records for signing;
@@ -355,7 +346,7 @@ class IngestService:
                     _fail(job, RecordRejected(f"record {job.record.seq}: {result.error.message}",
                                               code="record_refused"))  # fmt: skip
                 else:
-                    self._spawn(self._settle(job, row))
+                    self._tasks.spawn(self._settle(job, row))
 
     async def _commit(self, row: JournalRow) -> Acknowledged:
         """Wait for the record's transaction to commit (submitting it again when the node
@@ -388,7 +379,7 @@ class IngestService:
         key = (row.stream, row.seq)
         task = self._commits.get(key)
         if task is None:
-            task = self._spawn(self._commit(row))
+            task = self._tasks.spawn(self._commit(row))
             self._commits[key] = task
             task.add_done_callback(lambda done: (self._commits.pop(key, None),
                                                  done.cancelled() or done.exception()))  # fmt: skip

@@ -23,6 +23,7 @@ from typing import Any
 
 from cryptography import x509
 
+from twinledger.core.tasks import Tasks
 from twinledger.crypto.certs import CertificateError, NodeIdentity, verify_node_chain
 from twinledger.errors import DecodeError, TwinledgerError
 from twinledger.net.wire import Frame, encode_frame, parse_frame, read_frame, read_payload
@@ -92,7 +93,7 @@ class PeerManager:
         self.height = height
         self.peers: dict[bytes, Peer] = {}
         self._seen: OrderedDict[bytes, None] = OrderedDict()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks()
         self._server: asyncio.Server | None = None
         self._dialing: set[str] = set()
         self._failures: dict[str, int] = {}
@@ -109,25 +110,16 @@ class PeerManager:
                                                   ssl_handshake_timeout=HANDSHAKE_TIMEOUT)  # fmt: skip
         if self.listen_port == 0:
             self.listen_port = self._server.sockets[0].getsockname()[1]
-        self._spawn(self._maintain())
+        self._tasks.spawn(self._maintain())
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         for peer in list(self.peers.values()):
             peer.writer.close()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
-                await task
+        await self._tasks.join()
         self.peers.clear()
-
-    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # -- gossip ------------------------------------------------------------------------------
     def _remember(self, digest: bytes) -> None:
@@ -155,7 +147,7 @@ class PeerManager:
             random.shuffle(candidates)
             for address in candidates[: max(0, self.target_peers - len(self.peers))]:
                 self._dialing.add(address)
-                self._spawn(self._dial(address))
+                self._tasks.spawn(self._dial(address))
             for peer in list(self.peers.values()):
                 peer.send("peers", {"addresses": sorted(self.known | {self.address})})
                 peer.send("status", {"height": self.height()})
@@ -194,7 +186,7 @@ class PeerManager:
             peer = await asyncio.wait_for(self._handshake(reader, writer, outbound, dialed), HANDSHAKE_TIMEOUT)
             if peer is None:
                 return
-            sender = self._spawn(self._write_loop(peer))
+            sender = self._tasks.spawn(self._write_loop(peer))
             try:
                 await self._read_loop(peer, reader)
             finally:

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from twinledger.core.tasks import Tasks
 from twinledger.crypto.certs import NodeIdentity
 from twinledger.errors import DecodeError, TwinledgerError
 from twinledger.store.client import StoreClient
@@ -131,7 +132,7 @@ class StoreService:
         self.repair_interval = repair_interval
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="store-disk")
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks()
         self._client: StoreClient | None = None
         self._acls: OrderedDict[bytes, ItemAcl] = OrderedDict()
         self._repairing = asyncio.Lock()
@@ -145,27 +146,17 @@ class StoreService:
         bound = self._server.sockets[0].getsockname()
         self.address = f"{host}:{bound[1]}"
         if self.repair_interval > 0:
-            self._spawn(self._repair_loop())
+            self._tasks.spawn(self._repair_loop())
         return self.address
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
-                await task
+        await self._tasks.stop()
         if self._client is not None:
             await self._client.close()
         self._pool.shutdown(wait=True)
         self.disk.close()
-
-    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -180,7 +171,7 @@ class StoreService:
                       for node in self.directory().nodes)  # fmt: skip
         if self._client is None or self._client.nodes != nodes:
             if self._client is not None:
-                self._spawn(self._client.close())
+                self._tasks.spawn(self._client.close())
             self._client = StoreClient(nodes, self.tls, self.replication)
         return self._client, [n for n in nodes if n.signing_key != self.me.signing_key]
 
@@ -200,7 +191,7 @@ class StoreService:
             while True:
                 message = await read_message(reader)
                 await slots.acquire()
-                self._spawn(self._answer(identity, message, writer, slots))
+                self._tasks.spawn(self._answer(identity, message, writer, slots))
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError, DecodeError):
             pass
         finally:

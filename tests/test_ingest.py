@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,9 @@ import tomli_w
 from network_helpers import Network, wait_for
 from store_helpers import MANUFACTURER, OWNER, cli, ok, store_consortium
 
-from twinledger.client import organisation_key, store_client, store_tls
+from twinledger.client import NodeClient, organisation_key, store_client, store_tls
 from twinledger.config import init_home, load_config, read_run_file
+from twinledger.core.types import sign_transaction
 from twinledger.errors import DecryptionFailed, TwinledgerError
 from twinledger.ingest.client import Answer, IngestClient, SenderKey
 from twinledger.ingest.directory import DirectoryJournal
@@ -244,6 +246,33 @@ def test_records_are_read_back_and_tier2_is_for_the_sender_alone(small_node, tmp
     assert missing.returncode != 0 and "no record" in missing.stderr
 
 
+def test_a_record_whose_nonce_was_overtaken_is_signed_again_and_committed_once(small_node, tmp_path):
+    """A later nonce of the node key commits first (as a relay can reorder them, or a node
+    lose a transaction in a crash): the listener's next nonces can then never commit, so it
+    signs those records again past the spent nonce."""
+    home = str(small_node.home)
+    config = load_config(small_node.home)
+    key = config.signing_key()
+    node = NodeClient(config)
+    try:
+        spent = node.next_nonce(key.public) + 5
+        later = sign_transaction(key, chain_id="acme-chain", nonce=spent, contract="records", method="put",
+                                 args={"payload_hash": os.urandom(32)}, timestamp=int(time.time() * 1000))  # fmt: skip
+        node.submit(later)
+        assert node.transaction(later.hash.hex(), wait=30)["receipt"]["status"] == "ok"
+        lines = tmp_path / "lines.txt"
+        lines.write_bytes(b"".join(b"reading %d\n" % i for i in range(3)))
+        sent = ok("ingest", "send", "--home", home, str(lines), "--lines")
+        nonces = [node.transaction(r["record"])["transaction"]["nonce"] for r in sent["records"]]
+    finally:
+        node.close()
+    assert all(nonce > spent for nonce in nonces) and len(set(nonces)) == 3
+    listed = httpx.get(f"{small_node.url}/v1/ingest/streams/{sent['stream']}", timeout=10).json()["records"]
+    assert [(r["seq"], r["record"]) for r in listed] == [(r["seq"], r["record"]) for r in sent["records"]]
+    on_chain = [r["ingest"] for r in chain_records(small_node.url, key.public.hex()) if "ingest" in r]
+    assert sorted(i for i in on_chain if i.startswith(sent["stream"])) == [f"{sent['stream']}/{n}" for n in (1, 2, 3)]
+
+
 # -- a consortium: kill -9 of the node mid-stream ---------------------------------------------------
 
 
@@ -252,9 +281,8 @@ def consortium(tmp_path_factory) -> Iterator[Network]:
     yield from store_consortium(tmp_path_factory.mktemp("ingest") / "net")
 
 
-def chain_records(network: Network, i: int, sender: str) -> list[dict[str, Any]]:
+def chain_records(url: str, sender: str) -> list[dict[str, Any]]:
     """The metadata of every records.put the node key ``sender`` committed, read block by block."""
-    url = network.url(i)
     head = httpx.get(f"{url}/v1/head", timeout=10).json()["height"]
     found = []
     with httpx.Client(base_url=url, timeout=30) as api:
@@ -263,7 +291,7 @@ def chain_records(network: Network, i: int, sender: str) -> list[dict[str, Any]]
                 if tx["contract"] == "records" and tx["sender"] == sender:
                     view = api.get(f"/v1/transactions/{tx['hash']}").json()
                     if view["receipt"]["status"] == "ok":
-                        found.append({"record": tx["hash"], **view["transaction"]["args"]["metadata"]})
+                        found.append({"record": tx["hash"], **view["transaction"]["args"].get("metadata", {})})
     return found
 
 
@@ -308,7 +336,7 @@ def test_a_node_killed_mid_stream_loses_and_duplicates_no_record(consortium):
     assert all(a.ok for a in answers), [a for a in answers if not a.ok][:3]
     by_seq = {a.seq: a.record.hex() for a in answers}  # type: ignore[union-attr]
     assert sorted(by_seq) == list(range(1, 1201))
-    on_chain = [r for r in chain_records(network, OWNER, node_key(network, OWNER)) if r["ingest"].startswith(stream.hex())]
+    on_chain = [r for r in chain_records(network.url(OWNER), node_key(network, OWNER)) if r["ingest"].startswith(stream.hex())]
     seqs = [int(r["ingest"].split("/")[1]) for r in on_chain]
     assert sorted(seqs) == list(range(1, 1201)), "each record once on chain, none missing"
     assert all(by_seq[int(r["ingest"].split("/")[1])] == r["record"] for r in on_chain)
@@ -375,7 +403,7 @@ def test_directory_ingest_survives_kill_9_of_the_node_and_of_itself(consortium, 
     assert all((watched / "done" / name).read_bytes() == data for name, data in contents.items())
     assert sorted(p.name for p in watched.iterdir()) == ["done", "notes.txt"]
 
-    recorded = [r for r in chain_records(network, OWNER, node_key(network, OWNER)) if r.get("filename") in contents]
+    recorded = [r for r in chain_records(network.url(OWNER), node_key(network, OWNER)) if r.get("filename") in contents]
     assert sorted(r["filename"] for r in recorded) == sorted(contents), "each file recorded exactly once"
     assert len({r["ingest"].split("/")[0] for r in recorded}) == 1  # one stream, kept across the restarts
     a_record = next(r for r in recorded if r["filename"] == "batch-007.csv")

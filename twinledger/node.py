@@ -416,12 +416,15 @@ class Node(NetworkedProducer):
     async def proof(self, tx_hash: bytes) -> InclusionProof:
         return await self.read(self.chain.proof, tx_hash)
 
-    def next_nonce(self, sender: bytes) -> int:
+    async def next_nonce(self, sender: bytes) -> int:
+        """One past the sender's highest nonce, committed or pending."""
         from twinledger.contracts.runtime import committed_nonce
 
-        pending = self.mempool.pending_nonce(sender)
-        committed = committed_nonce(self.chain.state(), sender)
-        return max(committed, pending if pending is not None else -1) + 1
+        def highest() -> int:
+            pending = self.mempool.pending_nonce(sender)
+            return max(committed_nonce(self.chain.state(), sender), pending if pending is not None else -1)
+
+        return await self.in_ledger(highest) + 1
 
     # -- running -----------------------------------------------------------------------------
     # -- the peer-to-peer network ---------------------------------------------------------------

@@ -240,7 +240,7 @@ def create_app(node: Node) -> FastAPI:
     @app.get("/v1/accounts/{key}/nonce", summary="Next nonce for a sender key")
     async def next_nonce(key: str) -> dict[str, Any]:
         sender = _hex(key, "sender key")
-        return {"sender": key, "next_nonce": await node.in_ledger(node.next_nonce, sender)}
+        return {"sender": key, "next_nonce": await node.next_nonce(sender)}
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def metrics() -> str:

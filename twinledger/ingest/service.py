@@ -71,7 +71,7 @@ class Ledger(Protocol):
 
     async def wait_committed(self, tx_hash: bytes, timeout: float) -> TransactionLocation | None: ...
 
-    def next_nonce(self, sender: bytes) -> int: ...
+    async def next_nonce(self, sender: bytes) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class IngestService:
         """Resubmit the transactions of records not seen committed before a stop or crash
         (the chain takes a transaction once), lowest nonce first."""
         rows = sorted(await self._journal(self.journal.open_rows), key=lambda r: decode_transaction(r.tx).nonce)
-        self._next_nonce = max([self.ledger.next_nonce(self.key.public)]
+        self._next_nonce = max([await self.ledger.next_nonce(self.key.public)]
                                + [decode_transaction(r.tx).nonce + 1 for r in rows])  # fmt: skip
         log.info("ingest: next nonce %d (%d records not seen committed)", self._next_nonce, len(rows))
         if rows:
@@ -156,10 +156,10 @@ class IngestService:
         """The same call signed again with a fresh timestamp, journaled before it is sent.
 
         With the same nonce (``nonce`` None) for a transaction too old to be admitted: at
-        most one of the two can ever commit. With a new nonce for one that committed as
-        failed because a later nonce of this key overtook it on the way to a proposer (a
-        sender's nonces may have gaps, so nothing holds a later one back): the failed one
-        is final, so the record still commits once."""
+        most one of the two can ever commit. With a new nonce for one that a later nonce
+        of this key overtook on the way to a proposer (a sender's nonces may have gaps, so
+        nothing holds a later one back), whether it committed as failed or is refused on
+        resubmission: its nonce is spent, so the record still commits once."""
         old = decode_transaction(row.tx)
         assert isinstance(old, Transaction)
         if nonce is None:
@@ -174,6 +174,13 @@ class IngestService:
         nonce = self._next_nonce
         self._next_nonce += 1
         return nonce
+
+    async def _overtaken(self, row: JournalRow) -> JournalRow:
+        """``row`` signed again with a nonce past every one this key has used: its own
+        nonce can no longer commit."""
+        unused = await self.ledger.next_nonce(self.key.public)
+        self._next_nonce = max(self._next_nonce, unused)
+        return await self._resign(row, self._take_nonce())
 
     # -- connections -------------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -342,7 +349,7 @@ class IngestService:
                     _fail(job, IngestError("the node could not store the record; send it again", code="node_failure"))
                 continue
             for job, row, result in zip(jobs, rows, results, strict=True):
-                if result.error is not None:
+                if result.error is not None and result.error.code != "nonce_replayed":
                     _fail(job, RecordRejected(f"record {job.record.seq}: {result.error.message}",
                                               code="record_refused"))  # fmt: skip
                 else:
@@ -354,13 +361,13 @@ class IngestService:
         once a receipt is ok."""
         while True:
             location = await self.ledger.wait_committed(row.tx_hash, 30.0)
-            if location is not None and location.receipt.error == "nonce_replayed":
-                row = await self._resign(row, self._take_nonce())
-            elif location is not None:
+            if location is not None and location.receipt.error != "nonce_replayed":
                 break
+            if location is not None:
+                row = await self._overtaken(row)
             [result] = await self.ledger.submit([row.tx])
-            if result.error is not None and result.error.code == "bad_timestamp":
-                row = await self._resign(row)
+            while result.error is not None and result.error.code in ("bad_timestamp", "nonce_replayed"):
+                row = await (self._resign(row) if result.error.code == "bad_timestamp" else self._overtaken(row))
                 [result] = await self.ledger.submit([row.tx])
             if result.error is not None:
                 raise IngestError(f"record {row.seq}: its transaction is refused: {result.error.message}",

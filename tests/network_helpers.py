@@ -140,6 +140,10 @@ class Network:
         for proxy in self.proxies:
             proxy.close()
 
+    def logs_with_tracebacks(self) -> list[Path]:
+        """The node logs holding a traceback: a user would read them as a crash."""
+        return [log for home in self.homes if (log := home / "node.log").exists() and "Traceback" in log.read_text()]
+
     def cut_off(self, i: int, cut: bool = True) -> None:
         """Isolate node i: nothing reaches it, nothing it sends arrives."""
         for j, proxy in enumerate(self.proxies):

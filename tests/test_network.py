@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from network_helpers import Load, Network, make_network
+from network_helpers import Load, Network, make_network, wait_for
 
 from twinledger.config import init_home, load_config
 from twinledger.crypto.tls import client_context
@@ -61,10 +61,8 @@ def assert_identical_chains(net: Network, nodes: list[int]) -> int:
 def test_validators_commit_the_same_chain_and_every_transaction(network):
     net = network()
     with Load(net, targets=[0, 1, 2, 3]) as load:
-        deadline = time.monotonic() + 60
-        while len(load.accepted) < 400 and time.monotonic() < deadline:
-            time.sleep(0.1)
-    assert len(load.accepted) >= 400 and load.errors == 0
+        wait_for(lambda: len(load.accepted) >= 400, "400 accepted transactions", 60)
+    assert load.errors == 0
     for i in range(4):
         assert not net.missing(i, load.accepted), f"node {i} lacks accepted transactions"
     assert assert_identical_chains(net, [0, 1, 2, 3]) >= 1
@@ -201,15 +199,7 @@ def test_poa_authorities_commit_and_survive_a_lost_leader(tmp_path):
         assert_identical_chains(net, [0, 1, 2])
     finally:
         net.stop_all()
-
-
-def wait_until(condition, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
+    assert not net.logs_with_tracebacks(), "peers dropped at a stop end quietly"
 
 
 def test_peer_exchange_completes_the_mesh_from_one_seed(tmp_path):
@@ -230,7 +220,7 @@ def test_peer_exchange_completes_the_mesh_from_one_seed(tmp_path):
         def full_mesh() -> bool:
             return all(len(httpx.get(f"{net.url(i)}/v1/network").json()["peers"]) == 3 for i in range(4))
 
-        assert wait_until(full_mesh), "every node learns every other from the one seed"
+        wait_for(full_mesh, "every node to learn every other from the one seed", 30)
         assert net.wait_height(3, 1)
     finally:
         net.stop_all()
@@ -259,5 +249,5 @@ def test_garbage_from_a_member_drops_only_that_connection(network):
     assert "WARNING twinledger.net: dropping peer node-1: trailing bytes" in net.processes[0].log_path.read_text()
     assert net.health(0)["status"] == "ok"
     with Load(net, targets=[0]) as load:
-        assert wait_until(lambda: len(load.accepted) >= 50)
+        wait_for(lambda: len(load.accepted) >= 50, "50 accepted transactions", 30)
     assert not net.missing(1, load.accepted), "the network carries on"

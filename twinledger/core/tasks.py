@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 
@@ -20,6 +20,22 @@ class Tasks:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         return task
+
+    def connections(self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+                    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:  # fmt: skip
+        """``handler`` as a server's connection callback whose connections are tasks of this
+        set, so stopping ends them; a connection cancelled so ends quietly (Python 3.11's
+        streams log a cancelled connection task as an unhandled error with its traceback)."""
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            with contextlib.suppress(asyncio.CancelledError):
+                await handler(reader, writer)
+
+        return serve
 
     def cancel(self) -> None:
         for task in list(self._running):

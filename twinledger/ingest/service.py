@@ -125,7 +125,8 @@ class IngestService:
         self._tasks.spawn(self._store_loop())
         self._tasks.spawn(self._sign_loop())
         self._tasks.spawn(self._flush_heights())
-        self._server = await asyncio.start_server(self._serve, host, port, ssl=self.tls.server,
+        self._server = await asyncio.start_server(self._tasks.connections(self._serve), host, port,
+                                                  ssl=self.tls.server,
                                                   ssl_handshake_timeout=HANDSHAKE_TIMEOUT, limit=1 << 20)  # fmt: skip
         self.address = f"{host}:{self._server.sockets[0].getsockname()[1]}"
         return self.address

@@ -106,7 +106,8 @@ class PeerManager:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.listen_host, self.listen_port, ssl=self.server_ssl,
+        self._server = await asyncio.start_server(self._tasks.connections(self._accept), self.listen_host,
+                                                  self.listen_port, ssl=self.server_ssl,
                                                   ssl_handshake_timeout=HANDSHAKE_TIMEOUT)  # fmt: skip
         if self.listen_port == 0:
             self.listen_port = self._server.sockets[0].getsockname()[1]

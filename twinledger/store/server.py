@@ -141,7 +141,8 @@ class StoreService:
 
     # -- life-cycle --------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> str:
-        self._server = await asyncio.start_server(self._serve, host, port, ssl=self.tls.server,
+        self._server = await asyncio.start_server(self._tasks.connections(self._serve), host, port,
+                                                  ssl=self.tls.server,
                                                   ssl_handshake_timeout=HANDSHAKE_TIMEOUT, limit=1 << 20)  # fmt: skip
         bound = self._server.sockets[0].getsockname()
         self.address = f"{host}:{bound[1]}"

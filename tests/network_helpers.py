@@ -195,12 +195,14 @@ class Network:
         return httpx.post(f"{self.url(i)}/v1/transactions/batch", content=body, headers=OCTETS, timeout=30).json()
 
 
-def make_network(directory: Path, *, proxied: bool = False, orgs: list[str] = ORGS, consensus: str = "bft") -> Network:
+def make_network(directory: Path, *, proxied: bool = False, orgs: list[str] = ORGS, consensus: str = "bft",
+                 authority_signatures: int | None = None) -> Network:  # fmt: skip
     """Homes for a network on free loopback ports; with ``proxied``, node i listens on
     127.0.0.(i+2) and every peer reaches it through a cuttable proxy."""
     chain_id = "test-consortium"
     base = free_port_block(3 * len(orgs), start=20000 + 1000 * (os.getpid() % 10))
-    init_network(directory, orgs, chain_id=chain_id, base_port=base, block_interval_ms=100, consensus=consensus)
+    init_network(directory, orgs, chain_id=chain_id, base_port=base, block_interval_ms=100, consensus=consensus,
+                 authority_signatures=authority_signatures)  # fmt: skip
     homes = [directory / org for org in orgs]
     network = Network(directory, homes, chain_id)
     addresses = []

@@ -90,9 +90,13 @@ def test_fork_choice_reorganises_to_the_longer_branch(stores):
     a1 = produce(a, [record(nonce=2)])
     b1 = produce(branch_b, [record(nonce=3)], timestamp=a1[0].header.timestamp + 5)
     b2 = produce(branch_b, [record(nonce=4)])
-    assert a.apply_block(*b1).status in ("side", "head")
+    first = a.apply_block(*b1)
+    assert first.status in ("side", "head")
     outcome = a.apply_block(*b2)
     assert outcome.head == b2[0].header and a.head == branch_b.head
+    outcomes = (first, outcome)  # b1 may win on its hash alone already
+    assert [b.hash for o in outcomes for b in o.adopted] == [b1[0].hash, b2[0].hash]
+    assert [b.hash for o in outcomes for b in o.abandoned] == [a1[0].hash]
     assert a.store.transaction(a1[0].transactions[0].hash) is None
     assert a.store.transaction(b2[0].transactions[0].hash) is not None
     assert a.state().get(f"nonce/{USER.public.hex()}") == 4

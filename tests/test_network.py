@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 import time
 
@@ -12,6 +13,8 @@ import pytest
 from network_helpers import Load, Network, make_network, wait_for
 
 from twinledger.config import init_home, load_config
+from twinledger.core.types import Transaction, sign_transaction
+from twinledger.crypto.keys import SigningKey
 from twinledger.crypto.tls import client_context
 from twinledger.net.wire import encode_frame, read_frame
 
@@ -200,6 +203,44 @@ def test_poa_authorities_commit_and_survive_a_lost_leader(tmp_path):
     finally:
         net.stop_all()
     assert not net.logs_with_tracebacks(), "peers dropped at a stop end quietly"
+
+
+def test_poa_branches_built_apart_heal_into_one_and_lose_no_transaction(tmp_path):
+    """Two authorities that each certify alone build separate branches while cut apart.
+    Joined again they follow one (highest, then lowest hash), and the transactions of the
+    branch given up are pending again and commit on it."""
+    net = make_network(tmp_path / "fork", orgs=["plant-a", "plant-b"], consensus="poa", proxied=True,
+                       authority_signatures=1)  # fmt: skip
+    try:
+        for i in range(2):
+            net.start(i)
+        assert net.wait_height(1, 2)
+        net.cut_off(1)
+        fork = max(net.height(0), net.height(1)) + 1
+        sent: list[Transaction] = []
+        for i in range(2):
+            key = SigningKey.generate()
+            txs = [sign_transaction(key, chain_id=net.chain_id, nonce=n, contract="records", method="put",
+                                    args={"payload": os.urandom(16)}, timestamp=int(time.time() * 1000))
+                   for n in range(20)]  # fmt: skip
+            assert all(r["status"] == "accepted" for r in net.submit(i, txs)["results"])
+            sent += txs
+        for i in range(2):
+            assert net.wait_height(i, fork + 2)
+        assert net.block_hashes(0, fork)[-1] != net.block_hashes(1, fork)[-1], "the two built separate branches"
+        net.cut_off(1, cut=False)
+
+        def one_chain_with_everything() -> bool:
+            views = [httpx.get(f"{net.url(i)}/v1/transactions/{tx.hash.hex()}", timeout=10).json()
+                     for i in range(2) for tx in sent]  # fmt: skip
+            return all(v.get("status") == "committed" and v["receipt"]["status"] == "ok" for v in views) and \
+                net.block_hashes(0, fork + 2) == net.block_hashes(1, fork + 2)  # fmt: skip
+
+        wait_for(one_chain_with_everything, "one branch holding every transaction on both authorities", 90)
+        assert_identical_chains(net, [0, 1])
+    finally:
+        net.stop_all()
+    assert not net.logs_with_tracebacks()
 
 
 def test_peer_exchange_completes_the_mesh_from_one_seed(tmp_path):

@@ -509,12 +509,15 @@ class Node(NetworkedProducer):
                 certificate = decode_certificate(item["certificate"])
             except (KeyError, TypeError) as exc:
                 raise DecodeError("blocks: malformed block") from exc
-            if block.height != self.head.height + 1:
+            if block.height > self.head.height + 1:
                 continue
             outcome = await self.in_ledger(self._apply_synced, block, certificate)
-            if outcome.status == "head":
-                self._committed(block)
-                imported += 1
+            if outcome.status == "orphan":  # the peer is on another branch: fetch back to where it forked
+                self.request_blocks(max(1, block.height - SYNC_BATCH))
+                break
+            for adopted in outcome.adopted:
+                self._committed(adopted)
+            imported += len(outcome.adopted)
         if imported:
             log.info("block sync: imported %d block(s), head is %d", imported, self.head.height)
             self.consensus.head_advanced(self.head.height)
@@ -522,8 +525,23 @@ class Node(NetworkedProducer):
                 self.request_blocks(self.head.height + 1)
 
     def _apply_synced(self, block: Block, certificate: CommitCertificate) -> ImportOutcome:
+        """Apply a synced block (a sibling of the head too: an engine without finality can
+        fork, and fork choice settles it); a reorganisation's abandoned transactions that the
+        new branch does not hold are pending again (ledger thread)."""
         outcome = self.chain.apply_block(block, certificate)
-        self._forget(block)
+        for adopted in outcome.adopted:
+            self._forget(adopted)
+        if outcome.abandoned:
+            state = self.chain.state()
+            for tx in (tx for dropped in outcome.abandoned for tx in dropped.transactions):
+                if not isinstance(tx, Transaction) or self.store.transaction(tx.hash) is not None:
+                    continue
+                with contextlib.suppress(TwinledgerError):  # pending already, or invalid on the new branch
+                    if self.mempool.check(tx):
+                        self.chain.app.check_transaction(state, tx)
+                        self.mempool.add(tx, durable=True)
+            log.warning("fork: reorganised to block %d (%s…), %d block(s) abandoned", outcome.head.height,
+                        outcome.head.hash.hex()[:12], len(outcome.abandoned))  # fmt: skip
         return outcome
 
     async def _start_network(self) -> None:

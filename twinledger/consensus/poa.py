@@ -151,6 +151,9 @@ class PoaConsensus(QueuedConsensus):
                 if p.height > h.number:
                     host.request_blocks(h.number)
                 return
+            if message.block.header.previous != host.head.hash:  # the proposer is on another branch
+                host.request_blocks(h.number - 1)
+                return
             if p.block_hash not in h.results:
                 h.results[p.block_hash] = await host.execute_proposal(message.block)
                 h.blocks[p.block_hash] = message.block

@@ -85,6 +85,10 @@ class HeadState(StateReader):
 class ImportOutcome:
     status: str  # "known", "orphan", "side", "head"
     head: BlockHeader
+    adopted: tuple[Block, ...] = ()
+    """Blocks that joined the canonical chain, parent first."""
+    abandoned: tuple[Block, ...] = ()
+    """Blocks a reorganisation took off the canonical chain: their transactions are pending again."""
 
 
 class Chain:
@@ -162,6 +166,7 @@ class Chain:
             return ImportOutcome("orphan", self.head)
         parent = self.tree.headers[header.previous]
         validate_block(block, parent, self.validators_hash, self.genesis.max_block_txs)
+        old_head = self.head
         if header.previous == self.head.hash:
             self._execute_and_commit(block, certificate)
         else:
@@ -170,7 +175,17 @@ class Chain:
         best = self.consensus.fork_choice(self.tree)
         if best != self.head.hash:
             self._reorganise(best)
-        return ImportOutcome("head" if self.head.hash == header.hash else "side", self.head)
+        status = "head" if self.head.hash == header.hash else "side"
+        if self.head.hash == old_head.hash:
+            return ImportOutcome(status, self.head)
+        if self.head.hash == header.hash and header.previous == old_head.hash:
+            return ImportOutcome(status, self.head, (block,))
+        ancestor = self.tree.common_ancestor(old_head.hash, self.head.hash)
+        return ImportOutcome(status, self.head, self._branch(ancestor, self.head), self._branch(ancestor, old_head))
+
+    def _branch(self, ancestor: BlockHeader, tip: BlockHeader) -> tuple[Block, ...]:
+        """The stored blocks after ``ancestor`` up to ``tip``, parent first."""
+        return tuple(self._stored(h.hash)[0] for h in self.tree.path_from_root(tip.hash) if h.height > ancestor.height)
 
     def execute_proposal(self, block: Block, verified: Container[bytes] = frozenset()) -> BlockResult:
         """Validate a proposed block and execute it on the head, storing nothing: the

@@ -8,10 +8,11 @@ samples pile up here, and they go out in order once it is back: a node outage, o
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from twinledger.core.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -35,11 +36,7 @@ class Spool:
     """Samples by OPC UA node, in arrival order; times are strictly increasing per node."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        self.db = open_database(path, SCHEMA, synchronous="NORMAL")
         self._last: dict[str, int] = dict(self.db.execute("SELECT node, MAX(time) FROM samples GROUP BY node").fetchall())
 
     def add(self, samples: Iterable[tuple[str, int, float]]) -> int:

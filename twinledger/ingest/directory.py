@@ -15,13 +15,13 @@ import contextlib
 import fnmatch
 import mimetypes
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from twinledger.core.sqlite import open_database
 from twinledger.ingest.client import Answer, IngestClient, SenderKey
 from twinledger.ingest.protocol import STREAM_BYTES, IngestRecord
 from twinledger.store.disk import fsync_directory
@@ -48,11 +48,7 @@ class DirectoryJournal:
     """Which file went out under which sequence number, in this stream."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(path, SCHEMA)
         row = self._db.execute("SELECT id FROM stream").fetchone()
         if row is None:
             self._db.execute("INSERT INTO stream VALUES (?)", (os.urandom(STREAM_BYTES),))

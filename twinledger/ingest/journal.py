@@ -9,11 +9,12 @@ row without it is re-checked against the chain when the node starts.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from twinledger.core.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (stream BLOB PRIMARY KEY, source TEXT NOT NULL);
@@ -42,11 +43,7 @@ class JournalRow:
 
 class IngestJournal:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(path, SCHEMA, shared=True)
         self._lock = threading.Lock()
 
     def close(self) -> None:

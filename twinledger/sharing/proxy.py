@@ -36,6 +36,7 @@ from twinledger.contracts.membership import organisation_key
 from twinledger.contracts.sharing import DEVICE_RECIPIENT, device_key, grant_is_active, grant_key
 from twinledger.contracts.twinstate import twin_key
 from twinledger.core.hashing import hash_obj
+from twinledger.core.sqlite import open_database
 from twinledger.crypto import kpcpre
 from twinledger.crypto.certs import NodeIdentity
 from twinledger.crypto.keys import verify_signature
@@ -45,6 +46,13 @@ from twinledger.sharing.requests import DEVICE_MESSAGE_TAG, MAX_PAYLOAD, REQUEST
 from twinledger.store.records import AccessDenied, StoreError
 
 log = logging.getLogger("twinledger.proxy")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (grant_id BLOB PRIMARY KEY, key BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (sequence INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB UNIQUE NOT NULL,
+    twin TEXT NOT NULL, device BLOB NOT NULL, requester TEXT NOT NULL, received INTEGER NOT NULL,
+    capsule BLOB NOT NULL, body BLOB NOT NULL, response BLOB);
+"""
 MAX_KEY_BYTES = 64 * 1024
 MAX_CAPSULE_BYTES = 16 * 1024
 HEIGHT_WAIT = 10.0
@@ -75,13 +83,7 @@ class ProxyService:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS keys (grant_id BLOB PRIMARY KEY, key BLOB NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS requests (sequence INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB UNIQUE "
-                         "NOT NULL, twin TEXT NOT NULL, device BLOB NOT NULL, requester TEXT NOT NULL, received INTEGER "
-                         "NOT NULL, capsule BLOB NOT NULL, body BLOB NOT NULL, response BLOB)")  # fmt: skip
+        self._db = open_database(path, SCHEMA, shared=True)
         self._lock = threading.Lock()
         self._keys: dict[bytes, kpcpre.ReEncryptionKey] = {}
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="proxy")

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from twinledger.core.encoding import decode, from_obj
+from twinledger.core.sqlite import open_database
 from twinledger.store.records import FeedUpdate, ItemAcl, StoreError, check_successor, chunk_hash, decode_acl
 
 SCHEMA = """
@@ -51,10 +51,7 @@ class ChunkStore:
         self.directory = directory
         (directory / "chunks").mkdir(parents=True, exist_ok=True)
         (directory / "corrupt").mkdir(exist_ok=True)
-        self._db = sqlite3.connect(directory / "index.db", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(directory / "index.db", SCHEMA, shared=True)
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -5,12 +5,12 @@ program calls re-checked at the agent, and no reading lost while the node is dow
 from __future__ import annotations
 
 import asyncio
-import socket
+import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 from asyncua import Client, ua
-from network_helpers import wait_for
+from network_helpers import free_port, wait_for
 from store_helpers import cli as tl
 from store_helpers import ok
 from twin_helpers import World, key_for
 
 from twinledger.agent.anomaly import CLEAR_AFTER, RAISE_AFTER, AnomalyCheck
+from twinledger.agent.opcua import ApplicationIdentity, DeviceTrust, application_identity, device_session, fingerprint
 from twinledger.agent.plant import NAMESPACE
 from twinledger.agent.spool import Spool
 from twinledger.client import NodeClient
@@ -103,13 +104,20 @@ def test_the_contract_records_alerts_once_and_clears_them_with_the_component():
     assert [e.type for e in removed.events] == ["AmlRemoved", "AnomalyCleared"]
 
 
+def test_the_agent_refuses_contradicting_or_unreadable_opc_ua_options(tmp_path):
+    home, device, bad = tmp_path / "owner", tmp_path / "plc-1", tmp_path / "plant.der"
+    init_home(home, "owner", api_port=0)
+    device.mkdir()
+    bad.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----\n")
+    args = ("agent", "--home", str(home), "--twin", "t", "--device", str(device), "--opcua", "opc.tcp://127.0.0.1:1/",
+            "--opcua-server-cert", str(bad))  # fmt: skip
+    for extra, why in ((["--opcua-insecure"], "--opcua-insecure and --opcua-server-cert contradict each other"),
+                       ([], f"{bad} is not a readable X.509 certificate")):  # fmt: skip
+        done = tl(*args, *extra)
+        assert done.returncode == 1 and done.stderr.strip() == f"error: {why}", done.stderr
+
+
 # -- the agent with a node and the plant ---------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -120,6 +128,16 @@ class Line:
     device: Path
     url: str
     plant: subprocess.Popen[str]
+    certs: Path
+    """The plant's certificate and trust list."""
+    console: ApplicationIdentity
+    """The test's own OPC UA identity, which the plant trusts."""
+
+    def session(self) -> AbstractAsyncContextManager[Client]:
+        return device_session(self.url, self.console, DeviceTrust(self.certs / "opcua.der"))
+
+    def trust(self, certificate: Path, name: str) -> None:
+        shutil.copyfile(certificate, self.certs / "trusted" / f"{name}.der")
 
     def view(self) -> dict[str, Any]:
         return ok("twin", "show", self.twin, "--home", str(self.home))
@@ -135,7 +153,7 @@ class Line:
 
     def plant_call(self, obj: str, method: str, *args: Any) -> Any:
         async def call() -> Any:
-            async with Client(self.url) as client:
+            async with self.session() as client:
                 ns = await client.get_namespace_index(NAMESPACE)
                 return await client.get_node(ua.NodeId(obj, ns)).call_method(ua.NodeId(f"{obj}/{method}", ns), *args)
 
@@ -143,7 +161,7 @@ class Line:
 
     def plant_read(self, name: str) -> Any:
         async def read() -> Any:
-            async with Client(self.url) as client:
+            async with self.session() as client:
                 ns = await client.get_namespace_index(NAMESPACE)
                 return await client.get_node(ua.NodeId(name, ns)).read_value()
 
@@ -154,22 +172,33 @@ class Line:
 
 
 @contextmanager
-def plant_line(tmp_path: Path, rate: float = 20.0) -> Iterator[Line]:
-    home = tmp_path / "owner"
+def plant_line(tmp_path: Path, rate: float = 20.0, trust_agent: bool = True) -> Iterator[Line]:
+    """A node, the twin of the plant with its PLC as a device, and the plant simulator
+    over OPC UA security; with ``trust_agent`` the plant trusts the device's agent."""
+    home, certs = tmp_path / "owner", tmp_path / "plant-opcua"
     init_home(home, "owner", api_port=0, block_interval_ms=50)
     node = start_node(home)
     port = free_port()
     plant = subprocess.Popen([sys.executable, "-m", "twinledger", "plant", "run", "--port", str(port), "--rate",
-                              str(rate), "--seed", "5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                              str(rate), "--seed", "5", "--certs", str(certs)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    line = None
     try:
         assert plant.stdout is not None and "bottling plant at" in plant.stdout.readline()
         twin = ok("twin", "create", "--home", str(home), "--aml", str(PLANT))["id"]
-        ok("device", "add", "--home", str(home), "--twin", twin, "--name", "plc-1", "--out", str(tmp_path / "plc-1"))
-        yield Line(home, node, twin, tmp_path / "plc-1", f"opc.tcp://127.0.0.1:{port}/twinledger/plant/", plant)
+        added = ok("device", "add", "--home", str(home), "--twin", twin, "--name", "plc-1", "--out",
+                   str(tmp_path / "plc-1"))  # fmt: skip
+        console = application_identity(tmp_path / "console", "test console", "urn:twinledger:test:console", server=False)
+        line = Line(home, node, twin, tmp_path / "plc-1", f"opc.tcp://127.0.0.1:{port}/twinledger/plant/", plant, certs,
+                    console)  # fmt: skip
+        line.trust(console.path, "console")
+        if trust_agent:
+            line.trust(Path(added["opcua_certificate"]), "plc-1")
+        yield line
     finally:
         plant.terminate()
         plant.wait(10)
-        node.stop()
+        (line.node if line else node).stop()
 
 
 @contextmanager
@@ -184,6 +213,24 @@ def running_agent(line: Line, log: Path) -> Iterator[subprocess.Popen[str]]:
             agent.terminate()
             agent.wait(30)
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_the_agent_gets_readings_only_over_a_secure_session_the_device_trusts(tmp_path):
+    log = tmp_path / "agent.log"
+    with plant_line(tmp_path, trust_agent=False) as line, running_agent(line, log):
+        refused = wait_for(lambda: "does not trust this client's certificate" in log.read_text() and log.read_text(),
+                           "the plant to refuse the agent")  # fmt: skip
+        assert f"add {line.device / 'opcua.der'} to its trusted certificates" in refused
+        assert "connected to the device" not in refused
+        line.trust(line.device / "opcua.der", "plc-1")
+        wait_for(lambda: "connected to the device" in log.read_text(), "the agent to connect once trusted")
+        wait_for(lambda: len(line.feed("level-sensor-1-level")) >= 5, "readings in the level feed")
+    said = log.read_text()
+    plant = (line.certs / "opcua.der").read_bytes()
+    assert "(Aes256_Sha256_RsaPss Sign & Encrypt): 5 variable(s) subscribed" in said
+    assert f"trusting the device's certificate {fingerprint(plant)} from now on" in said
+    (pin,) = (line.home / "agents").glob("*/device-opcua.der")
+    assert pin.read_bytes() == plant, "the device's certificate is pinned in the agent's state"
 
 
 def test_calls_are_rechecked_at_the_agent_and_run_on_the_device(tmp_path):
@@ -246,7 +293,7 @@ def test_the_agent_streams_alerts_and_replaces_a_broken_sensor(tmp_path):
 
 
 @contextmanager
-def witness(url: str, name: str) -> Iterator[list[tuple[int, float]]]:
+def witness(line: Line, name: str) -> Iterator[list[tuple[int, float]]]:
     """An independent OPC UA subscriber: every reading of ``name`` the plant published."""
     seen: list[tuple[int, float]] = []
     stop = threading.Event()
@@ -258,7 +305,7 @@ def witness(url: str, name: str) -> Iterator[list[tuple[int, float]]]:
                 stamp = data.monitored_item.Value.SourceTimestamp
                 seen.append((int(stamp.replace(tzinfo=stamp.tzinfo or UTC).timestamp() * 1_000_000), value))
 
-        async with Client(url) as client:
+        async with line.session() as client:
             ns = await client.get_namespace_index(NAMESPACE)
             subscription = await client.create_subscription(50, Handler())
             await subscription.subscribe_data_change(client.get_node(ua.NodeId(name, ns)), sampling_interval=50,
@@ -281,7 +328,7 @@ def test_a_node_outage_loses_no_reading(tmp_path):
     with plant_line(tmp_path, rate=5.0) as line, running_agent(line, tmp_path / "agent.log"):
         wait_for(lambda: len(line.view()["feeds"]) == 4, "the agent to attach its feeds")
         wait_for(lambda: len(line.feed("level-sensor-1-level")) >= 5, "the level feed to fill")
-        with witness(line.url, "level-sensor-1/Level") as seen:
+        with witness(line, "level-sensor-1/Level") as seen:
             wait_for(lambda: len(seen) >= 3, "the witness to see readings")
             line.node.kill()
             outage_starts = len(seen)

@@ -17,6 +17,7 @@ def test_demo_plays_the_whole_scenario_and_exits_cleanly(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     for outcome in (
         "4 nodes are committing blocks",
+        "(Aes256_Sha256_RsaPss Sign & Encrypt): 5 variable(s) subscribed",
         "feed of level-sensor-1-level",
         "bottles flooded so far",
         "ALERT on chain: level-sensor-1-level reads below its expected range 180–195 mm",

@@ -18,9 +18,10 @@ it. The demo checks each outcome and says plainly when one is not what it should
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import logging
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +36,8 @@ import tomli_w
 from asyncua import Client, ua
 from rich.console import Console
 
-from twinledger.agent.plant import NAMESPACE
+from twinledger.agent.opcua import ApplicationIdentity, DeviceTrust, OpcuaSecurityError, application_identity, device_session
+from twinledger.agent.plant import NAMESPACE, plant_identity
 from twinledger.client import NodeClient
 from twinledger.config import init_network, load_config
 from twinledger.core.proof import parse_proof, validators_hash, verify_proof
@@ -115,9 +117,28 @@ class Demo:
     def view(self) -> dict[str, Any]:
         return self.cli("twin", "show", self.twin, "--home", self.home("owner"), quiet=True)
 
+    @property
+    def plant_certs(self) -> Path:
+        return self.directory / "plant-opcua"
+
+    def console(self) -> ApplicationIdentity:
+        """The maintenance console's OPC UA identity: the demo's own hands on the plant."""
+        return application_identity(self.directory / "console", "twinledger maintenance console",
+                                    "urn:twinledger:maintenance-console", server=False)  # fmt: skip
+
+    def trust_on_plant(self, certificate: Path, name: str) -> None:
+        """Put a client certificate on the plant's trust list (the simulator reads it at every session)."""
+        trusted = self.plant_certs / "trusted"
+        trusted.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(certificate, trusted / f"{name}.der")
+
+    def opcua_session(self) -> contextlib.AbstractAsyncContextManager[Client]:
+        """A secure OPC UA session with the plant, as the maintenance console."""
+        return device_session(self.plant_url, self.console(), DeviceTrust(self.plant_certs / "opcua.der"))
+
     def plant(self, obj: str, method: str | None, *args: Any, read: str | None = None) -> Any:
         async def talk() -> Any:
-            async with Client(self.plant_url) as client:
+            async with self.opcua_session() as client:
                 ns = await client.get_namespace_index(NAMESPACE)
                 if method is not None:
                     await client.get_node(ua.NodeId(obj, ns)).call_method(ua.NodeId(f"{obj}/{method}", ns), *args)
@@ -158,24 +179,31 @@ class Demo:
     def start_line(self, rate_hz: float = 20.0) -> None:
         port = free_port_block(1)
         self.plant_url = f"opc.tcp://127.0.0.1:{port}/twinledger/plant/"
+        plant_identity(self.plant_certs)
+        self.trust_on_plant(self.console().path, "console")
         log = (self.directory / "plant.log").open("ab")
         self.processes.append(subprocess.Popen([sys.executable, "-m", "twinledger", "plant", "run", "--port", str(port),
-                                                "--rate", str(rate_hz)], stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+                                                "--rate", str(rate_hz), "--certs", str(self.plant_certs)],
+                                               stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
         wait_for(lambda: self._plant_up(), "the plant simulator to listen")
 
     def _plant_up(self) -> bool:
         try:
             self.plant("plant", None, read="line-1/BottlesFilled")
             return True
-        except (OSError, TimeoutError, ua.UaError):
+        except (OSError, TimeoutError, ua.UaError, OpcuaSecurityError):
             return False
 
     def start_agent(self, device: Path, sampling_ms: int = 50) -> None:
+        """Start the device's agent once the plant trusts its certificate (the device
+        directory's opcua.der, in the plant's trust list); it pins the plant's."""
+        self.trust_on_plant(device / "opcua.der", device.name)
         self.agent_log = self.directory / f"agent-{self.twin}.log"
         log = self.agent_log.open("ab")
         self.processes.append(subprocess.Popen([sys.executable, "-m", "twinledger", "agent", "--home",
                                                 self.home("owner"), "--twin", self.twin, "--device", str(device),
-                                                "--opcua", self.plant_url, "--flush-seconds", "0.5",
+                                                "--opcua", self.plant_url, "--opcua-server-cert",
+                                                str(self.plant_certs / "opcua.der"), "--flush-seconds", "0.5",
                                                 "--sampling-ms", str(sampling_ms), "--json"],
                                                stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
 
@@ -212,8 +240,11 @@ class Demo:
 
         step("the plant comes online (OPC UA simulator) and the device agent connects it to the twin")
         self.start_line()
+        note(f"$ cp {device.name}/opcua.der plant-opcua/trusted/", style="dim")
+        note("the PLC trusts the agent's OPC UA certificate; the agent pins the PLC's")
         self.start_agent(device)
         feeds = wait_for(lambda: (f := self.view()["feeds"]) and len(f) == 4 and f, "the agent to attach the feeds")
+        note(f"agent: {wait_for(lambda: self.agent_said('connected to the device'), 'the agent to connect')}")
         for feed in sorted(feeds, key=lambda f: f["component"]):
             note(f"feed of {feed['component']:<24} {feed['description']}")
         wait_for(lambda: self._samples(owner, "level-sensor-1-level"), "level readings in the store")
@@ -337,7 +368,6 @@ class Demo:
 
 
 def run_demo(directory: Path | None, exit_after: bool) -> bool:
-    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
     demo = Demo((directory or Path("demo-network")).resolve())
     demo.directory.mkdir(parents=True, exist_ok=True)
     ok = False

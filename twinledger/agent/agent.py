@@ -41,6 +41,15 @@ from asyncua import Client, ua
 from asyncua.ua.uaerrors import UaError
 
 from twinledger.agent.anomaly import AnomalyCheck, Transition
+from twinledger.agent.opcua import (
+    ApplicationIdentity,
+    DeviceTrust,
+    OpcuaSecurityError,
+    device_session,
+    fingerprint,
+    policy_name,
+    read_certificate_file,
+)
 from twinledger.agent.spool import Spool
 from twinledger.client import DeviceKeys, NodeClient, TransactionFailed, organisation_key, sharing_public, store_client
 from twinledger.config import NodeConfig
@@ -105,6 +114,7 @@ def _variant(parameter: aml.Parameter, value: Any) -> ua.Variant:
 
 class DeviceAgent:
     def __init__(self, home: Path, config: NodeConfig, device: DeviceKeys, twin: str, opcua_url: str, *,
+                 opcua_identity: ApplicationIdentity | None, opcua_trust: DeviceTrust | None = None,
                  namespace: str = NAMESPACE, state_dir: Path | None = None, sampling_ms: int = 50,
                  flush_seconds: float = 1.0, poll_seconds: float = 0.5, checkpoint_every: int = CHECKPOINT_EVERY,
                  say: Callable[[str], None] = log.info) -> None:  # fmt: skip
@@ -113,8 +123,12 @@ class DeviceAgent:
         self.device = device
         self.twin_ref = twin
         self.opcua_url = opcua_url
-        self.namespace = namespace
         self.state_dir = state_dir or home / "agents" / device.signing.public.hex()[:16]
+        self.opcua_identity = opcua_identity
+        """The agent's OPC UA certificate; None connects without OPC UA security."""
+        self.opcua_trust = opcua_trust or DeviceTrust(self.state_dir / "device-opcua.der", first_use=True)
+        """The device's certificate: given, or pinned on first contact."""
+        self.namespace = namespace
         self.sampling_ms = sampling_ms
         self.flush_seconds = flush_seconds
         self.poll_seconds = poll_seconds
@@ -363,23 +377,37 @@ class DeviceAgent:
 
     async def _device_session(self, stop: asyncio.Event) -> None:
         """Subscribe to the signals and identities; reconnect when the device goes away."""
+        refused = ""
         while not stop.is_set():
+            retry = 1.0
+            pinned = self.opcua_trust.pin.exists()
             try:
-                async with Client(self.opcua_url, timeout=5) as client:
+                async with device_session(self.opcua_url, self.opcua_identity, self.opcua_trust) as client:
+                    refused = ""
                     self.ns = await client.get_namespace_index(self.namespace)
                     watched = await self._subscribe(client)
                     self.opcua = client
-                    self.say(f"connected to the device at {self.opcua_url}: {watched} variable(s) subscribed")
+                    security = "without OPC UA security" if self.opcua_identity is None else \
+                        f"{policy_name(client.security_policy.URI)} Sign & Encrypt"  # fmt: skip
+                    self.say(f"connected to the device at {self.opcua_url} ({security}): {watched} variable(s) "
+                             "subscribed")  # fmt: skip
                     while not stop.is_set():
                         await client.check_connection()
                         if self._subscribed != self._wanted():
                             break  # the specification's signals changed: subscribe again
                         await _wait(stop, 1.0)
+            except OpcuaSecurityError as exc:
+                if exc.message != refused:
+                    self.say(f"no secure session: {exc.message}; retrying every 5 s")
+                refused, retry = exc.message, 5.0
             except Exception as exc:  # noqa: BLE001 - whatever broke the session, the agent reconnects
                 self.say(f"the device at {self.opcua_url} is unreachable ({type(exc).__name__}); retrying")
             finally:
                 self.opcua = None
-            await _wait(stop, 1.0)
+                if not pinned and self.opcua_trust.pin.exists():
+                    self.say(f"trusting the device's certificate {fingerprint(read_certificate_file(self.opcua_trust.pin))} "
+                             f"from now on (first contact; pinned in {self.opcua_trust.pin})")  # fmt: skip
+            await _wait(stop, retry)
 
     def _wanted(self) -> frozenset[str]:
         """The variables the specification asks the agent to watch."""

@@ -13,8 +13,10 @@ it on, and the server steps it in real time. Node ids are strings in the plant's
 namespace, named by the AML element ID: ``level-sensor-1/Level``,
 ``conveyor-1/SetVelocity``, ``line-1/FloodedBottles``.
 
-The server listens without OPC UA security, so only on a loopback address: the plant is
-a simulation on the same machine as its agent.
+Given a directory for its certificates, the server offers Sign & Encrypt only
+(Aes256_Sha256_RsaPss and Basic256Sha256), and lets in the clients whose certificates
+are in the directory's ``trusted/`` (``agent/opcua.py``). Without one it runs without
+OPC UA security, and then only on a loopback address.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
 
+from twinledger.agent.opcua import SERVER_POLICIES, ApplicationIdentity, TrustList, application_identity
 from twinledger.errors import TwinledgerError
 
 NAMESPACE = "urn:twinledger:bottling-plant"
@@ -124,16 +128,25 @@ class Plant:
         self.level_sensor = LevelSensor(self.level_sensor.model, serial)
 
 
-class PlantServer:
-    """Serves a ``Plant`` over OPC UA and steps it in real time."""
+def plant_identity(directory: Path) -> ApplicationIdentity:
+    return application_identity(directory, "twinledger bottling plant", "urn:twinledger:bottling-plant", server=True)
 
-    def __init__(self, plant: Plant, host: str = "127.0.0.1", port: int = 4840, rate_hz: float = 20.0) -> None:
-        if host not in ("127.0.0.1", "::1", "localhost"):
-            raise PlantError("the plant simulator listens on a loopback address only (it runs without OPC UA security)")
+
+class PlantServer:
+    """Serves a ``Plant`` over OPC UA and steps it in real time; with ``certs``, a
+    directory for its certificate and trust list, over OPC UA Sign & Encrypt."""
+
+    def __init__(self, plant: Plant, host: str = "127.0.0.1", port: int = 4840, rate_hz: float = 20.0,
+                 certs: Path | None = None) -> None:  # fmt: skip
+        if certs is None and host not in ("127.0.0.1", "::1", "localhost"):
+            raise PlantError("without OPC UA security the plant simulator listens on a loopback address only; "
+                             "give it a certificate directory")  # fmt: skip
         self.plant = plant
         self.url = f"opc.tcp://{host}:{port}/twinledger/plant/"
         self.rate_hz = rate_hz
-        self._server = Server()
+        self.identity = plant_identity(certs) if certs is not None else None
+        self.trust = TrustList(certs / "trusted") if certs is not None else None
+        self._server = Server(user_manager=self.trust)
         self._nodes: dict[str, tuple[Any, ua.VariantType]] = {}
         self._task: asyncio.Task[None] | None = None
         self.namespace = 0
@@ -143,7 +156,15 @@ class PlantServer:
         await server.init()
         server.set_endpoint(self.url)
         server.set_server_name("twinledger bottling plant")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self.identity is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            server.set_security_policy(SERVER_POLICIES)
+            server.set_identity_tokens([ua.AnonymousIdentityToken])
+            server.set_certificate_validator(self.trust)
+            await server.set_application_uri(self.identity.uri)
+            await server.load_certificate(self.identity.certificate, "der")
+            await server.load_private_key(self.identity.private_key, None, "der")
         self.namespace = await server.register_namespace(NAMESPACE)
         await self._build()
         await server.start()

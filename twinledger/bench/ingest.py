@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from asyncua import Client, ua
+from asyncua import ua
 from rich.console import Console
 from rich.progress import Progress
 
@@ -128,7 +128,7 @@ async def _sink_ceiling(tls: StoreTls, size: int, count: int, window: int) -> fl
     return count / elapsed
 
 
-async def _opcua_witness(url: str, seconds: float) -> dict[str, int]:
+async def _opcua_witness(line: demo.Demo, seconds: float) -> dict[str, int]:
     """Data changes the plant's server delivers for SIGNALS in ``seconds`` to a subscriber."""
     counts = dict.fromkeys(SIGNALS, 0)
 
@@ -139,7 +139,7 @@ async def _opcua_witness(url: str, seconds: float) -> dict[str, int]:
         def datachange_notification(self, node: Any, value: Any, data: Any) -> None:
             counts[self.names[node]] += 1
 
-    async with Client(url, timeout=10) as client:
+    async with line.opcua_session() as client:
         index = await client.get_namespace_index(NAMESPACE)
         nodes = {client.get_node(ua.NodeId(name, index)): name for name in SIGNALS}
         subscription = await client.create_subscription(1, Count(nodes))
@@ -167,7 +167,7 @@ def _opcua_run(line: demo.Demo, plant_hz: float, sampling_ms: int, seconds: floa
     demo.wait_for(lambda: len(line.view()["feeds"]) == 4, "the agent to attach the feeds")
     demo.wait_for(lambda: _feed_samples(line, "level-sensor-1-level", 0, 1 << 62), "readings in the level feed")
     since = time.time_ns() // 1000
-    witnessed = asyncio.run(_opcua_witness(line.plant_url, seconds))
+    witnessed = asyncio.run(_opcua_witness(line, seconds))
     until = time.time_ns() // 1000
     stored: dict[str, list[int]] = {}
     for name in SIGNALS:

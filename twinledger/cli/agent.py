@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import sys
 from datetime import datetime
@@ -27,6 +26,12 @@ def agent(
                                                        "opc.tcp://127.0.0.1:4840/twinledger/plant/")],  # fmt: skip
     device: Annotated[Path, typer.Option("--device", help="The device's key directory (twinledger device add).",
                                          file_okay=False, exists=True)],  # fmt: skip
+    server_cert: Annotated[Path | None, typer.Option("--opcua-server-cert", help="The device's OPC UA certificate "
+                                                     "(DER or PEM). Without it the agent trusts the certificate the "
+                                                     "device presents on first contact, and only that one.",
+                                                     dir_okay=False, exists=True)] = None,  # fmt: skip
+    insecure: Annotated[bool, typer.Option("--opcua-insecure", help="Connect without OPC UA security, to a "
+                                           "device that offers none, on a network you trust.")] = False,  # fmt: skip
     namespace: Annotated[str, typer.Option(help="The OPC UA namespace of the nodes named by AML ID.")] = (
         "urn:twinledger:bottling-plant"),
     sampling_ms: Annotated[int, typer.Option(help="Sampling and publishing interval (ms).", min=10)] = 50,
@@ -35,10 +40,16 @@ def agent(
 ) -> None:
     """Stream the twin's signals into its encrypted feeds, raise alerts on readings out of
     their expected range, run queued program calls after re-checking their safety rules,
-    and replace components whose serial number changed — until Ctrl-C."""
+    and replace components whose serial number changed — until Ctrl-C. It talks to the
+    device over OPC UA Sign & Encrypt with the certificate in the device directory, which
+    the device must trust."""
     from twinledger.agent.agent import DeviceAgent
+    from twinledger.agent.opcua import DeviceTrust, agent_identity, read_certificate_file
 
-    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+    if insecure and server_cert:
+        raise TwinledgerError("--opcua-insecure and --opcua-server-cert contradict each other", code="bad_options")
+    if server_cert:
+        read_certificate_file(server_cert)
     twin_id = client(home).request("GET", f"/v1/twins/{twin}")["id"]
     keys = device_keys(device)
     devices = client(home).request("GET", f"/v1/twins/{twin_id}")["devices"]
@@ -53,8 +64,12 @@ def agent(
         else:
             out.print(f"[dim]{datetime.now():%H:%M:%S}[/] {text}", highlight=False)
 
-    device_agent = DeviceAgent(home, load_config(home), keys, twin_id, opcua, namespace=namespace,
+    identity = None if insecure else agent_identity(device, keys.signing.public)
+    device_agent = DeviceAgent(home, load_config(home), keys, twin_id, opcua, opcua_identity=identity,
+                               opcua_trust=DeviceTrust(server_cert) if server_cert else None, namespace=namespace,
                                sampling_ms=sampling_ms, flush_seconds=flush_seconds, say=say)  # fmt: skip
+    if identity is not None:
+        say(f"OPC UA certificate {identity.path} ({identity.fingerprint}): the device must trust it")
 
     async def run() -> None:
         stop = asyncio.Event()

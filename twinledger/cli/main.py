@@ -27,6 +27,10 @@ from twinledger.cli.twins import member_app, twin_app
 from twinledger.config import ROLES, init_home, load_config
 from twinledger.errors import InvalidProof, TwinledgerError
 
+# asyncua's warnings (a revised session timeout, a revised subscription) are noise to a
+# plant engineer; its failures reach them as twinledger errors.
+logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="twinledger: secure data sharing for industrial digital twins.")  # fmt: skip
 node_app = typer.Typer(no_args_is_help=True, help="Run a node.")
@@ -383,29 +387,51 @@ def bench_ingest(
 @plant_app.command("run")
 @command
 def plant_run(
-    port: Annotated[int, typer.Option(help="OPC UA port on 127.0.0.1.")] = 4840,
+    port: Annotated[int, typer.Option(help="OPC UA port.")] = 4840,
+    host: Annotated[str, typer.Option(help="Address to listen on (only a loopback address with --insecure).")] = (
+        "127.0.0.1"),
+    certs: Annotated[Path, typer.Option(help="Directory of the plant's OPC UA certificate (made on first use) and of "
+                                             "trusted/, the client certificates it accepts.", file_okay=False)] = Path(
+        "plant-opcua"),
+    insecure: Annotated[bool, typer.Option("--insecure", help="Serve without OPC UA security.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the sensors' noise.")] = 7,
     rate: Annotated[float, typer.Option(help="Steps of the simulation per second.", min=0.1)] = 20.0,
+    as_json: Json = False,
 ) -> None:
     """Serve the bottling plant of examples/bottling-plant.aml over OPC UA until Ctrl-C:
     conveyor, filler, level and flow sensors, their methods, and a fault switch
-    (plant/BreakLevelSensor) that makes bottles flood."""
+    (plant/BreakLevelSensor) that makes bottles flood. It offers OPC UA Sign & Encrypt
+    only and lets in the clients whose certificates are in CERTS/trusted/."""
     import asyncio
 
+    from twinledger.agent.opcua import SERVER_POLICIES
     from twinledger.agent.plant import NAMESPACE, Plant, PlantServer
 
-    logging.getLogger("asyncua").setLevel(logging.ERROR)
-
     async def serve() -> None:
-        async with PlantServer(Plant(seed=seed), port=port, rate_hz=rate) as server:
-            out.print(f"bottling plant at {server.url} (namespace {NAMESPACE}); nodes are named by AML ID, e.g. "
-                      "level-sensor-1/Level, conveyor-1/SetVelocity", highlight=False)  # fmt: skip
+        async with PlantServer(Plant(seed=seed), host=host, port=port, rate_hz=rate,
+                               certs=None if insecure else certs) as server:  # fmt: skip
+            identity, trust = server.identity, server.trust
+            policies = [policy.name for policy in SERVER_POLICIES] if identity else ["NoSecurity"]
+            if as_json:
+                print_json({"url": server.url, "namespace": NAMESPACE, "policies": policies,
+                            "certificate": identity and str(identity.path),
+                            "fingerprint": identity and identity.fingerprint,
+                            "trusted": trust and str(trust.directory)})  # fmt: skip
+            else:
+                security = "without OPC UA security" if identity is None else (
+                    f"{' or '.join(policies)}, certificate {identity.path} "
+                    f"({identity.fingerprint}); it trusts "
+                    f"the client certificates in {trust.directory if trust else ''}")  # fmt: skip
+                out.print(f"bottling plant at {server.url} (namespace {NAMESPACE}), {security}; nodes are named by AML "
+                          "ID, e.g. level-sensor-1/Level, conveyor-1/SetVelocity", highlight=False)  # fmt: skip
+            sys.stdout.flush()
             await asyncio.Event().wait()
 
     try:
         asyncio.run(serve())
     except KeyboardInterrupt:
-        out.print("plant stopped", highlight=False)
+        if not as_json:
+            out.print("plant stopped", highlight=False)
 
 
 @app.command("demo")

@@ -341,8 +341,11 @@ def device_add(
     key: KeyFile = None,
     as_json: Json = False,
 ) -> None:
-    """Make a device's keys (Ed25519 to sign, KP-CPRE to read what it is granted) in a new
-    directory for the device, and register it on the twin with the device-agent role."""
+    """Make a device's keys (Ed25519 to sign, KP-CPRE to read what it is granted, and the
+    agent's OPC UA certificate, which the device must trust) in a new directory for the
+    device, and register it on the twin with the device-agent role."""
+    from twinledger.agent.opcua import agent_identity
+
     if output.exists():
         raise TwinledgerError(f"{output} exists; the device's keys go into a new directory", code="exists")
     twin_id = client(home).request("GET", f"/v1/twins/{twin}")["id"]
@@ -351,13 +354,16 @@ def device_add(
                                                                "sharing_key": sharing.public.to_bytes()})  # fmt: skip
     write_secret_file(output / "device.key", "ed25519", signing.seed, passphrase())
     write_secret_file(output / "device-sharing.key", "kpcpre", sharing.to_bytes(), passphrase())
+    opcua = agent_identity(output, signing.public)
     result = {"twin": twin_id, "name": name, "key": signing.public.hex(), "recipient": f"{DEVICE_RECIPIENT}{name}",
-              "keys": str(output), "block": committed["block"]["height"]}  # fmt: skip
+              "keys": str(output), "opcua_certificate": str(opcua.path), "opcua_fingerprint": opcua.fingerprint,
+              "block": committed["block"]["height"]}  # fmt: skip
     if as_json:
         print_json(result)
     else:
         out.print(f"device {name} of twin {twin_id}: key {signing.public.hex()[:16]}…, keys in {output}; grant it "
-                  f"access with --to device:{name}", highlight=False)  # fmt: skip
+                  f"access with --to device:{name}; the device must trust the agent's OPC UA certificate "
+                  f"{opcua.path} ({opcua.fingerprint})", highlight=False)  # fmt: skip
 
 
 @device_app.command("retire")

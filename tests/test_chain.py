@@ -9,6 +9,7 @@ from twinledger.core.types import Block, CommitCertificate, Receipt, VoteSignatu
 from twinledger.crypto.keys import SigningKey
 from twinledger.errors import InvalidBlock, InvalidTransaction, MempoolFull
 from twinledger.ledger.blocktree import BlockTree
+from twinledger.ledger.chain import return_abandoned
 from twinledger.ledger.mempool import Mempool
 from twinledger.ledger.store.sqlite import SqliteChainStore
 from twinledger.ledger.verify import verify_chain
@@ -102,6 +103,29 @@ def test_fork_choice_reorganises_to_the_longer_branch(stores):
     assert a.state().get(f"nonce/{USER.public.hex()}") == 4
     report = verify_chain(a.store, GENESIS, a.consensus, a.app)
     assert report.ok, report.problems
+
+
+def test_a_reorganisation_returns_abandoned_transactions_to_the_mempool_and_the_journal(stores):
+    """What an abandoned block held and the new branch did not is pending again, and
+    journaled, so a restart (which reads the journal) offers it again; a transaction the
+    new branch holds, or made invalid, is not."""
+    a, branch_b = new_chain(stores("a")), new_chain(stores("b"))
+    other, third = SigningKey(bytes([11]) * 32), SigningKey(bytes([13]) * 32)
+    common = produce(a, [record(nonce=1)])
+    branch_b.apply_block(*common)
+    kept, spent, shared = record(nonce=1, key=third), record(nonce=2), record(nonce=1, key=other)
+    a1 = produce(a, [kept, spent, shared])
+    b1 = produce(branch_b, [record(nonce=3), shared], timestamp=a1[0].header.timestamp + 5)
+    b2 = produce(branch_b, [record(nonce=4)])
+    mempool = Mempool(100)
+    outcomes = [a.apply_block(*b1), a.apply_block(*b2)]
+    assert a.head == branch_b.head and [b.hash for o in outcomes for b in o.abandoned] == [a1[0].hash]
+    returned = [tx for o in outcomes for tx in return_abandoned(a, o, mempool)]
+    assert returned == [kept], "USER's nonce 2 is spent on the new branch; the shared one is committed there"
+    assert [tx.hash for tx in mempool.select(10)] == [kept.hash]
+    assert [tx.hash for tx in a.store.pending()] == [kept.hash], "journaled: a restart offers it again"
+    produce(a, mempool.select(10))
+    assert a.store.transaction(kept.hash) is not None and a.store.pending() == []
 
 
 def test_block_tree_forks_and_leaves():

@@ -43,7 +43,7 @@ from twinledger.core.types import (
     decode_transaction,
 )
 from twinledger.errors import DecodeError, InvalidBlock, TwinledgerError
-from twinledger.ledger.chain import Chain, ImportOutcome, keep_all, keep_filter
+from twinledger.ledger.chain import Chain, ImportOutcome, keep_all, keep_filter, return_abandoned
 from twinledger.ledger.genesis import Genesis
 from twinledger.ledger.mempool import Mempool
 from twinledger.ledger.store import open_store
@@ -526,22 +526,16 @@ class Node(NetworkedProducer):
 
     def _apply_synced(self, block: Block, certificate: CommitCertificate) -> ImportOutcome:
         """Apply a synced block (a sibling of the head too: an engine without finality can
-        fork, and fork choice settles it); a reorganisation's abandoned transactions that the
-        new branch does not hold are pending again (ledger thread)."""
+        fork, and fork choice settles it); a reorganisation's abandoned transactions are
+        pending again (ledger thread)."""
         outcome = self.chain.apply_block(block, certificate)
         for adopted in outcome.adopted:
             self._forget(adopted)
         if outcome.abandoned:
-            state = self.chain.state()
-            for tx in (tx for dropped in outcome.abandoned for tx in dropped.transactions):
-                if not isinstance(tx, Transaction) or self.store.transaction(tx.hash) is not None:
-                    continue
-                with contextlib.suppress(TwinledgerError):  # pending already, or invalid on the new branch
-                    if self.mempool.check(tx):
-                        self.chain.app.check_transaction(state, tx)
-                        self.mempool.add(tx, durable=True)
-            log.warning("fork: reorganised to block %d (%s…), %d block(s) abandoned", outcome.head.height,
-                        outcome.head.hash.hex()[:12], len(outcome.abandoned))  # fmt: skip
+            returned = return_abandoned(self.chain, outcome, self.mempool)
+            log.warning("fork: reorganised to block %d (%s…), %d block(s) abandoned, %d transaction(s) pending again",
+                        outcome.head.height, outcome.head.hash.hex()[:12], len(outcome.abandoned),
+                        len(returned))  # fmt: skip
         return outcome
 
     async def _start_network(self) -> None:

@@ -19,9 +19,10 @@ from twinledger.core.types import (
     CommitCertificate,
     Transaction,
 )
-from twinledger.errors import ConfigError, InvalidBlock, NotFound
+from twinledger.errors import ConfigError, InvalidBlock, NotFound, TwinledgerError
 from twinledger.ledger.blocktree import BlockTree
 from twinledger.ledger.genesis import Genesis
+from twinledger.ledger.mempool import Mempool
 from twinledger.ledger.validation import validate_block
 
 KeepFilter = Callable[[AnyTransaction], bool]
@@ -250,3 +251,27 @@ class Chain:
         path = merkle_path([tx.hash for tx in block.transactions], location.index)
         return InclusionProof(block.header, location.transaction, location.index, tuple(path),
                               certificate, tuple(sorted(self.consensus.validators())))  # fmt: skip
+
+
+def return_abandoned(chain: Chain, outcome: ImportOutcome, mempool: Mempool) -> list[Transaction]:
+    """Make what a reorganisation's abandoned blocks held pending again, unless the new
+    branch holds it or made it invalid: in the mempool, and in the store's journal of
+    pending transactions, which a restart reads, so a `kill -9` right after the
+    reorganisation loses none of it (ledger thread)."""
+    if not outcome.abandoned:
+        return []
+    state = chain.state()
+    returned = []
+    for tx in (tx for block in outcome.abandoned for tx in block.transactions):
+        if not isinstance(tx, Transaction) or chain.store.transaction(tx.hash) is not None:
+            continue
+        try:
+            if mempool.check(tx):
+                chain.app.check_transaction(state, tx)
+                mempool.add(tx, durable=True)
+                returned.append(tx)
+        except TwinledgerError:  # pending already, or invalid on the new branch
+            continue
+    if returned:
+        chain.store.add_pending(returned)
+    return returned

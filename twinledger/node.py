@@ -393,16 +393,17 @@ class Node(NetworkedProducer):
 
     # -- reading -----------------------------------------------------------------------------
     async def wait_committed(self, tx_hash: bytes, timeout: float) -> TransactionLocation | None:
-        """The committed transaction, waiting up to ``timeout`` seconds for it to commit."""
-        location = await self.read(self.store.transaction, tx_hash)
-        if location is not None or timeout <= 0:
-            return location
+        """The committed transaction, waiting up to ``timeout`` seconds for it to commit.
+
+        The store is read once, after the wait: the waiter is in place before the mempool
+        is asked, and a transaction leaves the mempool only once it is in the store."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(tx_hash, []).append(waiter)
         try:
-            # Not pending (any more): unknown, or committed while we looked; the re-read tells.
-            if tx_hash in self.mempool:
-                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            # Not pending (any more): unknown, or committed already; the read tells.
+            if tx_hash in self.mempool and timeout > 0:
+                async with asyncio.timeout(timeout):
+                    await waiter
         except TimeoutError:
             pass
         finally:
@@ -710,6 +711,7 @@ class Node(NetworkedProducer):
                     server.should_exit = True
             await serving
         finally:
+            log.info("node %s/%s stopping", config.organisation, config.name)
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await producer
@@ -719,10 +721,12 @@ class Node(NetworkedProducer):
                 await self.network.stop()
             if self.storage is not None:
                 await self.storage.stop()
+                log.info("store node stopped")
             if self.proxy is not None:
                 self.proxy.close()
             config.run_file.unlink(missing_ok=True)
             self.close()
+            log.info("node %s/%s stopped", config.organisation, config.name)
 
     def close(self) -> None:
         self._ledger.shutdown(wait=True)

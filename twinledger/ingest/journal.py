@@ -68,21 +68,25 @@ class IngestJournal:
 
     def add(self, rows: Iterable[JournalRow]) -> None:
         """Write (or, for a record re-signed, overwrite) rows durably, all or none."""
+        self._write_all("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?)",
+                        [(r.stream, r.seq, r.digest, r.tx, r.tx_hash, r.height) for r in rows])  # fmt: skip
+
+    def committed(self, done: Iterable[tuple[bytes, int, int]]) -> None:
+        """Record the heights of committed (stream, seq) records."""
+        self._write_all("UPDATE records SET height = ? WHERE stream = ? AND seq = ?",
+                        [(height, stream, seq) for stream, seq, height in done])  # fmt: skip
+
+    def _write_all(self, statement: str, rows: list[tuple[object, ...]]) -> None:
+        """One transaction, so one durable write for all the rows: in autocommit mode
+        ``executemany`` would commit, and sync, row by row."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?)",
-                                     [(r.stream, r.seq, r.digest, r.tx, r.tx_hash, r.height) for r in rows])  # fmt: skip
+                self._db.executemany(statement, rows)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-
-    def committed(self, done: Iterable[tuple[bytes, int, int]]) -> None:
-        """Record the heights of committed (stream, seq) records."""
-        with self._lock:
-            self._db.executemany("UPDATE records SET height = ? WHERE stream = ? AND seq = ?",
-                                 [(height, stream, seq) for stream, seq, height in done])  # fmt: skip
 
     def open_rows(self) -> list[JournalRow]:
         """Rows whose transaction was not seen committed."""

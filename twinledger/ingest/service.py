@@ -354,7 +354,7 @@ class IngestService:
                     _fail(job, RecordRejected(f"record {job.record.seq}: {result.error.message}",
                                               code="record_refused"))  # fmt: skip
                 else:
-                    self._tasks.spawn(self._settle(job, row))
+                    self._settle(job, row)
 
     async def _commit(self, row: JournalRow) -> Acknowledged:
         """Wait for the record's transaction to commit (submitting it again when the node
@@ -393,11 +393,23 @@ class IngestService:
                                                  done.cancelled() or done.exception()))  # fmt: skip
         return task
 
-    async def _settle(self, job: Job, row: JournalRow) -> None:
-        try:
-            job.done.set_result(await asyncio.shield(self._settled(row)))
-        except IngestError as exc:
-            _fail(job, exc)
+    def _settle(self, job: Job, row: JournalRow) -> None:
+        """Answer the record's sender when its commit settles (a callback, not one more
+        task per record)."""
+
+        def settled(commit: asyncio.Task[Acknowledged]) -> None:
+            if commit.cancelled() or job.done.done():
+                return
+            failure = commit.exception()
+            if failure is None:
+                job.done.set_result(commit.result())
+            elif isinstance(failure, IngestError):
+                _fail(job, failure)
+            else:
+                log.error("ingest: record %d: %s", row.seq, failure)
+                _fail(job, IngestError("the node could not store the record; send it again", code="node_failure"))
+
+        self._settled(row).add_done_callback(settled)
 
     async def _flush_heights(self) -> None:
         """Note commits in the journal now and then; a row left open is checked again at

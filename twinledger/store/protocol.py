@@ -32,6 +32,9 @@ from twinledger.store.records import CHUNK_SIZE, StoreError
 PROTOCOL = "twinledger-store/1"
 MAX_STORE_FRAME = CHUNK_SIZE + (1 << 20)
 HANDSHAKE_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 1.0
+"""How long closing waits for the peer's TLS goodbye (asyncio would wait 30 s): a node
+stopping must not outlast the launcher's patience for want of a courtesy."""
 OPS = frozenset({
     "put",  # a chunk of an item (with the item's ACL): written durably, then acknowledged
     "get",  # a chunk of an item, for a reader the ACL allows
@@ -181,5 +184,5 @@ class Connection:
     async def close(self) -> None:
         self._receiver.cancel()
         self.writer.close()
-        with contextlib.suppress(Exception):  # already gone
-            await self.writer.wait_closed()
+        with contextlib.suppress(Exception):  # already gone, or no goodbye within the bound
+            await asyncio.wait_for(self.writer.wait_closed(), CLOSE_TIMEOUT)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import secrets
 import shutil
@@ -36,7 +37,7 @@ import tomli_w
 from asyncua import Client, ua
 from rich.console import Console
 
-from twinledger.agent.opcua import ApplicationIdentity, DeviceTrust, OpcuaSecurityError, application_identity, device_session
+from twinledger.agent.opcua import ApplicationIdentity, DeviceTrust, application_identity, device_session
 from twinledger.agent.plant import NAMESPACE, plant_identity
 from twinledger.client import NodeClient
 from twinledger.config import init_network, load_config
@@ -121,8 +122,10 @@ class Demo:
     def plant_certs(self) -> Path:
         return self.directory / "plant-opcua"
 
-    def console(self) -> ApplicationIdentity:
-        """The maintenance console's OPC UA identity: the demo's own hands on the plant."""
+    @functools.cached_property
+    def console_identity(self) -> ApplicationIdentity:
+        """The maintenance console's OPC UA identity: the demo's own hands on the plant
+        (read once: its key file may be sealed with a passphrase)."""
         return application_identity(self.directory / "console", "twinledger maintenance console",
                                     "urn:twinledger:maintenance-console", server=False)  # fmt: skip
 
@@ -134,7 +137,7 @@ class Demo:
 
     def opcua_session(self) -> contextlib.AbstractAsyncContextManager[Client]:
         """A secure OPC UA session with the plant, as the maintenance console."""
-        return device_session(self.plant_url, self.console(), DeviceTrust(self.plant_certs / "opcua.der"))
+        return device_session(self.plant_url, self.console_identity, DeviceTrust(self.plant_certs / "opcua.der"))
 
     def plant(self, obj: str, method: str | None, *args: Any, read: str | None = None) -> Any:
         async def talk() -> Any:
@@ -180,7 +183,7 @@ class Demo:
         port = free_port_block(1)
         self.plant_url = f"opc.tcp://127.0.0.1:{port}/twinledger/plant/"
         plant_identity(self.plant_certs)
-        self.trust_on_plant(self.console().path, "console")
+        self.trust_on_plant(self.console_identity.path, "console")
         log = (self.directory / "plant.log").open("ab")
         self.processes.append(subprocess.Popen([sys.executable, "-m", "twinledger", "plant", "run", "--port", str(port),
                                                 "--rate", str(rate_hz), "--certs", str(self.plant_certs)],
@@ -191,7 +194,7 @@ class Demo:
         try:
             self.plant("plant", None, read="line-1/BottlesFilled")
             return True
-        except (OSError, TimeoutError, ua.UaError, OpcuaSecurityError):
+        except (OSError, TimeoutError, ua.UaError):
             return False
 
     def start_agent(self, device: Path, sampling_ms: int = 50) -> None:

@@ -95,3 +95,22 @@ def running_node(tmp_path_factory) -> Iterator[tuple[NodeProcess, NodeConfig, No
     finally:
         client.close()
         node.stop()
+
+
+LOG_TAIL_LINES = 60
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that ran node processes shows the end of each node's log: a failure in
+    CI is otherwise a timeout that says nothing of what the nodes were doing."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for value in getattr(item, "funcargs", {}).values():
+        for home in getattr(value, "homes", None) or ():
+            log = Path(home) / "node.log"
+            if log.exists():
+                tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+                report.sections.append((f"{Path(home).name}/node.log (last {len(tail)} lines)", "\n".join(tail)))

@@ -6,8 +6,10 @@ frames and oversized payloads get named errors."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -365,40 +367,67 @@ def test_only_the_nodes_own_organisation_may_ingest(consortium):
 
 
 def test_directory_ingest_survives_kill_9_of_the_node_and_of_itself(consortium, tmp_path):
+    """The node is killed mid-stream (the watcher finds it gone holding unanswered files);
+    then the watcher is killed holding files it numbered but could not send."""
     network = consortium
     home = str(network.homes[OWNER])
     watched = tmp_path / "outbox"
     watched.mkdir()
-    contents = {f"batch-{i:03}.csv": os.urandom(64) + f"batch {i}\n".encode() for i in range(150)}
-    for name, data in contents.items():
-        (watched / name).write_bytes(data)
-    (watched / "notes.txt").write_text("not matched\n")
-    (watched / "empty.csv").write_bytes(b"")
+    contents = {f"batch-{i:03}.csv": os.urandom(64) + f"batch {i}\n".encode() for i in range(450)}
+    names = sorted(contents)
     contents["empty.csv"] = b""
+    said = tmp_path / "watcher.log"
+
+    def arrive(batch: list[str]) -> None:
+        for name in batch:
+            (watched / name).write_bytes(contents[name])
 
     def watcher(*extra: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "twinledger", "ingest", "dir", "--home", home, str(watched),
-                                 "--pattern", "*.csv", "--settle", "0", "--json", *extra],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        """Readable output into ``said`` (its events are told there); JSON on stdout with --json."""
+        with said.open("a") as log:
+            return subprocess.Popen([sys.executable, "-m", "twinledger", "ingest", "dir", "--home", home, str(watched),
+                                     "--pattern", "*.csv", "--settle", "0", *extra],
+                                    stdout=subprocess.PIPE if "--json" in extra else log, stderr=log, text=True)  # fmt: skip
 
-    def done() -> int:
+    def moved() -> int:
         return len(list((watched / "done").glob("*.csv"))) if (watched / "done").exists() else 0
 
+    def told_unreachable(times: int) -> bool:
+        return said.read_text().count("node unreachable") >= times
+
+    arrive([*names[:400], "empty.csv"])
+    (watched / "notes.txt").write_text("not matched\n")
     process = watcher()
     try:
-        wait_for(lambda: done() >= 30 or process.poll() is not None, "30 files moved")
+        wait_for(lambda: moved() >= 50 or process.poll() is not None, "50 files moved")
         network.kill(OWNER)
-        moved_while_down = done()
+        wait_for(lambda: told_unreachable(1) or moved() == 401 or process.poll() is not None,
+                 "the watcher to find the node gone")  # fmt: skip
+        assert moved() < 401, "the stream ended before the node was killed"
         network.start(OWNER)
-        wait_for(lambda: done() >= moved_while_down + 30 or process.poll() is not None, "30 more files moved")
-        process.kill()  # kill -9 of the watcher itself
+        wait_for(lambda: moved() == 401 or process.poll() is not None, "every file of the interrupted stream moved")
+        network.kill(OWNER)
+        arrive(names[400:])
+        wait_for(lambda: told_unreachable(2) or process.poll() is not None, "the watcher to find the node gone again")
+        assert process.poll() is None, said.read_text()
+        process.kill()  # kill -9 of the watcher, holding numbered files it could not send
         process.wait()
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}; the watcher said:\n{said.read_text()[-4000:]}") from None
     finally:
         if process.poll() is None:
             process.kill()
-    finished = watcher("--once")
-    stdout, stderr = finished.communicate(timeout=180)
-    assert finished.returncode == 0, stderr
+    told = said.read_text()
+    assert re.search(r"sending \d+ unanswered records again", told) and moved() == 401
+    assert "socket.send() raised" not in told and "SSL connection is closed" not in told and "Traceback" not in told
+    network.start(OWNER)
+    finished = watcher("--once", "--json")
+    stdout, _ = finished.communicate(timeout=180)
+    assert finished.returncode == 0, said.read_text()
+    last_run = [json.loads(line) for line in stdout.splitlines()]
+    assert sorted(line["file"] for line in last_run) == names[400:] and all(line["record"] for line in last_run)
+    assert [line["seq"] for line in sorted(last_run, key=lambda line: line["file"])] == list(range(402, 452)), \
+        "the numbers the killed watcher gave them"  # fmt: skip
     assert sorted(p.name for p in (watched / "done").iterdir()) == sorted(contents)
     assert all((watched / "done" / name).read_bytes() == data for name, data in contents.items())
     assert sorted(p.name for p in watched.iterdir()) == ["done", "notes.txt"]
@@ -409,3 +438,4 @@ def test_directory_ingest_survives_kill_9_of_the_node_and_of_itself(consortium, 
     a_record = next(r for r in recorded if r["filename"] == "batch-007.csv")
     view = ok("record", "get", "--home", home, a_record["record"], "--out", str(tmp_path / "copy"))
     assert (tmp_path / "copy").read_bytes() == contents["batch-007.csv"] and view["media_type"] == "text/csv"
+

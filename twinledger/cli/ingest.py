@@ -53,7 +53,7 @@ def _client(config: NodeConfig, to: str | None, stream: bytes, as_json: bool) ->
 
     def event(text: str) -> None:
         if not as_json:
-            err.print(f"[dim]{datetime.now():%H:%M:%S}[/] {text}", highlight=False)
+            err.print(f"[dim]{datetime.now():%H:%M:%S}[/] {text}", highlight=False, soft_wrap=True)
 
     return IngestClient(lambda: _endpoint(config, to), store_tls(config), stream, on_event=event)
 

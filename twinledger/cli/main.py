@@ -28,8 +28,11 @@ from twinledger.config import ROLES, init_home, load_config
 from twinledger.errors import InvalidProof, TwinledgerError
 
 # asyncua's warnings (a revised session timeout, a revised subscription) are noise to a
-# plant engineer; its failures reach them as twinledger errors.
+# plant engineer; its failures reach them as twinledger errors. So are asyncio's warnings
+# for each write to a connection already lost ("socket.send() raised exception."): the
+# next read reports the loss once, in twinledger's words.
 logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+logging.getLogger("asyncio").setLevel(logging.ERROR)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="twinledger: secure data sharing for industrial digital twins.")  # fmt: skip

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import tomli_w
 from network_helpers import Network, wait_for
-from store_helpers import MANUFACTURER, OWNER, cli, ok, store_consortium
+from store_helpers import AUDITOR, MANUFACTURER, OWNER, cli, ok, store_consortium
 
 from twinledger.client import NodeClient, organisation_key, store_client, store_tls
 from twinledger.config import init_home, load_config, read_run_file
@@ -31,7 +31,7 @@ from twinledger.core.types import sign_transaction
 from twinledger.errors import DecryptionFailed, TwinledgerError
 from twinledger.ingest.client import Answer, IngestClient, SenderKey
 from twinledger.ingest.directory import DirectoryJournal
-from twinledger.ingest.journal import IngestJournal, JournalRow
+from twinledger.ingest.journal import IngestJournal, JournalRow, StreamClaim
 from twinledger.ingest.payloads import read_payload
 from twinledger.ingest.protocol import (
     PROTOCOL,
@@ -43,6 +43,7 @@ from twinledger.ingest.protocol import (
     read_message,
     record_seq,
 )
+from twinledger.ingest.service import Job, batches_by_attributes
 from twinledger.launcher import NodeProcess, start_node
 from twinledger.store.documents import as_reader
 
@@ -90,8 +91,12 @@ def test_tier2_sealing_is_deterministic_per_record_and_only_the_sender_opens_it(
 def test_the_journals_keep_what_was_sent(tmp_path):
     journal = IngestJournal(tmp_path / "ingest.db")
     stream = os.urandom(16)
-    assert journal.claim_stream(stream, "acme/node-1") == "acme/node-1"
-    assert journal.claim_stream(stream, "acme/node-2") == "acme/node-1"
+    shared = ("kind:record", "twin:t1")
+    assert journal.claim_stream(stream, "acme/node-1", shared) == StreamClaim("acme/node-1", shared)
+    assert journal.claim_stream(stream, "acme/node-2", ()) == StreamClaim("acme/node-1", shared), "the first hello fixes both"
+    private = os.urandom(16)
+    assert journal.claim_stream(private, "acme/node-1", ()) == StreamClaim("acme/node-1", ())
+    assert journal.claim_stream(private, "acme/node-1", shared).attributes == ()
     journal.add([JournalRow(stream, seq, b"d", b"tx", bytes([seq]) * 32, None) for seq in (1, 2, 3)])
     journal.committed([(stream, 2, 7)])
     assert journal.next_seq(stream) == 4 and journal.next_seq(os.urandom(16)) == 1
@@ -439,3 +444,94 @@ def test_directory_ingest_survives_kill_9_of_the_node_and_of_itself(consortium, 
     view = ok("record", "get", "--home", home, a_record["record"], "--out", str(tmp_path / "copy"))
     assert (tmp_path / "copy").read_bytes() == contents["batch-007.csv"] and view["media_type"] == "text/csv"
 
+
+# -- shared streams: read through the owner's grants -------------------------------------------------
+
+PLANT = Path(__file__).resolve().parent.parent / "examples" / "bottling-plant.aml"
+PROXY = "maintainer/node-1"
+
+
+def test_a_shared_stream_is_read_through_a_grant_and_nobody_else_reads_it(consortium, tmp_path):
+    network = consortium
+    owner, auditor = str(network.homes[OWNER]), str(network.homes[AUDITOR])
+    twin = ok("twin", "create", "--home", owner, "--aml", str(PLANT), "--device-id", "line-qa")["id"]
+    quality = tmp_path / "quality.csv"
+    quality.write_bytes(os.urandom(200) + b"bottle weights\n")
+    production = tmp_path / "production.csv"
+    production.write_bytes(os.urandom(200) + b"bottles per hour\n")
+    shared = ok("ingest", "send", "--home", owner, str(quality), "--twin", twin, "--attribute", "type:quality")
+    private = ok("ingest", "send", "--home", owner, str(production))
+    [shared_record] = [r["record"] for r in shared["records"]]
+    [private_record] = [r["record"] for r in private["records"]]
+    assert shared["attributes"] == sorted(["kind:record", "type:quality", f"twin:{twin}"]) and private["attributes"] == []
+
+    def read(home: str, record: str, name: str) -> subprocess.CompletedProcess[str]:
+        return cli("record", "get", record, "--out", str(tmp_path / name), "--home", home)
+
+    before = read(auditor, shared_record, "early.csv")
+    assert before.returncode == 1 and "holds no active grant" in before.stderr and not (tmp_path / "early.csv").exists()
+    ok("grant", "--twin", twin, "--to", "auditor", "--policy", "kind:record and type:quality", "--proxy", PROXY,
+       "--home", owner)  # fmt: skip
+    assert read(auditor, shared_record, "read.csv").returncode == 0
+    assert (tmp_path / "read.csv").read_bytes() == quality.read_bytes()
+    for home_dir, record in ((auditor, private_record), (str(network.homes[MANUFACTURER]), shared_record)):
+        denied = read(home_dir, record, "denied.csv")
+        assert denied.returncode == 1 and denied.stderr.count("\n") == 1, denied.stderr
+        assert not (tmp_path / "denied.csv").exists()
+    assert read(owner, shared_record, "own.csv").returncode == 0 and (tmp_path / "own.csv").read_bytes() == quality.read_bytes()
+
+
+def test_a_shared_stream_names_a_twin_its_organisation_owns(consortium, tmp_path):
+    network = consortium
+    owner = str(network.homes[OWNER])
+    theirs = ok("twin", "create", "--home", str(network.homes[MANUFACTURER]), "--aml", str(PLANT),
+                "--device-id", "line-theirs")["id"]  # fmt: skip
+    mine = ok("twin", "create", "--home", owner, "--aml", str(PLANT), "--device-id", "line-mine")["id"]
+    sample = tmp_path / "sample.txt"
+    sample.write_text("a reading\n")
+
+    def refused(*options: str) -> str:
+        done = cli("ingest", "send", "--home", owner, str(sample), *options)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        return done.stderr
+
+    assert "owned by manufacturer" in refused("--twin", theirs)
+    assert "no twin" in refused("--twin", "0" * 16)
+    assert "double quote" in refused("--twin", mine, "--attribute", 'type:"x"')
+    assert "--attribute needs --twin" in refused("--attribute", "type:quality")
+
+    first = ok("ingest", "send", "--home", owner, str(sample), "--twin", mine, "--stream", "line-4")
+    assert first["attributes"] == sorted(["kind:record", f"twin:{mine}"])
+    assert "opened with other attributes" in refused("--twin", mine, "--attribute", "type:x", "--stream", "line-4")
+    assert "opened with other attributes" in refused("--stream", "line-4")
+    again = ok("ingest", "send", "--home", owner, str(sample), "--twin", mine, "--stream", "line-4")
+    assert [r["seq"] for r in again["records"]] == [2]
+    listed = httpx.get(f"{network.url(OWNER)}/v1/ingest/streams/{first['stream']}", timeout=10).json()
+    assert listed["attributes"] == first["attributes"] and listed["source"] == "owner/node-1" and len(listed["records"]) == 2
+    assert httpx.get(f"{network.url(OWNER)}/v1/ingest/streams/{'0' * 32}", timeout=10).status_code == 404
+
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    (outbox / "a.csv").write_text("1,2\n")
+    watched = cli("ingest", "dir", str(outbox), "--once", "--settle", "0", "--twin", mine, "--attribute", "type:qa",
+                  "--home", owner)  # fmt: skip
+    assert watched.returncode == 0 and f"records shared as kind:record twin:{mine} type:qa" in watched.stdout, watched
+    assert (outbox / "done" / "a.csv").exists()
+    (outbox / "b.csv").write_text("3,4\n")
+    otherwise = cli("ingest", "dir", str(outbox), "--once", "--settle", "0", "--home", owner)
+    assert otherwise.returncode == 1 and "this directory's stream" in otherwise.stderr and (outbox / "b.csv").exists()
+
+
+def test_records_of_other_attributes_never_share_a_store_document():
+    """A grantee opens a whole document: one shared stream's records must never sit in a
+    document with records its grant does not cover."""
+    loop = asyncio.new_event_loop()
+
+    def job(seq: int, attributes: tuple[str, ...]) -> Job:
+        return Job(b"s" * 16, IngestRecord(seq, b"p", "text/plain", {}), loop.create_future(), attributes=attributes)
+
+    try:
+        jobs = [job(1, ()), job(2, ("twin:a",)), job(3, ()), job(4, ("kind:record", "twin:a")), job(5, ("twin:a",))]
+        assert [[j.record.seq for j in batch] for batch in batches_by_attributes(jobs)] == [[1, 3], [2, 5], [4]]
+    finally:
+        loop.close()

@@ -619,7 +619,6 @@ class Node(NetworkedProducer):
         await self.storage.start(config.storage_host, config.storage_port)
 
     async def _start_ingest(self) -> None:
-        from twinledger.contracts.membership import organisation_key
         from twinledger.ingest.journal import IngestJournal
         from twinledger.ingest.service import IngestService
         from twinledger.store.client import StoreClient
@@ -637,12 +636,8 @@ class Node(NetworkedProducer):
                 own[:] = [StoreClient(nodes, tls, self.replication())]
             return own[0]
 
-        def recipients() -> dict[str, bytes]:
-            organisation = self.head_state().get(organisation_key(config.organisation))
-            return {config.organisation: organisation["encryption_key"]}
-
         self.ingest = IngestService(IngestJournal(config.home / "data" / "ingest.db"), config.signing_key(), me, tls,
-                                    self, store, recipients, lambda: self.store_directory().members,
+                                    self, store, self.head_state, lambda: self.store_directory().members,
                                     config.ingest_window, config.ingest_max_record)  # fmt: skip
         await self.ingest.start(config.ingest_host, config.ingest_port)
 

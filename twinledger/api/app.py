@@ -233,9 +233,12 @@ def create_app(node: Node) -> FastAPI:
         if node.ingest is None:
             raise NotFound("this node has no ingest listener ([ingest] in node.toml)")
         stream_id = _hex(stream, "stream id", STREAM_BYTES)
+        claim = await node.read(node.ingest.journal.stream, stream_id)
+        if claim is None:
+            raise NotFound(f"no client opened stream {stream} on this node")
         rows = await node.read(node.ingest.journal.rows, stream_id, after, min(max(limit, 1), 10_000))
-        return {"stream": stream, "records": [{"seq": r.seq, "record": r.tx_hash.hex(), "height": r.height}
-                                              for r in rows]}  # fmt: skip
+        return {"stream": stream, "source": claim.source, "attributes": list(claim.attributes),
+                "records": [{"seq": r.seq, "record": r.tx_hash.hex(), "height": r.height} for r in rows]}  # fmt: skip
 
     @app.get("/v1/accounts/{key}/nonce", summary="Next nonce for a sender key")
     async def next_nonce(key: str) -> dict[str, Any]:

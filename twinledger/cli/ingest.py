@@ -17,11 +17,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from twinledger.cli.common import Home, Json, client, command, err, kv_table, out, print_json
-from twinledger.client import organisation_key, store_client, store_tls
+from twinledger.client import store_client, store_tls
 from twinledger.config import NodeConfig, load_config, passphrase, read_run_file
 from twinledger.errors import TwinledgerError
 from twinledger.ingest.client import Answer, IngestClient, SenderKey, sender_key
-from twinledger.ingest.protocol import STREAM_BYTES, IngestRecord
+from twinledger.ingest.protocol import STREAM_BYTES, IngestError, IngestRecord
 
 ingest_app = typer.Typer(no_args_is_help=True, help="Send records to the node's TCP ingest listener.")
 
@@ -29,6 +29,11 @@ To = Annotated[str | None, typer.Option("--to", help="The ingest listener HOST:P
 Tier2 = Annotated[bool, typer.Option("--tier2", help="Seal payloads with this home's tier-2 key first: "
                                                      "no one else, not even the node, can open them.")]  # fmt: skip
 Meta = Annotated[list[str], typer.Option("--meta", help="Metadata KEY=VALUE for every record (repeatable).")]
+Twin = Annotated[str | None, typer.Option("--twin", help="Share the records as data of this twin (which the node's "
+                                                         "organisation owns): its grants can cover them.")]  # fmt: skip
+Attributes = Annotated[list[str], typer.Option("--attribute", help="Attribute of shared records for grants' policies, "
+                                                                   "e.g. type:quality (repeatable; twin:ID and "
+                                                                   "kind:record are always set).")]  # fmt: skip
 
 
 def tier2_key(config: NodeConfig, create: bool) -> SenderKey:
@@ -46,7 +51,15 @@ def _endpoint(config: NodeConfig, to: str | None) -> str | None:
     return f"{config.ingest_host}:{config.ingest_port}" if config.ingest_port else None
 
 
-def _client(config: NodeConfig, to: str | None, stream: bytes, as_json: bool) -> IngestClient:
+def shared_attributes(twin: str | None, attributes: list[str]) -> list[str]:
+    """What a stream's records are shared under: none without ``twin``."""
+    if attributes and not twin:
+        raise TwinledgerError("--attribute needs --twin: shared records belong to a twin, whose owner's grants cover "
+                              "them", code="attributes_invalid")  # fmt: skip
+    return [f"twin:{twin}", *attributes] if twin else []
+
+
+def _client(config: NodeConfig, to: str | None, stream: bytes, as_json: bool, attributes: list[str]) -> IngestClient:
     if _endpoint(config, to) is None:
         raise TwinledgerError(f"no ingest listener known for {config.home}: start its node (with an [ingest] section "
                               "in node.toml) or give --to HOST:PORT", code="ingest_unreachable")  # fmt: skip
@@ -55,7 +68,8 @@ def _client(config: NodeConfig, to: str | None, stream: bytes, as_json: bool) ->
         if not as_json:
             err.print(f"[dim]{datetime.now():%H:%M:%S}[/] {text}", highlight=False, soft_wrap=True)
 
-    return IngestClient(lambda: _endpoint(config, to), store_tls(config), stream, on_event=event)
+    return IngestClient(lambda: _endpoint(config, to), store_tls(config), stream, attributes=attributes,
+                        on_event=event)  # fmt: skip
 
 
 def _metadata(meta: list[str]) -> dict[str, str]:
@@ -86,6 +100,8 @@ def ingest_send(
     lines: Annotated[bool, typer.Option("--lines", help="Each line of each file is one record.")] = False,
     media_type: Annotated[str | None, typer.Option(help="Media type (default: guessed from the file name).")] = None,
     meta: Meta = [],  # noqa: B006
+    twin: Twin = None,
+    attribute: Attributes = [],  # noqa: B006
     tier2: Tier2 = False,
     as_json: Json = False,
 ) -> None:
@@ -96,6 +112,7 @@ def ingest_send(
     stream_id = (hashlib.sha256(f"{config.organisation}/{stream}".encode()).digest()[:STREAM_BYTES] if stream
                  else os.urandom(STREAM_BYTES))  # fmt: skip
     extra = _metadata(meta)
+    attributes = shared_attributes(twin, attribute)
     key = tier2_key(config, create=True) if tier2 else None
     items: list[tuple[bytes, str, dict[str, str]]] = []
     for path in files:
@@ -107,9 +124,13 @@ def ingest_send(
         else:
             items.append((path.read_bytes(), kind, {**extra, "filename": path.name}))
 
+    shared: tuple[str, ...] = ()
+
     async def run() -> list[Answer]:
-        async with _client(config, to, stream_id, as_json) as ingest:
+        nonlocal shared
+        async with _client(config, to, stream_id, as_json, attributes) as ingest:
             assert ingest.welcome is not None
+            shared = ingest.welcome.attributes
             first = ingest.welcome.next_seq
             records = []
             for seq, (payload, kind, metadata) in enumerate(items, first):
@@ -125,7 +146,7 @@ def ingest_send(
     answers = sorted(asyncio.run(run()), key=lambda a: a.seq)
     refused = [a for a in answers if not a.ok]
     if as_json:
-        print_json({"stream": stream_id.hex(), "records": [_answer_view(a) for a in answers]})
+        print_json({"stream": stream_id.hex(), "attributes": list(shared), "records": [_answer_view(a) for a in answers]})
     else:
         for answer in answers:
             if answer.ok:
@@ -133,8 +154,8 @@ def ingest_send(
                 out.print(f"{answer.seq:>6}  {answer.record.hex()}  height {answer.height}", highlight=False, soft_wrap=True)
             else:
                 out.print(f"{answer.seq:>6}  refused: {answer.message} ({answer.code})", highlight=False)
-        out.print(f"stream {stream_id.hex()}: {len(answers) - len(refused)} recorded, {len(refused)} refused",
-                  highlight=False, soft_wrap=True)  # fmt: skip
+        out.print(f"stream {stream_id.hex()}: {len(answers) - len(refused)} recorded, {len(refused)} refused"
+                  + (f"; shared as {' '.join(shared)}" if shared else ""), highlight=False, soft_wrap=True)  # fmt: skip
     if refused:
         raise TwinledgerError(f"{len(refused)} of {len(answers)} records were refused, the first: "
                               f"{refused[0].message}", code=refused[0].code)  # fmt: skip
@@ -150,6 +171,8 @@ def ingest_dir(
     settle: Annotated[float, typer.Option(help="Seconds a file must stay unchanged before it is taken.",
                                           min=0.0)] = 1.0,  # fmt: skip
     once: Annotated[bool, typer.Option("--once", help="Take what is there now, then exit.")] = False,
+    twin: Twin = None,
+    attribute: Attributes = [],  # noqa: B006
     tier2: Tier2 = False,
     as_json: Json = False,
 ) -> None:
@@ -160,7 +183,9 @@ def ingest_dir(
 
     config = load_config(home)
     directory = directory.resolve()
-    journal = DirectoryJournal(config.home / "ingest" / f"dir-{hashlib.sha256(str(directory).encode()).hexdigest()[:16]}.db")
+    attributes = shared_attributes(twin, attribute)
+    journal_path = config.home / "ingest" / f"dir-{hashlib.sha256(str(directory).encode()).hexdigest()[:16]}.db"
+    journal = DirectoryJournal(journal_path)
     key = tier2_key(config, create=True) if tier2 else None
     outcomes: list[FileOutcome] = []
 
@@ -179,13 +204,16 @@ def ingest_dir(
                       highlight=False, soft_wrap=True)  # fmt: skip
 
     async def run() -> None:
-        async with _client(config, to, journal.stream, as_json) as ingest:
+        async with _client(config, to, journal.stream, as_json, attributes) as ingest:
             watcher = DirectoryIngest(directory, pattern, ingest, journal, settle=settle, tier2=key, on_file=show)
+            assert ingest.welcome is not None
+            shared = f"; records shared as {' '.join(ingest.welcome.attributes)}" if ingest.welcome.attributes else ""
+            if not as_json:
+                out.print(f"{'taking' if once else 'watching'} {directory} for {pattern}{shared}"
+                          f"{'' if once else '; Ctrl-C stops'}", highlight=False, soft_wrap=True)  # fmt: skip
             if once:
                 await watcher.run_once()
                 return
-            if not as_json:
-                out.print(f"watching {directory} for {pattern}; Ctrl-C stops", highlight=False)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -194,6 +222,11 @@ def ingest_dir(
 
     try:
         asyncio.run(run())
+    except IngestError as exc:
+        if exc.code != "stream_attributes":
+            raise
+        raise IngestError(f"{exc.message}: this directory's stream is the one {journal_path} keeps; to share its files "
+                          "otherwise, delete that file once every file is done", code=exc.code) from None  # fmt: skip
     finally:
         journal.close()
     recorded = sum(1 for o in outcomes if o.record is not None)
@@ -223,11 +256,11 @@ def record_get(
         key = tier2_key(config, create=False) if "tier2" in (record.get("metadata") or {}) else None
 
         async def fetch() -> bytes:
+            from twinledger.cli.sharing import unlock_for
             from twinledger.ingest.payloads import read_payload
-            from twinledger.store.documents import as_reader
 
             async with store_client(config, members) as store:
-                return await read_payload(store, record, as_reader(config.organisation, organisation_key(config)), key)
+                return await read_payload(store, record, unlock_for(home, config, store), key)
 
         payload = asyncio.run(fetch())
         temporary = out_path.with_name(f".{out_path.name}.part")

@@ -16,7 +16,7 @@ import hmac
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,16 +71,21 @@ class Welcome:
     window: int
     max_record: int
     next_seq: int
+    attributes: tuple[str, ...]
+    """What the stream's records are shared under (empty: private)."""
 
 
 class IngestClient:
-    def __init__(self, endpoint: Callable[[], str | None], tls: StoreTls, stream: bytes, *, reconnect_for: float = 120.0,
+    def __init__(self, endpoint: Callable[[], str | None], tls: StoreTls, stream: bytes, *,
+                 attributes: Sequence[str] = (), reconnect_for: float = 120.0,
                  on_event: Callable[[str], None] | None = None) -> None:  # fmt: skip
         self.endpoint = endpoint
         """Where the node listens now (read again before every reconnection; None while
         it is not known, e.g. while the node restarts)."""
         self.tls = tls
         self.stream = stream
+        self.attributes = list(attributes)
+        """Shares the stream under these (docs/ingest-protocol.md); the stream's first hello fixes them."""
         self.reconnect_for = reconnect_for
         self.on_event = on_event or (lambda _: None)
         self.welcome: Welcome | None = None
@@ -133,8 +138,9 @@ class IngestClient:
             HANDSHAKE_TIMEOUT,
         )
         try:
-            writer.write(frame({"type": "hello", "protocol": PROTOCOL, "stream": self.stream,
-                                "organisation_certificate": self.tls.org_cert_der}))  # fmt: skip
+            hello = {"type": "hello", "protocol": PROTOCOL, "stream": self.stream,
+                     "organisation_certificate": self.tls.org_cert_der}
+            writer.write(frame({**hello, "attributes": self.attributes} if self.attributes else hello))
             answer = await asyncio.wait_for(read_message(reader, 1 << 16, NODE_MESSAGES), HANDSHAKE_TIMEOUT)
             if answer["type"] == "error":
                 raise IngestError(str(answer.get("message")), code=str(answer.get("code")))
@@ -142,7 +148,8 @@ class IngestClient:
                 raise IngestError(f"expected welcome, got {answer['type']}", code="handshake")
             peer_identity(writer, answer, self.tls, PROTOCOL)
             self.welcome = Welcome(str(answer["node"]), str(answer["organisation"]), int(answer["window"]),
-                                   int(answer["max_record"]), int(answer["next"]))  # fmt: skip
+                                   int(answer["max_record"]), int(answer["next"]),
+                                   tuple(str(a) for a in answer.get("attributes") or ()))  # fmt: skip
         except BaseException:
             writer.close()
             raise

@@ -9,8 +9,10 @@ row without it is re-checked against the chain when the node starts.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from twinledger.core.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (stream BLOB PRIMARY KEY, source TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shared_streams (stream BLOB PRIMARY KEY, attributes TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
     stream BLOB NOT NULL,
     seq INTEGER NOT NULL,
@@ -29,6 +32,14 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_open ON records (height) WHERE height IS NULL;
 """
+
+
+@dataclass(frozen=True)
+class StreamClaim:
+    source: str
+    """The client identity (organisation/node) the stream belongs to."""
+    attributes: tuple[str, ...]
+    """What its records are shared under; empty: private to the organisation."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +61,27 @@ class IngestJournal:
         with self._lock:
             self._db.close()
 
-    def claim_stream(self, stream: bytes, source: str) -> str:
-        """The stream's source: ``source`` if the stream is new."""
+    def claim_stream(self, stream: bytes, source: str, attributes: tuple[str, ...]) -> StreamClaim:
+        """Who the stream belongs to and what it is shared under: ``source`` and
+        ``attributes`` if the stream is new (its first hello fixes both)."""
+        with self._transaction() as db:
+            if db.execute("INSERT OR IGNORE INTO streams VALUES (?, ?)", (stream, source)).rowcount and attributes:
+                db.execute("INSERT INTO shared_streams VALUES (?, ?)", (stream, "\n".join(attributes)))
+            claim = self._claim(stream)
+        assert claim is not None
+        return claim
+
+    def stream(self, stream: bytes) -> StreamClaim | None:
+        """Who ``stream`` belongs to and what it is shared under; None if no client opened it."""
         with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO streams VALUES (?, ?)", (stream, source))
-            return str(self._db.execute("SELECT source FROM streams WHERE stream = ?", (stream,)).fetchone()[0])
+            return self._claim(stream)
+
+    def _claim(self, stream: bytes) -> StreamClaim | None:
+        owner = self._db.execute("SELECT source FROM streams WHERE stream = ?", (stream,)).fetchone()
+        if owner is None:
+            return None
+        shared = self._db.execute("SELECT attributes FROM shared_streams WHERE stream = ?", (stream,)).fetchone()
+        return StreamClaim(str(owner[0]), tuple(shared[0].split("\n")) if shared else ())
 
     def next_seq(self, stream: bytes) -> int:
         with self._lock:
@@ -77,12 +104,17 @@ class IngestJournal:
                         [(height, stream, seq) for stream, seq, height in done])  # fmt: skip
 
     def _write_all(self, statement: str, rows: list[tuple[object, ...]]) -> None:
-        """One transaction, so one durable write for all the rows: in autocommit mode
-        ``executemany`` would commit, and sync, row by row."""
+        with self._transaction() as db:
+            db.executemany(statement, rows)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One durable write for everything inside, all or none: in autocommit mode each
+        statement (and each row of ``executemany``) would commit, and sync, by itself."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(statement, rows)
+                yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -21,6 +21,7 @@ from typing import Any
 from twinledger.contracts.arguments import MAX_TEXT
 from twinledger.contracts.records import MAX_METADATA_ENTRIES
 from twinledger.core.encoding import decode, encode
+from twinledger.crypto.policy import MAX_ATTRIBUTES
 from twinledger.errors import DecodeError, TwinledgerError
 
 PROTOCOL = "twinledger-ingest/1"
@@ -84,6 +85,8 @@ async def read_message(reader: asyncio.StreamReader, limit: int, expected: froze
 class Hello:
     stream: bytes
     organisation_certificate: bytes
+    attributes: tuple[str, ...] = ()
+    """What the stream's records are shared under (empty: private to the organisation)."""
 
 
 def parse_hello(message: Mapping[str, Any]) -> Hello:
@@ -97,7 +100,12 @@ def parse_hello(message: Mapping[str, Any]) -> Hello:
         raise IngestError(f"hello: stream must be {STREAM_BYTES} bytes", code="malformed_frame")
     if not isinstance(certificate, bytes):
         raise IngestError("hello: organisation_certificate must be DER bytes", code="malformed_frame")
-    return Hello(stream, certificate)
+    attributes = message.get("attributes", [])
+    if not isinstance(attributes, list) or len(attributes) > MAX_ATTRIBUTES or \
+            not all(isinstance(a, str) for a in attributes):  # fmt: skip
+        raise IngestError(f"hello: attributes must be a list of at most {MAX_ATTRIBUTES} strings",
+                          code="attributes_invalid")  # fmt: skip
+    return Hello(stream, certificate, tuple(attributes))
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
 """The node's TCP ingest listener (docs/ingest-protocol.md).
 
 Each record's payload goes into a store document (encrypted, sealed to the node's
-organisation, written to a quorum of store nodes), shared with the records that arrived
-with it; each record gets its own ``records.put`` transaction naming the document and its
-part of it, signed by this node's key as safe-UR-chain's ingest module signs records. The
-record is acknowledged only once that transaction is committed. The node's key sends no
-other transactions, so the service hands out its nonces itself, in order.
+organisation, written to a quorum of store nodes), shared with the records of the same
+attributes that arrived with it; a shared stream's documents also carry a capsule under
+its attributes, for the organisation's grants to cover. Each record gets its own
+``records.put`` transaction naming the document and its part of it, signed by this
+node's key as safe-UR-chain's ingest module signs records. The record is acknowledged
+only once that transaction is committed. The node's key sends no other transactions, so
+the service hands out its nonces itself, in order.
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twinledger.abc import TransactionLocation
+from twinledger.abc import StateReader, TransactionLocation
+from twinledger.contracts.membership import organisation_key
+from twinledger.contracts.twinstate import twin_key
 from twinledger.core.tasks import Tasks
 from twinledger.core.types import Transaction, decode_transaction, sign_transaction
+from twinledger.crypto import kpcpre
 from twinledger.crypto.certs import NodeIdentity
 from twinledger.crypto.keys import SigningKey
+from twinledger.crypto.policy import PolicyError, attribute_set
 from twinledger.errors import TwinledgerError
 from twinledger.ingest.journal import IngestJournal, JournalRow
 from twinledger.ingest.protocol import (
@@ -58,6 +64,8 @@ RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
 HEIGHTS_FLUSH_SECONDS = 2.0
 LINGER_SECONDS = 2.0
 TRANSIENT_STORE_ERRORS = frozenset({"no_write_quorum", "store_unreachable"})
+RECORD_KIND = "kind:record"
+"""The attribute every shared record has, as documents have kind:document."""
 
 
 class Ledger(Protocol):
@@ -86,6 +94,8 @@ class Job:
     stream: bytes
     record: IngestRecord
     done: asyncio.Future[Acknowledged]
+    attributes: tuple[str, ...] = ()
+    """The stream's: what the record's document is shared under."""
     args: dict[str, Any] = field(default_factory=dict)
     notify: Callable[[str], Awaitable[None]] | None = None
     """Tells the connection that sent the record why it is held up."""
@@ -93,7 +103,7 @@ class Job:
 
 class IngestService:
     def __init__(self, journal: IngestJournal, key: SigningKey, me: NodeIdentity, tls: StoreTls, ledger: Ledger,
-                 store: Callable[[], StoreClient], recipients: Callable[[], dict[str, bytes]],
+                 store: Callable[[], StoreClient], state: Callable[[], StateReader],
                  members: Callable[[], dict[bytes, str]], window: int, max_record: int) -> None:  # fmt: skip
         self.journal = journal
         self.key = key
@@ -101,8 +111,8 @@ class IngestService:
         self.tls = tls
         self.ledger = ledger
         self.store = store
-        self.recipients = recipients
-        """Organisation → X25519 key the records are sealed to: this node's organisation."""
+        self.state = state
+        """The chain's state at its head: the organisation's keys, the twins it owns."""
         self.members = members
         """Member node signing keys → organisation, as the chain says now."""
         self.window = window
@@ -171,6 +181,32 @@ class IngestService:
         await self._journal(self.journal.add, [fresh])
         return fresh
 
+    def _shared_under(self, requested: tuple[str, ...]) -> tuple[str, ...]:
+        """The canonical attributes a hello's ``requested`` ones share a stream under
+        (none: private); they must name one twin this organisation owns, whose grants
+        are the only ones that can cover them."""
+        if not requested:
+            return ()
+        try:
+            attributes = attribute_set([*requested, RECORD_KIND])
+        except PolicyError as exc:
+            raise IngestError(f"shared records' attributes: {exc.message}", code="attributes_invalid") from None
+        twins = [a.removeprefix("twin:") for a in attributes if a.startswith("twin:")]
+        if len(twins) != 1:
+            raise IngestError(f"shared records name exactly one twin (twin:ID), not {len(twins)}",
+                              code="attributes_invalid")  # fmt: skip
+        state = self.state()
+        twin = state.get(twin_key(twins[0]))
+        if twin is None:
+            raise IngestError(f"there is no twin {twins[0]}", code="unknown_twin")
+        if twin["owner"] != self.me.organisation:
+            raise IngestError(f"twin {twins[0]} is owned by {twin['owner']}: only the owner grants access to a twin's "
+                              "data, so only its records are shared", code="not_twin_owner")  # fmt: skip
+        if not (state.get(organisation_key(self.me.organisation)) or {}).get("kpcpre_key"):
+            raise IngestError(f"organisation {self.me.organisation} has no sharing (KP-CPRE) key on chain, so its "
+                              "records cannot be shared", code="no_sharing_key")  # fmt: skip
+        return attributes
+
     def _take_nonce(self) -> int:
         nonce = self._next_nonce
         self._next_nonce += 1
@@ -206,11 +242,17 @@ class IngestService:
                 raise IngestError(f"{identity.organisation}/{identity.node} may not ingest through a node of "
                                   f"{self.me.organisation}", code="not_allowed")  # fmt: skip
             source = f"{identity.organisation}/{identity.node}"
-            if await self._journal(self.journal.claim_stream, hello.stream, source) != source:
+            attributes = self._shared_under(hello.attributes)
+            claim = await self._journal(self.journal.claim_stream, hello.stream, source, attributes)
+            if claim.source != source:
                 raise IngestError(f"stream {hello.stream.hex()} belongs to another client", code="stream_taken")
+            if claim.attributes != attributes:
+                raise IngestError(f"stream {hello.stream.hex()} was opened with other attributes "
+                                  f"({' '.join(claim.attributes) or 'none: private'}); a stream keeps its "
+                                  "attributes, so open a new stream for these", code="stream_attributes")  # fmt: skip
             await send({"type": "welcome", "protocol": PROTOCOL, "organisation_certificate": self.tls.org_cert_der,
                         "node": self.me.node, "organisation": self.me.organisation, "window": self.window,
-                        "max_record": self.max_record,
+                        "max_record": self.max_record, "attributes": list(attributes),
                         "next": await self._journal(self.journal.next_seq, hello.stream)})  # fmt: skip
             limit = max_frame(self.max_record)
             while True:
@@ -225,7 +267,7 @@ class IngestService:
                 size = len(payload) if isinstance(payload, bytes) else 0
                 while held and sum(held.values()) + size > WINDOW_BYTES:
                     await asyncio.wait(list(held), return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.ensure_future(self._answer(hello.stream, seq, message, send))
+                task = asyncio.ensure_future(self._answer(hello.stream, attributes, seq, message, send))
                 held[task] = size
                 task.add_done_callback(lambda done: held.pop(done, None))
         except IngestError as exc:
@@ -239,7 +281,7 @@ class IngestService:
                 task.cancel()
             writer.close()
 
-    async def _answer(self, stream: bytes, seq: int, message: dict[str, Any],
+    async def _answer(self, stream: bytes, attributes: tuple[str, ...], seq: int, message: dict[str, Any],
                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:  # fmt: skip
         try:
             record = parse_record(message, self.max_record)
@@ -247,7 +289,7 @@ class IngestService:
             async def busy(reason: str) -> None:
                 await send({"type": "busy", "seq": record.seq, "reason": reason})
 
-            done = await self._take(stream, record, busy)
+            done = await self._take(stream, attributes, record, busy)
             answer = {"type": "ack", "seq": record.seq, "record": done.record, "height": done.height}
         except IngestError as exc:
             answer = error_message(exc, seq)
@@ -255,7 +297,7 @@ class IngestService:
             await send(answer)
 
     # -- records -----------------------------------------------------------------------------
-    async def _take(self, stream: bytes, record: IngestRecord,
+    async def _take(self, stream: bytes, attributes: tuple[str, ...], record: IngestRecord,
                     busy: Callable[[str], Awaitable[None]]) -> Acknowledged:  # fmt: skip
         """The record's acknowledgement: at once for one committed before, after the commit
         for one in flight or new. The same sequence number with other content is refused."""
@@ -269,7 +311,7 @@ class IngestService:
                 return await asyncio.shield(self._settled(row))
             job = self._in_flight.get(key)  # another connection may have started it meanwhile
         if job is None:
-            job = Job(stream, record, asyncio.get_running_loop().create_future(), notify=busy)
+            job = Job(stream, record, asyncio.get_running_loop().create_future(), attributes, notify=busy)
             self._in_flight[key] = job
             job.done.add_done_callback(lambda _: self._in_flight.pop(key, None))
             await self._storing.put(job)
@@ -290,19 +332,26 @@ class IngestService:
                 job = self._storing.get_nowait()
                 jobs.append(job)
                 size += len(job.record.payload)
-            await self._uploads.acquire()
-            self._tasks.spawn(self._store_batch(jobs))
+            for batch in batches_by_attributes(jobs):
+                await self._uploads.acquire()
+                self._tasks.spawn(self._store_batch(batch))
 
     async def _store_batch(self, jobs: list[Job]) -> None:
-        """Store the batch's payloads as one document, then queue its records for signing;
-        a store without a write quorum is retried (the clients are told they wait), a
-        refusal rejects the records."""
+        """Store the batch's payloads as one document (sealed to the organisation and, for
+        a shared stream, with a capsule under its attributes), then queue its records for
+        signing; a store without a write quorum is retried (the clients are told they
+        wait), a refusal rejects the records."""
+        attributes = jobs[0].attributes
         attempt = 0
         try:
             while True:
+                organisation = self.state().get(organisation_key(self.me.organisation))
+                sharing = kpcpre.PublicKey.from_bytes(organisation["kpcpre_key"]) if attributes else None
                 try:
                     stored = await upload_document(self.store(), b"".join(job.record.payload for job in jobs), self.key,
-                                                   self.me.organisation, self.recipients())  # fmt: skip
+                                                   self.me.organisation,
+                                                   {self.me.organisation: organisation["encryption_key"]},
+                                                   attributes=attributes, sharing=sharing)  # fmt: skip
                     break
                 except StoreError as exc:
                     if exc.code not in TRANSIENT_STORE_ERRORS and not isinstance(exc, StoreUnavailable):
@@ -431,6 +480,15 @@ async def _discard_input(reader: asyncio.StreamReader) -> None:
     with contextlib.suppress(TimeoutError):
         while (left := deadline - time.monotonic()) > 0 and await asyncio.wait_for(reader.read(1 << 16), left):
             pass
+
+
+def batches_by_attributes(jobs: list[Job]) -> list[list[Job]]:
+    """``jobs`` split by attribute set, in order: a grantee opens a whole store document,
+    so a document holds only records that the same grants cover."""
+    batches: dict[tuple[str, ...], list[Job]] = {}
+    for job in jobs:
+        batches.setdefault(job.attributes, []).append(job)
+    return list(batches.values())
 
 
 def _reused(seq: int) -> RecordRejected:

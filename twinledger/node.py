@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -393,26 +393,52 @@ class Node(NetworkedProducer):
 
     # -- reading -----------------------------------------------------------------------------
     async def wait_committed(self, tx_hash: bytes, timeout: float) -> TransactionLocation | None:
-        """The committed transaction, waiting up to ``timeout`` seconds for it to commit.
+        """The committed transaction, waiting up to ``timeout`` seconds for it to commit."""
+        async with contextlib.aclosing(self.commits([tx_hash], timeout)) as located:
+            async for found in located:
+                return found[tx_hash]
+        return None
 
-        The store is read once, after the wait: the waiter is in place before the mempool
-        is asked, and a transaction leaves the mempool only once it is in the store."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(tx_hash, []).append(waiter)
+    async def commits(self, tx_hashes: Sequence[bytes],
+                      timeout: float) -> AsyncIterator[dict[bytes, TransactionLocation | None]]:  # fmt: skip
+        """The transactions' locations as they commit, a block's worth at a time (one read
+        of the store each, not one per transaction); every hash comes exactly once, with
+        None if it did not commit within ``timeout`` seconds.
+
+        Each waiter is in place before the mempool is asked, and a transaction leaves the
+        mempool only once it is in the store: one not pending is committed already, or
+        unknown, and the first read tells."""
+        loop = asyncio.get_running_loop()
+        waiters: dict[asyncio.Future[None], bytes] = {}
+        for tx_hash in dict.fromkeys(tx_hashes):
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(tx_hash, []).append(waiter)
+            waiters[waiter] = tx_hash
         try:
-            # Not pending (any more): unknown, or committed already; the read tells.
-            if tx_hash in self.mempool and timeout > 0:
-                async with asyncio.timeout(timeout):
-                    await waiter
-        except TimeoutError:
-            pass
+            pending = {waiter: tx_hash for waiter, tx_hash in waiters.items() if tx_hash in self.mempool}
+            ready = [tx_hash for waiter, tx_hash in waiters.items() if waiter not in pending]
+            deadline = loop.time() + timeout
+            while True:
+                if ready:
+                    yield await self.read(self._locations, ready)
+                left = deadline - loop.time()
+                if not pending:
+                    return
+                if left <= 0:
+                    yield await self.read(self._locations, list(pending.values()))
+                    return
+                done, _ = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                ready = [pending.pop(waiter) for waiter in done]
         finally:
-            waiters = self._waiters.get(tx_hash, [])
-            if waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[tx_hash]
-        return await self.read(self.store.transaction, tx_hash)
+            for waiter, tx_hash in waiters.items():
+                listed = self._waiters.get(tx_hash, [])
+                if waiter in listed:
+                    listed.remove(waiter)
+                    if not listed:
+                        del self._waiters[tx_hash]
+
+    def _locations(self, tx_hashes: list[bytes]) -> dict[bytes, TransactionLocation | None]:
+        return {tx_hash: self.store.transaction(tx_hash) for tx_hash in tx_hashes}
 
     async def proof(self, tx_hash: bytes) -> InclusionProof:
         return await self.read(self.chain.proof, tx_hash)

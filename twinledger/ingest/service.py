@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -63,6 +63,8 @@ WINDOW_BYTES = 64 << 20
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
 HEIGHTS_FLUSH_SECONDS = 2.0
 LINGER_SECONDS = 2.0
+COMMIT_WAIT_SECONDS = 30.0
+"""How long a record's transaction is waited for before it is submitted again."""
 TRANSIENT_STORE_ERRORS = frozenset({"no_write_quorum", "store_unreachable"})
 RECORD_KIND = "kind:record"
 """The attribute every shared record has, as documents have kind:document."""
@@ -78,6 +80,11 @@ class Ledger(Protocol):
         """One result per transaction, with ``tx_hash`` and ``error``."""
 
     async def wait_committed(self, tx_hash: bytes, timeout: float) -> TransactionLocation | None: ...
+
+    def commits(self, tx_hashes: Sequence[bytes],
+                timeout: float) -> AsyncIterator[dict[bytes, TransactionLocation | None]]:  # fmt: skip
+        """The transactions' locations as they commit, a group at a time; None for one not
+        committed within ``timeout`` seconds."""
 
     async def next_nonce(self, sender: bytes) -> int: ...
 
@@ -122,7 +129,7 @@ class IngestService:
         self._tasks = Tasks()
         self._in_flight: dict[tuple[bytes, int], Job] = {}
         """Records being stored, signed and committed, by (stream, seq)."""
-        self._commits: dict[tuple[bytes, int], asyncio.Task[Acknowledged]] = {}
+        self._commits: dict[tuple[bytes, int], asyncio.Future[Acknowledged]] = {}
         self._uploads = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
         self._storing: asyncio.Queue[Job] = asyncio.Queue()
         self._signing: asyncio.Queue[Job] = asyncio.Queue()
@@ -160,8 +167,7 @@ class IngestService:
         log.info("ingest: next nonce %d (%d records not seen committed)", self._next_nonce, len(rows))
         if rows:
             await self.ledger.submit([row.tx for row in rows])
-            for row in rows:
-                self._settled(row)
+            self._settled(rows)
 
     async def _resign(self, row: JournalRow, nonce: int | None = None) -> JournalRow:
         """The same call signed again with a fresh timestamp, journaled before it is sent.
@@ -308,7 +314,7 @@ class IngestService:
             if row is not None:
                 if row.digest != record.digest:
                     raise _reused(record.seq)
-                return await asyncio.shield(self._settled(row))
+                return await asyncio.shield(self._settled([row])[0])
             job = self._in_flight.get(key)  # another connection may have started it meanwhile
         if job is None:
             job = Job(stream, record, asyncio.get_running_loop().create_future(), attributes, notify=busy)
@@ -398,21 +404,69 @@ class IngestService:
                 for job in jobs:
                     _fail(job, IngestError("the node could not store the record; send it again", code="node_failure"))
                 continue
+            taken = []
             for job, row, result in zip(jobs, rows, results, strict=True):
                 if result.error is not None and result.error.code != "nonce_replayed":
                     _fail(job, RecordRejected(f"record {job.record.seq}: {result.error.message}",
                                               code="record_refused"))  # fmt: skip
                 else:
-                    self._settle(job, row)
+                    taken.append((job, row))
+            for (job, row), commit in zip(taken, self._settled([row for _, row in taken]), strict=True):
+                self._answer_when_settled(job, row, commit)
 
-    async def _commit(self, row: JournalRow) -> Acknowledged:
+    def _settled(self, rows: list[JournalRow]) -> list[asyncio.Future[Acknowledged]]:
+        """The one wait for each record's commit, however many ask (a resent record, the
+        restart's recovery): two would each sign a failed transaction again, twice. The
+        records not yet waited for share one wait, which reads the chain store once per
+        block, not once per record."""
+        loop = asyncio.get_running_loop()
+        futures, waits = [], {}
+        for row in rows:
+            key = (row.stream, row.seq)
+            future = self._commits.get(key)
+            if future is None:
+                future = self._commits[key] = loop.create_future()
+                future.add_done_callback(lambda done, key=key: (self._commits.pop(key, None),
+                                                                done.cancelled() or done.exception()))  # fmt: skip
+                waits[row.tx_hash] = (row, future)
+            futures.append(future)
+        if waits:
+            self._tasks.spawn(self._commit_all(waits))
+        return futures
+
+    async def _commit_all(self, waits: dict[bytes, tuple[JournalRow, asyncio.Future[Acknowledged]]]) -> None:
+        """Settle each record as its transaction commits; one that does not commit in time,
+        or commits as overtaken, goes on alone (``_commit``)."""
+        alone: set[bytes] = set()
+        try:
+            async with contextlib.aclosing(self.ledger.commits(list(waits), COMMIT_WAIT_SECONDS)) as located:
+                async for found in located:
+                    for tx_hash, location in found.items():
+                        row, future = waits[tx_hash]
+                        if location is not None and location.receipt.error != "nonce_replayed":
+                            _resolve(future, lambda row=row, location=location: self._acknowledged(row, location))
+                        else:
+                            alone.add(tx_hash)
+                            _follow(future, self._tasks.spawn(self._commit(row, (location,))))
+        except Exception as exc:  # e.g. the chain store could not be read: the senders are told to send again
+            log.exception("ingest: waiting for %d commits failed", len(waits))
+            for tx_hash, (_, future) in waits.items():
+                if tx_hash not in alone and not future.done():
+                    future.set_exception(exc)
+        finally:  # stopped: nobody will settle the rest
+            for tx_hash, (_, future) in waits.items():
+                if tx_hash not in alone:
+                    future.cancel()
+
+    async def _commit(self, row: JournalRow, waited: tuple[TransactionLocation | None] | None = None) -> Acknowledged:
         """Wait for the record's transaction to commit (submitting it again when the node
         no longer holds it, signing it again when it cannot commit as it is); acknowledged
-        once a receipt is ok."""
+        once a receipt is ok. ``waited`` is what a wait already found."""
         while True:
-            location = await self.ledger.wait_committed(row.tx_hash, 30.0)
+            location = waited[0] if waited else await self.ledger.wait_committed(row.tx_hash, COMMIT_WAIT_SECONDS)
+            waited = None
             if location is not None and location.receipt.error != "nonce_replayed":
-                break
+                return self._acknowledged(row, location)
             if location is not None:
                 row = await self._overtaken(row)
             [result] = await self.ledger.submit([row.tx])
@@ -422,6 +476,9 @@ class IngestService:
             if result.error is not None:
                 raise IngestError(f"record {row.seq}: its transaction is refused: {result.error.message}",
                                   code="record_refused")  # fmt: skip
+
+    def _acknowledged(self, row: JournalRow, location: TransactionLocation) -> Acknowledged:
+        """The record's acknowledgement, its transaction being committed at ``location``."""
         if row.height is None:
             self._heights.append((row.stream, row.seq, location.height))
         receipt = location.receipt
@@ -430,23 +487,11 @@ class IngestService:
                                  f"{receipt.message or receipt.error}", code="record_refused")  # fmt: skip
         return Acknowledged(row.tx_hash, location.height)
 
-    def _settled(self, row: JournalRow) -> asyncio.Future[Acknowledged]:
-        """The one wait for this record's commit, however many ask (a resent record, the
-        restart's recovery): two would each sign a failed transaction again, twice."""
-        key = (row.stream, row.seq)
-        task = self._commits.get(key)
-        if task is None:
-            task = self._tasks.spawn(self._commit(row))
-            self._commits[key] = task
-            task.add_done_callback(lambda done: (self._commits.pop(key, None),
-                                                 done.cancelled() or done.exception()))  # fmt: skip
-        return task
-
-    def _settle(self, job: Job, row: JournalRow) -> None:
+    def _answer_when_settled(self, job: Job, row: JournalRow, commit: asyncio.Future[Acknowledged]) -> None:
         """Answer the record's sender when its commit settles (a callback, not one more
         task per record)."""
 
-        def settled(commit: asyncio.Task[Acknowledged]) -> None:
+        def settled(commit: asyncio.Future[Acknowledged]) -> None:
             if commit.cancelled() or job.done.done():
                 return
             failure = commit.exception()
@@ -458,7 +503,7 @@ class IngestService:
                 log.error("ingest: record %d: %s", row.seq, failure)
                 _fail(job, IngestError("the node could not store the record; send it again", code="node_failure"))
 
-        self._settled(row).add_done_callback(settled)
+        commit.add_done_callback(settled)
 
     async def _flush_heights(self) -> None:
         """Note commits in the journal now and then; a row left open is checked again at
@@ -494,6 +539,29 @@ def batches_by_attributes(jobs: list[Job]) -> list[list[Job]]:
 def _reused(seq: int) -> RecordRejected:
     return RecordRejected(f"record {seq} was taken before with other content: a stream's numbers are not reused",
                           code="seq_reused")  # fmt: skip
+
+
+def _resolve(future: asyncio.Future[Acknowledged], acknowledge: Callable[[], Acknowledged]) -> None:
+    try:
+        future.set_result(acknowledge())
+    except IngestError as exc:
+        future.set_exception(exc)
+
+
+def _follow(future: asyncio.Future[Acknowledged], task: asyncio.Task[Acknowledged]) -> None:
+    """Settle ``future`` as ``task`` ends."""
+
+    def ended(task: asyncio.Task[Acknowledged]) -> None:
+        if future.done():
+            return
+        if task.cancelled():
+            future.cancel()
+        elif task.exception() is not None:
+            future.set_exception(task.exception())  # type: ignore[arg-type]
+        else:
+            future.set_result(task.result())
+
+    task.add_done_callback(ended)
 
 
 def _fail(job: Job, exc: IngestError) -> None:

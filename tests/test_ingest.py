@@ -360,6 +360,7 @@ def test_a_node_killed_mid_stream_loses_and_duplicates_no_record(consortium):
                                                         timeout=10).json(), unlock) for r in sample]  # fmt: skip
 
     assert asyncio.run(read_back()) == [r.payload for r in sample]
+    assert not network.logs_with_tracebacks(), "the other nodes lost their store connections to the killed node quietly"
 
 
 def test_only_the_nodes_own_organisation_may_ingest(consortium):

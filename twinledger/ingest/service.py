@@ -49,7 +49,7 @@ from twinledger.ingest.protocol import (
 )
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import upload_document
-from twinledger.store.protocol import HANDSHAKE_TIMEOUT, StoreTls, StoreUnavailable, peer_identity
+from twinledger.store.protocol import HANDSHAKE_TIMEOUT, StoreTls, StoreUnavailable, peer_identity, write_frame
 from twinledger.store.records import StoreError
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ class IngestService:
 
         async def send(message: dict[str, Any]) -> None:
             async with writing:
-                writer.write(frame(message))
+                write_frame(writer, frame(message))
                 await writer.drain()
 
         held: dict[asyncio.Task[Any], int] = {}

@@ -86,6 +86,15 @@ def frame(message: dict[str, Any]) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
+def write_frame(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Write ``data``, or raise ConnectionResetError once the connection is closing: a
+    closed TLS transport drops writes, and one closed twice fails on them with an
+    AttributeError from inside asyncio."""
+    if writer.is_closing():
+        raise ConnectionResetError("the connection is closed")
+    writer.write(data)
+
+
 async def read_message(reader: asyncio.StreamReader) -> dict[str, Any]:
     message = decode(await read_payload(reader, MAX_STORE_FRAME), max_size=MAX_STORE_FRAME)
     if not isinstance(message, dict) or not isinstance(message.get("id"), int):
@@ -168,7 +177,7 @@ class Connection:
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[number] = waiter
         try:
-            self.writer.write(frame({**body, "id": number, "op": op}))
+            write_frame(self.writer, frame({**body, "id": number, "op": op}))
             await self.writer.drain()
             answer = await asyncio.wait_for(waiter, timeout)
         except (OSError, ssl.SSLError) as exc:

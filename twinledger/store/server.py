@@ -38,6 +38,7 @@ from twinledger.store.protocol import (
     hello,
     peer_identity,
     read_message,
+    write_frame,
 )
 from twinledger.store.records import (
     CHUNK_SIZE,
@@ -203,7 +204,7 @@ class StoreService:
         try:
             response = await self.handle(identity, message)
             with contextlib.suppress(OSError, ssl.SSLError):  # the caller went away
-                writer.write(frame(response))
+                write_frame(writer, frame(response))
                 await writer.drain()
         finally:
             slots.release()

@@ -411,8 +411,8 @@ class IngestService:
                                               code="record_refused"))  # fmt: skip
                 else:
                     taken.append((job, row))
-            for (job, row), commit in zip(taken, self._settled([row for _, row in taken]), strict=True):
-                self._answer_when_settled(job, row, commit)
+            for (job, _), commit in zip(taken, self._settled([row for _, row in taken]), strict=True):
+                self._answer_when_settled(job, commit)
 
     def _settled(self, rows: list[JournalRow]) -> list[asyncio.Future[Acknowledged]]:
         """The one wait for each record's commit, however many ask (a resent record, the
@@ -443,11 +443,14 @@ class IngestService:
                 async for found in located:
                     for tx_hash, location in found.items():
                         row, future = waits[tx_hash]
-                        if location is not None and location.receipt.error != "nonce_replayed":
-                            _resolve(future, lambda row=row, location=location: self._acknowledged(row, location))
-                        else:
+                        if not _settles(location):
                             alone.add(tx_hash)
-                            _follow(future, self._tasks.spawn(self._commit(row, (location,))))
+                            _follow(future, self._tasks.spawn(self._commit(row, location)))
+                            continue
+                        try:
+                            future.set_result(self._acknowledged(row, location))
+                        except IngestError as exc:
+                            future.set_exception(exc)
         except Exception as exc:  # e.g. the chain store could not be read: the senders are told to send again
             log.exception("ingest: waiting for %d commits failed", len(waits))
             for tx_hash, (_, future) in waits.items():
@@ -458,15 +461,11 @@ class IngestService:
                 if tx_hash not in alone:
                     future.cancel()
 
-    async def _commit(self, row: JournalRow, waited: tuple[TransactionLocation | None] | None = None) -> Acknowledged:
-        """Wait for the record's transaction to commit (submitting it again when the node
-        no longer holds it, signing it again when it cannot commit as it is); acknowledged
-        once a receipt is ok. ``waited`` is what a wait already found."""
-        while True:
-            location = waited[0] if waited else await self.ledger.wait_committed(row.tx_hash, COMMIT_WAIT_SECONDS)
-            waited = None
-            if location is not None and location.receipt.error != "nonce_replayed":
-                return self._acknowledged(row, location)
+    async def _commit(self, row: JournalRow, location: TransactionLocation | None) -> Acknowledged:
+        """The record's acknowledgement, from what a wait for its transaction found
+        (``location``): submitted again while the node no longer holds it, signed again
+        when it cannot commit as it is, and waited for again, until it settles."""
+        while not _settles(location):
             if location is not None:
                 row = await self._overtaken(row)
             [result] = await self.ledger.submit([row.tx])
@@ -476,6 +475,9 @@ class IngestService:
             if result.error is not None:
                 raise IngestError(f"record {row.seq}: its transaction is refused: {result.error.message}",
                                   code="record_refused")  # fmt: skip
+            location = await self.ledger.wait_committed(row.tx_hash, COMMIT_WAIT_SECONDS)
+        assert location is not None
+        return self._acknowledged(row, location)
 
     def _acknowledged(self, row: JournalRow, location: TransactionLocation) -> Acknowledged:
         """The record's acknowledgement, its transaction being committed at ``location``."""
@@ -487,7 +489,7 @@ class IngestService:
                                  f"{receipt.message or receipt.error}", code="record_refused")  # fmt: skip
         return Acknowledged(row.tx_hash, location.height)
 
-    def _answer_when_settled(self, job: Job, row: JournalRow, commit: asyncio.Future[Acknowledged]) -> None:
+    def _answer_when_settled(self, job: Job, commit: asyncio.Future[Acknowledged]) -> None:
         """Answer the record's sender when its commit settles (a callback, not one more
         task per record)."""
 
@@ -500,7 +502,7 @@ class IngestService:
             elif isinstance(failure, IngestError):
                 _fail(job, failure)
             else:
-                log.error("ingest: record %d: %s", row.seq, failure)
+                log.error("ingest: record %d: %s", job.record.seq, failure)
                 _fail(job, IngestError("the node could not store the record; send it again", code="node_failure"))
 
         commit.add_done_callback(settled)
@@ -541,11 +543,10 @@ def _reused(seq: int) -> RecordRejected:
                           code="seq_reused")  # fmt: skip
 
 
-def _resolve(future: asyncio.Future[Acknowledged], acknowledge: Callable[[], Acknowledged]) -> None:
-    try:
-        future.set_result(acknowledge())
-    except IngestError as exc:
-        future.set_exception(exc)
+def _settles(location: TransactionLocation | None) -> bool:
+    """Whether a record whose transaction a wait found at ``location`` is settled: it
+    committed, and not as overtaken by a later nonce of the node key."""
+    return location is not None and location.receipt.error != "nonce_replayed"
 
 
 def _follow(future: asyncio.Future[Acknowledged], task: asyncio.Task[Acknowledged]) -> None:

@@ -82,6 +82,10 @@ class CuttableProxy:
         except OSError:
             writer.close()
             return
+        if self.cut or source in self.blocked_sources:  # cut while connecting: set_cut could not see this link
+            writer.close()
+            up_writer.close()
+            return
         for w in (writer, up_writer):
             self._links.add(w)
             w.source = source  # type: ignore[attr-defined]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from twinledger.client import NodeClient
 from twinledger.config import NodeConfig, init_home, load_config
 from twinledger.launcher import NodeProcess, start_node
+from twinledger.services.remote import NodeClient
 
 
 def _pg_bin(name: str) -> str:

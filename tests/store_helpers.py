@@ -17,8 +17,8 @@ import httpx
 import tomli_w
 from network_helpers import Network, make_network
 
-from twinledger.client import store_client
 from twinledger.config import load_config
+from twinledger.services.remote import store_client
 
 ORGANISATIONS = ("manufacturer", "owner", "maintainer", "auditor")
 MANUFACTURER, OWNER, MAINTAINER, AUDITOR = range(4)

@@ -9,13 +9,13 @@ import time
 import httpx
 from test_node import OCTETS, signed
 
-from twinledger.client import NodeClient
 from twinledger.config import load_config
 from twinledger.core.encoding import encode
 from twinledger.core.types import encode_transaction
 from twinledger.crypto.keys import SigningKey
 from twinledger.launcher import start_node
 from twinledger.ledger.store import open_store
+from twinledger.services.remote import NodeClient
 
 
 def test_acknowledged_transactions_survive_kill_9(home_factory):

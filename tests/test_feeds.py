@@ -19,7 +19,6 @@ import pytest
 from network_helpers import Network
 from store_helpers import AUDITOR, MAINTAINER, ORGANISATIONS, OWNER, cli, home, ok, store_consortium, with_client
 
-from twinledger.client import organisation_key
 from twinledger.config import load_config
 from twinledger.crypto.keys import SigningKey
 from twinledger.errors import TwinledgerError
@@ -270,7 +269,7 @@ def test_a_failed_checkpoint_keeps_the_samples_and_is_tried_again(consortium, tm
             raise TwinledgerError("node unreachable", code="unreachable")
 
     async def write(client: StoreClient) -> tuple[list[int], int]:
-        writer = await FeedWriter.open(client, config.signing_key("operator"), "owner", organisation_key(config), feed,
+        writer = await FeedWriter.open(client, config.signing_key("operator"), "owner", config.encryption_key(), feed,
                                        flaky_chain, checkpoint_every=1)  # fmt: skip
         written = []
         for second in range(3):

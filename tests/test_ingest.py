@@ -25,11 +25,9 @@ import tomli_w
 from network_helpers import Network, wait_for
 from store_helpers import AUDITOR, MANUFACTURER, OWNER, cli, ok, store_consortium
 
-from twinledger.client import NodeClient, organisation_key, store_client, store_tls
 from twinledger.config import init_home, load_config, read_run_file
 from twinledger.core.types import sign_transaction
 from twinledger.errors import DecryptionFailed, TwinledgerError
-from twinledger.ingest.client import Answer, IngestClient, SenderKey
 from twinledger.ingest.directory import DirectoryJournal
 from twinledger.ingest.journal import IngestJournal, JournalRow, StreamClaim
 from twinledger.ingest.payloads import read_payload
@@ -43,9 +41,12 @@ from twinledger.ingest.protocol import (
     read_message,
     record_seq,
 )
+from twinledger.ingest.sender import Answer, IngestSender, SenderKey
 from twinledger.ingest.service import Job, batches_by_attributes
 from twinledger.launcher import NodeProcess, start_node
+from twinledger.services.remote import NodeClient, store_client
 from twinledger.store.documents import as_reader
+from twinledger.store.protocol import StoreTls
 
 # -- the parts on their own ----------------------------------------------------------------------
 
@@ -136,7 +137,7 @@ class RawConnection:
 
     def __init__(self, home: Path) -> None:
         self.config = load_config(home)
-        self.tls = store_tls(self.config)
+        self.tls = StoreTls.of_home(self.config)
 
     async def open(self, hello: dict[str, Any] | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         host, port = read_run_file(self.config)["ingest"].rsplit(":", 1)
@@ -238,7 +239,7 @@ def test_records_are_read_back_and_tier2_is_for_the_sender_alone(small_node, tmp
         async with store_client(config, members) as store:
             return await read_payload(store, {**view, "metadata": {k: v for k, v in view["metadata"].items()
                                                                    if k != "tier2"}},
-                                      as_reader(config.organisation, organisation_key(config)))  # fmt: skip
+                                      as_reader(config.organisation, config.encryption_key()))  # fmt: skip
 
     stored = asyncio.run(fetch())
     assert b"2026-11-22" not in stored and stored.startswith(b"TLI2")
@@ -319,7 +320,7 @@ def test_a_node_killed_mid_stream_loses_and_duplicates_no_record(consortium):
 
     def stream_records() -> None:
         async def run() -> None:
-            client = IngestClient(lambda: (read_run_file(config) or {}).get("ingest"), store_tls(config), stream,
+            client = IngestSender(lambda: (read_run_file(config) or {}).get("ingest"), StoreTls.of_home(config), stream,
                                   on_event=events.append)  # fmt: skip
             async with client:
                 await client.send(records, answers.append)
@@ -355,7 +356,7 @@ def test_a_node_killed_mid_stream_loses_and_duplicates_no_record(consortium):
 
     async def read_back() -> list[bytes]:
         async with store_client(config, members) as store:
-            unlock = as_reader(config.organisation, organisation_key(config))
+            unlock = as_reader(config.organisation, config.encryption_key())
             return [await read_payload(store, httpx.get(f"{network.url(OWNER)}/v1/records/{by_seq[r.seq]}",
                                                         timeout=10).json(), unlock) for r in sample]  # fmt: skip
 
@@ -366,7 +367,7 @@ def test_a_node_killed_mid_stream_loses_and_duplicates_no_record(consortium):
 def test_only_the_nodes_own_organisation_may_ingest(consortium):
     config = load_config(consortium.homes[MANUFACTURER])
     owner = load_config(consortium.homes[OWNER])
-    client = IngestClient(lambda: read_run_file(owner)["ingest"], store_tls(config), os.urandom(16), reconnect_for=5)
+    client = IngestSender(lambda: read_run_file(owner)["ingest"], StoreTls.of_home(config), os.urandom(16), reconnect_for=5)
     with pytest.raises(IngestError) as refused:
         asyncio.run(client.connect())
     assert refused.value.code == "not_allowed" and "manufacturer" in refused.value.message

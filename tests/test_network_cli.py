@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from twinledger.client import NodeClient
 from twinledger.config import load_config
 from twinledger.launcher import free_port_block
+from twinledger.services.remote import NodeClient
 
 PLANT = Path(__file__).parent.parent / "examples" / "bottling-plant.aml"
 

@@ -15,7 +15,6 @@ import pytest
 from network_helpers import Network
 from store_helpers import AUDITOR, MAINTAINER, MANUFACTURER, OWNER, cli, home, ok, store_consortium, with_client
 
-from twinledger.client import organisation_key
 from twinledger.config import load_config
 from twinledger.crypto.keys import SigningKey
 from twinledger.store.client import StoreClient
@@ -192,7 +191,7 @@ def test_only_the_owner_changes_an_acl_and_a_newer_acl_takes_effect(consortium, 
 
     async def change(client: StoreClient) -> list[str]:
         current = await client.get_acl(item)
-        secret = data_key(current, "owner", organisation_key(owner_config))
+        secret = data_key(current, "owner", owner_config.encryption_key())
         wider = new_acl(owner_key, "owner", "document", current.label, secret,
                         {r.organisation: r.key for r in current.readers} | {"auditor": auditor_key})  # fmt: skip
         errors = []

@@ -22,7 +22,8 @@ from asyncua.crypto.security_policies import (
 from asyncua.ua.uaerrors import BadInvalidArgument, BadUserAccessDenied
 from network_helpers import free_port
 
-from twinledger.agent.opcua import (
+from twinledger.agent.plant import NAMESPACE, RIM_MM, Plant, PlantError, PlantServer
+from twinledger.ingest.opcua import (
     ApplicationIdentity,
     DeviceTrust,
     OpcuaSecurityError,
@@ -30,7 +31,6 @@ from twinledger.agent.opcua import (
     choose_endpoint,
     device_session,
 )
-from twinledger.agent.plant import NAMESPACE, RIM_MM, Plant, PlantError, PlantServer
 
 
 def client_identity(directory: Path, name: str = "console") -> ApplicationIdentity:

@@ -6,13 +6,13 @@ import httpx
 import pytest
 from test_node import OCTETS, signed
 
-from twinledger.client import NodeClient
 from twinledger.config import load_config
 from twinledger.core.types import encode_transaction
 from twinledger.crypto.keys import SigningKey
 from twinledger.crypto.tls import client_context
 from twinledger.errors import ConfigError
 from twinledger.launcher import start_node
+from twinledger.services.remote import NodeClient
 
 
 def test_remote_api_requires_a_consortium_certificate(home_factory):

@@ -19,12 +19,13 @@ import pytest
 from network_helpers import Network
 from store_helpers import AUDITOR, MAINTAINER, MANUFACTURER, OWNER, cli, home, ok, store_consortium, with_client
 
-from twinledger.cli.common import transact
-from twinledger.client import organisation_key, sharing_public
+from twinledger.cli.common import run
 from twinledger.config import load_config
+from twinledger.contracts.calls import ContractCall
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file, write_secret_file
 from twinledger.crypto.policy import parse_policy, to_obj
+from twinledger.services.remote import sharing_public
 from twinledger.sharing.proxy import device_request
 from twinledger.sharing.requests import collect_response, make_request, send_request, take_requests
 from twinledger.store import feeds
@@ -67,7 +68,7 @@ def capsule_of(network: Network, twin: str, document: str) -> tuple[bytes, bytes
         return await client.get_acl(item)
 
     acl = with_client(network, OWNER, work)
-    return acl.capsule, data_key(acl, "owner", organisation_key(load_config(network.homes[OWNER])))
+    return acl.capsule, data_key(acl, "owner", load_config(network.homes[OWNER]).encryption_key())
 
 
 def proxy_keys(network: Network) -> list[bytes]:
@@ -149,7 +150,7 @@ def test_only_the_owner_grants_and_only_confined_to_the_twin(consortium, twin):
     ]
     for home_dir, arguments, complaint in cases:
         with pytest.raises(Exception, match=complaint):
-            transact(home_dir, None, "sharing", "grant", arguments)
+            run(home_dir, lambda session, a=arguments: session.transact(ContractCall("sharing", "grant", a)))
     refused = cli("grant", "--twin", twin, "--to", "auditor", "--policy", "type:report and (", "--home", str(owner))
     assert refused.returncode == 1 and "expected an attribute" in refused.stderr
     refused = cli("grant", "--twin", twin, "--to", "auditor", "--policy", "x", "--until", "2001-01-01", "--home", str(owner))
@@ -237,7 +238,7 @@ def test_a_running_writer_adopts_the_epoch_a_revocation_started(consortium, tmp_
     view = httpx.get(f"{consortium.url(OWNER)}/v1/twins/{twin}", timeout=10).json()
     item = parse_feed_reference(view["feeds"][0]["reference"])
     config = load_config(consortium.homes[OWNER])
-    owner, key = config.signing_key("operator"), organisation_key(config)
+    owner, key = config.signing_key("operator"), config.encryption_key()
     monkeypatch.setattr(feeds, "ACL_REFRESH", 0.0)
 
     async def work(client: StoreClient):

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from twinledger.client import NodeClient
 from twinledger.config import init_home, load_config
 from twinledger.launcher import start_node
+from twinledger.services.remote import NodeClient
 
 PLANT = Path(__file__).parent.parent / "examples" / "bottling-plant.aml"
 

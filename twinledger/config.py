@@ -107,6 +107,14 @@ class NodeConfig:
     def signing_key(self, name: str = "node-signing") -> SigningKey:
         return SigningKey(read_secret_file(self.key(name), "ed25519", passphrase()))
 
+    def encryption_key(self) -> EncryptionKey:
+        """The organisation's X25519 key: opens data keys sealed to the organisation."""
+        return EncryptionKey(read_secret_file(self.key("node-encryption"), "x25519", passphrase()))
+
+    def sharing_key(self) -> kpcpre.SecretKey:
+        """The organisation's KP-CPRE key: makes grants, reads what others grant it."""
+        return kpcpre.SecretKey.from_bytes(read_secret_file(self.key("sharing"), "kpcpre", passphrase()))
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":

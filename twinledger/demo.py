@@ -11,8 +11,10 @@ its grant covers but not the production figures, the auditor reads the report; a
 unsafe program call is refused and a safe one runs on the line. An audit report of the
 twin closes it, every proof verified offline.
 
-Every step runs the same ``twinledger`` command a person would, and the narration shows
-it. The demo checks each outcome and says plainly when one is not what it should be.
+Every step calls the same workflow of ``twinledger.services`` the CLI runs, in this
+process (the plant simulator and the device agent too), and the narration shows the
+command a person would type for it. The demo checks each outcome and says plainly when
+one is not what it should be.
 """
 
 from __future__ import annotations
@@ -21,15 +23,14 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import secrets
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,14 +38,15 @@ import tomli_w
 from asyncua import Client, ua
 from rich.console import Console
 
-from twinledger.agent.opcua import ApplicationIdentity, DeviceTrust, application_identity, device_session
-from twinledger.agent.plant import NAMESPACE, plant_identity
-from twinledger.client import NodeClient
+from twinledger.agent.agent import DeviceAgent
+from twinledger.agent.plant import NAMESPACE, Plant, PlantServer, plant_identity
 from twinledger.config import init_network, load_config
-from twinledger.core.proof import parse_proof, validators_hash, verify_proof
+from twinledger.core.proof import parse_proof, verify_proof
 from twinledger.errors import InvalidProof, TwinledgerError
+from twinledger.ingest.opcua import ApplicationIdentity, DeviceTrust, agent_identity, application_identity, device_session
 from twinledger.launcher import NETWORK_FILE, NodeProcess, free_port_block, network_homes, start_node, write_network_file
-from twinledger.ledger.genesis import Genesis
+from twinledger.services import access, devices, documents, feeds, twins
+from twinledger.services.session import Session
 
 console = Console(highlight=False)
 PLANT = Path(__file__).resolve().parent.parent / "examples" / "bottling-plant.aml"
@@ -79,44 +81,70 @@ def wait_for(condition: Callable[[], T | None], what: str, timeout: float = WAIT
 
 
 class Demo:
+    """The consortium, the plant and the agent, driven from one event loop in a thread of
+    its own, so the narration (plain code) can wait on what the loop's tasks do."""
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.nodes: list[NodeProcess] = []
-        self.processes: list[subprocess.Popen[bytes]] = []
         self.homes: dict[str, Path] = {}
+        self.sessions: dict[str, Session] = {}
         self.twin = ""
         self.plant_url = ""
+        self.plant_server: PlantServer | None = None
+        self.agents: list[tuple[asyncio.Event, asyncio.Future[None]]] = []
+        self.agent_events: list[str] = []
+        logging.getLogger("asyncua").setLevel(logging.ERROR)  # its notices went to the agent's log, not the story
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="demo-loop", daemon=True)
+        self._thread.start()
 
-    # -- running commands ----------------------------------------------------------------------
+    # -- running workflows ---------------------------------------------------------------------
 
-    def _show(self, args: tuple[str, ...]) -> None:
-        shown = " ".join(a if " " not in a else repr(a) for a in args).replace(str(self.directory) + "/", "")
-        note(f"$ twinledger {shown}", style="dim")
+    def run(self, work: Coroutine[Any, Any, T], timeout: float = 180.0) -> T:
+        """Run a coroutine on the demo's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout)
 
-    def cli(self, *args: str, quiet: bool = False) -> Any:
-        """Run a twinledger command as its user would; its JSON answer, or StepFailed."""
+    def session(self, organisation: str) -> Session:
+        if organisation not in self.sessions:
+            self.sessions[organisation] = Session(load_config(self.homes[organisation]))
+        return self.sessions[organisation]
+
+    def _show(self, command: str) -> None:
+        note(f"$ twinledger {command.replace(str(self.directory) + '/', '')}", style="dim")
+
+    def do(self, command: str, organisation: str, work: Callable[[Session], Awaitable[T]], quiet: bool = False) -> T:
+        """Run a workflow as ``organisation`` (narrated as the CLI ``command``); StepFailed
+        with the workflow's one-line reason if it fails."""
         if not quiet:
-            self._show(args)
-        done = subprocess.run([sys.executable, "-m", "twinledger", *args, "--json"], capture_output=True, text=True,
-                              timeout=180)  # fmt: skip
-        if done.returncode != 0:
-            raise StepFailed(f"twinledger {args[0]} {args[1] if len(args) > 1 else ''} failed: "
-                             f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no message'}")  # fmt: skip
-        return json.loads(done.stdout) if done.stdout.strip() else {}
+            self._show(f"{command} --home {self.home(organisation)}")
 
-    def refused(self, *args: str) -> str:
-        """Run a command that must fail; the one line saying why."""
-        self._show(args)
-        done = subprocess.run([sys.executable, "-m", "twinledger", *args], capture_output=True, text=True, timeout=180)
-        if done.returncode == 0:
-            raise StepFailed(f"twinledger {' '.join(args[:2])} succeeded but must be refused")
-        return done.stderr.strip().splitlines()[-1].removeprefix("error: ")
+        async def call() -> T:
+            return await work(self.session(organisation))
+
+        try:
+            return self.run(call())
+        except TwinledgerError as exc:
+            raise StepFailed(f"twinledger {command.split()[0]} failed: {exc.message}") from None
+
+    def refused(self, command: str, organisation: str, work: Callable[[Session], Awaitable[Any]]) -> str:
+        """Run a workflow that must be refused; the one line saying why."""
+        self._show(f"{command} --home {self.home(organisation)}")
+
+        async def call() -> Any:
+            return await work(self.session(organisation))
+
+        try:
+            self.run(call())
+        except TwinledgerError as exc:
+            return exc.message
+        raise StepFailed(f"twinledger {command.split()[0]} succeeded but must be refused")
 
     def home(self, organisation: str) -> str:
         return str(self.homes[organisation])
 
     def view(self) -> dict[str, Any]:
-        return self.cli("twin", "show", self.twin, "--home", self.home("owner"), quiet=True)
+        return self.do(f"twin show {self.twin}", "owner", lambda s: s.twin(self.twin), quiet=True)
 
     @property
     def plant_certs(self) -> Path:
@@ -147,7 +175,7 @@ class Demo:
                     await client.get_node(ua.NodeId(obj, ns)).call_method(ua.NodeId(f"{obj}/{method}", ns), *args)
                 return await client.get_node(ua.NodeId(read, ns)).read_value() if read else None
 
-        return asyncio.run(talk())
+        return self.run(talk())
 
     # -- the consortium ------------------------------------------------------------------------
 
@@ -171,74 +199,79 @@ class Demo:
         note("each organisation runs one node: BFT validator, encrypted store and re-encryption proxy, mutual TLS")
         for organisation in ORGANISATIONS:
             self.nodes.append(start_node(self.homes[organisation]))
-        clients = [NodeClient(load_config(self.homes[o])) for o in ORGANISATIONS]
-        try:
-            wait_for(lambda: all(c.health()["height"] >= 1 for c in clients), "the first block")
-        finally:
-            for c in clients:
-                c.close()
+        wait_for(lambda: all(self.session(o).node.health()["height"] >= 1 for o in ORGANISATIONS), "the first block")
         note("4 nodes are committing blocks")
 
     def start_line(self, rate_hz: float = 20.0) -> None:
+        """The plant simulator (OPC UA Sign & Encrypt), serving on the demo's loop."""
         port = free_port_block(1)
-        self.plant_url = f"opc.tcp://127.0.0.1:{port}/twinledger/plant/"
         plant_identity(self.plant_certs)
         self.trust_on_plant(self.console_identity.path, "console")
-        log = (self.directory / "plant.log").open("ab")
-        self.processes.append(subprocess.Popen([sys.executable, "-m", "twinledger", "plant", "run", "--port", str(port),
-                                                "--rate", str(rate_hz), "--certs", str(self.plant_certs)],
-                                               stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
-        wait_for(lambda: self._plant_up(), "the plant simulator to listen")
-
-    def _plant_up(self) -> bool:
-        try:
-            self.plant("plant", None, read="line-1/BottlesFilled")
-            return True
-        except (OSError, TimeoutError, ua.UaError):
-            return False
+        self.plant_server = PlantServer(Plant(), port=port, rate_hz=rate_hz, certs=self.plant_certs)
+        self.run(self.plant_server.start())
+        self.plant_url = self.plant_server.url
+        note(f"$ twinledger plant run --port {port} --certs plant-opcua", style="dim")
 
     def start_agent(self, device: Path, sampling_ms: int = 50) -> None:
-        """Start the device's agent once the plant trusts its certificate (the device
-        directory's opcua.der, in the plant's trust list); it pins the plant's."""
+        """Start the device's agent on the demo's loop once the plant trusts its
+        certificate (the device directory's opcua.der); it pins the plant's."""
         self.trust_on_plant(device / "opcua.der", device.name)
-        self.agent_log = self.directory / f"agent-{self.twin}.log"
-        log = self.agent_log.open("ab")
-        self.processes.append(subprocess.Popen([sys.executable, "-m", "twinledger", "agent", "--home",
-                                                self.home("owner"), "--twin", self.twin, "--device", str(device),
-                                                "--opcua", self.plant_url, "--opcua-server-cert",
-                                                str(self.plant_certs / "opcua.der"), "--flush-seconds", "0.5",
-                                                "--sampling-ms", str(sampling_ms), "--json"],
-                                               stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+        keys = access.device_keys(device)
+        note(f"$ twinledger agent --home {self.home('owner')} --twin {self.twin} --device {device.name} --opcua "
+             f"{self.plant_url}".replace(str(self.directory) + "/", ""), style="dim")  # fmt: skip
+
+        async def launch() -> tuple[asyncio.Event, asyncio.Future[None]]:
+            """Made on the loop's thread: the agent's spool is a database of that thread."""
+            agent = DeviceAgent(self.homes["owner"], load_config(self.homes["owner"]), keys, self.twin,
+                                self.plant_url, opcua_identity=agent_identity(device, keys.signing.public),
+                                opcua_trust=DeviceTrust(self.plant_certs / "opcua.der"), flush_seconds=0.5,
+                                sampling_ms=sampling_ms, say=self.agent_events.append)  # fmt: skip
+            stop = asyncio.Event()
+            return stop, asyncio.ensure_future(agent.run(stop))
+
+        stop, running = self.run(launch())
+        self.agents.append((stop, running))
 
     def agent_said(self, text: str) -> str | None:
-        lines = self.agent_log.read_text().splitlines() if self.agent_log.exists() else []
-        return next((json.loads(line)["event"] for line in lines if line.startswith("{") and text in line), None)
+        return next((event for event in list(self.agent_events) if text in event), None)
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        async def shut_down() -> None:
+            for stop, running in self.agents:
+                stop.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(running, 30)
+            if self.plant_server is not None:
+                await self.plant_server.stop()
+            for session in self.sessions.values():
+                await session.close()
+            left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in left:  # what closed connections leave to finish, as asyncio.run would
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self.run(shut_down(), timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
         for node in self.nodes:
             node.stop()
 
     # -- the scenario --------------------------------------------------------------------------
 
     def scenario(self) -> None:
-        owner, maintainer, manufacturer, auditor = (self.home(o) for o in ("owner", "maintainer", "manufacturer",
-                                                                             "auditor"))  # fmt: skip
         step("the owner registers the plant's digital twin from the manufacturer's AutomationML specification")
-        created = self.cli("twin", "create", "--home", owner, "--aml", str(PLANT), "--name", "Bottling line 1",
-                           "--device-id", f"line-1-{secrets.token_hex(3)}")  # fmt: skip
-        self.twin = created["id"]
+        device_id = f"line-1-{secrets.token_hex(3)}"
+        created = self.do(f"twin create --aml {PLANT.name} --name 'Bottling line 1' --device-id {device_id}", "owner",
+                          lambda s: twins.create(s, PLANT.read_bytes(), "Bottling line 1", device_id))  # fmt: skip
+        self.twin = created.twin
         note(f"twin {self.twin}: conveyor, filler, level and flow sensors, capper; programs with safety rules")
-        self.cli("twin", "role", "grant", self.twin, "maintainer", "maintainer", "--home", owner)
-        self.cli("twin", "role", "grant", self.twin, "auditor", "auditor", "--home", owner)
+        for party in ("maintainer", "auditor"):
+            self.do(f"twin role grant {self.twin} {party} {party}", "owner",
+                    lambda s, p=party: twins.grant_role(s, self.twin, p, p, []))  # fmt: skip
         device = self.directory / f"plc-{self.twin}"
-        self.cli("device", "add", "--home", owner, "--twin", self.twin, "--name", "plc-1", "--out", str(device))
+        self.do(f"device add --twin {self.twin} --name plc-1 --out {device}", "owner",
+                lambda s: devices.add(s, self.twin, "plc-1", device))  # fmt: skip
         note("the line's PLC is a device of the twin with its own keys and the device-agent role")
 
         step("the plant comes online (OPC UA simulator) and the device agent connects it to the twin")
@@ -246,15 +279,16 @@ class Demo:
         note(f"$ cp {device.name}/opcua.der plant-opcua/trusted/", style="dim")
         note("the PLC trusts the agent's OPC UA certificate; the agent pins the PLC's")
         self.start_agent(device)
-        feeds = wait_for(lambda: (f := self.view()["feeds"]) and len(f) == 4 and f, "the agent to attach the feeds")
+        attached = wait_for(lambda: (f := self.view()["feeds"]) and len(f) == 4 and f, "the agent to attach the feeds")
         note(f"agent: {wait_for(lambda: self.agent_said('connected to the device'), 'the agent to connect')}")
-        for feed in sorted(feeds, key=lambda f: f["component"]):
+        for feed in sorted(attached, key=lambda f: f["component"]):
             note(f"feed of {feed['component']:<24} {feed['description']}")
-        wait_for(lambda: self._samples(owner, "level-sensor-1-level"), "level readings in the store")
+        wait_for(lambda: self._samples("owner", "level-sensor-1-level"), "level readings in the store")
         note("readings flow into the store, encrypted on the owner's premises; each feed's head is checkpointed on chain")
 
         step("the owner shares sensor data with the manufacturer: a KP-CPRE grant, re-encrypted by the owner's proxy")
-        self.cli("grant", "--home", owner, "--twin", self.twin, "--to", "manufacturer", "--policy", "kind:sensor")
+        self.do(f"grant --twin {self.twin} --to manufacturer --policy kind:sensor", "owner",
+                lambda s: access.grant(s, self.twin, "manufacturer", "kind:sensor"))  # fmt: skip
         note("policy twin:<id> AND kind:sensor covers both sensors' feeds, not the production counters")
 
         step("the level sensor breaks: it reads a constant low level, the filler keeps filling, bottles flood")
@@ -271,46 +305,48 @@ class Demo:
                         and v, "the agent to replace the sensor's specification entry and feed")  # fmt: skip
         for text in ("replacing it by", "removed from the specification", "inserted into the specification",
                      "level-sensor-2-level: new encrypted feed"):  # fmt: skip
-            said = self.agent_said(text)
-            if said is None:
-                raise StepFailed(f"the agent did not report: {text}")
-            note(f"agent: {said}")
+            note(f"agent: {wait_for(lambda t=text: self.agent_said(t), f'the agent to report: {text}', 10.0)}")
         if view["anomalies"]:
             raise StepFailed("the alert is still open after the replacement")
-        wait_for(lambda: self._samples(owner, "level-sensor-2-level"), "the new sensor's readings")
+        wait_for(lambda: self._samples("owner", "level-sensor-2-level"), "the new sensor's readings")
         note("the new sensor streams into its own feed; the alert closed with the old sensor")
 
         step("the maintainer files the maintenance report: encrypted for the owner and the auditor, attached to the "
              "new sensor")
         report = self.directory / f"maintenance-report-{self.twin}.txt"
         report.write_text(REPORT)
-        document = self.cli("twin", "doc", "add", self.twin, str(report), "--home", maintainer, "--title",
-                            "Maintenance report", "--component", "level-sensor-2", "--reader", "owner", "--reader",
-                            "auditor")  # fmt: skip
-        doc_id = document["document"]
+        document = self.do(f"twin doc add {self.twin} {report} --title 'Maintenance report' --component "
+                           "level-sensor-2 --reader owner --reader auditor", "maintainer",
+                           lambda s: documents.add(s, self.twin, report, "Maintenance report",
+                                                   component="level-sensor-2", readers=["owner", "auditor"]))  # fmt: skip
+        doc_id = document.document
 
         step("what each organisation can read")
-        self._read_doc(owner, doc_id, "owner")
-        low = self._samples(owner, "line-1-bottles-filled")
+        self._read_doc("owner", doc_id)
+        low = self._samples("owner", "line-1-bottles-filled")
         note(f"owner: production figures too ({int(low[-1][1])} bottles filled)")
-        failure = self._samples(manufacturer, "level-sensor-1-level")
+        failure = self._samples("manufacturer", "level-sensor-1-level")
         below = [v for _, v in failure if v < 180]
         if not below:
             raise StepFailed("the manufacturer's copy of the failure data holds no low reading")
         note(f"manufacturer: the broken sensor's feed through its grant, {len(failure)} readings, "
              f"{len(below)} of them below 180 mm (min {min(below):.1f} mm)")  # fmt: skip
-        why = self.refused("twin", "feed", "read", self.twin, "line-1-bottles-filled", "--home", manufacturer)
+        why = self.refused(f"twin feed read {self.twin} line-1-bottles-filled", "manufacturer",
+                           lambda s: feeds.read(s, self.twin, "line-1-bottles-filled"))  # fmt: skip
         note(f"manufacturer: production figures refused — {why}", style="green")
-        self._read_doc(auditor, doc_id, "auditor")
-        why = self.refused("twin", "doc", "get", self.twin, doc_id, "--home", manufacturer, "-o",
-                           str(self.directory / "not-for-the-manufacturer.txt"))  # fmt: skip
+        self._read_doc("auditor", doc_id)
+        refused_copy = self.directory / "not-for-the-manufacturer.txt"
+        why = self.refused(f"twin doc get {self.twin} {doc_id[:16]} -o {refused_copy.name}", "manufacturer",
+                           lambda s: documents.get(s, self.twin, doc_id, refused_copy))  # fmt: skip
         note(f"manufacturer: the report refused — {why}", style="green")
 
         step("program calls: the specification allows the conveyor 0–2.5 m/s")
-        why = self.refused("twin", "call", self.twin, "SetVelocity", "velocity=3.0", "--home", owner)
+        why = self.refused(f"twin call {self.twin} SetVelocity velocity=3.0", "owner",
+                           lambda s: twins.call_program(s, self.twin, "SetVelocity", {"velocity": "3.0"}))  # fmt: skip
         note(f"3.0 m/s refused by the contract — {why}", style="green")
-        queued = self.cli("twin", "call", self.twin, "SetVelocity", "velocity=1.0", "--home", owner)
-        number = next(e["data"]["call"] for e in queued["receipt"]["events"] if e["type"] == "ProgramCalled")
+        queued = self.do(f"twin call {self.twin} SetVelocity velocity=1.0", "owner",
+                         lambda s: twins.call_program(s, self.twin, "SetVelocity", {"velocity": "1.0"}))  # fmt: skip
+        number = queued.event("ProgramCalled")["call"]
         call = wait_for(lambda: next((c for c in self.view()["calls"] if c["number"] == number
                                       and c["status"] not in ("queued", "dispatched")), None),
                         "the agent to run the call")  # fmt: skip
@@ -321,29 +357,29 @@ class Demo:
 
         self.audit()
 
-    def _samples(self, home: str, component: str) -> list[tuple[int, float]]:
+    def _samples(self, organisation: str, component: str) -> list[tuple[int, float]]:
         try:
-            answer = self.cli("twin", "feed", "read", self.twin, component, "--home", home, quiet=True)
+            read = self.do(f"twin feed read {self.twin} {component}", organisation,
+                           lambda s: feeds.read(s, self.twin, component), quiet=True)  # fmt: skip
         except StepFailed:
             return []
-        return [(t, v) for t, v in answer["samples"]]
+        return list(read.samples)
 
-    def _read_doc(self, home: str, doc_id: str, who: str) -> None:
-        copy = self.directory / f"report-read-by-{who}-{self.twin}.txt"
-        self.cli("twin", "doc", "get", self.twin, doc_id, "--home", home, "-o", str(copy))
+    def _read_doc(self, organisation: str, doc_id: str) -> None:
+        copy = self.directory / f"report-read-by-{organisation}-{self.twin}.txt"
+        self.do(f"twin doc get {self.twin} {doc_id[:16]} -o {copy.name}", organisation,
+                lambda s: documents.get(s, self.twin, doc_id, copy))  # fmt: skip
         if copy.read_text() != REPORT:
-            raise StepFailed(f"the report {who} read differs from the one filed")
-        note(f"{who}: the maintenance report, decrypted and checked against its hash on chain")
+            raise StepFailed(f"the report {organisation} read differs from the one filed")
+        note(f"{organisation}: the maintenance report, decrypted and checked against its hash on chain")
 
     def audit(self) -> None:
         step("the audit report: every change of the twin, each with an inclusion proof verified offline")
-        config = load_config(self.homes["auditor"])
-        client = NodeClient(config)
-        try:
-            entries = client.request("GET", f"/v1/twins/{self.twin}/audit", params={"proofs": "true"})["entries"]
-        finally:
-            client.close()
-        trusted = validators_hash(list(Genesis.read(config.genesis_path).validator_keys))
+        audit = self.do(f"twin audit {self.twin}", "auditor", lambda s: twins.audit(s, self.twin))
+        if not audit.verified:
+            raise StepFailed("a proof of the audit does not verify")
+        entries = audit.entries
+        trusted = audit.trusted
         proofs = self.directory / f"proofs-{self.twin}"
         proofs.mkdir(exist_ok=True)
         for entry in entries:

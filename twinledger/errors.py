@@ -72,3 +72,31 @@ class DecryptionFailed(TwinledgerError):
 
     def __init__(self) -> None:
         super().__init__("cannot decrypt: wrong key or damaged data")
+
+
+class TransactionFailed(TwinledgerError):
+    """The chain committed the transaction and the contract refused it; the code is the receipt's."""
+
+
+class NotCommitted(TwinledgerError):
+    """A transaction was accepted but not seen committed in time (it may still commit)."""
+
+    code = "not_committed"
+
+
+class BadRequest(TwinledgerError):
+    """A caller's input is malformed (a hex string that is not hex, a time in the past)."""
+
+    code = "bad_request"
+
+
+def parse_hex(value: str, what: str, size: int | None = 32) -> bytes:
+    """``value`` as bytes, or BadRequest naming ``what`` if it is not hex of ``size`` bytes."""
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = None
+    if raw is None or (size is not None and len(raw) != size):
+        digits = f"{2 * size} hex digits" if size is not None else "hex"
+        raise BadRequest(f"{what} must be {digits}")
+    return raw

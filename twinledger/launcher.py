@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from twinledger.client import NodeClient, NodeUnreachable
 from twinledger.config import load_config, read_run_file
 from twinledger.errors import TwinledgerError
+from twinledger.services.remote import NodeClient, NodeUnreachable
 
 
 @dataclass

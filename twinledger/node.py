@@ -624,10 +624,10 @@ class Node(NetworkedProducer):
 
     def _store_tls(self) -> tuple[StoreTls, NodeIdentity]:
         """The TLS contexts and the identity this node speaks the store (and ingest) protocol with."""
-        from twinledger.client import store_tls
         from twinledger.crypto.certs import identity_of, read_certificate
+        from twinledger.store.protocol import StoreTls
 
-        return store_tls(self.config), identity_of(read_certificate(self.config.cert("node")))
+        return StoreTls.of_home(self.config), identity_of(read_certificate(self.config.cert("node")))
 
     async def _start_storage(self) -> None:
         from twinledger.store.disk import ChunkStore

@@ -41,7 +41,12 @@ from asyncua import Client, ua
 from asyncua.ua.uaerrors import UaError
 
 from twinledger.agent.anomaly import AnomalyCheck, Transition
-from twinledger.agent.opcua import (
+from twinledger.agent.spool import Spool
+from twinledger.config import NodeConfig
+from twinledger.contracts import calls
+from twinledger.contracts.calls import ContractCall
+from twinledger.errors import TransactionFailed, TwinledgerError
+from twinledger.ingest.opcua import (
     ApplicationIdentity,
     DeviceTrust,
     OpcuaSecurityError,
@@ -50,13 +55,11 @@ from twinledger.agent.opcua import (
     policy_name,
     read_certificate_file,
 )
-from twinledger.agent.spool import Spool
-from twinledger.client import DeviceKeys, NodeClient, TransactionFailed, organisation_key, sharing_public, store_client
-from twinledger.config import NodeConfig
-from twinledger.crypto import kpcpre
-from twinledger.errors import TwinledgerError
+from twinledger.services import feeds
+from twinledger.services.access import DeviceKeys
+from twinledger.services.session import Session
 from twinledger.store.client import StoreClient
-from twinledger.store.feeds import CHECKPOINT_EVERY, FeedWriter, create_feed, feed_reference, parse_feed_reference
+from twinledger.store.feeds import CHECKPOINT_EVERY, FeedWriter, parse_feed_reference
 from twinledger.store.records import FeedUpdate
 from twinledger.twins import aml
 
@@ -135,14 +138,11 @@ class DeviceAgent:
         self.checkpoint_every = checkpoint_every
         self.say = say
         self.spool = Spool(self.state_dir / "spool.db")
-        self.organisation_key = organisation_key(config)
-        self.sharing: kpcpre.PublicKey | None = None
         self.streams: dict[str, Stream] = {}
         """By signal id."""
         self.twin: dict[str, Any] = {}
-        self.node: NodeClient | None = None
+        self.session: Session | None = None
         self.store: StoreClient | None = None
-        self.chain_id = ""
         self.opcua: Client | None = None
         self.ns = 0
         self.sightings: asyncio.Queue[Sighting] = asyncio.Queue()
@@ -168,29 +168,26 @@ class DeviceAgent:
 
     async def _connect(self) -> None:
         """(Re)connect to the home's node and the store nodes, wherever they now listen."""
-        if self.store is not None:
-            await self.store.close()
-        if self.node is not None:
-            self.node.close()
-        self.node = NodeClient(self.config, timeout=15.0)
-        self.chain_id = (await asyncio.to_thread(self.node.health))["chain_id"]
-        members = await asyncio.to_thread(self.node.request, "GET", "/v1/members")
-        self.sharing = sharing_public(members, self.config.organisation)
-        self.store = store_client(self.config, members)
+        if self.session is None:
+            self.session = Session(self.config, key=self.device.signing, timeout=15.0)
+        else:
+            await self.session.reconnect()
+        self.store = await self.session.store()
         for stream in self.streams.values():
             stream.writer.store = self.store
         await self._refresh(force=True)
         self.connected = True
 
     async def _get(self, path: str, **params: Any) -> Any:
-        assert self.node is not None
-        return await asyncio.to_thread(self.node.request, "GET", path, params=params)
+        assert self.session is not None
+        return await self.session.get(path, **params)
 
-    async def transact(self, method: str, args: dict[str, Any], contract: str = "twins") -> dict[str, Any]:
+    async def transact(self, call: ContractCall) -> dict[str, Any]:
         """Commit a call signed by the device; TransactionFailed if the contract refused it."""
-        assert self.node is not None
-        return await asyncio.to_thread(self.node.commit, self.device.signing, contract, method, args, self.chain_id,
-                                       check=True)  # fmt: skip
+        assert self.session is not None
+        view = (await self.session.transact(call)).view
+        assert view is not None
+        return view
 
     async def _refresh(self, force: bool = False) -> None:
         """Re-read the twin; reconcile the streams when the specification changed, and
@@ -233,35 +230,23 @@ class DeviceAgent:
                 if entry["owner"] in active or entry["owner"] not in {d["key"] for d in self.twin["devices"]}:
                     self.say(f"{signal.id}: its feed belongs to another key; not streaming it")
                     continue
-                await self.transact("remove_feed", {"twin": self.twin["id"], "component": signal.id})
+                await self.transact(calls.remove_feed(self.twin["id"], signal.id))
                 self.say(f"{signal.id}: detached the feed of a retired device")
                 entry = None
             feed = parse_feed_reference(entry["reference"]) if entry is not None else await self._new_feed(signal)
             await self._start_stream(signal, feed)
 
     async def _new_feed(self, signal: aml.Signal) -> bytes:
-        assert self.store is not None
-        twin = self.twin["id"]
-        attributes = [f"twin:{twin}", f"kind:{signal.kind}", f"component:{signal.component_id}", f"signal:{signal.id}"]
-        acl = await create_feed(self.store, self.device.signing, self.config.organisation, self.organisation_key,
-                                f"{twin}/{signal.id}", {}, attributes, self.sharing)  # fmt: skip
-        unit = f" ({signal.unit})" if signal.unit else ""
-        await self.transact("add_feed", {"twin": twin, "component": signal.id, "reference": feed_reference(acl.item),
-                                         "description": f"{signal.name}{unit} from {signal.opcua_node}"})  # fmt: skip
-        self.say(f"{signal.id}: new encrypted feed {acl.item.hex()[:16]}… attached on chain ({signal.kind})")
-        return acl.item
+        assert self.session is not None
+        made = await feeds.create_and_attach(self.session, self.twin["id"], signal.id, readers=[self.config.organisation],
+                                             description=feeds.signal_description(signal), signal=signal)  # fmt: skip
+        assert made.feed is not None
+        self.say(f"{signal.id}: new encrypted feed {made.feed.hex()[:16]}… attached on chain ({signal.kind})")
+        return made.feed
 
     async def _start_stream(self, signal: aml.Signal, feed: bytes) -> None:
-        assert self.store is not None
-        twin, component = self.twin["id"], signal.id
-
-        async def checkpoint(head: FeedUpdate) -> None:
-            await self.transact("checkpoint_feed", {"twin": twin, "component": component, "sequence": head.sequence,
-                                                    "head": head.hash})  # fmt: skip
-
-        writer = await FeedWriter.open(self.store, self.device.signing, self.config.organisation,
-                                       self.organisation_key, feed, checkpoint, self.checkpoint_every,
-                                       self.sharing)  # fmt: skip
+        assert self.session is not None
+        writer = await feeds.open_writer(self.session, self.twin["id"], signal.id, feed, self.checkpoint_every)
         if writer.head is not None:
             self.spool.drop_until(signal.opcua_node, writer.head.last)
         open_ = any(a["signal"] == signal.id for a in self.twin.get("anomalies", []))
@@ -300,9 +285,8 @@ class DeviceAgent:
         while self.reports:
             signal, transition, sequence = self.reports[0]
             try:
-                await self.transact("report_anomaly", {"twin": self.twin["id"], "signal": signal,
-                                                       "state": transition.state, "deviation": transition.deviation,
-                                                       "since": transition.since, "sequence": sequence})  # fmt: skip
+                await self.transact(calls.report_anomaly(self.twin["id"], signal, transition.state,
+                                                         transition.deviation, transition.since, sequence))  # fmt: skip
             except TransactionFailed as exc:
                 self.reports.pop(0)
                 if exc.code not in ("anomaly_open", "no_anomaly", "unknown_signal"):
@@ -344,12 +328,11 @@ class DeviceAgent:
         ids = {i.element_id for i in aml.identities(self.specification)}
         twin = self.twin["id"]
         if plan.old in ids:
-            view = await self.transact("remove_aml", {"twin": twin, "element": plan.old})
+            view = await self.transact(calls.remove_aml(twin, plan.old))
             events = ", ".join(e["type"] for e in view["receipt"]["events"])
             self.say(f"{plan.old}: removed from the specification ({events})")
         if plan.new not in ids:
-            args = {"twin": twin, "fragment": plan.fragment, "parent": plan.parent}
-            await self.transact("insert_aml", {**args, "after": plan.after} if plan.after else args)
+            await self.transact(calls.insert_aml(twin, plan.fragment, plan.parent, plan.after))
             self.say(f"{plan.new}: inserted into the specification")
         await self._refresh(force=True)
         self._plan_file.unlink(missing_ok=True)
@@ -470,8 +453,7 @@ class DeviceAgent:
                 await self._execute(call)
 
     async def _report(self, call: dict[str, Any], status: str, result: str) -> None:
-        await self.transact("report_call", {"twin": self.twin["id"], "call": call["number"], "status": status,
-                                            "result": result[:MAX_RESULT]})  # fmt: skip
+        await self.transact(calls.report_call(self.twin["id"], call["number"], status, result[:MAX_RESULT]))
         self.stats["calls"] += 1
         self.say(f"call {call['number']} {call['program']}({_params(call['params'])}): {status} — {result}")
 
@@ -490,7 +472,7 @@ class DeviceAgent:
         if self.opcua is None:
             return  # the device is unreachable: the call waits in the queue
         try:
-            await self.transact("dispatch_call", {"twin": self.twin["id"], "call": call["number"]})
+            await self.transact(calls.dispatch_call(self.twin["id"], call["number"]))
         except TransactionFailed as exc:
             if exc.code == "forbidden":
                 self.refused.add(call["number"])
@@ -571,10 +553,8 @@ class DeviceAgent:
                 except TwinledgerError as exc:
                     log.warning("final flush of %s: %s", signal_id, exc.message)
                 await self._close_stream(signal_id)
-        if self.store is not None:
-            await self.store.close()
-        if self.node is not None:
-            self.node.close()
+        if self.session is not None:
+            await self.session.close()
         self.spool.close()
 
 

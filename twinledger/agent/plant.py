@@ -15,7 +15,7 @@ namespace, named by the AML element ID: ``level-sensor-1/Level``,
 
 Given a directory for its certificates, the server offers Sign & Encrypt only
 (Aes256_Sha256_RsaPss and Basic256Sha256), and lets in the clients whose certificates
-are in the directory's ``trusted/`` (``agent/opcua.py``). Without one it runs without
+are in the directory's ``trusted/`` (``ingest/opcua.py``). Without one it runs without
 OPC UA security, and then only on a loopback address.
 """
 
@@ -29,8 +29,8 @@ from typing import Any
 
 from asyncua import Server, ua
 
-from twinledger.agent.opcua import SERVER_POLICIES, ApplicationIdentity, TrustList, application_identity
 from twinledger.errors import TwinledgerError
+from twinledger.ingest.opcua import SERVER_POLICIES, ApplicationIdentity, TrustList, application_identity
 
 NAMESPACE = "urn:twinledger:bottling-plant"
 RIM_MM = 200.0

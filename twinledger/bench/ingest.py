@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,12 +31,13 @@ from rich.console import Console
 from rich.progress import Progress
 
 from twinledger import demo
-from twinledger.agent.plant import NAMESPACE
+from twinledger.agent.plant import NAMESPACE, plant_identity
 from twinledger.bench.ledger import publish
-from twinledger.client import store_tls
 from twinledger.config import load_config, read_run_file
-from twinledger.ingest.client import IngestClient
 from twinledger.ingest.protocol import NODE_MESSAGES, IngestRecord, frame, max_frame, read_message
+from twinledger.ingest.sender import IngestSender
+from twinledger.launcher import free_port_block
+from twinledger.services import devices, feeds, twins
 from twinledger.store.protocol import StoreTls
 
 console = Console(stderr=True)
@@ -58,7 +62,7 @@ async def _send(endpoint: str, tls: StoreTls, size: int, count: int, connections
 
     async def one(index: int, share: int) -> None:
         nonlocal refused
-        async with IngestClient(lambda: endpoint, tls, os.urandom(16)) as client:
+        async with IngestSender(lambda: endpoint, tls, os.urandom(16)) as client:
             payload = os.urandom(size)
 
             def records() -> Any:
@@ -151,19 +155,63 @@ async def _opcua_witness(line: demo.Demo, seconds: float) -> dict[str, int]:
 
 
 def _feed_samples(line: demo.Demo, component: str, since_us: int, until_us: int) -> list[int]:
-    answer = line.cli("twin", "feed", "read", line.twin, component, "--home", line.home("owner"), quiet=True)
-    return sorted(t for t, _ in answer["samples"] if since_us <= t <= until_us)
+    read = line.do(f"twin feed read {line.twin} {component}", "owner", lambda s: feeds.read(s, line.twin, component),
+                   quiet=True)  # fmt: skip
+    return sorted(t for t, _ in read.samples if since_us <= t <= until_us)
+
+
+def _start_processes(line: demo.Demo, device: Path, plant_hz: float, sampling_ms: int) -> list[subprocess.Popen[bytes]]:
+    """The plant simulator and the device agent as processes of their own, as a plant runs
+    them (in the demo they share its process): what is measured is the whole path."""
+    port = free_port_block(1)
+    line.plant_url = f"opc.tcp://127.0.0.1:{port}/twinledger/plant/"
+    plant_identity(line.plant_certs)
+    line.trust_on_plant(line.console_identity.path, "console")
+    line.trust_on_plant(device / "opcua.der", device.name)
+    log = (line.directory / "processes.log").open("ab")
+    plant = subprocess.Popen([sys.executable, "-m", "twinledger", "plant", "run", "--port", str(port), "--rate",
+                              str(plant_hz), "--certs", str(line.plant_certs)], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    demo.wait_for(lambda: _plant_up(line), "the plant simulator to listen")
+    agent = subprocess.Popen([sys.executable, "-m", "twinledger", "agent", "--home", line.home("owner"), "--twin",
+                              line.twin, "--device", str(device), "--opcua", line.plant_url, "--opcua-server-cert",
+                              str(line.plant_certs / "opcua.der"), "--flush-seconds", "0.5", "--sampling-ms",
+                              str(sampling_ms), "--json"], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    return [agent, plant]
+
+
+def _plant_up(line: demo.Demo) -> bool:
+    try:
+        line.plant("plant", None, read="line-1/BottlesFilled")
+        return True
+    except (OSError, TimeoutError, ua.UaError):
+        return False
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def _opcua_run(line: demo.Demo, plant_hz: float, sampling_ms: int, seconds: float, progress: Progress) -> dict[str, Any]:
-    owner = line.home("owner")
     task = progress.add_task(f"OPC UA: plant at {plant_hz:g} Hz, agent sampling every {sampling_ms} ms", total=None)
-    line.twin = line.cli("twin", "create", "--home", owner, "--aml", str(demo.PLANT), "--name", "bench line",
-                         "--device-id", f"bench-{os.urandom(3).hex()}", quiet=True)["id"]  # fmt: skip
+    device_id = f"bench-{os.urandom(3).hex()}"
+    line.twin = line.do("twin create", "owner", lambda s: twins.create(s, demo.PLANT.read_bytes(), "bench line",
+                                                                       device_id), quiet=True).twin  # fmt: skip
     device = line.directory / f"plc-{line.twin}"
-    line.cli("device", "add", "--home", owner, "--twin", line.twin, "--name", "plc-1", "--out", str(device), quiet=True)
-    line.start_line(rate_hz=plant_hz)
-    line.start_agent(device, sampling_ms=sampling_ms)
+    line.do("device add", "owner", lambda s: devices.add(s, line.twin, "plc-1", device), quiet=True)
+    processes = _start_processes(line, device, plant_hz, sampling_ms)
+    try:
+        return _measure(line, sampling_ms, seconds, progress, task)
+    finally:
+        _stop(processes)
+
+
+def _measure(line: demo.Demo, sampling_ms: int, seconds: float, progress: Progress, task: Any) -> dict[str, Any]:
     demo.wait_for(lambda: len(line.view()["feeds"]) == 4, "the agent to attach the feeds")
     demo.wait_for(lambda: _feed_samples(line, "level-sensor-1-level", 0, 1 << 62), "readings in the level feed")
     since = time.time_ns() // 1000
@@ -178,7 +226,7 @@ def _opcua_run(line: demo.Demo, plant_hz: float, sampling_ms: int, seconds: floa
     window = (until - since) / 1e6
     intervals = [(b - a) / 1000 for name in SIGNALS for a, b in zip(stored[name], stored[name][1:], strict=False)]
     total = sum(len(v) for v in stored.values())
-    return {"plant_hz": plant_hz, "sampling_ms": sampling_ms, "seconds": round(window, 2), "signals": len(SIGNALS),
+    return {"sampling_ms": sampling_ms, "seconds": round(window, 2), "signals": len(SIGNALS),
             "samples_in_feeds": total, "samples_per_s": round(total / window, 1),
             "per_signal_samples_per_s": round(total / window / len(SIGNALS), 1),
             "interval_median_ms": round(statistics.median(intervals), 1) if intervals else None,
@@ -198,14 +246,14 @@ def run_ingest_benchmark(output: Path, as_json: bool, connections: int = 4, wind
         try:
             owner = load_config(line.homes["owner"])
             endpoint = str((read_run_file(owner) or {})["ingest"])
-            tls = store_tls(owner)
+            tls = StoreTls.of_home(owner)
             tcp = []
             for size, count in SIZES.items():
                 count = max(connections, int(count * scale))
                 run = asyncio.run(_send(endpoint, tls, size, count, connections, progress))
                 run["ceiling_tls_sink_records_per_s"] = round(asyncio.run(_sink_ceiling(tls, size, count, window)))
                 tcp.append(run)
-            opcua = _opcua_run(line, plant_hz, sampling_ms, seconds, progress)
+            opcua = {"plant_hz": plant_hz, **_opcua_run(line, plant_hz, sampling_ms, seconds, progress)}
         finally:
             line.stop()
     result: dict[str, Any] = {"benchmark": "ingest", "validators": 4, "replication": 3, "write_quorum": 2,

@@ -38,12 +38,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from twinledger.bench.ledger import publish
-from twinledger.client import NodeClient, organisation_key, sharing_key, sharing_public, store_client
 from twinledger.config import init_network, load_config
 from twinledger.crypto import groups, kpcpre
 from twinledger.crypto.policy import Leaf, Policy, all_of, any_of, parse_policy
 from twinledger.crypto.policy import to_obj as policy_to_obj
 from twinledger.launcher import free_port_block, start_node
+from twinledger.services.remote import NodeClient, sharing_public, store_client
 from twinledger.sharing.grants import hand_over, make_grant_key, through_proxy
 from twinledger.store.documents import as_reader
 from twinledger.store.feeds import FeedReader, FeedWriter, create_feed
@@ -176,9 +176,9 @@ async def _network_epoch(homes: list[Path], segments: int, progress: Progress) -
     reader_key = sharing_public(members, "auditor")
     assert sharing is not None and reader_key is not None
     async with store_client(owner_config, members) as store:
-        acl = await create_feed(store, owner, "owner", organisation_key(owner_config), f"{twin}/level-sensor-1", {},
+        acl = await create_feed(store, owner, "owner", owner_config.encryption_key(), f"{twin}/level-sensor-1", {},
                                 [f"twin:{twin}", "kind:sensor", "component:level-sensor-1"], sharing)  # fmt: skip
-        writer = await FeedWriter.open(store, owner, "owner", organisation_key(owner_config), acl.item, sharing=sharing)
+        writer = await FeedWriter.open(store, owner, "owner", owner_config.encryption_key(), acl.item, sharing=sharing)
         task = progress.add_task(f"writing an epoch of {segments} segments", total=segments)
         start = 1_790_000_000_000_000
         for index in range(segments):
@@ -186,7 +186,7 @@ async def _network_epoch(homes: list[Path], segments: int, progress: Progress) -
             await writer.flush()
             progress.advance(task)
         begin = time.perf_counter()
-        made = make_grant_key(sharing_key(owner_config), twin, parse_policy("kind:sensor"), reader_key)
+        made = make_grant_key(owner_config.sharing_key(), twin, parse_policy("kind:sensor"), reader_key)
         keyed = time.perf_counter()
         committed = node.commit(owner, "sharing", "grant", {
             "twin": twin, "recipient": "auditor", "policy": policy_to_obj(made.policy), "key_hash": made.key_hash,
@@ -195,10 +195,10 @@ async def _network_epoch(homes: list[Path], segments: int, progress: Progress) -
         await hand_over(store, ["maintainer/node-1"], bytes.fromhex(committed["transaction"]["hash"]), made.key,
                         committed["block"]["height"])  # fmt: skip
         handed = time.perf_counter()
-        own = await _read_epoch(FeedReader(store, acl, as_reader("owner", organisation_key(owner_config))))
+        own = await _read_epoch(FeedReader(store, acl, as_reader("owner", owner_config.encryption_key())))
     grants = NodeClient(reader_config).request("GET", "/v1/grants?recipient=auditor")
     async with store_client(reader_config, members) as store:
-        unlock = through_proxy(store, grants["grants"][0], sharing_key(reader_config), grants["height"])
+        unlock = through_proxy(store, grants["grants"][0], reader_config.sharing_key(), grants["height"])
         shared = await _read_epoch(FeedReader(store, await store.get_acl(acl.item), unlock))
     return {"segments": segments, "samples": segments * SAMPLES_PER_SEGMENT,
             "rkgen_ms": round((keyed - begin) * 1000, 1), "grant_commit_ms": round((recorded - keyed) * 1000, 1),

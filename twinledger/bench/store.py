@@ -26,9 +26,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from twinledger.bench.ledger import publish
-from twinledger.client import organisation_key, store_client
 from twinledger.config import init_network, load_config
 from twinledger.launcher import NodeProcess, free_port_block, start_node
+from twinledger.services.remote import store_client
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import as_reader, download_document, upload_document
 from twinledger.store.feeds import MAX_SEGMENT_SAMPLES, FeedReader, FeedWriter, create_feed, now_us, seal_segment
@@ -91,11 +91,11 @@ async def run_feed(writer_client: StoreClient, reader_client: StoreClient, owner
                    progress: Progress) -> dict[str, Any]:  # fmt: skip
     """Offer ``rate`` samples/s for ``seconds`` into a new feed with ``period``-second
     segments while a reader follows it; samples/s appended and latency percentiles."""
-    acl = await create_feed(writer_client, owner.signing_key("operator"), "owner", organisation_key(owner), topic,
+    acl = await create_feed(writer_client, owner.signing_key("operator"), "owner", owner.encryption_key(), topic,
                             recipients)  # fmt: skip
-    writer = await FeedWriter.open(writer_client, owner.signing_key("operator"), "owner", organisation_key(owner),
+    writer = await FeedWriter.open(writer_client, owner.signing_key("operator"), "owner", owner.encryption_key(),
                                    acl.item)  # fmt: skip
-    follower = await FeedReader.open(reader_client, acl.item, as_reader("maintainer", organisation_key(reader)))
+    follower = await FeedReader.open(reader_client, acl.item, as_reader("maintainer", reader.encryption_key()))
     total = int(rate * seconds)
     task = progress.add_task(f"feed: {rate:,} samples/s, {period:g} s segments", total=total)
     latencies: list[float] = []
@@ -174,7 +174,7 @@ def run_store_benchmark(size_mib: int, output: Path, as_json: bool, feed_rate: i
                 async with store_client(reader, members) as client:
                     begin = time.perf_counter()
                     await download_document(client, stored.reference, stored.manifest,
-                                            as_reader("maintainer", organisation_key(reader)), workdir / "copy.bin",
+                                            as_reader("maintainer", reader.encryption_key()), workdir / "copy.bin",
                                             lambda n: progress.advance(download_task, n))  # fmt: skip
                     downloaded = time.perf_counter() - begin
                 return uploaded, downloaded

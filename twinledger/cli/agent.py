@@ -13,9 +13,9 @@ from typing import Annotated
 import typer
 
 from twinledger.cli.common import Home, Json, client, command, out
-from twinledger.client import device_keys
 from twinledger.config import load_config
 from twinledger.errors import TwinledgerError
+from twinledger.services.access import device_keys
 
 
 @command
@@ -44,7 +44,7 @@ def agent(
     device over OPC UA Sign & Encrypt with the certificate in the device directory, which
     the device must trust."""
     from twinledger.agent.agent import DeviceAgent
-    from twinledger.agent.opcua import DeviceTrust, agent_identity, read_certificate_file
+    from twinledger.ingest.opcua import DeviceTrust, agent_identity, read_certificate_file
 
     if insecure and server_cert:
         raise TwinledgerError("--opcua-insecure and --opcua-server-cert contradict each other", code="bad_options")

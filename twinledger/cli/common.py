@@ -1,13 +1,15 @@
-"""What every CLI command shares: output, the error wrapper, the node client, and
-submitting a signed call and waiting for its receipt."""
+"""What every CLI command shares: output, the error wrapper, running a service workflow
+in a session of the home, and the options several commands take. A command parses its
+options, calls one workflow of ``twinledger.services``, and renders what it returns."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -16,14 +18,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from twinledger.client import NodeClient
-from twinledger.config import load_config, passphrase
-from twinledger.crypto.keys import SigningKey, read_secret_file
+from twinledger.config import load_config
 from twinledger.errors import TwinledgerError
+from twinledger.services.remote import NodeClient
+from twinledger.services.session import Outcome, Session, open_session
 
 out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 Home = Annotated[Path, typer.Option("--home", help="Node home directory.", envvar="TWINLEDGER_HOME")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
@@ -31,6 +34,17 @@ KeyFile = Annotated[
     Path | None,
     typer.Option("--key", help="Sign with this Ed25519 key file instead of the home's operator key.", dir_okay=False),
 ]
+Ref = Annotated[str, typer.Argument(help="Twin id or device id.")]
+At = Annotated[int | None, typer.Option("--at", help="Show the state after this block height.", min=0)]
+Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the commit and report the outcome.")]
+Readers = Annotated[list[str], typer.Option("--reader", help="Organisation that may read it (repeatable; default: "
+                                                           "every organisation with a role on the twin).")]
+Attributes = Annotated[list[str], typer.Option("--attribute", help="Attribute for grants' policies, e.g. type:report "
+                                                                   "(repeatable; twin:ID and the kind are always set).")]
+Organisations = Annotated[list[str], typer.Argument(help="Member organisation names.")]
+DeviceDir = Annotated[Path | None, typer.Option("--device", help="Read as this device of the twin (the directory "
+                                                                  "device add wrote), through its grants.",
+                                                  file_okay=False)]  # fmt: skip
 
 
 def command(fn: F) -> F:
@@ -75,22 +89,24 @@ def client(home: Path) -> NodeClient:
     return NodeClient(load_config(home))
 
 
-def signer(home: Path, key_file: Path | None) -> SigningKey:
-    if key_file is None:
-        return load_config(home).signing_key("operator")
-    return SigningKey(read_secret_file(key_file, "ed25519", passphrase()))
+def run(home: Path, work: Callable[[Session], Awaitable[T]], key: Path | None = None) -> T:
+    """Run a workflow in a session of the home (signing with ``key`` if given)."""
+
+    async def session_work() -> T:
+        async with open_session(home, key) as session:
+            return await work(session)
+
+    return asyncio.run(session_work())
 
 
-def transact(home: Path, key_file: Path | None, contract: str, method: str, args: dict[str, Any],
-             wait: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Sign and submit ``contract.method(args)``; with ``wait``, return the committed
-    transaction's view, or raise with the receipt's message if the call failed."""
-    node = client(home)
-    chain_id = node.health()["chain_id"]
-    if not wait:
-        tx = node.call(signer(home, key_file), contract, method, args, chain_id)
-        return {"hash": tx.hash.hex(), "status": "accepted"}
-    return node.commit(signer(home, key_file), contract, method, args, chain_id, check=True)
+def render_outcome(outcome: Outcome, as_json: bool, done: str) -> None:
+    """What a write command prints: ``done`` with where it committed, or that it was submitted."""
+    if as_json:
+        print_json(outcome.json())
+    elif outcome.committed:
+        out.print(f"{done} (block {outcome.height}, tx {outcome.tx_hash.hex()[:16]}…)", highlight=False)
+    else:
+        out.print(f"submitted {outcome.tx_hash.hex()}", highlight=False)
 
 
 def parse_time(text: str) -> int:

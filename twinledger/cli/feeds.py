@@ -6,13 +6,11 @@ reading, following and verifying happen here too, so no node sees a sample value
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import math
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,54 +20,30 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from twinledger.cli.common import (
+    Attributes,
+    DeviceDir,
     Home,
     Json,
     KeyFile,
-    client,
+    Organisations,
+    Readers,
+    Ref,
+    Wait,
     command,
     err,
     kv_table,
     out,
     parse_time,
     print_json,
-    signer,
-    transact,
+    render_outcome,
+    run,
 )
-from twinledger.cli.sharing import DeviceDir, unlock_for
-from twinledger.cli.storage import with_store
-from twinledger.cli.twins import (
-    Attributes,
-    Organisations,
-    Readers,
-    Ref,
-    Wait,
-    _recipients,
-    _twin,
-    _write,
-    change_readers,
-    feed_app,
-)
-from twinledger.client import organisation_key, sharing_public
-from twinledger.config import NodeConfig
+from twinledger.cli.twins import feed_app, print_readers
 from twinledger.errors import TwinledgerError
-from twinledger.store.client import StoreClient
-from twinledger.store.feeds import (
-    CHECKPOINT_EVERY,
-    MAX_SEGMENT_SAMPLES,
-    Checkpoint,
-    FeedReader,
-    FeedReport,
-    FeedWriter,
-    Sample,
-    Segment,
-    create_feed,
-    feed_reference,
-    parse_feed_reference,
-    rotate_feed,
-    update_view,
-    verify_feed,
-)
-from twinledger.store.records import AccessDenied, FeedUpdate
+from twinledger.services import feeds
+from twinledger.services.access import device_keys
+from twinledger.services.session import Session
+from twinledger.store.feeds import CHECKPOINT_EVERY, FeedReport, Sample, update_view
 
 Component = Annotated[str, typer.Argument(help="AML component id of the sensor.")]
 TimeOption = Annotated[str | None, typer.Option(help="Seconds since the epoch or an ISO 8601 time (UTC if no zone).")]
@@ -89,22 +63,6 @@ def sparkline(values: list[float], width: int = 72) -> str:
     low, high = min(means), max(means)
     span = (high - low) or 1.0
     return "".join(SPARK[min(len(SPARK) - 1, int((m - low) / span * len(SPARK)))] for m in means)
-
-
-@dataclass(frozen=True)
-class AttachedFeed:
-    twin: str
-    entry: dict[str, Any]
-    """What the specification contract records of the feed."""
-    feed: bytes
-    checkpoints: list[Checkpoint]
-
-
-def _feed_of(home: Path, ref: str, component: str) -> AttachedFeed:
-    """The feed attached to the component, as the chain has it, with its checkpoints."""
-    view = client(home).request("GET", f"/v1/twins/{ref}/feeds/{component}/checkpoints")
-    return AttachedFeed(view["twin"], view["feed"], parse_feed_reference(view["feed"]["reference"]),
-                        [Checkpoint(c["sequence"], bytes.fromhex(c["head"])) for c in view["checkpoints"]])  # fmt: skip
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -132,21 +90,13 @@ def feed_add(
     Only this key can append to it; the readers get its data key sealed to them, and the
     owner can grant others access by its attributes (twin:ID, kind:sensor,
     component:COMPONENT and every --attribute)."""
-    view = _twin(home, ref)
     if reference is None:
-        owner = signer(home, key)
-        attributes = [f"twin:{view['id']}", "kind:sensor", f"component:{component}", *attribute]
-
-        async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> bytes:
-            recipients = _recipients(view, members, reader, config.organisation)
-            acl = await create_feed(store, owner, config.organisation, organisation_key(config),
-                                    topic or f"{view['id']}/{component}", recipients, attributes,
-                                    sharing_public(members, config.organisation))  # fmt: skip
-            return acl.item
-
-        reference = feed_reference(with_store(home, work))
-    args = {"twin": view["id"], "component": component, "reference": reference, "description": description}
-    _write(home, key, "add_feed", args, wait, as_json, f"feed {reference} attached to {component}")
+        attached = run(home, lambda session: feeds.create_and_attach(session, ref, component, topic=topic,
+                                                                     readers=reader, attributes=attribute,
+                                                                     description=description, wait=wait), key)  # fmt: skip
+    else:
+        attached = run(home, lambda session: feeds.attach(session, ref, component, reference, description, wait), key)
+    render_outcome(attached.outcome, as_json, f"feed {attached.reference} attached to {component}")
 
 
 @feed_app.command("remove")
@@ -154,8 +104,8 @@ def feed_add(
 def feed_remove(ref: Ref, component: Component, home: Home, key: KeyFile = None, wait: Wait = True,
                 as_json: Json = False) -> None:  # fmt: skip
     """Detach a component's sensor feed (its data and checkpoints stay)."""
-    _write(home, key, "remove_feed", {"twin": _twin(home, ref)["id"], "component": component}, wait, as_json,
-           f"feed of {component} removed")  # fmt: skip
+    render_outcome(run(home, lambda session: feeds.remove(session, ref, component, wait), key), as_json,
+                   f"feed of {component} removed")  # fmt: skip
 
 
 @feed_app.command("share")
@@ -163,8 +113,8 @@ def feed_remove(ref: Ref, component: Component, home: Home, key: KeyFile = None,
 def feed_share(ref: Ref, component: Component, organisations: Organisations, home: Home, key: KeyFile = None,
                as_json: Json = False) -> None:  # fmt: skip
     """Let more organisations read the component's feed, its history included."""
-    feed = _feed_of(home, ref, component).feed
-    change_readers(home, key, [feed], organisations, [], f"shared the feed of {component}", as_json)
+    acls = run(home, lambda session: feeds.change_readers(session, ref, component, organisations, []), key)
+    print_readers(acls, [], f"shared the feed of {component}", as_json)
 
 
 @feed_app.command("unshare")
@@ -172,8 +122,8 @@ def feed_share(ref: Ref, component: Component, organisations: Organisations, hom
 def feed_unshare(ref: Ref, component: Component, organisations: Organisations, home: Home, key: KeyFile = None,
                  as_json: Json = False) -> None:  # fmt: skip
     """Take organisations off the feed's readers; store nodes refuse their reads from then on."""
-    feed = _feed_of(home, ref, component).feed
-    change_readers(home, key, [feed], [], organisations, f"unshared the feed of {component}", as_json)
+    acls = run(home, lambda session: feeds.change_readers(session, ref, component, [], organisations), key)
+    print_readers(acls, organisations, f"unshared the feed of {component}", as_json)
 
 
 def _read_samples(source: Path) -> Iterator[tuple[int, Sample]]:
@@ -201,19 +151,6 @@ def _read_samples(source: Path) -> Iterator[tuple[int, Sample]]:
             stream.close()
 
 
-def _segments(samples: list[Sample], seconds: float) -> Iterator[list[Sample]]:
-    """Consecutive samples grouped into windows of ``seconds`` of sample time."""
-    window = max(1, round(seconds * 1_000_000))
-    batch: list[Sample] = []
-    for sample in samples:
-        if batch and (sample[0] - batch[0][0] >= window or len(batch) == MAX_SEGMENT_SAMPLES):
-            yield batch
-            batch = []
-        batch.append(sample)
-    if batch:
-        yield batch
-
-
 @feed_app.command("push")
 @command
 def feed_push(
@@ -235,32 +172,15 @@ def feed_push(
     samples = [sample for _, sample in _read_samples(source)]
     if not samples:
         raise TwinledgerError(f"{source} holds no samples", code="bad_sample")
-    attached = _feed_of(home, ref, component)
-    feed, twin = attached.feed, attached.twin
-    owner = signer(home, key)
-
-    async def checkpoint(head: FeedUpdate) -> None:
-        await asyncio.to_thread(transact, home, key, "twins", "checkpoint_feed",
-                                {"twin": twin, "component": component, "sequence": head.sequence, "head": head.hash})  # fmt: skip
-
-    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> list[FeedUpdate]:
-        writer = await FeedWriter.open(store, owner, config.organisation, organisation_key(config), feed,
-                                       checkpoint, checkpoint_every, sharing_public(members, config.organisation))  # fmt: skip
-        written: list[FeedUpdate] = []
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} samples"),
-                            TimeRemainingColumn(), console=err, transient=True,
-                            disable=as_json or not err.is_terminal)  # fmt: skip
-        with progress:
-            task = progress.add_task(f"appending to {component}", total=len(samples))
-            for batch in _segments(samples, segment_seconds):
-                writer.extend(batch)
-                written += await writer.flush()
-                progress.advance(task, len(batch))
-            await writer.close()
-        return written
-
-    written = with_store(home, work)
-    summary = {"feed": feed.hex(), "component": attached.entry["component"], "samples": len(samples), "updates": len(written),
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} samples"),
+                        TimeRemainingColumn(), console=err, transient=True,
+                        disable=as_json or not err.is_terminal)  # fmt: skip
+    with progress:
+        task = progress.add_task(f"appending to {component}", total=len(samples))
+        pushed = run(home, lambda session: feeds.push(session, ref, component, samples, segment_seconds,
+                                                      checkpoint_every, lambda n: progress.advance(task, n)), key)  # fmt: skip
+    feed, written = pushed.feed, pushed.updates
+    summary = {"feed": feed.hex(), "component": pushed.component, "samples": len(samples), "updates": len(written),
                "first_sequence": written[0].sequence, "last_sequence": written[-1].sequence,
                "head": written[-1].hash.hex()}  # fmt: skip
     if as_json:
@@ -285,19 +205,10 @@ def feed_read(
     as_json: Json = False,
 ) -> None:
     """Fetch, verify and decrypt a feed's history (optionally a time range) and plot it."""
-    feed = _feed_of(home, ref, component).feed
     start, end = (parse_time(t) if t is not None else None for t in (since, until))
-
-    async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> list[Segment]:
-        reader = await FeedReader.open(store, feed, unlock_for(home, config, store, device))
-        if latest:
-            newest = await reader.latest()
-            return [newest] if newest is not None else []
-        return [segment async for segment in reader.history(after, since=start, until=end)]
-
-    segments = with_store(home, work)
-    samples = [s for segment in segments for s in segment.samples
-               if (start is None or s[0] >= start) and (end is None or s[0] <= end)]  # fmt: skip
+    keys = device_keys(device) if device is not None else None
+    read = run(home, lambda session: feeds.read(session, ref, component, after, start, end, latest, keys))
+    feed, segments, samples = read.feed, read.segments, read.samples
     if as_json:
         print_json({"feed": feed.hex(), "updates": [update_view(s.update) for s in segments],
                     "samples": [[t, v] for t, v in samples]})  # fmt: skip
@@ -331,16 +242,11 @@ def feed_follow(
     as_json: Json = False,
 ) -> None:
     """Print new segments as they arrive (one JSON object per line with --json)."""
-    feed = _feed_of(home, ref, component).feed
+    keys = device_keys(device) if device is not None else None
 
-    async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> None:
-        reader = await FeedReader.open(store, feed, unlock_for(home, config, store, device))
-        start = after
-        if start is None:
-            head = await store.feed_head(reader.acl)
-            start = head.sequence if head is not None else -1
+    async def work(session: Session) -> None:
         seen = 0
-        async for segment in reader.follow(start):
+        async for segment in feeds.follow(session, ref, component, after, keys):
             if as_json:
                 sys.stdout.write(json.dumps({**update_view(segment.update),
                                              "values": [[t, v] for t, v in segment.samples]}) + "\n")  # fmt: skip
@@ -353,7 +259,7 @@ def feed_follow(
             if count is not None and seen >= count:
                 return
 
-    with_store(home, work)
+    run(home, work)
 
 
 def _report_view(report: FeedReport) -> dict[str, Any]:
@@ -369,16 +275,9 @@ def _report_view(report: FeedReport) -> dict[str, Any]:
 def feed_rotate(ref: Ref, component: Component, home: Home, key: KeyFile = None, as_json: Json = False) -> None:
     """Give the feed a new data key for everything appended from now on (a new epoch).
     History keeps its keys; twinledger revoke does this by itself for the twin's feeds."""
-    attached = _feed_of(home, ref, component)
-    owner = signer(home, key)
-
-    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> Any:
-        return await rotate_feed(store, owner, config.organisation, organisation_key(config), attached.feed,
-                                 sharing_public(members, config.organisation))  # fmt: skip
-
-    acl = with_store(home, work)
+    feed, acl = run(home, lambda session: feeds.rotate(session, ref, component), key)
     if as_json:
-        print_json({"feed": attached.feed.hex(), "epoch": len(acl.retired) + 1, "acl_version": acl.version})
+        print_json({"feed": feed.hex(), "epoch": len(acl.retired) + 1, "acl_version": acl.version})
     else:
         out.print(f"feed of {component} is in epoch {len(acl.retired) + 1}: samples appended from now on are "
                   "sealed under a new key", highlight=False)  # fmt: skip
@@ -389,19 +288,8 @@ def feed_rotate(ref: Ref, component: Component, home: Home, key: KeyFile = None,
 def feed_verify(ref: Ref, component: Component, home: Home, as_json: Json = False) -> None:
     """Check the feed's whole history on every replica against its on-chain checkpoints;
     reports deleted, altered and reordered updates and segments. Exits 1 if any."""
-    attached = _feed_of(home, ref, component)
-    feed = attached.feed
-
-    async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> FeedReport:
-        owner = bytes.fromhex(attached.entry["owner"])
-        unlock = unlock_for(home, config, store)
-        try:
-            await unlock(await store.get_acl(feed), None)
-        except AccessDenied:  # not a reader: checks everything but what is inside the segments
-            return await verify_feed(store, feed, attached.checkpoints, owner)
-        return await verify_feed(store, feed, attached.checkpoints, owner, unlock)
-
-    report = with_store(home, work)
+    report = run(home, lambda session: feeds.verify(session, ref, component))
+    feed = report.feed
     if as_json:
         print_json(_report_view(report))
     else:

@@ -16,12 +16,14 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from twinledger.cli.common import Home, Json, client, command, err, kv_table, out, print_json
-from twinledger.client import store_client, store_tls
-from twinledger.config import NodeConfig, load_config, passphrase, read_run_file
+from twinledger.cli.common import Home, Json, command, err, kv_table, out, print_json, run
+from twinledger.config import NodeConfig, load_config
 from twinledger.errors import TwinledgerError
-from twinledger.ingest.client import Answer, IngestClient, SenderKey, sender_key
 from twinledger.ingest.protocol import STREAM_BYTES, IngestError, IngestRecord
+from twinledger.ingest.sender import Answer, IngestSender
+from twinledger.services import ingest
+from twinledger.services.ingest import shared_attributes, tier2_key
+from twinledger.services.session import Session
 
 ingest_app = typer.Typer(no_args_is_help=True, help="Send records to the node's TCP ingest listener.")
 
@@ -36,40 +38,12 @@ Attributes = Annotated[list[str], typer.Option("--attribute", help="Attribute of
                                                                    "kind:record are always set).")]  # fmt: skip
 
 
-def tier2_key(config: NodeConfig, create: bool) -> SenderKey:
-    return sender_key(config.home / "keys" / "ingest-tier2.key", passphrase(), create)
-
-
-def _endpoint(config: NodeConfig, to: str | None) -> str | None:
-    """The listener to connect to: --to, else where the home's node runs it (None while
-    the node is not running)."""
-    if to:
-        return to
-    running = (read_run_file(config) or {}).get("ingest")
-    if running:
-        return str(running)
-    return f"{config.ingest_host}:{config.ingest_port}" if config.ingest_port else None
-
-
-def shared_attributes(twin: str | None, attributes: list[str]) -> list[str]:
-    """What a stream's records are shared under: none without ``twin``."""
-    if attributes and not twin:
-        raise TwinledgerError("--attribute needs --twin: shared records belong to a twin, whose owner's grants cover "
-                              "them", code="attributes_invalid")  # fmt: skip
-    return [f"twin:{twin}", *attributes] if twin else []
-
-
-def _client(config: NodeConfig, to: str | None, stream: bytes, as_json: bool, attributes: list[str]) -> IngestClient:
-    if _endpoint(config, to) is None:
-        raise TwinledgerError(f"no ingest listener known for {config.home}: start its node (with an [ingest] section "
-                              "in node.toml) or give --to HOST:PORT", code="ingest_unreachable")  # fmt: skip
-
+def _client(config: NodeConfig, to: str | None, stream: bytes, as_json: bool, attributes: list[str]) -> IngestSender:
     def event(text: str) -> None:
         if not as_json:
             err.print(f"[dim]{datetime.now():%H:%M:%S}[/] {text}", highlight=False, soft_wrap=True)
 
-    return IngestClient(lambda: _endpoint(config, to), store_tls(config), stream, attributes=attributes,
-                        on_event=event)  # fmt: skip
+    return ingest.sender(config, to, stream, attributes, event)
 
 
 def _metadata(meta: list[str]) -> dict[str, str]:
@@ -247,22 +221,13 @@ def record_get(
 ) -> None:
     """Show a record; with --out, fetch its payload from the store (checked against the
     hash on chain, decrypted, opened with this home's tier-2 key if it was sealed with it)."""
-    node = client(home)
-    record = node.request("GET", f"/v1/records/{record_id}")
+    async def fetch(session: Session) -> tuple[dict[str, Any], bytes | None]:
+        entry = await ingest.record(session, record_id)
+        return entry, await ingest.payload(session, entry) if out_path is not None else None
+
+    record, payload = run(home, fetch)
     written = None
-    if out_path is not None:
-        config = load_config(home)
-        members = node.request("GET", "/v1/members")
-        key = tier2_key(config, create=False) if "tier2" in (record.get("metadata") or {}) else None
-
-        async def fetch() -> bytes:
-            from twinledger.cli.sharing import unlock_for
-            from twinledger.ingest.payloads import read_payload
-
-            async with store_client(config, members) as store:
-                return await read_payload(store, record, unlock_for(home, config, store), key)
-
-        payload = asyncio.run(fetch())
+    if out_path is not None and payload is not None:
         temporary = out_path.with_name(f".{out_path.name}.part")
         temporary.write_bytes(payload)
         os.replace(temporary, out_path)

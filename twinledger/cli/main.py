@@ -3,7 +3,6 @@ failure one line on stderr saying why, and a non-zero exit code."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
@@ -19,13 +18,14 @@ from twinledger.cli import (
     sharing,
 )
 from twinledger.cli.agent import agent
-from twinledger.cli.common import Home, Json, client, command, err, error_line, kv_table, out, print_json
+from twinledger.cli.common import Home, Json, client, command, err, error_line, kv_table, out, print_json, run
 from twinledger.cli.ingest import ingest_app, record_get
 from twinledger.cli.keys import key_app
 from twinledger.cli.storage import store_app
 from twinledger.cli.twins import member_app, twin_app
 from twinledger.config import ROLES, init_home, load_config
 from twinledger.errors import InvalidProof, TwinledgerError
+from twinledger.services import records
 
 # asyncua's warnings (a revised session timeout, a revised subscription) are noise to a
 # plant engineer; its failures reach them as twinledger errors. So are asyncio's warnings
@@ -120,37 +120,16 @@ def record_put(
     as_json: Json = False,
 ) -> None:
     """Record a file (payload on chain, or only its hash) with metadata; prints the tx hash."""
-    from twinledger.core.types import MAX_TX_BYTES
-
-    metadata = {"filename": file.name}
-    for item in meta:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise TwinledgerError(f"--meta {item!r} is not KEY=VALUE")
-        metadata[key] = value
-    data = file.read_bytes()
-    if not hash_only and len(data) > MAX_TX_BYTES - 2048:
-        raise TwinledgerError(f"{file} is larger than a transaction may be; use --hash-only")
-    args: dict[str, Any] = {"media_type": media_type, "metadata": metadata}
-    if hash_only:
-        args["payload_hash"] = hashlib.sha256(data).digest()
-    else:
-        args["payload"] = data
-    config = load_config(home)
-    node = client(home)
-    health = node.health()
-    tx = node.call(config.signing_key("operator"), "records", "put", args, health["chain_id"])
-    result: dict[str, Any] = {"hash": tx.hash.hex(), "status": "accepted"}
-    if wait:
-        view = node.transaction(tx.hash.hex(), wait=30)
-        if view.get("status") != "committed":
-            raise TwinledgerError(f"transaction {tx.hash.hex()} was not committed within 30 s")
-        result = {"hash": tx.hash.hex(), "status": "committed", "height": view["block"]["height"],
-                  "receipt": view["receipt"]["status"]}  # fmt: skip
+    metadata = {"filename": file.name, **records.parse_metadata(meta)}
+    outcome = run(home, lambda session: records.put(session, file.read_bytes(), metadata, media_type, hash_only, wait))
+    result: dict[str, Any] = {"hash": outcome.tx_hash.hex(), "status": "accepted"}
+    if outcome.committed:
+        result = {"hash": outcome.tx_hash.hex(), "status": "committed", "height": outcome.height,
+                  "receipt": "ok"}  # fmt: skip
     if as_json:
         print_json(result)
     else:
-        out.print(tx.hash.hex(), highlight=False)
+        out.print(outcome.tx_hash.hex(), highlight=False)
 
 
 record_app.command("get")(record_get)
@@ -407,8 +386,8 @@ def plant_run(
     only and lets in the clients whose certificates are in CERTS/trusted/."""
     import asyncio
 
-    from twinledger.agent.opcua import SERVER_POLICIES
     from twinledger.agent.plant import NAMESPACE, Plant, PlantServer
+    from twinledger.ingest.opcua import SERVER_POLICIES
 
     async def serve() -> None:
         async with PlantServer(Plant(seed=seed), host=host, port=port, rate_hz=rate,

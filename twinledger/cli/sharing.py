@@ -1,95 +1,28 @@
 """``twinledger grant``, ``revoke``, ``grants`` and ``token``: fine-grained read access
 through proxies, and write tokens.
 
-The owner's CLI makes the re-encryption key from the organisation's sharing key (it
-never leaves this machine otherwise), records the grant on chain, then hands the key to
-the proxy nodes; a recipient's ``twin doc get`` reads through them (docs/sharing.md).
+The workflows are ``services.access``, ``services.tokens``, ``services.devices`` and
+``services.requests``; a recipient's ``twin doc get`` reads through the proxies
+(docs/sharing.md).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from twinledger.cli.common import Home, Json, KeyFile, client, command, out, parse_time, print_json, signer, transact
-from twinledger.cli.storage import with_store
-from twinledger.client import DeviceKeys, device_keys, organisation_key, sharing_key, sharing_public
-from twinledger.config import NodeConfig, passphrase
-from twinledger.contracts.authorization import WriteToken
-from twinledger.contracts.sharing import DEVICE_RECIPIENT
-from twinledger.crypto import kpcpre
-from twinledger.crypto.keys import SigningKey, write_secret_file
-from twinledger.crypto.policy import parse_policy, policy_text
-from twinledger.crypto.policy import to_obj as policy_to_obj
+from twinledger.cli.common import Home, Json, KeyFile, client, command, out, parse_time, print_json, run
 from twinledger.errors import TwinledgerError
-from twinledger.sharing.grants import covering_grant, hand_over, make_grant_key, through_proxy
-from twinledger.sharing.requests import (
-    collect_response,
-    make_request,
-    request_attributes,
-    respond,
-    routes,
-    send_request,
-    take_requests,
-)
-from twinledger.store.client import StoreClient
-from twinledger.store.documents import Unlock, as_reader
-from twinledger.store.feeds import parse_feed_reference, rotate_feed
-from twinledger.store.records import AccessDenied, ItemAcl
+from twinledger.services import access, devices, requests, tokens
+from twinledger.services.access import device_keys
 
 Proxies = Annotated[list[str], typer.Option("--proxy", help="Proxy node ORG/NODE to hold the key (repeatable; default: "
                                                             "every proxy node of the granting organisation).")]
 
-
-DeviceDir = Annotated[Path | None, typer.Option("--device", help="Read as this device of the twin (the directory "
-                                                                  "device add wrote), through its grants.",
-                                                  file_okay=False)]  # fmt: skip
-
-
-def unlock_for(home: Path, config: NodeConfig, store: StoreClient, device: Path | None = None) -> Unlock:
-    """How this home (or one of its twin's devices) gets an item's data key: as a reader
-    the ACL names, else through a proxy under an active grant that covers the item."""
-    as_named_reader = as_reader(config.organisation, organisation_key(config))
-    keys = device_keys(device) if device is not None else None
-    recipient = keys.recipient if keys is not None else config.organisation
-
-    async def unlock(acl: ItemAcl, commitment: bytes | None) -> bytes:
-        if keys is None and acl.allows(config.organisation):
-            return await as_named_reader(acl, commitment)
-        listing = client(home).request("GET", "/v1/grants", params={"recipient": recipient,
-                                                                     "owner": acl.owner_organisation})  # fmt: skip
-        chosen = covering_grant(listing["grants"], acl, recipient, int(time.time() * 1000))
-        if chosen is None:
-            who = "this device" if keys is not None else f"{config.organisation} is no reader of it and"
-            raise AccessDenied(f"item {acl.item.hex()[:16]}…: {who} holds no active grant of {acl.owner_organisation} "
-                               "that covers it")  # fmt: skip
-        secret = keys.sharing if keys is not None else sharing_key(config)
-        return await through_proxy(store, chosen, secret, listing["height"], keys.signing if keys else None)(acl, commitment)
-
-    return unlock
-
-
-def _organisation(members: dict[str, Any], name: str) -> dict[str, Any]:
-    for org in members["organisations"]:
-        if org["name"] == name:
-            return org
-    raise TwinledgerError(f"no member organisation is named {name}", code="unknown_organisation")
-
-
-def _default_proxies(members: dict[str, Any], organisation: str) -> list[str]:
-    org = _organisation(members, organisation)
-    proxies = [f"{organisation}/{name}" for name, node in sorted(org["nodes"].items()) if "proxy" in node["roles"]]
-    if not proxies:
-        raise TwinledgerError(f"{organisation} has no proxy node; name one with --proxy ORG/NODE", code="no_proxy")
-    return proxies
 
 
 @command
@@ -108,38 +41,15 @@ def grant(
     The policy is confined to the twin (twin:ID is added if it does not require it); the
     re-encryption key is made here, its hash recorded on chain, and the key handed to
     the proxies, which re-encrypt only while the grant is active."""
-    asked = parse_policy(policy)
     valid_until = parse_time(until) // 1000 if until else 0
-    if valid_until and valid_until <= time.time() * 1000:
-        raise TwinledgerError(f"--until {until} lies in the past", code="bad_time")
-    twin_view = client(home).request("GET", f"/v1/twins/{twin}")
-
-    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> dict[str, Any]:
-        if to.startswith(DEVICE_RECIPIENT):
-            device = _device(home, twin_view["id"], to.removeprefix(DEVICE_RECIPIENT))
-            recipient, public = f"{DEVICE_RECIPIENT}{device['key']}", device["sharing_key"]
-        else:
-            recipient, public = to, _organisation(members, to).get("kpcpre_key")
-            if not public:
-                raise TwinledgerError(f"{to} has no sharing (KP-CPRE) key on chain", code="no_sharing_key")
-        proxies = sorted(proxy) or _default_proxies(members, config.organisation)
-        made = make_grant_key(sharing_key(config), twin_view["id"], asked,
-                              kpcpre.PublicKey.from_bytes(bytes.fromhex(public)))  # fmt: skip
-        committed = transact(home, key, "sharing", "grant", {
-            "twin": twin_view["id"], "recipient": recipient, "policy": policy_to_obj(made.policy),
-            "key_hash": made.key_hash, "proxies": proxies, "valid_until": valid_until})  # fmt: skip
-        grant_id = bytes.fromhex(committed["transaction"]["hash"])
-        held = await hand_over(store, proxies, grant_id, made.key, committed["block"]["height"])
-        return {"grant": grant_id.hex(), "twin": twin_view["id"], "recipient": to, "policy": policy_text(made.policy),
-                "valid_until": valid_until, "proxies": held, "block": committed["block"]["height"]}  # fmt: skip
-
-    result = with_store(home, work)
+    made = run(home, lambda session: access.grant(session, twin, to, policy, valid_until, proxy), key)
     if as_json:
-        print_json(result)
+        print_json({"grant": made.grant, "twin": made.twin, "recipient": made.recipient, "policy": made.policy,
+                    "valid_until": made.valid_until, "proxies": made.proxies, "block": made.block})  # fmt: skip
         return
-    out.print(result["grant"], highlight=False)
-    out.print(f"{to} may read data of twin {result['twin']} where: {result['policy']}", highlight=False)
-    for label, outcome in result["proxies"].items():
+    out.print(made.grant, highlight=False)
+    out.print(f"{to} may read data of twin {made.twin} where: {made.policy}", highlight=False)
+    for label, outcome in made.proxies.items():
         out.print(f"  proxy {label}: {outcome}", highlight=False)
 
 
@@ -153,51 +63,17 @@ def revoke(
     """End a grant: proxies delete its key and refuse, store nodes stop serving its data.
     The twin's feeds this key owns get a new data key (documents have one each), so data
     written from now on is under keys the revoked party never saw."""
-    chosen = _grant(home, grant_id)
-    committed = transact(home, key, "sharing", "revoke", {"grant": bytes.fromhex(chosen["id"])})
-    rotated, failed = _new_epochs(home, key, chosen["twin"])
+    revoked = run(home, lambda session: access.revoke(session, grant_id), key)
+    chosen, rotated, failed = revoked.grant, revoked.rotated, revoked.not_rotated
     if as_json:
-        print_json({"grant": chosen["id"], "status": "revoked", "block": committed["block"]["height"],
+        print_json({"grant": chosen["id"], "status": "revoked", "block": revoked.block,
                     "feeds_rotated": rotated, "feeds_not_rotated": failed})  # fmt: skip
     else:
-        out.print(f"revoked grant {chosen['id'][:16]}… of {chosen['recipient']} (block {committed['block']['height']}); "
+        out.print(f"revoked grant {chosen['id'][:16]}… of {chosen['recipient']} (block {revoked.block}); "
                   f"{len(rotated)} feed(s) of the twin have a new key", highlight=False)  # fmt: skip
     if failed:
         raise TwinledgerError("the grant is revoked, but feed(s) " + "; ".join(f"{c}: {why}" for c, why in failed.items())
                               + " kept their key: run twin feed rotate", code="rotation_failed")  # fmt: skip
-
-
-def _new_epochs(home: Path, key: Path | None, twin: str) -> tuple[list[str], dict[str, str]]:
-    """Rotate the data key of every store feed of ``twin`` this key owns, so what its
-    devices append from now on is unreadable with keys a revoked party may hold.
-    Feeds other keys own (a device agent's) rotate when their writer sees the revocation."""
-    me = signer(home, key)
-    feeds = [f for f in client(home).request("GET", f"/v1/twins/{twin}")["feeds"]
-             if f["reference"].startswith("store:") and f["owner"] == me.public.hex()]  # fmt: skip
-
-    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-        rotated, failed = [], {}
-        sharing = sharing_public(members, config.organisation)
-        for entry in feeds:
-            try:
-                await rotate_feed(store, me, config.organisation, organisation_key(config),
-                                  parse_feed_reference(entry["reference"]), sharing)  # fmt: skip
-                rotated.append(entry["component"])
-            except TwinledgerError as exc:
-                failed[entry["component"]] = exc.message
-        return rotated, failed
-
-    return with_store(home, work) if feeds else ([], {})
-
-
-def _grant(home: Path, prefix: str) -> dict[str, Any]:
-    if len(prefix) < 8:
-        raise TwinledgerError("give at least 8 digits of the grant id", code="bad_request")
-    matches = [g for g in client(home).request("GET", "/v1/grants")["grants"] if g["id"].startswith(prefix.lower())]
-    if len(matches) != 1:
-        raise TwinledgerError(f"{'no' if not matches else 'more than one'} grant id starts with {prefix}",
-                              code="unknown_grant")  # fmt: skip
-    return matches[0]
 
 
 @command
@@ -207,8 +83,7 @@ def grants(
     as_json: Json = False,
 ) -> None:
     """Grants of read access, newest first."""
-    query = f"?twin={client(home).request('GET', f'/v1/twins/{twin}')['id']}" if twin else ""
-    listing = client(home).request("GET", f"/v1/grants{query}")
+    listing = run(home, lambda session: access.grants_of(session, twin))
     if as_json:
         print_json(listing)
         return
@@ -226,7 +101,6 @@ def grants(
 # -- write tokens ---------------------------------------------------------------------------------
 
 token_app = typer.Typer(no_args_is_help=True, help="Write tokens: the owner's signed leave for a key to change a twin.")
-TOKEN_FORMAT = "twinledger-write-token/1"
 
 
 @token_app.command("issue")
@@ -245,40 +119,13 @@ def token_issue(
 ) -> None:
     """Sign a write token for another key; give it the file, it presents it (token present).
     Nothing changes on chain until then; the token is checked again at every use."""
-    try:
-        recipient = bytes.fromhex(to)
-        if len(recipient) != 32:
-            raise ValueError
-    except ValueError:
-        raise TwinledgerError("--to must be a 32-byte Ed25519 public key in hex", code="bad_key") from None
-    not_after = parse_time(until) // 1000
-    if not_after <= time.time() * 1000:
-        raise TwinledgerError(f"--until {until} lies in the past", code="bad_time")
-    node = client(home)
-    twin_id = node.request("GET", f"/v1/twins/{twin}")["id"]
-    token = WriteToken(node.health()["chain_id"], twin_id, recipient, tuple(method), tuple(sorted(set(scope))),
-                       not_after, b"", os.urandom(16)).signed(signer(home, key))  # fmt: skip
-    if output.exists():
-        raise TwinledgerError(f"{output} exists; choose another file", code="exists")
-    view = {"format": TOKEN_FORMAT, "id": token.id.hex(), "twin": twin_id, "recipient": to, "methods": list(method),
-            "scopes": list(token.scopes), "not_after": not_after, "token": token.encoded().hex()}  # fmt: skip
-    output.write_text(json.dumps(view, indent=2) + "\n")
+    issued = run(home, lambda session: tokens.issue(session, twin, to, method, parse_time(until) // 1000, scope,
+                                                    output), key)  # fmt: skip
     if as_json:
-        print_json({k: v for k, v in view.items() if k != "token"} | {"file": str(output)})
+        print_json({k: v for k, v in issued.view().items() if k != "token"} | {"file": str(output)})
     else:
-        out.print(f"token {token.id.hex()[:16]}… for {to[:16]}… on twin {twin_id}: {', '.join(method)} until {until}; "
+        out.print(f"token {issued.id[:16]}… for {to[:16]}… on twin {issued.twin}: {', '.join(method)} until {until}; "
                   f"written to {output}", highlight=False)  # fmt: skip
-
-
-def _token_file(path: Path) -> dict[str, Any]:
-    try:
-        view = json.loads(path.read_text())
-        if view.get("format") != TOKEN_FORMAT:
-            raise ValueError
-        bytes.fromhex(view["token"])
-        return view
-    except (OSError, ValueError, KeyError, TypeError):
-        raise TwinledgerError(f"{path} is not a twinledger write token file", code="bad_token") from None
 
 
 @token_app.command("present")
@@ -290,13 +137,12 @@ def token_present(
     as_json: Json = False,
 ) -> None:
     """Put a write token into force on chain (sign with the recipient's --key, or any key)."""
-    view = _token_file(file)
-    committed = transact(home, key, "authorization", "present_token", {"token": bytes.fromhex(view["token"])})
+    token = tokens.read_token_file(file)
+    block = run(home, lambda session: tokens.present(session, token), key)
     if as_json:
-        print_json({"token": view["id"], "twin": view["twin"], "block": committed["block"]["height"]})
+        print_json({"token": token.id, "twin": token.twin, "block": block})
     else:
-        out.print(f"token {view['id'][:16]}… is in force on twin {view['twin']} (block {committed['block']['height']})",
-                  highlight=False)  # fmt: skip
+        out.print(f"token {token.id[:16]}… is in force on twin {token.twin} (block {block})", highlight=False)
 
 
 @token_app.command("revoke")
@@ -308,27 +154,17 @@ def token_revoke(
     as_json: Json = False,
 ) -> None:
     """End a write token now, presented or not."""
-    view = _token_file(file)
-    committed = transact(home, key, "authorization", "revoke_token", {"twin": view["twin"], "token": bytes.fromhex(
-        view["id"]), "recipient": bytes.fromhex(view["recipient"])})  # fmt: skip
+    token = tokens.read_token_file(file)
+    block = run(home, lambda session: tokens.revoke(session, token), key)
     if as_json:
-        print_json({"token": view["id"], "status": "revoked", "block": committed["block"]["height"]})
+        print_json({"token": token.id, "status": "revoked", "block": block})
     else:
-        out.print(f"revoked token {view['id'][:16]}… (block {committed['block']['height']})", highlight=False)
+        out.print(f"revoked token {token.id[:16]}… (block {block})", highlight=False)
 
 
 # -- devices --------------------------------------------------------------------------------------
 
 device_app = typer.Typer(no_args_is_help=True, help="Devices of a twin: their own keys, the device role, grants (M3).")
-
-
-def _device(home: Path, twin: str, name: str) -> dict[str, Any]:
-    """The active device called ``name`` (or with that key, hex) of the twin."""
-    view = client(home).request("GET", f"/v1/twins/{twin}")
-    found = [d for d in view["devices"] if d["status"] == "active" and name in (d["name"], d["key"])]
-    if not found:
-        raise TwinledgerError(f"twin {view['id']} has no active device {name}", code="unknown_device")
-    return found[0]
 
 
 @device_app.command("add")
@@ -344,26 +180,15 @@ def device_add(
     """Make a device's keys (Ed25519 to sign, KP-CPRE to read what it is granted, and the
     agent's OPC UA certificate, which the device must trust) in a new directory for the
     device, and register it on the twin with the device-agent role."""
-    from twinledger.agent.opcua import agent_identity
-
-    if output.exists():
-        raise TwinledgerError(f"{output} exists; the device's keys go into a new directory", code="exists")
-    twin_id = client(home).request("GET", f"/v1/twins/{twin}")["id"]
-    signing, sharing = SigningKey.generate(), kpcpre.keygen()
-    committed = transact(home, key, "sharing", "add_device", {"twin": twin_id, "name": name, "key": signing.public,
-                                                               "sharing_key": sharing.public.to_bytes()})  # fmt: skip
-    write_secret_file(output / "device.key", "ed25519", signing.seed, passphrase())
-    write_secret_file(output / "device-sharing.key", "kpcpre", sharing.to_bytes(), passphrase())
-    opcua = agent_identity(output, signing.public)
-    result = {"twin": twin_id, "name": name, "key": signing.public.hex(), "recipient": f"{DEVICE_RECIPIENT}{name}",
-              "keys": str(output), "opcua_certificate": str(opcua.path), "opcua_fingerprint": opcua.fingerprint,
-              "block": committed["block"]["height"]}  # fmt: skip
+    added = run(home, lambda session: devices.add(session, twin, name, output), key)
     if as_json:
-        print_json(result)
+        print_json({"twin": added.twin, "name": added.name, "key": added.key, "recipient": added.recipient,
+                    "keys": str(added.keys), "opcua_certificate": str(added.opcua_certificate),
+                    "opcua_fingerprint": added.opcua_fingerprint, "block": added.block})  # fmt: skip
     else:
-        out.print(f"device {name} of twin {twin_id}: key {signing.public.hex()[:16]}…, keys in {output}; grant it "
+        out.print(f"device {name} of twin {added.twin}: key {added.key[:16]}…, keys in {output}; grant it "
                   f"access with --to device:{name}; the device must trust the agent's OPC UA certificate "
-                  f"{opcua.path} ({opcua.fingerprint})", highlight=False)  # fmt: skip
+                  f"{added.opcua_certificate} ({added.opcua_fingerprint})", highlight=False)  # fmt: skip
 
 
 @device_app.command("retire")
@@ -376,12 +201,10 @@ def device_retire(
     as_json: Json = False,
 ) -> None:
     """A device broke or was lost: take its role and end its grants (proxies forget its keys)."""
-    device = _device(home, twin, name)
-    committed = transact(home, key, "sharing", "retire_device", {"twin": device["twin"],
-                                                                  "key": bytes.fromhex(device["key"])})  # fmt: skip
+    device, block = run(home, lambda session: devices.retire(session, twin, name), key)
     if as_json:
         print_json({"twin": device["twin"], "name": device["name"], "status": "retired",
-                    "grants_ended": len(device["grants"]), "block": committed["block"]["height"]})  # fmt: skip
+                    "grants_ended": len(device["grants"]), "block": block})  # fmt: skip
     else:
         out.print(f"retired device {device['name']} of twin {device['twin']}; its role and grants ended", highlight=False)
 
@@ -407,8 +230,6 @@ def device_list(
 # -- external requests ------------------------------------------------------------------------------
 
 request_app = typer.Typer(no_args_is_help=True, help="External requests to a twin's device, routed through proxies.")
-POLL = 0.2
-"""Seconds between looks for the device's answer."""
 
 
 @request_app.command("send")
@@ -424,49 +245,11 @@ def request_send(
 ) -> None:
     """Ask a twin's device something: encrypted for the twin's owner, routed by a proxy to
     the device the owner chose, answered sealed to a key only this command holds."""
-    node = client(home)
-    view = node.request("GET", f"/v1/twins/{twin}")
-    grants = node.request("GET", "/v1/grants", params={"twin": view["id"]})
-    proxies = routes(grants["grants"], view["id"], request_attributes(view["id"], attribute), int(time.time() * 1000))
-    if not proxies:
-        raise TwinledgerError(f"the owner of twin {view['id']} routes no requests with these attributes to a device",
-                              code="no_route")  # fmt: skip
-
-    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> dict[str, Any]:
-        owner = sharing_public(members, view["owner"])
-        if owner is None:
-            raise TwinledgerError(f"{view['owner']} has no sharing key", code="no_sharing_key")
-        request, reply = make_request(owner, view["id"], payload.encode(), attribute)
-        proxy = await send_request(store, proxies, view["id"], request, grants["height"])
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            answer = await collect_response(store, proxy, request.id, reply)
-            if answer is not None:
-                return {"request": request.id.hex(), "proxy": proxy, "answer": answer.decode(errors="replace")}
-            await asyncio.sleep(POLL)
-        raise TwinledgerError(f"no answer within {wait:g} s; request {request.id.hex()[:16]}… is queued at {proxy}",
-                              code="no_answer")  # fmt: skip
-
-    result = with_store(home, work)
+    answered = run(home, lambda session: requests.send(session, twin, payload, attribute, wait))
     if as_json:
-        print_json(result)
+        print_json({"request": answered.request, "proxy": answered.proxy, "answer": answered.answer})
     else:
-        out.print(result["answer"], highlight=False)
-
-
-def _device_proxies(home: Path, twin_id: str, keys: DeviceKeys) -> tuple[list[str], int]:
-    listing = client(home).request("GET", "/v1/grants", params={"twin": twin_id, "recipient": keys.recipient})
-    proxies = sorted({p for g in listing["grants"] if g["status"] == "active" for p in g["proxies"]})
-    return proxies, listing["height"]
-
-
-async def _pending(home: Path, store: StoreClient, twin_id: str, keys: DeviceKeys) -> list[tuple[str, dict[str, Any]]]:
-    proxies, height = _device_proxies(home, twin_id, keys)
-    found = []
-    for proxy in proxies:
-        for entry in await take_requests(store, proxy, twin_id, keys.signing, keys.sharing, 0, height):
-            found.append((proxy, entry))
-    return found
+        out.print(answered.answer, highlight=False)
 
 
 @device_app.command("requests")
@@ -478,16 +261,9 @@ def device_requests(
     as_json: Json = False,
 ) -> None:
     """The unanswered requests proxies routed to this device, opened."""
-    twin_id = client(home).request("GET", f"/v1/twins/{twin}")["id"]
     keys = device_keys(device)
-
-    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        return await _pending(home, store, twin_id, keys)
-
-    pending = with_store(home, work)
-    views = [{"id": e["id"].hex(), "proxy": proxy, "requester": e["requester"], "received": e["received"],
-              "payload": e["payload"].decode(errors="replace") if e["payload"] is not None else None}
-             for proxy, e in pending]  # fmt: skip
+    pending = run(home, lambda session: requests.pending(session, twin, keys))
+    views = [requests.request_view(proxy, entry) for proxy, entry in pending]
     if as_json:
         print_json(views)
         return
@@ -507,19 +283,8 @@ def device_respond(
     as_json: Json = False,
 ) -> None:
     """Answer a request routed to this device."""
-    twin_id = client(home).request("GET", f"/v1/twins/{twin}")["id"]
     keys = device_keys(device)
-
-    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> str:
-        matches = [(proxy, e) for proxy, e in await _pending(home, store, twin_id, keys)
-                   if e["id"].hex().startswith(request.lower()) and e["reply_key"] is not None]  # fmt: skip
-        if len(request) < 8 or len(matches) != 1:
-            raise TwinledgerError(f"no single open request starts with {request}", code="unknown_request")
-        proxy, entry = matches[0]
-        await respond(store, proxy, twin_id, keys.signing, entry["id"], entry["reply_key"], answer.encode())
-        return entry["id"].hex()
-
-    answered = with_store(home, work)
+    answered = run(home, lambda session: requests.answer(session, twin, keys, request, answer))
     if as_json:
         print_json({"request": answered, "status": "answered"})
     else:

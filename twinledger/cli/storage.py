@@ -1,41 +1,22 @@
-"""``twinledger store …`` and the document transfers behind ``twin doc add|version|get``.
+"""``twinledger store …``, and the progress bar of document transfers.
 
-The CLI is a store client itself: it reaches the store nodes the membership lists with
-the home's node certificate (one hop, mutual TLS), so documents are encrypted and
-decrypted here and no node ever sees their plaintext.
+The CLI is a store client itself (``services.session.Session.store``): it reaches the
+store nodes the membership lists with the home's node certificate (one hop, mutual
+TLS), so documents are encrypted and decrypted here and no node sees their plaintext.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, TypeVar
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from twinledger.cli.common import Home, Json, client, command, err, kv_table, out, print_json
-from twinledger.client import store_client
-from twinledger.config import NodeConfig, load_config
 from twinledger.errors import TwinledgerError
-from twinledger.store.client import StoreClient
 
-T = TypeVar("T")
 store_app = typer.Typer(no_args_is_help=True, help="The off-chain store on this node: status, repair, audit.")
-
-
-def with_store(home: Path, work: Callable[[NodeConfig, StoreClient, dict[str, Any]], Awaitable[T]]) -> T:
-    """Run ``work`` with a store client for the home, closing it afterwards."""
-    config = load_config(home)
-    members = client(home).request("GET", "/v1/members")
-
-    async def run() -> T:
-        async with store_client(config, members) as store:
-            return await work(config, store, members)
-
-    return asyncio.run(run())
 
 
 @contextmanager

@@ -5,7 +5,6 @@ the commit, so a refused call exits 1 with the contract's reason."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,26 +13,29 @@ from rich.table import Table
 from rich.tree import Tree
 
 from twinledger.cli.common import (
+    At,
+    Attributes,
+    DeviceDir,
     Home,
     Json,
     KeyFile,
+    Organisations,
+    Readers,
+    Ref,
+    Wait,
     client,
     command,
     error_line,
     kv_table,
     out,
     print_json,
-    signer,
-    transact,
+    render_outcome,
+    run,
 )
-from twinledger.cli.sharing import DeviceDir, unlock_for
-from twinledger.cli.storage import transfer_progress, with_store
-from twinledger.client import organisation_key, sharing_public
-from twinledger.config import NodeConfig, load_config
-from twinledger.errors import InvalidProof, TwinledgerError
-from twinledger.store.client import StoreClient
-from twinledger.store.documents import StoredDocument, download_document, parse_reference, upload_document
-from twinledger.store.documents import change_readers as store_change_readers
+from twinledger.cli.storage import transfer_progress
+from twinledger.errors import parse_hex
+from twinledger.services import documents, membership, twins
+from twinledger.services.access import device_keys
 from twinledger.store.records import ItemAcl
 
 twin_app = typer.Typer(no_args_is_help=True, help="Digital twins: specification, documents, feeds, programs, roles.")
@@ -46,35 +48,8 @@ member_app = typer.Typer(no_args_is_help=True, help="Consortium membership.")
 for sub, name in ((aml_app, "aml"), (doc_app, "doc"), (source_app, "source"), (feed_app, "feed"), (role_app, "role")):
     twin_app.add_typer(sub, name=name)
 
-Ref = Annotated[str, typer.Argument(help="Twin id or device id.")]
-At = Annotated[int | None, typer.Option("--at", help="Show the state after this block height.", min=0)]
-Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the commit and report the outcome.")]
-SUBJECT = re.compile(r"^(org:|key:)")
-
-
 def _twin(home: Path, ref: str) -> dict[str, Any]:
     return client(home).request("GET", f"/v1/twins/{ref}")
-
-
-def _twin_id(home: Path, ref: str) -> str:
-    return str(_twin(home, ref)["id"])
-
-
-def _write(home: Path, key: KeyFile, method: str, args: dict[str, Any], wait: bool, as_json: bool,
-           done: str, contract: str = "twins") -> dict[str, Any]:  # fmt: skip
-    view = transact(home, key, contract, method, args, wait)
-    if as_json:
-        print_json(view)
-    elif wait:
-        out.print(f"{done} (block {view['block']['height']}, tx {view['transaction']['hash'][:16]}…)", highlight=False)
-    else:
-        out.print(f"submitted {view['hash']}", highlight=False)
-    return view
-
-
-def _subject(value: str) -> str:
-    """``ORG`` means the organisation; ``org:ORG`` and ``key:HEX`` are taken as written."""
-    return value if SUBJECT.match(value) else f"org:{value}"
 
 
 # -- registry -------------------------------------------------------------------------------------
@@ -92,20 +67,13 @@ def twin_create(
     as_json: Json = False,
 ) -> None:
     """Register a twin from an AutomationML file; prints its id."""
-    roles: dict[str, dict[str, list[str]]] = {}
-    for item in role:
-        subject, sep, granted = item.partition("=")
-        role_name, _, scopes = granted.partition("@")
-        if not sep or not subject or not role_name:
-            raise TwinledgerError(f"--role {item!r} is not SUBJECT=ROLE or SUBJECT=ROLE@ID,ID")
-        roles.setdefault(_subject(subject), {})[role_name] = [s for s in scopes.split(",") if s]
-    args = {"name": name or aml.name, "device_id": device_id or aml.stem, "aml": aml.read_bytes(), "roles": roles}
-    view = transact(home, key, "twins", "create", args)
-    twin_id = next(e["data"]["twin"] for e in view["receipt"]["events"] if e["type"] == "TwinCreated")
+    roles = twins.parse_roles(role)
+    created = run(home, lambda session: twins.create(session, aml.read_bytes(), name or aml.name,
+                                                     device_id or aml.stem, roles), key)  # fmt: skip
     if as_json:
-        print_json({"id": twin_id, "tx": view["transaction"]["hash"], "height": view["block"]["height"]})
+        print_json({"id": created.twin, "tx": created.outcome.tx_hash.hex(), "height": created.outcome.height})
     else:
-        out.print(twin_id, highlight=False)
+        out.print(created.twin, highlight=False)
 
 
 @twin_app.command("list")
@@ -221,10 +189,8 @@ def aml_insert(
     as_json: Json = False,
 ) -> None:
     """Insert an element into the specification."""
-    args: dict[str, Any] = {"twin": _twin_id(home, ref), "fragment": fragment.read_bytes(), "parent": parent}
-    if after is not None:
-        args["after"] = after
-    _write(home, key, "insert_aml", args, wait, as_json, f"inserted under {parent}")
+    outcome = run(home, lambda session: twins.insert_aml(session, ref, fragment.read_bytes(), parent, after, wait), key)
+    render_outcome(outcome, as_json, f"inserted under {parent}")
 
 
 @aml_app.command("remove")
@@ -232,8 +198,8 @@ def aml_insert(
 def aml_remove(ref: Ref, element: Annotated[str, typer.Argument(help="ID of the element to remove.")], home: Home,
                key: KeyFile = None, wait: Wait = True, as_json: Json = False) -> None:  # fmt: skip
     """Remove an element (and everything in it) from the specification."""
-    _write(home, key, "remove_aml", {"twin": _twin_id(home, ref), "element": element}, wait, as_json,
-           f"removed {element}")  # fmt: skip
+    render_outcome(run(home, lambda session: twins.remove_aml(session, ref, element, wait), key), as_json,
+                   f"removed {element}")  # fmt: skip
 
 
 @aml_app.command("history")
@@ -288,43 +254,6 @@ def aml_show(ref: Ref, home: Home,
 
 
 FileArg = Annotated[Path, typer.Argument(help="The document's file.", exists=True, dir_okay=False)]
-Readers = Annotated[list[str], typer.Option("--reader", help="Organisation that may read it (repeatable; default: "
-                                                           "every organisation with a role on the twin).")]
-Attributes = Annotated[list[str], typer.Option("--attribute", help="Attribute for grants' policies, e.g. type:report "
-                                                                   "(repeatable; twin:ID and the kind are always set).")]
-
-
-def document_attributes(twin_id: str, component: str | None, extra: list[str]) -> list[str]:
-    """What a document's grants are checked against: its twin, its kind, its component, and more."""
-    return [f"twin:{twin_id}", "kind:document", *([f"component:{component}"] if component else []), *extra]
-
-
-def _recipients(view: dict[str, Any], members: dict[str, Any], chosen: list[str], own: str) -> dict[str, bytes]:
-    """Reader organisations and their X25519 keys; the uploader's organisation always reads."""
-    organisations = {org["name"]: org for org in members["organisations"]}
-    names = set(chosen) if chosen else {s.removeprefix("org:") for s in view["roles"] if s.startswith("org:")}
-    names.add(own)
-    unknown = sorted(names - set(organisations))
-    if unknown:
-        raise TwinledgerError(f"no member organisation is named {', '.join(unknown)}", code="unknown_organisation")
-    keyless = sorted(name for name in names if not organisations[name].get("encryption_key"))
-    if keyless:
-        raise TwinledgerError(f"organisation(s) {', '.join(keyless)} have no encryption key", code="no_encryption_key")
-    return {name: bytes.fromhex(organisations[name]["encryption_key"]) for name in sorted(names)}
-
-
-def _store_document(home: Path, key: Path | None, view: dict[str, Any], file: Path, readers: list[str],
-                    quiet: bool, attributes: list[str]) -> StoredDocument:  # fmt: skip
-    owner = signer(home, key)
-
-    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> StoredDocument:
-        recipients = _recipients(view, members, readers, config.organisation)
-        sharing = sharing_public(members, config.organisation)
-        with transfer_progress(f"encrypting {file.name}", file.stat().st_size, quiet) as advance:
-            return await upload_document(store, file, owner, config.organisation, recipients, advance,
-                                         attributes=attributes, sharing=sharing)  # fmt: skip
-
-    return with_store(home, work)
 
 
 @doc_app.command("add")
@@ -348,20 +277,17 @@ def doc_add(
     encrypted chunk and to the data key; the data key is sealed to each reader, and
     KP-CPRE-encrypted for the owner under the document's attributes, so the owner can
     grant others access later (twinledger grant)."""
-    view = _twin(home, ref)
-    stored = _store_document(home, key, view, file, reader, as_json,
-                             document_attributes(view["id"], component, attribute))  # fmt: skip
-    args: dict[str, Any] = {"twin": view["id"], "hash": stored.manifest, "title": title or file.name,
-                            "description": description, "reference": stored.reference, "media_type": media_type,
-                            "size": stored.size}  # fmt: skip
-    if component is not None:
-        args["component"] = component
-    committed = transact(home, key, "twins", "add_document", args)
+    with transfer_progress(f"encrypting {file.name}", file.stat().st_size, as_json) as advance:
+        added = run(home, lambda session: documents.add(session, ref, file, title or file.name,
+                                                        description=description, component=component,
+                                                        media_type=media_type, readers=reader, attributes=attribute,
+                                                        progress=advance), key)  # fmt: skip
+    stored = added.stored
     if as_json:
-        print_json({"document": stored.manifest.hex(), "reference": stored.reference, "size": stored.size,
-                    "readers": list(stored.readers), "tx": committed["transaction"]["hash"]})  # fmt: skip
+        print_json({"document": added.document, "reference": stored.reference, "size": stored.size,
+                    "readers": list(stored.readers), "tx": added.outcome.tx_hash.hex()})  # fmt: skip
     else:
-        out.print(stored.manifest.hex(), highlight=False)
+        out.print(added.document, highlight=False)
 
 
 @doc_app.command("version")
@@ -378,13 +304,11 @@ def doc_version(
     as_json: Json = False,
 ) -> None:
     """Store a new version of a document and register it."""
-    view = _twin(home, ref)
-    entry = _document(view, document)
-    stored = _store_document(home, key, view, file, reader, as_json,
-                             document_attributes(view["id"], entry.get("component") or None, attribute))  # fmt: skip
-    args = {"twin": view["id"], "document": entry["id"], "hash": stored.manifest,
-            "size": stored.size, "reference": stored.reference, "description": description}  # fmt: skip
-    _write(home, key, "add_document_version", args, True, as_json, f"added version {stored.manifest.hex()[:16]}…")
+    with transfer_progress(f"encrypting {file.name}", file.stat().st_size, as_json) as advance:
+        added = run(home, lambda session: documents.add_version(session, ref, document, file, description=description,
+                                                                readers=reader, attributes=attribute,
+                                                                progress=advance), key)  # fmt: skip
+    render_outcome(added.outcome, as_json, f"added version {added.stored.manifest.hex()[:16]}…")
 
 
 @doc_app.command("get")
@@ -399,60 +323,29 @@ def doc_get(
     as_json: Json = False,
 ) -> None:
     """Fetch a document from the store, check it against the chain and decrypt it."""
-    entry = _document(_twin(home, ref), document)
-    versions = entry["versions"]
-    if version is not None and version > len(versions):
-        raise TwinledgerError(f"document {entry['id'][:16]}… has {len(versions)} version(s), not {version}",
-                              code="unknown_version")  # fmt: skip
-    chosen = versions[(version or len(versions)) - 1]
-
-    async def work(config: NodeConfig, store: StoreClient, _: dict[str, Any]) -> None:
-        with transfer_progress(f"fetching {entry['title']}", chosen["size"], as_json) as advance:
-            await download_document(store, chosen["reference"], bytes.fromhex(chosen["hash"]),
-                                    unlock_for(home, config, store, device), output, advance)  # fmt: skip
-
-    with_store(home, work)
-    number = version or len(versions)
+    number, chosen = documents.version_of(documents.find(_twin(home, ref), document), version)
+    keys = device_keys(device) if device is not None else None
+    with transfer_progress(f"fetching {document[:16]}", chosen["size"], as_json) as advance:
+        read = run(home, lambda session: documents.get(session, ref, document, output, number, keys, advance))
     if as_json:
-        print_json({"document": entry["id"], "version": number, "path": str(output), "size": chosen["size"],
-                    "hash": chosen["hash"]})  # fmt: skip
+        print_json({"document": read.document, "version": read.version, "path": str(output), "size": read.size,
+                    "hash": read.hash})  # fmt: skip
     else:
-        out.print(f"wrote {output} ({chosen['size']:,} bytes, version {number}, verified against the chain)",
+        out.print(f"wrote {output} ({read.size:,} bytes, version {read.version}, verified against the chain)",
                   highlight=False)  # fmt: skip
 
 
-Organisations = Annotated[list[str], typer.Argument(help="Member organisation names.")]
-
-
-def change_readers(home: Path, key: KeyFile, items: list[bytes], add: list[str], remove: list[str], what: str,
-                   as_json: bool) -> None:  # fmt: skip
-    """Publish new owner-signed ACL versions of ``items`` and report the readers now."""
-    owner = signer(home, key)
-
-    async def work(config: NodeConfig, store: StoreClient, members: dict[str, Any]) -> list[ItemAcl]:
-        keys = _recipients({"roles": {}}, members, add, config.organisation) if add else {}
-        added = {name: public for name, public in keys.items() if name in add}
-        return [await store_change_readers(store, owner, config.organisation, organisation_key(config), item, added,
-                                           remove) for item in items]  # fmt: skip
-
-    acls = with_store(home, work)
+def print_readers(acls: list[ItemAcl], removed: list[str], what: str, as_json: bool) -> None:
+    """Report the readers of items after a change of their ACLs."""
     readers = sorted({r.organisation for acl in acls for r in acl.readers})
     if as_json:
         print_json({"items": [acl.item.hex() for acl in acls], "versions": [acl.version for acl in acls],
                     "readers": readers})  # fmt: skip
         return
     out.print(f"{what}: readers now {', '.join(readers)} ({len(acls)} item(s))", highlight=False)
-    if remove:
-        out.print(f"store nodes refuse {', '.join(remove)} from now on; a copy taken before stays readable to it, "
+    if removed:
+        out.print(f"store nodes refuse {', '.join(removed)} from now on; a copy taken before stays readable to it, "
                   "so store a new version for data it must no longer read", highlight=False)  # fmt: skip
-
-
-def _version_items(entry: dict[str, Any], version: int | None) -> list[bytes]:
-    versions = entry["versions"] if version is None else entry["versions"][version - 1 : version]
-    if not versions:
-        raise TwinledgerError(f"document {entry['id'][:16]}… has {len(entry['versions'])} version(s), not {version}",
-                              code="unknown_version")  # fmt: skip
-    return [parse_reference(v["reference"])[0] for v in versions]
 
 
 @doc_app.command("share")
@@ -462,8 +355,9 @@ def doc_share(ref: Ref, document: Annotated[str, typer.Argument(help="Document i
               version: Annotated[int | None, typer.Option(help="Only this version (default: all).", min=1)] = None,
               key: KeyFile = None, as_json: Json = False) -> None:  # fmt: skip
     """Let more organisations read a document: its data key is sealed to each of them."""
-    entry = _document(_twin(home, ref), document)
-    change_readers(home, key, _version_items(entry, version), organisations, [], f"shared {entry['title']}", as_json)
+    title = documents.find(_twin(home, ref), document)["title"]
+    acls = run(home, lambda session: documents.change_readers(session, ref, document, version, organisations, []), key)
+    print_readers(acls, [], f"shared {title}", as_json)
 
 
 @doc_app.command("unshare")
@@ -473,18 +367,9 @@ def doc_unshare(ref: Ref, document: Annotated[str, typer.Argument(help="Document
                 version: Annotated[int | None, typer.Option(help="Only this version (default: all).", min=1)] = None,
                 key: KeyFile = None, as_json: Json = False) -> None:  # fmt: skip
     """Take organisations off a document's readers; store nodes refuse their reads from then on."""
-    entry = _document(_twin(home, ref), document)
-    change_readers(home, key, _version_items(entry, version), [], organisations, f"unshared {entry['title']}",
-                   as_json)  # fmt: skip
-
-
-def _document(view: dict[str, Any], document: str) -> dict[str, Any]:
-    """A document of the twin by id or by a unique prefix of at least 8 hex digits."""
-    matches = [d for d in view["documents"] if d["id"] == document or (len(document) >= 8 and d["id"].startswith(document))]
-    if len(matches) != 1:
-        problem = "names several documents" if matches else "is no document"
-        raise TwinledgerError(f"{document[:64]!r} {problem} of twin {view['id']}", code="unknown_document")
-    return matches[0]
+    title = documents.find(_twin(home, ref), document)["title"]
+    acls = run(home, lambda session: documents.change_readers(session, ref, document, version, [], organisations), key)
+    print_readers(acls, organisations, f"unshared {title}", as_json)
 
 
 @doc_app.command("remove")
@@ -492,8 +377,8 @@ def _document(view: dict[str, Any], document: str) -> dict[str, Any]:
 def doc_remove(ref: Ref, document: Annotated[str, typer.Argument(help="Document id.")], home: Home,
                key: KeyFile = None, wait: Wait = True, as_json: Json = False) -> None:  # fmt: skip
     """Mark a document removed (its versions stay in the history)."""
-    _write(home, key, "remove_document", {"twin": _twin_id(home, ref), "document": document}, wait, as_json,
-           f"removed document {document[:16]}…")  # fmt: skip
+    render_outcome(run(home, lambda session: documents.remove(session, ref, document, wait), key), as_json,
+                   f"removed document {document[:16]}…")  # fmt: skip
 
 
 @doc_app.command("list")
@@ -522,8 +407,8 @@ def source_add(ref: Ref, uri: Annotated[str, typer.Argument(help="URI of the sou
                description: Annotated[str, typer.Option(help="What the source provides.")] = "",
                key: KeyFile = None, wait: Wait = True, as_json: Json = False) -> None:  # fmt: skip
     """Add an external data source."""
-    _write(home, key, "add_source", {"twin": _twin_id(home, ref), "uri": uri, "description": description}, wait,
-           as_json, f"added source {uri}")  # fmt: skip
+    render_outcome(run(home, lambda session: twins.add_source(session, ref, uri, description, wait), key), as_json,
+                   f"added source {uri}")  # fmt: skip
 
 
 @source_app.command("remove")
@@ -531,24 +416,11 @@ def source_add(ref: Ref, uri: Annotated[str, typer.Argument(help="URI of the sou
 def source_remove(ref: Ref, uri: Annotated[str, typer.Argument(help="URI of the source.")], home: Home,
                   key: KeyFile = None, wait: Wait = True, as_json: Json = False) -> None:  # fmt: skip
     """Remove an external data source."""
-    _write(home, key, "remove_source", {"twin": _twin_id(home, ref), "uri": uri}, wait, as_json,
-           f"removed source {uri}")  # fmt: skip
+    render_outcome(run(home, lambda session: twins.remove_source(session, ref, uri, wait), key), as_json,
+                   f"removed source {uri}")  # fmt: skip
 
 
 # -- programs -------------------------------------------------------------------------------------
-
-
-def parse_param(item: str) -> tuple[str, bool | int | str]:
-    """``name=value``: true/false are booleans, whole numbers integers, anything else a
-    string (decimal numbers travel as strings; the ledger has no floats)."""
-    name, sep, value = item.partition("=")
-    if not sep or not name:
-        raise TwinledgerError(f"parameter {item!r} is not NAME=VALUE")
-    if value in ("true", "false"):
-        return name, value == "true"
-    if re.fullmatch(r"-?\d+", value):
-        return name, int(value)
-    return name, value
 
 
 @twin_app.command("call")
@@ -563,17 +435,13 @@ def twin_call(
     as_json: Json = False,
 ) -> None:
     """Queue a program call for the device, checked against the specification's safety rules."""
-    args = {"twin": _twin_id(home, ref), "program": program, "params": dict(parse_param(p) for p in params or [])}
-    view = transact(home, key, "twins", "call_program", args, wait)
-    if as_json:
-        print_json(view)
+    arguments = dict(twins.parse_param(p) for p in params or [])
+    outcome = run(home, lambda session: twins.call_program(session, ref, program, arguments, wait), key)
+    if as_json or not outcome.committed:
+        render_outcome(outcome, as_json, "")
         return
-    if wait:
-        (event,) = [e for e in view["receipt"]["events"] if e["type"] == "ProgramCalled"]
-        out.print(f"queued call {event['data']['call']}: {program} {json.dumps(event['data']['params'], sort_keys=True)}",
-                  highlight=False)  # fmt: skip
-    else:
-        out.print(f"submitted {view['hash']}", highlight=False)
+    event = outcome.event("ProgramCalled")
+    out.print(f"queued call {event['call']}: {program} {json.dumps(event['params'], sort_keys=True)}", highlight=False)
 
 
 @twin_app.command("calls")
@@ -607,12 +475,8 @@ def twin_report(
     as_json: Json = False,
 ) -> None:
     """Move a program call along its life-cycle (as the device agent does)."""
-    twin_id = _twin_id(home, ref)
-    if status == "dispatched":
-        _write(home, key, "dispatch_call", {"twin": twin_id, "call": call}, wait, as_json, f"call {call} dispatched")
-    else:
-        _write(home, key, "report_call", {"twin": twin_id, "call": call, "status": status, "result": result}, wait,
-               as_json, f"call {call} {status}")  # fmt: skip
+    outcome = run(home, lambda session: twins.report_call(session, ref, call, status, result, wait), key)
+    render_outcome(outcome, as_json, f"call {call} {status}")
 
 
 # -- roles and audit ------------------------------------------------------------------------------
@@ -632,8 +496,8 @@ def role_grant(
     as_json: Json = False,
 ) -> None:
     """Give a subject a role on the twin (owner only)."""
-    args = {"twin": _twin_id(home, ref), "subject": _subject(subject), "role": role, "scopes": scope}
-    _write(home, key, "grant_role", args, wait, as_json, f"{_subject(subject)} is {role}", "authorization")
+    outcome = run(home, lambda session: twins.grant_role(session, ref, subject, role, scope, wait), key)
+    render_outcome(outcome, as_json, f"{twins.subject(subject)} is {role}")
 
 
 @role_app.command("revoke")
@@ -642,8 +506,8 @@ def role_revoke(ref: Ref, subject: Annotated[str, typer.Argument(help="ORG, org:
                 role: Annotated[str, typer.Argument(help="The role to take away.")], home: Home,
                 key: KeyFile = None, wait: Wait = True, as_json: Json = False) -> None:  # fmt: skip
     """Take a role away (owner only)."""
-    args = {"twin": _twin_id(home, ref), "subject": _subject(subject), "role": role}
-    _write(home, key, "revoke_role", args, wait, as_json, f"{_subject(subject)} is no longer {role}", "authorization")
+    outcome = run(home, lambda session: twins.revoke_role(session, ref, subject, role, wait), key)
+    render_outcome(outcome, as_json, f"{twins.subject(subject)} is no longer {role}")
 
 
 @role_app.command("permissions")
@@ -653,9 +517,8 @@ def role_permissions(ref: Ref, role: Annotated[str, typer.Argument(help="Role (n
                                                                                 "document.add feed.add.")] = None,
                      key: KeyFile = None, wait: Wait = True, as_json: Json = False) -> None:  # fmt: skip
     """Set the methods a role permits on this twin (owner only)."""
-    args = {"twin": _twin_id(home, ref), "role": role, "methods": methods or []}
-    _write(home, key, "set_permissions", args, wait, as_json, f"{role} may now: {', '.join(methods or []) or 'nothing'}",
-           "authorization")  # fmt: skip
+    outcome = run(home, lambda session: twins.set_permissions(session, ref, role, methods or [], wait), key)
+    render_outcome(outcome, as_json, f"{role} may now: {', '.join(methods or []) or 'nothing'}")
 
 
 @twin_app.command("audit")
@@ -669,17 +532,7 @@ def twin_audit(
     """Every transaction that changed the twin, with inclusion proofs checked offline.
 
     Proofs are checked against the validators in this home's genesis."""
-    from twinledger.core.proof import parse_proof, validators_hash, verify_proof
-    from twinledger.ledger.genesis import Genesis
-
-    entries = client(home).request("GET", f"/v1/twins/{ref}/audit", params={"proofs": "true"})["entries"]
-    trusted = validators_hash(list(Genesis.read(load_config(home).genesis_path).validator_keys))
-    for entry in entries:
-        try:
-            verified = verify_proof(parse_proof(json.dumps(entry["proof"]).encode()), trusted)
-            entry["verified"] = verified.tx_hash.hex() == entry["tx"]
-        except InvalidProof:
-            entry["verified"] = False
+    entries = run(home, lambda session: twins.audit(session, ref)).entries
     if output is not None:
         output.write_text(json.dumps({"twin": ref, "entries": entries}, indent=2, sort_keys=True) + "\n")
     if as_json:
@@ -719,16 +572,6 @@ def member_list(home: Home, at: At = None, as_json: Json = False) -> None:
               f"open proposals: {len(view['proposals'])}")  # fmt: skip
 
 
-def _hex_key(value: str, what: str) -> bytes:
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        raise TwinledgerError(f"{what} must be 64 hex digits (a 32-byte public key)")
-    return raw
-
-
 @member_app.command("add")
 @command
 def member_add(
@@ -740,8 +583,8 @@ def member_add(
     as_json: Json = False,
 ) -> None:
     """Propose a new organisation (applies at once when signed by an administrator)."""
-    change = {"op": "add_organisation", "name": organisation, "operators": [_hex_key(k, "--operator") for k in operator],
-              "encryption_key": _hex_key(encryption_key, "--encryption-key")}  # fmt: skip
+    change = membership.add_organisation(organisation, [parse_hex(k, "--operator") for k in operator],
+                                         parse_hex(encryption_key, "--encryption-key"))  # fmt: skip
     _propose(home, key, change, as_json)
 
 
@@ -750,21 +593,18 @@ def member_add(
 def member_remove(organisation: Annotated[str, typer.Argument(help="Organisation name.")], home: Home,
                   key: KeyFile = None, as_json: Json = False) -> None:  # fmt: skip
     """Propose removing an organisation and all its keys."""
-    _propose(home, key, {"op": "remove_organisation", "name": organisation}, as_json)
+    _propose(home, key, membership.remove_organisation(organisation), as_json)
 
 
 def _propose(home: Path, key: Path | None, change: dict[str, Any], as_json: bool) -> None:
-    view = transact(home, key, "membership", "propose", {"change": change})
-    events = {e["type"]: e["data"] for e in view["receipt"]["events"]}
-    applied = "MembershipChanged" in events
-    result = {"applied": applied, "proposal": events.get("MembershipProposed", {}).get("proposal"),
-              "tx": view["transaction"]["hash"]}  # fmt: skip
+    proposed = run(home, lambda session: membership.propose(session, change), key)
     if as_json:
-        print_json(result)
-    elif applied:
+        print_json({"applied": proposed.applied, "proposal": proposed.proposal, "tx": proposed.tx})
+    elif proposed.applied:
         out.print(f"{change['op']} applied")
     else:
-        out.print(f"proposed {change['op']}; other organisations approve with: twinledger member approve {result['proposal']}")
+        out.print(f"proposed {change['op']}; other organisations approve with: twinledger member approve "
+                  f"{proposed.proposal}")  # fmt: skip
 
 
 @member_app.command("approve")
@@ -772,9 +612,8 @@ def _propose(home: Path, key: Path | None, change: dict[str, Any], as_json: bool
 def member_approve(proposal: Annotated[str, typer.Argument(help="Proposal id (hex).")], home: Home,
                    key: KeyFile = None, as_json: Json = False) -> None:  # fmt: skip
     """Approve another organisation's membership proposal."""
-    view = transact(home, key, "membership", "approve", {"proposal": _hex_key(proposal, "the proposal id")})
-    applied = any(e["type"] == "MembershipChanged" for e in view["receipt"]["events"])
+    approved = run(home, lambda session: membership.approve(session, parse_hex(proposal, "the proposal id")), key)
     if as_json:
-        print_json({"applied": applied, "tx": view["transaction"]["hash"]})
+        print_json({"applied": approved.applied, "tx": approved.tx})
     else:
-        out.print("approved; the change is applied" if applied else "approved; more approvals are needed")
+        out.print("approved; the change is applied" if approved.applied else "approved; more approvals are needed")

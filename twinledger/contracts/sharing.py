@@ -35,6 +35,7 @@ from twinledger.contracts.authorization import authorize, remove_role, set_role
 from twinledger.contracts.membership import organisation_key, required_organisation
 from twinledger.contracts.runtime import Call, Contract, Method
 from twinledger.contracts.twinstate import audited, load_twin
+from twinledger.core.attributes import twin_attribute
 from twinledger.crypto import kpcpre
 from twinledger.crypto.policy import Policy, PolicyError, leaves, policy_text, satisfied
 from twinledger.crypto.policy import from_obj as policy_from_obj
@@ -72,10 +73,6 @@ def load_grant(state: StateReader, grant: bytes) -> dict[str, Any]:
 
 def grant_is_active(grant: Mapping[str, Any], now_ms: int) -> bool:
     return grant["status"] == "active" and (not grant["valid_until"] or now_ms < grant["valid_until"])
-
-
-def twin_attribute(twin_id: str) -> str:
-    return f"twin:{twin_id}"
 
 
 def requires(policy: Policy, attribute: str) -> bool:

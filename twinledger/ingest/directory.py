@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from twinledger.core.sqlite import open_database
-from twinledger.ingest.client import Answer, IngestClient, SenderKey
 from twinledger.ingest.protocol import STREAM_BYTES, IngestRecord
+from twinledger.ingest.sender import Answer, IngestSender, SenderKey
 from twinledger.store.disk import fsync_directory
 
 DONE = "done"
@@ -80,7 +80,7 @@ class DirectoryJournal:
 
 
 class DirectoryIngest:
-    def __init__(self, directory: Path, pattern: str, client: IngestClient, journal: DirectoryJournal, *,
+    def __init__(self, directory: Path, pattern: str, client: IngestSender, journal: DirectoryJournal, *,
                  settle: float = 1.0, tier2: SenderKey | None = None,
                  on_file: Callable[[FileOutcome], None] | None = None) -> None:  # fmt: skip
         self.directory = directory

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from twinledger.errors import TwinledgerError
-from twinledger.ingest.client import SenderKey
+from twinledger.ingest.sender import SenderKey
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import Unlock, download_document
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from twinledger.abc import StateReader, TransactionLocation
 from twinledger.contracts.membership import organisation_key
 from twinledger.contracts.twinstate import twin_key
+from twinledger.core.attributes import RECORD_KIND, kind_attribute, twins_named
 from twinledger.core.tasks import Tasks
 from twinledger.core.types import Transaction, decode_transaction, sign_transaction
 from twinledger.crypto import kpcpre
@@ -66,8 +67,6 @@ LINGER_SECONDS = 2.0
 COMMIT_WAIT_SECONDS = 30.0
 """How long a record's transaction is waited for before it is submitted again."""
 TRANSIENT_STORE_ERRORS = frozenset({"no_write_quorum", "store_unreachable"})
-RECORD_KIND = "kind:record"
-"""The attribute every shared record has, as documents have kind:document."""
 
 
 class Ledger(Protocol):
@@ -194,10 +193,10 @@ class IngestService:
         if not requested:
             return ()
         try:
-            attributes = attribute_set([*requested, RECORD_KIND])
+            attributes = attribute_set([*requested, kind_attribute(RECORD_KIND)])
         except PolicyError as exc:
             raise IngestError(f"shared records' attributes: {exc.message}", code="attributes_invalid") from None
-        twins = [a.removeprefix("twin:") for a in attributes if a.startswith("twin:")]
+        twins = twins_named(attributes)
         if len(twins) != 1:
             raise IngestError(f"shared records name exactly one twin (twin:ID), not {len(twins)}",
                               code="attributes_invalid")  # fmt: skip

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twinledger.contracts.sharing import requires, twin_attribute
+from twinledger.contracts.sharing import requires
+from twinledger.core.attributes import twin_attribute
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import SigningKey
 from twinledger.crypto.policy import Leaf, Policy, all_of

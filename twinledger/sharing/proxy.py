@@ -35,6 +35,7 @@ from twinledger.abc import StateReader
 from twinledger.contracts.membership import organisation_key
 from twinledger.contracts.sharing import DEVICE_RECIPIENT, device_key, grant_is_active, grant_key
 from twinledger.contracts.twinstate import twin_key
+from twinledger.core.attributes import REQUEST, twin_attribute
 from twinledger.core.hashing import hash_obj
 from twinledger.core.sqlite import open_database
 from twinledger.crypto import kpcpre
@@ -42,7 +43,7 @@ from twinledger.crypto.certs import NodeIdentity
 from twinledger.crypto.keys import verify_signature
 from twinledger.crypto.policy import from_obj as policy_from_obj
 from twinledger.crypto.policy import satisfied
-from twinledger.sharing.requests import DEVICE_MESSAGE_TAG, MAX_PAYLOAD, REQUEST_MARKER, ExternalRequest
+from twinledger.sharing.requests import DEVICE_MESSAGE_TAG, MAX_PAYLOAD, ExternalRequest
 from twinledger.store.records import AccessDenied, StoreError
 
 log = logging.getLogger("twinledger.proxy")
@@ -160,8 +161,9 @@ class ProxyService:
         await self._reach(message)
         request = ExternalRequest.from_bytes(raw)
         capsule = await self._run(kpcpre.Ciphertext.from_bytes, request.capsule)
-        if REQUEST_MARKER not in capsule.attributes or f"twin:{twin}" not in capsule.attributes:
-            raise StoreError(f"a request carries the attributes {REQUEST_MARKER} and twin:{twin}", code="bad_request")
+        if REQUEST not in capsule.attributes or twin_attribute(twin) not in capsule.attributes:
+            raise StoreError(f"a request carries the attributes {REQUEST} and {twin_attribute(twin)}",
+                             code="bad_request")  # fmt: skip
         now = int(time.time() * 1000)
         routes = [g for g in self.grants() if g["twin"] == twin and g["recipient"].startswith(DEVICE_RECIPIENT)
                   and self.name in g["proxies"] and grant_is_active(g, now)

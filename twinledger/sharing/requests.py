@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from twinledger.contracts.sharing import DEVICE_RECIPIENT, grant_is_active
+from twinledger.core.attributes import request_attributes
 from twinledger.core.encoding import decode, encode
 from twinledger.core.hashing import hash_obj
 from twinledger.crypto import kpcpre
@@ -31,7 +32,6 @@ from twinledger.errors import DecodeError, DecryptionFailed
 from twinledger.store.client import StoreClient
 from twinledger.store.records import StoreError
 
-REQUEST_MARKER = "req"
 MAX_PAYLOAD = 16 * 1024
 ZERO_NONCE = bytes(12)
 """Each request has its own fresh key, used once."""
@@ -65,10 +65,6 @@ class ExternalRequest:
                 request.body, bytes):  # fmt: skip
             raise DecryptionFailed()
         return request
-
-
-def request_attributes(twin_id: str, extra: Sequence[str] = ()) -> list[str]:
-    return [REQUEST_MARKER, f"twin:{twin_id}", *extra]
 
 
 def make_request(owner: kpcpre.PublicKey, twin_id: str, payload: bytes, extra: Sequence[str] = ()) -> tuple[

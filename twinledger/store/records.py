@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from twinledger.core.attributes import twin_attribute
 from twinledger.core.encoding import decode, encode, from_obj, to_obj
 from twinledger.core.hashing import hash_obj
 from twinledger.crypto.keys import SigningKey, verify_signature
@@ -149,7 +150,7 @@ class ReadGrant:
     def covers(self, acl: ItemAcl, organisation: str, now_ms: int) -> bool:
         return (organisation == self.recipient and acl.owner_organisation == self.owner
                 and (not self.valid_until or now_ms < self.valid_until)
-                and f"twin:{self.twin}" in acl.attributes and satisfied(self.policy, acl.attributes))  # fmt: skip
+                and twin_attribute(self.twin) in acl.attributes and satisfied(self.policy, acl.attributes))  # fmt: skip
 
 
 def decode_acl(raw: bytes) -> ItemAcl:

@@ -1,24 +1,23 @@
-"""How a program working from a node's home reaches the node: the API client, the
-store client (as the home's node, over mutual TLS), and the keys the home and its
-devices hold. The CLI, the device agent, the demo and the benchmarks use it."""
+"""How a program working from a node's home reaches the consortium: its node's HTTP API
+(``NodeClient``) and the store nodes (``store_client``, as the home's node, over mutual
+TLS). ``services.session.Session`` builds on these; tests and benchmarks that speak raw
+transactions use ``NodeClient`` directly."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from twinledger.config import NodeConfig, passphrase, read_run_file
-from twinledger.contracts.sharing import DEVICE_RECIPIENT
 from twinledger.core.encoding import encode
 from twinledger.core.types import Transaction, encode_transaction, sign_transaction
 from twinledger.crypto import kpcpre
-from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file
+from twinledger.crypto.keys import SigningKey
 from twinledger.crypto.tls import client_context
-from twinledger.errors import TwinledgerError
+from twinledger.errors import NotCommitted, TransactionFailed, TwinledgerError
 from twinledger.ledger.genesis import Genesis
 from twinledger.store.client import StoreClient
 from twinledger.store.placement import Replication, store_nodes
@@ -27,10 +26,6 @@ from twinledger.store.protocol import StoreTls
 
 class NodeUnreachable(TwinledgerError):
     code = "node_unreachable"
-
-
-class TransactionFailed(TwinledgerError):
-    """The chain committed the transaction and the contract refused it; the code is the receipt's."""
 
 
 def api_url(config: NodeConfig) -> str:
@@ -103,8 +98,7 @@ class NodeClient:
         tx = self.call(key, contract, method, args, chain_id)
         view = self.transaction(tx.hash.hex(), wait=wait)
         if view.get("status") != "committed":
-            raise TwinledgerError(f"transaction {tx.hash.hex()} was not committed within {wait:.0f} s",
-                                  code="not_committed")  # fmt: skip
+            raise NotCommitted(f"transaction {tx.hash.hex()} was not committed within {wait:.0f} s")
         receipt = view["receipt"]
         if check and receipt["status"] != "ok":
             raise TransactionFailed(receipt["message"] or receipt["error"], code=receipt["error"])
@@ -121,18 +115,12 @@ class NodeClient:
         return self.request("GET", "/v1/health")
 
 
-def store_tls(config: NodeConfig) -> StoreTls:
-    """The mutual-TLS identity of this home's node, for the store and ingest protocols."""
-    return StoreTls.load(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"),
-                         config.cert("organisation"), passphrase())  # fmt: skip
-
-
 def store_client(config: NodeConfig, members: dict[str, Any]) -> StoreClient:
     """A client of the store nodes ``members`` (GET /v1/members) lists, as this home's node.
     The home's own node is reached where its run file says it listens (its configured port
     may be 0: any free port)."""
     genesis = Genesis.read(config.genesis_path)
-    tls = store_tls(config)
+    tls = StoreTls.of_home(config)
     own = config.signing_key().public
     running = (read_run_file(config) or {}).get("storage")
     nodes = [replace(node, endpoint=running) if node.signing_key == own and running else node
@@ -140,35 +128,9 @@ def store_client(config: NodeConfig, members: dict[str, Any]) -> StoreClient:
     return StoreClient(nodes, tls, Replication(genesis.store_replication, genesis.store_write_quorum))
 
 
-def organisation_key(config: NodeConfig) -> EncryptionKey:
-    """The X25519 key this home holds for its organisation."""
-    return EncryptionKey(read_secret_file(config.key("node-encryption"), "x25519", passphrase()))
-
-
-def sharing_key(config: NodeConfig) -> kpcpre.SecretKey:
-    """The KP-CPRE key this home holds for its organisation (grants, reading shared data)."""
-    return kpcpre.SecretKey.from_bytes(read_secret_file(config.key("sharing"), "kpcpre", passphrase()))
-
-
 def sharing_public(members: dict[str, Any], organisation: str) -> kpcpre.PublicKey | None:
-    """``organisation``'s public sharing key as the membership lists it (None if it has none)."""
+    """``organisation``'s public sharing key as a membership view lists it (None if it has none)."""
     for org in members["organisations"]:
         if org["name"] == organisation and org.get("kpcpre_key"):
             return kpcpre.PublicKey.from_bytes(bytes.fromhex(org["kpcpre_key"]))
     return None
-
-
-@dataclass(frozen=True)
-class DeviceKeys:
-    signing: SigningKey
-    sharing: kpcpre.SecretKey
-
-    @property
-    def recipient(self) -> str:
-        return f"{DEVICE_RECIPIENT}{self.signing.public.hex()}"
-
-
-def device_keys(directory: Path) -> DeviceKeys:
-    return DeviceKeys(SigningKey(read_secret_file(directory / "device.key", "ed25519", passphrase())),
-                      kpcpre.SecretKey.from_bytes(read_secret_file(directory / "device-sharing.key", "kpcpre",
-                                                                   passphrase())))  # fmt: skip

@@ -75,7 +75,7 @@ class Welcome:
     """What the stream's records are shared under (empty: private)."""
 
 
-class IngestClient:
+class IngestSender:
     def __init__(self, endpoint: Callable[[], str | None], tls: StoreTls, stream: bytes, *,
                  attributes: Sequence[str] = (), reconnect_for: float = 120.0,
                  on_event: Callable[[str], None] | None = None) -> None:  # fmt: skip
@@ -91,7 +91,7 @@ class IngestClient:
         self.welcome: Welcome | None = None
         self._connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
-    async def __aenter__(self) -> IngestClient:
+    async def __aenter__(self) -> IngestSender:
         await self.connect()
         return self
 

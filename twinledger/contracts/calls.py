@@ -1,0 +1,171 @@
+"""Typed builders of contract calls: the one place outside the contracts that knows a
+method's name and the shape of its arguments.
+
+Each builder returns a ``ContractCall``; ``services.session.Session.transact`` signs and
+submits it. ``tests/test_architecture.py`` checks that every builder's arguments pass the
+method's own parser, so a builder cannot drift from its contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ContractCall:
+    contract: str
+    method: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def _optional(**items: Any) -> dict[str, Any]:
+    return {name: value for name, value in items.items() if value is not None}
+
+
+# -- the specification contract ("twins") ---------------------------------------------------------
+
+
+def create_twin(name: str, device_id: str, aml: bytes, roles: dict[str, dict[str, list[str]]]) -> ContractCall:
+    return ContractCall("twins", "create", {"name": name, "device_id": device_id, "aml": aml, "roles": roles})
+
+
+def insert_aml(twin: str, fragment: bytes, parent: str, after: str | None = None) -> ContractCall:
+    return ContractCall("twins", "insert_aml", {"twin": twin, "fragment": fragment, "parent": parent,
+                                                **_optional(after=after)})  # fmt: skip
+
+
+def remove_aml(twin: str, element: str) -> ContractCall:
+    return ContractCall("twins", "remove_aml", {"twin": twin, "element": element})
+
+
+def add_document(twin: str, manifest: bytes, title: str, description: str, reference: str, media_type: str,
+                 size: int, component: str | None = None) -> ContractCall:  # fmt: skip
+    return ContractCall("twins", "add_document", {"twin": twin, "hash": manifest, "title": title,
+                                                  "description": description, "reference": reference,
+                                                  "media_type": media_type, "size": size,
+                                                  **_optional(component=component)})  # fmt: skip
+
+
+def add_document_version(twin: str, document: str, manifest: bytes, size: int, reference: str,
+                         description: str) -> ContractCall:  # fmt: skip
+    return ContractCall("twins", "add_document_version", {"twin": twin, "document": document, "hash": manifest,
+                                                          "size": size, "reference": reference,
+                                                          "description": description})  # fmt: skip
+
+
+def remove_document(twin: str, document: str) -> ContractCall:
+    return ContractCall("twins", "remove_document", {"twin": twin, "document": document})
+
+
+def add_source(twin: str, uri: str, description: str) -> ContractCall:
+    return ContractCall("twins", "add_source", {"twin": twin, "uri": uri, "description": description})
+
+
+def remove_source(twin: str, uri: str) -> ContractCall:
+    return ContractCall("twins", "remove_source", {"twin": twin, "uri": uri})
+
+
+def add_feed(twin: str, component: str, reference: str, description: str) -> ContractCall:
+    return ContractCall("twins", "add_feed", {"twin": twin, "component": component, "reference": reference,
+                                              "description": description})  # fmt: skip
+
+
+def remove_feed(twin: str, component: str) -> ContractCall:
+    return ContractCall("twins", "remove_feed", {"twin": twin, "component": component})
+
+
+def checkpoint_feed(twin: str, component: str, sequence: int, head: bytes) -> ContractCall:
+    return ContractCall("twins", "checkpoint_feed", {"twin": twin, "component": component, "sequence": sequence,
+                                                     "head": head})  # fmt: skip
+
+
+def call_program(twin: str, program: str, params: dict[str, bool | int | str]) -> ContractCall:
+    return ContractCall("twins", "call_program", {"twin": twin, "program": program, "params": params})
+
+
+def dispatch_call(twin: str, call: int) -> ContractCall:
+    return ContractCall("twins", "dispatch_call", {"twin": twin, "call": call})
+
+
+def report_call(twin: str, call: int, status: str, result: str = "") -> ContractCall:
+    return ContractCall("twins", "report_call", {"twin": twin, "call": call, "status": status, "result": result})
+
+
+def report_anomaly(twin: str, signal: str, state: str, deviation: str, since: int, sequence: int) -> ContractCall:
+    return ContractCall("twins", "report_anomaly", {"twin": twin, "signal": signal, "state": state,
+                                                    "deviation": deviation, "since": since,
+                                                    "sequence": sequence})  # fmt: skip
+
+
+# -- roles and write tokens ("authorization") -----------------------------------------------------
+
+
+def grant_role(twin: str, subject: str, role: str, scopes: list[str]) -> ContractCall:
+    return ContractCall("authorization", "grant_role", {"twin": twin, "subject": subject, "role": role,
+                                                        "scopes": scopes})  # fmt: skip
+
+
+def revoke_role(twin: str, subject: str, role: str) -> ContractCall:
+    return ContractCall("authorization", "revoke_role", {"twin": twin, "subject": subject, "role": role})
+
+
+def set_permissions(twin: str, role: str, methods: list[str]) -> ContractCall:
+    return ContractCall("authorization", "set_permissions", {"twin": twin, "role": role, "methods": methods})
+
+
+def present_token(token: bytes) -> ContractCall:
+    return ContractCall("authorization", "present_token", {"token": token})
+
+
+def revoke_token(twin: str, token: bytes, recipient: bytes) -> ContractCall:
+    return ContractCall("authorization", "revoke_token", {"twin": twin, "token": token, "recipient": recipient})
+
+
+# -- read grants and devices ("sharing") -----------------------------------------------------------
+
+
+def grant_read(twin: str, recipient: str, policy: Any, key_hash: bytes, proxies: list[str],
+               valid_until: int) -> ContractCall:  # fmt: skip
+    """A read grant (KP-CPRE, through proxies) — not a role grant (``grant_role``)."""
+    return ContractCall("sharing", "grant", {"twin": twin, "recipient": recipient, "policy": policy,
+                                             "key_hash": key_hash, "proxies": proxies,
+                                             "valid_until": valid_until})  # fmt: skip
+
+
+def revoke_read(grant: bytes) -> ContractCall:
+    return ContractCall("sharing", "revoke", {"grant": grant})
+
+
+def add_device(twin: str, name: str, key: bytes, sharing_key: bytes) -> ContractCall:
+    return ContractCall("sharing", "add_device", {"twin": twin, "name": name, "key": key, "sharing_key": sharing_key})
+
+
+def retire_device(twin: str, key: bytes) -> ContractCall:
+    return ContractCall("sharing", "retire_device", {"twin": twin, "key": key})
+
+
+# -- membership and records -------------------------------------------------------------------------
+
+
+def propose(change: dict[str, Any]) -> ContractCall:
+    return ContractCall("membership", "propose", {"change": change})
+
+
+def approve(proposal: bytes) -> ContractCall:
+    return ContractCall("membership", "approve", {"proposal": proposal})
+
+
+def withdraw(proposal: bytes) -> ContractCall:
+    return ContractCall("membership", "withdraw", {"proposal": proposal})
+
+
+def revoke_key(key: bytes) -> ContractCall:
+    return ContractCall("membership", "revoke_key", {"key": key})
+
+
+def put_record(media_type: str, metadata: dict[str, str], payload: bytes | None = None,
+               payload_hash: bytes | None = None) -> ContractCall:  # fmt: skip
+    """A record of a payload, or of its hash alone (give exactly one)."""
+    return ContractCall("records", "put", {"media_type": media_type, "metadata": metadata,
+                                           **_optional(payload=payload, payload_hash=payload_hash)})  # fmt: skip

@@ -1,0 +1,86 @@
+"""The attribute vocabulary of KP-CPRE capsules and grant policies, in one place.
+
+Every item the store holds for a twin carries attributes a grant's policy is checked
+against: ``twin:ID`` (a grant never reaches past its twin), ``kind:`` (document, record,
+sensor, or a signal's kind from the specification), ``component:`` and ``signal:`` from
+the AutomationML, ``req`` on external requests, and the owner's own words (type:report).
+The reserved prefixes are the system's to set; an owner's extra attributes may not use
+them, so nobody can label a production counter ``kind:sensor`` by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from twinledger.errors import TwinledgerError
+
+TWIN = "twin:"
+KIND = "kind:"
+COMPONENT = "component:"
+SIGNAL = "signal:"
+REQUEST = "req"
+"""Marks an external request's capsule (routed by proxies to a device)."""
+RESERVED = (TWIN, KIND, COMPONENT, SIGNAL)
+
+DOCUMENT_KIND = "document"
+SENSOR_KIND = "sensor"
+RECORD_KIND = "record"
+
+
+class ReservedAttribute(TwinledgerError):
+    code = "attributes_invalid"
+
+
+def twin_attribute(twin_id: str) -> str:
+    return f"{TWIN}{twin_id}"
+
+
+def kind_attribute(kind: str) -> str:
+    return f"{KIND}{kind}"
+
+
+def component_attribute(component: str) -> str:
+    return f"{COMPONENT}{component}"
+
+
+def signal_attribute(signal: str) -> str:
+    return f"{SIGNAL}{signal}"
+
+
+def twins_named(attributes: Iterable[str]) -> list[str]:
+    """The twin ids ``twin:`` attributes name."""
+    return [a.removeprefix(TWIN) for a in attributes if a.startswith(TWIN)]
+
+
+def owner_attributes(extra: Iterable[str]) -> list[str]:
+    """An owner's own attributes, refused if they use a reserved prefix or marker."""
+    extra = list(extra)
+    for attribute in extra:
+        if attribute.startswith(RESERVED) or attribute == REQUEST:
+            raise ReservedAttribute(f"attribute {attribute[:60]!r} uses a reserved prefix "
+                                    f"({', '.join(RESERVED)} and {REQUEST!r} are set by twinledger)")  # fmt: skip
+    return extra
+
+
+def document_attributes(twin_id: str, component: str | None, extra: Iterable[str] = ()) -> list[str]:
+    return [twin_attribute(twin_id), kind_attribute(DOCUMENT_KIND),
+            *([component_attribute(component)] if component else []), *owner_attributes(extra)]  # fmt: skip
+
+
+def feed_attributes(twin_id: str, component: str, kind: str = SENSOR_KIND, signal: str | None = None,
+                    extra: Iterable[str] = ()) -> list[str]:  # fmt: skip
+    """A feed's attributes: a signal of the specification gives its own kind and id (the
+    device agent's feeds); a feed added by hand is a sensor of its component."""
+    return [twin_attribute(twin_id), kind_attribute(kind), component_attribute(component),
+            *([signal_attribute(signal)] if signal else []), *owner_attributes(extra)]  # fmt: skip
+
+
+def record_attributes(twin_id: str | None, extra: Iterable[str] = ()) -> list[str]:
+    """An ingest stream's attributes: none without a twin (the records stay private)."""
+    if twin_id is None:
+        return []
+    return [twin_attribute(twin_id), *owner_attributes(extra)]
+
+
+def request_attributes(twin_id: str, extra: Iterable[str] = ()) -> list[str]:
+    return [REQUEST, twin_attribute(twin_id), *owner_attributes(extra)]

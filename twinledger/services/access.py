@@ -1,0 +1,212 @@
+"""Who reads what: readers of an item, read grants through proxies (KP-CPRE), revocation
+with new feed epochs, and reading as a reader or through a grant.
+
+The owner's session makes a grant's re-encryption key from the organisation's sharing
+key (it never leaves the owner's machine otherwise), records the grant on chain, then
+hands the key to the proxy nodes. A reader's ``unlock`` opens an item's data key: as a
+reader the item's ACL names, else through a proxy under an active grant covering it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twinledger.config import passphrase
+from twinledger.contracts import calls
+from twinledger.contracts.sharing import DEVICE_RECIPIENT
+from twinledger.crypto import kpcpre
+from twinledger.crypto.keys import SigningKey, read_secret_file
+from twinledger.crypto.policy import parse_policy, policy_text
+from twinledger.crypto.policy import to_obj as policy_to_obj
+from twinledger.errors import BadRequest, TwinledgerError
+from twinledger.services.session import Session, UnknownOrganisation
+from twinledger.sharing.grants import covering_grant, hand_over, make_grant_key, through_proxy
+from twinledger.store.documents import Unlock, as_reader
+from twinledger.store.documents import change_readers as store_change_readers
+from twinledger.store.feeds import parse_feed_reference, rotate_feed
+from twinledger.store.records import AccessDenied, ItemAcl
+
+MIN_PREFIX = 8
+"""Fewest hex digits that name a grant, document or request by prefix."""
+
+
+# -- devices' keys ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceKeys:
+    """What a twin's device holds: its Ed25519 signing key and its KP-CPRE key."""
+
+    signing: SigningKey
+    sharing: kpcpre.SecretKey
+
+    @property
+    def recipient(self) -> str:
+        return f"{DEVICE_RECIPIENT}{self.signing.public.hex()}"
+
+
+def device_keys(directory: Path) -> DeviceKeys:
+    """The keys ``device add`` wrote into ``directory``."""
+    return DeviceKeys(SigningKey(read_secret_file(directory / "device.key", "ed25519", passphrase())),
+                      kpcpre.SecretKey.from_bytes(read_secret_file(directory / "device-sharing.key", "kpcpre",
+                                                                   passphrase())))  # fmt: skip
+
+
+# -- readers ------------------------------------------------------------------------------------
+
+
+async def recipients(session: Session, twin: dict[str, Any] | None, chosen: Sequence[str]) -> dict[str, bytes]:
+    """Reader organisations and their X25519 keys: ``chosen``, or every organisation with a
+    role on ``twin``; the session's organisation always reads."""
+    organisations = {org["name"]: org for org in (await session.members())["organisations"]}
+    roles = twin["roles"] if twin is not None else {}
+    names = set(chosen) if chosen else {s.removeprefix("org:") for s in roles if s.startswith("org:")}
+    names.add(session.organisation)
+    unknown = sorted(names - set(organisations))
+    if unknown:
+        raise UnknownOrganisation(f"no member organisation is named {', '.join(unknown)}")
+    keyless = sorted(name for name in names if not organisations[name].get("encryption_key"))
+    if keyless:
+        raise TwinledgerError(f"organisation(s) {', '.join(keyless)} have no encryption key", code="no_encryption_key")
+    return {name: bytes.fromhex(organisations[name]["encryption_key"]) for name in sorted(names)}
+
+
+async def change_readers(session: Session, items: Sequence[bytes], add: Sequence[str],
+                         remove: Sequence[str]) -> list[ItemAcl]:  # fmt: skip
+    """Publish new owner-signed ACL versions of ``items`` with readers added and removed."""
+    added = {name: key for name, key in (await recipients(session, None, add)).items() if name in add} if add else {}
+    store = await session.store()
+    return [await store_change_readers(store, session.signer, session.organisation, session.encryption_key, item,
+                                       added, list(remove)) for item in items]  # fmt: skip
+
+
+def unlock(session: Session, device: DeviceKeys | None = None) -> Unlock:
+    """How the session's organisation (or one of its twin's devices) opens an item's data
+    key: as a reader the ACL names, else through a proxy under an active covering grant."""
+    recipient = device.recipient if device is not None else session.organisation
+
+    async def open_key(acl: ItemAcl, commitment: bytes | None) -> bytes:
+        if device is None and acl.allows(session.organisation):
+            return await as_reader(session.organisation, session.encryption_key)(acl, commitment)
+        listing = await session.get("/v1/grants", recipient=recipient, owner=acl.owner_organisation)
+        chosen = covering_grant(listing["grants"], acl, recipient, int(time.time() * 1000))
+        if chosen is None:
+            who = "this device" if device is not None else f"{session.organisation} is no reader of it and"
+            raise AccessDenied(f"item {acl.item.hex()[:16]}…: {who} holds no active grant of {acl.owner_organisation} "
+                               "that covers it")  # fmt: skip
+        secret = device.sharing if device is not None else session.sharing_key
+        read = through_proxy(await session.store(), chosen, secret, listing["height"],
+                             device.signing if device is not None else None)  # fmt: skip
+        return await read(acl, commitment)
+
+    return open_key
+
+
+# -- read grants --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GrantMade:
+    grant: str
+    twin: str
+    recipient: str
+    policy: str
+    valid_until: int
+    proxies: dict[str, str]
+    block: int
+
+
+def default_proxies(organisation: dict[str, Any]) -> list[str]:
+    """Every proxy node of the organisation, as ORG/NODE."""
+    name = organisation["name"]
+    proxies = [f"{name}/{node}" for node, entry in sorted(organisation["nodes"].items()) if "proxy" in entry["roles"]]
+    if not proxies:
+        raise TwinledgerError(f"{name} has no proxy node; name one with --proxy ORG/NODE", code="no_proxy")
+    return proxies
+
+
+async def grant(session: Session, twin_ref: str, to: str, policy: str, valid_until: int = 0,
+                proxies: Sequence[str] = ()) -> GrantMade:  # fmt: skip
+    """Let ``to`` (an organisation, or ``device:NAME`` of the twin) read the twin's data that
+    satisfies ``policy`` until ``valid_until`` (ms since the epoch; 0: no end).
+
+    The policy is confined to the twin (twin:ID is added if it does not require it)."""
+    asked = parse_policy(policy)
+    if valid_until and valid_until <= time.time() * 1000:
+        raise BadRequest("the grant's end lies in the past", code="bad_time")
+    twin = await session.twin(twin_ref)
+    if to.startswith(DEVICE_RECIPIENT):
+        from twinledger.services.devices import active_device
+
+        device = active_device(twin, to.removeprefix(DEVICE_RECIPIENT))
+        recipient, public = f"{DEVICE_RECIPIENT}{device['key']}", device["sharing_key"]
+    else:
+        recipient, public = to, (await session.member(to)).get("kpcpre_key")
+        if not public:
+            raise TwinledgerError(f"{to} has no sharing (KP-CPRE) key on chain", code="no_sharing_key")
+    chosen = sorted(proxies) or default_proxies(await session.member(session.organisation))
+    made = make_grant_key(session.sharing_key, twin["id"], asked, kpcpre.PublicKey.from_bytes(bytes.fromhex(public)))
+    outcome = await session.transact(calls.grant_read(twin["id"], recipient, policy_to_obj(made.policy), made.key_hash,
+                                                      chosen, valid_until))  # fmt: skip
+    held = await hand_over(await session.store(), chosen, outcome.tx_hash, made.key, outcome.height)
+    return GrantMade(outcome.tx_hash.hex(), twin["id"], to, policy_text(made.policy), valid_until, held, outcome.height)
+
+
+async def grants_of(session: Session, twin_ref: str | None = None) -> dict[str, Any]:
+    """Grants of read access, newest first (of one twin, or all)."""
+    twin = (await session.twin(twin_ref))["id"] if twin_ref else None
+    return dict(await session.get("/v1/grants", twin=twin))
+
+
+async def find_grant(session: Session, prefix: str) -> dict[str, Any]:
+    if len(prefix) < MIN_PREFIX:
+        raise BadRequest(f"give at least {MIN_PREFIX} digits of the grant id")
+    matches = [g for g in (await session.get("/v1/grants"))["grants"] if g["id"].startswith(prefix.lower())]
+    if len(matches) != 1:
+        raise TwinledgerError(f"{'no' if not matches else 'more than one'} grant id starts with {prefix}",
+                              code="unknown_grant")  # fmt: skip
+    return dict(matches[0])
+
+
+@dataclass(frozen=True)
+class Revocation:
+    grant: dict[str, Any]
+    block: int
+    rotated: list[str] = field(default_factory=list)
+    """Components whose feeds have a new data key."""
+    not_rotated: dict[str, str] = field(default_factory=dict)
+    """Components whose feed kept its key, with why."""
+
+
+async def revoke(session: Session, grant_prefix: str) -> Revocation:
+    """End a grant (proxies delete its key, store nodes stop serving its data), then give
+    the twin's feeds this key owns a new data key, so what is appended from now on is
+    under keys the revoked party never saw."""
+    chosen = await find_grant(session, grant_prefix)
+    outcome = await session.transact(calls.revoke_read(bytes.fromhex(chosen["id"])))
+    rotated, failed = await rotate_twin_feeds(session, chosen["twin"])
+    return Revocation(chosen, outcome.height, rotated, failed)
+
+
+async def rotate_twin_feeds(session: Session, twin_id: str) -> tuple[list[str], dict[str, str]]:
+    """Rotate the data key of every store feed of the twin the session's key owns. Feeds
+    other keys own (a device agent's) rotate when their writer sees the revocation."""
+    feeds = [f for f in (await session.twin(twin_id))["feeds"]
+             if f["reference"].startswith("store:") and f["owner"] == session.signer.public.hex()]  # fmt: skip
+    rotated: list[str] = []
+    failed: dict[str, str] = {}
+    if not feeds:
+        return rotated, failed
+    store, sharing = await session.store(), await session.sharing_public()
+    for entry in feeds:
+        try:
+            await rotate_feed(store, session.signer, session.organisation, session.encryption_key,
+                              parse_feed_reference(entry["reference"]), sharing)  # fmt: skip
+            rotated.append(entry["component"])
+        except TwinledgerError as exc:
+            failed[entry["component"]] = exc.message
+    return rotated, failed

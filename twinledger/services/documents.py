@@ -1,0 +1,119 @@
+"""Documents of a twin: encrypted into the off-chain store on this side, registered on
+chain by the hash of their manifest, read back verified against the chain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twinledger.contracts import calls
+from twinledger.core.attributes import document_attributes
+from twinledger.errors import TwinledgerError
+from twinledger.services import access
+from twinledger.services.access import MIN_PREFIX, DeviceKeys
+from twinledger.services.session import Outcome, Progress, Session
+from twinledger.store.documents import StoredDocument, download_document, parse_reference, upload_document
+from twinledger.store.records import ItemAcl
+
+DEFAULT_MEDIA_TYPE = "application/octet-stream"
+
+
+def find(twin: dict[str, Any], document: str) -> dict[str, Any]:
+    """A document of the twin by id or by a unique prefix of at least 8 hex digits."""
+    matches = [d for d in twin["documents"]
+               if d["id"] == document or (len(document) >= MIN_PREFIX and d["id"].startswith(document))]  # fmt: skip
+    if len(matches) != 1:
+        problem = "names several documents" if matches else "is no document"
+        raise TwinledgerError(f"{document[:64]!r} {problem} of twin {twin['id']}", code="unknown_document")
+    return dict(matches[0])
+
+
+def version_of(entry: dict[str, Any], version: int | None) -> tuple[int, dict[str, Any]]:
+    """(number, version entry) of a document; the latest when ``version`` is None."""
+    versions = entry["versions"]
+    number = version or len(versions)
+    if not 1 <= number <= len(versions):
+        raise TwinledgerError(f"document {entry['id'][:16]}… has {len(versions)} version(s), not {version}",
+                              code="unknown_version")  # fmt: skip
+    return number, dict(versions[number - 1])
+
+
+@dataclass(frozen=True)
+class DocumentAdded:
+    document: str
+    stored: StoredDocument
+    outcome: Outcome
+
+
+async def _store(session: Session, twin: dict[str, Any], source: Path | bytes, readers: list[str],
+                 attributes: list[str], progress: Progress | None) -> StoredDocument:  # fmt: skip
+    recipients = await access.recipients(session, twin, readers)
+    return await upload_document(await session.store(), source, session.signer, session.organisation, recipients,
+                                 progress, attributes=attributes, sharing=await session.sharing_public())  # fmt: skip
+
+
+async def add(session: Session, twin_ref: str, source: Path | bytes, title: str, *, description: str = "",
+              component: str | None = None, media_type: str = DEFAULT_MEDIA_TYPE, readers: list[str] | None = None,
+              attributes: list[str] | None = None, progress: Progress | None = None) -> DocumentAdded:  # fmt: skip
+    """Encrypt ``source`` into the store and register it on the twin.
+
+    The chain records the manifest's hash, which commits to every encrypted chunk and to
+    the data key; the key is sealed to each reader (default: every organisation with a
+    role on the twin) and KP-CPRE-encrypted for the owner under the document's
+    attributes, so the owner can grant others access later."""
+    twin = await session.twin(twin_ref)
+    tags = document_attributes(twin["id"], component, attributes or [])
+    stored = await _store(session, twin, source, readers or [], tags, progress)
+    outcome = await session.transact(calls.add_document(twin["id"], stored.manifest, title, description,
+                                                        stored.reference, media_type, stored.size, component))  # fmt: skip
+    return DocumentAdded(stored.manifest.hex(), stored, outcome)
+
+
+async def add_version(session: Session, twin_ref: str, document: str, source: Path | bytes, *, description: str = "",
+                      readers: list[str] | None = None, attributes: list[str] | None = None,
+                      progress: Progress | None = None) -> DocumentAdded:  # fmt: skip
+    """Store a new version of a document and register it."""
+    twin = await session.twin(twin_ref)
+    entry = find(twin, document)
+    tags = document_attributes(twin["id"], entry.get("component") or None, attributes or [])
+    stored = await _store(session, twin, source, readers or [], tags, progress)
+    outcome = await session.transact(calls.add_document_version(twin["id"], entry["id"], stored.manifest, stored.size,
+                                                                stored.reference, description))  # fmt: skip
+    return DocumentAdded(entry["id"], stored, outcome)
+
+
+@dataclass(frozen=True)
+class DocumentRead:
+    document: str
+    title: str
+    version: int
+    size: int
+    hash: str
+    path: Path
+
+
+async def get(session: Session, twin_ref: str, document: str, destination: Path, version: int | None = None,
+              device: DeviceKeys | None = None, progress: Progress | None = None) -> DocumentRead:  # fmt: skip
+    """Fetch a document version, check it against the chain and decrypt it into
+    ``destination`` (as a reader, or through a grant; as ``device`` if given)."""
+    entry = find(await session.twin(twin_ref), document)
+    number, chosen = version_of(entry, version)
+    await download_document(await session.store(), chosen["reference"], bytes.fromhex(chosen["hash"]),
+                            access.unlock(session, device), destination, progress)  # fmt: skip
+    return DocumentRead(entry["id"], entry["title"], number, chosen["size"], chosen["hash"], destination)
+
+
+async def change_readers(session: Session, twin_ref: str, document: str, version: int | None, add: list[str],
+                         remove: list[str]) -> list[ItemAcl]:  # fmt: skip
+    """Add and remove reader organisations of a document (one version, or all)."""
+    entry = find(await session.twin(twin_ref), document)
+    versions = entry["versions"] if version is None else [version_of(entry, version)[1]]
+    items = [parse_reference(v["reference"])[0] for v in versions]
+    return await access.change_readers(session, items, add, remove)
+
+
+async def remove(session: Session, twin_ref: str, document: str, wait: bool = True) -> Outcome:
+    """Mark a document removed (its versions stay in the history)."""
+    twin_id = (await session.twin(twin_ref))["id"]
+    return await session.transact(calls.remove_document(twin_id, document), wait)

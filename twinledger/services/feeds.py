@@ -1,0 +1,214 @@
+"""Sensor feeds of a twin's components: created in the off-chain store and attached on
+chain, appended to (encrypted here, checkpointed on chain), read, followed, verified and
+re-keyed. The CLI, the device agent and the API create feeds with ``create_and_attach``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from twinledger.contracts import calls
+from twinledger.core.attributes import SENSOR_KIND, feed_attributes
+from twinledger.services import access
+from twinledger.services.access import DeviceKeys
+from twinledger.services.session import Outcome, Progress, Session
+from twinledger.store.feeds import (
+    CHECKPOINT_EVERY,
+    MAX_SEGMENT_SAMPLES,
+    Checkpoint,
+    FeedReader,
+    FeedReport,
+    FeedWriter,
+    Sample,
+    Segment,
+    create_feed,
+    feed_reference,
+    parse_feed_reference,
+    rotate_feed,
+    verify_feed,
+)
+from twinledger.store.records import AccessDenied, FeedUpdate, ItemAcl
+from twinledger.twins.aml import Signal
+
+
+@dataclass(frozen=True)
+class AttachedFeed:
+    """The feed attached to a component (or last detached from it), as the chain has it."""
+
+    twin: str
+    entry: dict[str, Any]
+    """What the specification contract records of the feed."""
+    feed: bytes
+    checkpoints: list[Checkpoint]
+
+
+async def attached(session: Session, twin_ref: str, component: str) -> AttachedFeed:
+    view = await session.get(f"/v1/twins/{twin_ref}/feeds/{component}/checkpoints")
+    return AttachedFeed(view["twin"], view["feed"], parse_feed_reference(view["feed"]["reference"]),
+                        [Checkpoint(c["sequence"], bytes.fromhex(c["head"])) for c in view["checkpoints"]])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FeedAttached:
+    feed: bytes | None
+    """The store feed created (None when an outside reference was attached)."""
+    reference: str
+    outcome: Outcome
+
+
+def signal_description(signal: Signal) -> str:
+    unit = f" ({signal.unit})" if signal.unit else ""
+    return f"{signal.name}{unit} from {signal.opcua_node}"
+
+
+async def create_and_attach(session: Session, twin_ref: str, component: str, *, topic: str | None = None,
+                            readers: list[str] | None = None, attributes: list[str] | None = None,
+                            description: str = "", signal: Signal | None = None,
+                            wait: bool = True) -> FeedAttached:  # fmt: skip
+    """Create an encrypted feed owned by the session's key and attach it to ``component``.
+
+    Only that key appends to it; ``readers`` (default: every organisation with a role on
+    the twin) get its data key sealed to them; the owner grants others access by its
+    attributes: twin, kind, component — a specification ``signal`` gives its own kind,
+    component and id, as the device agent's feeds have — and ``attributes``."""
+    twin = await session.twin(twin_ref)
+    if signal is not None:
+        tags = feed_attributes(twin["id"], signal.component_id, signal.kind, signal.id, attributes or [])
+    else:
+        tags = feed_attributes(twin["id"], component, SENSOR_KIND, None, attributes or [])
+    recipients = await access.recipients(session, twin, readers or [])
+    acl = await create_feed(await session.store(), session.signer, session.organisation, session.encryption_key,
+                            topic or f"{twin['id']}/{component}", recipients, tags,
+                            await session.sharing_public())  # fmt: skip
+    reference = feed_reference(acl.item)
+    outcome = await session.transact(calls.add_feed(twin["id"], component, reference, description), wait)
+    return FeedAttached(acl.item, reference, outcome)
+
+
+async def attach(session: Session, twin_ref: str, component: str, reference: str, description: str = "",
+                 wait: bool = True) -> FeedAttached:  # fmt: skip
+    """Attach a feed kept elsewhere (any URI) to ``component``."""
+    twin_id = (await session.twin(twin_ref))["id"]
+    return FeedAttached(None, reference, await session.transact(calls.add_feed(twin_id, component, reference,
+                                                                               description), wait))  # fmt: skip
+
+
+async def remove(session: Session, twin_ref: str, component: str, wait: bool = True) -> Outcome:
+    """Detach a component's feed (its data and checkpoints stay)."""
+    twin_id = (await session.twin(twin_ref))["id"]
+    return await session.transact(calls.remove_feed(twin_id, component), wait)
+
+
+async def open_writer(session: Session, twin_id: str, component: str, feed: bytes,
+                      checkpoint_every: int = CHECKPOINT_EVERY) -> FeedWriter:  # fmt: skip
+    """The session key's writer of ``feed``, checkpointing its head on chain."""
+
+    async def checkpoint(head: FeedUpdate) -> None:
+        await session.transact(calls.checkpoint_feed(twin_id, component, head.sequence, head.hash))
+
+    return await FeedWriter.open(await session.store(), session.signer, session.organisation, session.encryption_key,
+                                 feed, checkpoint, checkpoint_every, await session.sharing_public())  # fmt: skip
+
+
+def segments(samples: Iterable[Sample], seconds: float) -> Iterator[list[Sample]]:
+    """Consecutive samples grouped into windows of ``seconds`` of sample time."""
+    window = max(1, round(seconds * 1_000_000))
+    batch: list[Sample] = []
+    for sample in samples:
+        if batch and (sample[0] - batch[0][0] >= window or len(batch) == MAX_SEGMENT_SAMPLES):
+            yield batch
+            batch = []
+        batch.append(sample)
+    if batch:
+        yield batch
+
+
+@dataclass(frozen=True)
+class Pushed:
+    feed: bytes
+    component: str
+    samples: int
+    updates: list[FeedUpdate]
+
+
+async def push(session: Session, twin_ref: str, component: str, samples: list[Sample], segment_seconds: float = 1.0,
+               checkpoint_every: int = CHECKPOINT_EVERY, progress: Progress | None = None) -> Pushed:  # fmt: skip
+    """Append samples (in time order) to the component's feed, encrypted, in segments of
+    ``segment_seconds`` of sample time; its head is checkpointed on chain."""
+    feed = await attached(session, twin_ref, component)
+    writer = await open_writer(session, feed.twin, component, feed.feed, checkpoint_every)
+    written: list[FeedUpdate] = []
+    for batch in segments(samples, segment_seconds):
+        writer.extend(batch)
+        written += await writer.flush()
+        if progress is not None:
+            progress(len(batch))
+    await writer.close()
+    return Pushed(feed.feed, feed.entry["component"], len(samples), written)
+
+
+@dataclass(frozen=True)
+class FeedRead:
+    feed: bytes
+    segments: list[Segment]
+    samples: list[Sample]
+    """The segments' samples within the asked time range."""
+
+
+async def read(session: Session, twin_ref: str, component: str, after: int = -1, since: int | None = None,
+               until: int | None = None, latest: bool = False, device: DeviceKeys | None = None) -> FeedRead:  # fmt: skip
+    """Fetch, verify and decrypt a feed's history (after an update, within a time range
+    in microseconds, or only the newest segment), as a reader or through a grant."""
+    feed = (await attached(session, twin_ref, component)).feed
+    reader = await FeedReader.open(await session.store(), feed, access.unlock(session, device))
+    if latest:
+        newest = await reader.latest()
+        found = [newest] if newest is not None else []
+    else:
+        found = [segment async for segment in reader.history(after, since=since, until=until)]
+    samples = [s for segment in found for s in segment.samples
+               if (since is None or s[0] >= since) and (until is None or s[0] <= until)]  # fmt: skip
+    return FeedRead(feed, found, samples)
+
+
+async def follow(session: Session, twin_ref: str, component: str, after: int | None = None,
+                 device: DeviceKeys | None = None) -> AsyncIterator[Segment]:  # fmt: skip
+    """New segments as they arrive, after update ``after`` (default: the current head)."""
+    feed = (await attached(session, twin_ref, component)).feed
+    store = await session.store()
+    reader = await FeedReader.open(store, feed, access.unlock(session, device))
+    if after is None:
+        head = await store.feed_head(reader.acl)
+        after = head.sequence if head is not None else -1
+    async for segment in reader.follow(after):
+        yield segment
+
+
+async def rotate(session: Session, twin_ref: str, component: str) -> tuple[bytes, ItemAcl]:
+    """Give the feed a new data key for everything appended from now on (a new epoch)."""
+    feed = await attached(session, twin_ref, component)
+    acl = await rotate_feed(await session.store(), session.signer, session.organisation, session.encryption_key,
+                            feed.feed, await session.sharing_public())  # fmt: skip
+    return feed.feed, acl
+
+
+async def verify(session: Session, twin_ref: str, component: str) -> FeedReport:
+    """Check the feed's whole history on every replica against its on-chain checkpoints
+    (and what is inside the segments too, if the session can read them)."""
+    feed = await attached(session, twin_ref, component)
+    store = await session.store()
+    owner = bytes.fromhex(feed.entry["owner"])
+    unlock = access.unlock(session)
+    try:
+        await unlock(await store.get_acl(feed.feed), None)
+    except AccessDenied:
+        return await verify_feed(store, feed.feed, feed.checkpoints, owner)
+    return await verify_feed(store, feed.feed, feed.checkpoints, owner, unlock)
+
+
+async def change_readers(session: Session, twin_ref: str, component: str, add: list[str],
+                         remove: list[str]) -> list[ItemAcl]:  # fmt: skip
+    feed = await attached(session, twin_ref, component)
+    return await access.change_readers(session, [feed.feed], add, remove)

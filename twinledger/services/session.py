@@ -1,0 +1,209 @@
+"""A session: one party (an organisation's home, or one of its twin's devices) working
+with the consortium through its node.
+
+It holds what every workflow needs — the node's API, a store client as the home's node,
+the key that signs, the organisation's keys — and the one way to change the chain:
+``transact`` signs a typed contract call, submits it, waits for the commit and checks the
+receipt. Workflows (``services.*``) are plain async functions over a session, so the CLI,
+the demo, the device agent and the benchmarks run the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twinledger.config import NodeConfig, load_config, passphrase
+from twinledger.contracts.calls import ContractCall
+from twinledger.core.types import sign_transaction
+from twinledger.crypto import kpcpre
+from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file
+from twinledger.errors import NotCommitted, TransactionFailed, TwinledgerError
+from twinledger.services.remote import NodeClient, sharing_public, store_client
+from twinledger.store.client import StoreClient
+
+T = TypeVar("T")
+COMMIT_WAIT = 30.0
+"""Seconds ``transact`` waits for a commit by default."""
+Progress = Callable[[int], None]
+"""Called with how much more is done (bytes or samples); never prints."""
+
+
+class UnknownOrganisation(TwinledgerError):
+    code = "unknown_organisation"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A submitted transaction: its hash and, if waited for, its committed view (receipt ok)."""
+
+    tx_hash: bytes
+    view: dict[str, Any] | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.view is not None
+
+    @property
+    def height(self) -> int:
+        assert self.view is not None, "the transaction was not waited for"
+        return int(self.view["block"]["height"])
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return list(self.view["receipt"]["events"]) if self.view is not None else []
+
+    def event(self, event_type: str) -> dict[str, Any]:
+        """The data of the receipt's (first) event of ``event_type``."""
+        return next(e["data"] for e in self.events if e["type"] == event_type)
+
+    def json(self) -> dict[str, Any]:
+        """What ``--json`` prints: the committed transaction, or that it was accepted."""
+        return self.view if self.view is not None else {"hash": self.tx_hash.hex(), "status": "accepted"}
+
+
+def read_signing_key(path: Path) -> SigningKey:
+    return SigningKey(read_secret_file(path, "ed25519", passphrase()))
+
+
+class Session:
+    """One party's way to the consortium; ``async with`` closes its store client."""
+
+    def __init__(self, config: NodeConfig, key: SigningKey | None = None, timeout: float = 30.0) -> None:
+        self.config = config
+        self.node = NodeClient(config, timeout=timeout)
+        self._key = key
+        self._chain_id: str | None = None
+        self._store: StoreClient | None = None
+        self._encryption_key: EncryptionKey | None = None
+        self._sharing_key: kpcpre.SecretKey | None = None
+
+    @classmethod
+    def of_home(cls, home: Path, key_file: Path | None = None) -> Session:
+        """A session of the home, signing with its operator key or the key in ``key_file``."""
+        return cls(load_config(home), read_signing_key(key_file) if key_file is not None else None)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+        self.node.close()
+
+    async def reconnect(self) -> None:
+        """Reach the node and the store nodes wherever they now listen (after a restart)."""
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+        self.node.close()
+        self.node = NodeClient(self.config, timeout=self.node.http.timeout.read or 30.0)
+
+    # -- who ---------------------------------------------------------------------------------
+
+    @property
+    def organisation(self) -> str:
+        return self.config.organisation
+
+    @property
+    def signer(self) -> SigningKey:
+        """The key this session signs with: the one given, or the home's operator key."""
+        if self._key is None:
+            self._key = self.config.signing_key("operator")
+        return self._key
+
+    @property
+    def encryption_key(self) -> EncryptionKey:
+        if self._encryption_key is None:
+            self._encryption_key = self.config.encryption_key()
+        return self._encryption_key
+
+    @property
+    def sharing_key(self) -> kpcpre.SecretKey:
+        if self._sharing_key is None:
+            self._sharing_key = self.config.sharing_key()
+        return self._sharing_key
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def get(self, path: str, **params: Any) -> Any:
+        """A JSON resource of the node's API (None-valued parameters are left out)."""
+        query = {name: value for name, value in params.items() if value is not None}
+        return await asyncio.to_thread(self.node.request, "GET", path, params=query)
+
+    async def post(self, path: str) -> Any:
+        return await asyncio.to_thread(self.node.request, "POST", path)
+
+    async def text(self, path: str, **params: Any) -> str:
+        query = {name: value for name, value in params.items() if value is not None}
+        return await asyncio.to_thread(self.node.text, path, params=query)
+
+    async def twin(self, reference: str, at: int | None = None) -> dict[str, Any]:
+        """A twin by id or device id, as the node's API shows it."""
+        return dict(await self.get(f"/v1/twins/{reference}", at=at))
+
+    async def members(self, at: int | None = None) -> dict[str, Any]:
+        return dict(await self.get("/v1/members", at=at))
+
+    async def member(self, name: str) -> dict[str, Any]:
+        for org in (await self.members())["organisations"]:
+            if org["name"] == name:
+                return dict(org)
+        raise UnknownOrganisation(f"no member organisation is named {name}")
+
+    async def sharing_public(self, organisation: str | None = None) -> kpcpre.PublicKey | None:
+        """An organisation's (default: this one's) public sharing key as the membership lists it."""
+        name = organisation or self.organisation
+        await self.member(name)  # an unknown organisation is an error, not "no key"
+        return sharing_public(await self.members(), name)
+
+    async def chain_id(self) -> str:
+        if self._chain_id is None:
+            self._chain_id = str((await asyncio.to_thread(self.node.health))["chain_id"])
+        return self._chain_id
+
+    async def store(self) -> StoreClient:
+        """A client of the consortium's store nodes, as this home's node (opened once)."""
+        if self._store is None:
+            self._store = store_client(self.config, await self.members())
+        return self._store
+
+    # -- changing the chain ---------------------------------------------------------------------
+
+    async def transact(self, call: ContractCall, wait: bool = True, timeout: float = COMMIT_WAIT,
+                       key: SigningKey | None = None) -> Outcome:  # fmt: skip
+        """Sign ``call`` (with ``key`` or the session's signer) and submit it; with ``wait``,
+        wait for the commit and raise TransactionFailed if the contract refused it, or
+        NotCommitted if the chain did not commit it within ``timeout`` seconds."""
+        signer = key or self.signer
+        nonce = await asyncio.to_thread(self.node.next_nonce, signer.public)
+        tx = sign_transaction(signer, chain_id=await self.chain_id(), nonce=nonce, contract=call.contract,
+                              method=call.method, args=call.args, timestamp=int(time.time() * 1000))  # fmt: skip
+        await asyncio.to_thread(self.node.submit, tx)
+        if not wait:
+            return Outcome(tx.hash)
+        view = await asyncio.to_thread(self.node.transaction, tx.hash.hex(), wait=timeout)
+        if view.get("status") != "committed":
+            raise NotCommitted(f"transaction {tx.hash.hex()} was not committed within {timeout:.0f} s")
+        receipt = view["receipt"]
+        if receipt["status"] != "ok":
+            raise TransactionFailed(receipt["message"] or receipt["error"], code=receipt["error"])
+        return Outcome(tx.hash, view)
+
+
+@asynccontextmanager
+async def open_session(home: Path, key_file: Path | None = None) -> AsyncIterator[Session]:
+    session = Session.of_home(home, key_file)
+    try:
+        yield session
+    finally:
+        await session.close()

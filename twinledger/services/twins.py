@@ -1,0 +1,139 @@
+"""Digital twins: registration from AutomationML, specification edits, external sources,
+program calls, roles, and the audit of every change with its proof checked offline."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from twinledger.contracts import calls
+from twinledger.core.proof import parse_proof, validators_hash, verify_proof
+from twinledger.errors import BadRequest, InvalidProof
+from twinledger.ledger.genesis import Genesis
+from twinledger.services.session import Outcome, Session
+
+SUBJECT = re.compile(r"^(org:|key:)")
+
+
+def subject(value: str) -> str:
+    """``ORG`` means the organisation; ``org:ORG`` and ``key:HEX`` are taken as written."""
+    return value if SUBJECT.match(value) else f"org:{value}"
+
+
+def parse_roles(items: list[str]) -> dict[str, dict[str, list[str]]]:
+    """``SUBJECT=ROLE`` or ``SUBJECT=ROLE@ID,ID`` items as the create call's role table."""
+    roles: dict[str, dict[str, list[str]]] = {}
+    for item in items:
+        who, sep, granted = item.partition("=")
+        role, _, scopes = granted.partition("@")
+        if not sep or not who or not role:
+            raise BadRequest(f"--role {item!r} is not SUBJECT=ROLE or SUBJECT=ROLE@ID,ID")
+        roles.setdefault(subject(who), {})[role] = [s for s in scopes.split(",") if s]
+    return roles
+
+
+def parse_param(item: str) -> tuple[str, bool | int | str]:
+    """``name=value``: true/false are booleans, whole numbers integers, anything else a
+    string (decimal numbers travel as strings; the ledger has no floats)."""
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise BadRequest(f"parameter {item!r} is not NAME=VALUE")
+    if value in ("true", "false"):
+        return name, value == "true"
+    if re.fullmatch(r"-?\d+", value):
+        return name, int(value)
+    return name, value
+
+
+@dataclass(frozen=True)
+class TwinCreated:
+    twin: str
+    outcome: Outcome
+
+
+async def create(session: Session, aml: bytes, name: str, device_id: str,
+                 roles: dict[str, dict[str, list[str]]] | None = None) -> TwinCreated:  # fmt: skip
+    """Register a twin from an AutomationML specification; the session's organisation owns it."""
+    outcome = await session.transact(calls.create_twin(name, device_id, aml, roles or {}))
+    return TwinCreated(outcome.event("TwinCreated")["twin"], outcome)
+
+
+async def _twin_id(session: Session, twin_ref: str) -> str:
+    return str((await session.twin(twin_ref))["id"])
+
+
+async def insert_aml(session: Session, twin_ref: str, fragment: bytes, parent: str, after: str | None = None,
+                     wait: bool = True) -> Outcome:  # fmt: skip
+    return await session.transact(calls.insert_aml(await _twin_id(session, twin_ref), fragment, parent, after), wait)
+
+
+async def remove_aml(session: Session, twin_ref: str, element: str, wait: bool = True) -> Outcome:
+    return await session.transact(calls.remove_aml(await _twin_id(session, twin_ref), element), wait)
+
+
+async def add_source(session: Session, twin_ref: str, uri: str, description: str = "", wait: bool = True) -> Outcome:
+    return await session.transact(calls.add_source(await _twin_id(session, twin_ref), uri, description), wait)
+
+
+async def remove_source(session: Session, twin_ref: str, uri: str, wait: bool = True) -> Outcome:
+    return await session.transact(calls.remove_source(await _twin_id(session, twin_ref), uri), wait)
+
+
+async def call_program(session: Session, twin_ref: str, program: str, params: dict[str, bool | int | str],
+                       wait: bool = True) -> Outcome:  # fmt: skip
+    """Queue a program call for the device; the contract checks it against the
+    specification's safety rules."""
+    return await session.transact(calls.call_program(await _twin_id(session, twin_ref), program, params), wait)
+
+
+async def report_call(session: Session, twin_ref: str, call: int, status: str, result: str = "",
+                      wait: bool = True) -> Outcome:  # fmt: skip
+    """Move a program call along its life-cycle: dispatched, executed, failed or rejected."""
+    twin_id = await _twin_id(session, twin_ref)
+    made = calls.dispatch_call(twin_id, call) if status == "dispatched" else calls.report_call(twin_id, call, status,
+                                                                                             result)  # fmt: skip
+    return await session.transact(made, wait)
+
+
+async def grant_role(session: Session, twin_ref: str, who: str, role: str, scopes: list[str],
+                     wait: bool = True) -> Outcome:  # fmt: skip
+    """Give a subject a role on the twin (owner only) — not a read grant (``access.grant``)."""
+    return await session.transact(calls.grant_role(await _twin_id(session, twin_ref), subject(who), role, scopes), wait)
+
+
+async def revoke_role(session: Session, twin_ref: str, who: str, role: str, wait: bool = True) -> Outcome:
+    return await session.transact(calls.revoke_role(await _twin_id(session, twin_ref), subject(who), role), wait)
+
+
+async def set_permissions(session: Session, twin_ref: str, role: str, methods: list[str],
+                          wait: bool = True) -> Outcome:  # fmt: skip
+    return await session.transact(calls.set_permissions(await _twin_id(session, twin_ref), role, methods), wait)
+
+
+@dataclass(frozen=True)
+class Audit:
+    twin: str
+    entries: list[dict[str, Any]]
+    """Every transaction that changed the twin, with its proof and ``verified``."""
+    trusted: bytes
+    """The hash of the validator set the proofs were checked against (this home's genesis)."""
+
+    @property
+    def verified(self) -> bool:
+        return all(entry["verified"] for entry in self.entries)
+
+
+async def audit(session: Session, twin_ref: str) -> Audit:
+    """Every change of the twin, each inclusion proof checked offline against the
+    validators in this home's genesis (not against what the node says)."""
+    entries = (await session.get(f"/v1/twins/{twin_ref}/audit", proofs="true"))["entries"]
+    trusted = validators_hash(list(Genesis.read(session.config.genesis_path).validator_keys))
+    for entry in entries:
+        try:
+            verified = verify_proof(parse_proof(json.dumps(entry["proof"]).encode()), trusted)
+            entry["verified"] = verified.tx_hash.hex() == entry["tx"]
+        except InvalidProof:
+            entry["verified"] = False
+    return Audit(twin_ref, entries, trusted)

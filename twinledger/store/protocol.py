@@ -17,7 +17,7 @@ import contextlib
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -28,6 +28,9 @@ from twinledger.crypto.tls import client_context, server_context
 from twinledger.errors import DecodeError
 from twinledger.net.wire import read_payload
 from twinledger.store.records import CHUNK_SIZE, StoreError
+
+if TYPE_CHECKING:
+    from twinledger.config import NodeConfig
 
 PROTOCOL = "twinledger-store/1"
 MAX_STORE_FRAME = CHUNK_SIZE + (1 << 20)
@@ -77,6 +80,14 @@ class StoreTls:
         return cls(server_context(ca, chain, key, passphrase),
                    client_context(ca, chain, key, passphrase, check_hostname=False),
                    read_certificate(ca), read_certificate(org_cert).public_bytes(Encoding.DER))  # fmt: skip
+
+    @classmethod
+    def of_home(cls, config: NodeConfig) -> StoreTls:
+        """The mutual-TLS identity of a home's node, for the store and ingest protocols."""
+        from twinledger.config import passphrase
+
+        return cls.load(config.cert("consortium-ca"), config.cert("node-chain"), config.key("tls"),
+                        config.cert("organisation"), passphrase())  # fmt: skip
 
 
 def frame(message: dict[str, Any]) -> bytes:

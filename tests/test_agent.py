@@ -23,6 +23,7 @@ from store_helpers import cli as tl
 from store_helpers import ok
 from twin_helpers import World, key_for
 
+from twinledger import aml
 from twinledger.agent.anomaly import CLEAR_AFTER, RAISE_AFTER, AnomalyCheck
 from twinledger.agent.plant import NAMESPACE
 from twinledger.agent.spool import Spool
@@ -30,7 +31,6 @@ from twinledger.config import init_home, load_config
 from twinledger.ingest.opcua import ApplicationIdentity, DeviceTrust, application_identity, device_session, fingerprint
 from twinledger.launcher import NodeProcess, start_node
 from twinledger.services.remote import NodeClient
-from twinledger.twins import aml
 
 PLANT = Path(__file__).resolve().parent.parent / "examples" / "bottling-plant.aml"
 SPEC = PLANT.read_bytes()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from twinledger.twins import aml
-from twinledger.twins.aml import AmlError
+from twinledger import aml
+from twinledger.aml import AmlError
 
 PLANT = (Path(__file__).parent.parent / "examples" / "bottling-plant.aml").read_bytes()
 NEW_SENSOR = b"""<InternalElement Name="FillLevelSensor1" ID="level-sensor-2">

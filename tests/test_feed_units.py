@@ -17,7 +17,7 @@ from twinledger.store.client import linked_updates
 from twinledger.store.disk import ChunkStore
 from twinledger.store.documents import new_acl
 from twinledger.store.feeds import MAX_SEGMENT_SAMPLES, open_segment, seal_segment
-from twinledger.store.records import FeedUpdate, StoreError, check_successor, chunk_hash, decode_feed_update, item_id
+from twinledger.store.items import FeedUpdate, StoreError, check_successor, chunk_hash, decode_feed_update, item_id
 
 OWNER = SigningKey.generate()
 FEED = item_id(OWNER.public, "feed", b"plant-7/level-sensor-1")

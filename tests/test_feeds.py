@@ -24,7 +24,7 @@ from twinledger.crypto.keys import SigningKey
 from twinledger.errors import TwinledgerError
 from twinledger.store.client import StoreClient, linked_updates
 from twinledger.store.feeds import FeedWriter, parse_feed_reference, seal_segment
-from twinledger.store.records import FeedUpdate, ItemAcl, StoreError, chunk_hash
+from twinledger.store.items import FeedUpdate, ItemAcl, StoreError, chunk_hash
 
 PLANT = Path(__file__).parent.parent / "examples" / "bottling-plant.aml"
 START = 1_790_000_000_000_000

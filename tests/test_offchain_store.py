@@ -19,9 +19,9 @@ from twinledger.config import load_config
 from twinledger.crypto.keys import SigningKey
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import data_key, new_acl, parse_reference
+from twinledger.store.items import StoreError, chunk_hash, decode_manifest
 from twinledger.store.placement import rank
 from twinledger.store.protocol import Connection
-from twinledger.store.records import StoreError, chunk_hash, decode_manifest
 
 PLANT = Path(__file__).parent.parent / "examples" / "bottling-plant.aml"
 

@@ -32,7 +32,7 @@ from twinledger.store import feeds
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import data_key, parse_reference
 from twinledger.store.feeds import FeedWriter, parse_feed_reference, rotate_feed
-from twinledger.store.records import StoreError
+from twinledger.store.items import StoreError
 
 PLANT = Path(__file__).parent.parent / "examples" / "bottling-plant.aml"
 PROXY = "maintainer/node-1"

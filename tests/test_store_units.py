@@ -17,8 +17,7 @@ from twinledger.errors import DecryptionFailed
 from twinledger.store.client import WriteResult
 from twinledger.store.disk import ChunkStore, CorruptChunk
 from twinledger.store.documents import as_reader, download_document, new_acl, upload_document
-from twinledger.store.placement import StoreNode, rank
-from twinledger.store.records import (
+from twinledger.store.items import (
     CHUNK_SIZE,
     AccessDenied,
     ItemAcl,
@@ -28,6 +27,7 @@ from twinledger.store.records import (
     decode_acl,
     decode_manifest,
 )
+from twinledger.store.placement import StoreNode, rank
 
 OWNER = SigningKey.generate()
 ORGS = {name: EncryptionKey.generate() for name in ("owner", "maintainer", "auditor")}

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from twin_helpers import PLANT, World, key_for
 
+from twinledger import aml
 from twinledger.contracts.authorization import DATA_METHODS, DEFAULT_PERMISSIONS, OWNER_METHODS, ROLES
 from twinledger.contracts.twinstate import aml_key, call_key, checkpoint_key, document_key, feed_key, history_key
 from twinledger.crypto.keys import SigningKey
-from twinledger.twins import aml
 
 OWNER = key_for("plant-owner")
 ACTOR_ORG = "maintenance-co"

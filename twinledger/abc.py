@@ -1,7 +1,9 @@
-"""Interfaces of the pluggable parts, in one place (storage, application, consensus).
+"""Interfaces of the pluggable parts, in one place (storage, application, consensus, and
+the running node as its API sees it).
 
 Implementations live beside the layer that uses them: ``ledger/store/`` for chain
-stores, ``contracts/runtime.py`` for the application, ``consensus/`` for consensus.
+stores, ``contracts/runtime.py`` for the application, ``consensus/`` for consensus,
+``node/`` for the running node.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from twinledger.core.proof import InclusionProof
 from twinledger.core.types import (
     AnyTransaction,
     Block,
@@ -19,8 +22,10 @@ from twinledger.core.types import (
     Receipt,
     Transaction,
 )
+from twinledger.errors import TwinledgerError
 
 if TYPE_CHECKING:
+    from twinledger.config import NodeConfig
     from twinledger.ledger.blocktree import BlockTree
     from twinledger.ledger.genesis import Genesis
 
@@ -238,9 +243,101 @@ class NetworkedProducer(BlockProducer):
         """Run ``fn`` where store writes happen (the ledger thread), and await it."""
 
     @abstractmethod
-    def consensus_record(self) -> tuple[Callable[[], bytes | None], Callable[[bytes], None]]:
-        """Load and save functions for the consensus engine's crash-safe record."""
+    def vote_guard(self) -> tuple[Callable[[], bytes | None], Callable[[bytes], None]]:
+        """Load and save functions for the consensus engine's crash-safe record of its votes."""
 
     @abstractmethod
     async def record_evidence(self, kind: str, first: dict[str, Any], second: dict[str, Any]) -> None:
         """Store evidence of equivocation durably."""
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """Per-transaction outcome of a submission: accepted (with hash) or an error."""
+
+    index: int
+    tx_hash: bytes | None = None
+    error: TwinledgerError | None = None
+    duplicate: bool = False
+
+
+class RunningNode(ABC):
+    """What the node's API uses of the running node: ``api/`` knows the node only as this,
+    so the API can be built and tested without the node's wiring."""
+
+    config: NodeConfig
+    chain_store: ChainStore
+    """Blocks, state history and metadata; read it through ``read``, off the event loop."""
+    stopping: bool
+    """Set once the node was told to stop, so that long-lived API streams end."""
+
+    @property
+    @abstractmethod
+    def chain_id(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def head(self) -> BlockHeader: ...
+
+    @abstractmethod
+    def head_state(self) -> StateReader:
+        """Contract state at the current head, readable from any thread."""
+
+    @abstractmethod
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store read off the event loop."""
+
+    # -- transactions --------------------------------------------------------------------
+    @abstractmethod
+    async def submit(self, raw: list[bytes]) -> list[SubmitResult]:
+        """Admit client transactions (canonical bytes); the accepted ones are durable when
+        this returns."""
+
+    @abstractmethod
+    def is_pending(self, tx_hash: bytes) -> bool:
+        """Whether the transaction waits in the mempool."""
+
+    @abstractmethod
+    def pending_count(self) -> int: ...
+
+    @abstractmethod
+    async def wait_committed(self, tx_hash: bytes, timeout: float) -> TransactionLocation | None:
+        """The committed transaction, waiting up to ``timeout`` seconds for it to commit."""
+
+    @abstractmethod
+    async def wait_for_height(self, height: int, timeout: float) -> bool:
+        """True once the head reaches ``height``; False if ``timeout`` seconds pass first."""
+
+    @abstractmethod
+    async def proof(self, tx_hash: bytes) -> InclusionProof: ...
+
+    @abstractmethod
+    async def next_nonce(self, sender: bytes) -> int:
+        """One past the sender's highest nonce, committed or pending."""
+
+    # -- status --------------------------------------------------------------------------
+    @abstractmethod
+    def evidence(self) -> list[dict[str, Any]]:
+        """Stored equivocation evidence, readable (a store read: call it through ``read``)."""
+
+    @abstractmethod
+    def network_status(self) -> dict[str, Any]:
+        """Peers and consensus progress (GET /v1/network)."""
+
+    @abstractmethod
+    def metrics_text(self) -> str:
+        """The node's metrics in the Prometheus text format (GET /metrics)."""
+
+    # -- the roles' services ---------------------------------------------------------------
+    # Typed Any: their types live in layers above this module (store/, ingest/).
+    @property
+    @abstractmethod
+    def offchain_store(self) -> Any:
+        """The off-chain store service (``store.server.StoreService``); None without the
+        store role."""
+
+    @property
+    @abstractmethod
+    def ingest_service(self) -> Any:
+        """The ingest listener (``ingest.service.IngestService``); None without the ingest
+        role."""

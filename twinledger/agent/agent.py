@@ -40,6 +40,7 @@ from typing import Any
 from asyncua import Client, ua
 from asyncua.ua.uaerrors import UaError
 
+from twinledger import aml
 from twinledger.agent.anomaly import AnomalyCheck, Transition
 from twinledger.agent.spool import Spool
 from twinledger.config import NodeConfig
@@ -60,8 +61,7 @@ from twinledger.services.access import DeviceKeys
 from twinledger.services.session import Session
 from twinledger.store.client import StoreClient
 from twinledger.store.feeds import CHECKPOINT_EVERY, FeedWriter, parse_feed_reference
-from twinledger.store.records import FeedUpdate
-from twinledger.twins import aml
+from twinledger.store.items import FeedUpdate
 
 log = logging.getLogger("twinledger.agent")
 NAMESPACE = "urn:twinledger:bottling-plant"

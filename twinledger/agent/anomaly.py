@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from twinledger.twins.aml import Signal
+from twinledger.aml import Signal
 
 RAISE_AFTER = 3
 CLEAR_AFTER = 3

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twinledger import __version__
-from twinledger.abc import TransactionLocation
+from twinledger.abc import RunningNode, TransactionLocation
 from twinledger.api.graphql import graphql_router
 from twinledger.api.service import BadRequest, TwinService, jsonable
 from twinledger.contracts.records import record_key
@@ -27,12 +27,11 @@ from twinledger.core.encoding import decode, to_obj
 from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt
 from twinledger.errors import DecodeError, NotFound, TwinledgerError
 from twinledger.ingest.protocol import STREAM_BYTES
+from twinledger.ingest.service import IngestService
 from twinledger.store.client import StoreClient
 from twinledger.store.feeds import update_view
-from twinledger.store.records import AccessDenied, ItemAcl, StoreError
-
-if TYPE_CHECKING:
-    from twinledger.node import Node
+from twinledger.store.items import AccessDenied, ItemAcl, StoreError
+from twinledger.store.server import StoreService
 
 log = logging.getLogger("twinledger.api")
 MAX_BATCH_BYTES = 64 * 1024 * 1024
@@ -96,9 +95,9 @@ async def _body(request: Request, limit: int) -> bytes:
     return body
 
 
-def _block_view(node: Node, block_hash: bytes) -> dict[str, Any] | None:
-    block = node.store.block_by_hash(block_hash)
-    cert = node.store.certificate(block_hash)
+def _block_view(node: RunningNode, block_hash: bytes) -> dict[str, Any] | None:
+    block = node.chain_store.block_by_hash(block_hash)
+    cert = node.chain_store.certificate(block_hash)
     if block is None or cert is None:
         return None
     return {
@@ -114,7 +113,7 @@ def error_response(exc: TwinledgerError) -> JSONResponse:
     return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.http_status)
 
 
-def create_app(node: Node) -> FastAPI:
+def create_app(node: RunningNode) -> FastAPI:
     app = FastAPI(title="twinledger node", version=__version__,
                   description="Ledger API of a twinledger node.")  # fmt: skip
 
@@ -144,12 +143,12 @@ def create_app(node: Node) -> FastAPI:
 
     @app.get("/v1/health", summary="Liveness and head height")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "chain_id": node.chain_id, "height": node.head.height, "pending": len(node.mempool),
+        return {"status": "ok", "chain_id": node.chain_id, "height": node.head.height, "pending": node.pending_count(),
                 "organisation": node.config.organisation, "roles": list(node.config.roles)}  # fmt: skip
 
     @app.get("/v1/network", summary="Peers and consensus progress")
     async def network() -> dict[str, Any]:
-        return network_view(node)
+        return node.network_status()
 
     @app.get("/v1/evidence", summary="Stored evidence of equivocation (two conflicting signed votes)")
     async def evidence() -> dict[str, Any]:
@@ -195,7 +194,7 @@ def create_app(node: Node) -> FastAPI:
         digest = _hex(tx_hash, "transaction hash")
         location = await node.wait_committed(digest, min(max(wait, 0.0), MAX_WAIT_SECONDS))
         if location is None:
-            if digest in node.mempool:
+            if node.is_pending(digest):
                 return {"status": "pending", "hash": tx_hash}
             raise NotFound(f"no transaction {tx_hash} on this node")
         view = location_view(location)
@@ -207,7 +206,7 @@ def create_app(node: Node) -> FastAPI:
     async def get_block(block_id: str, wait: float = 0.0) -> JSONResponse:
         if block_id.isdigit():
             await node.wait_for_height(int(block_id), min(max(wait, 0.0), MAX_WAIT_SECONDS))
-            header = await node.read(node.store.header_by_height, int(block_id))
+            header = await node.read(node.chain_store.header_by_height, int(block_id))
             if header is None:
                 raise NotFound(f"no block at height {block_id} (head is {node.head.height})")
             block_hash = header.hash
@@ -230,13 +229,14 @@ def create_app(node: Node) -> FastAPI:
     @app.get("/v1/ingest/streams/{stream}", summary="What this node's ingest listener took from a stream",
              tags=["records"])  # fmt: skip
     async def ingest_stream(stream: str, after: int = 0, limit: int = 1000) -> dict[str, Any]:
-        if node.ingest is None:
+        ingest: IngestService | None = node.ingest_service
+        if ingest is None:
             raise NotFound("this node has no ingest listener ([ingest] in node.toml)")
         stream_id = _hex(stream, "stream id", STREAM_BYTES)
-        claim = await node.read(node.ingest.journal.stream, stream_id)
+        claim = await node.read(ingest.journal.stream, stream_id)
         if claim is None:
             raise NotFound(f"no client opened stream {stream} on this node")
-        rows = await node.read(node.ingest.journal.rows, stream_id, after, min(max(limit, 1), 10_000))
+        rows = await node.read(ingest.journal.rows, stream_id, after, min(max(limit, 1), 10_000))
         return {"stream": stream, "source": claim.source, "attributes": list(claim.attributes),
                 "records": [{"seq": r.seq, "record": r.tx_hash.hex(), "height": r.height} for r in rows]}  # fmt: skip
 
@@ -247,13 +247,13 @@ def create_app(node: Node) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def metrics() -> str:
-        return render_metrics(node)
+        return node.metrics_text()
 
-    add_twin_resources(app, node, TwinService(node.store))
+    add_twin_resources(app, node, TwinService(node.chain_store))
     return app
 
 
-def add_twin_resources(app: FastAPI, node: Node, service: TwinService) -> None:
+def add_twin_resources(app: FastAPI, node: RunningNode, service: TwinService) -> None:
     """Twins, membership and the event stream: REST over ``TwinService``, and GraphQL."""
 
     @app.get("/v1/twins", summary="Registered twins", tags=["twins"])
@@ -307,24 +307,25 @@ def add_twin_resources(app: FastAPI, node: Node, service: TwinService) -> None:
                      at: int | None = At) -> dict[str, Any]:  # fmt: skip
         return await node.read(service.grants, twin, recipient, owner, at)
 
-    def _storage() -> Any:
-        if node.storage is None:
+    def _offchain_store() -> StoreService:
+        offchain: StoreService | None = node.offchain_store
+        if offchain is None:
             raise TwinledgerError("this node is not a store node (it lacks the store role)", code="not_a_store_node")
-        return node.storage
+        return offchain
 
     @app.get("/v1/store", summary="This store node: its data, the replication, the store nodes", tags=["store"])
     async def store_status() -> dict[str, Any]:
-        storage = _storage()
-        disk = await node.read(storage.disk.status)
-        replication = node.replication().effective(len(node.store_directory().nodes))
-        return {"address": storage.address, "items": disk.items, "chunks": disk.chunks, "bytes": disk.bytes,
+        offchain = _offchain_store()
+        disk = await node.read(offchain.disk.status)
+        replication = offchain.replication.effective(len(offchain.directory().nodes))
+        return {"address": offchain.address, "items": disk.items, "chunks": disk.chunks, "bytes": disk.bytes,
                 "replication": {"factor": replication.factor, "write_quorum": replication.quorum},
                 "nodes": [{"organisation": n.organisation, "node": n.name, "endpoint": n.endpoint}
-                          for n in node.store_directory().nodes]}  # fmt: skip
+                          for n in offchain.directory().nodes]}  # fmt: skip
 
     @app.post("/v1/store/repair", summary="Run an anti-entropy pass now: push missing replicas", tags=["store"])
     async def store_repair() -> dict[str, Any]:
-        report = await _storage().repair()
+        report = await _offchain_store().repair()
         return {"acls_pushed": report.acls_pushed, "chunks_checked": report.chunks_checked,
                 "chunks_pushed": report.chunks_pushed, "feed_updates_pushed": report.feed_updates_pushed,
                 "unreachable": sorted(report.unreachable)}  # fmt: skip
@@ -332,7 +333,7 @@ def add_twin_resources(app: FastAPI, node: Node, service: TwinService) -> None:
     @app.post("/v1/store/audit", summary="Re-hash every local chunk; repair damaged ones from replicas",
               tags=["store"])  # fmt: skip
     async def store_audit() -> dict[str, Any]:
-        report = await _storage().audit()
+        report = await _offchain_store().audit()
         return {"checked": report.checked, "corrupt": report.corrupt, "repaired": report.repaired,
                 "unrepaired": report.unrepaired}  # fmt: skip
 
@@ -347,9 +348,10 @@ def add_twin_resources(app: FastAPI, node: Node, service: TwinService) -> None:
         resume = request.headers.get("last-event-id")
         if resume is not None and not resume.isdigit():
             raise BadRequest("Last-Event-ID must be the sequence number sent in an event's id")
-        store = _storage().client()
+        offchain = _offchain_store()
+        store = offchain.client()
         acl = await store.get_acl(bytes.fromhex(feed))
-        if acl.kind != "feed" or not node.store_directory().may_read(acl, node.config.organisation):
+        if acl.kind != "feed" or not offchain.directory().may_read(acl, node.config.organisation):
             raise AccessDenied(f"organisation {node.config.organisation} is not a reader of feed {feed[:16]}…")
         start = int(resume) if resume is not None else after
         return StreamingResponse(_feed_stream(node, request, store, acl, start), media_type="text/event-stream",
@@ -377,7 +379,7 @@ def _event_position(last_event_id: str | None) -> tuple[int, int, int] | None:
     return height, index, number
 
 
-async def _event_stream(node: Node, service: TwinService, request: Request, twin: str | None, height: int,
+async def _event_stream(node: RunningNode, service: TwinService, request: Request, twin: str | None, height: int,
                         after: tuple[int, int, int] | None) -> AsyncIterator[str]:  # fmt: skip
     """Replays committed blocks from ``height`` and then follows the head; every event is
     read from the store, so a client that reconnects with Last-Event-ID misses nothing."""
@@ -399,7 +401,7 @@ async def _event_stream(node: Node, service: TwinService, request: Request, twin
         height += 1
 
 
-async def _feed_stream(node: Node, request: Request, store: StoreClient, acl: ItemAcl,
+async def _feed_stream(node: RunningNode, request: Request, store: StoreClient, acl: ItemAcl,
                        after: int) -> AsyncIterator[str]:  # fmt: skip
     """Long polls on the feed's replicas: a store node answers the moment an update lands."""
     yield ": twinledger feed\n\n"
@@ -416,78 +418,3 @@ async def _feed_stream(node: Node, request: Request, store: StoreClient, acl: It
             yield f"id: {update.sequence}\nevent: update\ndata: {json.dumps(view, sort_keys=True)}\n\n"
             after = update.sequence
 
-
-def network_view(node: Node) -> dict[str, Any]:
-    consensus = node.consensus
-    peers = node.network.peers.values() if node.network is not None else ()
-    return {
-        "organisation": node.config.organisation,
-        "node": node.config.name,
-        "consensus": consensus.name,
-        "height": node.head.height,
-        "head": node.head.hash.hex(),
-        "round": consensus.last_round,
-        "last_block_time": node.head.timestamp,
-        "p2p": node.network.address if node.network is not None else None,
-        "peers": [
-            {
-                "organisation": p.identity.organisation,
-                "node": p.identity.node,
-                "address": p.address,
-                "height": p.height,
-                "outbound": p.outbound,
-            }
-            for p in peers
-        ],  # fmt: skip
-        "equivocations": node.metrics.equivocations,
-    }
-
-
-def render_metrics(node: Node) -> str:
-    m = node.metrics
-    lines = [
-        "# HELP twinledger_height Height of the canonical head.",
-        "# TYPE twinledger_height gauge",
-        f"twinledger_height {node.head.height}",
-        "# HELP twinledger_orphan_blocks Blocks waiting for their parent.",
-        "# TYPE twinledger_orphan_blocks gauge",
-        f"twinledger_orphan_blocks {node.chain.tree.orphan_count()}",
-        "# HELP twinledger_consensus_round Round of the height being decided.",
-        "# TYPE twinledger_consensus_round gauge",
-        f"twinledger_consensus_round {node.consensus.last_round}",
-        "# HELP twinledger_peers Connected peers.",
-        "# TYPE twinledger_peers gauge",
-        f"twinledger_peers {len(node.network.peers) if node.network is not None else 0}",
-        "# HELP twinledger_mempool_transactions Transactions waiting for a block.",
-        "# TYPE twinledger_mempool_transactions gauge",
-        f"twinledger_mempool_transactions {len(node.mempool)}",
-        "# HELP twinledger_equivocations_total Conflicting votes detected and stored as evidence.",
-        "# TYPE twinledger_equivocations_total counter",
-        f"twinledger_equivocations_total {m.equivocations}",
-        "# HELP twinledger_transactions_accepted_total Transactions admitted to the mempool.",
-        "# TYPE twinledger_transactions_accepted_total counter",
-        f"twinledger_transactions_accepted_total {m.accepted}",
-        "# HELP twinledger_transactions_committed_total Transactions committed in blocks.",
-        "# TYPE twinledger_transactions_committed_total counter",
-        f"twinledger_transactions_committed_total {m.committed}",
-        "# HELP twinledger_blocks_committed_total Blocks committed since start.",
-        "# TYPE twinledger_blocks_committed_total counter",
-        f"twinledger_blocks_committed_total {m.blocks}",
-        "# HELP twinledger_block_interval_seconds Time between the last two blocks.",
-        "# TYPE twinledger_block_interval_seconds gauge",
-        f"twinledger_block_interval_seconds {m.last_block_interval:.6f}",
-        "# HELP twinledger_transactions_rejected_total Refused transactions by error code.",
-        "# TYPE twinledger_transactions_rejected_total counter",
-    ]
-    lines += [f'twinledger_transactions_rejected_total{{code="{code}"}} {n}' for code, n in sorted(m.rejected.items())]
-    lines += [
-        "# HELP twinledger_commit_latency_seconds Submit-to-commit latency.",
-        "# TYPE twinledger_commit_latency_seconds histogram",
-    ]
-    cumulative = 0
-    for bound, count in zip((*[str(b) for b in m.BUCKETS], "+Inf"), m.latency_buckets, strict=True):
-        cumulative += count
-        lines.append(f'twinledger_commit_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
-    lines.append(f"twinledger_commit_latency_seconds_sum {m.latency_sum:.6f}")
-    lines.append(f"twinledger_commit_latency_seconds_count {m.latency_count}")
-    return "\n".join(lines) + "\n"

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.fastapi import GraphQLRouter
 from strawberry.scalars import JSON
 
+from twinledger.abc import RunningNode
 from twinledger.api.service import TwinService
 from twinledger.errors import TwinledgerError
-
-if TYPE_CHECKING:
-    from twinledger.node import Node
 
 T = TypeVar("T")
 log = logging.getLogger("twinledger.api")
@@ -206,7 +204,7 @@ class TwinSchema(strawberry.Schema):
 SCHEMA = TwinSchema(query=Query)
 
 
-def graphql_router(node: Node, service: TwinService) -> GraphQLRouter:
+def graphql_router(node: RunningNode, service: TwinService) -> GraphQLRouter:
     async def context() -> dict[str, Any]:
         return {"node": node, "service": service}
 

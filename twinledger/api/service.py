@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from twinledger import aml
 from twinledger.abc import ChainStore
 from twinledger.contracts.authorization import permissions
 from twinledger.contracts.sharing import DEVICE_PREFIX, GRANT_PREFIX
@@ -28,7 +29,6 @@ from twinledger.contracts.twinstate import (
 from twinledger.core.types import Event
 from twinledger.errors import NotFound, TwinledgerError
 from twinledger.ledger.chain import StoreState
-from twinledger.twins import aml
 
 CALL_STATUSES = ("queued", "dispatched", "executed", "failed", "rejected")
 

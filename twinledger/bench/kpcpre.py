@@ -39,11 +39,15 @@ from rich.table import Table
 
 from twinledger.bench.ledger import publish
 from twinledger.config import init_network, load_config
+from twinledger.contracts import calls
+from twinledger.core.attributes import feed_attributes
 from twinledger.crypto import groups, kpcpre
 from twinledger.crypto.policy import Leaf, Policy, all_of, any_of, parse_policy
 from twinledger.crypto.policy import to_obj as policy_to_obj
 from twinledger.launcher import free_port_block, start_node
+from twinledger.services import twins
 from twinledger.services.remote import NodeClient, sharing_public, store_client
+from twinledger.services.session import Session
 from twinledger.sharing.grants import hand_over, make_grant_key, through_proxy
 from twinledger.store.documents import as_reader
 from twinledger.store.feeds import FeedReader, FeedWriter, create_feed
@@ -165,19 +169,16 @@ def measure_epoch_sharing() -> dict[str, Any]:
 async def _network_epoch(homes: list[Path], segments: int, progress: Progress) -> dict[str, Any]:
     """The owner (homes[0]) writes an epoch and grants homes[2] through the proxy on homes[1]."""
     owner_config, reader_config = load_config(homes[0]), load_config(homes[2])
-    node = NodeClient(owner_config)
-    chain_id = node.health()["chain_id"]
-    owner = owner_config.signing_key("operator")
-    created = node.commit(owner, "twins", "create", {"name": "bench plant", "device_id": "bench-plant",
-                                                     "aml": PLANT.read_bytes()}, chain_id)  # fmt: skip
-    twin = created["receipt"]["events"][0]["data"]["twin"]
-    members = node.request("GET", "/v1/members")
+    session = Session(owner_config)
+    owner = session.signer
+    twin = (await twins.create(session, PLANT.read_bytes(), "bench plant", "bench-plant")).twin
+    members = await session.members()
     sharing = sharing_public(members, "owner")
     reader_key = sharing_public(members, "auditor")
     assert sharing is not None and reader_key is not None
     async with store_client(owner_config, members) as store:
         acl = await create_feed(store, owner, "owner", owner_config.encryption_key(), f"{twin}/level-sensor-1", {},
-                                [f"twin:{twin}", "kind:sensor", "component:level-sensor-1"], sharing)  # fmt: skip
+                                feed_attributes(twin, "level-sensor-1"), sharing)  # fmt: skip
         writer = await FeedWriter.open(store, owner, "owner", owner_config.encryption_key(), acl.item, sharing=sharing)
         task = progress.add_task(f"writing an epoch of {segments} segments", total=segments)
         start = 1_790_000_000_000_000
@@ -188,14 +189,13 @@ async def _network_epoch(homes: list[Path], segments: int, progress: Progress) -
         begin = time.perf_counter()
         made = make_grant_key(owner_config.sharing_key(), twin, parse_policy("kind:sensor"), reader_key)
         keyed = time.perf_counter()
-        committed = node.commit(owner, "sharing", "grant", {
-            "twin": twin, "recipient": "auditor", "policy": policy_to_obj(made.policy), "key_hash": made.key_hash,
-            "proxies": ["maintainer/node-1"], "valid_until": 0}, chain_id)  # fmt: skip
+        committed = await session.transact(calls.grant_read(twin, "auditor", policy_to_obj(made.policy), made.key_hash,
+                                                            ["maintainer/node-1"], 0))  # fmt: skip
         recorded = time.perf_counter()
-        await hand_over(store, ["maintainer/node-1"], bytes.fromhex(committed["transaction"]["hash"]), made.key,
-                        committed["block"]["height"])  # fmt: skip
+        await hand_over(store, ["maintainer/node-1"], committed.tx_hash, made.key, committed.height)
         handed = time.perf_counter()
         own = await _read_epoch(FeedReader(store, acl, as_reader("owner", owner_config.encryption_key())))
+    await session.close()
     grants = NodeClient(reader_config).request("GET", "/v1/grants?recipient=auditor")
     async with store_client(reader_config, members) as store:
         unlock = through_proxy(store, grants["grants"][0], reader_config.sharing_key(), grants["height"])

@@ -21,8 +21,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from twinledger.config import init_home
+from twinledger.contracts import calls
 from twinledger.core.encoding import encode
-from twinledger.core.types import Transaction, decode_transaction, encode_transaction, sign_transaction
+from twinledger.core.types import Transaction, decode_transaction, encode_transaction
 from twinledger.crypto.keys import SigningKey
 from twinledger.launcher import start_node
 from twinledger.ledger.store.sqlite import SqliteChainStore
@@ -40,8 +41,8 @@ def make_transactions(count: int, senders: int, progress: Progress, chain_id: st
 
     def tx(key: SigningKey, nonce: int, filler: int) -> Transaction:
         payload = nonce.to_bytes(8, "big") + os.urandom(filler)
-        return sign_transaction(key, chain_id=chain_id, nonce=nonce, contract="records", method="put",
-                                args={"payload": payload, "metadata": {"source": "bench"}}, timestamp=now)  # fmt: skip
+        call = calls.put_record("application/octet-stream", {"source": "bench"}, payload=payload)
+        return calls.sign(key, call, chain_id=chain_id, nonce=nonce, timestamp=now)
 
     probe = len(encode_transaction(tx(keys[0], 0, 800)))
     filler = 800 + TX_SIZE - probe
@@ -157,8 +158,8 @@ async def _warm_up(http: httpx.AsyncClient, size: int, chain_id: str) -> None:
     """Commit one untimed batch first, so the node's verifier processes are running."""
     key = SigningKey.generate()
     now = int(time.time() * 1000)
-    batch = [sign_transaction(key, chain_id=chain_id, nonce=n, contract="records", method="put",
-                              args={"payload": os.urandom(size - 200)}, timestamp=now) for n in range(200)]  # fmt: skip
+    batch = [calls.sign(key, calls.put_record("application/octet-stream", {}, payload=os.urandom(size - 200)),
+                        chain_id=chain_id, nonce=n, timestamp=now) for n in range(200)]  # fmt: skip
     response = await http.post("/v1/transactions/batch", content=encode([tx.encoded for tx in batch]),
                                headers={"content-type": "application/octet-stream"})  # fmt: skip
     response.raise_for_status()

@@ -32,7 +32,7 @@ from twinledger.services.remote import store_client
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import as_reader, download_document, upload_document
 from twinledger.store.feeds import MAX_SEGMENT_SAMPLES, FeedReader, FeedWriter, create_feed, now_us, seal_segment
-from twinledger.store.records import CHUNK_SIZE
+from twinledger.store.items import CHUNK_SIZE
 
 console = Console(stderr=True)
 ORGS = ["owner", "maintainer", "auditor"]

@@ -36,7 +36,7 @@ from twinledger.cli.storage import transfer_progress
 from twinledger.errors import parse_hex
 from twinledger.services import documents, membership, twins
 from twinledger.services.access import device_keys
-from twinledger.store.records import ItemAcl
+from twinledger.store.items import ItemAcl
 
 twin_app = typer.Typer(no_args_is_help=True, help="Digital twins: specification, documents, feeds, programs, roles.")
 aml_app = typer.Typer(no_args_is_help=True, help="The twin's AutomationML specification and its versions.")

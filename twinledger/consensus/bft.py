@@ -105,7 +105,7 @@ class BftConsensus(QueuedConsensus):
         host: NetworkedProducer = producer
         self._host = host
         self._inbox = asyncio.Queue()
-        load, save = host.consensus_record()
+        load, save = host.vote_guard()
         self._guard = VoteGuard(load, save) if self.me is not None else None
         self._enter(host.head.height + 1, wait=False)
         regossip = asyncio.create_task(self._regossip())

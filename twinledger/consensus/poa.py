@@ -101,7 +101,7 @@ class PoaConsensus(QueuedConsensus):
         host: NetworkedProducer = producer
         self._known = host.known_transaction
         self._inbox = asyncio.Queue()
-        load, save = host.consensus_record()
+        load, save = host.vote_guard()
         self._load, self._save = load, save
         while True:
             current = Height(host.head.height + 1, time.monotonic())

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from twinledger import aml
 from twinledger.abc import StateReader
 from twinledger.contracts.arguments import Arguments
 from twinledger.contracts.membership import organisation_of
@@ -41,7 +42,6 @@ from twinledger.core.encoding import decode, encode, from_obj, to_obj
 from twinledger.core.hashing import hash_obj
 from twinledger.crypto.keys import SigningKey, verify_signature
 from twinledger.errors import ContractError, DecodeError
-from twinledger.twins import aml
 
 ROLES = ("owner", "manufacturer", "maintainer", "auditor", "device-agent", "distributor", "processing-service")
 DATA_METHODS = (

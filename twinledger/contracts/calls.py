@@ -11,12 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from twinledger.core.types import Transaction, sign_transaction
+from twinledger.crypto.keys import SigningKey
+
 
 @dataclass(frozen=True)
 class ContractCall:
     contract: str
     method: str
     args: dict[str, Any] = field(default_factory=dict)
+
+
+def sign(key: SigningKey, call: ContractCall, *, chain_id: str, nonce: int, timestamp: int) -> Transaction:
+    """The transaction of ``call``, signed by ``key``."""
+    return sign_transaction(key, chain_id=chain_id, nonce=nonce, contract=call.contract, method=call.method,
+                            args=call.args, timestamp=timestamp)  # fmt: skip
 
 
 def _optional(**items: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from twinledger import aml
 from twinledger.contracts.arguments import Arguments
 from twinledger.contracts.authorization import (
     DATA_METHODS,
@@ -48,7 +49,6 @@ from twinledger.contracts.twinstate import (
     twin_key,
 )
 from twinledger.errors import ContractError
-from twinledger.twins import aml
 
 MAX_DOCUMENT_VERSIONS = 1000
 MAX_PARAMS = 64

@@ -19,10 +19,12 @@ import sqlite3
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twinledger.abc import StateReader, TransactionLocation
+from twinledger.contracts import calls
+from twinledger.contracts.calls import ContractCall
 from twinledger.contracts.membership import organisation_key
 from twinledger.contracts.twinstate import twin_key
 from twinledger.core.attributes import RECORD_KIND, kind_attribute, twins_named
@@ -50,8 +52,8 @@ from twinledger.ingest.protocol import (
 )
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import upload_document
+from twinledger.store.items import StoreError
 from twinledger.store.protocol import HANDSHAKE_TIMEOUT, StoreTls, StoreUnavailable, peer_identity, write_frame
-from twinledger.store.records import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,8 @@ class Job:
     done: asyncio.Future[Acknowledged]
     attributes: tuple[str, ...] = ()
     """The stream's: what the record's document is shared under."""
-    args: dict[str, Any] = field(default_factory=dict)
+    call: ContractCall | None = None
+    """The records.put call, once the payload is stored."""
     notify: Callable[[str], Awaitable[None]] | None = None
     """Tells the connection that sent the record why it is held up."""
 
@@ -378,7 +381,7 @@ class IngestService:
             metadata = {**record.metadata, "ingest": f"{job.stream.hex()}/{record.seq}", "store": stored.reference,
                         "part": f"{offset}+{len(record.payload)}"}  # fmt: skip
             offset += len(record.payload)
-            job.args = {"payload_hash": stored.manifest, "media_type": record.media_type, "metadata": metadata}
+            job.call = calls.put_record(record.media_type, metadata, payload_hash=stored.manifest)
             await self._signing.put(job)
 
     async def _sign_loop(self) -> None:
@@ -391,8 +394,9 @@ class IngestService:
             now = int(time.time() * 1000)
             txs = []
             for job in jobs:
-                txs.append(sign_transaction(self.key, chain_id=self.ledger.chain_id, nonce=self._take_nonce(),
-                                            contract="records", method="put", args=job.args, timestamp=now))  # fmt: skip
+                assert job.call is not None
+                txs.append(calls.sign(self.key, job.call, chain_id=self.ledger.chain_id, nonce=self._take_nonce(),
+                                      timestamp=now))  # fmt: skip
             rows = [JournalRow(job.stream, job.record.seq, job.record.digest, tx.encoded, tx.hash, None)
                     for job, tx in zip(jobs, txs, strict=True)]  # fmt: skip
             try:

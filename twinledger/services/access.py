@@ -28,7 +28,7 @@ from twinledger.sharing.grants import covering_grant, hand_over, make_grant_key,
 from twinledger.store.documents import Unlock, as_reader
 from twinledger.store.documents import change_readers as store_change_readers
 from twinledger.store.feeds import parse_feed_reference, rotate_feed
-from twinledger.store.records import AccessDenied, ItemAcl
+from twinledger.store.items import AccessDenied, ItemAcl
 
 MIN_PREFIX = 8
 """Fewest hex digits that name a grant, document or request by prefix."""

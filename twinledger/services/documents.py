@@ -14,7 +14,7 @@ from twinledger.services import access
 from twinledger.services.access import MIN_PREFIX, DeviceKeys
 from twinledger.services.session import Outcome, Progress, Session
 from twinledger.store.documents import StoredDocument, download_document, parse_reference, upload_document
-from twinledger.store.records import ItemAcl
+from twinledger.store.items import ItemAcl
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
 

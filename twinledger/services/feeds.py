@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from twinledger.aml import Signal
 from twinledger.contracts import calls
 from twinledger.core.attributes import SENSOR_KIND, feed_attributes
 from twinledger.services import access
@@ -29,8 +30,7 @@ from twinledger.store.feeds import (
     rotate_feed,
     verify_feed,
 )
-from twinledger.store.records import AccessDenied, FeedUpdate, ItemAcl
-from twinledger.twins.aml import Signal
+from twinledger.store.items import AccessDenied, FeedUpdate, ItemAcl
 
 
 @dataclass(frozen=True)

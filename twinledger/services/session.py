@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from twinledger.config import NodeConfig, load_config, passphrase
+from twinledger.contracts import calls
 from twinledger.contracts.calls import ContractCall
-from twinledger.core.types import sign_transaction
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file
 from twinledger.errors import NotCommitted, TransactionFailed, TwinledgerError
@@ -186,8 +186,7 @@ class Session:
         NotCommitted if the chain did not commit it within ``timeout`` seconds."""
         signer = key or self.signer
         nonce = await asyncio.to_thread(self.node.next_nonce, signer.public)
-        tx = sign_transaction(signer, chain_id=await self.chain_id(), nonce=nonce, contract=call.contract,
-                              method=call.method, args=call.args, timestamp=int(time.time() * 1000))  # fmt: skip
+        tx = calls.sign(signer, call, chain_id=await self.chain_id(), nonce=nonce, timestamp=int(time.time() * 1000))
         await asyncio.to_thread(self.node.submit, tx)
         if not wait:
             return Outcome(tx.hash)

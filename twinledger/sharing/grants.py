@@ -17,7 +17,7 @@ from twinledger.errors import TwinledgerError
 from twinledger.sharing.proxy import device_request
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import Unlock
-from twinledger.store.records import AccessDenied, ItemAcl, ReadGrant, StoreError
+from twinledger.store.items import AccessDenied, ItemAcl, ReadGrant, StoreError
 
 
 @dataclass(frozen=True)

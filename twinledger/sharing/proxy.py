@@ -44,7 +44,7 @@ from twinledger.crypto.keys import verify_signature
 from twinledger.crypto.policy import from_obj as policy_from_obj
 from twinledger.crypto.policy import satisfied
 from twinledger.sharing.requests import DEVICE_MESSAGE_TAG, MAX_PAYLOAD, ExternalRequest
-from twinledger.store.records import AccessDenied, StoreError
+from twinledger.store.items import AccessDenied, StoreError
 
 log = logging.getLogger("twinledger.proxy")
 

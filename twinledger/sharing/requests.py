@@ -30,7 +30,7 @@ from twinledger.crypto.policy import satisfied
 from twinledger.crypto.seal import seal, unseal
 from twinledger.errors import DecodeError, DecryptionFailed
 from twinledger.store.client import StoreClient
-from twinledger.store.records import StoreError
+from twinledger.store.items import StoreError
 
 MAX_PAYLOAD = 16 * 1024
 ZERO_NONCE = bytes(12)

@@ -11,9 +11,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from twinledger.store.placement import Replication, StoreNode, rank, replicas
-from twinledger.store.protocol import Connection, StoreTls, StoreUnavailable
-from twinledger.store.records import (
+from twinledger.store.items import (
     AccessDenied,
     FeedUpdate,
     ItemAcl,
@@ -22,6 +20,8 @@ from twinledger.store.records import (
     decode_acl,
     decode_feed_update,
 )
+from twinledger.store.placement import Replication, StoreNode, rank, replicas
+from twinledger.store.protocol import Connection, StoreTls, StoreUnavailable
 
 REQUEST_TIMEOUT = 30.0
 

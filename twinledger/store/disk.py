@@ -19,7 +19,7 @@ from pathlib import Path
 
 from twinledger.core.encoding import decode, from_obj
 from twinledger.core.sqlite import open_database
-from twinledger.store.records import FeedUpdate, ItemAcl, StoreError, check_successor, chunk_hash, decode_acl
+from twinledger.store.items import FeedUpdate, ItemAcl, StoreError, check_successor, chunk_hash, decode_acl
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS acls (item BLOB PRIMARY KEY, version INTEGER NOT NULL, raw BLOB NOT NULL);

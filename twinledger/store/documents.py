@@ -28,7 +28,7 @@ from twinledger.crypto.keys import EncryptionKey, SigningKey
 from twinledger.crypto.seal import seal, unseal
 from twinledger.errors import DecryptionFailed
 from twinledger.store.client import StoreClient
-from twinledger.store.records import (
+from twinledger.store.items import (
     CHUNK_SIZE,
     AccessDenied,
     ItemAcl,

@@ -36,8 +36,7 @@ from twinledger.crypto.seal import seal
 from twinledger.errors import DecryptionFailed, TwinledgerError
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import Unlock, as_reader, new_acl, new_data_key, sealed_key_context
-from twinledger.store.placement import StoreNode
-from twinledger.store.records import (
+from twinledger.store.items import (
     CHUNK_SIZE,
     MAX_ACL_BYTES,
     Epoch,
@@ -50,6 +49,7 @@ from twinledger.store.records import (
     item_id,
     key_commitment,
 )
+from twinledger.store.placement import StoreNode
 
 log = logging.getLogger("twinledger.store")
 SAMPLE = struct.Struct("<qd")

@@ -27,7 +27,7 @@ from twinledger.crypto.certs import CertificateError, NodeIdentity, read_certifi
 from twinledger.crypto.tls import client_context, server_context
 from twinledger.errors import DecodeError
 from twinledger.net.wire import read_payload
-from twinledger.store.records import CHUNK_SIZE, StoreError
+from twinledger.store.items import CHUNK_SIZE, StoreError
 
 if TYPE_CHECKING:
     from twinledger.config import NodeConfig

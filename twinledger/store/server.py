@@ -27,6 +27,18 @@ from twinledger.crypto.certs import NodeIdentity
 from twinledger.errors import DecodeError, TwinledgerError
 from twinledger.store.client import StoreClient
 from twinledger.store.disk import MAX_FEED_PAGE, ChunkStore, CorruptChunk
+from twinledger.store.items import (
+    CHUNK_SIZE,
+    MAX_FEED_UPDATE_BYTES,
+    AccessDenied,
+    FeedUpdate,
+    ItemAcl,
+    ReadGrant,
+    StoreError,
+    chunk_hash,
+    decode_acl,
+    decode_feed_update,
+)
 from twinledger.store.placement import Replication, StoreNode, rank, replicas
 from twinledger.store.protocol import (
     HANDSHAKE_TIMEOUT,
@@ -39,18 +51,6 @@ from twinledger.store.protocol import (
     peer_identity,
     read_message,
     write_frame,
-)
-from twinledger.store.records import (
-    CHUNK_SIZE,
-    MAX_FEED_UPDATE_BYTES,
-    AccessDenied,
-    FeedUpdate,
-    ItemAcl,
-    ReadGrant,
-    StoreError,
-    chunk_hash,
-    decode_acl,
-    decode_feed_update,
 )
 
 log = logging.getLogger("twinledger.store")

@@ -1,1 +1,0 @@
-"""Digital twins: specifications (AutomationML) and the contracts built on them."""

@@ -49,7 +49,15 @@ class NodeClient:
     def close(self) -> None:
         self.http.close()
 
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What authenticates a request as the home's operator (its node writes the token
+        when it starts; a request made before then goes without)."""
+        token = self.config.api_token()
+        return {"authorization": f"Bearer {token}"} if token is not None else {}
+
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        kwargs["headers"] = {**self.auth_headers, **kwargs.get("headers", {})}
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:

@@ -25,6 +25,7 @@ from twinledger.api.accounts import add_account_resources, caller_of
 from twinledger.api.auth import Caller, Forbidden, Guard
 from twinledger.api.graphql import graphql_router
 from twinledger.api.service import BadRequest, TwinService, jsonable
+from twinledger.api.workflows import add_workflow_resources, precheck_on
 from twinledger.contracts.records import record_key
 from twinledger.core.encoding import decode, to_obj
 from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt, decode_transaction
@@ -132,13 +133,14 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
     operator: list[Session] = []
 
     def operator_session() -> Session:
-        """The home's operator, signing what the node does on a principal's request (made
-        on first use, once the node's run file says where its API listens)."""
+        """The node's own session (the home's operator; a request's session is it signing
+        with the caller's key), made on first use, once the run file says where the API is."""
         if not operator:
-            operator.append(Session(node.config))
+            operator.append(Session(node.config, precheck=precheck_on(node)))
         return operator[0]
 
     add_account_resources(app, accounts, operator_session, node.config.api_needs_tls)
+    add_workflow_resources(app, node, accounts, operator_session)
 
     @app.exception_handler(TwinledgerError)
     async def _known(_: Request, exc: TwinledgerError) -> JSONResponse:

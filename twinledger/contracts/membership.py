@@ -40,6 +40,7 @@ QUORUM = "membership/quorum"
 
 class NotAMember(ContractError):
     code = "not_a_member"
+    http_status = 403
 
 
 class MembershipError(ContractError):

@@ -62,6 +62,7 @@ MAX_ROLES = len(PRINCIPAL_ROLES)
 
 class NotPermitted(ContractError):
     code = "not_permitted"
+    http_status = 403
 
 
 def principal_key(organisation: str, name: str) -> str:

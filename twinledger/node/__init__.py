@@ -28,7 +28,7 @@ from twinledger.config import NodeConfig, passphrase
 from twinledger.consensus import create_consensus
 from twinledger.contracts import default_runtime
 from twinledger.core.proof import InclusionProof
-from twinledger.core.types import BlockHeader
+from twinledger.core.types import BlockHeader, Receipt, Transaction
 from twinledger.crypto.tls import server_context
 from twinledger.ingest.service import IngestService
 from twinledger.ledger.chain import Chain, KeepFilter, keep_all, keep_filter
@@ -225,6 +225,9 @@ class Node(RunningNode):
 
     async def next_nonce(self, sender: bytes) -> int:
         return await self.ledger.next_nonce(sender)
+
+    async def simulate(self, tx: Transaction) -> Receipt:
+        return await self.ledger.simulate(tx)
 
     def evidence(self) -> list[dict[str, Any]]:
         return self.ledger.evidence()

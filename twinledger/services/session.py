@@ -26,7 +26,7 @@ from twinledger.core.types import Transaction
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file
 from twinledger.errors import NotCommitted, TransactionFailed, TwinledgerError
-from twinledger.services.remote import NodeClient, sharing_public, store_client
+from twinledger.services.remote import NodeClient, segment, sharing_public, store_client
 from twinledger.store.client import StoreClient
 
 T = TypeVar("T")
@@ -162,7 +162,7 @@ class Session:
 
     async def twin(self, reference: str, at: int | None = None) -> dict[str, Any]:
         """A twin by id or device id, as the node's API shows it."""
-        return dict(await self.get(f"/v1/twins/{reference}", at=at))
+        return dict(await self.get(f"/v1/twins/{segment(reference, 'twin')}", at=at))
 
     async def members(self, at: int | None = None) -> dict[str, Any]:
         return dict(await self.get("/v1/members", at=at))

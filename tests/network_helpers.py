@@ -131,6 +131,10 @@ class Network:
         self.processes[i] = start_node(self.homes[i])
         return self.processes[i]
 
+    def headers(self, i: int) -> dict[str, str]:
+        """Authenticates a request to node ``i`` as its home's operator."""
+        return {"authorization": f"Bearer {load_config(self.homes[i]).api_token()}"}
+
     def url(self, i: int) -> str:
         return self.processes[i].url
 
@@ -157,7 +161,7 @@ class Network:
                 proxy.set_cut(False, {self.hosts[i]} if cut else set())
 
     def health(self, i: int) -> dict:
-        return httpx.get(f"{self.url(i)}/v1/health", timeout=10).json()
+        return httpx.get(f"{self.url(i)}/v1/health", headers=self.headers(i), timeout=10).json()
 
     def height(self, i: int) -> int:
         return self.health(i)["height"]
@@ -166,7 +170,8 @@ class Network:
         """Long-poll the node for block ``height``; False if it does not arrive in time."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            response = httpx.get(f"{self.url(i)}/v1/blocks/{height}", params={"wait": str(min(left, 30))}, timeout=40)
+            response = httpx.get(f"{self.url(i)}/v1/blocks/{height}",
+                                 headers=self.headers(i), params={"wait": str(min(left, 30))}, timeout=40)
             if response.status_code == 200:
                 return True
         return False
@@ -175,7 +180,7 @@ class Network:
         """(block hash, state root) for heights 1..up_to on node i."""
         out = []
         for h in range(1, up_to + 1):
-            header = httpx.get(f"{self.url(i)}/v1/blocks/{h}", timeout=10).json()["header"]
+            header = httpx.get(f"{self.url(i)}/v1/blocks/{h}", headers=self.headers(i), timeout=10).json()["header"]
             out.append((header["hash"], header["state_root"]))
         return out
 
@@ -184,7 +189,7 @@ class Network:
         ``timeout`` passed, following the chain block by block (long polls, no sleeping)."""
         wanted = {tx.hash.hex() for tx in txs}
         deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url(i), timeout=40) as http:
+        with httpx.Client(base_url=self.url(i), headers=self.headers(i), timeout=40) as http:
             height = 1
             while wanted and (left := deadline - time.monotonic()) > 0:
                 response = http.get(f"/v1/blocks/{height}", params={"wait": str(min(left, 30))})
@@ -196,7 +201,8 @@ class Network:
 
     def submit(self, i: int, txs: list[Transaction]) -> dict:
         body = encode([encode_transaction(tx) for tx in txs])
-        return httpx.post(f"{self.url(i)}/v1/transactions/batch", content=body, headers=OCTETS, timeout=30).json()
+        return httpx.post(f"{self.url(i)}/v1/transactions/batch", content=body,
+                          headers={**OCTETS, **self.headers(i)}, timeout=30).json()
 
 
 def make_network(directory: Path, *, proxied: bool = False, orgs: list[str] = ORGS, consensus: str = "bft",

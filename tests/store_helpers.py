@@ -55,7 +55,7 @@ def home(network: Network, i: int) -> str:
 def with_client(network: Network, i: int, work: Any) -> Any:
     """Run ``work(client)`` with a store client acting as organisation i's node."""
     config = load_config(network.homes[i])
-    members = httpx.get(f"{network.url(i)}/v1/members", timeout=10).json()
+    members = httpx.get(f"{network.url(i)}/v1/members", headers=network.headers(i), timeout=10).json()
 
     async def run() -> Any:
         async with store_client(config, members) as client:

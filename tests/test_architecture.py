@@ -258,6 +258,9 @@ def test_every_builder_passes_its_methods_parser():
         calls.revoke_key(key),
         calls.put_record("text/plain", {"line": "1"}, payload=b"reading"),
         calls.put_record("text/plain", {}, payload_hash=digest),
+        calls.register_principal("alice", "person", key, ["engineer"]),
+        calls.set_principal_roles("alice", ["viewer"]),
+        calls.remove_principal("alice"),
     ]
     methods = {(c.name, m): method for c in builtin_contracts() for m, method in c.methods.items()}
     for call in built:

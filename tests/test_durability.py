@@ -28,7 +28,7 @@ def test_acknowledged_transactions_survive_kill_9(home_factory):
     def load(lane: int) -> None:
         key = SigningKey.generate()
         nonce = 0
-        with httpx.Client(base_url=node.url, timeout=10) as http:
+        with httpx.Client(base_url=node.url, headers=node.headers, timeout=10) as http:
             while not killed.is_set():
                 batch = [signed(key, nonce + i, chain_id="durable-chain") for i in range(50)]
                 try:

@@ -46,7 +46,7 @@ def new_feed(network: Network, *readers: str) -> tuple[str, bytes]:
               "--device-id", f"plant-{next(DEVICES)}")["id"]  # fmt: skip
     options = [arg for reader in readers for arg in ("--reader", reader)]
     ok("twin", "feed", "add", twin, "level-sensor-1", "--home", home(network, OWNER), *options)
-    view = httpx.get(f"{network.url(OWNER)}/v1/twins/{twin}", timeout=10).json()
+    view = httpx.get(f"{network.url(OWNER)}/v1/twins/{twin}", headers=network.headers(OWNER), timeout=10).json()
     return twin, parse_feed_reference(view["feeds"][0]["reference"])
 
 
@@ -64,7 +64,8 @@ def push(network: Network, twin: str, path: Path, *options: str) -> Any:
 
 
 def checkpoints(network: Network, twin: str) -> list[dict[str, Any]]:
-    view = httpx.get(f"{network.url(AUDITOR)}/v1/twins/{twin}/feeds/level-sensor-1/checkpoints", timeout=10)
+    view = httpx.get(f"{network.url(AUDITOR)}/v1/twins/{twin}/feeds/level-sensor-1/checkpoints",
+                     headers=network.headers(AUDITOR), timeout=10)
     return view.json()["checkpoints"]
 
 
@@ -203,7 +204,7 @@ def test_a_follower_sees_each_new_segment_live_through_the_cli_and_the_node_even
                                  "--after", str(first["last_sequence"]), "--count", "3", "--json",
                                  "--home", home(consortium, MAINTAINER)], stdout=subprocess.PIPE, text=True)  # fmt: skip
     url = f"{consortium.url(MAINTAINER)}/v1/feeds/{feed.hex()}/updates?after={first['last_sequence']}"
-    with httpx.stream("GET", url, timeout=60) as stream:
+    with httpx.stream("GET", url, headers=consortium.headers(MAINTAINER), timeout=60) as stream:
         assert stream.status_code == 200
         pushed = push(consortium, twin, samples_csv(tmp_path / "b.csv", 300, start=START + 10_000_000))
         events = []
@@ -218,7 +219,8 @@ def test_a_follower_sees_each_new_segment_live_through_the_cli_and_the_node_even
     assert follower.returncode == 0 and [s["sequence"] for s in segments] == [1, 2, 3]
     assert segments[0]["values"][0] == [START + 10_000_000, 0.0] and sum(len(s["values"]) for s in segments) == 300
 
-    refused = httpx.get(f"{consortium.url(AUDITOR)}/v1/feeds/{feed.hex()}/updates", timeout=10)
+    refused = httpx.get(f"{consortium.url(AUDITOR)}/v1/feeds/{feed.hex()}/updates",
+                        headers=consortium.headers(AUDITOR), timeout=10)
     assert refused.status_code == 403 and "not a reader" in refused.json()["error"]["message"]
 
 

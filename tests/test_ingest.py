@@ -233,7 +233,7 @@ def test_records_are_read_back_and_tier2_is_for_the_sender_alone(small_node, tmp
     assert (tmp_path / "opened").read_bytes() == lines.read_bytes() and "tier2" in view["metadata"]
     # Whoever reads the store document without the sender's key sees only the sealed bytes.
     config = load_config(small_node.home)
-    members = httpx.get(f"{small_node.url}/v1/members", timeout=10).json()
+    members = httpx.get(f"{small_node.url}/v1/members", headers=small_node.headers, timeout=10).json()
 
     async def fetch() -> bytes:
         async with store_client(config, members) as store:
@@ -275,9 +275,10 @@ def test_a_record_whose_nonce_was_overtaken_is_signed_again_and_committed_once(s
     finally:
         node.close()
     assert all(nonce > spent for nonce in nonces) and len(set(nonces)) == 3
-    listed = httpx.get(f"{small_node.url}/v1/ingest/streams/{sent['stream']}", timeout=10).json()["records"]
+    listed = httpx.get(f"{small_node.url}/v1/ingest/streams/{sent['stream']}",
+                       headers=small_node.headers, timeout=10).json()["records"]
     assert [(r["seq"], r["record"]) for r in listed] == [(r["seq"], r["record"]) for r in sent["records"]]
-    on_chain = [r["ingest"] for r in chain_records(small_node.url, key.public.hex()) if "ingest" in r]
+    on_chain = [r["ingest"] for r in chain_records(small_node.url, small_node.headers, key.public.hex()) if "ingest" in r]
     assert sorted(i for i in on_chain if i.startswith(sent["stream"])) == [f"{sent['stream']}/{n}" for n in (1, 2, 3)]
 
 
@@ -289,11 +290,11 @@ def consortium(tmp_path_factory) -> Iterator[Network]:
     yield from store_consortium(tmp_path_factory.mktemp("ingest") / "net")
 
 
-def chain_records(url: str, sender: str) -> list[dict[str, Any]]:
+def chain_records(url: str, headers: dict[str, str], sender: str) -> list[dict[str, Any]]:
     """The metadata of every records.put the node key ``sender`` committed, read block by block."""
-    head = httpx.get(f"{url}/v1/head", timeout=10).json()["height"]
+    head = httpx.get(f"{url}/v1/head", headers=headers, timeout=10).json()["height"]
     found = []
-    with httpx.Client(base_url=url, timeout=30) as api:
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as api:
         for height in range(1, head + 1):
             for tx in api.get(f"/v1/blocks/{height}").json()["transactions"]:
                 if tx["contract"] == "records" and tx["sender"] == sender:
@@ -344,20 +345,23 @@ def test_a_node_killed_mid_stream_loses_and_duplicates_no_record(consortium):
     assert all(a.ok for a in answers), [a for a in answers if not a.ok][:3]
     by_seq = {a.seq: a.record.hex() for a in answers}  # type: ignore[union-attr]
     assert sorted(by_seq) == list(range(1, 1201))
-    on_chain = [r for r in chain_records(network.url(OWNER), node_key(network, OWNER)) if r["ingest"].startswith(stream.hex())]
+    records = chain_records(network.url(OWNER), network.headers(OWNER), node_key(network, OWNER))
+    on_chain = [r for r in records if r["ingest"].startswith(stream.hex())]
     seqs = [int(r["ingest"].split("/")[1]) for r in on_chain]
     assert sorted(seqs) == list(range(1, 1201)), "each record once on chain, none missing"
     assert all(by_seq[int(r["ingest"].split("/")[1])] == r["record"] for r in on_chain)
-    listed = httpx.get(f"{network.url(OWNER)}/v1/ingest/streams/{stream.hex()}", params={"limit": 5000}, timeout=10).json()
+    listed = httpx.get(f"{network.url(OWNER)}/v1/ingest/streams/{stream.hex()}",
+                       headers=network.headers(OWNER), params={"limit": 5000}, timeout=10).json()
     assert [r["seq"] for r in listed["records"]] == list(range(1, 1201))
 
-    members = httpx.get(f"{network.url(OWNER)}/v1/members", timeout=10).json()
+    members = httpx.get(f"{network.url(OWNER)}/v1/members", headers=network.headers(OWNER), timeout=10).json()
     sample = rng.sample(records, 12)
 
     async def read_back() -> list[bytes]:
         async with store_client(config, members) as store:
             unlock = as_reader(config.organisation, config.encryption_key())
             return [await read_payload(store, httpx.get(f"{network.url(OWNER)}/v1/records/{by_seq[r.seq]}",
+                                                        headers=network.headers(OWNER),
                                                         timeout=10).json(), unlock) for r in sample]  # fmt: skip
 
     assert asyncio.run(read_back()) == [r.payload for r in sample]
@@ -439,7 +443,8 @@ def test_directory_ingest_survives_kill_9_of_the_node_and_of_itself(consortium, 
     assert all((watched / "done" / name).read_bytes() == data for name, data in contents.items())
     assert sorted(p.name for p in watched.iterdir()) == ["done", "notes.txt"]
 
-    recorded = [r for r in chain_records(network.url(OWNER), node_key(network, OWNER)) if r.get("filename") in contents]
+    records = chain_records(network.url(OWNER), network.headers(OWNER), node_key(network, OWNER))
+    recorded = [r for r in records if r.get("filename") in contents]
     assert sorted(r["filename"] for r in recorded) == sorted(contents), "each file recorded exactly once"
     assert len({r["ingest"].split("/")[0] for r in recorded}) == 1  # one stream, kept across the restarts
     a_record = next(r for r in recorded if r["filename"] == "batch-007.csv")
@@ -508,9 +513,11 @@ def test_a_shared_stream_names_a_twin_its_organisation_owns(consortium, tmp_path
     assert "opened with other attributes" in refused("--stream", "line-4")
     again = ok("ingest", "send", "--home", owner, str(sample), "--twin", mine, "--stream", "line-4")
     assert [r["seq"] for r in again["records"]] == [2]
-    listed = httpx.get(f"{network.url(OWNER)}/v1/ingest/streams/{first['stream']}", timeout=10).json()
+    listed = httpx.get(f"{network.url(OWNER)}/v1/ingest/streams/{first['stream']}",
+                       headers=network.headers(OWNER), timeout=10).json()
     assert listed["attributes"] == first["attributes"] and listed["source"] == "owner/node-1" and len(listed["records"]) == 2
-    assert httpx.get(f"{network.url(OWNER)}/v1/ingest/streams/{'0' * 32}", timeout=10).status_code == 404
+    assert httpx.get(f"{network.url(OWNER)}/v1/ingest/streams/{'0' * 32}",
+                     headers=network.headers(OWNER), timeout=10).status_code == 404
 
     outbox = tmp_path / "outbox"
     outbox.mkdir()

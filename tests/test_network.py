@@ -69,9 +69,9 @@ def test_validators_commit_the_same_chain_and_every_transaction(network):
     for i in range(4):
         assert not net.missing(i, load.accepted), f"node {i} lacks accepted transactions"
     assert assert_identical_chains(net, [0, 1, 2, 3]) >= 1
-    view = httpx.get(f"{net.url(0)}/v1/network").json()
+    view = httpx.get(f"{net.url(0)}/v1/network", headers=net.headers(0)).json()
     assert {p["organisation"] for p in view["peers"]} == {"owner", "maintainer", "auditor"}
-    metrics = httpx.get(f"{net.url(0)}/metrics").text
+    metrics = httpx.get(f"{net.url(0)}/metrics", headers=net.headers(0)).text
     assert "twinledger_peers 3" in metrics and "twinledger_height" in metrics
 
 
@@ -144,7 +144,7 @@ def test_peer_with_certificate_of_another_ca_is_refused(network, tmp_path):
         return "accepted"
 
     assert asyncio.run(attempt()) == "refused"
-    peers = httpx.get(f"{net.url(0)}/v1/network").json()["peers"]
+    peers = httpx.get(f"{net.url(0)}/v1/network", headers=net.headers(0)).json()["peers"]
     assert "intruder" not in {p["organisation"] for p in peers}
 
 
@@ -177,14 +177,14 @@ def test_equivocating_validator_is_caught_and_the_evidence_stored(network):
         height = net.height(0) + 1
         asyncio.run(equivocate(height))
         assert net.wait_height(0, height)  # the height ran, its log took the votes in
-        found = httpx.get(f"{net.url(0)}/v1/evidence").json()["evidence"]
+        found = httpx.get(f"{net.url(0)}/v1/evidence", headers=net.headers(0)).json()["evidence"]
         if found:
             break
     assert len(found) == 1
     first, second = found[0]["first"], found[0]["second"]
     assert first["validator"] == second["validator"] == key.public.hex()
     assert first["height"] == second["height"] == height and first["block_hash"] != second["block_hash"]
-    assert "twinledger_equivocations_total 1" in httpx.get(f"{net.url(0)}/metrics").text
+    assert "twinledger_equivocations_total 1" in httpx.get(f"{net.url(0)}/metrics", headers=net.headers(0)).text
 
 
 def test_poa_authorities_commit_and_survive_a_lost_leader(tmp_path):
@@ -232,7 +232,7 @@ def test_poa_branches_built_apart_heal_into_one_and_lose_no_transaction(tmp_path
         net.cut_off(1, cut=False)
 
         def one_chain_with_everything() -> bool:
-            views = [httpx.get(f"{net.url(i)}/v1/transactions/{tx.hash.hex()}", timeout=10).json()
+            views = [httpx.get(f"{net.url(i)}/v1/transactions/{tx.hash.hex()}", headers=net.headers(i), timeout=10).json()
                      for i in range(2) for tx in sent]  # fmt: skip
             return all(v.get("status") == "committed" and v["receipt"]["status"] == "ok" for v in views) and \
                 net.block_hashes(0, fork + 2) == net.block_hashes(1, fork + 2)  # fmt: skip
@@ -260,7 +260,7 @@ def test_peer_exchange_completes_the_mesh_from_one_seed(tmp_path):
             net.start(i)
 
         def full_mesh() -> bool:
-            return all(len(httpx.get(f"{net.url(i)}/v1/network").json()["peers"]) == 3 for i in range(4))
+            return all(len(httpx.get(f"{net.url(i)}/v1/network", headers=net.headers(i)).json()["peers"]) == 3 for i in range(4))
 
         wait_for(full_mesh, "every node to learn every other from the one seed", 30)
         assert net.wait_height(3, 1)

@@ -33,7 +33,7 @@ def signed(key: SigningKey, nonce: int, chain_id: str = "acme-chain", **override
 
 
 def post(node, tx_bytes: bytes) -> httpx.Response:
-    return httpx.post(f"{node.url}/v1/transactions", content=tx_bytes, headers=OCTETS)
+    return httpx.post(f"{node.url}/v1/transactions", content=tx_bytes, headers={**OCTETS, **node.headers})
 
 
 def error_code(response: httpx.Response) -> str:
@@ -70,7 +70,7 @@ def test_batch_reports_each_transaction(running_node, size):
     middle = size // 2
     items = [encode_transaction(t) for t in good]
     items[middle:middle] = [encode_transaction(bad_sig), b"garbage"]
-    result = httpx.post(f"{node.url}/v1/transactions/batch", content=encode(items), headers=OCTETS).json()
+    result = httpx.post(f"{node.url}/v1/transactions/batch", content=encode(items), headers={**OCTETS, **node.headers}).json()
     assert result["accepted"] == size and result["rejected"] == 2
     assert [r["error"]["code"] for r in result["results"][middle : middle + 2]] == ["bad_signature", "undecodable"]
     assert [r["hash"] for r in result["results"] if "hash" in r] == [tx.hash.hex() for tx in good]
@@ -122,14 +122,14 @@ def test_replayed_nonce_is_refused(running_node):
 
 def test_reads_and_errors(running_node):
     node, _, _ = running_node
-    assert httpx.get(f"{node.url}/v1/transactions/zz").status_code == 400
-    missing = httpx.get(f"{node.url}/v1/transactions/{'00' * 32}")
+    assert httpx.get(f"{node.url}/v1/transactions/zz", headers=node.headers).status_code == 400
+    missing = httpx.get(f"{node.url}/v1/transactions/{'00' * 32}", headers=node.headers)
     assert missing.status_code == 404 and error_code(missing) == "not_found"
-    assert error_code(httpx.get(f"{node.url}/v1/blocks/999999")) == "not_found"
-    assert error_code(httpx.get(f"{node.url}/v1/nowhere")) == "not_found"
-    metrics = httpx.get(f"{node.url}/metrics").text
+    assert error_code(httpx.get(f"{node.url}/v1/blocks/999999", headers=node.headers)) == "not_found"
+    assert error_code(httpx.get(f"{node.url}/v1/nowhere", headers=node.headers)) == "not_found"
+    metrics = httpx.get(f"{node.url}/metrics", headers=node.headers).text
     assert "twinledger_height " in metrics and "twinledger_commit_latency_seconds_count" in metrics
-    assert httpx.get(f"{node.url}/openapi.json").json()["info"]["title"] == "twinledger node"
+    assert httpx.get(f"{node.url}/openapi.json", headers=node.headers).json()["info"]["title"] == "twinledger node"
 
 
 def test_cli_end_to_end(running_node, tmp_path):

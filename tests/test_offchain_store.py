@@ -47,7 +47,7 @@ def random_file(path: Path, size: int) -> Path:
 
 
 def document(network: Network, twin: str, document_id: str) -> dict[str, Any]:
-    view = httpx.get(f"{network.url(OWNER)}/v1/twins/{twin}", timeout=10).json()
+    view = httpx.get(f"{network.url(OWNER)}/v1/twins/{twin}", headers=network.headers(OWNER), timeout=10).json()
     return next(d for d in view["documents"] if d["id"] == document_id)
 
 
@@ -186,7 +186,7 @@ def test_only_the_owner_changes_an_acl_and_a_newer_acl_takes_effect(consortium, 
     item, _ = all_chunks(consortium, twin, added["document"])
     owner_config = load_config(consortium.homes[OWNER])
     owner_key = owner_config.signing_key("operator")
-    members = httpx.get(f"{consortium.url(OWNER)}/v1/members", timeout=10).json()
+    members = httpx.get(f"{consortium.url(OWNER)}/v1/members", headers=consortium.headers(OWNER), timeout=10).json()
     auditor_key = bytes.fromhex(next(o for o in members["organisations"] if o["name"] == "auditor")["encryption_key"])
 
     async def change(client: StoreClient) -> list[str]:

@@ -24,11 +24,11 @@ def test_remote_api_requires_a_consortium_certificate(home_factory):
         assert node.url.startswith("https://")
         ca_only = client_context(config.cert("consortium-ca"))
         with pytest.raises((httpx.TransportError, ssl.SSLError)):
-            httpx.get(f"{node.url}/v1/health", verify=ca_only).raise_for_status()
+            httpx.get(f"{node.url}/v1/health", headers=node.headers, verify=ca_only).raise_for_status()
         other = home_factory("mallory")
         foreign = client_context(config.cert("consortium-ca"), other.cert("node-chain"), other.key("tls"))
         with pytest.raises((httpx.TransportError, ssl.SSLError)):
-            httpx.get(f"{node.url}/v1/health", verify=foreign).raise_for_status()
+            httpx.get(f"{node.url}/v1/health", headers=node.headers, verify=foreign).raise_for_status()
         client = NodeClient(load_config(config.home))
         assert client.health()["status"] == "ok"
         client.close()
@@ -50,7 +50,7 @@ def test_validator_role_strips_other_parties_payloads(home_factory):
     try:
         client = NodeClient(config)
         stranger = signed(SigningKey.generate(), 0, chain_id="lean-chain")
-        httpx.post(f"{node.url}/v1/transactions", content=encode_transaction(stranger), headers=OCTETS)
+        httpx.post(f"{node.url}/v1/transactions", content=encode_transaction(stranger), headers={**OCTETS, **node.headers})
         own = client.call(config.signing_key("operator"), "records", "put", {"payload": b"ours"}, "lean-chain")
         assert client.transaction(stranger.hash.hex(), wait=10)["transaction"]["stripped"] is True
         view = client.transaction(own.hash.hex(), wait=10, proof=True)

@@ -60,7 +60,7 @@ def get(network: Network, i: int, twin: str, document: str, destination: Path):
 
 def capsule_of(network: Network, twin: str, document: str) -> tuple[bytes, bytes]:
     """(the item's capsule, its data key as the owner opens it)."""
-    view = httpx.get(f"{network.url(OWNER)}/v1/twins/{twin}", timeout=10).json()
+    view = httpx.get(f"{network.url(OWNER)}/v1/twins/{twin}", headers=network.headers(OWNER), timeout=10).json()
     reference = next(d for d in view["documents"] if d["id"] == document)["versions"][-1]["reference"]
     item, _ = parse_reference(reference)
 
@@ -112,7 +112,7 @@ def test_proxies_refuse_everyone_but_the_grant_s_parties(consortium, twin, tmp_p
                  "--home", home(consortium, OWNER))  # fmt: skip
     grant_id = bytes.fromhex(granted["grant"])
     capsule, _ = capsule_of(consortium, twin, report)
-    height = httpx.get(f"{consortium.url(OWNER)}/v1/head", timeout=10).json()["height"]
+    height = httpx.get(f"{consortium.url(OWNER)}/v1/head", headers=consortium.headers(OWNER), timeout=10).json()["height"]
 
     def ask(i: int, op: str, body: dict, node: str = PROXY) -> StoreError:
         async def work(client: StoreClient):
@@ -214,7 +214,7 @@ def test_a_feed_is_shared_by_grant_and_gets_a_new_key_when_the_grant_is_revoked(
     assert verified["intact"] and verified["segments_opened"]
 
     # the revoked party could not open the new epoch even with every key it ever received
-    view = httpx.get(f"{consortium.url(OWNER)}/v1/twins/{twin}", timeout=10).json()
+    view = httpx.get(f"{consortium.url(OWNER)}/v1/twins/{twin}", headers=consortium.headers(OWNER), timeout=10).json()
     item = parse_feed_reference(view["feeds"][0]["reference"])
 
     async def epochs(client: StoreClient):
@@ -235,7 +235,7 @@ def test_a_feed_is_shared_by_grant_and_gets_a_new_key_when_the_grant_is_revoked(
 def test_a_running_writer_adopts_the_epoch_a_revocation_started(consortium, tmp_path, monkeypatch):
     twin = ok("twin", "create", "--home", home(consortium, OWNER), "--aml", str(PLANT), "--device-id", "plant-writer")["id"]
     ok("twin", "feed", "add", twin, "level-sensor-1", "--home", home(consortium, OWNER))
-    view = httpx.get(f"{consortium.url(OWNER)}/v1/twins/{twin}", timeout=10).json()
+    view = httpx.get(f"{consortium.url(OWNER)}/v1/twins/{twin}", headers=consortium.headers(OWNER), timeout=10).json()
     item = parse_feed_reference(view["feeds"][0]["reference"])
     config = load_config(consortium.homes[OWNER])
     owner, key = config.signing_key("operator"), config.encryption_key()
@@ -256,7 +256,7 @@ def test_a_running_writer_adopts_the_epoch_a_revocation_started(consortium, tmp_
 
 
 def members(network: Network) -> dict:
-    return httpx.get(f"{network.url(OWNER)}/v1/members", timeout=10).json()
+    return httpx.get(f"{network.url(OWNER)}/v1/members", headers=network.headers(OWNER), timeout=10).json()
 
 
 def test_a_processing_service_writes_only_with_a_token_from_the_owner(consortium, twin, tmp_path):
@@ -317,9 +317,9 @@ def test_a_replaced_device_recovers_the_twin_s_state_through_its_own_grant(conso
 
     # the proxy re-encrypts for a device only on that device's signature, sent through its owner's nodes
     grant = next(g for g in ok("grants", "--twin", twin, "--home", owner)["grants"] if g["status"] == "active")
-    view = httpx.get(f"{consortium.url(OWNER)}/v1/twins/{twin}", timeout=10).json()
+    view = httpx.get(f"{consortium.url(OWNER)}/v1/twins/{twin}", headers=consortium.headers(OWNER), timeout=10).json()
     item = parse_feed_reference(view["feeds"][0]["reference"])
-    height = httpx.get(f"{consortium.url(OWNER)}/v1/head", timeout=10).json()["height"]
+    height = httpx.get(f"{consortium.url(OWNER)}/v1/head", headers=consortium.headers(OWNER), timeout=10).json()["height"]
 
     async def fetch_capsule(client: StoreClient) -> bytes:
         return (await client.get_acl(item)).capsule
@@ -374,9 +374,9 @@ def test_an_external_request_reaches_the_chosen_device_and_only_the_requester_re
     assert json.loads(stdout)["answer"] == "41.5 %"
 
     # and the rules, over the protocol
-    members = httpx.get(f"{consortium.url(OWNER)}/v1/members", timeout=10).json()
+    members = httpx.get(f"{consortium.url(OWNER)}/v1/members", headers=consortium.headers(OWNER), timeout=10).json()
     owner_key = sharing_public(members, "owner")
-    height = httpx.get(f"{consortium.url(OWNER)}/v1/head", timeout=10).json()["height"]
+    height = httpx.get(f"{consortium.url(OWNER)}/v1/head", headers=consortium.headers(OWNER), timeout=10).json()["height"]
 
     def send(i: int, request, target: str = twin) -> str:
         async def work(client: StoreClient) -> str:

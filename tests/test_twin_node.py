@@ -140,10 +140,11 @@ def test_rest_graphql_and_openapi_read_the_same_service(plant):
         client.request("GET", f"/v1/twins/{twin}", params={"at": 999999})
 
 
-def events(url: str, count: int, stop_type: str | None = None, **request: object) -> list[dict]:
+def events(client: NodeClient, count: int, stop_type: str | None = None, **request: object) -> list[dict]:
     """Read the event stream until ``count`` events (or one of ``stop_type``) arrived."""
     received: list[dict] = []
-    with httpx.Client(base_url=url, timeout=30) as http, http.stream("GET", "/v1/events", **request) as response:
+    with httpx.Client(base_url=client.url,
+                      headers=client.auth_headers, timeout=30) as http, http.stream("GET", "/v1/events", **request) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if line.startswith("data: "):
@@ -159,9 +160,9 @@ def test_events_stream_replays_and_follows_filtered_by_twin(plant):
     assert other.returncode == 0, other.stderr
     live: list[dict] = []
     follower = threading.Thread(target=lambda: live.extend(
-        events(client.url, 1, params={"twin": created["id"]})), daemon=True)  # fmt: skip
+        events(client, 1, params={"twin": created["id"]})), daemon=True)  # fmt: skip
     follower.start()
-    replayed = events(client.url, 10_000, "SourceAdded", params={"twin": created["id"], "since": 0})
+    replayed = events(client, 10_000, "SourceAdded", params={"twin": created["id"], "since": 0})
     assert replayed[0]["type"] == "TwinCreated"
     assert {e["data"]["twin"] for e in replayed} == {created["id"]}
     ids = [tuple(int(p) for p in e["id"].split(":")) for e in replayed]
@@ -173,5 +174,5 @@ def test_events_stream_replays_and_follows_filtered_by_twin(plant):
     follower.join(30)
     assert [(e["type"], e["data"]["title"]) for e in live] == [("DocumentAdded", "live")]
 
-    resumed = events(client.url, 1, params={"twin": created["id"]}, headers={"last-event-id": replayed[-2]["id"]})
+    resumed = events(client, 1, params={"twin": created["id"]}, headers={"last-event-id": replayed[-2]["id"]})
     assert resumed == [replayed[-1]]

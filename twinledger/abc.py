@@ -315,6 +315,11 @@ class RunningNode(ABC):
     async def next_nonce(self, sender: bytes) -> int:
         """One past the sender's highest nonce, committed or pending."""
 
+    @abstractmethod
+    async def simulate(self, tx: Transaction) -> Receipt:
+        """What ``tx`` would do on the head state (admission checks, then the contracts);
+        raises the admission's named error; nothing is kept."""
+
     # -- status --------------------------------------------------------------------------
     @abstractmethod
     def evidence(self) -> list[dict[str, Any]]:

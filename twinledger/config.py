@@ -67,6 +67,10 @@ class NodeConfig:
     """None: no TCP ingest listener; 0: any free port (the run file names it)."""
     ingest_window: int = 256
     ingest_max_record: int = 16 << 20
+    api_allowed_hosts: tuple[str, ...] = ()
+    """Host names the API answers to besides loopback and its own address (no DNS rebinding)."""
+    api_cors_origins: tuple[str, ...] = ()
+    """Web origins allowed to call the API from a browser (none: no CORS)."""
 
     @property
     def produces_blocks(self) -> bool:
@@ -96,6 +100,17 @@ class NodeConfig:
     @property
     def run_file(self) -> Path:
         return self.home / "run" / "node.json"
+
+    @property
+    def api_token_path(self) -> Path:
+        """The home's API token, which its node writes when it starts (mode 0600)."""
+        return self.home / "keys" / "api-token"
+
+    def api_token(self) -> str | None:
+        try:
+            return self.api_token_path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
 
     def cert(self, name: str) -> Path:
         return self.home / "certs" / f"{name}.pem"
@@ -162,6 +177,8 @@ def load_config(home: Path) -> NodeConfig:
             ingest_port=int(doc["ingest"]["port"]) if "ingest" in doc else None,
             ingest_window=int(doc.get("ingest", {}).get("window", 256)),
             ingest_max_record=int(doc.get("ingest", {}).get("max_record_bytes", 16 << 20)),
+            api_allowed_hosts=tuple(str(h) for h in api.get("allowed_hosts", [])),
+            api_cors_origins=tuple(str(o) for o in api.get("cors_origins", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path} is missing or has a malformed setting: {exc}") from exc

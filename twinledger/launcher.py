@@ -25,6 +25,11 @@ class NodeProcess:
     url: str
     log_path: Path
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """What authenticates a request to this node's API as its home's operator."""
+        return {"authorization": f"Bearer {load_config(self.home).api_token()}"}
+
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
         if self.process.poll() is None:

@@ -15,19 +15,25 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twinledger import __version__
 from twinledger.abc import RunningNode, TransactionLocation
+from twinledger.api.accounts import add_account_resources, caller_of
+from twinledger.api.auth import Caller, Forbidden, Guard
 from twinledger.api.graphql import graphql_router
 from twinledger.api.service import BadRequest, TwinService, jsonable
+from twinledger.api.workflows import add_workflow_resources, precheck_on
 from twinledger.contracts.records import record_key
 from twinledger.core.encoding import decode, to_obj
-from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt
+from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt, decode_transaction
 from twinledger.errors import DecodeError, NotFound, TwinledgerError
 from twinledger.ingest.protocol import STREAM_BYTES
 from twinledger.ingest.service import IngestService
+from twinledger.services.accounts import OPERATOR, AccountStore
+from twinledger.services.session import Session
 from twinledger.store.client import StoreClient
 from twinledger.store.feeds import update_view
 from twinledger.store.items import AccessDenied, ItemAcl, StoreError
@@ -113,9 +119,28 @@ def error_response(exc: TwinledgerError) -> JSONResponse:
     return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.http_status)
 
 
-def create_app(node: RunningNode) -> FastAPI:
+def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
+    """The API of ``node``; every request but the health check and the login is
+    authenticated against ``accounts`` (docs/api.md)."""
     app = FastAPI(title="twinledger node", version=__version__,
-                  description="Ledger API of a twinledger node.")  # fmt: skip
+                  description="API of a twinledger node. Authenticate with `Authorization: Bearer <API token>` "
+                              "or a login session (docs/api.md).")  # fmt: skip
+    app.add_middleware(Guard, accounts=accounts, config=node.config)
+    if node.config.api_cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(node.config.api_cors_origins), allow_credentials=True,
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["authorization", "content-type", "x-csrf-token"])  # fmt: skip
+    operator: list[Session] = []
+
+    def operator_session() -> Session:
+        """The node's own session (the home's operator; a request's session is it signing
+        with the caller's key), made on first use, once the run file says where the API is."""
+        if not operator:
+            operator.append(Session(node.config, precheck=precheck_on(node)))
+        return operator[0]
+
+    add_account_resources(app, accounts, operator_session, node.config.api_needs_tls)
+    add_workflow_resources(app, node, accounts, operator_session)
 
     @app.exception_handler(TwinledgerError)
     async def _known(_: Request, exc: TwinledgerError) -> JSONResponse:
@@ -162,6 +187,7 @@ def create_app(node: RunningNode) -> FastAPI:
     @app.post("/v1/transactions", summary="Submit one transaction (canonical bytes)")
     async def submit_one(request: Request) -> JSONResponse:
         body = await _body(request, 2 * 65536)
+        _may_relay(caller_of(request), [body])
         (result,) = await node.submit([body])
         if result.error is not None:
             return error_response(result.error)
@@ -177,6 +203,7 @@ def create_app(node: RunningNode) -> FastAPI:
             raise DecodeError("batch must be an array of transaction byte strings")
         if len(items) > MAX_BATCH_TXS:
             raise BadRequest(f"batch holds more than {MAX_BATCH_TXS} transactions", code="too_large")
+        _may_relay(caller_of(request), items)
         results = await node.submit(items)
         views = []
         for r in results:
@@ -366,6 +393,19 @@ def add_twin_resources(app: FastAPI, node: RunningNode, service: TwinService) ->
                                  media_type="text/event-stream", headers={"cache-control": "no-cache"})  # fmt: skip
 
     app.include_router(graphql_router(node, service), prefix="/graphql", tags=["graphql"])
+
+
+def _may_relay(caller: Caller, raw: list[bytes]) -> None:
+    """The home's operator relays any signed transaction; another principal only its own."""
+    if caller.principal.name == OPERATOR:
+        return
+    for item in raw:
+        try:
+            sender = decode_transaction(item).sender
+        except (DecodeError, TwinledgerError):
+            continue  # refused with its own error by the submission
+        if sender != caller.principal.public_key:
+            raise Forbidden(f"{caller.principal.name} may submit transactions signed with its own key only")
 
 
 def _event_position(last_event_id: str | None) -> tuple[int, int, int] | None:

@@ -157,7 +157,8 @@ class TwinService:
                          "admins": state.get("membership/admins") or [],
                          "quorum": state.get("membership/quorum") or 0,
                          "proposals": [p for p in self._items("membership/proposal/", height)
-                                       if p["status"] == "open"]})  # fmt: skip
+                                       if p["status"] == "open"],
+                         "principals": self._items("principals/", height)})  # fmt: skip
 
     def grants(self, twin: str | None = None, recipient: str | None = None, owner: str | None = None,
                at: int | None = None) -> dict[str, Any]:

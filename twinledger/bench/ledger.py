@@ -25,7 +25,7 @@ from twinledger.contracts import calls
 from twinledger.core.encoding import encode
 from twinledger.core.types import Transaction, decode_transaction, encode_transaction
 from twinledger.crypto.keys import SigningKey
-from twinledger.launcher import start_node
+from twinledger.launcher import NodeProcess, start_node
 from twinledger.ledger.store.sqlite import SqliteChainStore
 from twinledger.ledger.validation import validate_transaction
 
@@ -79,10 +79,11 @@ def ceiling_run(raw: list[bytes], batch: int, path: str, chain_id: str) -> float
     return len(raw) / elapsed
 
 
-async def submit_all(urls: list[str], txs: list[Transaction], batch: int, clients: int, chain_id: str, progress: Progress,
+async def submit_all(nodes: list[NodeProcess], txs: list[Transaction], batch: int, clients: int, chain_id: str,
+                     progress: Progress,
                      window: int = 0) -> tuple[dict[bytes, float], dict[bytes, float], float, float]:  # fmt: skip
     """Submit ``txs`` in batches over ``clients`` connections spread over the nodes at
-    ``urls``; follow the first node's blocks until every one is committed. With a
+    ``nodes``; follow the first node's blocks until every one is committed. With a
     ``window``, at most that many transactions are submitted and not yet committed (a
     closed loop, so latency is measured at a load the system sustains). Returns submit and
     commit times per transaction, and the start and end of the run."""
@@ -97,7 +98,7 @@ async def submit_all(urls: list[str], txs: list[Transaction], batch: int, client
     in_flight = 0
     room = asyncio.Condition()
 
-    clients_by_node = [httpx.AsyncClient(base_url=url, timeout=120) for url in urls]
+    clients_by_node = [httpx.AsyncClient(base_url=node.url, headers=node.headers, timeout=120) for node in nodes]
     http = clients_by_node[0]
     try:
         for node_client in clients_by_node:
@@ -145,7 +146,7 @@ async def submit_all(urls: list[str], txs: list[Transaction], batch: int, client
 
         begin = time.perf_counter()
         watcher = asyncio.create_task(watch())
-        await asyncio.gather(*(lane(items, clients_by_node[i % len(urls)]) for i, items in enumerate(lanes)))
+        await asyncio.gather(*(lane(items, clients_by_node[i % len(nodes)]) for i, items in enumerate(lanes)))
         await watcher
         end = max(committed.values())
     finally:
@@ -215,9 +216,9 @@ def run_ledger_benchmark(txs: int, batch: int, clients: int, output: Path, as_js
         node = start_node(home)
         try:
             submitted, committed, begin, end = asyncio.run(
-                submit_all([node.url], transactions, batch, clients, CHAIN_ID, progress)
+                submit_all([node], transactions, batch, clients, CHAIN_ID, progress)
             )
-            blocks = httpx.get(f"{node.url}/metrics").text
+            blocks = httpx.get(f"{node.url}/metrics", headers=node.headers).text
         finally:
             node.stop()
         ceiling_task = progress.add_task("measuring the ceiling", total=None)

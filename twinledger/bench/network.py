@@ -42,8 +42,9 @@ def measure_parallel_ceiling(txs: list[Transaction], processes: int, batch: int,
     return len(raw) / elapsed
 
 
-def _block_intervals(url: str, first: int, last: int) -> list[float]:
-    times = [httpx.get(f"{url}/v1/blocks/{h}", timeout=30).json()["header"]["timestamp"] for h in range(first, last + 1)]
+def _block_intervals(node: NodeProcess, first: int, last: int) -> list[float]:
+    times = [httpx.get(f"{node.url}/v1/blocks/{h}", headers=node.headers, timeout=30).json()["header"]["timestamp"]
+             for h in range(first, last + 1)]  # fmt: skip
     return [(b - a) / 1000 for a, b in itertools.pairwise(times)]
 
 
@@ -61,14 +62,13 @@ def run_network_benchmark(validators: int, txs: int, batch: int, clients: int, w
             for org in orgs:
                 nodes.append(start_node(workdir / "net" / org))
                 progress.advance(starting)
-            urls = [node.url for node in nodes]
-            first_height = httpx.get(f"{urls[0]}/v1/health").json()["height"] + 1
+            first_height = httpx.get(f"{nodes[0].url}/v1/health").json()["height"] + 1
             submitted, committed, begin, end = asyncio.run(
-                submit_all(urls, transactions, batch, clients, CHAIN_ID, progress, window)
+                submit_all(nodes, transactions, batch, clients, CHAIN_ID, progress, window)
             )
-            heights = [httpx.get(f"{url}/v1/health").json()["height"] for url in urls]
-            everywhere = _committed_everywhere(urls, max(heights), transactions)
-            intervals = _block_intervals(urls[0], first_height, heights[0])
+            heights = [httpx.get(f"{node.url}/v1/health").json()["height"] for node in nodes]
+            everywhere = _committed_everywhere(nodes, max(heights), transactions)
+            intervals = _block_intervals(nodes[0], first_height, heights[0])
         finally:
             for node in nodes:
                 node.stop()
@@ -96,11 +96,11 @@ def run_network_benchmark(validators: int, txs: int, batch: int, clients: int, w
     return result
 
 
-def _committed_everywhere(urls: list[str], height: int, txs: list[Transaction]) -> bool:
+def _committed_everywhere(nodes: list[NodeProcess], height: int, txs: list[Transaction]) -> bool:
     """Every node reached ``height`` and holds every benchmark transaction."""
     wanted = {tx.hash.hex() for tx in txs}
-    for url in urls:
-        with httpx.Client(base_url=url, timeout=60) as http:
+    for node in nodes:
+        with httpx.Client(base_url=node.url, headers=node.headers, timeout=60) as http:
             if http.get(f"/v1/blocks/{height}", params={"wait": "30"}).status_code != 200:
                 return False
             found: set[str] = set()

@@ -158,7 +158,7 @@ def run_store_benchmark(size_mib: int, output: Path, as_json: bool, feed_rate: i
             for home in homes:
                 nodes.append(start_node(home))
                 progress.advance(starting)
-            members = httpx.get(f"{nodes[0].url}/v1/members", timeout=10).json()
+            members = httpx.get(f"{nodes[0].url}/v1/members", headers=nodes[0].headers, timeout=10).json()
             keys = {o["name"]: bytes.fromhex(o["encryption_key"]) for o in members["organisations"]}
             owner, reader = load_config(homes[0]), load_config(homes[1])
             upload_task = progress.add_task(f"upload {size_mib} MiB", total=size)

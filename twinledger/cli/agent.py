@@ -16,6 +16,7 @@ from twinledger.cli.common import Home, Json, client, command, out
 from twinledger.config import load_config
 from twinledger.errors import TwinledgerError
 from twinledger.services.access import device_keys
+from twinledger.services.remote import segment
 
 
 @command
@@ -50,9 +51,9 @@ def agent(
         raise TwinledgerError("--opcua-insecure and --opcua-server-cert contradict each other", code="bad_options")
     if server_cert:
         read_certificate_file(server_cert)
-    twin_id = client(home).request("GET", f"/v1/twins/{twin}")["id"]
+    twin_id = client(home).request("GET", f"/v1/twins/{segment(twin)}")["id"]
     keys = device_keys(device)
-    devices = client(home).request("GET", f"/v1/twins/{twin_id}")["devices"]
+    devices = client(home).request("GET", f"/v1/twins/{segment(twin_id)}")["devices"]
     if not any(d["key"] == keys.signing.public.hex() and d["status"] == "active" for d in devices):
         raise TwinledgerError(f"the keys in {device} are no active device of twin {twin_id}; add it with "
                               "twinledger device add", code="unknown_device")  # fmt: skip

@@ -498,7 +498,8 @@ def _network_status(directory: Path) -> list[dict[str, Any]]:
         if row["pid"] is not None and run is not None:
             row["api"] = run.get("api")
             try:
-                view = httpx.get(f"{row['api']}/v1/network", timeout=3).json()
+                view = httpx.get(f"{row['api']}/v1/network", timeout=3,
+                                 headers={"authorization": f"Bearer {config.api_token()}"}).json()  # fmt: skip
                 row.update(state="running", height=view["height"], head=view["head"], round=view["round"],
                            peers=len(view["peers"]), last_block_time=view["last_block_time"])  # fmt: skip
             except (httpx.HTTPError, ValueError, KeyError):

@@ -19,6 +19,7 @@ from twinledger.cli.common import Home, Json, KeyFile, client, command, out, par
 from twinledger.errors import TwinledgerError
 from twinledger.services import access, devices, requests, tokens
 from twinledger.services.access import device_keys
+from twinledger.services.remote import segment
 
 Proxies = Annotated[list[str], typer.Option("--proxy", help="Proxy node ORG/NODE to hold the key (repeatable; default: "
                                                             "every proxy node of the granting organisation).")]
@@ -217,7 +218,7 @@ def device_list(
     as_json: Json = False,
 ) -> None:
     """The twin's devices, active and retired."""
-    devices = client(home).request("GET", f"/v1/twins/{twin}")["devices"]
+    devices = client(home).request("GET", f"/v1/twins/{segment(twin)}")["devices"]
     if as_json:
         print_json(devices)
         return

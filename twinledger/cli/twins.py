@@ -36,6 +36,7 @@ from twinledger.cli.storage import transfer_progress
 from twinledger.errors import parse_hex
 from twinledger.services import documents, membership, twins
 from twinledger.services.access import device_keys
+from twinledger.services.remote import segment
 from twinledger.store.items import ItemAcl
 
 twin_app = typer.Typer(no_args_is_help=True, help="Digital twins: specification, documents, feeds, programs, roles.")
@@ -49,7 +50,7 @@ for sub, name in ((aml_app, "aml"), (doc_app, "doc"), (source_app, "source"), (f
     twin_app.add_typer(sub, name=name)
 
 def _twin(home: Path, ref: str) -> dict[str, Any]:
-    return client(home).request("GET", f"/v1/twins/{ref}")
+    return client(home).request("GET", f"/v1/twins/{segment(ref)}")
 
 
 # -- registry -------------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def twin_show(
     as_json: Json = False,
 ) -> None:
     """A twin as it is now, or as it was at block height --at."""
-    view = client(home).request("GET", f"/v1/twins/{ref}", params={"at": at} if at is not None else {})
+    view = client(home).request("GET", f"/v1/twins/{segment(ref)}", params={"at": at} if at is not None else {})
     if as_json:
         print_json(view)
         return
@@ -206,7 +207,7 @@ def aml_remove(ref: Ref, element: Annotated[str, typer.Argument(help="ID of the 
 @command
 def aml_history(ref: Ref, home: Home, as_json: Json = False) -> None:
     """Every version of the specification: who changed what, when."""
-    versions = client(home).request("GET", f"/v1/twins/{ref}/history")["versions"]
+    versions = client(home).request("GET", f"/v1/twins/{segment(ref)}/history")["versions"]
     if as_json:
         print_json(versions)
         return
@@ -230,7 +231,7 @@ def aml_diff(
 ) -> None:
     """A readable diff between two versions of the specification."""
     params: dict[str, Any] = {"from": old} | ({"to": new} if new is not None else {})
-    text = client(home).request("GET", f"/v1/twins/{ref}/diff", params=params)["diff"]
+    text = client(home).request("GET", f"/v1/twins/{segment(ref)}/diff", params=params)["diff"]
     if as_json:
         print_json({"diff": text})
         return
@@ -247,7 +248,7 @@ def aml_show(ref: Ref, home: Home,
              version: Annotated[int | None, typer.Option(help="Version (default: current).")] = None) -> None:  # fmt: skip
     """Print a version of the specification as XML."""
     params = {"xml": "true"} | ({"version": str(version)} if version is not None else {})
-    out.print(client(home).text(f"/v1/twins/{ref}/specification", params=params), highlight=False, markup=False)
+    out.print(client(home).text(f"/v1/twins/{segment(ref)}/specification", params=params), highlight=False, markup=False)
 
 
 # -- documents, sources, feeds --------------------------------------------------------------------
@@ -391,7 +392,7 @@ def doc_list(
     as_json: Json = False,
 ) -> None:
     """Documents of the twin with their versions."""
-    view = client(home).request("GET", f"/v1/twins/{ref}", params={"at": at} if at is not None else {})
+    view = client(home).request("GET", f"/v1/twins/{segment(ref)}", params={"at": at} if at is not None else {})
     documents = [d for d in view["documents"] if include_removed or d["removed"] is None]
     if as_json:
         print_json(documents)
@@ -453,7 +454,7 @@ def twin_calls(
     as_json: Json = False,
 ) -> None:
     """Program calls and their status."""
-    calls = client(home).request("GET", f"/v1/twins/{ref}/calls", params={"status": status} if status else {})["calls"]
+    calls = client(home).request("GET", f"/v1/twins/{segment(ref)}/calls", params={"status": status} if status else {})["calls"]
     if as_json:
         print_json(calls)
     elif calls:

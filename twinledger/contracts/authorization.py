@@ -74,6 +74,7 @@ RoleTable = dict[str, dict[str, list[str]]]
 
 class Forbidden(ContractError):
     code = "forbidden"
+    http_status = 403
 
 
 def subjects_of(state: StateReader, sender: bytes) -> tuple[str, ...]:

@@ -178,3 +178,18 @@ def put_record(media_type: str, metadata: dict[str, str], payload: bytes | None 
     """A record of a payload, or of its hash alone (give exactly one)."""
     return ContractCall("records", "put", {"media_type": media_type, "metadata": metadata,
                                            **_optional(payload=payload, payload_hash=payload_hash)})  # fmt: skip
+
+
+# -- principals (an organisation's people and programs) --------------------------------------------
+
+
+def register_principal(name: str, kind: str, key: bytes, roles: list[str]) -> ContractCall:
+    return ContractCall("principals", "register", {"name": name, "kind": kind, "key": key, "roles": roles})
+
+
+def set_principal_roles(name: str, roles: list[str]) -> ContractCall:
+    return ContractCall("principals", "set_roles", {"name": name, "roles": roles})
+
+
+def remove_principal(name: str) -> ContractCall:
+    return ContractCall("principals", "remove", {"name": name})

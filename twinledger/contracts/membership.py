@@ -12,7 +12,7 @@ make alone is to revoke one of its own keys: that only ever takes power away.
 
 State:
     membership/organisation/<name>  the organisation
-    membership/key/<key hex>        {organisation, kind: operator | node, node}
+    membership/key/<key hex>        {organisation, kind: operator | node | principal, node[, principal]}
     membership/organisations        sorted names
     membership/admins, membership/quorum
     membership/proposal/<tx hex>    {change, proposer, approvals, status}
@@ -40,6 +40,7 @@ QUORUM = "membership/quorum"
 
 class NotAMember(ContractError):
     code = "not_a_member"
+    http_status = 403
 
 
 class MembershipError(ContractError):
@@ -62,9 +63,20 @@ def proposal_key(proposal: bytes) -> str:
 
 
 def organisation_of(state: StateReader, public: bytes) -> str | None:
-    """The organisation an *operator* key acts for (node keys never act for it)."""
+    """The organisation an operator's or a principal's key acts for (node keys never act
+    for it; a principal's acts only within its roles, see ``contracts/principals.py``)."""
     entry = state.get(member_key(public))
-    return entry["organisation"] if entry is not None and entry["kind"] == "operator" else None
+    if entry is None or entry["kind"] not in ("operator", "principal"):
+        return None
+    if entry["kind"] == "principal" and state.get(organisation_key(entry["organisation"])) is None:
+        return None  # its organisation was removed
+    return str(entry["organisation"])
+
+
+def principal_of(state: StateReader, public: bytes) -> tuple[str, str] | None:
+    """(organisation, principal name) if ``public`` is a registered principal's key."""
+    entry = state.get(member_key(public))
+    return (entry["organisation"], entry["principal"]) if entry is not None and entry["kind"] == "principal" else None
 
 
 def required_organisation(state: StateReader, public: bytes, action: str) -> str:

@@ -102,9 +102,14 @@ def state_root(parent_root: bytes, encoded_writes: Mapping[str, bytes | None], r
     )
 
 
+SenderCheck = Callable[[StateReader, Transaction], None]
+"""Raises a named error if the sender may not send this transaction at all."""
+
+
 class ContractRuntime(Application):
-    def __init__(self, contracts: list[Contract]) -> None:
+    def __init__(self, contracts: list[Contract], sender_check: SenderCheck | None = None) -> None:
         self.contracts = {c.name: c for c in contracts}
+        self.sender_check = sender_check
 
     def method(self, tx: Transaction) -> Method:
         contract = self.contracts.get(tx.contract)
@@ -125,6 +130,8 @@ class ContractRuntime(Application):
 
     def check_transaction(self, state: StateReader, tx: Transaction) -> None:
         self.method(tx).parse(tx.args)
+        if self.sender_check is not None:
+            self.sender_check(state, tx)
         last = committed_nonce(state, tx.sender)
         if tx.nonce <= last:
             raise InvalidTransaction(f"nonce {tx.nonce} was already used (last committed nonce is {last})",
@@ -139,7 +146,10 @@ class ContractRuntime(Application):
         call = Call(tx, header, Overlay(state), tx.contract)
         try:
             method = self.method(tx)
-            method.apply(call, method.parse(tx.args))
+            parsed = method.parse(tx.args)
+            if self.sender_check is not None:
+                self.sender_check(call.state, tx)
+            method.apply(call, parsed)
         except (ContractError, InvalidTransaction, DecodeError) as exc:
             return Receipt(tx.hash, "failed", exc.code, message=exc.message)
         call.state.commit_into(state)

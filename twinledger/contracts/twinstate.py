@@ -12,7 +12,8 @@ and by the readers above them.
     twin/<id>/checkpoint/<feed digest> the newest checkpoint of a feed and how many there are
     twin/<id>/checkpoint/<feed digest>/<number>  each checkpoint: sequence, head hash, when
     twin/<id>/call/<number>            a program call and its life-cycle
-    twin/<id>/log/<number>             every transaction that changed the twin (the audit trail)
+    twin/<id>/log/<number>             every transaction that changed the twin (the audit trail): tx, method,
+                                       key, organisation, principal (if one signed), height, time, events
     twin/<id>/roles                    {subject: {role: [scope IDs]}}
     twin/<id>/permissions              {role: [methods]} where the owner changed the defaults
 """
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twinledger.abc import StateReader
-from twinledger.contracts.membership import organisation_of
+from twinledger.contracts.membership import organisation_of, principal_of
 from twinledger.contracts.runtime import Call
 from twinledger.errors import ContractError
 
@@ -129,6 +130,12 @@ def specification(state: StateReader, twin: dict[str, Any]) -> bytes:
     return spec
 
 
+def _principal(call: Call) -> dict[str, str]:
+    """The signing principal's name, for an audit entry (absent when no principal signed)."""
+    found = principal_of(call.state, call.sender)
+    return {"principal": found[1]} if found is not None else {}
+
+
 def audited(apply: Callable[[Call, A], None]) -> Callable[[Call, A], None]:
     """Wrap a twin method so that each twin its events name gets an audit-trail entry:
     which transaction, which method, who, when."""
@@ -144,6 +151,7 @@ def audited(apply: Callable[[Call, A], None]) -> Callable[[Call, A], None]:
                 "key": call.sender, "organisation": organisation_of(call.state, call.sender) or "",
                 "height": call.header.height, "timestamp": call.header.timestamp,
                 "events": [e.type for e in call.events if e.data.get("twin") == twin_id],
+                **_principal(call),
             })  # fmt: skip
 
     return apply_and_log

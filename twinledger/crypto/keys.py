@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import nacl.exceptions
 import nacl.signing
@@ -102,8 +103,9 @@ def _derive(passphrase: str, salt: bytes) -> bytes:
     )
 
 
-def write_secret_file(path: Path, kind: str, secret: bytes, passphrase: str | None = None) -> None:
-    """Write a secret key file readable by its owner only (0600), sealed if a passphrase is given."""
+def seal_secret(kind: str, secret: bytes, passphrase: str | None = None) -> dict[str, object]:
+    """A secret as a key-file document: sealed with Argon2id and AES-GCM if a passphrase
+    is given, else in the clear (for a file only its owner may read)."""
     doc: dict[str, object] = {"format": KEY_FILE_FORMAT, "kind": kind}
     if passphrase:
         salt, nonce = os.urandom(16), os.urandom(12)
@@ -120,6 +122,12 @@ def write_secret_file(path: Path, kind: str, secret: bytes, passphrase: str | No
         doc["sealed"] = sealed.hex()
     else:
         doc["secret"] = secret.hex()
+    return doc
+
+
+def write_secret_file(path: Path, kind: str, secret: bytes, passphrase: str | None = None) -> None:
+    """Write a secret key file readable by its owner only (0600), sealed if a passphrase is given."""
+    doc = seal_secret(kind, secret, passphrase)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -139,31 +147,35 @@ def read_secret_file(path: Path, kind: str, passphrase: str | None = None) -> by
     """Read a key file; every failure (wrong passphrase, tampering, wrong kind) is KeyFileError."""
     try:
         doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot open key file {path}") from exc
+    return open_secret(doc, kind, passphrase, f"key file {path}")
+
+
+def open_secret(doc: Any, kind: str, passphrase: str | None = None, where: str = "sealed secret") -> bytes:
+    """The secret of a key-file document; every failure is KeyFileError naming ``where``."""
+    try:
         if doc.get("format") != KEY_FILE_FORMAT or doc.get("kind") != kind:
             raise ValueError
         if "secret" in doc:
-            secret = bytes.fromhex(doc["secret"])
-        else:
-            if not passphrase:
-                raise KeyFileError(f"key file {path} is sealed: a passphrase is needed")
-            kdf = doc["kdf"]
-            if kdf["name"] != "argon2id":
-                raise ValueError
-            key = hash_secret_raw(
-                passphrase.encode("utf-8"),
-                bytes.fromhex(kdf["salt"]),
-                time_cost=int(kdf["time"]),
-                memory_cost=int(kdf["memory_kib"]),
-                parallelism=int(kdf["parallelism"]),
-                hash_len=32,
-                type=Type.ID,
-            )
-            header = f"{KEY_FILE_FORMAT}|{kind}".encode()
-            secret = AESGCM(key).decrypt(
-                bytes.fromhex(doc["nonce"]), bytes.fromhex(doc["sealed"]), header
-            )
+            return bytes.fromhex(doc["secret"])
+        if not passphrase:
+            raise KeyFileError(f"{where} is sealed: a passphrase is needed")
+        kdf = doc["kdf"]
+        if kdf["name"] != "argon2id":
+            raise ValueError
+        key = hash_secret_raw(
+            passphrase.encode("utf-8"),
+            bytes.fromhex(kdf["salt"]),
+            time_cost=int(kdf["time"]),
+            memory_cost=int(kdf["memory_kib"]),
+            parallelism=int(kdf["parallelism"]),
+            hash_len=32,
+            type=Type.ID,
+        )
+        header = f"{KEY_FILE_FORMAT}|{kind}".encode()
+        return AESGCM(key).decrypt(bytes.fromhex(doc["nonce"]), bytes.fromhex(doc["sealed"]), header)
     except KeyFileError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, InvalidTag) as exc:
-        raise KeyFileError(f"cannot open key file {path}") from exc
-    return secret
+    except (AttributeError, ValueError, KeyError, TypeError, InvalidTag) as exc:
+        raise KeyFileError(f"cannot open {where}") from exc

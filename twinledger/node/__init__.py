@@ -28,7 +28,7 @@ from twinledger.config import NodeConfig, passphrase
 from twinledger.consensus import create_consensus
 from twinledger.contracts import default_runtime
 from twinledger.core.proof import InclusionProof
-from twinledger.core.types import BlockHeader
+from twinledger.core.types import BlockHeader, Receipt, Transaction
 from twinledger.crypto.tls import server_context
 from twinledger.ingest.service import IngestService
 from twinledger.ledger.chain import Chain, KeepFilter, keep_all, keep_filter
@@ -39,6 +39,7 @@ from twinledger.net.peers import PeerManager
 from twinledger.node import status
 from twinledger.node.ledger import LedgerService
 from twinledger.node.roles import ChainDirectory, IngestRole, PeerNetwork, StoreRole
+from twinledger.services.accounts import AccountStore, ensure_home_token
 from twinledger.store.server import StoreService
 
 log = logging.getLogger("twinledger.node")
@@ -86,6 +87,8 @@ class Node(RunningNode):
         self.store_role = StoreRole(config, self.ledger, directory) if config.storage_port is not None else None
         self.ingest_role = (IngestRole(config, self.ledger, directory, self.store_role)
                             if config.ingest_port is not None else None)  # fmt: skip
+        self.accounts = AccountStore(config.home / "data" / "accounts.db")
+        ensure_home_token(config, self.accounts)
         self.started = time.time()
         self.stopping = False
 
@@ -136,7 +139,7 @@ class Node(RunningNode):
 
     def _api_server(self) -> ApiServer:
         config = self.config
-        server_config = uvicorn.Config(create_app(self), log_level="warning", access_log=False,
+        server_config = uvicorn.Config(create_app(self, self.accounts), log_level="warning", access_log=False,
                                        timeout_graceful_shutdown=5, lifespan="off")  # fmt: skip
         server_config.load()
         if config.api_needs_tls:
@@ -185,6 +188,7 @@ class Node(RunningNode):
     def close(self) -> None:
         self.ledger.close()
         self.chain_store.close()
+        self.accounts.close()
 
     # -- what the API uses (RunningNode) -------------------------------------------------------
     @property
@@ -221,6 +225,9 @@ class Node(RunningNode):
 
     async def next_nonce(self, sender: bytes) -> int:
         return await self.ledger.next_nonce(sender)
+
+    async def simulate(self, tx: Transaction) -> Receipt:
+        return await self.ledger.simulate(tx)
 
     def evidence(self) -> list[dict[str, Any]]:
         return self.ledger.evidence()

@@ -32,7 +32,7 @@ from twinledger.contracts.runtime import committed_nonce
 from twinledger.core.encoding import decode, encode
 from twinledger.core.hashing import hash_obj
 from twinledger.core.proof import InclusionProof
-from twinledger.core.types import Block, BlockHeader, CommitCertificate, Transaction
+from twinledger.core.types import Block, BlockHeader, CommitCertificate, Receipt, Transaction
 from twinledger.errors import InvalidBlock, TwinledgerError
 from twinledger.ledger.chain import Chain, ImportOutcome, StoreState, return_abandoned
 from twinledger.ledger.mempool import Mempool
@@ -437,6 +437,17 @@ class LedgerService(NetworkedProducer):
     # -- reading -------------------------------------------------------------------------------
     async def proof(self, tx_hash: bytes) -> InclusionProof:
         return await self.read(self.chain.proof, tx_hash)
+
+    async def simulate(self, tx: Transaction) -> Receipt:
+        """What ``tx`` would do if it were the next block's only transaction: its admission
+        checks, then the contracts on the head state; nothing is kept."""
+
+        def run() -> Receipt:
+            self.chain.app.check_transaction(self.chain.state(), tx)
+            _, result = self.chain.build_block([tx], bytes(32), int(time.time() * 1000))
+            return result.receipts[0]
+
+        return await self.in_ledger(run)
 
     async def next_nonce(self, sender: bytes) -> int:
         """One past the sender's highest nonce, committed or pending."""

@@ -14,6 +14,7 @@ from twinledger.contracts import calls
 from twinledger.core.attributes import SENSOR_KIND, feed_attributes
 from twinledger.services import access
 from twinledger.services.access import DeviceKeys
+from twinledger.services.remote import segment
 from twinledger.services.session import Outcome, Progress, Session
 from twinledger.store.feeds import (
     CHECKPOINT_EVERY,
@@ -45,7 +46,8 @@ class AttachedFeed:
 
 
 async def attached(session: Session, twin_ref: str, component: str) -> AttachedFeed:
-    view = await session.get(f"/v1/twins/{twin_ref}/feeds/{component}/checkpoints")
+    view = await session.get(f"/v1/twins/{segment(twin_ref, 'twin')}/feeds/{segment(component, 'component')}"
+                             "/checkpoints")  # fmt: skip
     return AttachedFeed(view["twin"], view["feed"], parse_feed_reference(view["feed"]["reference"]),
                         [Checkpoint(c["sequence"], bytes.fromhex(c["head"])) for c in view["checkpoints"]])  # fmt: skip
 
@@ -182,8 +184,8 @@ async def follow(session: Session, twin_ref: str, component: str, after: int | N
     if after is None:
         head = await store.feed_head(reader.acl)
         after = head.sequence if head is not None else -1
-    async for segment in reader.follow(after):
-        yield segment
+    async for found in reader.follow(after):
+        yield found
 
 
 async def rotate(session: Session, twin_ref: str, component: str) -> tuple[bytes, ItemAcl]:

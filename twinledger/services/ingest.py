@@ -14,6 +14,7 @@ from twinledger.errors import TwinledgerError
 from twinledger.ingest.payloads import read_payload
 from twinledger.ingest.sender import IngestSender, SenderKey, sender_key
 from twinledger.services import access
+from twinledger.services.remote import segment
 from twinledger.services.session import Session
 from twinledger.store.protocol import StoreTls
 
@@ -55,7 +56,7 @@ def sender(config: NodeConfig, to: str | None, stream: bytes, attributes: list[s
 
 
 async def record(session: Session, record_id: str) -> dict[str, Any]:
-    return dict(await session.get(f"/v1/records/{record_id}"))
+    return dict(await session.get(f"/v1/records/{segment(record_id, 'record id')}"))
 
 
 async def payload(session: Session, entry: dict[str, Any]) -> bytes:

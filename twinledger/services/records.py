@@ -23,6 +23,12 @@ def parse_metadata(items: list[str]) -> dict[str, str]:
     return metadata
 
 
+async def put_hash(session: Session, digest: bytes, metadata: dict[str, str],
+                   media_type: str = "application/octet-stream", wait: bool = False) -> Outcome:  # fmt: skip
+    """Record only a payload's SHA-256 (the payload stays with its owner)."""
+    return await session.transact(calls.put_record(media_type, metadata, payload_hash=digest), wait)
+
+
 async def put(session: Session, data: bytes, metadata: dict[str, str], media_type: str = "application/octet-stream",
               hash_only: bool = False, wait: bool = False) -> Outcome:  # fmt: skip
     """Record ``data`` on chain (or only its SHA-256 with ``hash_only``)."""

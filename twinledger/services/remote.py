@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -17,7 +18,7 @@ from twinledger.core.types import Transaction, encode_transaction, sign_transact
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import SigningKey
 from twinledger.crypto.tls import client_context
-from twinledger.errors import NotCommitted, TransactionFailed, TwinledgerError
+from twinledger.errors import BadRequest, NotCommitted, TransactionFailed, TwinledgerError
 from twinledger.ledger.genesis import Genesis
 from twinledger.store.client import StoreClient
 from twinledger.store.placement import Replication, store_nodes
@@ -26,6 +27,14 @@ from twinledger.store.protocol import StoreTls
 
 class NodeUnreachable(TwinledgerError):
     code = "node_unreachable"
+
+
+def segment(value: str, what: str = "reference") -> str:
+    """``value`` as one path segment of an API address: never empty, never more than one
+    segment (a reference like ``../auth/tokens`` must not address another resource)."""
+    if not value:
+        raise BadRequest(f"the {what} is empty")
+    return quote(value, safe="")
 
 
 def api_url(config: NodeConfig) -> str:
@@ -49,7 +58,15 @@ class NodeClient:
     def close(self) -> None:
         self.http.close()
 
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What authenticates a request as the home's operator (its node writes the token
+        when it starts; a request made before then goes without)."""
+        token = self.config.api_token()
+        return {"authorization": f"Bearer {token}"} if token is not None else {}
+
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        kwargs["headers"] = {**self.auth_headers, **kwargs.get("headers", {})}
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:

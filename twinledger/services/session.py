@@ -11,8 +11,9 @@ the demo, the device agent and the benchmarks run the same code.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,11 @@ from typing import Any, TypeVar
 from twinledger.config import NodeConfig, load_config, passphrase
 from twinledger.contracts import calls
 from twinledger.contracts.calls import ContractCall
+from twinledger.core.types import Transaction
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file
 from twinledger.errors import NotCommitted, TransactionFailed, TwinledgerError
-from twinledger.services.remote import NodeClient, sharing_public, store_client
+from twinledger.services.remote import NodeClient, segment, sharing_public, store_client
 from twinledger.store.client import StoreClient
 
 T = TypeVar("T")
@@ -32,6 +34,7 @@ COMMIT_WAIT = 30.0
 """Seconds ``transact`` waits for a commit by default."""
 Progress = Callable[[int], None]
 """Called with how much more is done (bytes or samples); never prints."""
+Precheck = Callable[[Transaction], Awaitable[None]]
 
 
 class UnknownOrganisation(TwinledgerError):
@@ -74,10 +77,13 @@ def read_signing_key(path: Path) -> SigningKey:
 class Session:
     """One party's way to the consortium; ``async with`` closes its store client."""
 
-    def __init__(self, config: NodeConfig, key: SigningKey | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, config: NodeConfig, key: SigningKey | None = None, timeout: float = 30.0,
+                 precheck: Precheck | None = None) -> None:  # fmt: skip
         self.config = config
         self.node = NodeClient(config, timeout=timeout)
         self._key = key
+        self.precheck = precheck
+        """Asked before a signed transaction is submitted (in the node: a dry run on the head)."""
         self._chain_id: str | None = None
         self._store: StoreClient | None = None
         self._encryption_key: EncryptionKey | None = None
@@ -99,6 +105,13 @@ class Session:
             await self._store.close()
             self._store = None
         self.node.close()
+
+    def with_signer(self, key: SigningKey) -> Session:
+        """This session's node, store and organisation keys, signing with ``key`` (a
+        principal's): close only the session it was made from."""
+        other = copy.copy(self)
+        other._key = key
+        return other
 
     async def reconnect(self) -> None:
         """Reach the node and the store nodes wherever they now listen (after a restart)."""
@@ -149,7 +162,7 @@ class Session:
 
     async def twin(self, reference: str, at: int | None = None) -> dict[str, Any]:
         """A twin by id or device id, as the node's API shows it."""
-        return dict(await self.get(f"/v1/twins/{reference}", at=at))
+        return dict(await self.get(f"/v1/twins/{segment(reference, 'twin')}", at=at))
 
     async def members(self, at: int | None = None) -> dict[str, Any]:
         return dict(await self.get("/v1/members", at=at))
@@ -187,6 +200,8 @@ class Session:
         signer = key or self.signer
         nonce = await asyncio.to_thread(self.node.next_nonce, signer.public)
         tx = calls.sign(signer, call, chain_id=await self.chain_id(), nonce=nonce, timestamp=int(time.time() * 1000))
+        if self.precheck is not None:
+            await self.precheck(tx)
         await asyncio.to_thread(self.node.submit, tx)
         if not wait:
             return Outcome(tx.hash)

@@ -69,10 +69,10 @@ async def issue(session: Session, twin_ref: str, recipient_hex: str, methods: li
 
 async def present(session: Session, token: TokenFile) -> int:
     """Put a token into force on chain; the block."""
-    return (await session.transact(calls.present_token(bytes.fromhex(token.token)))).height
+    return (await session.transact(calls.present_token(parse_hex(token.token, "the token", size=None)))).height
 
 
 async def revoke(session: Session, token: TokenFile) -> int:
     """End a token now, presented or not; the block."""
-    call = calls.revoke_token(token.twin, bytes.fromhex(token.id), bytes.fromhex(token.recipient))
+    call = calls.revoke_token(token.twin, parse_hex(token.id, "the token id"), parse_hex(token.recipient, "the recipient"))
     return (await session.transact(call)).height

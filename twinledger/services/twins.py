@@ -12,6 +12,7 @@ from twinledger.contracts import calls
 from twinledger.core.proof import parse_proof, validators_hash, verify_proof
 from twinledger.errors import BadRequest, InvalidProof
 from twinledger.ledger.genesis import Genesis
+from twinledger.services.remote import segment
 from twinledger.services.session import Outcome, Session
 
 SUBJECT = re.compile(r"^(org:|key:)")
@@ -128,7 +129,7 @@ class Audit:
 async def audit(session: Session, twin_ref: str) -> Audit:
     """Every change of the twin, each inclusion proof checked offline against the
     validators in this home's genesis (not against what the node says)."""
-    entries = (await session.get(f"/v1/twins/{twin_ref}/audit", proofs="true"))["entries"]
+    entries = (await session.get(f"/v1/twins/{segment(twin_ref, 'twin')}/audit", proofs="true"))["entries"]
     trusted = validators_hash(list(Genesis.read(session.config.genesis_path).validator_keys))
     for entry in entries:
         try:

@@ -1,0 +1,202 @@
+"""Who is calling: every API request is authenticated, except the health check and the
+login itself.
+
+Programs send ``Authorization: Bearer tl1.<id>.<secret>``; people log in and their
+browser sends the session cookie (HttpOnly, SameSite=Strict, Secure under TLS) and, on
+every state-changing request, the session's CSRF token in ``X-CSRF-Token``. Before any
+of that, the ``Host`` header must name this node (loopback, its API address or a
+configured name — a DNS-rebinding page cannot reach it), and a state-changing request
+that carries an ``Origin`` must come from this node's own origin or a configured one.
+The scope a request needs follows from its method and path; what a principal's key may
+sign is the chain's business (principal roles, twin roles), checked before signing.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import urlsplit
+
+from twinledger.config import NodeConfig
+from twinledger.errors import TwinledgerError
+from twinledger.services.accounts import AccountStore, AuthenticationFailed, LoginSession, Principal
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SESSION_COOKIE = "twinledger_session"
+CSRF_HEADER = "x-csrf-token"
+PUBLIC = frozenset({("GET", "/v1/health"), ("POST", "/v1/auth/login")})
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+READING_POSTS = frozenset({"/graphql"})
+"""POSTs that only read (GraphQL queries)."""
+ADMIN_PATHS = ("/v1/auth/principals", "/v1/auth/tokens", "/v1/store/repair", "/v1/store/audit")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+LOGIN_WINDOW = 60.0
+NAME_FAILURES = 5
+"""Failed logins a name may see in LOGIN_WINDOW seconds before its logins are refused."""
+ADDRESS_FAILURES = 20
+"""Failed logins a client address may make in LOGIN_WINDOW seconds (more: it guesses names)."""
+MAX_TRACKED = 10_000
+
+
+class Forbidden(TwinledgerError):
+    code = "forbidden"
+    http_status = 403
+
+
+class TooManyAttempts(TwinledgerError):
+    code = "rate_limited"
+    http_status = 429
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated principal of a request, with what it may do through the API."""
+
+    principal: Principal
+    scopes: tuple[str, ...]
+    session: LoginSession | None = None
+    """Set when a person's browser session authenticated the request."""
+
+
+def allowed_hosts(config: NodeConfig) -> frozenset[str]:
+    names = set(LOOPBACK_NAMES) | {h.lower() for h in config.api_allowed_hosts}
+    if config.api_host in ("0.0.0.0", "::"):  # every interface: the machine's own names
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    else:
+        names.add(config.api_host.lower())
+    return frozenset(names)
+
+
+def required_scope(method: str, path: str) -> str | None:
+    """The scope a request needs (None: any authenticated caller, e.g. logging out)."""
+    if path in ("/v1/auth/logout", "/v1/auth/whoami"):
+        return None
+    if path.startswith(ADMIN_PATHS):
+        return "admin"
+    if method in STATE_CHANGING and path not in READING_POSTS:
+        return "write"
+    return "read"
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header (``[::1]:7700`` → ``::1``)."""
+    if host.startswith("["):
+        return host[1 : host.find("]")].lower()
+    return host.rsplit(":", 1)[0].lower() if host.count(":") == 1 else host.lower()
+
+
+class LoginLimiter:
+    """Failed logins per client address and per name, over a sliding window."""
+
+    def __init__(self) -> None:
+        self.failures: dict[str, deque[float]] = {}
+
+    def check(self, name: str, address: str) -> None:
+        now = time.monotonic()
+        for key, limit in ((f"name:{name}", NAME_FAILURES), (f"address:{address}", ADDRESS_FAILURES)):
+            recent = self.failures.get(key)
+            while recent and recent[0] <= now - LOGIN_WINDOW:
+                recent.popleft()
+            if recent is not None and len(recent) >= limit:
+                wait = LOGIN_WINDOW - (now - recent[0])
+                raise TooManyAttempts(f"too many failed logins; try again in {wait:.0f} s")
+
+    def failed(self, name: str, address: str) -> None:
+        now = time.monotonic()
+        if len(self.failures) > MAX_TRACKED:  # forget what left the window, so guessing cannot fill memory
+            self.failures = {k: v for k, v in self.failures.items() if v and v[-1] > now - LOGIN_WINDOW}
+        for key in (f"name:{name}", f"address:{address}"):
+            self.failures.setdefault(key, deque()).append(now)
+
+
+class Guard:
+    """ASGI middleware: host allow-list, origin check, authentication, scope."""
+
+    def __init__(self, app: ASGIApp, accounts: AccountStore, config: NodeConfig) -> None:
+        self.app = app
+        self.accounts = accounts
+        self.hosts = allowed_hosts(config)
+        self.origins = frozenset(o.rstrip("/").lower() for o in config.api_cors_origins)
+        self.secure = config.api_needs_tls
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            caller = self.check(scope)
+        except TwinledgerError as exc:
+            await _refuse(send, exc)
+            return
+        if caller is not None:
+            scope.setdefault("state", {})["caller"] = caller
+        await self.app(scope, receive, send)
+
+    def check(self, scope: Scope) -> Caller | None:
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        host = headers.get("host", "")
+        if host_name(host) not in self.hosts:
+            raise Forbidden(f"this node does not answer to the host name {host_name(host)[:60]!r}",
+                            code="host_not_allowed")  # fmt: skip
+        method, path = scope["method"], scope["path"]
+        origin = headers.get("origin")
+        if method in STATE_CHANGING and origin is not None and not self._same_origin(origin, host):
+            raise Forbidden(f"requests from {origin[:80]} may not change anything here", code="origin_not_allowed")
+        if (method, path) in PUBLIC:
+            return None
+        caller = self._authenticate(headers, method)
+        needed = required_scope(method, path)
+        if needed is not None and needed not in caller.scopes:
+            raise Forbidden(f"{caller.principal.name} lacks the {needed!r} scope this request needs")
+        return caller
+
+    def _same_origin(self, origin: str, host: str) -> bool:
+        origin = origin.rstrip("/").lower()
+        if origin in self.origins:
+            return True
+        parts = urlsplit(origin)
+        return parts.netloc == host.lower() and (parts.hostname or "") in self.hosts
+
+    def _authenticate(self, headers: dict[str, str], method: str) -> Caller:
+        authorization = headers.get("authorization", "")
+        if authorization.lower().startswith("bearer "):
+            principal, scopes = self.accounts.authenticate(authorization[7:].strip())
+            return Caller(principal, scopes)
+        cookie = SimpleCookie()
+        cookie.load(headers.get("cookie", ""))
+        value = cookie.get(SESSION_COOKIE)
+        session = self.accounts.session(value.value) if value is not None else None
+        if session is None:
+            raise AuthenticationFailed("sign in first: send an API token (Authorization: Bearer …) or log in")
+        principal = self.accounts.principal(session.principal)
+        if principal is None or principal.disabled:
+            raise AuthenticationFailed("the session's principal no longer exists")
+        if method in STATE_CHANGING and headers.get(CSRF_HEADER) != session.csrf:
+            raise Forbidden("a state-changing request of a session carries its CSRF token (X-CSRF-Token)",
+                            code="csrf")  # fmt: skip
+        return Caller(principal, principal.scopes, session)
+
+
+async def _refuse(send: Send, error: TwinledgerError) -> None:
+    body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if error.http_status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="twinledger"'))
+    await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def session_cookie(value: str, max_age: int, secure: bool) -> str:
+    """The Set-Cookie value of a login (or, with ``max_age`` 0, of a logout)."""
+    flags = "; Secure" if secure else ""
+    return f"{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{flags}"

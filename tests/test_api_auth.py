@@ -170,3 +170,42 @@ def test_failed_logins_are_rate_limited(api):
     assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
     limited = http.post("/v1/auth/login", json={"name": "carol", "password": "a long enough password"})
     assert limited.status_code == 429 and "too many failed logins" in limited.json()["error"]["message"]
+
+
+def test_the_command_line_manages_principals_and_api_tokens(api, running_node, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    http, _, config = api
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "twinledger", *args, "--home", str(config.home)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    secret = tmp_path / "password"
+    secret.write_text("a password of some length\n")
+    made = cli("principal", "add", "dora", "--kind", "person", "--scope", "read", "--role", "viewer",
+               "--password-file", str(secret), "--json")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["roles"] == ["viewer"]
+    assert http.post("/v1/auth/login", json={"name": "dora", "password": "a password of some length"}).status_code == 200
+    bad = cli("principal", "add", "eve", "--scope", "read", "--role", "superuser")
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "superuser" in bad.stderr
+    assert cli("principal", "add", "robot", "--scope", "read", "--scope", "write", "--role", "engineer").returncode == 0
+    token_file = tmp_path / "robot.token"
+    issued = cli("api-token", "issue", "--principal", "robot", "--scope", "read", "--out", str(token_file), "--json")
+    assert issued.returncode == 0, issued.stderr
+    assert token_file.stat().st_mode & 0o777 == 0o600 and "token" not in json.loads(issued.stdout)
+    bearer = {"authorization": f"Bearer {token_file.read_text().strip()}"}
+    assert http.get("/v1/auth/whoami", headers=bearer).json()["name"] == "robot"
+    listed = json.loads(cli("api-token", "list", "--principal", "robot", "--json").stdout)
+    assert [t["id"] for t in listed] == [json.loads(issued.stdout)["id"]]
+    assert cli("api-token", "revoke", listed[0]["id"]).returncode == 0
+    assert http.get("/v1/auth/whoami", headers=bearer).status_code == 401
+    assert "robot" in cli("principal", "list").stdout
+    removed = cli("principal", "remove", "robot", "--json")
+    assert removed.returncode == 0, removed.stderr
+    members = http.get("/v1/members", headers=api[1]).json()
+    (robot,) = [p for p in members["principals"] if p["name"] == "robot"]
+    assert robot["status"] == "removed"

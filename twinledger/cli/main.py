@@ -21,6 +21,8 @@ from twinledger.cli.agent import agent
 from twinledger.cli.common import Home, Json, client, command, err, error_line, kv_table, out, print_json, run
 from twinledger.cli.ingest import ingest_app, record_get
 from twinledger.cli.keys import key_app
+from twinledger.cli.principals import principal_app
+from twinledger.cli.principals import token_app as api_token_app
 from twinledger.cli.storage import store_app
 from twinledger.cli.twins import member_app, twin_app
 from twinledger.config import ROLES, init_home, load_config
@@ -48,7 +50,8 @@ for sub, name in ((node_app, "node"), (record_app, "record"), (tx_app, "tx"), (b
                   (verify_app, "verify"), (bench_app, "bench"), (network_app, "network"), (twin_app, "twin"),
                   (member_app, "member"), (store_app, "store"), (key_app, "key"),
                   (sharing.token_app, "token"), (sharing.device_app, "device"), (sharing.request_app, "request"),
-                  (plant_app, "plant"), (ingest_app, "ingest")):  # fmt: skip
+                  (plant_app, "plant"), (ingest_app, "ingest"), (principal_app, "principal"),
+                  (api_token_app, "api-token")):  # fmt: skip
     app.add_typer(sub, name=name)
 for function, name in ((sharing.grant, "grant"), (sharing.revoke, "revoke"), (sharing.grants, "grants"),
                        (agent, "agent")):

@@ -543,12 +543,19 @@ def twin_audit(
                       title_justify="left")  # fmt: skip
         for entry in entries:
             table.add_row(str(entry["number"]), str(entry["height"]), str(entry["timestamp"]),
-                          entry["organisation"] or entry["key"][:16] + "…", entry["method"], ", ".join(entry["events"]),
+                          _who(entry), entry["method"], ", ".join(entry["events"]),
                           "[green]valid[/green]" if entry["verified"] else "[red]INVALID[/red]")  # fmt: skip
         out.print(table)
     if not all(entry["verified"] for entry in entries):
         error_line("error: some proofs do not verify")
         raise typer.Exit(1)
+
+
+def _who(entry: dict[str, Any]) -> str:
+    """Who made an audited change: organisation/principal, the organisation, or the key."""
+    if entry.get("principal"):
+        return f"{entry['organisation']}/{entry['principal']}"
+    return str(entry["organisation"] or entry["key"][:16] + "…")
 
 
 # -- membership -----------------------------------------------------------------------------------

@@ -153,8 +153,13 @@ class Session:
         query = {name: value for name, value in params.items() if value is not None}
         return await asyncio.to_thread(self.node.request, "GET", path, params=query)
 
-    async def post(self, path: str) -> Any:
-        return await asyncio.to_thread(self.node.request, "POST", path)
+    async def post(self, path: str, body: Any = None) -> Any:
+        """POST to the node's API (a JSON body if given)."""
+        kwargs = {"json": body} if body is not None else {}
+        return await asyncio.to_thread(self.node.request, "POST", path, **kwargs)
+
+    async def delete(self, path: str) -> Any:
+        return await asyncio.to_thread(self.node.request, "DELETE", path)
 
     async def text(self, path: str, **params: Any) -> str:
         query = {name: value for name, value in params.items() if value is not None}

@@ -209,3 +209,36 @@ def test_the_command_line_manages_principals_and_api_tokens(api, running_node, t
     members = http.get("/v1/members", headers=api[1]).json()
     (robot,) = [p for p in members["principals"] if p["name"] == "robot"]
     assert robot["status"] == "removed"
+
+
+def test_graphql_mutations_run_the_workflows_and_need_the_write_scope(api):
+    import secrets
+
+    from twinledger.demo import PLANT
+
+    http, headers, _ = api
+    admin_post(api, "/v1/auth/principals", {"name": "grapher", "kind": "program", "scopes": ["read"], "roles": []})
+    reader = {"authorization": f"Bearer {admin_post(api, '/v1/auth/tokens', {'principal': 'grapher'})['token']}"}
+    create = ("mutation($aml: String!, $device: String!) { createTwin(name: \"Line\", deviceId: $device, aml: $aml) }")
+    variables = {"aml": PLANT.read_text(), "device": f"line-{secrets.token_hex(3)}"}
+    refused = http.post("/graphql", json={"query": create, "variables": variables}, headers=reader).json()
+    assert refused["data"] is None and refused["errors"][0]["extensions"]["code"] == "forbidden"
+    assert http.get("/v1/twins", headers=headers).json()["twins"] == [] or all(
+        t["device_id"] != variables["device"] for t in http.get("/v1/twins", headers=headers).json()["twins"])
+
+    twin = http.post("/graphql", json={"query": create, "variables": variables}, headers=headers).json()
+    twin_id = twin["data"]["createTwin"]
+    source = http.post("/graphql", headers=headers, json={"query": 'mutation($t: String!) { addSource(ref: $t, '
+                                                                   'uri: "https://vendor.example") { tx block } }',
+                                                          "variables": {"t": twin_id}}).json()  # fmt: skip
+    assert source.get("data") and source["data"]["addSource"]["block"] >= 1, source
+    call = http.post("/graphql", headers=headers, json={"query": 'mutation($t: String!) { callProgram(ref: $t, '
+                                                                 'program: "SetVelocity", params: {velocity: "1.0"}) }',
+                                                        "variables": {"t": twin_id}}).json()  # fmt: skip
+    assert call["data"]["callProgram"] == 1
+    unsafe = http.post("/graphql", headers=headers, json={"query": 'mutation($t: String!) { callProgram(ref: $t, '
+                                                                   'program: "SetVelocity", params: {velocity: "9"}) }',
+                                                          "variables": {"t": twin_id}}).json()  # fmt: skip
+    assert unsafe["errors"][0]["extensions"]["code"] == "unsafe_parameter"
+    view = http.get(f"/v1/twins/{twin_id}", headers=headers).json()
+    assert [s["uri"] for s in view["sources"]] == ["https://vendor.example"] and len(view["calls"]) == 1

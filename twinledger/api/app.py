@@ -25,7 +25,7 @@ from twinledger.api.accounts import add_account_resources, caller_of
 from twinledger.api.auth import Caller, Forbidden, Guard
 from twinledger.api.graphql import graphql_router
 from twinledger.api.service import BadRequest, TwinService, jsonable
-from twinledger.api.workflows import add_workflow_resources, precheck_on
+from twinledger.api.workflows import Acting, add_workflow_resources, precheck_on
 from twinledger.contracts.records import record_key
 from twinledger.core.encoding import decode, to_obj
 from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt, decode_transaction
@@ -140,7 +140,8 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
         return operator[0]
 
     add_account_resources(app, accounts, operator_session, node.config.api_needs_tls)
-    add_workflow_resources(app, node, accounts, operator_session)
+    acting = Acting(accounts, operator_session)
+    add_workflow_resources(app, acting)
 
     @app.exception_handler(TwinledgerError)
     async def _known(_: Request, exc: TwinledgerError) -> JSONResponse:
@@ -276,7 +277,9 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
     async def metrics() -> str:
         return node.metrics_text()
 
-    add_twin_resources(app, node, TwinService(node.chain_store))
+    service = TwinService(node.chain_store)
+    add_twin_resources(app, node, service)
+    app.include_router(graphql_router(node, service, acting), prefix="/graphql", tags=["graphql"])
     return app
 
 
@@ -392,7 +395,7 @@ def add_twin_resources(app: FastAPI, node: RunningNode, service: TwinService) ->
         return StreamingResponse(_event_stream(node, service, request, twin, start, resume),
                                  media_type="text/event-stream", headers={"cache-control": "no-cache"})  # fmt: skip
 
-    app.include_router(graphql_router(node, service), prefix="/graphql", tags=["graphql"])
+
 
 
 def _may_relay(caller: Caller, raw: list[bytes]) -> None:

@@ -1,5 +1,6 @@
-"""The GraphQL schema (strawberry) at /graphql: typed views over ``TwinService``; every
-resolver only reads through the service, as the REST resources do."""
+"""The GraphQL schema (strawberry) at /graphql: typed views over ``TwinService`` for
+queries, and mutations that run the same service functions as the REST write endpoints,
+in the caller's session (a mutation needs the ``write`` scope; queries ``read``)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ import logging
 from typing import Any, TypeVar
 
 import strawberry
+from fastapi import Request
 from graphql import GraphQLError
 from strawberry.fastapi import GraphQLRouter
 from strawberry.scalars import JSON
 
 from twinledger.abc import RunningNode
+from twinledger.api.accounts import caller_of
+from twinledger.api.auth import Forbidden
 from twinledger.api.service import TwinService
-from twinledger.errors import TwinledgerError
+from twinledger.api.workflows import Acting
+from twinledger.errors import BadRequest, TwinledgerError
+from twinledger.services import access, twins
+from twinledger.services.session import Outcome, Session
 
 T = TypeVar("T")
 log = logging.getLogger("twinledger.api")
@@ -190,6 +197,55 @@ class Query:
         return await node.read(service.members, at)
 
 
+@strawberry.type(description="A committed change: its transaction and block.")
+class Written:
+    tx: str
+    block: int
+
+
+def _written(outcome: Outcome) -> Written:
+    return Written(tx=outcome.tx_hash.hex(), block=outcome.height)
+
+
+def _session(info: strawberry.Info) -> Session:
+    """The caller's session; a mutation needs the write scope (POST /graphql itself only reads)."""
+    caller = caller_of(info.context["request"])
+    if "write" not in caller.scopes:
+        raise Forbidden(f"{caller.principal.name} lacks the 'write' scope a mutation needs")
+    return info.context["acting"].session(caller)  # type: ignore[no-any-return]
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Register a twin from an AutomationML specification; its id.")
+    async def create_twin(self, info: strawberry.Info, name: str, device_id: str, aml: str) -> str:
+        return (await twins.create(_session(info), aml.encode(), name, device_id)).twin
+
+    @strawberry.mutation(description="Queue a program call (checked against its safety rules); its number.")
+    async def call_program(self, info: strawberry.Info, ref: str, program: str, params: JSON) -> int:
+        if not isinstance(params, dict):
+            raise BadRequest("params is a map of parameter names to values")
+        outcome = await twins.call_program(_session(info), ref, program, params)
+        return int(outcome.event("ProgramCalled")["call"])
+
+    @strawberry.mutation(description="Add an external data source to a twin.")
+    async def add_source(self, info: strawberry.Info, ref: str, uri: str, description: str = "") -> Written:
+        return _written(await twins.add_source(_session(info), ref, uri, description))
+
+    @strawberry.mutation(description="Give a subject (ORG, org:ORG, key:HEX) a role on a twin.")
+    async def grant_role(self, info: strawberry.Info, ref: str, subject: str, role: str,
+                         scopes: list[str] | None = None) -> Written:  # fmt: skip
+        return _written(await twins.grant_role(_session(info), ref, subject, role, scopes or []))
+
+    @strawberry.mutation(description="Grant an organisation read access to a twin's data by a policy; the grant id.")
+    async def grant_read(self, info: strawberry.Info, twin: str, to: str, policy: str, valid_until: int = 0) -> str:
+        return (await access.grant(_session(info), twin, to, policy, valid_until)).grant
+
+    @strawberry.mutation(description="Revoke a read grant (the twin's feeds get a new data key); the block.")
+    async def revoke_read(self, info: strawberry.Info, grant: str) -> int:
+        return (await access.revoke(_session(info), grant)).block
+
+
 class TwinSchema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Known errors reach the client with their code; nothing is logged with a stack trace."""
@@ -201,11 +257,11 @@ class TwinSchema(strawberry.Schema):
                 log.error("GraphQL resolver failed: %s", original)
 
 
-SCHEMA = TwinSchema(query=Query)
+SCHEMA = TwinSchema(query=Query, mutation=Mutation)
 
 
-def graphql_router(node: RunningNode, service: TwinService) -> GraphQLRouter:
-    async def context() -> dict[str, Any]:
-        return {"node": node, "service": service}
+def graphql_router(node: RunningNode, service: TwinService, acting: Acting) -> GraphQLRouter:
+    async def context(request: Request) -> dict[str, Any]:
+        return {"node": node, "service": service, "acting": acting, "request": request}
 
     return GraphQLRouter(SCHEMA, context_getter=context, graphql_ide="graphiql")

@@ -157,28 +157,39 @@ class ProposalIn(BaseModel):
     change: dict[str, Any]
 
 
-def add_workflow_resources(app: FastAPI, node: RunningNode, accounts: AccountStore,
-                           operator: Callable[[], Session]) -> None:  # fmt: skip
-    """``operator`` is the node's own session: its node client, store client and the
-    organisation's keys; a request's session is it, signing with the caller's key."""
-    program_keys: dict[str, SigningKey] = {}
+class Acting:
+    """A caller's session: the node's own (its node client, store client and the
+    organisation's keys), signing with the caller's key — the home's operator key for the
+    home's token, a program's key the node keeps sealed, a person's key opened at login."""
 
-    def signing_key(caller: Caller) -> SigningKey:
+    def __init__(self, accounts: AccountStore, operator: Callable[[], Session]) -> None:
+        self.accounts = accounts
+        self.operator = operator
+        self.program_keys: dict[str, SigningKey] = {}
+
+    def key(self, caller: Caller) -> SigningKey:
         principal = caller.principal
         if principal.name == OPERATOR:
-            return operator().signer
+            return self.operator().signer
         if caller.session is not None and caller.session.key is not None:
             return caller.session.key
         if principal.kind == "program" and principal.has_key:
-            if principal.name not in program_keys:
-                key = accounts.program_key(principal.name)
+            if principal.name not in self.program_keys:
+                key = self.accounts.program_key(principal.name)
                 assert key is not None
-                program_keys[principal.name] = key
-            return program_keys[principal.name]
+                self.program_keys[principal.name] = key
+            return self.program_keys[principal.name]
         raise Forbidden(f"{principal.name} signs its own transactions: submit them to POST /v1/transactions")
 
+    def session(self, caller: Caller) -> Session:
+        return self.operator().with_signer(self.key(caller))
+
+
+def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
+    """The write endpoints; each runs a service function in the caller's session."""
+
     async def run(request: Request, work: Callable[[Session], Awaitable[T]]) -> T:
-        return await work(operator().with_signer(signing_key(caller_of(request))))
+        return await work(acting.session(caller_of(request)))
 
     # -- twins ---------------------------------------------------------------------------------------
     @app.post("/v1/twins", summary="Register a twin from an AutomationML specification", tags=["twins"],

@@ -242,3 +242,16 @@ def test_graphql_mutations_run_the_workflows_and_need_the_write_scope(api):
     assert unsafe["errors"][0]["extensions"]["code"] == "unsafe_parameter"
     view = http.get(f"/v1/twins/{twin_id}", headers=headers).json()
     assert [s["uri"] for s in view["sources"]] == ["https://vendor.example"] and len(view["calls"]) == 1
+
+
+def test_a_transaction_names_its_signer_as_the_membership_had_it(api):
+    http, headers, _ = api
+    admin_post(api, "/v1/auth/principals", {"name": "logger", "kind": "program", "scopes": ["read", "write"],
+                                            "roles": ["engineer"]})  # fmt: skip
+    token = {"authorization": f"Bearer {admin_post(api, '/v1/auth/tokens', {'principal': 'logger'})['token']}"}
+    record = http.post("/v1/records", json={"payload": "shift log"}, headers=token)
+    assert record.status_code == 201, record.text
+    http.delete("/v1/auth/principals/logger", headers=headers).raise_for_status()
+    view = http.get(f"/v1/transactions/{record.json()['record']}", headers=headers).json()
+    assert view["signer"] | {"key": ""} == {"key": "", "organisation": "acme", "kind": "principal",
+                                            "principal": "logger", "node": ""}  # fmt: skip

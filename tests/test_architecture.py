@@ -266,3 +266,21 @@ def test_every_builder_passes_its_methods_parser():
     for call in built:
         methods[(call.contract, call.method)].parse(call.args)
     assert {(c.contract, c.method) for c in built} == set(methods), "every contract method has a builder, tried here"
+
+
+def _calls_of(module: str) -> set[str]:
+    """Names of the functions and methods ``module`` calls."""
+    tree = ast.parse(MODULES[module].read_text())
+    return {node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            for node in ast.walk(tree) if isinstance(node, ast.Call)}  # fmt: skip
+
+
+def test_the_demo_runs_the_services_in_process_and_feeds_have_one_maker():
+    """No CLI subprocess in the demo; the CLI, the API and the agent create a feed with the
+    one workflow that does (the store's create_feed is called by it and benchmarks only)."""
+    demo_imports = {i.imported for i in IMPORTS if i.importer == "twinledger.demo"}
+    assert "subprocess" not in MODULES["twinledger.demo"].read_text() and "twinledger.cli" not in demo_imports
+    for module in ("twinledger.cli.feeds", "twinledger.api.workflows", "twinledger.agent.agent"):
+        assert "create_and_attach" in _calls_of(module), module
+    makers = {name for name in MODULES if "create_feed" in _calls_of(name)}
+    assert makers <= {"twinledger.services.feeds", "twinledger.bench.kpcpre", "twinledger.bench.store"}, makers

@@ -26,12 +26,14 @@ from twinledger.api.auth import Caller, Forbidden, Guard
 from twinledger.api.graphql import graphql_router
 from twinledger.api.service import BadRequest, TwinService, jsonable
 from twinledger.api.workflows import Acting, add_workflow_resources, precheck_on
+from twinledger.contracts.membership import member_key
 from twinledger.contracts.records import record_key
 from twinledger.core.encoding import decode, to_obj
 from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt, decode_transaction
 from twinledger.errors import DecodeError, NotFound, TwinledgerError
 from twinledger.ingest.protocol import STREAM_BYTES
 from twinledger.ingest.service import IngestService
+from twinledger.ledger.chain import StoreState
 from twinledger.services.accounts import OPERATOR, AccountStore
 from twinledger.services.session import Session
 from twinledger.store.client import StoreClient
@@ -226,6 +228,7 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
                 return {"status": "pending", "hash": tx_hash}
             raise NotFound(f"no transaction {tx_hash} on this node")
         view = location_view(location)
+        view["signer"] = await node.read(_signer, node, location.transaction.sender, location.height)
         if proof:
             view["proof"] = (await node.proof(digest)).to_json()
         return view
@@ -396,6 +399,14 @@ def add_twin_resources(app: FastAPI, node: RunningNode, service: TwinService) ->
                                  media_type="text/event-stream", headers={"cache-control": "no-cache"})  # fmt: skip
 
 
+
+
+def _signer(node: RunningNode, key: bytes, height: int) -> dict[str, str]:
+    """Who signed, as the membership had it when the transaction was committed: the
+    organisation, and the principal or node if the key was one's ("" where none)."""
+    entry = StoreState(node.chain_store, height).get(member_key(key)) or {}
+    return {"key": key.hex(), "organisation": entry.get("organisation", ""), "kind": entry.get("kind", ""),
+            "principal": entry.get("principal", ""), "node": entry.get("node", "")}  # fmt: skip
 
 
 def _may_relay(caller: Caller, raw: list[bytes]) -> None:

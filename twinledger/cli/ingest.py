@@ -23,6 +23,7 @@ from twinledger.ingest.protocol import STREAM_BYTES, IngestError, IngestRecord
 from twinledger.ingest.sender import Answer, IngestSender
 from twinledger.services import ingest
 from twinledger.services.ingest import shared_attributes, tier2_key
+from twinledger.services.records import parse_metadata
 from twinledger.services.session import Session
 
 ingest_app = typer.Typer(no_args_is_help=True, help="Send records to the node's TCP ingest listener.")
@@ -44,16 +45,6 @@ def _client(config: NodeConfig, to: str | None, stream: bytes, as_json: bool, at
             err.print(f"[dim]{datetime.now():%H:%M:%S}[/] {text}", highlight=False, soft_wrap=True)
 
     return ingest.sender(config, to, stream, attributes, event)
-
-
-def _metadata(meta: list[str]) -> dict[str, str]:
-    metadata = {}
-    for item in meta:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise TwinledgerError(f"--meta {item!r} is not KEY=VALUE")
-        metadata[key] = value
-    return metadata
 
 
 def _answer_view(answer: Answer) -> dict[str, Any]:
@@ -85,7 +76,7 @@ def ingest_send(
     config = load_config(home)
     stream_id = (hashlib.sha256(f"{config.organisation}/{stream}".encode()).digest()[:STREAM_BYTES] if stream
                  else os.urandom(STREAM_BYTES))  # fmt: skip
-    extra = _metadata(meta)
+    extra = parse_metadata(meta)
     attributes = shared_attributes(twin, attribute)
     key = tier2_key(config, create=True) if tier2 else None
     items: list[tuple[bytes, str, dict[str, str]]] = []

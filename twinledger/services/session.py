@@ -15,7 +15,7 @@ import copy
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,6 +74,18 @@ def read_signing_key(path: Path) -> SigningKey:
     return SigningKey(read_secret_file(path, "ed25519", passphrase()))
 
 
+@dataclass
+class Opened:
+    """A session's lazily opened parts."""
+
+    chain_id: str | None = None
+    store: StoreClient | None = None
+    encryption_key: EncryptionKey | None = None
+    sharing_key: kpcpre.SecretKey | None = None
+    store_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Concurrent workflows of one session open one store client."""
+
+
 class Session:
     """One party's way to the consortium; ``async with`` closes its store client."""
 
@@ -84,10 +96,8 @@ class Session:
         self._key = key
         self.precheck = precheck
         """Asked before a signed transaction is submitted (in the node: a dry run on the head)."""
-        self._chain_id: str | None = None
-        self._store: StoreClient | None = None
-        self._encryption_key: EncryptionKey | None = None
-        self._sharing_key: kpcpre.SecretKey | None = None
+        self.opened = Opened()
+        """What this session opened on first use; sessions made by ``with_signer`` share it."""
 
     @classmethod
     def of_home(cls, home: Path, key_file: Path | None = None) -> Session:
@@ -101,23 +111,24 @@ class Session:
         await self.close()
 
     async def close(self) -> None:
-        if self._store is not None:
-            await self._store.close()
-            self._store = None
+        if self.opened.store is not None:
+            await self.opened.store.close()
+            self.opened.store = None
         self.node.close()
 
     def with_signer(self, key: SigningKey) -> Session:
-        """This session's node, store and organisation keys, signing with ``key`` (a
-        principal's): close only the session it was made from."""
+        """This session's node, store and organisation keys (shared, also what either
+        opens later), signing with ``key`` (a principal's): close only the session it was
+        made from."""
         other = copy.copy(self)
         other._key = key
         return other
 
     async def reconnect(self) -> None:
         """Reach the node and the store nodes wherever they now listen (after a restart)."""
-        if self._store is not None:
-            await self._store.close()
-            self._store = None
+        if self.opened.store is not None:
+            await self.opened.store.close()
+            self.opened.store = None
         self.node.close()
         self.node = NodeClient(self.config, timeout=self.node.http.timeout.read or 30.0)
 
@@ -136,15 +147,15 @@ class Session:
 
     @property
     def encryption_key(self) -> EncryptionKey:
-        if self._encryption_key is None:
-            self._encryption_key = self.config.encryption_key()
-        return self._encryption_key
+        if self.opened.encryption_key is None:
+            self.opened.encryption_key = self.config.encryption_key()
+        return self.opened.encryption_key
 
     @property
     def sharing_key(self) -> kpcpre.SecretKey:
-        if self._sharing_key is None:
-            self._sharing_key = self.config.sharing_key()
-        return self._sharing_key
+        if self.opened.sharing_key is None:
+            self.opened.sharing_key = self.config.sharing_key()
+        return self.opened.sharing_key
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -185,15 +196,16 @@ class Session:
         return sharing_public(await self.members(), name)
 
     async def chain_id(self) -> str:
-        if self._chain_id is None:
-            self._chain_id = str((await asyncio.to_thread(self.node.health))["chain_id"])
-        return self._chain_id
+        if self.opened.chain_id is None:
+            self.opened.chain_id = str((await asyncio.to_thread(self.node.health))["chain_id"])
+        return self.opened.chain_id
 
     async def store(self) -> StoreClient:
         """A client of the consortium's store nodes, as this home's node (opened once)."""
-        if self._store is None:
-            self._store = store_client(self.config, await self.members())
-        return self._store
+        async with self.opened.store_lock:
+            if self.opened.store is None:
+                self.opened.store = store_client(self.config, await self.members())
+            return self.opened.store
 
     # -- changing the chain ---------------------------------------------------------------------
 

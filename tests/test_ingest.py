@@ -345,8 +345,8 @@ def test_a_node_killed_mid_stream_loses_and_duplicates_no_record(consortium):
     assert all(a.ok for a in answers), [a for a in answers if not a.ok][:3]
     by_seq = {a.seq: a.record.hex() for a in answers}  # type: ignore[union-attr]
     assert sorted(by_seq) == list(range(1, 1201))
-    records = chain_records(network.url(OWNER), network.headers(OWNER), node_key(network, OWNER))
-    on_chain = [r for r in records if r["ingest"].startswith(stream.hex())]
+    put = chain_records(network.url(OWNER), network.headers(OWNER), node_key(network, OWNER))
+    on_chain = [r for r in put if r["ingest"].startswith(stream.hex())]
     seqs = [int(r["ingest"].split("/")[1]) for r in on_chain]
     assert sorted(seqs) == list(range(1, 1201)), "each record once on chain, none missing"
     assert all(by_seq[int(r["ingest"].split("/")[1])] == r["record"] for r in on_chain)
@@ -443,8 +443,8 @@ def test_directory_ingest_survives_kill_9_of_the_node_and_of_itself(consortium, 
     assert all((watched / "done" / name).read_bytes() == data for name, data in contents.items())
     assert sorted(p.name for p in watched.iterdir()) == ["done", "notes.txt"]
 
-    records = chain_records(network.url(OWNER), network.headers(OWNER), node_key(network, OWNER))
-    recorded = [r for r in records if r.get("filename") in contents]
+    put = chain_records(network.url(OWNER), network.headers(OWNER), node_key(network, OWNER))
+    recorded = [r for r in put if r.get("filename") in contents]
     assert sorted(r["filename"] for r in recorded) == sorted(contents), "each file recorded exactly once"
     assert len({r["ingest"].split("/")[0] for r in recorded}) == 1  # one stream, kept across the restarts
     a_record = next(r for r in recorded if r["filename"] == "batch-007.csv")

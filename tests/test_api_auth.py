@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from twinledger.contracts.principals import registration_proof
 from twinledger.core.types import encode_transaction, sign_transaction
 from twinledger.crypto.keys import SigningKey
 
@@ -109,10 +110,14 @@ def test_program_tokens_are_scoped_expiring_and_revocable(api):
 def test_a_program_submits_only_transactions_signed_with_its_own_key(api):
     http, headers, config = api
     own = SigningKey.generate()
-    admin_post(api, "/v1/auth/principals", {"name": "mes", "kind": "program", "scopes": ["read", "write"],
-                                            "roles": ["engineer"], "key": own.public.hex()})  # fmt: skip
-    token = {"authorization": f"Bearer {admin_post(api, '/v1/auth/tokens', {'principal': 'mes'})['token']}"}
     chain_id = http.get("/v1/health").json()["chain_id"]
+    body = {"name": "mes", "kind": "program", "scopes": ["read", "write"], "roles": ["engineer"], "key": own.public.hex()}
+    assert http.post("/v1/auth/principals", json=body, headers=headers).status_code == 400  # no proof it holds the key
+    stolen = registration_proof(SigningKey.generate(), chain_id, "acme", "mes").hex()
+    assert http.post("/v1/auth/principals", json=body | {"key_proof": stolen}, headers=headers).status_code == 400
+    proof = registration_proof(own, chain_id, "acme", "mes").hex()
+    admin_post(api, "/v1/auth/principals", body | {"key_proof": proof})
+    token = {"authorization": f"Bearer {admin_post(api, '/v1/auth/tokens', {'principal': 'mes'})['token']}"}
 
     def record(key: SigningKey) -> bytes:
         nonce = http.get(f"/v1/accounts/{key.public.hex()}/nonce", headers=token).json()["next_nonce"]

@@ -135,6 +135,13 @@ def test_refusals_change_nothing(consortium):
     refused(stranger.post(f"/v1/twins/{twin}/sources", json=source), 403, "forbidden")
     viewer = program(consortium, OWNER, "wallboard", ["viewer"])
     refused(viewer.post(f"/v1/twins/{twin}/sources", json=source), 403, "not_permitted")
+    stores = [httpx.get(f"{consortium.url(i)}/v1/store", headers=consortium.headers(i), timeout=30).json()["items"]
+              for i in range(4)]  # fmt: skip
+    refused(viewer.post(f"/v1/twins/{twin}/documents", params={"title": "x"}, content=os.urandom(1 << 20)), 403,
+            "not_permitted")  # fmt: skip
+    refused(viewer.post(f"/v1/twins/{twin}/feeds", json={"component": "level-sensor-1"}), 403, "not_permitted")
+    assert [httpx.get(f"{consortium.url(i)}/v1/store", headers=consortium.headers(i), timeout=30).json()["items"]
+            for i in range(4)] == stores, "a refused upload stored nothing"  # fmt: skip
 
     anonymous = httpx.Client(base_url=consortium.url(OWNER), timeout=30)
     refused(anonymous.post(f"/v1/twins/{twin}/sources", json=source), 401, "unauthenticated")

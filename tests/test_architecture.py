@@ -258,7 +258,7 @@ def test_every_builder_passes_its_methods_parser():
         calls.revoke_key(key),
         calls.put_record("text/plain", {"line": "1"}, payload=b"reading"),
         calls.put_record("text/plain", {}, payload_hash=digest),
-        calls.register_principal("alice", "person", key, ["engineer"]),
+        calls.register_principal("alice", "person", key, ["engineer"], b"\x06" * 64),
         calls.set_principal_roles("alice", ["viewer"]),
         calls.remove_principal("alice"),
     ]

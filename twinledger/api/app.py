@@ -21,11 +21,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twinledger import __version__
 from twinledger.abc import RunningNode, TransactionLocation
-from twinledger.api.accounts import add_account_resources, caller_of
-from twinledger.api.auth import Caller, Forbidden, Guard
+from twinledger.api.accounts import add_account_resources
+from twinledger.api.acting import Acting, precheck_on
+from twinledger.api.auth import Caller, Forbidden, Guard, caller_of, still_signed_in
 from twinledger.api.graphql import graphql_router
 from twinledger.api.service import BadRequest, TwinService, jsonable
-from twinledger.api.workflows import Acting, add_workflow_resources, precheck_on
+from twinledger.api.workflows import add_workflow_resources
 from twinledger.contracts.membership import member_key
 from twinledger.contracts.records import record_key
 from twinledger.core.encoding import decode, to_obj
@@ -127,7 +128,11 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
     app = FastAPI(title="twinledger node", version=__version__,
                   description="API of a twinledger node. Authenticate with `Authorization: Bearer <API token>` "
                               "or a login session (docs/api.md).")  # fmt: skip
-    app.add_middleware(Guard, accounts=accounts, config=node.config)
+    def removed(key: bytes) -> bool:
+        entry = node.head_state().get(member_key(key))
+        return entry is not None and bool(entry.get("removed"))
+
+    app.add_middleware(Guard, accounts=accounts, config=node.config, removed=removed)
     if node.config.api_cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(node.config.api_cors_origins), allow_credentials=True,
                            allow_methods=["GET", "POST", "DELETE"],
@@ -141,8 +146,8 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
             operator.append(Session(node.config, precheck=precheck_on(node)))
         return operator[0]
 
-    add_account_resources(app, accounts, operator_session, node.config.api_needs_tls)
-    acting = Acting(accounts, operator_session)
+    acting = Acting(node, accounts, operator_session)
+    add_account_resources(app, accounts, acting, node.config.api_needs_tls)
     add_workflow_resources(app, acting)
 
     @app.exception_handler(TwinledgerError)
@@ -439,7 +444,7 @@ async def _event_stream(node: RunningNode, service: TwinService, request: Reques
     read from the store, so a client that reconnects with Last-Event-ID misses nothing."""
     yield ": twinledger events\n\n"
     idle = 0.0
-    while not await request.is_disconnected() and not node.stopping:
+    while not await request.is_disconnected() and not node.stopping and still_signed_in(request):
         if height > node.head.height and not await node.wait_for_height(height, 1.0):
             idle += 1.0
             if idle >= KEEPALIVE_SECONDS:
@@ -459,7 +464,7 @@ async def _feed_stream(node: RunningNode, request: Request, store: StoreClient, 
                        after: int) -> AsyncIterator[str]:  # fmt: skip
     """Long polls on the feed's replicas: a store node answers the moment an update lands."""
     yield ": twinledger feed\n\n"
-    while not await request.is_disconnected() and not node.stopping:
+    while not await request.is_disconnected() and not node.stopping and still_signed_in(request):
         try:
             updates = await store.feed_updates(acl, after, wait=KEEPALIVE_SECONDS)
         except StoreError as exc:

@@ -17,11 +17,13 @@ import json
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
+
+from starlette.requests import Request
 
 from twinledger.config import NodeConfig
 from twinledger.errors import TwinledgerError
@@ -40,6 +42,10 @@ READING_POSTS = frozenset({"/graphql"})
 """POSTs that only read (GraphQL queries)."""
 ADMIN_PATHS = ("/v1/auth/principals", "/v1/auth/tokens", "/v1/store/repair", "/v1/store/audit")
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+BODY_BYTES = 80 << 20
+"""Most bytes of a request body (a batch of transactions, a million samples)."""
+UPLOAD_BYTES = 1 << 34
+"""Most bytes of a document upload (streamed to disk)."""
 LOGIN_WINDOW = 60.0
 NAME_FAILURES = 5
 """Failed logins a name may see in LOGIN_WINDOW seconds before its logins are refused."""
@@ -51,6 +57,11 @@ MAX_TRACKED = 10_000
 class Forbidden(TwinledgerError):
     code = "forbidden"
     http_status = 403
+
+
+class BodyTooLarge(TwinledgerError):
+    code = "too_large"
+    http_status = 413
 
 
 class TooManyAttempts(TwinledgerError):
@@ -66,6 +77,8 @@ class Caller:
     scopes: tuple[str, ...]
     session: LoginSession | None = None
     """Set when a person's browser session authenticated the request."""
+    valid: Callable[[], bool] = lambda: True
+    """Whether the credentials still hold (a long stream asks again as it goes)."""
 
 
 def allowed_hosts(config: NodeConfig) -> frozenset[str]:
@@ -88,6 +101,32 @@ def required_scope(method: str, path: str) -> str | None:
     return "read"
 
 
+def body_limit(path: str) -> int:
+    """Most bytes a request body may hold: documents stream to disk, batches of transactions
+    are large, a login is small; anything past the limit ends the request (413)."""
+    if path.startswith("/v1/twins/") and (path.endswith("/documents") or path.endswith("/versions")):
+        return UPLOAD_BYTES
+    if path == "/v1/auth/login":
+        return 16 * 1024
+    return BODY_BYTES
+
+
+def _bounded(receive: Receive, limit: int) -> Receive:
+    """``receive`` that refuses a body past ``limit`` bytes, however it is sent (chunked too)."""
+    seen = 0
+
+    async def bounded() -> MutableMapping[str, Any]:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(f"the request body exceeds {limit} bytes")
+        return message
+
+    return bounded
+
+
 def host_name(host: str) -> str:
     """The name part of a Host header (``[::1]:7700`` → ``::1``)."""
     if host.startswith("["):
@@ -95,11 +134,40 @@ def host_name(host: str) -> str:
     return host.rsplit(":", 1)[0].lower() if host.count(":") == 1 else host.lower()
 
 
+def still_signed_in(request: Request) -> bool:
+    """For a long-lived stream: its credentials were not revoked nor its principal removed."""
+    caller = request.scope.get("state", {}).get("caller")
+    return caller is not None and caller.valid()
+
+
+def caller_of(request: Request) -> Caller:
+    caller = request.scope.get("state", {}).get("caller")
+    if caller is None:
+        raise AuthenticationFailed("sign in first")
+    return caller  # type: ignore[no-any-return]
+
+
 class LoginLimiter:
-    """Failed logins per client address and per name, over a sliding window."""
+    """Failed logins per client address and per name, over a sliding window. An attempt
+    counts from when it starts (until it succeeds), so concurrent guesses count too."""
 
     def __init__(self) -> None:
         self.failures: dict[str, deque[float]] = {}
+
+    @contextmanager
+    def attempt(self, name: str, address: str) -> Iterator[Attempt]:
+        """Refuse if the limits are reached; count this attempt a failure unless it succeeds."""
+        self.check(name, address)
+        self.failed(name, address)
+        attempt = Attempt()
+        try:
+            yield attempt
+        finally:
+            if attempt.ok:
+                for key in (f"name:{name}", f"address:{address}"):
+                    recent = self.failures.get(key)
+                    if recent:
+                        recent.pop()
 
     def check(self, name: str, address: str) -> None:
         now = time.monotonic()
@@ -120,27 +188,41 @@ class LoginLimiter:
 
 
 class Guard:
-    """ASGI middleware: host allow-list, origin check, authentication, scope."""
+    """ASGI middleware: host allow-list, origin check, body size, authentication, scope."""
 
-    def __init__(self, app: ASGIApp, accounts: AccountStore, config: NodeConfig) -> None:
+    def __init__(self, app: ASGIApp, accounts: AccountStore, config: NodeConfig,
+                 removed: Callable[[bytes], bool] = lambda _: False) -> None:  # fmt: skip
         self.app = app
         self.accounts = accounts
         self.hosts = allowed_hosts(config)
         self.origins = frozenset(o.rstrip("/").lower() for o in config.api_cors_origins)
         self.secure = config.api_needs_tls
+        self.removed = removed
+        """Whether a key is a principal the chain removed (its tokens die with it)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # the API has no WebSocket endpoint: refuse any upgrade
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         try:
             caller = self.check(scope)
+            limit = body_limit(scope["path"])
+            declared = dict(scope["headers"]).get(b"content-length", b"0")
+            if declared.isdigit() and int(declared) > limit:
+                raise BodyTooLarge(f"the request body exceeds {limit} bytes")
         except TwinledgerError as exc:
             await _refuse(send, exc)
             return
         if caller is not None:
             scope.setdefault("state", {})["caller"] = caller
-        await self.app(scope, receive, send)
+            if caller.principal.name != "operator" and self.removed(caller.principal.public_key):
+                self.accounts.disable(caller.principal.name)
+                await _refuse(send, AuthenticationFailed(f"principal {caller.principal.name} was removed on chain"))
+                return
+        await self.app(scope, _bounded(receive, limit), send)
 
     def check(self, scope: Scope) -> Caller | None:
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
@@ -160,6 +242,19 @@ class Guard:
             raise Forbidden(f"{caller.principal.name} lacks the {needed!r} scope this request needs")
         return caller
 
+    def _session_of(self, cookie: str) -> None:
+        session = self.accounts.session(cookie)
+        principal = self.accounts.principal(session.principal) if session is not None else None
+        if principal is None or principal.disabled:
+            raise AuthenticationFailed("the session ended")
+
+    def _still(self, check: Callable[[], object]) -> bool:
+        try:
+            check()
+        except AuthenticationFailed:
+            return False
+        return True
+
     def _same_origin(self, origin: str, host: str) -> bool:
         origin = origin.rstrip("/").lower()
         if origin in self.origins:
@@ -170,12 +265,11 @@ class Guard:
     def _authenticate(self, headers: dict[str, str], method: str) -> Caller:
         authorization = headers.get("authorization", "")
         if authorization.lower().startswith("bearer "):
-            principal, scopes = self.accounts.authenticate(authorization[7:].strip())
-            return Caller(principal, scopes)
-        cookie = SimpleCookie()
-        cookie.load(headers.get("cookie", ""))
-        value = cookie.get(SESSION_COOKIE)
-        session = self.accounts.session(value.value) if value is not None else None
+            token = authorization[7:].strip()
+            principal, scopes = self.accounts.authenticate(token)
+            return Caller(principal, scopes, valid=lambda: self._still(lambda: self.accounts.authenticate(token)))
+        value = session_of(headers.get("cookie", ""))
+        session = self.accounts.session(value) if value is not None else None
         if session is None:
             raise AuthenticationFailed("sign in first: send an API token (Authorization: Bearer …) or log in")
         principal = self.accounts.principal(session.principal)
@@ -184,7 +278,7 @@ class Guard:
         if method in STATE_CHANGING and headers.get(CSRF_HEADER) != session.csrf:
             raise Forbidden("a state-changing request of a session carries its CSRF token (X-CSRF-Token)",
                             code="csrf")  # fmt: skip
-        return Caller(principal, principal.scopes, session)
+        return Caller(principal, principal.scopes, session, valid=lambda: self._still(lambda: self._session_of(value)))
 
 
 async def _refuse(send: Send, error: TwinledgerError) -> None:
@@ -194,6 +288,24 @@ async def _refuse(send: Send, error: TwinledgerError) -> None:
         headers.append((b"www-authenticate", b'Bearer realm="twinledger"'))
     await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class Attempt:
+    ok: bool = False
+
+    def succeeded(self) -> None:
+        self.ok = True
+
+
+def session_of(cookie_header: str) -> str | None:
+    """The session cookie's value, read leniently: another application's cookie on the
+    same host that is not RFC-clean must not hide it."""
+    for part in cookie_header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name == SESSION_COOKIE:
+            return value.strip().strip('"') or None
+    return None
 
 
 def session_cookie(value: str, max_age: int, secure: bool) -> str:

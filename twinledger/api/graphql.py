@@ -15,10 +15,9 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.scalars import JSON
 
 from twinledger.abc import RunningNode
-from twinledger.api.accounts import caller_of
-from twinledger.api.auth import Forbidden
+from twinledger.api.acting import Acting
+from twinledger.api.auth import Forbidden, caller_of
 from twinledger.api.service import TwinService
-from twinledger.api.workflows import Acting
 from twinledger.errors import BadRequest, TwinledgerError
 from twinledger.services import access, twins
 from twinledger.services.session import Outcome, Session
@@ -264,4 +263,4 @@ def graphql_router(node: RunningNode, service: TwinService, acting: Acting) -> G
     async def context(request: Request) -> dict[str, Any]:
         return {"node": node, "service": service, "acting": acting, "request": request}
 
-    return GraphQLRouter(SCHEMA, context_getter=context, graphql_ide="graphiql")
+    return GraphQLRouter(SCHEMA, context_getter=context, graphql_ide="graphiql", subscription_protocols=())

@@ -23,15 +23,11 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from twinledger.abc import RunningNode
-from twinledger.api.accounts import caller_of
-from twinledger.api.auth import Caller, Forbidden
+from twinledger.api.acting import Acting
+from twinledger.api.auth import caller_of
 from twinledger.contracts.membership import parse_change
-from twinledger.core.types import Transaction
-from twinledger.crypto.keys import SigningKey
-from twinledger.errors import BadRequest, TransactionFailed, parse_hex
+from twinledger.errors import BadRequest, parse_hex
 from twinledger.services import access, documents, feeds, membership, records, requests, tokens, twins
-from twinledger.services.accounts import OPERATOR, AccountStore
 from twinledger.services.session import Outcome, Session
 from twinledger.store.feeds import update_view
 
@@ -157,34 +153,6 @@ class ProposalIn(BaseModel):
     change: dict[str, Any]
 
 
-class Acting:
-    """A caller's session: the node's own (its node client, store client and the
-    organisation's keys), signing with the caller's key — the home's operator key for the
-    home's token, a program's key the node keeps sealed, a person's key opened at login."""
-
-    def __init__(self, accounts: AccountStore, operator: Callable[[], Session]) -> None:
-        self.accounts = accounts
-        self.operator = operator
-        self.program_keys: dict[str, SigningKey] = {}
-
-    def key(self, caller: Caller) -> SigningKey:
-        principal = caller.principal
-        if principal.name == OPERATOR:
-            return self.operator().signer
-        if caller.session is not None and caller.session.key is not None:
-            return caller.session.key
-        if principal.kind == "program" and principal.has_key:
-            if principal.name not in self.program_keys:
-                key = self.accounts.program_key(principal.name)
-                assert key is not None
-                self.program_keys[principal.name] = key
-            return self.program_keys[principal.name]
-        raise Forbidden(f"{principal.name} signs its own transactions: submit them to POST /v1/transactions")
-
-    def session(self, caller: Caller) -> Session:
-        return self.operator().with_signer(self.key(caller))
-
-
 def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
     """The write endpoints; each runs a service function in the caller's session."""
 
@@ -247,6 +215,8 @@ def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
                            component: str | None = None, media_type: str = "application/octet-stream",
                            reader: list[str] = Query(default_factory=list),
                            attribute: list[str] = Query(default_factory=list)) -> dict[str, Any]:  # fmt: skip
+        await run(request, lambda s: documents.check_add(s, ref, title, description=description, component=component,
+                                                         media_type=media_type))  # before a byte is taken  # fmt: skip
         async with _upload(request) as path:
             added = await run(request, lambda s: documents.add(s, ref, path, title, description=description,
                                                                component=component, media_type=media_type,
@@ -259,6 +229,7 @@ def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
     async def add_version(ref: str, document: str, request: Request, description: str = "",
                           reader: list[str] = Query(default_factory=list),
                           attribute: list[str] = Query(default_factory=list)) -> dict[str, Any]:  # fmt: skip
+        await run(request, lambda s: documents.check_version(s, ref, document, description))  # before a byte is taken
         async with _upload(request) as path:
             added = await run(request, lambda s: documents.add_version(s, ref, document, path, description=description,
                                                                        readers=reader, attributes=attribute))  # fmt: skip
@@ -282,6 +253,7 @@ def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
     @app.post("/v1/twins/{ref}/documents/{document}/readers", summary="Add and remove reader organisations",
               tags=["documents"])  # fmt: skip
     async def document_readers(ref: str, document: str, body: ReadersIn, request: Request) -> dict[str, Any]:
+        acting.require(caller_of(request), "sharing", "grant")  # who reads is a sharing decision
         acls = await run(request, lambda s: documents.change_readers(s, ref, document, body.version, body.add,
                                                                      body.remove))  # fmt: skip
         return {"readers": sorted({r.organisation for acl in acls for r in acl.readers}), "items": len(acls)}
@@ -342,6 +314,7 @@ def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
     @app.post("/v1/twins/{ref}/feeds/{component}/readers", summary="Add and remove reader organisations of a feed",
               tags=["feeds"])  # fmt: skip
     async def feed_readers(ref: str, component: str, body: ReadersIn, request: Request) -> dict[str, Any]:
+        acting.require(caller_of(request), "sharing", "grant")
         acls = await run(request, lambda s: feeds.change_readers(s, ref, component, body.add, body.remove))
         return {"readers": sorted({r.organisation for acl in acls for r in acl.readers})}
 
@@ -363,6 +336,7 @@ def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
     @app.post("/v1/write-tokens", summary="Sign a write token for another key (not an API token)", tags=["sharing"],
               status_code=201)  # fmt: skip
     async def issue_write_token(body: WriteTokenIn, request: Request) -> WriteTokenDoc:
+        acting.require(caller_of(request), "authorization", "grant_role")  # a token acts as a role its issuer grants
         issued = await run(request, lambda s: tokens.issue(s, body.twin, body.recipient, body.methods, body.not_after,
                                                            body.scopes))  # fmt: skip
         return WriteTokenDoc(**{k: v for k, v in issued.view().items() if k != "format"})
@@ -398,7 +372,7 @@ def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
 
     @app.post("/v1/membership/proposals", summary="Propose a membership change", tags=["membership"])
     async def propose(body: ProposalIn, request: Request) -> dict[str, Any]:
-        change = parse_change(body.change)
+        change = parse_change(_keys_from_hex(body.change))
         done = await run(request, lambda s: membership.propose(s, {"op": change.op, **change.args}))
         return {"applied": done.applied, "proposal": done.proposal, "tx": done.tx}
 
@@ -409,17 +383,21 @@ def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
         return {"applied": done.applied, "tx": done.tx}
 
 
-def precheck_on(node: RunningNode) -> Callable[[Transaction], Awaitable[None]]:
-    """The dry run on the head state every transaction the API signs goes through first."""
+KEY_FIELDS = ("key", "operators", "admins", "encryption_key", "signing_key", "kpcpre_key")
 
-    async def precheck(tx: Transaction) -> None:
-        receipt = await node.simulate(tx)
-        if receipt.status != "ok":
-            error = TransactionFailed(receipt.message or receipt.error, code=receipt.error)
-            error.http_status = 403 if receipt.error in REFUSALS else 400
-            raise error
 
-    return precheck
+def _keys_from_hex(change: dict[str, Any]) -> dict[str, Any]:
+    """JSON carries no bytes: a membership change's keys come as hex strings."""
+
+    def raw(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return bytes.fromhex(value)
+            except ValueError:
+                return value  # the contract's parser names what is wrong
+        return [raw(v) for v in value] if isinstance(value, list) else value
+
+    return {name: raw(value) if name in KEY_FIELDS else value for name, value in change.items()}
 
 
 @asynccontextmanager

@@ -14,6 +14,7 @@ from twinledger.cli.common import Home, Json, command, out, parse_time, print_js
 from twinledger.contracts.principals import PRINCIPAL_ROLES
 from twinledger.errors import BadRequest, TwinledgerError
 from twinledger.services import principals
+from twinledger.services.session import read_signing_key
 
 principal_app = typer.Typer(no_args_is_help=True, help="People and programs of the organisation, with their roles.")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens of programs (not write tokens: see token).")
@@ -40,14 +41,17 @@ def principal_add(
     password_file: Annotated[Path | None, typer.Option("--password-file", help="A person's password (first line); "
                                                                                "default: asked.", dir_okay=False,
                                                        exists=True)] = None,  # fmt: skip
-    key: Annotated[str | None, typer.Option("--key", help="Its own Ed25519 public key, hex (default: the node makes "
-                                                          "one and keeps it sealed).")] = None,  # fmt: skip
+    key_file: Annotated[Path | None, typer.Option("--key-file", help="Its own Ed25519 key file: it signs its consent "
+                                                                     "here and stays here (default: the node makes a "
+                                                                     "key and keeps it sealed).", dir_okay=False,
+                                                  exists=True)] = None,  # fmt: skip
     as_json: Json = False,
 ) -> None:
     """Add a person or a program: registered on chain with its roles, able to use the API
     with its scopes (a person logs in; a program needs an API token: api-token issue)."""
     password = _password(password_file) if kind == "person" else None
-    made = run(home, lambda session: principals.add(session, name, kind, scope, role, password, key))
+    own = read_signing_key(key_file) if key_file is not None else None
+    made = run(home, lambda session: principals.add(session, name, kind, scope, role, password, own))
     if as_json:
         print_json(made)
     else:

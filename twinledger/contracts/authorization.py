@@ -28,6 +28,7 @@ from twinledger import aml
 from twinledger.abc import StateReader
 from twinledger.contracts.arguments import Arguments
 from twinledger.contracts.membership import organisation_of
+from twinledger.contracts.principals import key_may
 from twinledger.contracts.runtime import Call, Contract, Method
 from twinledger.contracts.twinstate import (
     audited,
@@ -110,6 +111,8 @@ def may(state: StateReader, twin: dict[str, Any], key: bytes, method: str, compo
     """Whether ``key`` may ``method`` on the twin (within ``component``): through a role it
     holds over the whole twin or a scope containing the component, or, given the block's
     time ``now``, through a write token the owner issued it."""
+    if not key_may(state, key, method):  # a principal, within its principal roles only
+        return False
     allowed = permissions(state, twin["id"])
     grants = [scopes for role, scopes in roles_of(state, twin["id"], key).items() if method in allowed[role]]
     if now is not None:

@@ -183,8 +183,10 @@ def put_record(media_type: str, metadata: dict[str, str], payload: bytes | None 
 # -- principals (an organisation's people and programs) --------------------------------------------
 
 
-def register_principal(name: str, kind: str, key: bytes, roles: list[str]) -> ContractCall:
-    return ContractCall("principals", "register", {"name": name, "kind": kind, "key": key, "roles": roles})
+def register_principal(name: str, kind: str, key: bytes, roles: list[str], proof: bytes) -> ContractCall:
+    """``proof``: the key's consent (``contracts.principals.registration_proof``)."""
+    return ContractCall("principals", "register", {"name": name, "kind": kind, "key": key, "roles": roles,
+                                                   "proof": proof})  # fmt: skip
 
 
 def set_principal_roles(name: str, roles: list[str]) -> ContractCall:

@@ -59,6 +59,16 @@ def proposal_key(proposal: bytes) -> str:
     return f"membership/proposal/{proposal.hex()}"
 
 
+def principal_key(organisation: str, name: str) -> str:
+    """A principal of the organisation (``contracts/principals.py``)."""
+    return f"principals/{organisation}/{name}"
+
+
+def principal_names_key(organisation: str) -> str:
+    """Every principal name the organisation ever registered."""
+    return f"membership/principals/{organisation}"
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 
@@ -66,15 +76,14 @@ def organisation_of(state: StateReader, public: bytes) -> str | None:
     """The organisation an operator's or a principal's key acts for (node keys never act
     for it; a principal's acts only within its roles, see ``contracts/principals.py``)."""
     entry = state.get(member_key(public))
-    if entry is None or entry["kind"] not in ("operator", "principal"):
+    if entry is None or entry["kind"] not in ("operator", "principal") or entry.get("removed"):
         return None
-    if entry["kind"] == "principal" and state.get(organisation_key(entry["organisation"])) is None:
-        return None  # its organisation was removed
     return str(entry["organisation"])
 
 
 def principal_of(state: StateReader, public: bytes) -> tuple[str, str] | None:
-    """(organisation, principal name) if ``public`` is a registered principal's key."""
+    """(organisation, principal name) if ``public`` is or was a principal's key (a removed
+    principal's key stays known, so it can never act as anyone else's)."""
     entry = state.get(member_key(public))
     return (entry["organisation"], entry["principal"]) if entry is not None and entry["kind"] == "principal" else None
 
@@ -194,6 +203,7 @@ def apply_change(call: Call, change: Change) -> None:
         org = _organisation(state, a["name"])
         for key in _keys_of(org):
             state.set(member_key(key), None)
+        retire_principals(state, a["name"])
         state.set(organisation_key(a["name"]), None)
         state.set(ORGANISATIONS, [n for n in organisations(state) if n != a["name"]])
     elif change.op == "add_operator":
@@ -230,6 +240,21 @@ def apply_change(call: Call, change: Change) -> None:
             raise MembershipError(f"a quorum of {a['quorum']} is more than the {len(organisations(state))} organisations")
         state.set(QUORUM, a["quorum"])
     call.emit("MembershipChanged", op=change.op, **{k: v for k, v in a.items() if isinstance(v, str)})
+
+
+def retire_principal(state: Overlay, entry: dict[str, Any]) -> None:
+    """The principal acts no more; its key stays marked as a removed principal's."""
+    state.set(principal_key(entry["organisation"], entry["name"]), {**entry, "status": "removed", "roles": []})
+    state.set(member_key(entry["key"]), {"organisation": entry["organisation"], "kind": "principal", "node": "",
+                                         "principal": entry["name"], "removed": True})  # fmt: skip
+
+
+def retire_principals(state: Overlay, organisation: str) -> None:
+    """A removed organisation's principals never act again, even if the name returns."""
+    for name in state.get(principal_names_key(organisation)) or []:
+        entry = state.get(principal_key(organisation, name))
+        if entry is not None and entry["status"] == "active":
+            retire_principal(state, entry)
 
 
 def _keys_of(org: dict[str, Any]) -> list[bytes]:

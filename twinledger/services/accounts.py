@@ -132,6 +132,9 @@ class AccountStore:
     """The accounts database of one node (``data/accounts.db``); safe to use from threads."""
 
     def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # its log files take its mode: owner only
+        os.chmod(path, 0o600)
         self.db = open_database(path, SCHEMA, shared=True)
         self.lock = threading.Lock()
         self.hasher = PasswordHasher()
@@ -197,6 +200,11 @@ class AccountStore:
         self._write("UPDATE principals SET disabled = 1 WHERE name = ?", name)
         self._write("UPDATE api_tokens SET revoked = 1 WHERE principal = ?", name)
         self.sessions = {k: s for k, s in self.sessions.items() if s.principal != name}
+
+    def forget(self, name: str) -> None:
+        """Drop a principal that never came to be (its registration on chain failed)."""
+        self._write("DELETE FROM api_tokens WHERE principal = ?", name)
+        self._write("DELETE FROM principals WHERE name = ?", name)
 
     def program_key(self, name: str) -> SigningKey | None:
         """A program's key, opened with the home's passphrase (None if it brought its own)."""

@@ -17,6 +17,8 @@ from twinledger.store.documents import StoredDocument, download_document, parse_
 from twinledger.store.items import ItemAcl
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
+PENDING = "store:pending"
+"""The reference a dry run gives a document not yet stored."""
 
 
 def find(twin: dict[str, Any], document: str) -> dict[str, Any]:
@@ -53,6 +55,24 @@ async def _store(session: Session, twin: dict[str, Any], source: Path | bytes, r
                                  progress, attributes=attributes, sharing=await session.sharing_public())  # fmt: skip
 
 
+async def check_add(session: Session, twin_ref: str, title: str, *, description: str = "",
+                    component: str | None = None, media_type: str = DEFAULT_MEDIA_TYPE) -> dict[str, Any]:  # fmt: skip
+    """Whether the session may add such a document to the twin, asked before anything is
+    uploaded (a refusal stores nothing); the twin."""
+    twin = await session.twin(twin_ref)
+    await session.check(calls.add_document(twin["id"], bytes(32), title, description, PENDING, media_type, 0,
+                                           component))  # fmt: skip
+    return twin
+
+
+async def check_version(session: Session, twin_ref: str, document: str, description: str = "") -> dict[str, Any]:
+    """Whether the session may add a version to the document, asked before the upload; the twin."""
+    twin = await session.twin(twin_ref)
+    entry = find(twin, document)
+    await session.check(calls.add_document_version(twin["id"], entry["id"], bytes(32), 0, PENDING, description))
+    return twin
+
+
 async def add(session: Session, twin_ref: str, source: Path | bytes, title: str, *, description: str = "",
               component: str | None = None, media_type: str = DEFAULT_MEDIA_TYPE, readers: list[str] | None = None,
               attributes: list[str] | None = None, progress: Progress | None = None) -> DocumentAdded:  # fmt: skip
@@ -62,7 +82,8 @@ async def add(session: Session, twin_ref: str, source: Path | bytes, title: str,
     the data key; the key is sealed to each reader (default: every organisation with a
     role on the twin) and KP-CPRE-encrypted for the owner under the document's
     attributes, so the owner can grant others access later."""
-    twin = await session.twin(twin_ref)
+    twin = await check_add(session, twin_ref, title, description=description, component=component,
+                           media_type=media_type)  # fmt: skip
     tags = document_attributes(twin["id"], component, attributes or [])
     stored = await _store(session, twin, source, readers or [], tags, progress)
     outcome = await session.transact(calls.add_document(twin["id"], stored.manifest, title, description,
@@ -74,7 +95,7 @@ async def add_version(session: Session, twin_ref: str, document: str, source: Pa
                       readers: list[str] | None = None, attributes: list[str] | None = None,
                       progress: Progress | None = None) -> DocumentAdded:  # fmt: skip
     """Store a new version of a document and register it."""
-    twin = await session.twin(twin_ref)
+    twin = await check_version(session, twin_ref, document, description)
     entry = find(twin, document)
     tags = document_attributes(twin["id"], entry.get("component") or None, attributes or [])
     stored = await _store(session, twin, source, readers or [], tags, progress)

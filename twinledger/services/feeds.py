@@ -33,6 +33,9 @@ from twinledger.store.feeds import (
 )
 from twinledger.store.items import AccessDenied, FeedUpdate, ItemAcl
 
+PENDING = "store:pending"
+"""The reference a dry run gives a feed not yet created."""
+
 
 @dataclass(frozen=True)
 class AttachedFeed:
@@ -76,6 +79,7 @@ async def create_and_attach(session: Session, twin_ref: str, component: str, *, 
     attributes: twin, kind, component — a specification ``signal`` gives its own kind,
     component and id, as the device agent's feeds have — and ``attributes``."""
     twin = await session.twin(twin_ref)
+    await session.check(calls.add_feed(twin["id"], component, PENDING, description))
     if signal is not None:
         tags = feed_attributes(twin["id"], signal.component_id, signal.kind, signal.id, attributes or [])
     else:

@@ -6,19 +6,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from twinledger.contracts.principals import registration_proof
+from twinledger.crypto.keys import SigningKey
 from twinledger.services.remote import segment
 from twinledger.services.session import Session
 
 
 async def add(session: Session, name: str, kind: str, scopes: list[str], roles: list[str],
-              password: str | None = None, key: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """A person (with a password) or a program; the node makes and seals its key unless
-    ``key`` (hex) brings one, and registers it on chain with ``roles``."""
+              password: str | None = None, own_key: SigningKey | None = None) -> dict[str, Any]:  # fmt: skip
+    """A person (with a password) or a program; the node makes and seals its key unless it
+    brings ``own_key`` (which signs its consent here and never leaves), and registers it on
+    chain with ``roles``."""
     body: dict[str, Any] = {"name": name, "kind": kind, "scopes": scopes, "roles": roles}
     if password is not None:
         body["password"] = password
-    if key is not None:
-        body["key"] = key
+    if own_key is not None:
+        proof = registration_proof(own_key, await session.chain_id(), session.organisation, name)
+        body |= {"key": own_key.public.hex(), "key_proof": proof.hex()}
     return dict(await session.post("/v1/auth/principals", body))
 
 

@@ -32,8 +32,8 @@ class NodeUnreachable(TwinledgerError):
 def segment(value: str, what: str = "reference") -> str:
     """``value`` as one path segment of an API address: never empty, never more than one
     segment (a reference like ``../auth/tokens`` must not address another resource)."""
-    if not value:
-        raise BadRequest(f"the {what} is empty")
+    if not value or value in (".", ".."):
+        raise BadRequest(f"the {what} {value!r} names no single resource")
     return quote(value, safe="")
 
 

@@ -209,14 +209,22 @@ class Session:
 
     # -- changing the chain ---------------------------------------------------------------------
 
+    async def check(self, call: ContractCall) -> None:
+        """Ask the precheck (in the node: a dry run on the head) whether ``call`` would go
+        through, before work it depends on (an upload) is done; nothing is submitted."""
+        if self.precheck is not None:
+            await self.precheck(await self._signed(call, self.signer))
+
+    async def _signed(self, call: ContractCall, signer: SigningKey) -> Transaction:
+        nonce = await asyncio.to_thread(self.node.next_nonce, signer.public)
+        return calls.sign(signer, call, chain_id=await self.chain_id(), nonce=nonce, timestamp=int(time.time() * 1000))
+
     async def transact(self, call: ContractCall, wait: bool = True, timeout: float = COMMIT_WAIT,
                        key: SigningKey | None = None) -> Outcome:  # fmt: skip
         """Sign ``call`` (with ``key`` or the session's signer) and submit it; with ``wait``,
         wait for the commit and raise TransactionFailed if the contract refused it, or
         NotCommitted if the chain did not commit it within ``timeout`` seconds."""
-        signer = key or self.signer
-        nonce = await asyncio.to_thread(self.node.next_nonce, signer.public)
-        tx = calls.sign(signer, call, chain_id=await self.chain_id(), nonce=nonce, timestamp=int(time.time() * 1000))
+        tx = await self._signed(call, key or self.signer)
         if self.precheck is not None:
             await self.precheck(tx)
         await asyncio.to_thread(self.node.submit, tx)

@@ -17,6 +17,8 @@ import pytest
 from network_helpers import Network
 from store_helpers import AUDITOR, MAINTAINER, OWNER, store_consortium
 
+from twinledger.crypto import kpcpre
+from twinledger.crypto.keys import SigningKey
 from twinledger.demo import PLANT
 
 FRAGMENT = ('<InternalElement Name="FillLevelSensor2" ID="level-sensor-2"><Attribute Name="Model" '
@@ -112,6 +114,11 @@ def test_every_workflow_through_the_rest_api(consortium):
                                                    "not_after": int(time.time() * 1000) + 3_600_000}), 201)  # fmt: skip
     ok(boss.post("/v1/write-tokens/present", json=token))
     assert ok(boss.post("/v1/write-tokens/revoke", json=token))["status"] == "revoked"
+
+    plc = SigningKey.generate()
+    device = {"name": "plc-9", "key": plc.public.hex(), "sharing_key": kpcpre.keygen().public.to_bytes().hex()}
+    assert ok(mes.post(f"/v1/twins/{twin}/devices", json=device), 201)["key"] == plc.public.hex()
+    assert ok(mes.delete(f"/v1/twins/{twin}/devices/plc-9"))["status"] == "retired"
 
     audit = ok(mes.get(f"/v1/twins/{twin}/audit"))["entries"]
     by_method = {e["method"]: e for e in audit}

@@ -27,7 +27,7 @@ from twinledger.api.acting import Acting
 from twinledger.api.auth import caller_of
 from twinledger.contracts.membership import parse_change
 from twinledger.errors import BadRequest, parse_hex
-from twinledger.services import access, documents, feeds, membership, records, requests, tokens, twins
+from twinledger.services import access, devices, documents, feeds, membership, records, requests, tokens, twins
 from twinledger.services.session import Outcome, Session
 from twinledger.store.feeds import update_view
 
@@ -140,6 +140,12 @@ class RequestIn(BaseModel):
     payload: str = Field(max_length=16_000)
     attributes: list[str] = Field(default_factory=list)
     wait: float = Field(30.0, gt=0, le=120)
+
+
+class DeviceIn(BaseModel):
+    name: str = Field(max_length=64)
+    key: str = Field(description="The device's Ed25519 public key, hex.")
+    sharing_key: str = Field(description="The device's KP-CPRE public key, hex.")
 
 
 class RecordIn(BaseModel):
@@ -356,6 +362,19 @@ def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
     async def send_request(body: RequestIn, request: Request) -> dict[str, Any]:
         answered = await run(request, lambda s: requests.send(s, body.twin, body.payload, body.attributes, body.wait))
         return {"request": answered.request, "proxy": answered.proxy, "answer": answered.answer}
+
+    @app.post("/v1/twins/{ref}/devices", summary="Register a device by its public keys (made where it runs), with "
+              "the device-agent role", tags=["sharing"], status_code=201)  # fmt: skip
+    async def add_device(ref: str, body: DeviceIn, request: Request) -> dict[str, Any]:
+        key, sharing = parse_hex(body.key, "key"), parse_hex(body.sharing_key, "sharing_key", size=None)
+        twin_id, block = await run(request, lambda s: devices.register(s, ref, body.name, key, sharing))
+        return {"twin": twin_id, "name": body.name, "key": body.key, "block": block}
+
+    @app.delete("/v1/twins/{ref}/devices/{name}", summary="Retire a device: its role and grants end",
+                tags=["sharing"])  # fmt: skip
+    async def retire_device(ref: str, name: str, request: Request) -> dict[str, Any]:
+        device, block = await run(request, lambda s: devices.retire(s, ref, name))
+        return {"twin": device["twin"], "name": device["name"], "status": "retired", "block": block}
 
     # -- records and membership -------------------------------------------------------------------------
     @app.post("/v1/records", summary="Record a payload (or only its hash) on chain", tags=["records"], status_code=201)

@@ -46,14 +46,21 @@ async def add(session: Session, twin_ref: str, name: str, directory: Path) -> De
     register the device on the twin with the device-agent role."""
     if directory.exists():
         raise TwinledgerError(f"{directory} exists; the device's keys go into a new directory", code="exists")
-    twin_id = (await session.twin(twin_ref))["id"]
     signing, sharing = SigningKey.generate(), kpcpre.keygen()
-    outcome = await session.transact(calls.add_device(twin_id, name, signing.public, sharing.public.to_bytes()))
+    twin_id, height = await register(session, twin_ref, name, signing.public, sharing.public.to_bytes())
     write_secret_file(directory / "device.key", "ed25519", signing.seed, passphrase())
     write_secret_file(directory / "device-sharing.key", "kpcpre", sharing.to_bytes(), passphrase())
     opcua = agent_identity(directory, signing.public)
     return DeviceAdded(twin_id, name, signing.public.hex(), f"{DEVICE_RECIPIENT}{name}", directory, opcua.path,
-                       opcua.fingerprint, outcome.height)  # fmt: skip
+                       opcua.fingerprint, height)  # fmt: skip
+
+
+async def register(session: Session, twin_ref: str, name: str, key: bytes, sharing_key: bytes) -> tuple[str, int]:
+    """Register a device whose keys were made where it runs (its Ed25519 and KP-CPRE public
+    keys) with the device-agent role; (twin id, block)."""
+    twin_id = (await session.twin(twin_ref))["id"]
+    outcome = await session.transact(calls.add_device(twin_id, name, key, sharing_key))
+    return twin_id, outcome.height
 
 
 async def retire(session: Session, twin_ref: str, name: str) -> tuple[dict[str, Any], int]:

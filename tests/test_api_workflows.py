@@ -117,8 +117,9 @@ def test_every_workflow_through_the_rest_api(consortium):
 
     plc = SigningKey.generate()
     device = {"name": "plc-9", "key": plc.public.hex(), "sharing_key": kpcpre.keygen().public.to_bytes().hex()}
-    assert ok(mes.post(f"/v1/twins/{twin}/devices", json=device), 201)["key"] == plc.public.hex()
-    assert ok(mes.delete(f"/v1/twins/{twin}/devices/plc-9"))["status"] == "retired"
+    refused(mes.post(f"/v1/twins/{twin}/devices", json=device), 403, "not_permitted")  # a device gets a role
+    assert ok(boss.post(f"/v1/twins/{twin}/devices", json=device), 201)["key"] == plc.public.hex()
+    assert ok(boss.delete(f"/v1/twins/{twin}/devices/plc-9"))["status"] == "retired"
 
     audit = ok(mes.get(f"/v1/twins/{twin}/audit"))["entries"]
     by_method = {e["method"]: e for e in audit}

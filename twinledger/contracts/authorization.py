@@ -27,7 +27,7 @@ from typing import Any
 from twinledger import aml
 from twinledger.abc import StateReader
 from twinledger.contracts.arguments import Arguments
-from twinledger.contracts.membership import organisation_of
+from twinledger.contracts.membership import organisation_of, principal_of
 from twinledger.contracts.principals import key_may
 from twinledger.contracts.runtime import Call, Contract, Method
 from twinledger.contracts.twinstate import (
@@ -131,6 +131,10 @@ def authorize(call: Call, twin: dict[str, Any], method: str, component: str | No
     """Pass if the sender may ``method`` (``may``); raise Forbidden naming who, what and where."""
     if may(call.state, twin, call.sender, method, component, call.header.timestamp):
         return
+    principal = principal_of(call.state, call.sender)
+    if principal is not None and not key_may(call.state, call.sender, method):
+        raise Forbidden(f"principal {'/'.join(principal)} may not {method}: its principal roles do not allow it",
+                        code="not_permitted")  # fmt: skip
     held = roles_of(call.state, twin["id"], call.sender)
     where = f" within {component!r}" if component is not None else ""
     roles = ", ".join(f"{r} ({'/'.join(s)})" if s else r for r, s in sorted(held.items())) or "none"

@@ -159,13 +159,24 @@ class ProposalIn(BaseModel):
     change: dict[str, Any]
 
 
+Runner = Callable[[Request, Callable[[Session], Awaitable[Any]]], Awaitable[Any]]
+
+
 def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
     """The write endpoints; each runs a service function in the caller's session."""
 
     async def run(request: Request, work: Callable[[Session], Awaitable[T]]) -> T:
         return await work(acting.session(caller_of(request)))
 
-    # -- twins ---------------------------------------------------------------------------------------
+    _twin_workflows(app, acting, run)
+    _document_workflows(app, acting, run)
+    _feed_workflows(app, acting, run)
+    _sharing_workflows(app, acting, run)
+    _record_and_membership_workflows(app, acting, run)
+
+
+def _twin_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
+    """Twins: creation, specification edits, sources, program calls, roles."""
     @app.post("/v1/twins", summary="Register a twin from an AutomationML specification", tags=["twins"],
               status_code=201)  # fmt: skip
     async def create_twin(body: TwinIn, request: Request) -> dict[str, Any]:
@@ -214,7 +225,9 @@ def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
     async def set_permissions(ref: str, role: str, body: PermissionsIn, request: Request) -> Written:
         return Written(**written(await run(request, lambda s: twins.set_permissions(s, ref, role, body.methods))))
 
-    # -- documents --------------------------------------------------------------------------------------
+
+def _document_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
+    """Documents: streamed uploads and downloads, versions, readers."""
     @app.post("/v1/twins/{ref}/documents", summary="Upload a document (the request body, streamed), encrypted in "
               "the node and registered on the twin", tags=["documents"], status_code=201)  # fmt: skip
     async def add_document(ref: str, request: Request, title: str = Query(max_length=200), description: str = "",
@@ -268,7 +281,9 @@ def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
     async def remove_document(ref: str, document: str, request: Request) -> Written:
         return Written(**written(await run(request, lambda s: documents.remove(s, ref, document))))
 
-    # -- feeds ------------------------------------------------------------------------------------------
+
+def _feed_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
+    """Feeds: creation, samples in and out, verification, new keys, readers."""
     @app.post("/v1/twins/{ref}/feeds", summary="Create an encrypted feed and attach it to a component (or attach "
               "one kept elsewhere)", tags=["feeds"], status_code=201)  # fmt: skip
     async def add_feed(ref: str, body: FeedIn, request: Request) -> dict[str, Any]:
@@ -324,7 +339,9 @@ def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
         acls = await run(request, lambda s: feeds.change_readers(s, ref, component, body.add, body.remove))
         return {"readers": sorted({r.organisation for acl in acls for r in acl.readers})}
 
-    # -- sharing ----------------------------------------------------------------------------------------
+
+def _sharing_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
+    """Read grants, write tokens, devices and requests to them."""
     @app.post("/v1/grants", summary="Grant read access through proxies (KP-CPRE)", tags=["sharing"], status_code=201)
     async def grant(body: GrantIn, request: Request) -> dict[str, Any]:
         made = await run(request, lambda s: access.grant(s, body.twin, body.to, body.policy, body.valid_until,
@@ -376,7 +393,9 @@ def add_workflow_resources(app: FastAPI, acting: Acting) -> None:
         device, block = await run(request, lambda s: devices.retire(s, ref, name))
         return {"twin": device["twin"], "name": device["name"], "status": "retired", "block": block}
 
-    # -- records and membership -------------------------------------------------------------------------
+
+def _record_and_membership_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
+    """Records, and membership proposals."""
     @app.post("/v1/records", summary="Record a payload (or only its hash) on chain", tags=["records"], status_code=201)
     async def put_record(body: RecordIn, request: Request) -> dict[str, Any]:
         if (body.payload is None) == (body.payload_hash is None):

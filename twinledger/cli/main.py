@@ -21,10 +21,12 @@ from twinledger.cli.agent import agent
 from twinledger.cli.common import Home, Json, client, command, err, error_line, kv_table, out, print_json, run
 from twinledger.cli.ingest import ingest_app, record_get
 from twinledger.cli.keys import key_app
+from twinledger.cli.members import member_app
+from twinledger.cli.network import network_app
 from twinledger.cli.principals import principal_app
 from twinledger.cli.principals import token_app as api_token_app
 from twinledger.cli.storage import store_app
-from twinledger.cli.twins import member_app, twin_app
+from twinledger.cli.twins import twin_app
 from twinledger.config import ROLES, init_home, load_config
 from twinledger.errors import InvalidProof, TwinledgerError
 from twinledger.services import records
@@ -44,7 +46,6 @@ tx_app = typer.Typer(no_args_is_help=True, help="Transactions.")
 block_app = typer.Typer(no_args_is_help=True, help="Blocks.")
 verify_app = typer.Typer(no_args_is_help=True, help="Offline verification.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results in bench/results and docs/benchmarks.md).")
-network_app = typer.Typer(no_args_is_help=True, help="A local consortium: one node per organisation on this machine.")
 plant_app = typer.Typer(no_args_is_help=True, help="The bottling-plant simulator (a real OPC UA server).")
 for sub, name in ((node_app, "node"), (record_app, "record"), (tx_app, "tx"), (block_app, "block"),
                   (verify_app, "verify"), (bench_app, "bench"), (network_app, "network"), (twin_app, "twin"),
@@ -434,182 +435,6 @@ def demo(
 
     if not run_demo(directory, exit_after):
         raise typer.Exit(1)
-
-
-# -- network ------------------------------------------------------------------------------------
-
-NetworkDir = Annotated[Path, typer.Option("--dir", help="Directory of the local network (one home per organisation).")]
-DEFAULT_ORGS = "manufacturer,owner,maintainer,auditor"
-
-
-def _split_orgs(orgs: str) -> list[str]:
-    names = [name.strip() for name in orgs.split(",") if name.strip()]
-    if not names:
-        raise TwinledgerError("--orgs needs at least one organisation name")
-    return names
-
-
-def _create_network(directory: Path, orgs: str, consensus: str, chain_id: str, base_port: int,
-                    block_interval_ms: int) -> list[str]:  # fmt: skip
-    from twinledger.config import init_network
-    from twinledger.launcher import write_network_file
-
-    names = _split_orgs(orgs)
-    init_network(directory, names, consensus=consensus, chain_id=chain_id, base_port=base_port,
-                 block_interval_ms=block_interval_ms)  # fmt: skip
-    write_network_file(directory, names, consensus)
-    return names
-
-
-@network_app.command("init")
-@command
-def network_init(
-    directory: NetworkDir,
-    orgs: Annotated[str, typer.Option("--orgs", help="Comma-separated organisation names.")] = DEFAULT_ORGS,
-    consensus: Annotated[str, typer.Option(help="bft (the consortium) or poa (one company's chain).")] = "bft",
-    chain_id: Annotated[str, typer.Option(help="Chain id.")] = "consortium",
-    base_port: Annotated[int, typer.Option(help="First port: node i uses base+3i (peers), +1 (API), +2 (store).")] = 7800,
-    block_interval_ms: Annotated[int, typer.Option(help="Minimum time between blocks.")] = 200,
-    as_json: Json = False,
-) -> None:
-    """Write a genesis and one CA-certified home per organisation."""
-    names = _create_network(directory, orgs, consensus, chain_id, base_port, block_interval_ms)
-    rows = [{"organisation": org, "home": str(directory / org), "p2p": f"127.0.0.1:{base_port + 3 * i}",
-             "api": f"http://127.0.0.1:{base_port + 3 * i + 1}", "store": f"127.0.0.1:{base_port + 3 * i + 2}"}
-            for i, org in enumerate(names)]  # fmt: skip
-    if as_json:
-        print_json({"directory": str(directory), "consensus": consensus, "chain_id": chain_id, "nodes": rows})
-        return
-    table = Table("organisation", "home", "peer address", "API", title=f"{consensus} network {chain_id!r} created")
-    for row in rows:
-        table.add_row(row["organisation"], row["home"], row["p2p"], row["api"])
-    out.print(table)
-    out.print(f"start it with: twinledger network up --dir {directory}")
-
-
-def _network_status(directory: Path) -> list[dict[str, Any]]:
-    import httpx
-
-    from twinledger.launcher import network_homes, running_pid
-
-    rows = []
-    for org, home in network_homes(directory):
-        config = load_config(home)
-        row: dict[str, Any] = {"organisation": org, "home": str(home), "pid": running_pid(home), "api": None,
-                               "state": "stopped"}  # fmt: skip
-        run = _run_doc(config)
-        if row["pid"] is not None and run is not None:
-            row["api"] = run.get("api")
-            try:
-                view = httpx.get(f"{row['api']}/v1/network", timeout=3,
-                                 headers={"authorization": f"Bearer {config.api_token()}"}).json()  # fmt: skip
-                row.update(state="running", height=view["height"], head=view["head"], round=view["round"],
-                           peers=len(view["peers"]), last_block_time=view["last_block_time"])  # fmt: skip
-            except (httpx.HTTPError, ValueError, KeyError):
-                row["state"] = "unresponsive"
-        rows.append(row)
-    return rows
-
-
-def _run_doc(config: Any) -> dict[str, Any] | None:
-    from twinledger.config import read_run_file
-
-    return read_run_file(config)
-
-
-def _print_status(rows: list[dict[str, Any]], title: str) -> None:
-    import datetime as dt
-
-    table = Table(title=title, title_justify="left")
-    widest = max((len(row["organisation"]) for row in rows), default=12)
-    table.add_column("organisation", no_wrap=True, min_width=widest)
-    for name in ("state", "height", "head", "peers", "round", "last block", "pid"):
-        table.add_column(name, no_wrap=True)
-    for row in rows:
-        last = row.get("last_block_time")
-        when = dt.datetime.fromtimestamp(last / 1000, dt.UTC).strftime("%H:%M:%S") if last else "-"
-        table.add_row(row["organisation"], row["state"], str(row.get("height", "-")), (row.get("head") or "-")[:8],
-                      str(row.get("peers", "-")), str(row.get("round", "-")), when, str(row["pid"] or "-"))  # fmt: skip
-    out.print(table)
-    for row in rows:
-        if row["api"]:
-            out.print(f"  {row['organisation']:<{widest}}  API {row['api']}  (home {row['home']})", soft_wrap=True)
-
-
-@network_app.command("up")
-@command
-def network_up(
-    directory: NetworkDir,
-    orgs: Annotated[str, typer.Option("--orgs", help="Organisations, if the network is created now.")] = DEFAULT_ORGS,
-    consensus: Annotated[str, typer.Option(help="bft or poa, if the network is created now.")] = "bft",
-    base_port: Annotated[int, typer.Option(help="First port, if the network is created now.")] = 7800,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the first commit.")] = 60.0,
-    as_json: Json = False,
-) -> None:
-    """Start one node per organisation (creating the network first if needed) and wait
-    until they commit blocks."""
-    import time
-
-    from twinledger.launcher import NETWORK_FILE, network_homes, running_pid, start_node
-
-    if not (directory / NETWORK_FILE).exists():
-        _create_network(directory, orgs, consensus, "consortium", base_port, 200)
-    homes = network_homes(directory)
-    with Progress(console=err, transient=True) as progress:
-        task = progress.add_task("starting nodes", total=len(homes))
-        for _, home in homes:
-            if running_pid(home) is None:
-                start_node(home, detach=True)
-            progress.advance(task)
-        start = {row["organisation"]: row.get("height", 0) for row in _network_status(directory)}
-        waiting = progress.add_task("waiting for every node to commit a block", total=len(homes))
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = _network_status(directory)
-            done = [r for r in rows if r["state"] == "running" and r.get("height", 0) > start[r["organisation"]]]
-            progress.update(waiting, completed=len(done))
-            if len(done) == len(rows):
-                break
-            if time.monotonic() > deadline:
-                late = ", ".join(r["organisation"] for r in rows if r not in done)
-                raise TwinledgerError(f"no block committed within {timeout:.0f} s by: {late}")
-            time.sleep(0.25)
-    if as_json:
-        print_json({"directory": str(directory), "nodes": rows})
-    else:
-        _print_status(rows, f"network in {directory} is up")
-        out.print(f"stop it with: twinledger network down --dir {directory}")
-
-
-@network_app.command("status")
-@command
-def network_status(directory: NetworkDir, as_json: Json = False) -> None:
-    """Per node: organisation, pid, API address, height, head, peers, round, last block time."""
-    rows = _network_status(directory)
-    if as_json:
-        print_json({"directory": str(directory), "nodes": rows})
-    else:
-        _print_status(rows, f"network in {directory}")
-
-
-@network_app.command("down")
-@command
-def network_down(directory: NetworkDir, as_json: Json = False) -> None:
-    """Stop every node of the local network."""
-    from twinledger.launcher import network_homes, running_pid, stop_pid
-
-    stopped = []
-    for org, home in network_homes(directory):
-        pid = running_pid(home)
-        if pid is not None:
-            stopped.append({"organisation": org, "pid": pid, "graceful": stop_pid(pid)})
-    if as_json:
-        print_json({"stopped": stopped})
-    else:
-        for item in stopped:
-            out.print(f"stopped {item['organisation']} (pid {item['pid']}){'' if item['graceful'] else ', killed'}")
-        if not stopped:
-            out.print("no node was running")
 
 
 def main() -> None:

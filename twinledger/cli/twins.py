@@ -1,6 +1,6 @@
-"""``twinledger twin …`` and ``twinledger member …``: digital twins and consortium
-membership. Writes are signed with the home's operator key (or ``--key``) and wait for
-the commit, so a refused call exits 1 with the contract's reason."""
+"""``twinledger twin …``: digital twins — specification, documents, sources, feeds,
+program calls, roles and the audit. Writes are signed with the home's operator key (or
+``--key``) and wait for the commit, so a refused call exits 1 with the contract's reason."""
 
 from __future__ import annotations
 
@@ -33,8 +33,7 @@ from twinledger.cli.common import (
     run,
 )
 from twinledger.cli.storage import transfer_progress
-from twinledger.errors import parse_hex
-from twinledger.services import documents, membership, twins
+from twinledger.services import documents, twins
 from twinledger.services.access import device_keys
 from twinledger.services.remote import segment
 from twinledger.store.items import ItemAcl
@@ -45,7 +44,6 @@ doc_app = typer.Typer(no_args_is_help=True, help="Documents registered on the tw
 source_app = typer.Typer(no_args_is_help=True, help="External data sources of the twin.")
 feed_app = typer.Typer(no_args_is_help=True, help="Encrypted sensor feeds of components: add, push, read, follow, verify.")
 role_app = typer.Typer(no_args_is_help=True, help="Who may do what on the twin.")
-member_app = typer.Typer(no_args_is_help=True, help="Consortium membership.")
 for sub, name in ((aml_app, "aml"), (doc_app, "doc"), (source_app, "source"), (feed_app, "feed"), (role_app, "role")):
     twin_app.add_typer(sub, name=name)
 
@@ -556,72 +554,3 @@ def _who(entry: dict[str, Any]) -> str:
     if entry.get("principal"):
         return f"{entry['organisation']}/{entry['principal']}"
     return str(entry["organisation"] or entry["key"][:16] + "…")
-
-
-# -- membership -----------------------------------------------------------------------------------
-
-
-@member_app.command("list")
-@command
-def member_list(home: Home, at: At = None, as_json: Json = False) -> None:
-    """Organisations, their operator keys and nodes, administrators and open proposals."""
-    view = client(home).request("GET", "/v1/members", params={"at": at} if at is not None else {})
-    if as_json:
-        print_json(view)
-        return
-    table = Table("organisation", "operators", "nodes", "KP-CPRE key", title=f"members at height {view['height']}",
-                  title_justify="left")  # fmt: skip
-    for org in view["organisations"]:
-        nodes = ", ".join(f"{name} ({'/'.join(n['roles'])})" for name, n in sorted(org["nodes"].items()))
-        table.add_row(org["name"], "\n".join(k[:16] + "…" for k in org["operators"]), nodes or "-",
-                      "set" if org["kpcpre_key"] else "-")  # fmt: skip
-    out.print(table)
-    out.print(f"quorum: {view['quorum'] or 'majority'}; administrators: {len(view['admins'])}; "
-              f"open proposals: {len(view['proposals'])}")  # fmt: skip
-
-
-@member_app.command("add")
-@command
-def member_add(
-    organisation: Annotated[str, typer.Argument(help="Organisation name.")],
-    home: Home,
-    operator: Annotated[list[str], typer.Option("--operator", help="Operator public key, hex (repeatable).")],
-    encryption_key: Annotated[str, typer.Option("--encryption-key", help="Organisation X25519 public key, hex.")],
-    key: KeyFile = None,
-    as_json: Json = False,
-) -> None:
-    """Propose a new organisation (applies at once when signed by an administrator)."""
-    change = membership.add_organisation(organisation, [parse_hex(k, "--operator") for k in operator],
-                                         parse_hex(encryption_key, "--encryption-key"))  # fmt: skip
-    _propose(home, key, change, as_json)
-
-
-@member_app.command("remove")
-@command
-def member_remove(organisation: Annotated[str, typer.Argument(help="Organisation name.")], home: Home,
-                  key: KeyFile = None, as_json: Json = False) -> None:  # fmt: skip
-    """Propose removing an organisation and all its keys."""
-    _propose(home, key, membership.remove_organisation(organisation), as_json)
-
-
-def _propose(home: Path, key: Path | None, change: dict[str, Any], as_json: bool) -> None:
-    proposed = run(home, lambda session: membership.propose(session, change), key)
-    if as_json:
-        print_json({"applied": proposed.applied, "proposal": proposed.proposal, "tx": proposed.tx})
-    elif proposed.applied:
-        out.print(f"{change['op']} applied")
-    else:
-        out.print(f"proposed {change['op']}; other organisations approve with: twinledger member approve "
-                  f"{proposed.proposal}")  # fmt: skip
-
-
-@member_app.command("approve")
-@command
-def member_approve(proposal: Annotated[str, typer.Argument(help="Proposal id (hex).")], home: Home,
-                   key: KeyFile = None, as_json: Json = False) -> None:  # fmt: skip
-    """Approve another organisation's membership proposal."""
-    approved = run(home, lambda session: membership.approve(session, parse_hex(proposal, "the proposal id")), key)
-    if as_json:
-        print_json({"applied": approved.applied, "tx": approved.tx})
-    else:
-        out.print("approved; the change is applied" if approved.applied else "approved; more approvals are needed")

@@ -180,3 +180,87 @@ def test_a_program_that_signs_its_own_transactions_gets_no_signature_from_the_no
     byok = make(api, "byok", ["read", "write"], ["engineer"], key=own.public.hex(), key_proof=proof)
     refused = http.post("/v1/records", json={"payload": "x"}, headers=byok)
     assert refused.status_code == 403 and "signs its own transactions" in refused.json()["error"]["message"]
+
+
+def test_second_review_holds(api):
+    """Readers at creation need sharing; a role without data appends no sample; an empty
+    scope list is capped too; a document whose hash is the dry run's old placeholder does
+    not block uploads; bounds hold for JSON paths that end like upload paths, and for
+    chunked bodies."""
+    import socket
+
+    from twinledger.demo import PLANT
+
+    http, headers, config, client = api
+    twin = http.post("/v1/twins", headers=headers, json={"name": "L", "device_id": f"l-{os.urandom(3).hex()}",
+                                                          "aml": PLANT.read_text()}).json()["id"]  # fmt: skip
+    engineer = make(api, "eng2", ["read", "write"], ["engineer"])
+    shared = http.post(f"/v1/twins/{twin}/documents", params={"title": "x", "reader": ["acme"]}, content=b"data",
+                       headers=engineer)  # fmt: skip
+    assert shared.status_code == 403 and code(shared) == "not_permitted"
+    own = http.post(f"/v1/twins/{twin}/documents", params={"title": "x"}, content=b"data", headers=engineer)
+    assert own.status_code == 201, own.text
+
+    feed = http.post(f"/v1/twins/{twin}/feeds", json={"component": "level-sensor-1"}, headers=engineer)
+    assert feed.status_code == 201, feed.text
+    assert http.put("/v1/auth/principals/eng2", headers=headers).status_code in (404, 405)
+    chain_id = http.get("/v1/health").json()["chain_id"]
+    client.commit(config.signing_key("operator"), *_parts(calls.set_principal_roles("eng2", ["viewer"])), chain_id,
+                  check=True)  # fmt: skip
+    pushed = http.post(f"/v1/twins/{twin}/feeds/level-sensor-1/samples", json={"samples": [[1, 1.0]]}, headers=engineer)
+    assert pushed.status_code == 403 and code(pushed) == "not_permitted"
+    assert http.get(f"/v1/twins/{twin}/feeds/level-sensor-1/samples", headers=headers).json()["samples"] == []
+
+    reader_admin = make(api, "half-admin", ["read", "admin"], ["administrator"])
+    widened = http.post("/v1/auth/tokens", json={"principal": "eng2"}, headers=reader_admin)
+    assert widened.status_code == 403 and "may give the scopes" in widened.json()["error"]["message"]
+
+    client.commit(config.signing_key("operator"), *_parts(calls.add_document(twin, bytes(32), "squat", "", "store:x",
+                                                                             "text/plain", 1)), chain_id, check=True)  # fmt: skip
+    assert http.post(f"/v1/twins/{twin}/documents", params={"title": "y"}, content=b"more",
+                     headers=headers).status_code == 201  # fmt: skip
+
+    with socket.create_connection((http.base_url.host, http.base_url.port)) as raw:
+        raw.sendall(f"PUT /v1/twins/{twin}/permissions/documents HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"authorization: {headers['authorization']}\r\ncontent-type: application/json\r\n"
+                    f"content-length: {200 << 20}\r\n\r\n".encode())  # fmt: skip
+        assert raw.recv(200).startswith(b"HTTP/1.1 413")
+
+    def chunks() -> Any:
+        yield b'{"name": "x", "password": "'
+        for _ in range(64):
+            yield b"a" * 1024
+        yield b'"}'
+
+    chunked = http.post("/v1/auth/login", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413, chunked.text
+
+
+
+def test_a_person_changes_their_password_and_their_sessions_end(api):
+    http, headers, _, _ = api
+    http.post("/v1/auth/principals", headers=headers, json={"name": "hana", "kind": "person", "scopes": ["read", "write"],
+                                                              "roles": ["engineer"], "password": "first password!"})  # fmt: skip
+    with httpx.Client(base_url=http.base_url, timeout=30) as browser:
+        csrf = browser.post("/v1/auth/login", json={"name": "hana", "password": "first password!"}).json()["csrf"]
+        wrong = browser.post("/v1/auth/password", headers={"x-csrf-token": csrf},
+                             json={"old_password": "not it at all", "new_password": "second password!"})  # fmt: skip
+        assert wrong.status_code == 401
+        changed = browser.post("/v1/auth/password", headers={"x-csrf-token": csrf},
+                               json={"old_password": "first password!", "new_password": "second password!"})  # fmt: skip
+        assert changed.status_code == 200, changed.text
+        assert browser.get("/v1/auth/whoami").status_code == 401  # the session ended
+        assert browser.post("/v1/auth/login", json={"name": "hana", "password": "first password!"}).status_code == 401
+        again = browser.post("/v1/auth/login", json={"name": "hana", "password": "second password!"})
+        assert again.status_code == 200
+        signed = browser.post("/v1/records", json={"payload": "still my key"},
+                              headers={"x-csrf-token": again.json()["csrf"]})  # fmt: skip
+        assert signed.status_code == 201, signed.text
+
+
+def test_x_forwarded_for_does_not_change_who_the_limiter_counts(api):
+    """Last in this module: it spends the client address's allowance of failed logins."""
+    http, _, _, _ = api
+    statuses = [http.post("/v1/auth/login", json={"name": f"nobody-{i}", "password": "guess"},
+                          headers={"x-forwarded-for": f"10.0.{i}.1"}).status_code for i in range(22)]  # fmt: skip
+    assert 429 in statuses, statuses

@@ -75,7 +75,7 @@ def test_every_workflow_through_the_rest_api(consortium):
     assert pushed["samples"] == 50
     assert ok(mes.get(f"/v1/twins/{twin}/feeds/level-sensor-1/samples"))["samples"] == samples
     assert ok(mes.get(f"/v1/twins/{twin}/feeds/level-sensor-1/verify"))["intact"]
-    assert ok(mes.post(f"/v1/twins/{twin}/feeds/level-sensor-1/rotate"))["epoch"] == 2
+    assert ok(mes.post(f"/v1/twins/{twin}/feeds/level-sensor-1/rotate"))["epoch"] == 2  # (the revocation makes 3)
 
     manual = os.urandom(3 * (1 << 20) + 17)  # several chunks, streamed both ways
     added = ok(mes.post(f"/v1/twins/{twin}/documents", params={"title": "Manual", "reader": ["maintainer"],
@@ -88,9 +88,11 @@ def test_every_workflow_through_the_rest_api(consortium):
     auditor = httpx.Client(base_url=consortium.url(AUDITOR), headers=consortium.headers(AUDITOR), timeout=60)
     assert maintainer.get(f"/v1/twins/{twin}/documents/{document}/content").content == manual
     assert auditor.get(f"/v1/twins/{twin}/documents/{document}/content").status_code in (403, 400)
-    grant = ok(mes.post("/v1/grants", json={"twin": twin, "to": "auditor", "policy": "type:manual"}), 201)
+    grant = ok(boss.post("/v1/grants", json={"twin": twin, "to": "auditor", "policy": "type:manual"}), 201)
     assert auditor.get(f"/v1/twins/{twin}/documents/{document}/content").content == manual
-    assert ok(mes.delete(f"/v1/grants/{grant['grant']}"))["status"] == "revoked"
+    revoked = ok(boss.delete(f"/v1/grants/{grant['grant']}"))
+    assert revoked["status"] == "revoked"
+    assert revoked["feeds_rotated"] == ["level-sensor-1"], revoked  # the feed mes owns: the node holds its key
     assert auditor.get(f"/v1/twins/{twin}/documents/{document}/content").status_code in (403, 400)
     ok(mes.post(f"/v1/twins/{twin}/documents/{document}/readers", json={"add": ["auditor"]}))
     assert auditor.get(f"/v1/twins/{twin}/documents/{document}/content").content == manual

@@ -129,3 +129,17 @@ def test_a_removed_organisations_principals_act_for_nobody_even_if_the_name_retu
                                                      "operators": [fresh.public], "encryption_key": b"\x22" * 32})  # fmt: skip
     assert organisation_of(world.state, ALICE.public) is None
     world.fails("not_permitted", ALICE, "twins", "create", name="Line", device_id="line-9", aml=PLANT)
+
+
+def test_arguments_no_parser_foresaw_are_refused_on_every_node_alike():
+    """A list where a role name belongs once raised TypeError past the runtime: one
+    Byzantine proposer could stop every honest validator."""
+    world = registered(World())
+    chain = world.genesis.chain_id
+    odd = SigningKey(b"\x50" * 32)
+    world.fails("bad_arguments", OWNER, "principals", "register", name="odd", kind="person", key=odd.public,
+                roles=[["administrator"]], proof=registration_proof(odd, chain, "plant-owner", "odd"))  # fmt: skip
+    world.fails("bad_arguments", OWNER, "principals", "set_roles", name="alice", roles=[{"a": 1}])
+    with pytest.raises(TwinledgerError, match=r"roles|malformed"):
+        world.runtime.check_transaction(world.state, world.tx(OWNER, "principals", "set_roles",
+                                                              {"name": "alice", "roles": [["x"]]}))  # fmt: skip

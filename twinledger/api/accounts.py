@@ -14,7 +14,7 @@ from twinledger.api.acting import Acting
 from twinledger.api.auth import Caller, Forbidden, LoginLimiter, caller_of, session_cookie, session_of
 from twinledger.contracts import calls
 from twinledger.contracts.principals import PRINCIPAL_ROLES, registration_proof
-from twinledger.errors import BadRequest, TwinledgerError, parse_hex
+from twinledger.errors import BadRequest, TransactionFailed, parse_hex
 from twinledger.services.accounts import OPERATOR, SESSION_SECONDS, AccountStore
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -37,6 +37,11 @@ class NewPrincipal(BaseModel):
     key: str | None = Field(None, description="Its own Ed25519 public key, hex; default: the node makes and seals one.")
     key_proof: str | None = Field(None, description="With key: its signature (hex) of the registration, "
                                                     "contracts.principals.proof_bytes(chain, organisation, name, key).")
+
+
+class PasswordChange(BaseModel):
+    old_password: str = Field(max_length=1024)
+    new_password: str = Field(max_length=1024)
 
 
 class NewToken(BaseModel):
@@ -70,6 +75,19 @@ def add_account_resources(app: FastAPI, accounts: AccountStore, acting: Acting, 
         if caller.session is not None and cookie:
             accounts.logout(cookie)
         response = JSONResponse({"status": "logged out"})
+        response.headers["set-cookie"] = session_cookie("", 0, secure)
+        return response
+
+    @app.post("/v1/auth/password", summary="Change the calling person's password; their sessions end",
+              tags=["auth"])  # fmt: skip
+    async def change_password(body: PasswordChange, request: Request) -> JSONResponse:
+        caller = caller_of(request)
+        address = request.client.host if request.client else "?"
+        with limiter.attempt(caller.principal.name, address) as attempt:
+            await asyncio.get_running_loop().run_in_executor(LOGINS, accounts.change_password, caller.principal.name,
+                                                             body.old_password, body.new_password)  # fmt: skip
+            attempt.succeeded()
+        response = JSONResponse({"principal": caller.principal.name, "status": "password changed; log in again"})
         response.headers["set-cookie"] = session_cookie("", 0, secure)
         return response
 
@@ -109,7 +127,7 @@ def add_account_resources(app: FastAPI, accounts: AccountStore, acting: Acting, 
         try:
             outcome = await session.transact(calls.register_principal(body.name, body.kind, principal.public_key,
                                                                       sorted(body.roles), proof))  # fmt: skip
-        except TwinledgerError:
+        except TransactionFailed:  # refused for good (a timeout may still commit: the account stays)
             await asyncio.to_thread(accounts.forget, body.name)
             raise
         return {**principal.view(), "roles": sorted(body.roles), "block": outcome.height}
@@ -136,9 +154,11 @@ def add_account_resources(app: FastAPI, accounts: AccountStore, acting: Acting, 
         acting.administer(caller)
         if not _may_manage(caller, body.principal):
             raise Forbidden("only the home's operator issues tokens that act as the operator")
-        if not set(body.scopes) <= set(caller.scopes):
+        target = accounts.principal(body.principal)
+        scopes = list(body.scopes) or (list(target.scopes) if target is not None else [])
+        if not set(scopes) <= set(caller.scopes):
             raise Forbidden(f"{caller.principal.name} may give the scopes {', '.join(caller.scopes)} only")
-        token, issued = await asyncio.to_thread(accounts.issue_token, body.principal, list(body.scopes), body.expires,
+        token, issued = await asyncio.to_thread(accounts.issue_token, body.principal, scopes, body.expires,
                                                 body.label)  # fmt: skip
         return {**issued.view(), "token": token}
 

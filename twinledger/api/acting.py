@@ -42,12 +42,23 @@ class Acting:
         if caller.session is not None and caller.session.key is not None:
             return caller.session.key
         if principal.kind == "program" and principal.has_key:
-            if principal.name not in self.program_keys:
-                key = self.accounts.program_key(principal.name)
-                assert key is not None
-                self.program_keys[principal.name] = key
-            return self.program_keys[principal.name]
+            key = self._program_key(principal.name)
+            assert key is not None
+            return key
         raise Forbidden(f"{principal.name} signs its own transactions: submit them to POST /v1/transactions")
+
+    def held_keys(self) -> list[SigningKey]:
+        """Every key the node signs with unattended: the operator's and its programs'."""
+        programs = [p.name for p in self.accounts.principals() if p.kind == "program" and p.has_key and not p.disabled]
+        return [self.operator().signer, *(key for name in programs if (key := self._program_key(name)) is not None)]
+
+    def _program_key(self, name: str) -> SigningKey | None:
+        if name not in self.program_keys:
+            key = self.accounts.program_key(name)
+            if key is None:
+                return None
+            self.program_keys[name] = key
+        return self.program_keys[name]
 
     def session(self, caller: Caller) -> Session:
         return self.operator().with_signer(self.key(caller))

@@ -162,6 +162,8 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, TwinledgerError):  # e.g. a body past its bound, met while FastAPI parsed it
+            return error_response(exc.__cause__)
         code = "not_found" if exc.status_code == 404 else "bad_request"
         error = TwinledgerError(str(exc.detail), code=code)
         error.http_status = exc.status_code
@@ -452,6 +454,8 @@ async def _event_stream(node: RunningNode, service: TwinService, request: Reques
                 yield ": keepalive\n\n"
             continue
         idle = 0.0
+        if not still_signed_in(request):  # asked again after the wait: nothing reaches a revoked caller
+            return
         for event in await node.read(lambda h=height: list(service.events(h, twin))):
             position = tuple(int(p) for p in event["id"].split(":"))
             if after is not None and position <= after:
@@ -469,6 +473,8 @@ async def _feed_stream(node: RunningNode, request: Request, store: StoreClient, 
             updates = await store.feed_updates(acl, after, wait=KEEPALIVE_SECONDS)
         except StoreError as exc:
             yield f"event: problem\ndata: {json.dumps({'code': exc.code, 'message': exc.message})}\n\n"
+            return
+        if not still_signed_in(request):
             return
         if not updates:
             yield ": keepalive\n\n"

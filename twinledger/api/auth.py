@@ -14,6 +14,7 @@ sign is the chain's business (principal roles, twin roles), checked before signi
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections import deque
@@ -42,6 +43,8 @@ READING_POSTS = frozenset({"/graphql"})
 """POSTs that only read (GraphQL queries)."""
 ADMIN_PATHS = ("/v1/auth/principals", "/v1/auth/tokens", "/v1/store/repair", "/v1/store/audit")
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+UPLOAD_PATH = re.compile(r"/v1/twins/[^/]+/documents(/[^/]+/versions)?")
+"""Where a document's bytes are the body (streamed to disk, not read into memory)."""
 BODY_BYTES = 80 << 20
 """Most bytes of a request body (a batch of transactions, a million samples)."""
 UPLOAD_BYTES = 1 << 34
@@ -92,7 +95,7 @@ def allowed_hosts(config: NodeConfig) -> frozenset[str]:
 
 def required_scope(method: str, path: str) -> str | None:
     """The scope a request needs (None: any authenticated caller, e.g. logging out)."""
-    if path in ("/v1/auth/logout", "/v1/auth/whoami"):
+    if path in ("/v1/auth/logout", "/v1/auth/whoami", "/v1/auth/password"):
         return None
     if path.startswith(ADMIN_PATHS):
         return "admin"
@@ -104,7 +107,7 @@ def required_scope(method: str, path: str) -> str | None:
 def body_limit(path: str) -> int:
     """Most bytes a request body may hold: documents stream to disk, batches of transactions
     are large, a login is small; anything past the limit ends the request (413)."""
-    if path.startswith("/v1/twins/") and (path.endswith("/documents") or path.endswith("/versions")):
+    if UPLOAD_PATH.fullmatch(path):
         return UPLOAD_BYTES
     if path == "/v1/auth/login":
         return 16 * 1024
@@ -242,11 +245,19 @@ class Guard:
             raise Forbidden(f"{caller.principal.name} lacks the {needed!r} scope this request needs")
         return caller
 
+    def _token_of(self, token: str) -> None:
+        principal, _ = self.accounts.authenticate(token)
+        if self._removed_on_chain(principal):
+            raise AuthenticationFailed("the principal was removed on chain")
+
     def _session_of(self, cookie: str) -> None:
         session = self.accounts.session(cookie)
         principal = self.accounts.principal(session.principal) if session is not None else None
-        if principal is None or principal.disabled:
+        if principal is None or principal.disabled or self._removed_on_chain(principal):
             raise AuthenticationFailed("the session ended")
+
+    def _removed_on_chain(self, principal: Principal) -> bool:
+        return principal.name != "operator" and self.removed(principal.public_key)
 
     def _still(self, check: Callable[[], object]) -> bool:
         try:
@@ -267,7 +278,7 @@ class Guard:
         if authorization.lower().startswith("bearer "):
             token = authorization[7:].strip()
             principal, scopes = self.accounts.authenticate(token)
-            return Caller(principal, scopes, valid=lambda: self._still(lambda: self.accounts.authenticate(token)))
+            return Caller(principal, scopes, valid=lambda: self._still(lambda: self._token_of(token)))
         value = session_of(headers.get("cookie", ""))
         session = self.accounts.session(value) if value is not None else None
         if session is None:

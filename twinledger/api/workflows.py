@@ -234,6 +234,8 @@ def _document_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
                            component: str | None = None, media_type: str = "application/octet-stream",
                            reader: list[str] = Query(default_factory=list),
                            attribute: list[str] = Query(default_factory=list)) -> dict[str, Any]:  # fmt: skip
+        if reader:  # choosing who reads is a sharing decision; the default is the twin's organisations
+            acting.require(caller_of(request), "sharing", "grant")
         await run(request, lambda s: documents.check_add(s, ref, title, description=description, component=component,
                                                          media_type=media_type))  # before a byte is taken  # fmt: skip
         async with _upload(request) as path:
@@ -248,6 +250,8 @@ def _document_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
     async def add_version(ref: str, document: str, request: Request, description: str = "",
                           reader: list[str] = Query(default_factory=list),
                           attribute: list[str] = Query(default_factory=list)) -> dict[str, Any]:  # fmt: skip
+        if reader:
+            acting.require(caller_of(request), "sharing", "grant")
         await run(request, lambda s: documents.check_version(s, ref, document, description))  # before a byte is taken
         async with _upload(request) as path:
             added = await run(request, lambda s: documents.add_version(s, ref, document, path, description=description,
@@ -287,6 +291,8 @@ def _feed_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
     @app.post("/v1/twins/{ref}/feeds", summary="Create an encrypted feed and attach it to a component (or attach "
               "one kept elsewhere)", tags=["feeds"], status_code=201)  # fmt: skip
     async def add_feed(ref: str, body: FeedIn, request: Request) -> dict[str, Any]:
+        if body.readers:
+            acting.require(caller_of(request), "sharing", "grant")
         if body.reference is not None:
             made = await run(request, lambda s: feeds.attach(s, ref, body.component, body.reference or "",
                                                              body.description))  # fmt: skip
@@ -304,6 +310,7 @@ def _feed_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
     @app.post("/v1/twins/{ref}/feeds/{component}/samples", summary="Append samples, encrypted in the node",
               tags=["feeds"])  # fmt: skip
     async def push_samples(ref: str, component: str, body: SamplesIn, request: Request) -> dict[str, Any]:
+        acting.require(caller_of(request), "twins", "checkpoint_feed")  # before a sample is stored
         pushed = await run(request, lambda s: feeds.push(s, ref, component, list(body.samples), body.segment_seconds))
         return {"feed": pushed.feed.hex(), "samples": pushed.samples, "updates": len(pushed.updates),
                 "last_sequence": pushed.updates[-1].sequence if pushed.updates else None}  # fmt: skip
@@ -320,6 +327,7 @@ def _feed_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
     @app.post("/v1/twins/{ref}/feeds/{component}/rotate", summary="A new data key for what is appended from now on",
               tags=["feeds"])  # fmt: skip
     async def rotate_feed(ref: str, component: str, request: Request) -> dict[str, Any]:
+        acting.require(caller_of(request), "twins", "checkpoint_feed")
         feed, acl = await run(request, lambda s: feeds.rotate(s, ref, component))
         return {"feed": feed.hex(), "epoch": len(acl.retired) + 1, "acl_version": acl.version}
 
@@ -352,9 +360,9 @@ def _sharing_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
     @app.delete("/v1/grants/{grant_id}", summary="Revoke a grant; the twin's feeds get a new data key",
                 tags=["sharing"])  # fmt: skip
     async def revoke(grant_id: str, request: Request) -> dict[str, Any]:
-        done = await run(request, lambda s: access.revoke(s, grant_id))
+        done = await run(request, lambda s: access.revoke(s, grant_id, acting.held_keys()))
         return {"grant": done.grant["id"], "status": "revoked", "block": done.block, "feeds_rotated": done.rotated,
-                "feeds_not_rotated": done.not_rotated}  # fmt: skip
+                "feeds_not_rotated": done.not_rotated, "feeds_left_to_their_writers": done.left_to_writers}  # fmt: skip
 
     @app.post("/v1/write-tokens", summary="Sign a write token for another key (not an API token)", tags=["sharing"],
               status_code=201)  # fmt: skip

@@ -54,9 +54,9 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "data": ("twins.add_document", "twins.add_document_version", "twins.remove_document", "twins.add_feed",
              "twins.remove_feed", "twins.checkpoint_feed", "records.put"),
     "programs": ("twins.call_program", "twins.dispatch_call", "twins.report_call", "twins.report_anomaly"),
-    "sharing": ("sharing.grant", "sharing.revoke", "sharing.add_device", "sharing.retire_device",
-                "authorization.present_token", "authorization.revoke_token"),
-    "roles": ("authorization.grant_role", "authorization.revoke_role", "authorization.set_permissions"),
+    "sharing": ("sharing.grant", "sharing.revoke", "authorization.present_token"),
+    "roles": ("authorization.grant_role", "authorization.revoke_role", "authorization.set_permissions",
+              "sharing.add_device", "sharing.retire_device", "authorization.revoke_token"),
     "membership": ("membership.propose", "membership.approve", "membership.withdraw", "membership.revoke_key",
                    "principals.register", "principals.set_roles", "principals.remove"),
 }  # fmt: skip
@@ -137,7 +137,7 @@ def _authority(call: Call) -> str:
 
 def _roles(read: Arguments) -> list[str]:
     roles = read.items("roles", max_items=MAX_ROLES)
-    if any(role not in PRINCIPAL_ROLES for role in roles) or len(set(roles)) != len(roles):
+    if any(not isinstance(role, str) or role not in PRINCIPAL_ROLES for role in roles) or len(set(roles)) != len(roles):
         raise read.error(f"'roles' must name distinct roles among {list(PRINCIPAL_ROLES)}")
     return sorted(roles)
 

@@ -140,6 +140,7 @@ class Node(RunningNode):
     def _api_server(self) -> ApiServer:
         config = self.config
         server_config = uvicorn.Config(create_app(self, self.accounts), log_level="warning", access_log=False,
+                                       proxy_headers=False,  # the client's address is the peer's, never a header's
                                        timeout_graceful_shutdown=5, lifespan="off")  # fmt: skip
         server_config.load()
         if config.api_needs_tls:

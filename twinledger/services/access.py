@@ -179,34 +179,40 @@ class Revocation:
     rotated: list[str] = field(default_factory=list)
     """Components whose feeds have a new data key."""
     not_rotated: dict[str, str] = field(default_factory=dict)
-    """Components whose feed kept its key, with why."""
+    """Components whose feed could not be given a new key, with why."""
+    left_to_writers: list[str] = field(default_factory=list)
+    """Components whose feed another key owns (a device agent's): its writer gives it a new
+    key when it sees the revocation."""
 
 
-async def revoke(session: Session, grant_prefix: str) -> Revocation:
+async def revoke(session: Session, grant_prefix: str, keys: Sequence[SigningKey] = ()) -> Revocation:
     """End a grant (proxies delete its key, store nodes stop serving its data), then give
-    the twin's feeds this key owns a new data key, so what is appended from now on is
-    under keys the revoked party never saw."""
+    the twin's feeds a new data key — those the session's key or one of ``keys`` owns — so
+    what is appended from now on is under keys the revoked party never saw."""
     chosen = await find_grant(session, grant_prefix)
     outcome = await session.transact(calls.revoke_read(bytes.fromhex(chosen["id"])))
-    rotated, failed = await rotate_twin_feeds(session, chosen["twin"])
-    return Revocation(chosen, outcome.height, rotated, failed)
+    rotated, failed, others = await rotate_twin_feeds(session, chosen["twin"], keys)
+    return Revocation(chosen, outcome.height, rotated, failed, others)
 
 
-async def rotate_twin_feeds(session: Session, twin_id: str) -> tuple[list[str], dict[str, str]]:
-    """Rotate the data key of every store feed of the twin the session's key owns. Feeds
-    other keys own (a device agent's) rotate when their writer sees the revocation."""
-    feeds = [f for f in (await session.twin(twin_id))["feeds"]
-             if f["reference"].startswith("store:") and f["owner"] == session.signer.public.hex()]  # fmt: skip
+async def rotate_twin_feeds(session: Session, twin_id: str,
+                            keys: Sequence[SigningKey] = ()) -> tuple[list[str], dict[str, str], list[str]]:  # fmt: skip
+    """Rotate the data key of every store feed of the twin that the session's key or one of
+    ``keys`` owns: (rotated, failed with why, owned by other keys)."""
+    owners = {key.public.hex(): key for key in (session.signer, *keys)}
+    feeds = [f for f in (await session.twin(twin_id))["feeds"] if f["reference"].startswith("store:")]
     rotated: list[str] = []
     failed: dict[str, str] = {}
-    if not feeds:
-        return rotated, failed
-    store, sharing = await session.store(), await session.sharing_public()
+    others: list[str] = []
     for entry in feeds:
+        owner = owners.get(entry["owner"])
+        if owner is None:
+            others.append(entry["component"])
+            continue
         try:
-            await rotate_feed(store, session.signer, session.organisation, session.encryption_key,
-                              parse_feed_reference(entry["reference"]), sharing)  # fmt: skip
+            await rotate_feed(await session.store(), owner, session.organisation, session.encryption_key,
+                              parse_feed_reference(entry["reference"]), await session.sharing_public())  # fmt: skip
             rotated.append(entry["component"])
         except TwinledgerError as exc:
             failed[entry["component"]] = exc.message
-    return rotated, failed
+    return rotated, failed, others

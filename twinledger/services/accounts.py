@@ -133,9 +133,11 @@ class AccountStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # its log files take its mode: owner only
-        os.chmod(path, 0o600)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # new log files take its mode: owner only
         self.db = open_database(path, SCHEMA, shared=True)
+        for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if name.exists():  # files an older version left readable
+                os.chmod(name, 0o600)
         self.lock = threading.Lock()
         self.hasher = PasswordHasher()
         self._dummy = self.hasher.hash(secrets.token_hex(16))
@@ -232,6 +234,28 @@ class AccountStore:
         self.sessions = {k: s for k, s in self.sessions.items() if s.expires > time.time()}
         self.sessions[_digest(cookie)] = session
         return cookie, session
+
+    def change_password(self, name: str, old: str, new: str) -> None:
+        """A person's new password: their key is sealed anew under it, and every session of
+        theirs ends (log in again)."""
+        rows = self._rows("SELECT password, sealed_key FROM principals WHERE name = ? AND kind = 'person' "
+                          "AND disabled = 0", name)  # fmt: skip
+        stored, sealed = rows[0] if rows else (self._dummy, None)
+        try:
+            self.hasher.verify(stored, old)
+        except (VerificationError, InvalidHashError):
+            raise AuthenticationFailed("wrong name or password") from None
+        if not rows:
+            raise AuthenticationFailed("wrong name or password")
+        if len(new) < MIN_PASSWORD:
+            raise AccountError(f"a person's password has at least {MIN_PASSWORD} characters", code="bad_request")
+        resealed = None
+        if sealed is not None:
+            seed = open_secret(json.loads(sealed), "ed25519", old, f"the key of {name}")
+            resealed = json.dumps(seal_secret("ed25519", seed, new))
+        self._write("UPDATE principals SET password = ?, sealed_key = ? WHERE name = ?", self.hasher.hash(new),
+                    resealed, name)  # fmt: skip
+        self.sessions = {k: s for k, s in self.sessions.items() if s.principal != name}
 
     def session(self, cookie: str) -> LoginSession | None:
         found = self.sessions.get(_digest(cookie))

@@ -3,6 +3,7 @@ chain by the hash of their manifest, read back verified against the chain."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,8 @@ async def check_add(session: Session, twin_ref: str, title: str, *, description:
     """Whether the session may add such a document to the twin, asked before anything is
     uploaded (a refusal stores nothing); the twin."""
     twin = await session.twin(twin_ref)
-    await session.check(calls.add_document(twin["id"], bytes(32), title, description, PENDING, media_type, 0,
-                                           component))  # fmt: skip
+    await session.check(calls.add_document(twin["id"], os.urandom(32), title, description, PENDING, media_type, 0,
+                                           component))  # a placeholder nobody can have registered  # fmt: skip
     return twin
 
 
@@ -69,7 +70,7 @@ async def check_version(session: Session, twin_ref: str, document: str, descript
     """Whether the session may add a version to the document, asked before the upload; the twin."""
     twin = await session.twin(twin_ref)
     entry = find(twin, document)
-    await session.check(calls.add_document_version(twin["id"], entry["id"], bytes(32), 0, PENDING, description))
+    await session.check(calls.add_document_version(twin["id"], entry["id"], os.urandom(32), 0, PENDING, description))
     return twin
 
 

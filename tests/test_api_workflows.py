@@ -167,3 +167,57 @@ def test_refusals_change_nothing(consortium):
     after = ok(owner.get(f"/v1/twins/{twin}"))
     assert {k: v for k, v in after.items() if k != "height"} == {k: v for k, v in before.items() if k != "height"}
     assert len(ok(owner.get("/v1/twins"))["twins"]) == count
+
+
+def test_roles_membership_and_device_requests_through_the_rest_api(consortium):
+    import asyncio
+    import threading
+
+    from twinledger.config import load_config
+    from twinledger.services import requests as device_requests
+    from twinledger.services.access import DeviceKeys
+    from twinledger.services.session import Session
+
+    boss = program(consortium, OWNER, "chief", ["administrator"])
+    device_id = f"line-{secrets.token_hex(3)}"
+    twin = ok(boss.post("/v1/twins", json={"name": "Line", "device_id": device_id, "aml": PLANT.read_text()}), 201)["id"]
+    ok(boss.post(f"/v1/twins/{twin}/roles", json={"subject": "maintainer", "role": "maintainer"}))
+    ok(boss.put(f"/v1/twins/{twin}/permissions/maintainer", json={"methods": ["document.add"]}))
+    assert ok(boss.get(f"/v1/twins/{twin}"))["permissions"]["maintainer"] == ["document.add"]
+    ok(boss.delete(f"/v1/twins/{twin}/roles", params={"subject": "maintainer", "role": "maintainer"}))
+    assert "org:maintainer" not in ok(boss.get(f"/v1/twins/{twin}"))["roles"]
+
+    newcomer = {"op": "add_organisation", "name": f"supplier-{secrets.token_hex(2)}",
+                "operators": [SigningKey.generate().public.hex()], "encryption_key": os.urandom(32).hex()}  # fmt: skip
+    proposed = ok(boss.post("/v1/membership/proposals", json={"change": newcomer}))
+    assert not proposed["applied"] and proposed["proposal"]
+    for i in (MAINTAINER, AUDITOR):
+        approver = httpx.Client(base_url=consortium.url(i), headers=consortium.headers(i), timeout=60)
+        last = ok(approver.post(f"/v1/membership/proposals/{proposed['proposal']}/approve"))
+    assert last["applied"]
+    assert newcomer["name"] in [o["name"] for o in ok(boss.get("/v1/members"))["organisations"]]
+
+    plc = DeviceKeys(SigningKey.generate(), kpcpre.keygen())
+    ok(boss.post(f"/v1/twins/{twin}/devices", json={"name": "plc", "key": plc.signing.public.hex(),
+                                                     "sharing_key": plc.sharing.public.to_bytes().hex()}), 201)  # fmt: skip
+    ok(boss.post("/v1/grants", json={"twin": twin, "to": "device:plc", "policy": "req"}), 201)
+    asker = httpx.Client(base_url=consortium.url(AUDITOR), headers=consortium.headers(AUDITOR), timeout=90)
+    answers: list[httpx.Response] = []
+    asking = threading.Thread(target=lambda: answers.append(asker.post(
+        "/v1/requests", json={"twin": twin, "payload": "fill level?", "wait": 60})), daemon=True)  # fmt: skip
+    asking.start()
+
+    async def answer_on_the_device() -> str:
+        async with Session(load_config(consortium.homes[OWNER])) as session:
+            for _ in range(300):  # until the proxy has queued the request (each look asks it)
+                pending = await device_requests.pending(session, twin, plc)
+                if pending:
+                    break
+                await asyncio.sleep(0.1)
+            (proxy, entry), = pending
+            assert (entry["requester"], entry["payload"]) == ("auditor", b"fill level?")
+            return await device_requests.answer(session, twin, plc, entry["id"].hex(), "41.5 %")
+
+    asyncio.run(answer_on_the_device())
+    asking.join(60)
+    assert ok(answers[0])["answer"] == "41.5 %"

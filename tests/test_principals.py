@@ -4,6 +4,8 @@ again when applied — and named in the twin's audit trail."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from twin_helpers import PLANT, World, key_for
 
@@ -143,3 +145,24 @@ def test_arguments_no_parser_foresaw_are_refused_on_every_node_alike():
     with pytest.raises(TwinledgerError, match=r"roles|malformed"):
         world.runtime.check_transaction(world.state, world.tx(OWNER, "principals", "set_roles",
                                                               {"name": "alice", "roles": [["x"]]}))  # fmt: skip
+
+
+def test_executing_a_block_twice_gives_the_same_result_and_leaves_the_state_alone():
+    """A dry run executes a transaction the node then executes for real: a contract that
+    changed a value it read in place (revoking a role did) made the second execution
+    differ, and the proposer's block was refused by every other validator."""
+    from twin_helpers import VALIDATOR
+
+    from twinledger.core.types import BlockHeader
+
+    world = registered(World())
+    twin = world.ok(OWNER, "twins", "create", name="Line", device_id="line-1", aml=PLANT).events[0].data["twin"]
+    world.ok(OWNER, "authorization", "grant_role", twin=twin, subject="org:maker", role="maintainer", scopes=[])
+    before = copy.deepcopy(world.state.values)
+    tx = world.tx(OWNER, "authorization", "revoke_role", {"twin": twin, "subject": "org:maker", "role": "maintainer"})
+    header = BlockHeader(world.genesis.chain_id, world.height + 1, world.genesis.genesis_time + 1000 * (world.height + 1),
+                         bytes(32), bytes(32), 1, bytes(32), bytes(32), VALIDATOR.public)  # fmt: skip
+    first = world.runtime.execute_block(world.state, header, (tx,), world.root)
+    second = world.runtime.execute_block(world.state, header, (tx,), world.root)
+    assert first.state_root == second.state_root and first.receipts[0].status == "ok"
+    assert world.state.values == before

@@ -198,7 +198,7 @@ def set_role(call: Call, twin_id: str, subject: str, role: str, scopes: tuple[st
 
 def remove_role(call: Call, twin_id: str, subject: str, role: str) -> None:
     """Take ``role`` from ``subject``, if it holds it; a subject left with no role leaves the table."""
-    table = role_table(call.state, twin_id)
+    table = dict(role_table(call.state, twin_id))
     remaining = {held: scopes for held, scopes in table.get(subject, {}).items() if held != role}
     if remaining:
         table[subject] = remaining

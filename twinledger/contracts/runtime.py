@@ -9,6 +9,7 @@ arguments (raising before anything changes) and ``apply`` changes state through 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,11 @@ class Overlay(StateReader):
     def get(self, key: str) -> StateValue:
         if key in self.writes:
             return self.writes[key]
-        return self.base.get(key)
+        value = self.base.get(key)
+        # A contract may change what it read before it sets it back; a copy keeps that from
+        # reaching the state below (a cached head, a dry run), where it would make this
+        # node's next execution differ from every other node's.
+        return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
 
     def set(self, key: str, value: StateValue) -> None:
         self.writes[key] = value

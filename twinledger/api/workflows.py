@@ -125,16 +125,6 @@ class WriteTokenIn(BaseModel):
     not_after: int = Field(description="Milliseconds since the epoch.")
 
 
-class WriteTokenDoc(BaseModel):
-    id: str
-    twin: str
-    recipient: str
-    methods: list[str]
-    scopes: list[str]
-    not_after: int
-    token: str
-
-
 class RequestIn(BaseModel):
     twin: str
     payload: str = Field(max_length=16_000)
@@ -366,20 +356,20 @@ def _sharing_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
 
     @app.post("/v1/write-tokens", summary="Sign a write token for another key (not an API token)", tags=["sharing"],
               status_code=201)  # fmt: skip
-    async def issue_write_token(body: WriteTokenIn, request: Request) -> WriteTokenDoc:
+    async def issue_write_token(body: WriteTokenIn, request: Request) -> tokens.TokenFile:
         acting.require(caller_of(request), "authorization", "grant_role")  # a token acts as a role its issuer grants
         issued = await run(request, lambda s: tokens.issue(s, body.twin, body.recipient, body.methods, body.not_after,
                                                            body.scopes))  # fmt: skip
-        return WriteTokenDoc(**{k: v for k, v in issued.view().items() if k != "format"})
+        return issued
 
     @app.post("/v1/write-tokens/present", summary="Put a write token into force on chain", tags=["sharing"])
-    async def present_write_token(body: WriteTokenDoc, request: Request) -> dict[str, Any]:
-        block = await run(request, lambda s: tokens.present(s, tokens.TokenFile(**body.model_dump())))
+    async def present_write_token(body: tokens.TokenFile, request: Request) -> dict[str, Any]:
+        block = await run(request, lambda s: tokens.present(s, body))
         return {"token": body.id, "block": block}
 
     @app.post("/v1/write-tokens/revoke", summary="End a write token, presented or not", tags=["sharing"])
-    async def revoke_write_token(body: WriteTokenDoc, request: Request) -> dict[str, Any]:
-        block = await run(request, lambda s: tokens.revoke(s, tokens.TokenFile(**body.model_dump())))
+    async def revoke_write_token(body: tokens.TokenFile, request: Request) -> dict[str, Any]:
+        block = await run(request, lambda s: tokens.revoke(s, body))
         return {"token": body.id, "status": "revoked", "block": block}
 
     @app.post("/v1/requests", summary="Ask a twin's device something, routed by a proxy; waits for the answer",

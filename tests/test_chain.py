@@ -213,3 +213,46 @@ def test_verify_chain_finds_tampered_receipt(stores):
     store._conn().execute("UPDATE tx_index SET receipt = ? WHERE tx_hash = ?", (encode_receipt(forged), tx.hash))
     report = verify_chain(store, GENESIS, chain.consensus, chain.app)
     assert not report.ok and "receipts" in report.problems[0][1]
+
+
+def test_a_block_that_carries_a_committed_transaction_again_is_invalid(tmp_path):
+    """A Byzantine proposer re-included a committed transaction: every honest validator
+    voted for it (it only failed with nonce_replayed), then every commit broke the store's
+    index and the consensus task died on all of them at once."""
+    from ledger_helpers import VALIDATOR, new_chain, produce, record
+
+    from twinledger.errors import InvalidBlock
+    from twinledger.ledger.store.sqlite import SqliteChainStore
+
+    store = SqliteChainStore(tmp_path / "a.db")
+    chain = new_chain(store)
+    tx = record(nonce=0)
+    first, first_cert = produce(chain, [tx])
+    block, _ = chain.build_block([tx], VALIDATOR.public, chain.head.timestamp + 1000)
+    with pytest.raises(InvalidBlock, match="committed before"):
+        chain.execute_proposal(block)
+    syncing = new_chain(SqliteChainStore(tmp_path / "b.db"))
+    syncing.apply_block(first, first_cert)
+    with pytest.raises(InvalidBlock, match="committed before"):
+        syncing.apply_block(block, chain.consensus.certify(block))
+    assert syncing.head.hash == first.hash
+
+
+def test_a_block_from_the_future_is_invalid(tmp_path):
+    """A block at 2**64 - 1 ms was accepted, after which no block could ever be built."""
+    import time
+
+    from ledger_helpers import VALIDATOR, new_chain, record
+
+    from twinledger.errors import InvalidBlock
+    from twinledger.ledger.store.sqlite import SqliteChainStore
+    from twinledger.ledger.validation import MAX_BLOCK_AHEAD_MS
+
+    chain = new_chain(SqliteChainStore(tmp_path / "c.db"))
+    now = int(time.time() * 1000)
+    for moment in (2**64 - 1, now + MAX_BLOCK_AHEAD_MS + 60_000):
+        block, _ = chain.build_block([record()], VALIDATOR.public, moment)
+        with pytest.raises(InvalidBlock, match="past this validator's clock"):
+            chain.execute_proposal(block, now_ms=now)
+    timely, _ = chain.build_block([record()], VALIDATOR.public, now + MAX_BLOCK_AHEAD_MS // 2)
+    chain.execute_proposal(timely, now_ms=now)

@@ -92,3 +92,20 @@ def test_vote_guard_refuses_conflicts_after_a_restart(tmp_path):
     with pytest.raises(Exception, match="unreadable"):
         VoteGuard(lambda: store.meta("guard"), lambda raw: None)
     store.close()
+
+
+def test_a_proposal_whose_execution_breaks_is_refused_and_the_driver_goes_on():
+    """The driver caught named errors only: a block that made execution raise anything else
+    ended the consensus task of every honest node at once."""
+    import asyncio
+    from types import SimpleNamespace
+
+    class BrokenHost:
+        async def execute_proposal(self, block: object) -> None:
+            raise KeyError("a malformed block")
+
+    bft = BftConsensus(genesis("bft"), None)
+    bft._host = BrokenHost()  # type: ignore[assignment]
+    message = SimpleNamespace(proposal=SimpleNamespace(block_hash=b"\x01" * 32, height=1), block=None)
+    received = asyncio.run(bft._judge(message))  # type: ignore[arg-type]
+    assert received.block_valid is False

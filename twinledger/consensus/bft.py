@@ -116,6 +116,9 @@ class BftConsensus(QueuedConsensus):
                     await self._handle(kind, item)
                 except TwinledgerError as exc:
                     log.warning("consensus: %s", exc.message)
+                except Exception as exc:  # noqa: BLE001 - the driver outlives any one bad message or block
+                    log.error("consensus: %s while handling a %s: %s (refused; consensus goes on)",
+                              type(exc).__name__, kind, exc)  # fmt: skip
         finally:
             regossip.cancel()
             if self._starter is not None:
@@ -204,6 +207,10 @@ class BftConsensus(QueuedConsensus):
                 self._blocks[block_hash] = message.block
             except TwinledgerError as exc:
                 log.warning("proposal for height %d is invalid: %s", message.proposal.height, exc.message)
+                return tm.ProposalReceived(message.proposal, False)
+            except Exception as exc:  # noqa: BLE001 - a block that breaks execution is invalid, not fatal
+                log.error("proposal for height %d is invalid: executing it raised %s: %s", message.proposal.height,
+                          type(exc).__name__, exc)  # fmt: skip
                 return tm.ProposalReceived(message.proposal, False)
         return tm.ProposalReceived(message.proposal, True)
 

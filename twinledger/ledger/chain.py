@@ -5,6 +5,7 @@ point for a certified block, whether this node produced it or a peer sent it.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from twinledger.errors import ConfigError, InvalidBlock, NotFound, TwinledgerErr
 from twinledger.ledger.blocktree import BlockTree
 from twinledger.ledger.genesis import Genesis
 from twinledger.ledger.mempool import Mempool
-from twinledger.ledger.validation import validate_block
+from twinledger.ledger.validation import MAX_BLOCK_AHEAD_MS, validate_block
 
 KeepFilter = Callable[[AnyTransaction], bool]
 """Decides whether this node keeps a transaction's payload or only its stripped form."""
@@ -188,16 +189,25 @@ class Chain:
         """The stored blocks after ``ancestor`` up to ``tip``, parent first."""
         return tuple(self._stored(h.hash)[0] for h in self.tree.path_from_root(tip.hash) if h.height > ancestor.height)
 
-    def execute_proposal(self, block: Block, verified: Container[bytes] = frozenset()) -> BlockResult:
+    def execute_proposal(self, block: Block, verified: Container[bytes] = frozenset(),
+                         now_ms: int | None = None) -> BlockResult:  # fmt: skip
         """Validate a proposed block and execute it on the head, storing nothing: the
-        consensus's valid(v). Signatures of ``verified`` transaction hashes are not rechecked."""
+        consensus's valid(v). Signatures of ``verified`` transaction hashes are not rechecked;
+        a block timed more than MAX_BLOCK_AHEAD_MS past this validator's clock is refused."""
         if block.header.proposer not in self.consensus.validators():
             raise InvalidBlock("block was proposed by a non-validator")
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        if block.header.timestamp > now_ms + MAX_BLOCK_AHEAD_MS:
+            raise InvalidBlock(f"block time {block.header.timestamp} is more than {MAX_BLOCK_AHEAD_MS // 1000} s past "
+                               "this validator's clock")  # fmt: skip
         validate_block(block, self.head, self.validators_hash, self.genesis.max_block_txs, verified)
         return self._execute(block)
 
     def _execute(self, block: Block) -> BlockResult:
         txs = tuple(tx for tx in block.transactions if isinstance(tx, Transaction))
+        for tx in txs:  # a committed transaction again: its commit would break the index, on every node
+            if self.store.transaction(tx.hash) is not None:
+                raise InvalidBlock(f"block {block.height} carries transaction {tx.hash.hex()[:16]}…, committed before")
         result = self.app.execute_block(self.state(), block.header, txs, self.head.state_root)
         if result.state_root != block.header.state_root:
             raise InvalidBlock(f"block {block.height} state root does not match its execution")

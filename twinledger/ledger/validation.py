@@ -18,6 +18,10 @@ from twinledger.crypto.keys import verify_signature
 from twinledger.errors import InvalidBlock, InvalidTransaction, TwinledgerError
 
 MAX_CLOCK_DRIFT_MS = 10 * 60 * 1000
+MAX_BLOCK_AHEAD_MS = 30 * 1000
+"""How far ahead of a validator's clock a proposed block's time may be: further, and it
+votes against it (a proposer at 2**64 - 1 ms stopped the chain for good; a smaller skew
+let one proposer decide when grants and tokens expire)."""
 
 
 def validate_transaction(tx: AnyTransaction, chain_id: str, now_ms: int | None = None) -> None:

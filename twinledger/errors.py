@@ -95,8 +95,7 @@ def parse_hex(value: str, what: str, size: int | None = 32) -> bytes:
     try:
         raw = bytes.fromhex(value)
     except ValueError:
-        raw = None
-    if raw is None or (size is not None and len(raw) != size):
-        digits = f"{2 * size} hex digits" if size is not None else "hex"
-        raise BadRequest(f"{what} must be {digits}")
+        raise BadRequest(f"{what} must be hex") from None
+    if size is not None and len(raw) != size:
+        raise BadRequest(f"{what} must be {size} bytes ({2 * size} hex digits)")
     return raw

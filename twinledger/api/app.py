@@ -25,13 +25,13 @@ from twinledger.api.accounts import add_account_resources
 from twinledger.api.acting import Acting, precheck_on
 from twinledger.api.auth import Caller, Forbidden, Guard, caller_of, still_signed_in
 from twinledger.api.graphql import graphql_router
-from twinledger.api.service import BadRequest, TwinService, jsonable
+from twinledger.api.service import TwinService, jsonable
 from twinledger.api.workflows import add_workflow_resources
 from twinledger.contracts.membership import member_key
 from twinledger.contracts.records import record_key
 from twinledger.core.encoding import decode, to_obj
 from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt, decode_transaction
-from twinledger.errors import DecodeError, NotFound, TwinledgerError
+from twinledger.errors import BadRequest, DecodeError, NotFound, TwinledgerError, parse_hex
 from twinledger.ingest.protocol import STREAM_BYTES
 from twinledger.ingest.service import IngestService
 from twinledger.ledger.chain import StoreState
@@ -80,16 +80,6 @@ def location_view(location: TransactionLocation) -> dict[str, Any]:
         "block": {"height": location.height, "hash": location.block_hash.hex(), "index": location.index},
         "receipt": receipt_view(location.receipt),
     }
-
-
-def _hex(value: str, what: str, size: int | None = 32) -> bytes:
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        raise BadRequest(f"{what} must be hex") from None
-    if size is not None and len(raw) != size:
-        raise BadRequest(f"{what} must be {size} bytes ({2 * size} hex digits)")
-    return raw
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -228,7 +218,7 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
 
     @app.get("/v1/transactions/{tx_hash}", summary="A transaction, its receipt and optionally its proof")
     async def get_transaction(tx_hash: str, proof: bool = False, wait: float = 0.0) -> dict[str, Any]:
-        digest = _hex(tx_hash, "transaction hash")
+        digest = parse_hex(tx_hash, "transaction hash")
         location = await node.wait_committed(digest, min(max(wait, 0.0), MAX_WAIT_SECONDS))
         if location is None:
             if node.is_pending(digest):
@@ -249,7 +239,7 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
                 raise NotFound(f"no block at height {block_id} (head is {node.head.height})")
             block_hash = header.hash
         else:
-            block_hash = _hex(block_id, "block id (height or hash)")
+            block_hash = parse_hex(block_id, "block id (height or hash)")
         view = await node.read(_block_view, node, block_hash)
         if view is None:
             raise NotFound(f"no block {block_id}")
@@ -258,7 +248,7 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
     @app.get("/v1/records/{record_id}", summary="A record: its payload hash, media type and metadata",
              tags=["records"])  # fmt: skip
     async def get_record(record_id: str) -> dict[str, Any]:
-        digest = _hex(record_id, "record id")
+        digest = parse_hex(record_id, "record id")
         record = await node.read(node.head_state().get, record_key(digest))
         if record is None:
             raise NotFound(f"no record {record_id} at height {node.head.height}")
@@ -270,7 +260,7 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
         ingest: IngestService | None = node.ingest_service
         if ingest is None:
             raise NotFound("this node has no ingest listener ([ingest] in node.toml)")
-        stream_id = _hex(stream, "stream id", STREAM_BYTES)
+        stream_id = parse_hex(stream, "stream id", STREAM_BYTES)
         claim = await node.read(ingest.journal.stream, stream_id)
         if claim is None:
             raise NotFound(f"no client opened stream {stream} on this node")
@@ -280,7 +270,7 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
 
     @app.get("/v1/accounts/{key}/nonce", summary="Next nonce for a sender key")
     async def next_nonce(key: str) -> dict[str, Any]:
-        sender = _hex(key, "sender key")
+        sender = parse_hex(key, "sender key")
         return {"sender": key, "next_nonce": await node.next_nonce(sender)}
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

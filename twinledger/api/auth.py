@@ -28,7 +28,7 @@ from starlette.requests import Request
 
 from twinledger.config import NodeConfig
 from twinledger.errors import TwinledgerError
-from twinledger.services.accounts import AccountStore, AuthenticationFailed, LoginSession, Principal
+from twinledger.services.accounts import OPERATOR, AccountStore, AuthenticationFailed, LoginSession, Principal
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -221,7 +221,7 @@ class Guard:
             return
         if caller is not None:
             scope.setdefault("state", {})["caller"] = caller
-            if caller.principal.name != "operator" and self.removed(caller.principal.public_key):
+            if caller.principal.name != OPERATOR and self.removed(caller.principal.public_key):
                 self.accounts.disable(caller.principal.name)
                 await _refuse(send, AuthenticationFailed(f"principal {caller.principal.name} was removed on chain"))
                 return
@@ -257,7 +257,7 @@ class Guard:
             raise AuthenticationFailed("the session ended")
 
     def _removed_on_chain(self, principal: Principal) -> bool:
-        return principal.name != "operator" and self.removed(principal.public_key)
+        return principal.name != OPERATOR and self.removed(principal.public_key)
 
     def _still(self, check: Callable[[], object]) -> bool:
         try:

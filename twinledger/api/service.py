@@ -27,14 +27,10 @@ from twinledger.contracts.twinstate import (
     twin_key,
 )
 from twinledger.core.types import Event
-from twinledger.errors import NotFound, TwinledgerError
+from twinledger.errors import BadRequest, NotFound
 from twinledger.ledger.chain import StoreState
 
 CALL_STATUSES = ("queued", "dispatched", "executed", "failed", "rejected")
-
-
-class BadRequest(TwinledgerError):
-    code = "bad_request"
 
 
 def jsonable(value: Any) -> Any:

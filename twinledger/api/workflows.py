@@ -12,7 +12,7 @@ organisation; uploads and downloads stream.
 from __future__ import annotations
 
 import asyncio
-import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -257,7 +257,7 @@ def _document_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
         try:
             read = await run(request, lambda s: documents.get(s, ref, document, path, version))
         except BaseException:
-            _remove(directory)
+            shutil.rmtree(directory, ignore_errors=True)
             raise
         return StreamingResponse(_stream_file(path, directory), media_type="application/octet-stream",
                                  headers={"x-document-version": str(read.version), "x-document-hash": read.hash,
@@ -453,14 +453,7 @@ async def _upload(request: Request) -> AsyncIterator[Path]:
             raise BadRequest("the request body (the document) is empty")
         yield path
     finally:
-        _remove(directory)
-
-
-def _remove(directory: str) -> None:
-    for name in os.listdir(directory) if os.path.isdir(directory) else ():
-        os.unlink(os.path.join(directory, name))
-    if os.path.isdir(directory):
-        os.rmdir(directory)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def _stream_file(path: Path, directory: str) -> AsyncIterator[bytes]:
@@ -469,4 +462,4 @@ async def _stream_file(path: Path, directory: str) -> AsyncIterator[bytes]:
             while chunk := await asyncio.to_thread(source.read, CHUNK):
                 yield chunk
     finally:
-        _remove(directory)
+        shutil.rmtree(directory, ignore_errors=True)

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twinledger.consensus.messages import parse_proposal, parse_vote
+from twinledger.consensus import tendermint as tm
+from twinledger.consensus.messages import parse_proposed_block, parse_signed_proposal, parse_vote
 from twinledger.core.encoding import encode
 from twinledger.errors import DecodeError
 from twinledger.net.wire import MAX_FRAME, PROTOCOL_VERSION, encode_frame, parse_frame, read_frame
@@ -63,6 +64,7 @@ values = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 
 @given(st.dictionaries(st.sampled_from(["kind", "height", "round", "block_hash", "validator", "signature", "header",
                                         "transactions", "valid_round", "proposer", "x"]), values))  # fmt: skip
 def test_fuzzed_consensus_messages_fail_with_decode_errors_only(body):
-    for parse in (parse_vote, parse_proposal):
+    some_proposal = tm.Proposal(1, 0, bytes(32), -1, bytes(32), bytes(64))
+    for parse in (parse_vote, parse_signed_proposal, lambda b: parse_proposed_block(b, some_proposal)):
         with contextlib.suppress(DecodeError):
             parse(body)

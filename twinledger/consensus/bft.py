@@ -45,7 +45,9 @@ log = logging.getLogger("twinledger.bft")
 EMPTY_BLOCK_INTERVAL = 5.0
 """Seconds a validator waits for transactions before it proposes an empty block."""
 REGOSSIP_INTERVAL = 1.0
-MAX_FUTURE_MESSAGES = 10_000
+VOTES_PER_SLOT = 2
+"""Votes taken from one validator for one (kind, round): the second, different one is the
+evidence of equivocation; any further ones add nothing and are neither queued nor relayed."""
 
 
 class BftConsensus(QueuedConsensus):
@@ -61,7 +63,10 @@ class BftConsensus(QueuedConsensus):
         self._guard: VoteGuard | None = None
         self._blocks: dict[bytes, Block] = {}
         self._results: dict[bytes, BlockResult] = {}
-        self._future: list[tuple[str, Any]] = []
+        self._future: dict[tuple[Any, ...], tuple[str, Any]] = {}
+        """Messages for the next height, one per proposer round and per validator vote slot."""
+        self._slots: dict[tuple[bytes, int, int], int] = {}
+        """Votes queued this height per (validator, kind, round)."""
         self._own: list[tuple[str, dict[str, Any]]] = []
         self._starter: asyncio.Task[None] | None = None
         self._last_commit = 0.0
@@ -84,21 +89,34 @@ class BftConsensus(QueuedConsensus):
             return False
         if message_type == "vote":
             vote = parse_vote(body)
-            if vote.validator not in self._validators or vote.height < self.height:
+            if vote.validator not in self._validators or not self._in_reach(vote.height, vote.round):
+                return False
+            slot = (vote.validator, int(vote.kind), vote.round)
+            if vote.height == self.height and self._slots.get(slot, 0) >= VOTES_PER_SLOT:
                 return False
             message = signed_vote_message(self.chain_id, vote.kind, vote.height, vote.round, vote.block_hash)
             if not verify_signature(vote.validator, message, vote.signature):
                 raise InvalidProof("vote signature does not verify")
+            if vote.height == self.height:
+                self._slots[slot] = self._slots.get(slot, 0) + 1
             self._inbox.put_nowait(("vote", vote))
             return True
         if message_type == "proposal":
             known = self._host.known_transaction if self._host is not None else None
-            parsed = checked_proposal(body, self.chain_id, lambda h, r: tm.proposer(self._validators, h, r), known)
-            if parsed is None or parsed.proposal.height < self.height:
+            parsed = checked_proposal(body, self.chain_id, lambda h, r: tm.proposer(self._validators, h, r), known,
+                                      reach=self._in_reach)  # fmt: skip
+            if parsed is None:
                 return False
             self._inbox.put_nowait(("proposal", parsed))
             return True
         return False
+
+    def _in_reach(self, height: int, round_: int) -> bool:
+        """This height or the next, and no more than MAX_ROUND_LEAD rounds ahead: anything
+        further is dropped unrelayed (block sync brings later heights; regossip resends)."""
+        if height == self.height:
+            return round_ <= self.last_round + tm.MAX_ROUND_LEAD
+        return height == self.height + 1 and round_ <= tm.MAX_ROUND_LEAD
 
     # -- the driver --------------------------------------------------------------------------------
     async def run(self, producer: Any) -> None:
@@ -129,9 +147,11 @@ class BftConsensus(QueuedConsensus):
         propose (or an empty-block interval went by, or a peer already started it)."""
         self.height = height
         self.state = None
+        self.last_round = 0
         self._blocks.clear()
         self._results.clear()
         self._own.clear()
+        self._slots.clear()
         if self._starter is not None:
             self._starter.cancel()
         self._starter = asyncio.ensure_future(self._start_when_ready(height, wait))
@@ -159,8 +179,8 @@ class BftConsensus(QueuedConsensus):
         if height < self.height:
             return
         if height > self.height or self.state is None:
-            if height <= self.height + 1 and len(self._future) < MAX_FUTURE_MESSAGES:
-                self._future.append((kind, item))  # further ahead, block sync is the way
+            if height <= self.height + 1:
+                self._future.setdefault(self._future_key(kind, item), (kind, item))  # further: block sync
             if height > self.height:
                 assert self._host is not None
                 self._host.request_blocks(self.height)
@@ -176,13 +196,21 @@ class BftConsensus(QueuedConsensus):
             self._starter = None
         self.state, effects = resume_height(self._validators, self.me, self.height, self._guard)
         await self._apply(effects)
-        pending, self._future = self._future, []
-        for kind, item in pending:
+        pending, self._future = self._future, {}
+        for key, (kind, item) in pending.items():
             height = item.proposal.height if kind == "proposal" else item.height
             if height == self.height and self.state is not None:
                 await self._step(self._event(kind, item))
             elif height > self.height:
-                self._future.append((kind, item))
+                self._future[key] = (kind, item)
+
+    @staticmethod
+    def _future_key(kind: str, item: Any) -> tuple[Any, ...]:
+        """Proposals keyed by (height, round): there is one proposer per round; votes by
+        their slot. So what waits for a later height is bounded by the round lead."""
+        if kind == "proposal":
+            return ("proposal", item.proposal.height, item.proposal.round)
+        return ("vote", item.height, item.validator, int(item.kind), item.round)
 
     @staticmethod
     def _event(kind: str, item: Any) -> tm.Event | ProposalMessage:

@@ -67,23 +67,32 @@ class ProposalMessage:
     block: Block
 
 
-def parse_proposal(body: dict[str, Any], known: Callable[[bytes], Transaction | None] | None = None) -> ProposalMessage:
-    """Parse a proposal; ``known`` returns an already decoded transaction for its bytes."""
+def parse_signed_proposal(body: dict[str, Any]) -> tm.Proposal:
+    """The signed part of a proposal, without its block (cheap: checked first)."""
     try:
         p = tm.Proposal(body["height"], body["round"], body["block_hash"], body["valid_round"], body["proposer"],
                         body["signature"])  # fmt: skip
+    except (KeyError, TypeError) as exc:
+        raise DecodeError("malformed proposal") from exc
+    _check_shapes(p.height, p.round, p.block_hash, p.proposer, p.signature, nil_ok=False)
+    if not isinstance(p.valid_round, int) or isinstance(p.valid_round, bool) or not -1 <= p.valid_round < p.round:
+        raise DecodeError("proposal: valid_round must be -1 or an earlier round")
+    return p
+
+
+def parse_proposed_block(body: dict[str, Any], p: tm.Proposal,
+                         known: Callable[[bytes], Transaction | None] | None = None) -> ProposalMessage:  # fmt: skip
+    """The block of proposal ``p``; ``known`` returns an already decoded transaction for its bytes."""
+    try:
         header = decode_header(body["header"])
         raw_txs = body["transactions"]
         if not isinstance(raw_txs, list):
             raise DecodeError("proposal: transactions must be a list")
+        if header.hash != p.block_hash or header.height != p.height:
+            raise DecodeError("proposal: the block is not the one proposed")
         txs = tuple(_transaction(raw, known) for raw in raw_txs)
     except (KeyError, TypeError) as exc:
         raise DecodeError("malformed proposal") from exc
-    _check_shapes(p.height, p.round, p.block_hash, p.proposer, p.signature, nil_ok=False)
-    if not isinstance(p.valid_round, int) or not -1 <= p.valid_round < p.round:
-        raise DecodeError("proposal: valid_round must be -1 or an earlier round")
-    if header.hash != p.block_hash or header.height != p.height:
-        raise DecodeError("proposal: the block is not the one proposed")
     return ProposalMessage(p, Block(header, txs))
 
 
@@ -102,16 +111,18 @@ def proposal_body(p: tm.Proposal, block: Block) -> dict[str, Any]:
 
 
 def checked_proposal(body: dict[str, Any], chain_id: str, expected_proposer: Callable[[int, int], bytes],
-                     known: Callable[[bytes], Transaction | None] | None) -> ProposalMessage | None:  # fmt: skip
+                     known: Callable[[bytes], Transaction | None] | None,
+                     reach: Callable[[int, int], bool] = lambda height, round_: True) -> ProposalMessage | None:  # fmt: skip
     """A parsed proposal from the proposer of its (height, round) with a valid signature;
-    None if someone else sent it. Raises DecodeError or InvalidProof for a bad one."""
-    parsed = parse_proposal(body, known)
-    p = parsed.proposal
-    if p.proposer != expected_proposer(p.height, p.round):
+    None if someone else sent it or ``reach`` says its (height, round) is of no use now.
+    The signature is checked before the block is decoded. Raises DecodeError or
+    InvalidProof for a bad one."""
+    p = parse_signed_proposal(body)
+    if p.proposer != expected_proposer(p.height, p.round) or not reach(p.height, p.round):
         return None
     if not verify_signature(p.proposer, proposal_message(chain_id, p), p.signature):
         raise InvalidProof("proposal signature does not verify")
-    return parsed
+    return parse_proposed_block(body, p, known)
 
 
 class QueuedConsensus(Consensus):

@@ -12,12 +12,18 @@ Line numbers (L22, L28, …) refer to Algorithm 1; docs/consensus.md explains th
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 NIL = b""
 """The block hash of a nil vote."""
+MAX_ROUND_LEAD = 8
+"""Proposals and votes more than this many rounds ahead of a validator's round are
+dropped; their senders send them again (regossip) once it is closer. One Byzantine
+validator's votes for unbounded rounds otherwise cost memory and time on every step
+(CometBFT likewise bounds the rounds a peer may open ahead)."""
 
 
 class Step(IntEnum):
@@ -156,6 +162,8 @@ class State:
     valid_blocks: frozenset[bytes] = frozenset()
     fired: frozenset[tuple[str, int]] = field(default=frozenset())
     """"First time" rules already fired, as (rule, round)."""
+    equivocations: frozenset[tuple[bytes, int, int]] = frozenset()
+    """(validator, kind, round) already reported as equivocating: one piece of evidence each."""
 
     @property
     def quorum(self) -> int:
@@ -182,13 +190,29 @@ def start_height(validators: tuple[bytes, ...], me: bytes | None, height: int) -
 # -- queries over the height's message log ------------------------------------------------------
 
 
+# The log holds at most one vote per (validator, kind, round) (``_record``), so counting
+# votes counts distinct validators.
+
+
 def _votes(state: State, kind: VoteKind, round_: int) -> list[Vote]:
     return [v for v in state.votes if v.kind == kind and v.round == round_]
 
 
 def _count(state: State, kind: VoteKind, round_: int, block_hash: bytes | None = None) -> int:
-    """Distinct validators voting ``kind`` in ``round_`` (for ``block_hash``, or for anything)."""
-    return len({v.validator for v in _votes(state, kind, round_) if block_hash is None or v.block_hash == block_hash})
+    """Validators voting ``kind`` in ``round_`` (for ``block_hash``, or for anything)."""
+    return sum(1 for v in _votes(state, kind, round_) if block_hash is None or v.block_hash == block_hash)
+
+
+def _later_senders(state: State) -> dict[int, set[bytes]]:
+    """Who sent a proposal or vote for each round above the current one, in one pass."""
+    senders: dict[int, set[bytes]] = {}
+    for v in state.votes:
+        if v.round > state.round:
+            senders.setdefault(v.round, set()).add(v.validator)
+    for p in state.proposals:
+        if p.round > state.round:
+            senders.setdefault(p.round, set()).add(p.proposer)
+    return senders
 
 
 def _proposal(state: State, round_: int) -> Proposal | None:
@@ -229,19 +253,22 @@ def _record(state: State, event: Event) -> tuple[State, list[Effect]]:
         p = event.proposal
         if p.height != state.height or p.proposer != proposer(state.validators, p.height, p.round):
             return state, []
+        if p.round > state.round + MAX_ROUND_LEAD:
+            return state, []
         if any(q.round == p.round and q.proposer == p.proposer for q in state.proposals):
             return state, []  # a proposer's first proposal of a round is the one that counts
         valid = state.valid_blocks | {p.block_hash} if event.block_valid else state.valid_blocks
         return dataclasses.replace(state, proposals=(*state.proposals, p), valid_blocks=valid), []
     if isinstance(event, VoteReceived):
         v = event.vote
-        if v.height != state.height or v.validator not in state.validators:
+        if v.height != state.height or v.validator not in state.validators or v.round > state.round + MAX_ROUND_LEAD:
             return state, []
         for seen in state.votes:
             if (seen.validator, seen.kind, seen.round) == (v.validator, v.kind, v.round):
-                if seen.block_hash != v.block_hash:
-                    return state, [Equivocation(seen, v)]
-                return state, []
+                slot = (v.validator, int(v.kind), v.round)
+                if seen.block_hash == v.block_hash or slot in state.equivocations:
+                    return state, []
+                return dataclasses.replace(state, equivocations=state.equivocations | {slot}), [Equivocation(seen, v)]
         return dataclasses.replace(state, votes=(*state.votes, v)), []
     return state, []
 
@@ -270,19 +297,17 @@ def _apply_rules(state: State) -> tuple[State, list[Effect]]:
             precommits = tuple(v for v in _votes(state, VoteKind.PRECOMMIT, p.round) if v.block_hash == p.block_hash)
             return dataclasses.replace(state, decided=p.block_hash), [Decide(h, p.round, p.block_hash, precommits)]
     # Pitfall: 2f+1 precommits for a block we have no proposal for — fetch the block.
-    for v in state.votes:
-        committed = v.kind == VoteKind.PRECOMMIT and v.block_hash != NIL
-        if committed and _count(state, VoteKind.PRECOMMIT, v.round, v.block_hash) >= state.quorum:
-            first, state_after = _first_time(state, "fetch", v.round)
-            if first and not any(p.block_hash == v.block_hash for p in state.proposals):
-                return state_after, [FetchBlock(h, v.round, v.block_hash)]
+    precommits = Counter((v.round, v.block_hash) for v in state.votes if v.kind == VoteKind.PRECOMMIT)
+    for (round_, value), count in precommits.items():
+        if value != NIL and count >= state.quorum:
+            first, state_after = _first_time(state, "fetch", round_)
+            if first and not any(p.block_hash == value for p in state.proposals):
+                return state_after, [FetchBlock(h, round_, value)]
 
     # L55: f+1 messages of a higher round: skip to it.
-    later = {m.round for m in (*state.votes, *state.proposals) if m.round > r}
+    later = _later_senders(state)
     for round_ in sorted(later, reverse=True):
-        senders = {v.validator for v in state.votes if v.round == round_}
-        senders |= {p.proposer for p in state.proposals if p.round == round_}
-        if len(senders) >= state.one_honest:
+        if len(later[round_]) >= state.one_honest:
             return start_round(state, round_)
 
     proposal = _proposal(state, r)

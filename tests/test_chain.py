@@ -1,11 +1,21 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 from ledger_helpers import GENESIS, USER, VALIDATOR, new_chain, produce, record
 
-from twinledger.core.types import Block, CommitCertificate, Receipt, VoteSignature, encode_receipt
+from twinledger.core.types import (
+    MAX_BLOCK_TX_BYTES,
+    MAX_TX_BYTES,
+    PREFERRED_BLOCK_TX_BYTES,
+    Block,
+    CommitCertificate,
+    Receipt,
+    VoteSignature,
+    encode_receipt,
+)
 from twinledger.crypto.keys import SigningKey
 from twinledger.errors import InvalidBlock, InvalidTransaction, MempoolFull
 from twinledger.ledger.blocktree import BlockTree
@@ -148,7 +158,7 @@ def test_block_tree_forks_and_leaves():
 
 
 def test_mempool_orders_nonces_and_bounds():
-    pool = Mempool(max_txs=3)
+    pool = Mempool(max_txs=3, sender_share=1)
     t5, t4, t9 = record(nonce=5), record(nonce=4), record(nonce=9)
     for tx in (t5, t4, t9):
         assert pool.check(tx)
@@ -256,3 +266,60 @@ def test_a_block_from_the_future_is_invalid(tmp_path):
             chain.execute_proposal(block, now_ms=now)
     timely, _ = chain.build_block([record()], VALIDATOR.public, now + MAX_BLOCK_AHEAD_MS // 2)
     chain.execute_proposal(timely, now_ms=now)
+
+
+def _large(count: int, per_sender: int = 10) -> list:
+    """``count`` admissible transactions of nearly the largest size, ``per_sender`` per sender."""
+    keys = [SigningKey(bytes([100 + i % 150, i // 150]) * 16) for i in range(count // per_sender + 1)]
+    return [record(nonce=i % per_sender, key=keys[i // per_sender], payload=os.urandom(MAX_TX_BYTES - 400))
+            for i in range(count)]  # fmt: skip
+
+
+def test_a_block_is_bounded_in_bytes_and_a_builder_fills_it_to_its_preferred_size(tmp_path):
+    """Blocks were bounded by count only: a valid block of 1,100 near-maximal transactions
+    outgrew every frame, its proposal was never sent and re-gossip raised for good."""
+    chain = new_chain(SqliteChainStore(tmp_path / "a.db"))
+    txs = _large(MAX_BLOCK_TX_BYTES // MAX_TX_BYTES + 8)
+    assert sum(len(tx.encoded) for tx in txs) > MAX_BLOCK_TX_BYTES and len(txs) <= GENESIS.max_block_txs
+    block, _ = chain.build_block(txs, VALIDATOR.public, chain.head.timestamp + 1000)
+    with pytest.raises(InvalidBlock, match="exceed"):
+        chain.execute_proposal(block)
+    pool = Mempool()
+    for tx in txs[:200]:
+        pool.add(tx)
+    chosen = pool.select(GENESIS.max_block_txs)
+    size = sum(len(tx.encoded) for tx in chosen)
+    assert PREFERRED_BLOCK_TX_BYTES - MAX_TX_BYTES < size <= PREFERRED_BLOCK_TX_BYTES
+
+
+def test_the_mempool_is_bounded_in_bytes_and_no_sender_holds_more_than_its_share():
+    """No byte limit and no per-sender cap: one member's key could fill a node's memory."""
+    pool = Mempool(max_txs=100, max_bytes=20 * MAX_TX_BYTES)
+    flooder, other = SigningKey(bytes([60]) * 32), SigningKey(bytes([61]) * 32)
+    for nonce in range(10):
+        pool.add(record(nonce=nonce, key=flooder))
+    with pytest.raises(MempoolFull, match="share"):
+        pool.check(record(nonce=10, key=flooder))
+    assert pool.check(record(nonce=0, key=other))
+    with pytest.raises(MempoolFull, match="bytes"):
+        for tx in _large(40, per_sender=1):
+            pool.check(tx)
+            pool.add(tx)
+    assert pool.max_bytes - MAX_TX_BYTES < pool.bytes <= pool.max_bytes
+    pool.remove([tx.hash for tx in pool.select(100, 10**9)])
+    assert pool.bytes == 0 and len(pool) == 0
+
+
+def test_a_block_sync_answer_fits_a_frame_whatever_the_blocks_weigh(tmp_path):
+    from types import SimpleNamespace
+
+    from twinledger.node.sync import SYNC_BATCH, BlockSync
+
+    store = SqliteChainStore(tmp_path / "a.db")
+    chain = new_chain(store)
+    txs = _large(9 * 64)
+    for start in range(0, len(txs), 64):
+        produce(chain, txs[start : start + 64])
+    answer = BlockSync(SimpleNamespace(chain_store=store), list).raw_blocks(1)  # type: ignore[arg-type]
+    size = sum(len(b["header"]) + len(b["certificate"]) + sum(map(len, b["transactions"])) for b in answer)
+    assert 0 < len(answer) < min(9, SYNC_BATCH) and size <= MAX_BLOCK_TX_BYTES

@@ -24,6 +24,13 @@ from twinledger.errors import DecodeError
 MAX_TX_BYTES = 64 * 1024
 MAX_NAME_LENGTH = 64
 MAX_BLOCK_BYTES = 64 * 1024 * 1024
+MAX_BLOCK_TX_BYTES = 32 * 1024 * 1024
+"""What a block's transactions may add up to, encoded: a block stays well inside a proposal
+or sync frame (MAX_BLOCK_BYTES and a margin). Counting transactions alone let a valid block
+of 1,100 large transactions outgrow every frame."""
+PREFERRED_BLOCK_TX_BYTES = 4 * 1024 * 1024
+"""What a proposer puts in a block (Fabric's PreferredMaxBytes): a large block takes long to
+gossip and execute on every validator, and rounds time out."""
 
 TX_TAG = "twinledger/tx/v1"
 TX_SIGN_TAG = "twinledger/tx-sign/v1"

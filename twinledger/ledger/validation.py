@@ -7,6 +7,7 @@ from collections.abc import Container
 
 from twinledger.core.merkle import merkle_root
 from twinledger.core.types import (
+    MAX_BLOCK_TX_BYTES,
     MAX_TX_BYTES,
     AnyTransaction,
     Block,
@@ -72,6 +73,8 @@ def validate_block(block: Block, parent: BlockHeader, validators_hash: bytes, ma
         raise InvalidBlock("block names another validator set")
     if header.tx_count != len(block.transactions) or header.tx_count > max_txs:
         raise InvalidBlock("block transaction count is wrong or too large")
+    if sum(len(tx.encoded) for tx in block.transactions) > MAX_BLOCK_TX_BYTES:
+        raise InvalidBlock(f"block transactions exceed {MAX_BLOCK_TX_BYTES} bytes")
     if merkle_root([tx.hash for tx in block.transactions]) != header.tx_root:
         raise InvalidBlock("block transaction root does not match its transactions")
     seen: set[tuple[bytes, int]] = set()

@@ -32,7 +32,7 @@ from twinledger.contracts.runtime import committed_nonce
 from twinledger.core.encoding import decode, encode
 from twinledger.core.hashing import hash_obj
 from twinledger.core.proof import InclusionProof
-from twinledger.core.types import Block, BlockHeader, CommitCertificate, Receipt, Transaction
+from twinledger.core.types import PREFERRED_BLOCK_TX_BYTES, Block, BlockHeader, CommitCertificate, Receipt, Transaction
 from twinledger.errors import InvalidBlock, TwinledgerError
 from twinledger.ledger.chain import Chain, ImportOutcome, StoreState, return_abandoned
 from twinledger.ledger.mempool import Mempool
@@ -271,7 +271,7 @@ class LedgerService(NetworkedProducer):
             await self._tx_available.wait()
 
     def _build(self, proposer: bytes, allow_empty: bool) -> tuple[Block, BlockResult] | None:
-        txs = self.mempool.select(self.genesis.max_block_txs)
+        txs = self.mempool.select(self.genesis.max_block_txs, PREFERRED_BLOCK_TX_BYTES)
         if not txs and not allow_empty:
             return None
         return self.chain.build_block(txs, proposer, int(time.time() * 1000))

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from twinledger.core.types import Block, decode_certificate, decode_header, decode_transaction
+from twinledger.core.types import MAX_BLOCK_TX_BYTES, Block, decode_certificate, decode_header, decode_transaction
 from twinledger.errors import DecodeError
 from twinledger.net.peers import Peer
 from twinledger.node.ledger import LedgerService
@@ -40,13 +40,18 @@ class BlockSync:
             peer.send("get_blocks", {"from": height})
 
     def raw_blocks(self, start: int) -> list[dict[str, Any]]:
-        """Up to a batch of canonical blocks from ``start``, as stored (a store read)."""
-        out = []
+        """Up to a batch of canonical blocks from ``start``, as stored (a store read), and
+        no more bytes than one block may hold, so the answer always fits a frame."""
+        out: list[dict[str, Any]] = []
+        size = 0
         for height in range(start, start + SYNC_BATCH):
             raw = self.ledger.chain_store.raw_block(height)
             if raw is None:
                 break
             _, header, certificate, txs = raw
+            size += len(header) + len(certificate) + sum(len(tx) for tx in txs)
+            if out and size > MAX_BLOCK_TX_BYTES:
+                break
             out.append({"header": header, "certificate": certificate, "transactions": txs})
         return out
 
@@ -72,5 +77,4 @@ class BlockSync:
         if imported:
             log.info("block sync: imported %d block(s), head is %d", imported, ledger.head.height)
             ledger.consensus.head_advanced(ledger.head.height)
-            if len(items) >= SYNC_BATCH:
-                self.request_blocks(ledger.head.height + 1)
+            self.request_blocks(ledger.head.height + 1)  # a batch is bounded in bytes too: ask on until none come

@@ -107,3 +107,85 @@ def test_a_proposal_signature_is_checked_before_its_block_is_decoded():
     far["proposer"] = tm.proposer(VALIDATORS, 5, tm.MAX_ROUND_LEAD + 4)
     assert not bft.receive("proposal", far)
     assert inbox.empty()
+
+
+def _peer_manager():
+    from twinledger.crypto.certs import NodeIdentity
+    from twinledger.net.peers import PeerManager
+
+    me = NodeIdentity("org0", "node-0", KEYS[0].public, bytes(32))
+    return PeerManager(me=me, chain_id="c", genesis_hash=bytes(32), listen_host="127.0.0.1", listen_port=7000,
+                       advertise=None, seeds=["seed.example:7000"], target_peers=8, server_ssl=None, client_ssl=None,
+                       ca_cert=None, org_cert_der=b"", handler=None, height=lambda: 0)  # type: ignore[arg-type]
+
+
+def _member(index: int):
+    from twinledger.crypto.certs import NodeIdentity
+    from twinledger.net.peers import Peer
+
+    return Peer(NodeIdentity("org3", f"node-{index}", bytes([index]) * 32, bytes(32)), f"10.0.0.{index}:7000", False,
+                None)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_a_member_cannot_grow_the_address_book_or_the_frames_it_sends():
+    """Any member could send 1,000 addresses per ``peers`` frame, kept for good and passed
+    on, until every ``peers`` message outgrew the frame limit and the peer task died."""
+    from twinledger.net import peers
+    from twinledger.net.wire import encode_frame
+
+    book = _peer_manager()
+    rogue = _member(9)
+    for frame in range(200):
+        book._learn(rogue, [f"h{frame}-{i}.example:{1 + i}" for i in range(1000)])
+    assert len(book.known) <= peers.MAX_LEARNED_PER_PEER + 1
+    for index in range(100):  # many identities of one member
+        book._learn(_member(index), [f"m{index}-{i}.example:7000" for i in range(peers.MAX_LEARNED_PER_PEER)])
+    assert sum(map(len, book.learned.values())) <= peers.MAX_LEARNED
+    assert book.shared() == sorted({"seed.example:7000", book.address}), "only checked addresses are passed on"
+    book.verified.update(f"v{i}.example:7000" for i in range(5000))
+    assert len(encode_frame("peers", {"addresses": book.shared()})) < 64 * 1024
+    book._learn(rogue, ["no-port", "h:0", "h:99999", "bad host!:80", 7, "x" * 400 + ":1", "[::1]:7000", "ok.example:1"])
+    assert book.learned[rogue.key] == {"[::1]:7000", "ok.example:1"}
+    with pytest.raises(Exception, match="must be a list"):
+        book._learn(rogue, "everything")
+
+
+def test_a_bloated_address_book_neither_breaks_nor_half_registers_a_handshake(tmp_path):
+    """With thousands of addresses known, the handshake's ``peers`` frame outgrew the frame
+    limit after the peer was registered: the connection died, the peer stayed registered,
+    and the node never dialled it again. Two real peer managers over mutual TLS."""
+    from types import SimpleNamespace
+
+    from network_helpers import make_network
+
+    from twinledger.config import load_config
+    from twinledger.ledger.genesis import Genesis
+    from twinledger.node.roles import PeerNetwork
+
+    net = make_network(tmp_path / "net", orgs=["manufacturer", "owner"])
+    configs = [load_config(home) for home in net.homes]
+    genesis = Genesis.read(configs[0].genesis_path)
+    ledger = SimpleNamespace(chain_id=genesis.chain_id, genesis=genesis, head=SimpleNamespace(height=0))
+
+    async def scenario() -> None:
+        a, b = (PeerNetwork(config, ledger) for config in configs)  # type: ignore[arg-type]
+        await a.start()
+        assert a.manager is not None
+        a.manager.target_peers = 0  # a only answers (it would dial made-up names)
+        a.manager.verified.update(f"{i:06d}.{'n' * 280}.example:7000" for i in range(240_000))  # > one frame
+        await b.start()
+        assert b.manager is not None
+        b.manager.target_peers = 1  # a is enough (a's made-up names are not worth a DNS lookup)
+        try:
+            async with asyncio.timeout(30):
+                while not (a.peers() and b.peers()):
+                    await asyncio.sleep(0.05)
+            assert a.peers()[0].writer.is_closing() is False
+        finally:
+            await b.stop()
+        async with asyncio.timeout(30):
+            while a.peers():  # b is gone: a forgets it, and would dial it again
+                await asyncio.sleep(0.05)
+        await a.stop()
+
+    asyncio.run(scenario())

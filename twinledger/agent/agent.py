@@ -563,5 +563,6 @@ def _params(params: dict[str, Any]) -> str:
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+    with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can swallow a cancellation
+        async with asyncio.timeout(seconds):
+            await stop.wait()

@@ -117,12 +117,18 @@ class PoaConsensus(QueuedConsensus):
                 if self._my_turn(h) and waiting.done():  # transactions wait, or the empty-block interval passed
                     await self._propose(host, h)
                 timeout = self._attempt_end(h) - time.monotonic()
-                with contextlib.suppress(TimeoutError):
-                    kind, item = await asyncio.wait_for(self._inbox.get(), max(0.01, min(timeout, 0.2)))
-                    try:
-                        await self._handle(host, h, kind, item)
-                    except TwinledgerError as exc:
-                        log.warning("poa: %s", exc.message)
+                try:  # not wait_for: on 3.11 it can swallow a cancellation
+                    async with asyncio.timeout(max(0.01, min(timeout, 0.2))):
+                        kind, item = await self._inbox.get()
+                except TimeoutError:
+                    continue
+                try:
+                    await self._handle(host, h, kind, item)
+                except TwinledgerError as exc:
+                    log.warning("poa: %s", exc.message)
+                except Exception as exc:  # noqa: BLE001 - the driver outlives any one bad message or block
+                    log.error("poa: %s while handling a %s: %s (refused; consensus goes on)", type(exc).__name__,
+                              kind, exc)  # fmt: skip
         finally:
             waiting.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):

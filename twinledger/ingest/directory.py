@@ -166,8 +166,9 @@ class DirectoryIngest:
             while not stop.is_set():
                 changed.clear()
                 await self.run_once()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(_first(changed, stop), interval)
+                with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can swallow a cancellation
+                    async with asyncio.timeout(interval):
+                        await _first(changed, stop)
         finally:
             observer.stop()
             observer.join()

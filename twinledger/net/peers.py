@@ -6,6 +6,12 @@ A peer is who its certificate says: TLS checks the chain to the consortium CA, t
 message carries the organisation certificate so the organisation is checked too, and the
 ledger keys come from the node certificate. Nothing a peer sends is trusted further:
 the handler validates every message before it is relayed.
+
+The address book keeps what it has checked apart from what it was told: *verified*
+addresses are the seeds and the listen addresses of peers that completed a handshake;
+*learned* ones are what each peer's latest ``peers`` message said, a bounded few per peer,
+dialled but never passed on. So one member cannot grow another's memory or its outgoing
+frames, nor spread addresses it made up.
 """
 
 from __future__ import annotations
@@ -35,6 +41,13 @@ PEER_EXCHANGE_INTERVAL = 5.0
 MAX_QUEUED_FRAMES = 20_000
 SEEN_CAPACITY = 200_000
 GOSSIP_TYPES = frozenset({"txs", "proposal", "vote"})
+MAX_LEARNED_PER_PEER = 64
+MAX_LEARNED = 1024
+MAX_VERIFIED = 1024
+MAX_SHARED = 256
+"""Addresses one ``peers`` message carries at most."""
+MAX_DIAL_FAILURES = 8
+"""Failed dials after which an address that is not a seed is forgotten."""
 
 Handler = Callable[["Peer", Frame], Awaitable[bool]]
 """Handles a frame from a peer; True if a gossip frame is valid and should be relayed."""
@@ -84,7 +97,9 @@ class PeerManager:
         self.listen_host, self.listen_port = listen_host, listen_port
         self.advertise = advertise
         self.seeds = list(seeds)
-        self.known: set[str] = set(seeds)
+        self.verified: set[str] = set(seeds)
+        self.learned: dict[bytes, set[str]] = {}
+        """Per peer key: the unchecked addresses of its latest ``peers`` message."""
         self.target_peers = target_peers
         self.server_ssl, self.client_ssl = server_ssl, client_ssl
         self.ca_cert = ca_cert
@@ -103,6 +118,15 @@ class PeerManager:
     @property
     def address(self) -> str:
         return self.advertise or f"{self.listen_host}:{self.listen_port}"
+
+    @property
+    def known(self) -> set[str]:
+        """Every address worth dialling."""
+        return self.verified.union(*self.learned.values())
+
+    def shared(self) -> list[str]:
+        """What a ``peers`` message says: verified addresses only, bounded."""
+        return sorted(self.verified | {self.address})[:MAX_SHARED]
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -144,16 +168,23 @@ class PeerManager:
         """Keep the target number of connections, and exchange peer lists."""
         while True:
             self._changed.clear()
-            candidates = sorted(self.known - {self.address} - {p.address for p in self.peers.values()} - self._dialing)
-            random.shuffle(candidates)
-            for address in candidates[: max(0, self.target_peers - len(self.peers))]:
-                self._dialing.add(address)
-                self._tasks.spawn(self._dial(address))
-            for peer in list(self.peers.values()):
-                peer.send("peers", {"addresses": sorted(self.known | {self.address})})
-                peer.send("status", {"height": self.height()})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), PEER_EXCHANGE_INTERVAL)
+            try:
+                self._dial_and_announce()
+            except Exception as exc:  # noqa: BLE001 - the task that keeps this node connected outlives any error
+                log.error("peer maintenance: %s: %s (it goes on)", type(exc).__name__, exc)
+            with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can swallow a cancellation
+                async with asyncio.timeout(PEER_EXCHANGE_INTERVAL):
+                    await self._changed.wait()
+
+    def _dial_and_announce(self) -> None:
+        candidates = sorted(self.known - {self.address} - {p.address for p in self.peers.values()} - self._dialing)
+        random.shuffle(candidates)
+        for address in candidates[: max(0, self.target_peers - len(self.peers))]:
+            self._dialing.add(address)
+            self._tasks.spawn(self._dial(address))
+        for peer in list(self.peers.values()):
+            peer.send("peers", {"addresses": self.shared()})
+            peer.send("status", {"height": self.height()})
 
     async def _dial(self, address: str) -> None:
         try:
@@ -170,6 +201,8 @@ class PeerManager:
         except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
             self._failures[address] = self._failures.get(address, 0) + 1
             log.debug("cannot reach %s: %s", address, exc)
+            if self._failures[address] >= MAX_DIAL_FAILURES and address not in self.seeds:
+                self._forget(address)
             self._dialing.discard(address)
             self._changed.set()
             return
@@ -226,7 +259,7 @@ class PeerManager:
         if (hello.chain_id, hello.genesis_hash) != (self.chain_id, self.genesis_hash):
             raise TwinledgerError(f"peer {identity.node} is on another chain ({hello.chain_id})", code="wrong_chain")
         if identity.signing_key == self.me.signing_key:
-            self.known.discard(hello.listen)
+            self._forget(hello.listen)
             return None  # dialled ourselves
         existing = self.peers.get(identity.signing_key)
         if existing is not None:
@@ -237,12 +270,13 @@ class PeerManager:
                 return None
             existing.writer.close()
         peer = Peer(identity, hello.listen, outbound, writer, hello.height)
-        self.peers[peer.key] = peer
-        self.known.add(hello.listen)
+        peer.send("peers", {"addresses": self.shared()})
         if dialed is not None and dialed != hello.listen:
-            self.known.discard(dialed)
+            self._forget(dialed)
+        if _valid_address(hello.listen) and (len(self.verified) < MAX_VERIFIED or hello.listen in self.verified):
+            self.verified.add(hello.listen)
+        self.peers[peer.key] = peer  # last: a handshake that fails leaves nothing half-registered
         log.info("peer %s (%s) connected at %s", identity.node, identity.organisation, hello.listen)
-        peer.send("peers", {"addresses": sorted(self.known | {self.address})})
         self._changed.set()
         return peer
 
@@ -264,7 +298,7 @@ class PeerManager:
             if frame.type in GOSSIP_TYPES:
                 self._remember(digest)
             if frame.type == "peers":
-                self._learn(frame.body.get("addresses"))
+                self._learn(peer, frame.body.get("addresses"))
                 continue
             if frame.type == "status":
                 height = frame.body.get("height")
@@ -274,12 +308,33 @@ class PeerManager:
             if relay and frame.type in GOSSIP_TYPES:
                 self._flood(len(frame.raw).to_bytes(4, "big") + frame.raw, exclude=peer)
 
-    def _learn(self, addresses: Any) -> None:
+    def _learn(self, peer: Peer, addresses: Any) -> None:
+        """Take a peer's list in place of its previous one: a few valid, new addresses."""
         if not isinstance(addresses, list):
             raise DecodeError("peers: addresses must be a list")
-        before = len(self.known)
-        for address in addresses[:1000]:
-            if isinstance(address, str) and 0 < len(address) <= 300 and ":" in address:
-                self.known.add(address)
-        if len(self.known) != before:
+        fresh: set[str] = set()
+        for address in addresses[:MAX_SHARED]:
+            if len(fresh) < MAX_LEARNED_PER_PEER and _valid_address(address) and address not in self.verified:
+                fresh.add(address)
+        previous = self.learned.pop(peer.key, set())
+        room = MAX_LEARNED - sum(len(a) for a in self.learned.values())
+        self.learned[peer.key] = fresh if len(fresh) <= room else set(sorted(fresh)[: max(0, room)])
+        if self.learned[peer.key] - previous:
             self._changed.set()
+
+    def _forget(self, address: str) -> None:
+        self.verified.discard(address)
+        for addresses in self.learned.values():
+            addresses.discard(address)
+        self._failures.pop(address, None)
+
+
+def _valid_address(address: Any) -> bool:
+    """host:port with a plausible host name or IP and a port number."""
+    if not isinstance(address, str) or not 3 <= len(address) <= 262:
+        return False
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        return False
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return all(c.isalnum() or c in ".-:_" for c in host)

@@ -323,3 +323,50 @@ def test_a_block_sync_answer_fits_a_frame_whatever_the_blocks_weigh(tmp_path):
     answer = BlockSync(SimpleNamespace(chain_store=store), list).raw_blocks(1)  # type: ignore[arg-type]
     size = sum(len(b["header"]) + len(b["certificate"]) + sum(map(len, b["transactions"])) for b in answer)
     assert 0 < len(answer) < min(9, SYNC_BATCH) and size <= MAX_BLOCK_TX_BYTES
+
+
+def test_an_orphan_with_a_forged_body_is_refused_and_the_real_branch_is_adopted(stores):
+    """An orphan was stored on its certificate alone: a real certified header with other
+    transactions took the real block's place in the store, and the branch never came in."""
+    a, b, follower = new_chain(stores("a")), new_chain(stores("b")), new_chain(stores("f"), key=None)
+    a1 = produce(a, [record()])
+    b1, b2, b3 = (produce(b, [record()]) for _ in range(3))
+    follower.apply_block(*a1)
+    with pytest.raises(InvalidBlock, match="transaction root"):
+        follower.apply_block(Block(b2[0].header, (record(),)), b2[1])
+    for block in (b1, b2, b3):
+        follower.apply_block(*block)
+    assert follower.head == b3[0].header
+
+
+def test_a_node_killed_in_the_middle_of_a_reorganisation_finishes_it_at_restart(stores, monkeypatch):
+    """Killed after the rewind, before the new branch was applied: the head stayed at the
+    common ancestor, block sync found every later block 'known', and the node was stuck."""
+    from twinledger.ledger.chain import Chain
+
+    a, b = new_chain(stores("a")), new_chain(stores("b"))
+    store = stores("f")
+    follower = new_chain(store, key=None)
+    left_behind = record(nonce=0, key=SigningKey(bytes([70]) * 32))  # valid on the new branch too
+    for block in [produce(a, [tx]) for tx in (record(), left_behind, record())]:
+        follower.apply_block(*block)
+    branch = [produce(b, [record()]) for _ in range(4)]
+    for block in (branch[0], branch[1], branch[3]):  # shorter than the head's, and an orphan
+        follower.apply_block(*block)
+    assert follower.head == a.head
+
+    class Killed(BaseException):
+        pass
+
+    def killed(self, block, certificate):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Chain, "_execute_and_commit", killed)
+        with pytest.raises(Killed):
+            follower.apply_block(*branch[2])  # joins the orphan, longer: rewound to genesis, then killed
+    assert store.head().height == 0
+    restarted = new_chain(stores("f"), key=None)  # the same database, opened again
+    assert restarted.head == b.head
+    assert all(restarted.apply_block(*block).status == "known" for block in branch)
+    assert left_behind.hash in {tx.hash for tx in store.pending()}, "journaled again: a restart offers it"

@@ -4,6 +4,7 @@ point for a certified block, whether this node produced it or a peer sent it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections import OrderedDict
@@ -24,7 +25,7 @@ from twinledger.errors import ConfigError, InvalidBlock, NotFound, TwinledgerErr
 from twinledger.ledger.blocktree import BlockTree
 from twinledger.ledger.genesis import Genesis
 from twinledger.ledger.mempool import Mempool
-from twinledger.ledger.validation import MAX_BLOCK_AHEAD_MS, validate_block
+from twinledger.ledger.validation import MAX_BLOCK_AHEAD_MS, validate_block, validate_body
 
 KeepFilter = Callable[[AnyTransaction], bool]
 """Decides whether this node keeps a transaction's payload or only its stripped form."""
@@ -117,6 +118,23 @@ class Chain:
         assert head is not None
         self.head: BlockHeader = head
         self.head_state = HeadState(store)
+        self._finish_reorganisation()
+
+    def _finish_reorganisation(self) -> None:
+        """A process killed in the middle of a reorganisation left the head at the common
+        ancestor while the store holds the branch: adopt what the fork choice says now, and
+        journal again what the branches left behind hold (the killed process never did)."""
+        best = self.consensus.fork_choice(self.tree)
+        if best == self.head.hash:
+            return
+        ancestor = self.head
+        with contextlib.suppress(InvalidBlock):  # an invalid stored branch: the head stays
+            self._reorganise(best)
+        canonical = {h.hash for h in self.tree.path_from_root(self.head.hash)}
+        left = {h.hash: h for leaf in self.tree.leaves() for h in self.tree.path_from_root(leaf.hash)
+                if h.hash not in canonical and h.height > ancestor.height}  # fmt: skip
+        abandoned = tuple(self._stored(h.hash)[0] for h in sorted(left.values(), key=lambda h: h.height))
+        return_abandoned(self, ImportOutcome("head", self.head, (), abandoned), Mempool())
 
     @property
     def chain_id(self) -> str:
@@ -163,6 +181,7 @@ class Chain:
             return ImportOutcome("known", self.head)
         self.consensus.validate_certificate(header, certificate)
         if header.previous not in self.tree:
+            validate_body(block, self.genesis.max_block_txs)  # a forged body would take the real one's place
             self.store.store_side_block(block, certificate)
             self.tree.add(header)
             return ImportOutcome("orphan", self.head)

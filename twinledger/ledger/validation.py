@@ -58,6 +58,18 @@ def decode_and_validate(raw: list[bytes], chain_id: str, now_ms: int) -> list[Tr
     return out
 
 
+def validate_body(block: Block, max_txs: int) -> None:
+    """That the transactions are the ones the header commits to, within the limits: what
+    can be checked of a block whose parent is not known yet (an orphan)."""
+    header = block.header
+    if header.tx_count != len(block.transactions) or header.tx_count > max_txs:
+        raise InvalidBlock("block transaction count is wrong or too large")
+    if sum(len(tx.encoded) for tx in block.transactions) > MAX_BLOCK_TX_BYTES:
+        raise InvalidBlock(f"block transactions exceed {MAX_BLOCK_TX_BYTES} bytes")
+    if merkle_root([tx.hash for tx in block.transactions]) != header.tx_root:
+        raise InvalidBlock("block transaction root does not match its transactions")
+
+
 def validate_block(block: Block, parent: BlockHeader, validators_hash: bytes, max_txs: int,
                    verified: Container[bytes] = frozenset()) -> None:  # fmt: skip
     """Everything about a block that can be checked without executing it; signatures of
@@ -71,12 +83,7 @@ def validate_block(block: Block, parent: BlockHeader, validators_hash: bytes, ma
         raise InvalidBlock("block timestamp is not after its parent's")
     if header.validators_hash != validators_hash:
         raise InvalidBlock("block names another validator set")
-    if header.tx_count != len(block.transactions) or header.tx_count > max_txs:
-        raise InvalidBlock("block transaction count is wrong or too large")
-    if sum(len(tx.encoded) for tx in block.transactions) > MAX_BLOCK_TX_BYTES:
-        raise InvalidBlock(f"block transactions exceed {MAX_BLOCK_TX_BYTES} bytes")
-    if merkle_root([tx.hash for tx in block.transactions]) != header.tx_root:
-        raise InvalidBlock("block transaction root does not match its transactions")
+    validate_body(block, max_txs)
     seen: set[tuple[bytes, int]] = set()
     for tx in block.transactions:
         if not isinstance(tx, Transaction):

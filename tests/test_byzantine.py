@@ -189,3 +189,52 @@ def test_a_bloated_address_book_neither_breaks_nor_half_registers_a_handshake(tm
         await a.stop()
 
     asyncio.run(scenario())
+
+
+def test_an_untimely_proposal_gets_a_nil_prevote_unless_a_polka_vouches_for_it():
+    """The proposer set the block time alone (anything after its parent's): it decided
+    when grants and tokens expire. Now a new proposal must arrive close to its block time."""
+    from twinledger.consensus.bft import MESSAGE_DELAY_MS, PRECISION_MS, timely
+
+    now = 1_700_000_000_000
+    assert timely(now, now, 0) and timely(now, now - PRECISION_MS, 0) and timely(now, now + MESSAGE_DELAY_MS, 0)
+    assert not timely(now + PRECISION_MS + 1, now, 0), "from the future"
+    assert not timely(now - MESSAGE_DELAY_MS - PRECISION_MS - 1, now, 0), "from the past"
+    assert timely(now - MESSAGE_DELAY_MS - PRECISION_MS - 1, now, 5), "the delay grows with the round"
+    assert timely(now, now, 2**62) and not timely(now + 10**9, now, 2**62)
+
+    me = VALIDATORS[0]
+    height = next(h for h in range(1, 20) if tm.proposer(VALIDATORS, h, 0) != me and tm.proposer(VALIDATORS, h, 1) != me)
+    proposal = tm.Proposal(height, 0, b"v" * 32, -1, tm.proposer(VALIDATORS, height, 0))
+    for on_time, prevote in ((True, b"v" * 32), (False, tm.NIL)):
+        state, _ = tm.start_height(VALIDATORS, me, height)
+        _, effects = tm.step(state, tm.ProposalReceived(proposal, True, on_time))
+        assert tm.CastVote(tm.VoteKind.PREVOTE, height, 0, prevote) in effects
+    # Round 1 re-proposes the value 2f+1 prevoted in round 0: no timeliness asked (L28).
+    state, _ = tm.start_height(VALIDATORS, me, height)
+    for key in VALIDATORS[1:]:
+        state, _ = tm.step(state, tm.VoteReceived(tm.Vote(tm.VoteKind.PREVOTE, height, 0, b"v" * 32, key)))
+        state, _ = tm.step(state, tm.VoteReceived(tm.Vote(tm.VoteKind.PRECOMMIT, height, 0, tm.NIL, key)))
+    state, _ = tm.step(state, tm.TimeoutFired(tm.Step.PRECOMMIT, height, 0))
+    assert state.round == 1
+    again = tm.Proposal(height, 1, b"v" * 32, 0, tm.proposer(VALIDATORS, height, 1))
+    _, effects = tm.step(state, tm.ProposalReceived(again, True, timely=False))
+    assert tm.CastVote(tm.VoteKind.PREVOTE, height, 1, b"v" * 32) in effects
+
+
+def test_the_driver_judges_a_stale_proposal_untimely_and_its_own_timely():
+    from twinledger.consensus.messages import ProposalMessage
+    from twinledger.core.types import Block, BlockHeader
+
+    class Host:
+        async def execute_proposal(self, block: Block) -> object:
+            return object()
+
+    bft, _ = _driver()
+    bft._host = Host()  # type: ignore[assignment]
+    now = int(time.time() * 1000)
+    proposal = tm.Proposal(5, 0, b"b" * 32, -1, VALIDATORS[1])
+    for block_time, received, expected in ((now - 60_000, now, False), (now, now, True), (now - 60_000, None, True)):
+        header = BlockHeader("c", 5, block_time, bytes(32), bytes(32), 0, bytes(32), bytes(32), VALIDATORS[1])
+        judged = asyncio.run(bft._judge(ProposalMessage(proposal, Block(header, ()), received)))
+        assert (judged.block_valid, judged.timely) == (True, expected)

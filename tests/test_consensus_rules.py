@@ -8,10 +8,11 @@ import dataclasses
 import pytest
 
 from twinledger.consensus.bft import BftConsensus
+from twinledger.consensus.messages import ProposalMessage
 from twinledger.consensus.poa import PoaConsensus
 from twinledger.consensus.signer import VoteGuard, resume_height
-from twinledger.consensus.tendermint import CastVote, State, VoteKind
-from twinledger.core.types import BlockHeader, CommitCertificate, VoteSignature, vote_message
+from twinledger.consensus.tendermint import CastVote, Proposal, State, VoteKind
+from twinledger.core.types import Block, BlockHeader, CommitCertificate, VoteSignature, vote_message
 from twinledger.crypto.keys import SigningKey
 from twinledger.errors import InvalidBlock
 from twinledger.ledger.genesis import Genesis, GenesisValidator
@@ -98,7 +99,6 @@ def test_a_proposal_whose_execution_breaks_is_refused_and_the_driver_goes_on():
     """The driver caught named errors only: a block that made execution raise anything else
     ended the consensus task of every honest node at once."""
     import asyncio
-    from types import SimpleNamespace
 
     class BrokenHost:
         async def execute_proposal(self, block: object) -> None:
@@ -106,6 +106,7 @@ def test_a_proposal_whose_execution_breaks_is_refused_and_the_driver_goes_on():
 
     bft = BftConsensus(genesis("bft"), None)
     bft._host = BrokenHost()  # type: ignore[assignment]
-    message = SimpleNamespace(proposal=SimpleNamespace(block_hash=b"\x01" * 32, height=1), block=None)
-    received = asyncio.run(bft._judge(message))  # type: ignore[arg-type]
+    block = Block(dataclasses.replace(header(), height=1), ())
+    message = ProposalMessage(Proposal(1, 0, block.hash, -1, KEYS[0].public), block)
+    received = asyncio.run(bft._judge(message))
     assert received.block_valid is False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -45,6 +46,11 @@ log = logging.getLogger("twinledger.bft")
 EMPTY_BLOCK_INTERVAL = 5.0
 """Seconds a validator waits for transactions before it proposes an empty block."""
 REGOSSIP_INTERVAL = 1.0
+PRECISION_MS = 500
+"""How far apart two correct validators' clocks may be (NTP keeps them far closer)."""
+MESSAGE_DELAY_MS = 3000
+"""How long a proposal may take to reach every validator in round 0; 10 % more each round,
+so a slow network still decides, later (CometBFT's adaptive synchrony parameters)."""
 VOTES_PER_SLOT = 2
 """Votes taken from one validator for one (kind, round): the second, different one is the
 evidence of equivocation; any further ones add nothing and are neither queued nor relayed."""
@@ -103,11 +109,12 @@ class BftConsensus(QueuedConsensus):
             return True
         if message_type == "proposal":
             known = self._host.known_transaction if self._host is not None else None
+            arrived = int(time.time() * 1000)
             parsed = checked_proposal(body, self.chain_id, lambda h, r: tm.proposer(self._validators, h, r), known,
                                       reach=self._in_reach)  # fmt: skip
             if parsed is None:
                 return False
-            self._inbox.put_nowait(("proposal", parsed))
+            self._inbox.put_nowait(("proposal", dataclasses.replace(parsed, received_ms=arrived)))
             return True
         return False
 
@@ -226,21 +233,27 @@ class BftConsensus(QueuedConsensus):
         await self._apply(effects)
 
     async def _judge(self, message: ProposalMessage) -> tm.ProposalReceived:
-        """valid(v): execute the proposed block on the head (once per block)."""
+        """valid(v): execute the proposed block on the head (once per block); and whether
+        the proposal is timely."""
         assert self._host is not None
-        block_hash = message.proposal.block_hash
+        p = message.proposal
+        block_hash = p.block_hash
+        on_time = message.received_ms is None or timely(message.block.header.timestamp, message.received_ms, p.round)
+        if not on_time and p.valid_round == -1:
+            log.warning("proposal for height %d round %d is untimely: block time %d, arrived at %d (prevoting nil)",
+                        p.height, p.round, message.block.header.timestamp, message.received_ms)  # fmt: skip
         if block_hash not in self._results:
             try:
                 self._results[block_hash] = await self._host.execute_proposal(message.block)
                 self._blocks[block_hash] = message.block
             except TwinledgerError as exc:
-                log.warning("proposal for height %d is invalid: %s", message.proposal.height, exc.message)
-                return tm.ProposalReceived(message.proposal, False)
+                log.warning("proposal for height %d is invalid: %s", p.height, exc.message)
+                return tm.ProposalReceived(p, False, on_time)
             except Exception as exc:  # noqa: BLE001 - a block that breaks execution is invalid, not fatal
-                log.error("proposal for height %d is invalid: executing it raised %s: %s", message.proposal.height,
+                log.error("proposal for height %d is invalid: executing it raised %s: %s", p.height,
                           type(exc).__name__, exc)  # fmt: skip
-                return tm.ProposalReceived(message.proposal, False)
-        return tm.ProposalReceived(message.proposal, True)
+                return tm.ProposalReceived(p, False, on_time)
+        return tm.ProposalReceived(p, True, on_time)
 
     async def _apply(self, effects: list[tm.Effect]) -> None:
         assert self._host is not None and self._inbox is not None
@@ -326,3 +339,12 @@ class BftConsensus(QueuedConsensus):
             await asyncio.sleep(REGOSSIP_INTERVAL)
             for message_type, body in list(self._own):
                 self._host.broadcast(message_type, body)
+
+
+def timely(block_time_ms: int, received_ms: int, round_: int) -> bool:
+    """Proposer-based timestamps (CometBFT 1.0): a new proposal counts only if it arrived
+    no earlier than PRECISION before its block time and no later than the message delay
+    after it, so the chain's time stays within a few seconds of correct validators' clocks
+    whoever proposes."""
+    delay = MESSAGE_DELAY_MS * 1.1 ** min(round_, 100)
+    return block_time_ms - PRECISION_MS <= received_ms <= block_time_ms + delay + PRECISION_MS

@@ -65,6 +65,8 @@ def _check_shapes(height: Any, round_: Any, block_hash: Any, key: Any, signature
 class ProposalMessage:
     proposal: tm.Proposal
     block: Block
+    received_ms: int | None = None
+    """When it arrived by this validator's clock; None for its own proposal."""
 
 
 def parse_signed_proposal(body: dict[str, Any]) -> tm.Proposal:

@@ -68,6 +68,9 @@ class ProposalReceived:
     proposal: Proposal
     block_valid: bool
     """valid(v): the driver has the block and it executes correctly on the head."""
+    timely: bool = True
+    """The block's time was close to the receiver's clock when the proposal arrived
+    (proposer-based timestamps: a proposer cannot set the chain's time at will)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,8 @@ class State:
     fired: frozenset[tuple[str, int]] = field(default=frozenset())
     """"First time" rules already fired, as (rule, round)."""
     equivocations: frozenset[tuple[bytes, int, int]] = frozenset()
+    untimely: frozenset[int] = frozenset()
+    """Rounds whose proposal arrived with a block time far from this validator's clock."""
     """(validator, kind, round) already reported as equivocating: one piece of evidence each."""
 
     @property
@@ -258,7 +263,8 @@ def _record(state: State, event: Event) -> tuple[State, list[Effect]]:
         if any(q.round == p.round and q.proposer == p.proposer for q in state.proposals):
             return state, []  # a proposer's first proposal of a round is the one that counts
         valid = state.valid_blocks | {p.block_hash} if event.block_valid else state.valid_blocks
-        return dataclasses.replace(state, proposals=(*state.proposals, p), valid_blocks=valid), []
+        untimely = state.untimely if event.timely else state.untimely | {p.round}
+        return dataclasses.replace(state, proposals=(*state.proposals, p), valid_blocks=valid, untimely=untimely), []
     if isinstance(event, VoteReceived):
         v = event.vote
         if v.height != state.height or v.validator not in state.validators or v.round > state.round + MAX_ROUND_LEAD:
@@ -314,8 +320,8 @@ def _apply_rules(state: State) -> tuple[State, list[Effect]]:
     if state.step == Step.PROPOSE and proposal is not None:
         v, vr = proposal.block_hash, proposal.valid_round
         valid = v in state.valid_blocks
-        if vr == -1:  # L22
-            ok = valid and (state.locked_round == -1 or state.locked_value == v)
+        if vr == -1:  # L22, with the timeliness of proposer-based timestamps
+            ok = valid and r not in state.untimely and (state.locked_round == -1 or state.locked_value == v)
             return _cast(state, VoteKind.PREVOTE, v if ok else NIL)
         if 0 <= vr < r and _count(state, VoteKind.PREVOTE, vr, v) >= state.quorum:  # L28
             ok = valid and (state.locked_round <= vr or state.locked_value == v)

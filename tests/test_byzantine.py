@@ -238,3 +238,86 @@ def test_the_driver_judges_a_stale_proposal_untimely_and_its_own_timely():
         header = BlockHeader("c", 5, block_time, bytes(32), bytes(32), 0, bytes(32), bytes(32), VALIDATORS[1])
         judged = asyncio.run(bft._judge(ProposalMessage(proposal, Block(header, ()), received)))
         assert (judged.block_valid, judged.timely) == (True, expected)
+
+
+def test_a_restarted_validator_waits_for_the_polka_before_its_prevote_timeout():
+    """Restarted after prevoting, a validator armed its prevote timeout at once; it fired
+    before regossip brought the prevotes back, and it precommitted nil."""
+    from twinledger.consensus.signer import VoteGuard, resume_height
+
+    storage: dict[str, bytes] = {}
+    guard = VoteGuard(lambda: storage.get("g"), lambda raw: storage.__setitem__("g", raw))
+    me, height, value = VALIDATORS[0], 3, b"v" * 32
+    proposal = tm.Proposal(height, 0, value, -1, tm.proposer(VALIDATORS, height, 0))
+    state, _ = tm.start_height(VALIDATORS, me, height)
+    state, effects = tm.step(state, tm.ProposalReceived(proposal, True))
+    assert guard.permit(state, tm.VoteKind.PREVOTE, 0, value)  # signed, then the process died
+
+    state, effects = resume_height(VALIDATORS, me, height, VoteGuard(lambda: storage.get("g"), lambda raw: None))
+    assert tm.CastVote(tm.VoteKind.PREVOTE, height, 0, value) in effects
+    assert not any(isinstance(e, tm.ScheduleTimeout) and e.step == tm.Step.PREVOTE for e in effects)
+    state, _ = tm.step(state, tm.ProposalReceived(proposal, True))  # regossip brings all back
+    for key in VALIDATORS[1:3]:
+        state, effects = tm.step(state, tm.VoteReceived(tm.Vote(tm.VoteKind.PREVOTE, height, 0, value, key)))
+    state, effects = tm.step(state, tm.VoteReceived(tm.Vote(tm.VoteKind.PREVOTE, height, 0, value, me)))
+    assert tm.CastVote(tm.VoteKind.PRECOMMIT, height, 0, value) in effects
+
+
+def test_a_proposer_that_lost_its_valid_block_proposes_a_new_one_as_new():
+    """After a restart the valid value's block is gone: the proposer built a new block and
+    sent it under the old valid round, a proposal no correct validator could act on."""
+    from twinledger.consensus.signer import VoteGuard
+    from twinledger.core.types import Block, BlockHeader
+
+    sent: list[dict] = []
+
+    class Host:
+        async def build_block(self, proposer: bytes, allow_empty: bool) -> tuple[Block, object]:
+            header = BlockHeader("c", 5, int(time.time() * 1000), bytes(32), bytes(32), 0, bytes(32), bytes(32), proposer)
+            return Block(header, ()), object()
+
+        async def durably(self, fn, *args):
+            return fn(*args)
+
+        def broadcast(self, message_type: str, body: dict) -> None:
+            sent.append(body)
+
+    bft, _ = _driver()
+    bft._host = Host()  # type: ignore[assignment]
+    bft._guard = VoteGuard(lambda: None, lambda raw: None)
+    bft.state = tm.State(VALIDATORS, KEYS[0].public, 5, round=2, valid_value=b"lost" + bytes(28), valid_round=1)
+    asyncio.run(bft._propose(tm.BuildProposal(5, 2, b"lost" + bytes(28), 1)))
+    assert sent[0]["valid_round"] == -1 and sent[0]["block_hash"] != b"lost" + bytes(28)
+
+
+def test_a_validator_shown_one_value_locks_on_the_other_value_that_had_its_polka():
+    """Only the first of an equivocating proposer's two proposals was recorded: shown A
+    first, a validator could never lock on B, though 2f+1 prevoted B."""
+    me, height = VALIDATORS[0], 4
+    rogue = tm.proposer(VALIDATORS, height, 0)
+    a, b = tm.Proposal(height, 0, b"a" * 32, -1, rogue), tm.Proposal(height, 0, b"b" * 32, -1, rogue)
+    state, _ = tm.start_height(VALIDATORS, me, height)
+    state, effects = tm.step(state, tm.ProposalReceived(a, True))
+    assert tm.CastVote(tm.VoteKind.PREVOTE, height, 0, b"a" * 32) in effects
+    for key in (k for k in VALIDATORS if k != me):
+        state, _ = tm.step(state, tm.VoteReceived(tm.Vote(tm.VoteKind.PREVOTE, height, 0, b"b" * 32, key)))
+    state, effects = tm.step(state, tm.ProposalReceived(b, True))
+    assert tm.CastVote(tm.VoteKind.PRECOMMIT, height, 0, b"b" * 32) in effects
+    assert (state.locked_value, state.locked_round) == (b"b" * 32, 0)
+    third = tm.Proposal(height, 0, b"c" * 32, -1, rogue)
+    assert tm.step(state, tm.ProposalReceived(third, True))[0].proposals == state.proposals, "two at most"
+
+
+def test_the_driver_takes_two_proposals_per_round_at_most():
+    from twinledger.core.types import BlockHeader, encode_header
+
+    bft, inbox = _driver()
+    rogue = next(k for k in KEYS if k.public == tm.proposer(VALIDATORS, 5, 0))
+    accepted = []
+    for n in range(5):
+        header = BlockHeader("c", 5, n + 1, bytes(32), bytes(32), 0, bytes(32), bytes(32), rogue.public)
+        p = tm.Proposal(5, 0, header.hash, -1, rogue.public)
+        body = {"height": 5, "round": 0, "block_hash": header.hash, "valid_round": -1, "proposer": rogue.public,
+                "signature": rogue.sign(proposal_message("c", p)), "header": encode_header(header), "transactions": []}
+        accepted.append(bft.receive("proposal", body))
+    assert accepted == [True, True, False, False, False] and inbox.qsize() == 2

@@ -51,9 +51,10 @@ PRECISION_MS = 500
 MESSAGE_DELAY_MS = 3000
 """How long a proposal may take to reach every validator in round 0; 10 % more each round,
 so a slow network still decides, later (CometBFT's adaptive synchrony parameters)."""
-VOTES_PER_SLOT = 2
-"""Votes taken from one validator for one (kind, round): the second, different one is the
-evidence of equivocation; any further ones add nothing and are neither queued nor relayed."""
+MESSAGES_PER_SLOT = 2
+"""Proposals taken from a round's proposer, and votes from one validator for one (kind,
+round): the second, different one is the evidence of equivocation (and a proposal others
+may have locked on); further ones add nothing and are neither queued nor relayed."""
 
 
 class BftConsensus(QueuedConsensus):
@@ -98,7 +99,7 @@ class BftConsensus(QueuedConsensus):
             if vote.validator not in self._validators or not self._in_reach(vote.height, vote.round):
                 return False
             slot = (vote.validator, int(vote.kind), vote.round)
-            if vote.height == self.height and self._slots.get(slot, 0) >= VOTES_PER_SLOT:
+            if vote.height == self.height and self._slots.get(slot, 0) >= MESSAGES_PER_SLOT:
                 return False
             message = signed_vote_message(self.chain_id, vote.kind, vote.height, vote.round, vote.block_hash)
             if not verify_signature(vote.validator, message, vote.signature):
@@ -111,12 +112,23 @@ class BftConsensus(QueuedConsensus):
             known = self._host.known_transaction if self._host is not None else None
             arrived = int(time.time() * 1000)
             parsed = checked_proposal(body, self.chain_id, lambda h, r: tm.proposer(self._validators, h, r), known,
-                                      reach=self._in_reach)  # fmt: skip
+                                      reach=self._proposal_in_reach)  # fmt: skip
             if parsed is None:
                 return False
+            p = parsed.proposal
+            if p.height == self.height:
+                slot = (p.proposer, 0, p.round)
+                self._slots[slot] = self._slots.get(slot, 0) + 1
             self._inbox.put_nowait(("proposal", dataclasses.replace(parsed, received_ms=arrived)))
             return True
         return False
+
+    def _proposal_in_reach(self, height: int, round_: int) -> bool:
+        """In reach, and not past the proposals a round's proposer may make (checked
+        before the signature and the block cost anything)."""
+        proposer = tm.proposer(self._validators, height, round_)
+        full = height == self.height and self._slots.get((proposer, 0, round_), 0) >= MESSAGES_PER_SLOT
+        return self._in_reach(height, round_) and not full
 
     def _in_reach(self, height: int, round_: int) -> bool:
         """This height or the next, and no more than MAX_ROUND_LEAD rounds ahead: anything
@@ -276,15 +288,17 @@ class BftConsensus(QueuedConsensus):
 
     async def _propose(self, effect: tm.BuildProposal) -> None:
         assert self._host is not None and self.key is not None and self._guard is not None and self.state is not None
+        valid_round = effect.valid_round
         if effect.block_hash is not None and effect.block_hash in self._blocks:
             block = self._blocks[effect.block_hash]
-        else:
+        else:  # a new block is a new proposal, even if a restart lost the valid value's block
+            valid_round = -1
             built = await self._host.build_block(self.key.public, allow_empty=True)
             assert built is not None
             block, result = built
             self._blocks[block.hash] = block
             self._results[block.hash] = result
-        unsigned = tm.Proposal(effect.height, effect.round, block.hash, effect.valid_round, self.key.public)
+        unsigned = tm.Proposal(effect.height, effect.round, block.hash, valid_round, self.key.public)
         if not await self._host.durably(self._guard.permit, self.state, 0, effect.round, block.hash):
             return
         signature = self.key.sign(proposal_message(self.chain_id, unsigned))

@@ -89,7 +89,10 @@ def resume_height(validators: tuple[bytes, ...], me: bytes | None, height: int,
                   guard: VoteGuard | None) -> tuple[State, list[Effect]]:  # fmt: skip
     """The machine for ``height``; after a restart, at the persisted round and lock, with
     the votes already signed in that round cast again (the same votes, so the guard allows
-    them) and the timeout that moves the round on."""
+    them). After a precommit, the timeout that moves the round on is armed; after a
+    prevote it is not: the prevote timeout waits for 2f+1 prevotes (L34), which the peers'
+    regossip brings back, else it would fire first and precommit nil for a value that had
+    its polka."""
     state = State(tuple(validators), me, height)
     if guard is None:
         return start_round(state, 0)
@@ -100,5 +103,6 @@ def resume_height(validators: tuple[bytes, ...], me: bytes | None, height: int,
     last = max(kind for kind, _ in signed)
     state = dataclasses.replace(state, step=Step.PREVOTE if last == VoteKind.PREVOTE else Step.PRECOMMIT)
     effects: list[Effect] = [CastVote(VoteKind(kind), height, state.round, block_hash) for kind, block_hash in signed]
-    effects.append(ScheduleTimeout(state.step, height, state.round))
+    if state.step == Step.PRECOMMIT:
+        effects.append(ScheduleTimeout(state.step, height, state.round))
     return state, effects

@@ -220,12 +220,14 @@ def _later_senders(state: State) -> dict[int, set[bytes]]:
     return senders
 
 
+def _proposals(state: State, round_: int) -> list[Proposal]:
+    """The round's proposals (``_record`` keeps only its proposer's, at most two)."""
+    return [p for p in state.proposals if p.round == round_]
+
+
 def _proposal(state: State, round_: int) -> Proposal | None:
-    expected = proposer(state.validators, state.height, round_)
-    for p in state.proposals:
-        if p.round == round_ and p.proposer == expected:
-            return p
-    return None
+    proposals = _proposals(state, round_)
+    return proposals[0] if proposals else None
 
 
 def _first_time(state: State, rule: str, round_: int) -> tuple[bool, State]:
@@ -260,8 +262,9 @@ def _record(state: State, event: Event) -> tuple[State, list[Effect]]:
             return state, []
         if p.round > state.round + MAX_ROUND_LEAD:
             return state, []
-        if any(q.round == p.round and q.proposer == p.proposer for q in state.proposals):
-            return state, []  # a proposer's first proposal of a round is the one that counts
+        same_round = [q for q in state.proposals if q.round == p.round]
+        if len(same_round) >= 2 or any(q.block_hash == p.block_hash for q in same_round):
+            return state, []  # an equivocating proposer's second value is kept (others may lock on it), no more
         valid = state.valid_blocks | {p.block_hash} if event.block_valid else state.valid_blocks
         untimely = state.untimely if event.timely else state.untimely | {p.round}
         return dataclasses.replace(state, proposals=(*state.proposals, p), valid_blocks=valid, untimely=untimely), []
@@ -316,7 +319,7 @@ def _apply_rules(state: State) -> tuple[State, list[Effect]]:
         if len(later[round_]) >= state.one_honest:
             return start_round(state, round_)
 
-    proposal = _proposal(state, r)
+    proposal = _proposal(state, r)  # the first: what L22 and L28 prevote on
     if state.step == Step.PROPOSE and proposal is not None:
         v, vr = proposal.block_hash, proposal.valid_round
         valid = v in state.valid_blocks
@@ -332,12 +335,13 @@ def _apply_rules(state: State) -> tuple[State, list[Effect]]:
         if first:
             return after, [ScheduleTimeout(Step.PREVOTE, h, r)]
 
-    if (
-        proposal is not None
-        and state.step >= Step.PREVOTE
-        and proposal.block_hash in state.valid_blocks
-        and _count(state, VoteKind.PREVOTE, r, proposal.block_hash) >= state.quorum
-    ):  # L36
+    for proposal in _proposals(state, r):  # L36: either of an equivocator's values may have its polka
+        if (
+            state.step < Step.PREVOTE
+            or proposal.block_hash not in state.valid_blocks
+            or _count(state, VoteKind.PREVOTE, r, proposal.block_hash) < state.quorum
+        ):
+            continue
         first, after = _first_time(state, "L36", r)
         if first:
             v = proposal.block_hash

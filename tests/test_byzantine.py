@@ -321,3 +321,49 @@ def test_the_driver_takes_two_proposals_per_round_at_most():
                 "signature": rogue.sign(proposal_message("c", p)), "header": encode_header(header), "transactions": []}
         accepted.append(bft.receive("proposal", body))
     assert accepted == [True, True, False, False, False] and inbox.qsize() == 2
+
+
+def test_the_vote_guard_lives_beside_the_key_and_outlives_a_wiped_chain_store(tmp_path):
+    """The guard lived in the chain database: wiping it to sync again erased what the key
+    had signed, and the validator could sign a conflicting vote."""
+    from ledger_helpers import new_chain
+
+    from twinledger.consensus.signer import VoteGuard
+    from twinledger.ledger.mempool import Mempool
+    from twinledger.ledger.store.sqlite import SqliteChainStore
+    from twinledger.node.ledger import VOTE_GUARD, LedgerService
+
+    guard_path = tmp_path / "keys" / "vote-guard"
+    state = tm.State(VALIDATORS, VALIDATORS[0], 7)
+    old_store = SqliteChainStore(tmp_path / "old.db")
+    first = LedgerService(new_chain(old_store), Mempool(), guard_path)
+    try:
+        guard = VoteGuard(*first.vote_guard())
+        assert guard.permit(state, tm.VoteKind.PREVOTE, 0, b"v" * 32)
+    finally:
+        first.close()
+    assert old_store.meta(VOTE_GUARD) is None, "kept apart from the chain store"
+    assert guard_path.exists() and guard_path.stat().st_mode & 0o777 == 0o600
+    wiped = LedgerService(new_chain(SqliteChainStore(tmp_path / "new.db")), Mempool(), guard_path)
+    try:
+        assert not VoteGuard(*wiped.vote_guard()).permit(state, tm.VoteKind.PREVOTE, 0, b"w" * 32)
+    finally:
+        wiped.close()
+
+
+def test_a_node_from_before_takes_its_guard_from_the_chain_store(tmp_path):
+    from ledger_helpers import new_chain
+
+    from twinledger.consensus.signer import VoteGuard
+    from twinledger.ledger.mempool import Mempool
+    from twinledger.ledger.store.sqlite import SqliteChainStore
+    from twinledger.node.ledger import VOTE_GUARD, LedgerService
+
+    state = tm.State(VALIDATORS, VALIDATORS[0], 7)
+    store = SqliteChainStore(tmp_path / "chain.db")
+    VoteGuard(lambda: None, lambda raw: store.set_meta(VOTE_GUARD, raw)).permit(state, tm.VoteKind.PREVOTE, 0, b"v" * 32)
+    service = LedgerService(new_chain(store), Mempool(), tmp_path / "keys" / "vote-guard")
+    try:
+        assert not VoteGuard(*service.vote_guard()).permit(state, tm.VoteKind.PREVOTE, 0, b"w" * 32)
+    finally:
+        service.close()

@@ -26,6 +26,22 @@ def test_genesis_members_and_json_round_trip(tmp_path):
     assert Genesis.read(tmp_path / "genesis.json") == start
 
 
+def test_a_genesis_that_names_a_validator_key_twice_is_refused(tmp_path):
+    """Accepted before: the key counted twice toward every quorum."""
+    import dataclasses
+
+    import pytest
+
+    from twinledger.errors import ConfigError
+
+    start = genesis()
+    twin = dataclasses.replace(start.validators[0], organisation="twin")
+    doubled = dataclasses.replace(start, validators=(*start.validators, twin))
+    doubled.write(tmp_path / "genesis.json")
+    with pytest.raises(ConfigError, match="validator key twice"):
+        Genesis.read(tmp_path / "genesis.json")
+
+
 def test_an_administrator_changes_membership_alone():
     world = World()
     world.ok(ADMIN, "membership", "propose", change=NEW_ORG)

@@ -146,6 +146,14 @@ def test_cli_end_to_end(running_node, tmp_path):
     proof_file.write_text(shown.stdout)
     verified = cli("verify", "proof", str(proof_file), "--json")
     assert verified.returncode == 0 and json.loads(verified.stdout)["transaction"] == tx_hash
+    assert json.loads(verified.stdout)["pinned"] is None and "nothing pinned" in verified.stderr
+    pinned = cli("verify", "proof", str(proof_file), "--json", home=home)
+    assert pinned.returncode == 0 and "'acme-chain'" in json.loads(pinned.stdout)["pinned"]
+    invented = tmp_path / "invented.json"
+    invented.write_text(json.dumps({"proof": _proof_from_invented_validators(tmp_path, "acme-chain").to_json()}))
+    assert cli("verify", "proof", str(invented)).returncode == 0, "valid in itself: only a pin tells"
+    refused = cli("verify", "proof", str(invented), home=home)
+    assert refused.returncode == 1 and refused.stderr.strip() == "invalid: block was committed by an untrusted validator set"
     doc = json.loads(shown.stdout)
     raw = bytearray(bytes.fromhex(doc["proof"]["header"]))
     raw[-3] ^= 1
@@ -162,6 +170,24 @@ def test_cli_end_to_end(running_node, tmp_path):
     assert human.returncode == 0 and "block 1" in human.stdout
     chain = cli("verify", "chain", "--json", home=home)
     assert chain.returncode == 0 and json.loads(chain.stdout)["ok"] is True
+
+
+def _proof_from_invented_validators(directory, chain_id: str):
+    """A proof of a chain with the same id, run by a validator its maker invented."""
+    import dataclasses
+
+    from ledger_helpers import GENESIS, VALIDATOR, produce
+
+    from twinledger.consensus.solo import SoloConsensus
+    from twinledger.contracts import default_runtime
+    from twinledger.ledger.chain import Chain
+    from twinledger.ledger.store.sqlite import SqliteChainStore
+
+    chain = Chain(SqliteChainStore(directory / "invented.db"), default_runtime(), SoloConsensus(VALIDATOR.public, VALIDATOR),
+                  dataclasses.replace(GENESIS, chain_id=chain_id))  # fmt: skip
+    tx = signed(SigningKey.generate(), 0, chain_id=chain_id, timestamp=GENESIS.genesis_time + 1)
+    produce(chain, [tx])
+    return chain.proof(tx.hash)
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -131,3 +131,19 @@ def test_state_items_by_prefix_as_of_any_height(store: ChainStore):
     assert deleted not in dict(store.state_items("records/"))
     assert deleted in dict(store.state_items("records/", head.height))
     assert store.state_items("records/x") == []
+
+
+def test_postgresql_commits_are_synchronous_whatever_the_database_says(postgres_database):
+    """Durability depended on the server's synchronous_commit: a database set to 'off'
+    acknowledged blocks a crash could lose."""
+    import psycopg
+
+    url = postgres_database()
+    with psycopg.connect(url, autocommit=True) as admin:
+        name = admin.execute("SELECT current_database()").fetchone()[0]
+        admin.execute(f"ALTER DATABASE {name} SET synchronous_commit = off")
+    store = open_store(url)
+    try:
+        assert store._one("SHOW synchronous_commit")[0] == "on"
+    finally:
+        store.close()

@@ -41,11 +41,11 @@ from rich.console import Console
 from twinledger.agent.agent import DeviceAgent
 from twinledger.agent.plant import NAMESPACE, Plant, PlantServer, plant_identity
 from twinledger.config import init_network, load_config
-from twinledger.core.proof import parse_proof, verify_proof
+from twinledger.core.proof import parse_proof
 from twinledger.errors import InvalidProof, TwinledgerError
 from twinledger.ingest.opcua import ApplicationIdentity, DeviceTrust, agent_identity, application_identity, device_session
 from twinledger.launcher import NETWORK_FILE, NodeProcess, free_port_block, network_homes, start_node, write_network_file
-from twinledger.services import access, devices, documents, feeds, twins
+from twinledger.services import access, devices, documents, feeds, proofs, twins
 from twinledger.services.session import Session
 
 console = Console(highlight=False)
@@ -380,11 +380,11 @@ class Demo:
             raise StepFailed("a proof of the audit does not verify")
         entries = audit.entries
         trusted = audit.trusted
-        proofs = self.directory / f"proofs-{self.twin}"
-        proofs.mkdir(exist_ok=True)
+        written = self.directory / f"proofs-{self.twin}"
+        written.mkdir(exist_ok=True)
         for entry in entries:
-            verified = verify_proof(parse_proof(json.dumps(entry["proof"])), trusted)
-            (proofs / f"{entry['tx']}.json").write_text(json.dumps(entry["proof"], indent=2))
+            verified = proofs.check(parse_proof(json.dumps(entry["proof"])), trusted)
+            (written / f"{entry['tx']}.json").write_text(json.dumps(entry["proof"], indent=2))
             by = entry.get("organisation") or "device plc-1"
             note(f"[green]valid[/] block {verified.height:>4}  {by:<13} {entry['method']:<28} "
                  f"{', '.join(entry['events'])}")  # fmt: skip
@@ -393,12 +393,13 @@ class Demo:
         raw[-1] ^= 0x01
         tampered["transaction"] = raw.hex()
         try:
-            verify_proof(parse_proof(json.dumps(tampered)), trusted)
+            proofs.check(parse_proof(json.dumps(tampered)), trusted)
         except InvalidProof as exc:
             note(f"[green]rejected[/] a proof with one byte changed: {exc.message}")
         else:
             raise StepFailed("a tampered proof was accepted")
-        note(f"{len(entries)} proofs written to {proofs}; check one with: twinledger verify proof FILE")
+        note(f"{len(entries)} proofs written to {written}; check one with: "
+             f"twinledger verify proof FILE --home {self.home('auditor')}")  # fmt: skip
 
     def addresses(self) -> None:
         for organisation in ORGANISATIONS:

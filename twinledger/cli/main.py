@@ -28,7 +28,7 @@ from twinledger.cli.principals import token_app as api_token_app
 from twinledger.cli.storage import store_app
 from twinledger.cli.twins import twin_app
 from twinledger.config import ROLES, init_home, load_config
-from twinledger.errors import InvalidProof, TwinledgerError
+from twinledger.errors import TwinledgerError
 from twinledger.services import records
 
 # asyncua's warnings (a revised session timeout, a revised subscription) are noise to a
@@ -204,38 +204,48 @@ def block_show(
 # -- verification -------------------------------------------------------------------------------
 
 
+UNPINNED = ("nothing pinned: the proof only shows that validators it names itself signed it; "
+            "pass --home, --genesis or --trusted-validators to check it against the chain you trust")
+
+
 @verify_app.command("proof")
+@command
 def verify_proof_command(
     file: Annotated[Path, typer.Argument(help="Proof file (JSON, e.g. from tx show --proof --json).")],
+    home: Annotated[Path | None, typer.Option("--home", help="Pin to this node home's genesis.",
+                                              envvar="TWINLEDGER_HOME")] = None,  # fmt: skip
+    genesis: Annotated[Path | None, typer.Option(help="Pin to this genesis file (chain id and validators).")] = None,
     trusted_validators: Annotated[str | None, typer.Option(help="Expected validator-set hash (hex).")] = None,
     as_json: Json = False,
 ) -> None:
-    """Verify an inclusion proof offline: exit 0 if valid, 1 if not."""
-    from twinledger.core.proof import parse_proof, verify_proof
+    """Verify an inclusion proof offline against the chain you trust: exit 0 if valid, 1 if not."""
+    from twinledger.services import proofs
 
+    if genesis is None and home is not None:
+        genesis = load_config(home).genesis_path
     try:
-        try:
-            text = file.read_bytes()
-        except OSError as exc:
-            raise InvalidProof(f"cannot read {file}: {exc.strerror}") from None
-        trusted = bytes.fromhex(trusted_validators) if trusted_validators else None
-        verified = verify_proof(parse_proof(text), trusted)
-    except (InvalidProof, ValueError) as exc:
-        message = exc.message if isinstance(exc, TwinledgerError) else f"bad --trusted-validators: {exc}"
+        checked = proofs.check_file(file, genesis, trusted_validators)
+    except TwinledgerError as exc:
         if as_json:
-            print_json({"valid": False, "error": message})
+            print_json({"valid": False, "error": exc.message})
         else:
-            error_line(f"invalid: {message}")
+            error_line(f"invalid: {exc.message}")
         raise typer.Exit(1) from None
-    result = {"valid": True, "transaction": verified.tx_hash.hex(), "block": verified.block_hash.hex(),
+    verified = checked.verified
+    result = {"valid": True, "pinned": checked.pin.describe() if checked.pin else None,
+              "transaction": verified.tx_hash.hex(), "block": verified.block_hash.hex(),
               "height": verified.height, "chain_id": verified.chain_id, "block_time_ms": verified.timestamp,
               "sender": verified.sender.hex(), "call": f"{verified.contract}.{verified.method}",
               "signers": [s.hex() for s in verified.signers],
               "validators_hash": verified.validators_hash.hex()}  # fmt: skip
     if as_json:
-        print_json(result)
+        print_json(result if checked.pin else {**result, "warning": UNPINNED})
     else:
-        out.print(kv_table("proof is valid", [(k, v) for k, v in result.items() if k != "valid"]))
+        out.print(kv_table("proof is valid", [(k, v) for k, v in result.items() if k not in ("valid", "pinned")]))
+        if checked.pin:
+            out.print(f"pinned to {checked.pin.describe()}")
+    if checked.pin is None:
+        err.print(f"[bold yellow]warning:[/] {UNPINNED}")
 
 
 @verify_app.command("chain")

@@ -100,13 +100,17 @@ def parse_proof(text: str | bytes) -> InclusionProof:
         raise InvalidProof(f"malformed proof: {exc}") from exc
 
 
-def verify_proof(proof: InclusionProof, trusted_validators_hash: bytes | None = None) -> VerifiedProof:
+def verify_proof(proof: InclusionProof, trusted_validators_hash: bytes | None = None,
+                 chain_id: str | None = None) -> VerifiedProof:  # fmt: skip
     """Check signature, Merkle path, header and commit certificate; raise InvalidProof if any fails.
 
-    Without ``trusted_validators_hash`` the proof shows the record was committed by the
-    validator set named in the header; with it, that this set is the trusted one.
+    Without ``trusted_validators_hash`` the proof shows only that the record was committed
+    by the validator set the proof itself names, which its maker may have invented; with
+    it (and ``chain_id``, from a genesis the verifier trusts), that it was this chain's.
     """
     tx, header, cert = proof.transaction, proof.header, proof.certificate
+    if chain_id is not None and header.chain_id != chain_id:
+        raise InvalidProof(f"block belongs to chain {header.chain_id!r}, not the pinned {chain_id!r}")
     if tx.chain_id != header.chain_id:
         raise InvalidProof("transaction belongs to another chain than the block")
     if not verify_signature(tx.sender, tx.signing_digest, tx.signature):

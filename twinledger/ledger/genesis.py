@@ -105,6 +105,8 @@ class Genesis:
             raise ConfigError(f"genesis is malformed: {exc}") from exc
         if not genesis.validators or any(len(v.key) != 32 for v in genesis.validators):
             raise ConfigError("genesis must name validators with 32-byte Ed25519 keys")
+        if len(set(genesis.validator_keys)) != len(genesis.validators):
+            raise ConfigError("genesis names a validator key twice (one key would count as two votes)")
         if genesis.block_interval_ms < 0 or genesis.max_block_txs < 1:
             raise ConfigError("genesis: block_interval_ms must be >= 0 and max_block_txs >= 1")
         if min(genesis.timeout_propose_ms, genesis.timeout_vote_ms, genesis.timeout_delta_ms) < 1:

@@ -78,7 +78,7 @@ class Node(RunningNode):
         self.chain_store = open_store(config.store_url)
         self.consensus = create_consensus(genesis, config.signing_key() if config.produces_blocks else None)
         chain = Chain(self.chain_store, default_runtime(), self.consensus, genesis, _keep(config))
-        self.ledger = LedgerService(chain, Mempool(config.mempool_max_txs))
+        self.ledger = LedgerService(chain, Mempool(config.mempool_max_txs), config.home / "keys" / "vote-guard")
         self.peers = PeerNetwork(config, self.ledger) if config.p2p_port is not None else None
         if self.peers is not None:
             self.ledger.gossip = self.peers.broadcast

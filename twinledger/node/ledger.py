@@ -25,11 +25,13 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from twinledger.abc import BlockResult, NetworkedProducer, StateReader, SubmitResult, TransactionLocation
 from twinledger.contracts.runtime import committed_nonce
 from twinledger.core.encoding import decode, encode
+from twinledger.core.files import replace_durably
 from twinledger.core.hashing import hash_obj
 from twinledger.core.proof import InclusionProof
 from twinledger.core.types import PREFERRED_BLOCK_TX_BYTES, Block, BlockHeader, CommitCertificate, Receipt, Transaction
@@ -112,8 +114,11 @@ class LedgerService(NetworkedProducer):
     """The chain as the node's other parts use it: what the consensus engine builds and
     commits blocks through, and what clients submit to and wait on."""
 
-    def __init__(self, chain: Chain, mempool: Mempool) -> None:
+    def __init__(self, chain: Chain, mempool: Mempool, guard_path: Path | None = None) -> None:
         self.chain = chain
+        self.guard_path = guard_path
+        """Where the validator's vote guard lives: beside its key, apart from the chain store,
+        so wiping the store to sync again does not erase what the key has signed."""
         self.chain_store = chain.store
         self.genesis = chain.genesis
         self.consensus = chain.consensus
@@ -289,8 +294,14 @@ class LedgerService(NetworkedProducer):
         return await self.in_ledger(fn, *args)
 
     def vote_guard(self) -> tuple[Callable[[], bytes | None], Callable[[bytes], None]]:
-        store = self.chain_store
-        return (lambda: store.meta(VOTE_GUARD)), (lambda raw: store.set_meta(VOTE_GUARD, raw))
+        store, path = self.chain_store, self.guard_path
+        if path is None:  # a chain without a validator home (tests, tools)
+            return (lambda: store.meta(VOTE_GUARD)), (lambda raw: store.set_meta(VOTE_GUARD, raw))
+
+        def load() -> bytes | None:  # a node from before the guard had its own file: the store's record
+            return path.read_bytes() if path.exists() else store.meta(VOTE_GUARD)
+
+        return load, lambda raw: replace_durably(path, raw)
 
     async def record_evidence(self, kind: str, first: dict[str, Any], second: dict[str, Any]) -> None:
         doc = {"kind": kind, "first": first, "second": second, "detected": int(time.time() * 1000)}

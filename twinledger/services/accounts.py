@@ -30,6 +30,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from twinledger.config import NodeConfig, passphrase
+from twinledger.core.files import replace_durably
 from twinledger.core.sqlite import open_database
 from twinledger.crypto.keys import SigningKey, open_secret, seal_secret
 from twinledger.errors import TwinledgerError
@@ -325,9 +326,4 @@ def ensure_home_token(config: NodeConfig, accounts: AccountStore) -> None:
     if accounts.principal(OPERATOR) is None:
         accounts.add_principal(OPERATOR, "program", list(SCOPES), public_key=config.signing_key("operator").public)
     token, _ = accounts.issue_token(OPERATOR, list(SCOPES), label="the home's token")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-    os.replace(temporary, path)
+    replace_durably(path, (token + "\n").encode())

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinledger.contracts import calls
-from twinledger.core.proof import parse_proof, validators_hash, verify_proof
+from twinledger.core.proof import parse_proof
 from twinledger.errors import BadRequest, InvalidProof
 from twinledger.ledger.genesis import Genesis
+from twinledger.services import proofs
+from twinledger.services.proofs import Pin
 from twinledger.services.remote import segment
 from twinledger.services.session import Outcome, Session
 
@@ -118,8 +120,8 @@ class Audit:
     twin: str
     entries: list[dict[str, Any]]
     """Every transaction that changed the twin, with its proof and ``verified``."""
-    trusted: bytes
-    """The hash of the validator set the proofs were checked against (this home's genesis)."""
+    trusted: Pin
+    """The chain and validator set the proofs were checked against (this home's genesis)."""
 
     @property
     def verified(self) -> bool:
@@ -130,10 +132,10 @@ async def audit(session: Session, twin_ref: str) -> Audit:
     """Every change of the twin, each inclusion proof checked offline against the
     validators in this home's genesis (not against what the node says)."""
     entries = (await session.get(f"/v1/twins/{segment(twin_ref, 'twin')}/audit", proofs="true"))["entries"]
-    trusted = validators_hash(list(Genesis.read(session.config.genesis_path).validator_keys))
+    trusted = Pin.of(Genesis.read(session.config.genesis_path))
     for entry in entries:
         try:
-            verified = verify_proof(parse_proof(json.dumps(entry["proof"]).encode()), trusted)
+            verified = proofs.check(parse_proof(json.dumps(entry["proof"]).encode()), trusted)
             entry["verified"] = verified.tx_hash.hex() == entry["tx"]
         except InvalidProof:
             entry["verified"] = False

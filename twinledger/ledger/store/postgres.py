@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import psycopg
 
+from twinledger.errors import ConfigError
 from twinledger.ledger.store.sql import SqlChainStore
 
 
@@ -22,7 +23,14 @@ class PostgresChainStore(SqlChainStore):
         super().__init__()
 
     def _connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.url, autocommit=True)
+        """A connection whose commits are on disk when they return, whatever the server's
+        or the database's defaults say (a committed block must survive a crash)."""
+        conn = psycopg.connect(self.url, autocommit=True)
+        conn.execute("SET synchronous_commit = on")
+        if str(conn.execute("SHOW fsync").fetchone()[0]).lower() != "on":  # type: ignore[index]
+            conn.close()
+            raise ConfigError("the PostgreSQL server runs with fsync off: committed blocks would not survive a crash")
+        return conn
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")

@@ -313,6 +313,7 @@ def bench_network(
     batch: Annotated[int, typer.Option(help="Transactions per submitted batch.")] = 500,
     clients: Annotated[int, typer.Option(help="Concurrent submitting connections, spread over the nodes.")] = 4,
     window: Annotated[int, typer.Option(help="Most transactions submitted and not yet committed (0: no limit).")] = 2000,
+    byzantine: Annotated[bool, typer.Option(help="Also run with the last validator stopped, then attacking.")] = False,
     output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench/results/network.json"),
     as_json: Json = False,
 ) -> None:
@@ -320,7 +321,7 @@ def bench_network(
     from twinledger.bench.network import run_network_benchmark
 
     run_network_benchmark(validators=validators, txs=txs, batch=batch, clients=clients, window=window, output=output,
-                          as_json=as_json)  # fmt: skip
+                          as_json=as_json, byzantine=byzantine)  # fmt: skip
 
 
 @bench_app.command("store")

@@ -288,7 +288,20 @@ def test_garbage_from_a_member_drops_only_that_connection(network):
             return True
 
     assert asyncio.run(send_garbage()), "the node hangs up on a peer that sends garbage"
-    assert "WARNING twinledger.net: dropping peer node-1: trailing bytes" in net.processes[0].log_path.read_text()
+    log = net.processes[0].log_path.read_text()
+    assert "WARNING twinledger.net: dropping peer node-1: trailing bytes" in log
+    assert "refusing peer node-1 (auditor) for 60 s" in log
+
+    async def come_back() -> bytes:
+        reader, writer = await connect_as(member, target)  # the hello still answers: then it hangs up
+        try:
+            return await asyncio.wait_for(reader.read(65536), 10)
+        except (ConnectionError, ssl.SSLError):
+            return b""
+        finally:
+            writer.close()
+
+    assert asyncio.run(come_back()) == b"", "a peer that sent garbage is refused for a while"
     assert net.health(0)["status"] == "ok"
     with Load(net, targets=[0]) as load:
         wait_for(lambda: len(load.accepted) >= 50, "50 accepted transactions", 30)

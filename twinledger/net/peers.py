@@ -22,6 +22,7 @@ import hashlib
 import logging
 import random
 import ssl
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ MAX_SHARED = 256
 """Addresses one ``peers`` message carries at most."""
 MAX_DIAL_FAILURES = 8
 """Failed dials after which an address that is not a seed is forgotten."""
+BAN_SECONDS = 60.0
+MAX_BAN_SECONDS = 3600.0
+"""A peer that sends what no correct node sends (a malformed frame, a bad signature) is
+refused for a minute, twice as long each time again, up to an hour."""
 
 Handler = Callable[["Peer", Frame], Awaitable[bool]]
 """Handles a frame from a peer; True if a gossip frame is valid and should be relayed."""
@@ -114,6 +119,8 @@ class PeerManager:
         self._failures: dict[str, int] = {}
         self._changed = asyncio.Event()
         self.refused = 0
+        self._banned: dict[bytes, tuple[float, float]] = {}
+        """Peer key -> (refused until, by monotonic clock; the ban's length)."""
 
     @property
     def address(self) -> str:
@@ -229,6 +236,8 @@ class PeerManager:
             pass
         except TwinledgerError as exc:
             log.warning("dropping peer %s: %s", peer.identity.node if peer else "(handshake)", exc.message)
+            if peer is not None:
+                self._ban(peer)
         finally:
             if peer is not None and self.peers.get(peer.key) is peer:
                 del self.peers[peer.key]
@@ -261,6 +270,9 @@ class PeerManager:
         if identity.signing_key == self.me.signing_key:
             self._forget(hello.listen)
             return None  # dialled ourselves
+        if self.banned(identity.signing_key):
+            self.refused += 1
+            return None
         existing = self.peers.get(identity.signing_key)
         if existing is not None:
             # Both sides dialled at once: keep the connection the smaller key initiated.
@@ -321,6 +333,15 @@ class PeerManager:
         self.learned[peer.key] = fresh if len(fresh) <= room else set(sorted(fresh)[: max(0, room)])
         if self.learned[peer.key] - previous:
             self._changed.set()
+
+    def banned(self, key: bytes) -> bool:
+        until = self._banned.get(key, (0.0, 0.0))[0]
+        return time.monotonic() < until
+
+    def _ban(self, peer: Peer) -> None:
+        length = min(MAX_BAN_SECONDS, 2 * self._banned.get(peer.key, (0.0, BAN_SECONDS / 2))[1])
+        self._banned[peer.key] = (time.monotonic() + length, length)
+        log.warning("refusing peer %s (%s) for %d s", peer.identity.node, peer.identity.organisation, length)
 
     def _forget(self, address: str) -> None:
         self.verified.discard(address)

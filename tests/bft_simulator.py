@@ -1,10 +1,12 @@
 """A deterministic network simulator for the real Tendermint machine and vote guard.
 
 Virtual time, one seeded random generator: messages are delayed, reordered, dropped and
-duplicated; correct validators crash and restart from their persisted vote record; faulty
+duplicated; the correct validators may be split in two for a while (a partition that
+heals); correct validators crash and restart from their persisted vote record; faulty
 validators equivocate (different proposals to different peers, votes for everything they
-see). Lagging validators catch up from commits their peers send on request, the way
-block sync does in a real node.
+see, nil votes, votes for the next rounds, floods of votes for far rounds) and re-propose
+values they saw with a valid round they claim. Lagging validators catch up from commits
+their peers send on request, the way block sync does in a real node.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class SimNode:
     evidence: list[tm.Equivocation] = field(default_factory=list)
     seen_votes: list[tm.Vote] = field(default_factory=list)
     split_rounds: set[tuple[int, int]] = field(default_factory=set)
+    split_sent: list[tuple[int, Any]] = field(default_factory=list)
+    """A faulty validator's split proposals, (target, proposal): it re-sends them too."""
     up: bool = True
 
     @property
@@ -70,7 +74,8 @@ def block_hash(height: int, round_: int, proposer: int, variant: int = 0) -> byt
 class Simulation:
     def __init__(self, seed: int, n: int = 4, faulty: tuple[int, ...] = (), drop: float = 0.15,
                  duplicate: float = 0.1, max_delay: float = 12.0, crashes: int = 2,
-                 gst: float = 400.0, invalid_rate: float = 0.2) -> None:  # fmt: skip
+                 gst: float = 400.0, invalid_rate: float = 0.2, partition: bool = False,
+                 tricks: bool = True) -> None:  # fmt: skip
         self.rng = random.Random(seed)
         self.n = n
         self.keys = tuple(sorted(bytes([i + 1]) * 32 for i in range(n)))
@@ -82,6 +87,18 @@ class Simulation:
         self.split_targets: dict[bytes, list[int]] = {}
         """Which correct validators a faulty proposer showed each of its values to."""
         self.invalid_rate = invalid_rate
+        self.tricks = tricks
+        """Faulty validators also re-propose values with a claimed valid round and send nil,
+        next-round and far-round votes (else they only split proposals and vote for all)."""
+        self.seen_values: dict[int, list[tuple[int, bytes]]] = {}
+        """Per height, the (round, value) of every proposal a faulty validator saw."""
+        self.split: tuple[float, float, frozenset[int]] | None = None
+        """A partition: from, until, and the correct validators on one side."""
+        if partition:
+            correct = [i for i in range(n) if i not in faulty]
+            side = frozenset(self.rng.sample(correct, self.rng.randint(1, len(correct) - 1)))
+            start = self.rng.uniform(0, gst * 0.5)
+            self.split = (start, start + self.rng.uniform(50, gst * 0.5), side)
         self.queue: list[tuple[float, int, int, Any]] = []
         self.seq = itertools.count()
         self.now = 0.0
@@ -98,7 +115,11 @@ class Simulation:
     def _push(self, at: float, target: int, message: Any) -> None:
         heapq.heappush(self.queue, (at, next(self.seq), target, message))
 
-    def send(self, target: int, message: Any) -> None:
+    def send(self, target: int, message: Any, source: int | None = None) -> None:
+        if self.split is not None and source is not None and self.split[0] <= self.now < self.split[1]:
+            side = self.split[2]
+            if (source in side) != (target in side) and not self.nodes[source].faulty and not self.nodes[target].faulty:
+                return  # across the partition
         before_gst = self.now < self.gst
         if before_gst and self.rng.random() < self.drop:
             return
@@ -107,9 +128,9 @@ class Simulation:
         if before_gst and self.rng.random() < self.duplicate:
             self._push(self.now + self.rng.uniform(0, self.max_delay), target, message)
 
-    def broadcast(self, message: Any) -> None:
+    def broadcast(self, message: Any, source: int | None = None) -> None:
         for node in self.nodes:
-            self.send(node.index, message)
+            self.send(node.index, message, source)
 
     def _boot(self, node: SimNode) -> None:
         node.up = True
@@ -217,7 +238,7 @@ class Simulation:
         """To the peers over the network; to itself without loss, next in its queue."""
         for peer in self.nodes:
             if peer is not node:
-                self.send(peer.index, message)
+                self.send(peer.index, message, node.index)
         self._push(self.now, node.index, message)
 
     def _decide(self, node: SimNode, value: bytes, commit: Commit) -> None:
@@ -233,15 +254,20 @@ class Simulation:
                 self._feed(node, message)
 
     def _regossip(self, node: SimNode) -> None:
-        """Re-send this height's proposals and votes, its own and those it relays (flooding
-        gossip): one send is not enough for liveness, and a proof of lock may rest on a
-        faulty validator's vote that only some peers received."""
+        """What the driver re-sends: this height's own proposal, and every vote of the
+        height it holds, its own and those it relayed (the gossip property: a vote one
+        correct validator received, a faulty one's included, reaches every correct one;
+        one send is not enough before the network stabilises)."""
         state = node.state
         assert state is not None
         if node.faulty:
+            for target, proposal in node.split_sent:
+                if proposal.height == state.height:
+                    self.send(target, proposal, node.index)
             return
-        for message in (*state.proposals, *state.votes):
-            self.broadcast(message)
+        own = [p for p in state.proposals if p.proposer == node.key]
+        for message in (*own, *state.votes):
+            self.broadcast(message, node.index)
         if node.future:
             self.broadcast(SyncRequest(state.height, node.index))
 
@@ -257,15 +283,25 @@ class Simulation:
         if isinstance(message, tm.TimeoutFired):
             return
         if isinstance(message, tm.Proposal) and message.height == node.state.height:
+            self.seen_values.setdefault(message.height, []).append((message.round, message.block_hash))
             targets = self.split_targets.get(message.block_hash, range(self.n))
             for kind in (tm.VoteKind.PREVOTE, tm.VoteKind.PRECOMMIT):
                 for target in targets:
                     self.send(target, tm.Vote(kind, message.height, message.round, message.block_hash, node.key))
+            if self.tricks:
+                self._noise(node, message)
         height = node.state.height
         for round_ in range(0, 6):
             if tm.proposer(self.keys, height, round_) != node.key or (height, round_) in node.split_rounds:
                 continue
             node.split_rounds.add((height, round_))
+            earlier = [(r, v) for r, v in self.seen_values.get(height, []) if r < round_]
+            if self.tricks and earlier and self.rng.random() < 0.5:  # re-propose a value seen, claiming a polka for it
+                valid_round, value = self.rng.choice(earlier)
+                valid_round = self.rng.randint(valid_round, round_ - 1)
+                for target in self.correct():
+                    self.send(target.index, tm.Proposal(height, round_, value, valid_round, node.key))
+                continue
             correct = self.correct()
             for i, target in enumerate(correct):
                 variant = i % 2
@@ -275,8 +311,24 @@ class Simulation:
                 self.proposed.add(value)
                 self.split_targets.setdefault(value, []).append(target.index)
                 proposal = tm.Proposal(height, round_, value, -1, node.key)
+                node.split_sent.append((target.index, proposal))
                 self.send(target.index, proposal)
                 self._byzantine(node, proposal)
+
+
+    def _noise(self, node: SimNode, proposal: tm.Proposal) -> None:
+        """Nil votes in the proposal's round, votes for the next rounds, and a few votes for
+        far rounds (which correct validators must drop), to random correct validators."""
+        for target in self.correct():
+            if self.rng.random() < 0.3:
+                kind = self.rng.choice((tm.VoteKind.PREVOTE, tm.VoteKind.PRECOMMIT))
+                self.send(target.index, tm.Vote(kind, proposal.height, proposal.round, tm.NIL, node.key))
+            if self.rng.random() < 0.3:
+                ahead = proposal.round + self.rng.randint(1, 2)
+                self.send(target.index, tm.Vote(tm.VoteKind.PREVOTE, proposal.height, ahead, proposal.block_hash, node.key))
+            for _ in range(3):
+                far = proposal.round + self.rng.randint(tm.MAX_ROUND_LEAD + 1, 10_000)
+                self.send(target.index, tm.Vote(tm.VoteKind.PRECOMMIT, proposal.height, far, proposal.block_hash, node.key))
 
 
 def agreement_violations(sim: Simulation) -> list[int]:

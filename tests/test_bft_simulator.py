@@ -50,7 +50,7 @@ def test_no_faults_means_no_evidence_and_identical_chains(chunk):
 def test_two_faulty_of_four_any_violation_leaves_evidence():
     violations = 0
     for seed in range(20_000, 20_200):
-        sim = Simulation(seed, faulty=(0, 1), crashes=0, invalid_rate=0.0).run(HEIGHTS, max_time=800)
+        sim = Simulation(seed, faulty=(0, 1), crashes=0, invalid_rate=0.0, tricks=False).run(HEIGHTS, max_time=800)
         if agreement_violations(sim):
             violations += 1
             pairs = conflicting_votes(sim)
@@ -69,3 +69,14 @@ def test_restarted_validator_never_signs_conflicting_votes():
                 key = (vote.validator, vote.height, vote.round, int(vote.kind))
                 assert sent.setdefault(key, vote.block_hash) == vote.block_hash, f"seed {seed}: double vote {key}"
         check_safe(sim)
+
+
+@pytest.mark.parametrize("chunk", range(2))
+def test_a_partition_that_heals_loses_neither_safety_nor_progress(chunk):
+    """The correct validators split in two for up to half the time before stabilisation,
+    one equivocator among them re-proposing old values and voting nil, ahead and far."""
+    for seed in range(40_000 + chunk * 100, 40_000 + chunk * 100 + 100):
+        sim = Simulation(seed, faulty=(seed % 4,), partition=True).run(HEIGHTS)
+        check_safe(sim)
+        for node in sim.correct():
+            assert len(node.decisions) >= HEIGHTS, f"seed {seed}: validator {node.index} stalled at {node.height}"

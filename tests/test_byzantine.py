@@ -367,3 +367,83 @@ def test_a_node_from_before_takes_its_guard_from_the_chain_store(tmp_path):
         assert not VoteGuard(*service.vote_guard()).permit(state, tm.VoteKind.PREVOTE, 0, b"w" * 32)
     finally:
         service.close()
+
+
+def test_an_equivocators_vote_for_a_proposed_value_counts_and_the_proof_of_lock_is_resent():
+    """Only an equivocator's first vote in a slot counted, and a node resent only its own
+    votes: a validator that saw the equivocator's other vote first could never see the
+    polka another validator locked on, and the consortium stalled (found by the
+    simulator's new Byzantine behaviours)."""
+    me, height, value = VALIDATORS[0], 6, b"x" * 32
+    state, _ = tm.start_height(VALIDATORS, me, height)
+    state, _ = tm.step(state, tm.VoteReceived(tm.Vote(tm.VoteKind.PREVOTE, height, 0, b"y" * 32, BYZANTINE.public)))
+    state, _ = tm.step(state, tm.ProposalReceived(tm.Proposal(height, 0, value, -1, tm.proposer(VALIDATORS, height, 0)), True))
+    for key in (VALIDATORS[1], VALIDATORS[2], BYZANTINE.public):
+        state, effects = tm.step(state, tm.VoteReceived(tm.Vote(tm.VoteKind.PREVOTE, height, 0, value, key)))
+    assert (state.valid_value, state.valid_round) == (value, 0), "the equivocator's second vote made the polka"
+    junk = tm.Vote(tm.VoteKind.PREVOTE, height, 0, b"z" * 32, BYZANTINE.public)
+    assert tm.step(state, tm.VoteReceived(junk))[0].votes == state.votes, "a vote for nothing proposed is not kept"
+
+    bft, _ = _driver()
+    bft.height = height
+    sent: list[dict] = []
+    bft._host = type("Host", (), {"broadcast": lambda self, kind, body: sent.append(body)})()  # type: ignore[assignment]
+    bft.state = state
+    bft._resend()
+    assert {(b["validator"], b["round"]) for b in sent} == {(k, 0) for k in (VALIDATORS[1], VALIDATORS[2], BYZANTINE.public)}
+    bft._proposed.add(value)
+    bft._slots[(BYZANTINE.public, int(tm.VoteKind.PREVOTE), 0)] = 2
+    assert bft.receive("vote", vote_body(signed_vote(BYZANTINE, tm.VoteKind.PREVOTE, height, 0, value)))
+    assert not bft.receive("vote", vote_body(signed_vote(BYZANTINE, tm.VoteKind.PREVOTE, height, 0, b"w" * 32)))
+
+
+def test_a_vote_dropped_out_of_reach_is_read_again_when_resent():
+    """Every vote frame was remembered as seen before the node looked at it: one dropped
+    because it was out of reach was never read again, though its sender resent it."""
+    from twinledger.net.wire import encode_frame
+
+    book = _peer_manager()
+    answers = iter([False, True, True])
+    handled: list[str] = []
+
+    async def handler(peer, frame) -> bool:
+        handled.append(frame.type)
+        return next(answers)
+
+    book.handler = handler
+    frame = encode_frame("vote", vote_body(signed_vote(BYZANTINE, tm.VoteKind.PREVOTE, 5, 0, tm.NIL)))
+
+    async def read() -> None:
+        reader = asyncio.StreamReader()
+        reader.feed_data(frame * 3)
+        reader.feed_eof()
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            await book._read_loop(_member(9), reader)
+
+    import contextlib
+
+    asyncio.run(read())
+    assert handled == ["vote", "vote"], "read again after the drop; then, taken, dropped unparsed as seen"
+
+
+def test_a_restarted_validator_keeps_its_proof_of_lock():
+    """The guard kept the lock and the valid value but not the prevotes that made them: a
+    validator restarted after a polka that rested on an equivocator's vote could prove it
+    to no one, and the correct validators waited on each other for good (the simulator
+    found it once its faulty validators grew more tricks)."""
+    from twinledger.consensus.signer import VoteGuard, resume_height
+
+    storage: dict[str, bytes] = {}
+    me, height, value = VALIDATORS[0], 8, b"p" * 32
+    state, _ = tm.start_height(VALIDATORS, me, height)
+    state, _ = tm.step(state, tm.ProposalReceived(tm.Proposal(height, 0, value, -1, tm.proposer(VALIDATORS, height, 0)), True))
+    polka = [signed_vote(k, tm.VoteKind.PREVOTE, height, 0, value) for k in KEYS[1:]]
+    for vote in polka:
+        state, _ = tm.step(state, tm.VoteReceived(vote))
+    assert (state.locked_value, state.valid_value) == (value, value)
+    guard = VoteGuard(lambda: storage.get("g"), lambda raw: storage.__setitem__("g", raw))
+    assert guard.permit(state, tm.VoteKind.PRECOMMIT, 0, value)
+
+    restarted, _ = resume_height(VALIDATORS, me, height, VoteGuard(lambda: storage.get("g"), lambda raw: None))
+    assert set(restarted.votes) >= set(polka), "the signed prevotes of the proof came back"
+    assert (restarted.locked_value, restarted.locked_round, restarted.valid_round) == (value, 0, 0)

@@ -73,6 +73,8 @@ class BftConsensus(QueuedConsensus):
         self._future: dict[tuple[Any, ...], tuple[str, Any]] = {}
         """Messages for the next height, one per proposer round and per validator vote slot."""
         self._slots: dict[tuple[bytes, int, int], int] = {}
+        self._proposed: set[bytes] = set()
+        """Block hashes proposed at this height: a vote for one is taken past a full slot."""
         """Votes queued this height per (validator, kind, round)."""
         self._own: list[tuple[str, dict[str, Any]]] = []
         self._starter: asyncio.Task[None] | None = None
@@ -99,7 +101,8 @@ class BftConsensus(QueuedConsensus):
             if vote.validator not in self._validators or not self._in_reach(vote.height, vote.round):
                 return False
             slot = (vote.validator, int(vote.kind), vote.round)
-            if vote.height == self.height and self._slots.get(slot, 0) >= MESSAGES_PER_SLOT:
+            full = self._slots.get(slot, 0) >= MESSAGES_PER_SLOT and vote.block_hash not in self._proposed
+            if vote.height == self.height and full:
                 return False
             message = signed_vote_message(self.chain_id, vote.kind, vote.height, vote.round, vote.block_hash)
             if not verify_signature(vote.validator, message, vote.signature):
@@ -119,6 +122,7 @@ class BftConsensus(QueuedConsensus):
             if p.height == self.height:
                 slot = (p.proposer, 0, p.round)
                 self._slots[slot] = self._slots.get(slot, 0) + 1
+                self._proposed.add(p.block_hash)
             self._inbox.put_nowait(("proposal", dataclasses.replace(parsed, received_ms=arrived)))
             return True
         return False
@@ -171,6 +175,7 @@ class BftConsensus(QueuedConsensus):
         self._results.clear()
         self._own.clear()
         self._slots.clear()
+        self._proposed.clear()
         if self._starter is not None:
             self._starter.cancel()
         self._starter = asyncio.ensure_future(self._start_when_ready(height, wait))
@@ -305,6 +310,7 @@ class BftConsensus(QueuedConsensus):
         proposal = tm.Proposal(unsigned.height, unsigned.round, unsigned.block_hash, unsigned.valid_round,
                                unsigned.proposer, signature)  # fmt: skip
         body = proposal_body(proposal, block)
+        self._proposed.add(block.hash)
         self._own.append(("proposal", body))
         self._host.broadcast("proposal", body)
         self._inbox_put("proposal", ProposalMessage(proposal, block))
@@ -346,13 +352,24 @@ class BftConsensus(QueuedConsensus):
         self._enter(effect.height + 1)
 
     async def _regossip(self) -> None:
-        """Send this height's own proposal and votes again: one send is not enough for
-        liveness (a peer may have been reconnecting)."""
-        assert self._host is not None
+        """Send this height's own proposal and votes again, and every vote of the height it
+        holds: one send is not enough for liveness (a peer may have been reconnecting, a
+        relay lost), and a vote one correct validator has, an equivocator's or one its
+        proof of lock rests on, must reach every correct validator, or they may wait on
+        each other for good (the gossip property Tendermint's liveness rests on). Peers
+        drop what they already took unparsed, by its digest."""
         while True:
             await asyncio.sleep(REGOSSIP_INTERVAL)
-            for message_type, body in list(self._own):
-                self._host.broadcast(message_type, body)
+            self._resend()
+
+    def _resend(self) -> None:
+        assert self._host is not None
+        for message_type, body in list(self._own):
+            self._host.broadcast(message_type, body)
+        if self.state is not None:
+            for vote in self.state.votes:
+                if vote.validator != self.me:
+                    self._host.broadcast("vote", vote_body(vote))
 
 
 def timely(block_time_ms: int, received_ms: int, round_: int) -> bool:

@@ -1,6 +1,9 @@
 """The validator's vote guard: it persists the lock and every vote it allows before the
 vote is signed, so a restarted validator never signs two different votes for one
-(height, round, kind) and resumes where it stopped, with no file to repair by hand."""
+(height, round, kind) and resumes where it stopped, with no file to repair by hand. With
+the valid value it keeps the 2f+1 signed prevotes that made it (the proof of lock): a
+restarted validator that kept its lock but lost the proof could leave the others unable
+ever to follow it, if a faulty validator's vote was part of that proof."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twinledger.consensus.tendermint import CastVote, Effect, ScheduleTimeout, State, Step, VoteKind, start_round
+from twinledger.consensus.tendermint import CastVote, Effect, ScheduleTimeout, State, Step, Vote, VoteKind, start_round
 from twinledger.core.encoding import decode, encode
 from twinledger.errors import DecodeError
 
@@ -26,6 +29,8 @@ class SignerRecord:
     valid_round: int = -1
     votes: tuple[tuple[int, int, bytes], ...] = ()
     """(round, kind, block hash) of each proposal (kind 0) and vote signed at ``height``."""
+    proof: tuple[tuple[bytes, bytes], ...] = ()
+    """(validator, signature) of the prevotes for the valid value in the valid round."""
 
 
 class VoteGuard:
@@ -52,26 +57,21 @@ class VoteGuard:
     def signed_at(self, height: int) -> tuple[tuple[int, int, bytes], ...]:
         return self.record.votes if height == self.record.height else ()
 
-    def remember(self, state: State) -> None:
-        """Persist the round and lock without a vote (on a round change)."""
-        votes = self.record.votes if state.height == self.record.height else ()
-        if (state.height, state.round, state.locked_value, state.locked_round, state.valid_value, state.valid_round) != (
-            self.record.height, self.record.round, self.record.locked_value, self.record.locked_round,
-            self.record.valid_value, self.record.valid_round,
-        ):  # fmt: skip
-            self._store(state, votes)
-
     def restore(self, state: State) -> State:
         """``state`` (fresh at its height) with the persisted round and lock, if they are for it."""
         r = self.record
         if r.height != state.height:
             return state
+        proof = tuple(Vote(VoteKind.PREVOTE, r.height, r.valid_round, r.valid_value or b"", validator, signature)
+                      for validator, signature in r.proof if validator in state.validators)  # fmt: skip
         return dataclasses.replace(state, round=r.round, locked_value=r.locked_value, locked_round=r.locked_round,
-                                   valid_value=r.valid_value, valid_round=r.valid_round)  # fmt: skip
+                                   valid_value=r.valid_value, valid_round=r.valid_round, votes=proof)  # fmt: skip
 
     def _store(self, state: State, votes: tuple[tuple[int, int, bytes], ...]) -> None:
+        proof = tuple((v.validator, v.signature) for v in state.votes
+                      if (v.kind, v.round, v.block_hash) == (VoteKind.PREVOTE, state.valid_round, state.valid_value))  # fmt: skip
         record = SignerRecord(state.height, state.round, state.locked_value, state.locked_round,
-                              state.valid_value, state.valid_round, votes)  # fmt: skip
+                              state.valid_value, state.valid_round, votes, proof)  # fmt: skip
         self._save(encode(dataclasses.asdict(record)))
         self.record = record
 
@@ -80,7 +80,8 @@ def _parse(raw: bytes) -> SignerRecord:
     try:
         obj = decode(raw)
         votes = tuple((int(r), int(k), bytes(h)) for r, k, h in obj.pop("votes"))
-        return SignerRecord(**obj, votes=votes)
+        proof = tuple((bytes(v), bytes(s)) for v, s in obj.pop("proof", ()))  # a record from before has none
+        return SignerRecord(**obj, votes=votes, proof=proof)
     except (DecodeError, TypeError, ValueError, KeyError) as exc:
         raise DecodeError("the validator's vote record is unreadable; refusing to sign from a blank record") from exc
 

@@ -195,8 +195,8 @@ def start_height(validators: tuple[bytes, ...], me: bytes | None, height: int) -
 # -- queries over the height's message log ------------------------------------------------------
 
 
-# The log holds at most one vote per (validator, kind, round) (``_record``), so counting
-# votes counts distinct validators.
+# The log holds one vote per (validator, kind, round), and an equivocator's further votes
+# only for proposed values, at most one per value (``_record``).
 
 
 def _votes(state: State, kind: VoteKind, round_: int) -> list[Vote]:
@@ -205,7 +205,9 @@ def _votes(state: State, kind: VoteKind, round_: int) -> list[Vote]:
 
 def _count(state: State, kind: VoteKind, round_: int, block_hash: bytes | None = None) -> int:
     """Validators voting ``kind`` in ``round_`` (for ``block_hash``, or for anything)."""
-    return sum(1 for v in _votes(state, kind, round_) if block_hash is None or v.block_hash == block_hash)
+    if block_hash is None:
+        return len({v.validator for v in _votes(state, kind, round_)})
+    return sum(1 for v in _votes(state, kind, round_) if v.block_hash == block_hash)
 
 
 def _later_senders(state: State) -> dict[int, set[bytes]]:
@@ -272,13 +274,19 @@ def _record(state: State, event: Event) -> tuple[State, list[Effect]]:
         v = event.vote
         if v.height != state.height or v.validator not in state.validators or v.round > state.round + MAX_ROUND_LEAD:
             return state, []
-        for seen in state.votes:
-            if (seen.validator, seen.kind, seen.round) == (v.validator, v.kind, v.round):
-                slot = (v.validator, int(v.kind), v.round)
-                if seen.block_hash == v.block_hash or slot in state.equivocations:
-                    return state, []
-                return dataclasses.replace(state, equivocations=state.equivocations | {slot}), [Equivocation(seen, v)]
-        return dataclasses.replace(state, votes=(*state.votes, v)), []
+        same_slot = [seen for seen in state.votes if (seen.validator, seen.kind, seen.round) == (v.validator, v.kind, v.round)]
+        if not same_slot:
+            return dataclasses.replace(state, votes=(*state.votes, v)), []
+        if any(seen.block_hash == v.block_hash for seen in same_slot):
+            return state, []
+        slot = (v.validator, int(v.kind), v.round)
+        effects: list[Effect] = [] if slot in state.equivocations else [Equivocation(same_slot[0], v)]
+        state = dataclasses.replace(state, equivocations=state.equivocations | {slot})
+        if v.block_hash in {p.block_hash for p in state.proposals}:
+            # An equivocator's vote for a proposed value counts for it too: another validator
+            # may hold a polka that rests on it, and without it no one could follow (liveness).
+            state = dataclasses.replace(state, votes=(*state.votes, v))
+        return state, effects
     return state, []
 
 

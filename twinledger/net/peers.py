@@ -307,7 +307,7 @@ class PeerManager:
             if digest in self._seen:
                 continue  # gossip already handled (another peer relayed it first): dropped unparsed
             frame = parse_frame(payload)
-            if frame.type in GOSSIP_TYPES:
+            if frame.type == "txs":
                 self._remember(digest)
             if frame.type == "peers":
                 self._learn(peer, frame.body.get("addresses"))
@@ -318,6 +318,7 @@ class PeerManager:
                     peer.height = height
             relay = await self.handler(peer, frame)
             if relay and frame.type in GOSSIP_TYPES:
+                self._remember(digest)  # a vote or proposal not taken now (out of reach) is read again when resent
                 self._flood(len(frame.raw).to_bytes(4, "big") + frame.raw, exclude=peer)
 
     def _learn(self, peer: Peer, addresses: Any) -> None:

@@ -79,6 +79,14 @@ def test_the_document_covers_the_workflows(api):
     assert len(operations(document)) >= 60
 
 
+def test_digits_that_are_not_ascii_are_bad_requests(api):
+    """'²'.isdigit() is true and int('²') raises: a block id of '²' was a server error."""
+    http, _ = api
+    for path in ("/v1/blocks/%C2%B2", "/v1/blocks/%D9%A3"):
+        response = http.get(path)
+        assert 400 <= response.status_code < 500, (path, response.status_code, response.text[:200])
+
+
 def test_no_operation_answers_with_a_server_error(api):
     http, document = api
     components = document.get("components", {}).get("schemas", {})

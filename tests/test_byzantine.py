@@ -79,18 +79,21 @@ def test_the_driver_neither_queues_nor_relays_votes_out_of_reach_or_past_two_per
         bft.receive("vote", forged)
 
 
-def test_messages_for_the_next_height_wait_one_per_slot():
+def test_messages_for_the_next_height_are_bounded_per_slot():
     """A validator could park 10,000 messages for the next height, replayed in bulk."""
-    bft, _ = _driver()
+    bft, inbox = _driver()
     bft.state = None
+    taken = [bft.receive("vote", vote_body(signed_vote(BYZANTINE, tm.VoteKind.PRECOMMIT, 6, 0, os.urandom(32))))
+             for _ in range(500)]  # fmt: skip
+    assert sum(taken) == 2
 
     async def park() -> None:
         bft._host = type("Host", (), {"request_blocks": lambda self, height: None})()  # type: ignore[assignment]
-        for _ in range(500):
-            await bft._handle("vote", signed_vote(BYZANTINE, tm.VoteKind.PRECOMMIT, 6, 0, os.urandom(32)))
+        while not inbox.empty():
+            await bft._handle(*inbox.get_nowait())
 
     asyncio.run(park())
-    assert len(bft._future) == 1
+    assert len(bft._future) == 2
 
 
 def test_a_proposal_signature_is_checked_before_its_block_is_decoded():
@@ -342,7 +345,7 @@ def test_the_vote_guard_lives_beside_the_key_and_outlives_a_wiped_chain_store(tm
         assert guard.permit(state, tm.VoteKind.PREVOTE, 0, b"v" * 32)
     finally:
         first.close()
-    assert old_store.meta(VOTE_GUARD) is None, "kept apart from the chain store"
+    assert old_store.meta(VOTE_GUARD) is not None, "copied to the store, for a binary from before"
     assert guard_path.exists() and guard_path.stat().st_mode & 0o777 == 0o600
     wiped = LedgerService(new_chain(SqliteChainStore(tmp_path / "new.db")), Mempool(), guard_path)
     try:
@@ -391,8 +394,8 @@ def test_an_equivocators_vote_for_a_proposed_value_counts_and_the_proof_of_lock_
     bft.state = state
     bft._resend()
     assert {(b["validator"], b["round"]) for b in sent} == {(k, 0) for k in (VALIDATORS[1], VALIDATORS[2], BYZANTINE.public)}
-    bft._proposed.add(value)
-    bft._slots[(BYZANTINE.public, int(tm.VoteKind.PREVOTE), 0)] = 2
+    bft._proposed.add((height, value))
+    bft._slots[(height, BYZANTINE.public, int(tm.VoteKind.PREVOTE), 0)] = {b"a" * 32, b"b" * 32}
     assert bft.receive("vote", vote_body(signed_vote(BYZANTINE, tm.VoteKind.PREVOTE, height, 0, value)))
     assert not bft.receive("vote", vote_body(signed_vote(BYZANTINE, tm.VoteKind.PREVOTE, height, 0, b"w" * 32)))
 
@@ -447,3 +450,47 @@ def test_a_restarted_validator_keeps_its_proof_of_lock():
     restarted, _ = resume_height(VALIDATORS, me, height, VoteGuard(lambda: storage.get("g"), lambda raw: None))
     assert set(restarted.votes) >= set(polka), "the signed prevotes of the proof came back"
     assert (restarted.locked_value, restarted.locked_round, restarted.valid_round) == (value, 0, 0)
+
+
+def test_messages_for_the_next_height_keep_an_equivocators_vote_for_a_proposed_value():
+    """Parked for the next height, only a slot's first vote was kept, and the rest were
+    remembered as seen: a validator one height behind lost the vote another's polka rested on."""
+    from twinledger.core.types import BlockHeader, encode_header
+
+    bft, inbox = _driver()
+    proposer = next(k for k in KEYS if k.public == tm.proposer(VALIDATORS, 6, 0))
+    header = BlockHeader("c", 6, 1, bytes(32), bytes(32), 0, bytes(32), bytes(32), proposer.public)
+    p = tm.Proposal(6, 0, header.hash, -1, proposer.public)
+    body = {"height": 6, "round": 0, "block_hash": header.hash, "valid_round": -1, "proposer": proposer.public,
+            "signature": proposer.sign(proposal_message("c", p)), "header": encode_header(header), "transactions": []}
+    assert bft.receive("proposal", body)
+    assert not bft.receive("proposal", body), "the same proposal again is not taken again"
+    taken = [bft.receive("vote", vote_body(signed_vote(BYZANTINE, tm.VoteKind.PREVOTE, 6, 0, value)))
+             for value in (b"z" * 32, b"y" * 32, b"q" * 32, header.hash)]  # fmt: skip
+    assert taken == [True, True, False, True], "past a full slot, a vote for a proposed value is still taken"
+
+    async def park() -> None:
+        bft._host = type("Host", (), {"request_blocks": lambda self, height: None})()  # type: ignore[assignment]
+        while not inbox.empty():
+            await bft._handle(*inbox.get_nowait())
+
+    asyncio.run(park())
+    parked = [item.block_hash for kind, item in bft._future.values() if kind == "vote"]
+    assert header.hash in parked and len(parked) == 3
+
+
+def test_a_vote_or_proposal_with_a_field_more_is_refused():
+    """Extra fields made the same signed vote a new frame each time: any peer could have an
+    honest vote relayed without end, and fill a proposer's slot with copies of one value."""
+    from twinledger.consensus.messages import parse_signed_proposal, parse_vote
+    from twinledger.errors import DecodeError
+
+    body = vote_body(signed_vote(BYZANTINE, tm.VoteKind.PREVOTE, 5, 0, tm.NIL))
+    with pytest.raises(DecodeError, match="fields"):
+        parse_vote({**body, "junk": 1})
+    with pytest.raises(DecodeError, match="fields"):
+        parse_signed_proposal({"height": 5, "round": 0, "block_hash": bytes(32), "valid_round": -1,
+                               "proposer": bytes(32), "signature": bytes(64), "header": b"", "transactions": [],
+                               "junk": 1})  # fmt: skip
+    bft, inbox = _driver()
+    assert bft.receive("vote", body) and not bft.receive("vote", body) and inbox.qsize() == 1

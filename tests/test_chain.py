@@ -170,7 +170,7 @@ def test_mempool_orders_nonces_and_bounds():
     with pytest.raises(MempoolFull):
         pool.check(record(nonce=10))
     assert [t.nonce for t in pool.select(10)] == [4, 5, 9]
-    assert [t.nonce for t in pool.select(1)] == []  # 5 arrived first and needs 4 before it
+    assert [t.nonce for t in pool.select(1)] == [4]  # 5 arrived first and needs 4 before it: 4 fits
     assert [t.nonce for t in pool.select(2)] == [4, 5]
     pool.remove([t4.hash, t5.hash])
     assert len(pool) == 1 and pool.pending_nonce(USER.public) == 9
@@ -370,3 +370,54 @@ def test_a_node_killed_in_the_middle_of_a_reorganisation_finishes_it_at_restart(
     assert restarted.head == b.head
     assert all(restarted.apply_block(*block).status == "known" for block in branch)
     assert left_behind.hash in {tx.hash for tx in store.pending()}, "journaled again: a restart offers it"
+
+
+def test_one_senders_run_that_does_not_fit_leaves_room_for_the_others():
+    """A sender that sent its highest nonce first, then 69 of about 60 kB, made the first
+    batch larger than a block; selection stopped there, and every block was empty."""
+    pool = Mempool()
+    alice, bob = SigningKey(bytes([71]) * 32), SigningKey(bytes([72]) * 32)
+    for nonce in [70, *range(1, 70)]:
+        pool.add(record(nonce=nonce, key=alice, payload=os.urandom(60_000)))
+    for nonce in range(1, 50):
+        pool.add(record(nonce=nonce, key=bob))
+    chosen = pool.select(1000)
+    mine = [t.nonce for t in chosen if t.sender == alice.public]
+    assert mine == list(range(1, len(mine) + 1)) and len(mine) > 0, "a prefix of her run, in nonce order"
+    assert sum(t.sender == bob.public for t in chosen) == 49
+    assert sum(len(t.encoded) for t in chosen) <= PREFERRED_BLOCK_TX_BYTES
+
+
+def test_a_reorganisation_killed_part_way_journals_the_whole_branch_it_left(stores, monkeypatch):
+    from twinledger.ledger.chain import Chain
+
+    a, b = new_chain(stores("a")), new_chain(stores("b"))
+    store = stores("f")
+    follower = new_chain(store, key=None)
+    lost = record(nonce=0, key=SigningKey(bytes([73]) * 32))
+    for block in [produce(a, [tx]) for tx in (record(), lost, record())]:
+        follower.apply_block(*block)
+    branch = [produce(b, [record()]) for _ in range(4)]
+    for block in (branch[0], branch[1], branch[3]):
+        follower.apply_block(*block)
+
+    class Killed(BaseException):
+        pass
+
+    applied = []
+    original = Chain._execute_and_commit
+
+    def killed_after_two(self, block, certificate):
+        if len(applied) == 2:
+            raise Killed
+        applied.append(block)
+        return original(self, block, certificate)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Chain, "_execute_and_commit", killed_after_two)
+        with pytest.raises(Killed):
+            follower.apply_block(*branch[2])
+    assert store.head().height == 2, "two blocks of the new branch applied, then killed"
+    restarted = new_chain(stores("f"), key=None)
+    assert restarted.head == b.head
+    assert lost.hash in {tx.hash for tx in store.pending()}, "the old branch's transaction at height 2"

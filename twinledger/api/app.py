@@ -84,7 +84,7 @@ def location_view(location: TransactionLocation) -> dict[str, Any]:
 
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BadRequest(f"request body exceeds {limit} bytes", code="too_large")
     body = b""
     async for chunk in request.stream():
@@ -232,7 +232,7 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
 
     @app.get("/v1/blocks/{block_id}", summary="A canonical block by height, or any block by hash")
     async def get_block(block_id: str, wait: float = 0.0) -> JSONResponse:
-        if block_id.isdigit():
+        if block_id.isascii() and block_id.isdigit():
             await node.wait_for_height(int(block_id), min(max(wait, 0.0), MAX_WAIT_SECONDS))
             header = await node.read(node.chain_store.header_by_height, int(block_id))
             if header is None:
@@ -376,7 +376,7 @@ def add_twin_resources(app: FastAPI, node: RunningNode, service: TwinService) ->
         if len(feed) != 64 or not all(c in "0123456789abcdef" for c in feed):
             raise BadRequest("the feed id is 64 hex digits")
         resume = request.headers.get("last-event-id")
-        if resume is not None and not resume.isdigit():
+        if resume is not None and not (resume.isascii() and resume.isdigit()):
             raise BadRequest("Last-Event-ID must be the sequence number sent in an event's id")
         offchain = _offchain_store()
         store = offchain.client()
@@ -424,7 +424,7 @@ def _event_position(last_event_id: str | None) -> tuple[int, int, int] | None:
     if last_event_id is None:
         return None
     parts = last_event_id.split(":")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
         raise BadRequest("Last-Event-ID must be HEIGHT:INDEX:NUMBER as sent in an event's id")
     height, index, number = (int(p) for p in parts)
     return height, index, number

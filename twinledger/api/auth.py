@@ -214,7 +214,7 @@ class Guard:
             caller = self.check(scope)
             limit = body_limit(scope["path"])
             declared = dict(scope["headers"]).get(b"content-length", b"0")
-            if declared.isdigit() and int(declared) > limit:
+            if declared.isascii() and declared.isdigit() and int(declared) > limit:
                 raise BodyTooLarge(f"the request body exceeds {limit} bytes")
         except TwinledgerError as exc:
             await _refuse(send, exc)

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from twinledger.config import load_config, passphrase
 from twinledger.consensus import tendermint as tm
 from twinledger.consensus.messages import proposal_body, proposal_message, signed_vote_message, vote_body
+from twinledger.contracts import calls
 from twinledger.core.merkle import merkle_root
 from twinledger.core.proof import validators_hash
 from twinledger.core.types import (
@@ -36,7 +37,6 @@ from twinledger.core.types import (
     Transaction,
     decode_header,
     decode_transaction,
-    sign_transaction,
 )
 from twinledger.crypto.certs import read_certificate
 from twinledger.crypto.keys import SigningKey
@@ -160,8 +160,8 @@ class ByzantineMember:
     def _oversized_transactions(self) -> list[Transaction]:
         """Valid transactions adding up to more than a block may hold (32 MiB)."""
         key, now = SigningKey.generate(), int(time.time() * 1000)
-        return [sign_transaction(key, chain_id=self.chain_id, nonce=n, contract="records", method="put",
-                                 args={"payload": os.urandom(MAX_TX_BYTES - 400)}, timestamp=now)
+        return [calls.sign(key, calls.put_record("application/octet-stream", {}, payload=os.urandom(MAX_TX_BYTES - 600)),
+                           chain_id=self.chain_id, nonce=n, timestamp=now)
                 for n in range(530)]  # fmt: skip
 
     # -- connections -----------------------------------------------------------------------------

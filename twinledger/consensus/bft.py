@@ -71,10 +71,12 @@ class BftConsensus(QueuedConsensus):
         self._blocks: dict[bytes, Block] = {}
         self._results: dict[bytes, BlockResult] = {}
         self._future: dict[tuple[Any, ...], tuple[str, Any]] = {}
-        """Messages for the next height, one per proposer round and per validator vote slot."""
-        self._slots: dict[tuple[bytes, int, int], int] = {}
-        self._proposed: set[bytes] = set()
-        """Block hashes proposed at this height: a vote for one is taken past a full slot."""
+        """Messages for the next height, as ``receive`` took them."""
+        self._slots: dict[tuple[int, bytes, int, int], set[bytes]] = {}
+        """Values taken per (height, validator or proposer, kind (0: proposal), round), for
+        this height and the next: a value again (another signature, say) is not taken."""
+        self._proposed: set[tuple[int, bytes]] = set()
+        """(height, block hash) proposed: a vote for one is taken past a full slot."""
         """Votes queued this height per (validator, kind, round)."""
         self._own: list[tuple[str, dict[str, Any]]] = []
         self._starter: asyncio.Task[None] | None = None
@@ -100,15 +102,14 @@ class BftConsensus(QueuedConsensus):
             vote = parse_vote(body)
             if vote.validator not in self._validators or not self._in_reach(vote.height, vote.round):
                 return False
-            slot = (vote.validator, int(vote.kind), vote.round)
-            full = self._slots.get(slot, 0) >= MESSAGES_PER_SLOT and vote.block_hash not in self._proposed
-            if vote.height == self.height and full:
+            taken = self._slots.setdefault((vote.height, vote.validator, int(vote.kind), vote.round), set())
+            proposed = (vote.height, vote.block_hash) in self._proposed
+            if vote.block_hash in taken or (len(taken) >= MESSAGES_PER_SLOT and not proposed):
                 return False
             message = signed_vote_message(self.chain_id, vote.kind, vote.height, vote.round, vote.block_hash)
             if not verify_signature(vote.validator, message, vote.signature):
                 raise InvalidProof("vote signature does not verify")
-            if vote.height == self.height:
-                self._slots[slot] = self._slots.get(slot, 0) + 1
+            taken.add(vote.block_hash)
             self._inbox.put_nowait(("vote", vote))
             return True
         if message_type == "proposal":
@@ -119,10 +120,11 @@ class BftConsensus(QueuedConsensus):
             if parsed is None:
                 return False
             p = parsed.proposal
-            if p.height == self.height:
-                slot = (p.proposer, 0, p.round)
-                self._slots[slot] = self._slots.get(slot, 0) + 1
-                self._proposed.add(p.block_hash)
+            taken = self._slots.setdefault((p.height, p.proposer, 0, p.round), set())
+            if p.block_hash in taken:
+                return False  # the same proposal again (another signature of it, say)
+            taken.add(p.block_hash)
+            self._proposed.add((p.height, p.block_hash))
             self._inbox.put_nowait(("proposal", dataclasses.replace(parsed, received_ms=arrived)))
             return True
         return False
@@ -130,9 +132,8 @@ class BftConsensus(QueuedConsensus):
     def _proposal_in_reach(self, height: int, round_: int) -> bool:
         """In reach, and not past the proposals a round's proposer may make (checked
         before the signature and the block cost anything)."""
-        proposer = tm.proposer(self._validators, height, round_)
-        full = height == self.height and self._slots.get((proposer, 0, round_), 0) >= MESSAGES_PER_SLOT
-        return self._in_reach(height, round_) and not full
+        taken = self._slots.get((height, tm.proposer(self._validators, height, round_), 0, round_), set())
+        return self._in_reach(height, round_) and len(taken) < MESSAGES_PER_SLOT
 
     def _in_reach(self, height: int, round_: int) -> bool:
         """This height or the next, and no more than MAX_ROUND_LEAD rounds ahead: anything
@@ -174,8 +175,8 @@ class BftConsensus(QueuedConsensus):
         self._blocks.clear()
         self._results.clear()
         self._own.clear()
-        self._slots.clear()
-        self._proposed.clear()
+        self._slots = {slot: values for slot, values in self._slots.items() if slot[0] >= height}
+        self._proposed = {entry for entry in self._proposed if entry[0] >= height}
         if self._starter is not None:
             self._starter.cancel()
         self._starter = asyncio.ensure_future(self._start_when_ready(height, wait))
@@ -230,11 +231,11 @@ class BftConsensus(QueuedConsensus):
 
     @staticmethod
     def _future_key(kind: str, item: Any) -> tuple[Any, ...]:
-        """Proposals keyed by (height, round): there is one proposer per round; votes by
-        their slot. So what waits for a later height is bounded by the round lead."""
+        """Each message that ``receive`` took for the next height, once: it bounds them per
+        slot and round, so what waits is bounded too."""
         if kind == "proposal":
-            return ("proposal", item.proposal.height, item.proposal.round)
-        return ("vote", item.height, item.validator, int(item.kind), item.round)
+            return ("proposal", item.proposal.height, item.proposal.round, item.proposal.block_hash)
+        return ("vote", item.height, item.validator, int(item.kind), item.round, item.block_hash)
 
     @staticmethod
     def _event(kind: str, item: Any) -> tm.Event | ProposalMessage:
@@ -310,7 +311,7 @@ class BftConsensus(QueuedConsensus):
         proposal = tm.Proposal(unsigned.height, unsigned.round, unsigned.block_hash, unsigned.valid_round,
                                unsigned.proposer, signature)  # fmt: skip
         body = proposal_body(proposal, block)
-        self._proposed.add(block.hash)
+        self._proposed.add((effect.height, block.hash))
         self._own.append(("proposal", body))
         self._host.broadcast("proposal", body)
         self._inbox_put("proposal", ProposalMessage(proposal, block))

@@ -43,7 +43,16 @@ def vote_body(vote: tm.Vote) -> dict[str, Any]:
             "validator": vote.validator, "signature": vote.signature}  # fmt: skip
 
 
+VOTE_FIELDS = frozenset({"kind", "height", "round", "block_hash", "validator", "signature"})
+PROPOSAL_FIELDS = frozenset({"height", "round", "block_hash", "valid_round", "proposer", "signature", "header",
+                             "transactions"})  # fmt: skip
+"""Exactly these: a field more would make the same message a new frame to gossip (its
+digest differs), and one peer could have it relayed without end."""
+
+
 def parse_vote(body: dict[str, Any]) -> tm.Vote:
+    if set(body) != VOTE_FIELDS:
+        raise DecodeError("malformed vote: unexpected or missing fields")
     try:
         vote = tm.Vote(tm.VoteKind(body["kind"]), body["height"], body["round"], body["block_hash"],
                        body["validator"], body["signature"])  # fmt: skip
@@ -71,6 +80,8 @@ class ProposalMessage:
 
 def parse_signed_proposal(body: dict[str, Any]) -> tm.Proposal:
     """The signed part of a proposal, without its block (cheap: checked first)."""
+    if set(body) != PROPOSAL_FIELDS:
+        raise DecodeError("malformed proposal: unexpected or missing fields")
     try:
         p = tm.Proposal(body["height"], body["round"], body["block_hash"], body["valid_round"], body["proposer"],
                         body["signature"])  # fmt: skip

@@ -216,7 +216,7 @@ class _Parser:
             return Leaf(normalise_attribute(self._expect("quoted")))
         if kind == "bare":
             word = self._expect("bare")
-            if word.isdigit() and self._peek() == "of":
+            if word.isascii() and word.isdigit() and self._peek() == "of":
                 return self.threshold(int(word), level)
             return Leaf(normalise_attribute(word))
         found = repr(self.tokens[self.position][1]) if kind else "the end"

@@ -127,14 +127,17 @@ class Chain:
         best = self.consensus.fork_choice(self.tree)
         if best == self.head.hash:
             return
-        ancestor = self.head
         with contextlib.suppress(InvalidBlock):  # an invalid stored branch: the head stays
             self._reorganise(best)
+        # Which branch was the head before the crash is not known (the rewind may have been
+        # followed by part of the new branch): every block off the canonical chain is
+        # offered; what is committed or no longer valid is left out.
         canonical = {h.hash for h in self.tree.path_from_root(self.head.hash)}
         left = {h.hash: h for leaf in self.tree.leaves() for h in self.tree.path_from_root(leaf.hash)
-                if h.hash not in canonical and h.height > ancestor.height}  # fmt: skip
+                if h.hash not in canonical}  # fmt: skip
         abandoned = tuple(self._stored(h.hash)[0] for h in sorted(left.values(), key=lambda h: h.height))
-        return_abandoned(self, ImportOutcome("head", self.head, (), abandoned), Mempool())
+        unbounded = Mempool(max_txs=1 << 40, max_bytes=1 << 62, sender_share=1)  # only its checks are wanted
+        return_abandoned(self, ImportOutcome("head", self.head, (), abandoned), unbounded)
 
     @property
     def chain_id(self) -> str:

@@ -77,7 +77,9 @@ class Mempool:
     def select(self, max_txs: int, max_bytes: int = PREFERRED_BLOCK_TX_BYTES) -> list[Transaction]:
         """Up to ``max_txs`` transactions of at most ``max_bytes`` encoded bytes in all, in
         arrival order, each sender's in nonce order, never a nonce without the sender's
-        lower pending nonces before it."""
+        lower pending nonces before it. A sender's run that does not fit whole goes in as
+        far as it fits, and the others' come after it: one sender's large run (its highest
+        nonce sent first) must not leave every block empty."""
         chosen: list[Transaction] = []
         size = 0
         taken: set[bytes] = set()
@@ -99,13 +101,19 @@ class Mempool:
             if any(t.hash in self._journaling for t in batch):
                 blocked.add(tx.sender)
                 continue
-            batch_size = sum(len(t.encoded) for t in batch)
-            if len(chosen) + len(batch) > max_txs or size + batch_size > max_bytes:
+            fit: list[Transaction] = []
+            for t in batch:
+                if len(chosen) + len(fit) >= max_txs or size + len(t.encoded) > max_bytes:
+                    break
+                fit.append(t)
+                size += len(t.encoded)
+            chosen.extend(fit)
+            taken.update(t.hash for t in fit)
+            position[tx.sender] = start + len(fit)
+            if len(fit) < len(batch):
+                blocked.add(tx.sender)
+            if len(chosen) >= max_txs:
                 break
-            size += batch_size
-            chosen.extend(batch)
-            taken.update(t.hash for t in batch)
-            position[tx.sender] = end
         return chosen
 
     def remove(self, hashes: Iterable[bytes]) -> None:

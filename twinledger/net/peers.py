@@ -356,7 +356,7 @@ def _valid_address(address: Any) -> bool:
     if not isinstance(address, str) or not 3 <= len(address) <= 262:
         return False
     host, _, port = address.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536 or not host:
         return False
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     return all(c.isalnum() or c in ".-:_" for c in host)

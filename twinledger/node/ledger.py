@@ -301,7 +301,11 @@ class LedgerService(NetworkedProducer):
         def load() -> bytes | None:  # a node from before the guard had its own file: the store's record
             return path.read_bytes() if path.exists() else store.meta(VOTE_GUARD)
 
-        return load, lambda raw: replace_durably(path, raw)
+        def save(raw: bytes) -> None:
+            replace_durably(path, raw)  # what counts
+            store.set_meta(VOTE_GUARD, raw)  # so a binary from before, started on this home, is not behind it
+
+        return load, save
 
     async def record_evidence(self, kind: str, first: dict[str, Any], second: dict[str, Any]) -> None:
         doc = {"kind": kind, "first": first, "second": second, "detected": int(time.time() * 1000)}

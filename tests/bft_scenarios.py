@@ -131,18 +131,12 @@ def later_lock_then_old_value(tm: ModuleType, claimed_round: int) -> dict[bytes,
     _run(tm, s, h3, s.vote("prevote", 0, B, h1))
     for who in (h1, h3):
         _run(tm, s, who, s.proposal(2, B, valid_round=claimed_round))
-    round2 = {k: s.cast(k, "prevote", 2) for k in (h1, h3)}
-    for who in (h1, h3):
-        other = h3 if who == h1 else h1
-        if round2[other] is not None:
-            _run(tm, s, who, s.vote("prevote", 2, round2[other], other))
-        _run(tm, s, who, s.vote("prevote", 2, B, s.Z))
-    round2c = {k: s.cast(k, "precommit", 2) for k in (h1, h3)}
-    for who in (h1, h3):
-        other = h3 if who == h1 else h1
-        if round2c[other] is not None:
-            _run(tm, s, who, s.vote("precommit", 2, round2c[other], other))
-        _run(tm, s, who, s.vote("precommit", 2, B, s.Z))
+    for kind in ("prevote", "precommit"):  # each hears the other's vote and Z's for B
+        cast = {k: s.cast(k, kind, 2) for k in (h1, h3)}
+        for who, other in ((h1, h3), (h3, h1)):
+            if cast[other] is not None:
+                _run(tm, s, who, s.vote(kind, 2, cast[other], other))
+            _run(tm, s, who, s.vote(kind, 2, B, s.Z))
     return s.decided
 
 

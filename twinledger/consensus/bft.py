@@ -77,7 +77,6 @@ class BftConsensus(QueuedConsensus):
         this height and the next: a value again (another signature, say) is not taken."""
         self._proposed: set[tuple[int, bytes]] = set()
         """(height, block hash) proposed: a vote for one is taken past a full slot."""
-        """Votes queued this height per (validator, kind, round)."""
         self._own: list[tuple[str, dict[str, Any]]] = []
         self._starter: asyncio.Task[None] | None = None
         self._last_commit = 0.0

@@ -166,9 +166,9 @@ class State:
     fired: frozenset[tuple[str, int]] = field(default=frozenset())
     """"First time" rules already fired, as (rule, round)."""
     equivocations: frozenset[tuple[bytes, int, int]] = frozenset()
+    """(validator, kind, round) already reported as equivocating: one piece of evidence each."""
     untimely: frozenset[int] = frozenset()
     """Rounds whose proposal arrived with a block time far from this validator's clock."""
-    """(validator, kind, round) already reported as equivocating: one piece of evidence each."""
 
     @property
     def quorum(self) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 import tomllib
@@ -20,8 +22,10 @@ import tomli_w
 
 from twinledger.config import init_network, load_config
 from twinledger.core.encoding import encode
+from twinledger.core.killpoints import ENVIRONMENT
 from twinledger.core.types import Transaction, encode_transaction, sign_transaction
 from twinledger.crypto.keys import SigningKey
+from twinledger.errors import TwinledgerError
 from twinledger.launcher import NodeProcess, free_port_block, start_node
 
 OCTETS = {"content-type": "application/octet-stream"}
@@ -140,6 +144,26 @@ class Network:
 
     def kill(self, i: int) -> None:
         self.processes.pop(i).kill()
+
+    def start_armed(self, i: int, point: str) -> None:
+        """Start node i armed to kill itself at ``point`` (``name[:n]``, see
+        core/killpoints.py); start it as it was before; return once it died there."""
+        os.environ[ENVIRONMENT] = point
+        try:
+            self.processes[i] = start_node(self.homes[i])  # clients may use it meanwhile
+        except TwinledgerError as exc:  # it reached the point before its API answered
+            assert "exited with code -9" in exc.message, exc.message
+            return
+        finally:
+            del os.environ[ENVIRONMENT]
+        process = self.processes[i].process
+        try:
+            code = process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"node {i} never reached kill point {point}") from None
+        finally:
+            self.kill(i)
+        assert code == -signal.SIGKILL, f"node {i} armed at {point} ended with code {code}"
 
     def stop_all(self) -> None:
         for process in self.processes.values():

@@ -421,3 +421,23 @@ def test_a_reorganisation_killed_part_way_journals_the_whole_branch_it_left(stor
     restarted = new_chain(stores("f"), key=None)
     assert restarted.head == b.head
     assert lost.hash in {tx.hash for tx in store.pending()}, "the old branch's transaction at height 2"
+
+
+def test_a_node_killed_after_a_reorganisation_before_it_journaled_the_branch_it_left(stores):
+    """Killed once the new branch was applied, before what the old one held was pending
+    again (a kill point the random kills rarely hit): at restart the head was the fork
+    choice's, nothing looked unfinished, and the transaction was lost."""
+    a, b = new_chain(stores("a")), new_chain(stores("b"))
+    store = stores("f")
+    follower = new_chain(store, key=None)
+    lost = record(nonce=0, key=SigningKey(bytes([74]) * 32))
+    for block in [produce(a, [tx]) for tx in (record(), lost)]:
+        follower.apply_block(*block)
+    outcomes = [follower.apply_block(*block) for block in [produce(b, [record()]) for _ in range(3)]]
+    assert any(outcome.abandoned for outcome in outcomes) and follower.head == b.head  # the ledger would journal next
+    assert lost.hash not in {tx.hash for tx in store.pending()}
+    restarted = new_chain(stores("f"), key=None)
+    assert restarted.head == b.head
+    assert lost.hash in {tx.hash for tx in store.pending()}, "journaled at restart"
+    new_chain(stores("f"), key=None)
+    assert sum(tx.hash == lost.hash for tx in store.pending()) == 1

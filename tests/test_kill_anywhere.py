@@ -1,7 +1,9 @@
-"""kill -9 at random moments of a loaded four-validator network: a node dies while it
-commits, while it catches up by block sync (the next kill often finds it there), or while
-it is journaling what a client just submitted. Each restarts at once. Nothing any node
-acknowledged is lost, and every node ends on the same chain."""
+"""kill -9 of a loaded four-validator network, at random moments and at each named kill
+point of commit, block sync, journaling and voting (core/killpoints.py): a node dies
+while it commits, while it catches up by block sync, while it journals what a client just
+submitted, right after its vote guard recorded a vote. Each restarts. Nothing any node
+acknowledged is lost, and every node ends on the same chain. Reorganisations (poa) are
+killed at their points in test_network.py."""
 
 from __future__ import annotations
 
@@ -11,23 +13,32 @@ import time
 from network_helpers import Load, make_network, wait_for
 from test_network import assert_identical_chains
 
-KILLS = 8
+from twinledger.core.killpoints import KILL_POINTS
+
+KILLS = 10
+POINTS = sorted(point for point in KILL_POINTS if not point.startswith("reorganisation."))
+"""Every point a bft validator reaches (its blocks are final: it never reorganises)."""
 
 
-def test_kill_9_at_random_moments_loses_nothing(tmp_path):
+def test_kill_9_at_random_moments_and_at_kill_points_loses_nothing(tmp_path):
     seed = time.time_ns()
     rng = random.Random(seed)
+    points = rng.sample(POINTS, len(POINTS))  # every point once, in a random order, then random moments
     net = make_network(tmp_path / "net")
     try:
         for i in range(4):
             net.start(i)
         assert net.wait_height(0, 1)
         with Load(net, targets=[0, 1, 2, 3]) as load:
-            for _ in range(KILLS):
+            for kill in range(max(KILLS, len(points))):
                 victim = rng.randrange(4)
                 wait_for(lambda: len(load.accepted) > 0, "accepted transactions")
-                time.sleep(rng.uniform(0, 1.5))  # the moment of the kill is what is random here
+                time.sleep(rng.uniform(0, 1.5))  # the moment of this kill is what is random
                 net.kill(victim)  # SIGKILL: no shutdown, whatever it was doing
+                if kill < len(points):
+                    other = (victim + 1) % 4
+                    assert net.wait_height(other, net.height(other) + 3), "three blocks, so that it must sync"
+                    net.start_armed(victim, f"{points[kill]}:{rng.randint(1, 3)}")
                 net.start(victim)
         for i in range(4):
             missing = net.missing(i, load.accepted, timeout=120)

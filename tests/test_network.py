@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import ssl
 import time
 
@@ -13,6 +14,7 @@ import pytest
 from network_helpers import Load, Network, make_network, wait_for
 
 from twinledger.config import init_home, load_config
+from twinledger.core.killpoints import ENVIRONMENT
 from twinledger.core.types import Transaction, sign_transaction
 from twinledger.crypto.keys import SigningKey
 from twinledger.crypto.tls import client_context
@@ -205,10 +207,12 @@ def test_poa_authorities_commit_and_survive_a_lost_leader(tmp_path):
     assert not net.logs_with_tracebacks(), "peers dropped at a stop end quietly"
 
 
-def test_poa_branches_built_apart_heal_into_one_and_lose_no_transaction(tmp_path):
+@pytest.mark.parametrize("point", ["reorganisation.rewound", "reorganisation.part-way", "reorganisation.switched"])
+def test_poa_branches_built_apart_heal_into_one_and_lose_no_transaction(tmp_path, point):
     """Two authorities that each certify alone build separate branches while cut apart.
     Joined again they follow one (highest, then lowest hash), and the transactions of the
-    branch given up are pending again and commit on it."""
+    branch given up are pending again and commit on it — even when the authority that
+    reorganises is killed (kill -9) at ``point`` of its reorganisation and restarted."""
     net = make_network(tmp_path / "fork", orgs=["plant-a", "plant-b"], consensus="poa", proxied=True,
                        authority_signatures=1)  # fmt: skip
     try:
@@ -229,7 +233,20 @@ def test_poa_branches_built_apart_heal_into_one_and_lose_no_transaction(tmp_path
             assert net.wait_height(i, fork + 2)
         # A block on its way when the cut fell may still reach both, at height `fork` at most.
         assert net.block_hashes(0, fork + 2)[-1] != net.block_hashes(1, fork + 2)[-1], "the two built separate branches"
+        for i in range(2):  # both armed: whichever reorganises dies at the point
+            net.kill(i)
+            os.environ[ENVIRONMENT] = point
+            try:
+                net.start(i)
+            finally:
+                del os.environ[ENVIRONMENT]
         net.cut_off(1, cut=False)
+        died = wait_for(lambda: [i for i in range(2) if net.processes[i].process.poll() is not None],
+                        f"an authority killed at {point}", 90)  # fmt: skip
+        assert all(net.processes[i].process.returncode == -signal.SIGKILL for i in died)
+        for i in range(2):
+            net.kill(i)
+            net.start(i)
 
         def one_chain_with_everything() -> bool:
             views = [httpx.get(f"{net.url(i)}/v1/transactions/{tx.hash.hex()}", headers=net.headers(i), timeout=10).json()

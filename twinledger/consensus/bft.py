@@ -30,6 +30,7 @@ from twinledger.consensus.messages import (
     vote_body,
 )
 from twinledger.consensus.signer import VoteGuard, resume_height
+from twinledger.core.killpoints import kill_point
 from twinledger.core.types import (
     Block,
     BlockHeader,
@@ -306,6 +307,7 @@ class BftConsensus(QueuedConsensus):
         unsigned = tm.Proposal(effect.height, effect.round, block.hash, valid_round, self.key.public)
         if not await self._host.durably(self._guard.permit, self.state, 0, effect.round, block.hash):
             return
+        kill_point("vote.guarded")
         signature = self.key.sign(proposal_message(self.chain_id, unsigned))
         proposal = tm.Proposal(unsigned.height, unsigned.round, unsigned.block_hash, unsigned.valid_round,
                                unsigned.proposer, signature)  # fmt: skip
@@ -319,6 +321,7 @@ class BftConsensus(QueuedConsensus):
         assert self._host is not None and self.key is not None and self._guard is not None and self.state is not None
         if not await self._host.durably(self._guard.permit, self.state, int(effect.kind), effect.round, effect.block_hash):
             return
+        kill_point("vote.guarded")
         message = signed_vote_message(self.chain_id, effect.kind, effect.height, effect.round, effect.block_hash)
         vote = tm.Vote(effect.kind, effect.height, effect.round, effect.block_hash, self.key.public, self.key.sign(message))
         body = vote_body(vote)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 
 from twinledger.abc import Application, BlockResult, ChainStore, Consensus, StateReader, StateValue
+from twinledger.core.killpoints import kill_point
 from twinledger.core.merkle import merkle_path, merkle_root
 from twinledger.core.proof import InclusionProof, validators_hash
 from twinledger.core.types import (
@@ -28,6 +29,9 @@ from twinledger.ledger.mempool import Mempool
 from twinledger.ledger.validation import MAX_BLOCK_AHEAD_MS, validate_block, validate_body
 
 KeepFilter = Callable[[AnyTransaction], bool]
+REORGANISING = "chain/reorganising"
+"""Chain store metadata: the head a reorganisation left, kept until what the blocks it
+took off held is pending again (empty when no reorganisation is under way)."""
 """Decides whether this node keeps a transaction's payload or only its stripped form."""
 
 
@@ -121,21 +125,19 @@ class Chain:
         self._finish_reorganisation()
 
     def _finish_reorganisation(self) -> None:
-        """A process killed in the middle of a reorganisation left the head at the common
-        ancestor while the store holds the branch: adopt what the fork choice says now, and
-        journal again what the branches left behind hold (the killed process never did)."""
+        """A process killed in the middle of a reorganisation left the head anywhere from
+        the old head through the common ancestor to the new head: adopt what the fork
+        choice says now, and make what the branch it left held pending again (the killed
+        process may not have)."""
         best = self.consensus.fork_choice(self.tree)
-        if best == self.head.hash:
+        if best != self.head.hash:
+            with contextlib.suppress(InvalidBlock):  # an invalid stored branch: the head stays
+                self._reorganise(best)
+        left = self.store.meta(REORGANISING)
+        if not left or left not in self.tree:
             return
-        with contextlib.suppress(InvalidBlock):  # an invalid stored branch: the head stays
-            self._reorganise(best)
-        # Which branch was the head before the crash is not known (the rewind may have been
-        # followed by part of the new branch): every block off the canonical chain is
-        # offered; what is committed or no longer valid is left out.
-        canonical = {h.hash for h in self.tree.path_from_root(self.head.hash)}
-        left = {h.hash: h for leaf in self.tree.leaves() for h in self.tree.path_from_root(leaf.hash)
-                if h.hash not in canonical}  # fmt: skip
-        abandoned = tuple(self._stored(h.hash)[0] for h in sorted(left.values(), key=lambda h: h.height))
+        ancestor = self.tree.common_ancestor(left, self.head.hash)
+        abandoned = self._branch(ancestor, self.tree.headers[left])
         unbounded = Mempool(max_txs=1 << 40, max_bytes=1 << 62, sender_share=1)  # only its checks are wanted
         return_abandoned(self, ImportOutcome("head", self.head, (), abandoned), unbounded)
 
@@ -245,7 +247,15 @@ class Chain:
         ancestor = self.tree.common_ancestor(old_head.hash, new_head)
         old_branch = [h for h in self.tree.path_from_root(old_head.hash) if h.height > ancestor.height]
         new_branch = [h for h in self.tree.path_from_root(new_head) if h.height > ancestor.height]
-        self._switch(ancestor, new_branch, fallback=old_branch)
+        marked = bool(old_branch) and not self.store.meta(REORGANISING)  # a restart's finish keeps the first mark
+        if marked:
+            self.store.set_meta(REORGANISING, old_head.hash)
+        try:
+            self._switch(ancestor, new_branch, fallback=old_branch)
+        except InvalidBlock:
+            if marked:  # the old branch is back: nothing was left
+                self.store.set_meta(REORGANISING, b"")
+            raise
 
     def _rewind(self, ancestor: BlockHeader) -> None:
         self.store.rewind(ancestor.height)
@@ -254,10 +264,12 @@ class Chain:
 
     def _switch(self, ancestor: BlockHeader, branch: list[BlockHeader], fallback: list[BlockHeader]) -> None:
         self._rewind(ancestor)
+        kill_point("reorganisation.rewound")
         try:
             for header in branch:
                 block, certificate = self._stored(header.hash)
                 self._execute_and_commit(block, certificate)
+                kill_point("reorganisation.part-way")
         except InvalidBlock:
             self._rewind(ancestor)
             for header in fallback:
@@ -288,10 +300,9 @@ class Chain:
 def return_abandoned(chain: Chain, outcome: ImportOutcome, mempool: Mempool) -> list[Transaction]:
     """Make what a reorganisation's abandoned blocks held pending again, unless the new
     branch holds it or made it invalid: in the mempool, and in the store's journal of
-    pending transactions, which a restart reads, so a `kill -9` right after the
-    reorganisation loses none of it (ledger thread)."""
-    if not outcome.abandoned:
-        return []
+    pending transactions, which a restart reads; then the reorganisation's mark goes, so
+    a `kill -9` at any moment of it loses none of it (ledger thread)."""
+    kill_point("reorganisation.switched")
     state = chain.state()
     returned = []
     for tx in (tx for block in outcome.abandoned for tx in block.transactions):
@@ -306,4 +317,5 @@ def return_abandoned(chain: Chain, outcome: ImportOutcome, mempool: Mempool) -> 
             continue
     if returned:
         chain.store.add_pending(returned)
+    chain.store.set_meta(REORGANISING, b"")
     return returned

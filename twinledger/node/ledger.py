@@ -33,6 +33,7 @@ from twinledger.contracts.runtime import committed_nonce
 from twinledger.core.encoding import decode, encode
 from twinledger.core.files import replace_durably
 from twinledger.core.hashing import hash_obj
+from twinledger.core.killpoints import kill_point
 from twinledger.core.proof import InclusionProof
 from twinledger.core.types import PREFERRED_BLOCK_TX_BYTES, Block, BlockHeader, CommitCertificate, Receipt, Transaction
 from twinledger.errors import InvalidBlock, TwinledgerError
@@ -250,6 +251,7 @@ class LedgerService(NetworkedProducer):
         if admission.fresh and not from_peer:
             try:
                 await loop.run_in_executor(self._journal, self.chain_store.add_pending, admission.fresh)
+                kill_point("journal.written")
             except BaseException as exc:
                 await self.in_ledger(self._journaled, admission, exc)
                 raise
@@ -357,7 +359,7 @@ class LedgerService(NetworkedProducer):
         outcome = self.chain.apply_block(block, certificate)
         for adopted in outcome.adopted:
             self._forget(adopted)
-        if outcome.abandoned:
+        if outcome.abandoned:  # a reorganisation
             returned = return_abandoned(self.chain, outcome, self.mempool)
             log.warning("fork: reorganised to block %d (%s…), %d block(s) abandoned, %d transaction(s) pending again",
                         outcome.head.height, outcome.head.hash.hex()[:12], len(outcome.abandoned),

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from twinledger.core.killpoints import kill_point
 from twinledger.core.types import MAX_BLOCK_TX_BYTES, Block, decode_certificate, decode_header, decode_transaction
 from twinledger.errors import DecodeError
 from twinledger.net.peers import Peer
@@ -70,6 +71,7 @@ class BlockSync:
             if block.height > ledger.head.height + 1:
                 continue
             outcome = await ledger.apply_synced(block, certificate)
+            kill_point("sync.between-blocks")
             if outcome.status == "orphan":  # the peer is on another branch: fetch back to where it forked
                 self.request_blocks(max(1, block.height - SYNC_BATCH))
                 break

@@ -17,6 +17,7 @@ from typing import Any
 
 from twinledger.abc import BlockResult, ChainStore, StateValue, TransactionLocation
 from twinledger.core.encoding import decode
+from twinledger.core.killpoints import kill_point
 from twinledger.core.types import (
     AnyTransaction,
     Block,
@@ -133,6 +134,7 @@ class SqlChainStore(ChainStore):
     def commit_block(self, block: Block, certificate: CommitCertificate, result: BlockResult,
                      stored: tuple[AnyTransaction, ...]) -> None:  # fmt: skip
         header = block.header
+        kill_point("commit.before")
         with self._transaction() as cur:
             self._insert_block(cur, block, certificate, stored)
             cur.execute("INSERT INTO canonical (height, hash) VALUES (?, ?)", (header.height, header.hash))
@@ -145,6 +147,8 @@ class SqlChainStore(ChainStore):
                 [(key, header.height, value) for key, value in result.encoded_writes.items()],
             )
             cur.executemany("DELETE FROM pending WHERE tx_hash = ?", [(tx.hash,) for tx in stored])
+            kill_point("commit.written")
+        kill_point("commit.durable")
 
     def store_side_block(self, block: Block, certificate: CommitCertificate) -> None:
         with self._transaction() as cur:

@@ -78,7 +78,7 @@ class Schedule:
     """Seconds of faults; then the network is reliable and every validator is up."""
     heights_after: int = 4
     """Heights every honest validator must decide once the faults stopped."""
-    deadline: float = 60.0
+    deadline: float = 120.0
 
 
 @dataclasses.dataclass
@@ -96,6 +96,8 @@ class Outcome:
     """Frames a validator's handler refused, with their sender."""
     equivocations: int
     accepted: int
+    crashed: list[str]
+    """Exceptions frame handling raised, and engines that ended."""
     errors: list[str] = dataclasses.field(default_factory=list)
     """Errors logged (a driver that caught an exception it did not expect)."""
 
@@ -160,6 +162,8 @@ class SimValidator:
     async def crash(self) -> None:
         """Stop at whatever await the engine was in; close what a dead process would lose."""
         assert self.ledger is not None and self.engine is not None
+        if self.engine.done():
+            self.net.crashed.append(f"validator {self.index}: its consensus engine ended")
         ledger, self.ledger = self.ledger, None
         for task in (self.engine, *self.tasks):
             task.cancel()
@@ -171,7 +175,14 @@ class SimValidator:
     def spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        """What a peer manager's read loop would log as a traceback, the test counts."""
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.net.crashed.append(f"validator {self.index}: {type(exc).__name__}: {exc}")
 
     async def arrive(self, source: int, payload: bytes) -> None:
         """What ``PeerManager``'s read loop does with a frame: drop gossip seen before
@@ -208,6 +219,8 @@ class DriverNetwork:
         self.split: tuple[float, float, frozenset[int]] | None = None
         self.calm = False
         self.refused: list[tuple[int, str]] = []
+        self.crashed: list[str] = []
+        """Exceptions of frame handling and engines that ended: a node would log a traceback."""
         self.accepted: set[bytes] = set()
         self.equivocations = 0
         self.started = 0.0
@@ -340,6 +353,8 @@ class DriverNetwork:
         return sum(1 for tx_hash in self.accepted if ledger.chain_store.transaction(tx_hash) is None)
 
     def _outcome(self, at_calm: dict[int, int], decided: bool) -> Outcome:
+        self.crashed += [f"validator {node.index}: its consensus engine ended" for node in self.nodes
+                         if node.engine is not None and node.engine.done()]  # fmt: skip
         chains: dict[int, list[bytes]] = {}
         evidence = 0
         accused: set[bytes] = set()
@@ -352,7 +367,7 @@ class DriverNetwork:
                 evidence += 1
                 accused.add(bytes.fromhex(entry["first"]["validator"]))
         return Outcome(chains, {i: self._missing(i) for i in self.honest}, at_calm, decided, evidence, accused,
-                       list(self.refused), self.equivocations, len(self.accepted))  # fmt: skip
+                       list(self.refused), self.equivocations, len(self.accepted), list(self.crashed))  # fmt: skip
 
 
 class Equivocator:

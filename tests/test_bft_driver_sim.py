@@ -29,6 +29,7 @@ def test_random_schedules_drive_the_real_driver(schedule, tmp_path):
     assert outcome.decided_after_calm, label + f"stalled after the faults: heights {outcome.heights_at_calm}, then {heights}"
     assert outcome.accepted > 0 and not any(outcome.missing.values()), label + f"accepted transactions lost: {outcome.missing}"
     assert not outcome.errors, label + f"errors logged: {outcome.errors[:5]}"
+    assert not outcome.crashed, label + f"{outcome.crashed[:5]}"
     honest_refusals = [why for source, why in outcome.refused if source in outcome.chains]
     assert not honest_refusals, label + f"{honest_refusals[:3]}"
     honest_keys = {KEYS[i].public for i in outcome.chains}

@@ -107,7 +107,7 @@ def test_fork_choice_reorganises_to_the_longer_branch(stores):
     assert outcome.head == b2[0].header and a.head == branch_b.head
     outcomes = (first, outcome)  # b1 may win on its hash alone already
     assert [b.hash for o in outcomes for b in o.adopted] == [b1[0].hash, b2[0].hash]
-    assert [b.hash for o in outcomes for b in o.abandoned] == [a1[0].hash]
+    assert {b.hash for o in outcomes for b in o.abandoned} == {a1[0].hash}  # each says so, until returned
     assert a.store.transaction(a1[0].transactions[0].hash) is None
     assert a.store.transaction(b2[0].transactions[0].hash) is not None
     assert a.state().get(f"nonce/{USER.public.hex()}") == 4
@@ -128,9 +128,12 @@ def test_a_reorganisation_returns_abandoned_transactions_to_the_mempool_and_the_
     b1 = produce(branch_b, [record(nonce=3), shared], timestamp=a1[0].header.timestamp + 5)
     b2 = produce(branch_b, [record(nonce=4)])
     mempool = Mempool(100)
-    outcomes = [a.apply_block(*b1), a.apply_block(*b2)]
-    assert a.head == branch_b.head and [b.hash for o in outcomes for b in o.abandoned] == [a1[0].hash]
-    returned = [tx for o in outcomes for tx in return_abandoned(a, o, mempool)]
+    abandoned, returned = [], []
+    for block in (b1, b2):  # as the ledger does: what an import abandoned is returned at once
+        outcome = a.apply_block(*block)
+        abandoned += outcome.abandoned
+        returned += return_abandoned(a, outcome, mempool) if outcome.abandoned else []
+    assert a.head == branch_b.head and [b.hash for b in abandoned] == [a1[0].hash]
     assert returned == [kept], "USER's nonce 2 is spent on the new branch; the shared one is committed there"
     assert [tx.hash for tx in mempool.select(10)] == [kept.hash]
     assert [tx.hash for tx in a.store.pending()] == [kept.hash], "journaled: a restart offers it again"
@@ -441,3 +444,115 @@ def test_a_node_killed_after_a_reorganisation_before_it_journaled_the_branch_it_
     assert lost.hash in {tx.hash for tx in store.pending()}, "journaled at restart"
     new_chain(stores("f"), key=None)
     assert sum(tx.hash == lost.hash for tx in store.pending()) == 1
+
+
+def _certified_bad_branch(chain, length):
+    """Blocks on ``chain``'s head that a faulty authority certified: the first one's state
+    root is not what its execution gives, so none of them executes."""
+    good, _ = chain.build_block([], VALIDATOR.public, chain.head.timestamp + 1000)
+    blocks = [Block(dataclasses.replace(good.header, state_root=bytes(32)), ())]
+    while len(blocks) < length:
+        parent = blocks[-1].header
+        blocks.append(Block(dataclasses.replace(parent, height=parent.height + 1, previous=parent.hash,
+                                                timestamp=parent.timestamp + 1), ()))  # fmt: skip
+    return [(block, chain.consensus.certify(block)) for block in blocks]
+
+
+def test_a_certified_branch_that_does_not_execute_strands_no_one(stores, monkeypatch):
+    """Found by review: while the highest leaf was a block that does not execute, every
+    block that extended the head rewound the chain to the fork point and raised; a node
+    killed on that way restarted at the fork point, its committed transactions gone."""
+    from twinledger.ledger import chain as chain_module
+
+    a, b, store = new_chain(stores("a")), new_chain(stores("b")), stores("f")
+    follower = new_chain(store, key=None)
+    mine = SigningKey(bytes([75]) * 32)
+    acknowledged = [record(nonce=n, key=mine) for n in range(3)]
+    blocks = [produce(a, [tx]) for tx in acknowledged]
+    for block in blocks:
+        follower.apply_block(*block)
+    b.apply_block(*blocks[0])
+    bad = _certified_bad_branch(b, 3)  # heights 2 to 4: higher than the head at 3
+    assert [follower.apply_block(*block).status for block in reversed(bad)] == ["orphan", "orphan", "invalid"]
+    old_head = follower.head
+    assert old_head == a.head
+    on_bad = _certified_bad_branch(b, 4)[-1]
+    with pytest.raises(InvalidBlock, match="builds on"):
+        follower.apply_block(*on_bad)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(name):
+        if name == "reorganisation.rewound":
+            raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(chain_module, "kill_point", killed)
+        with pytest.raises(Killed):
+            new_chain(stores("f"), key=None)  # its tree holds the bad branch again: killed after the rewind
+    restarted = new_chain(stores("f"), key=None)
+    assert restarted.head == old_head
+    assert all(store.transaction(tx.hash) is not None for tx in acknowledged)
+    rewinds = []
+    monkeypatch.setattr(chain_module.Chain, "_rewind", lambda self, ancestor: rewinds.append(ancestor))
+    for tx in [record(nonce=n, key=mine) for n in range(3, 6)]:
+        assert restarted.apply_block(*produce(a, [tx])).status == "head"
+    assert not rewinds, "a bad branch found out costs nothing more"
+
+
+def test_a_reorganisation_on_a_full_mempool_still_returns_what_it_left(stores):
+    """Found by review: the abandoned transactions met the mempool's bounds, were dropped
+    and never journaled. They were admitted once; the bounds are for new ones."""
+    a, b, store = new_chain(stores("a")), new_chain(stores("b")), stores("f")
+    follower = new_chain(store, key=None)
+    pool = Mempool(max_txs=20)
+    for n in range(20):
+        pool.add(record(nonce=n, key=SigningKey(bytes([76]) * 32)))
+    sender = SigningKey(bytes([77]) * 32)
+    left = [record(nonce=n, key=sender) for n in range(12)]
+    for block in (produce(a, left[:6]), produce(a, left[6:])):
+        follower.apply_block(*block)
+    outcomes = [follower.apply_block(*produce(b, [record()])) for _ in range(3)]
+    returned = return_abandoned(follower, next(o for o in outcomes if o.abandoned), pool)
+    assert {tx.hash for tx in returned} == {tx.hash for tx in left}
+    assert {tx.hash for tx in left} <= {tx.hash for tx in store.pending()}
+
+
+def test_a_reorganisation_broken_by_a_storage_error_is_finished_and_loses_nothing(stores, monkeypatch):
+    """Found by review: a disk error part-way left the mark; the import that finished the
+    switch saw no old branch, and a later reorganisation cleared the mark unread."""
+    import sqlite3
+
+    from twinledger.ledger.chain import Chain
+
+    a, b, store = new_chain(stores("a")), new_chain(stores("b")), stores("f")
+    follower = new_chain(store, key=None)
+    sender = SigningKey(bytes([78]) * 32)
+    left = [record(nonce=n, key=sender) for n in range(2)]
+    for tx in left:
+        follower.apply_block(*produce(a, [tx]))
+    branch = [produce(b, [record()]) for _ in range(4)]
+    follower.apply_block(*branch[0])
+    original, calls = Chain._execute_and_commit, []
+
+    def disk_full_once(self, block, certificate):
+        calls.append(block)
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        return original(self, block, certificate)
+
+    rest = branch[1:]
+    with monkeypatch.context() as patch:
+        patch.setattr(Chain, "_execute_and_commit", disk_full_once)
+        with pytest.raises(sqlite3.OperationalError):
+            while rest:  # the import that switches fails at the second block of the branch
+                calls.clear()
+                follower.apply_block(*rest.pop(0))
+    pool = Mempool()
+    for block in rest:
+        outcome = follower.apply_block(*block)
+        if outcome.abandoned:
+            return_abandoned(follower, outcome, pool)
+    assert follower.head == b.head
+    assert {tx.hash for tx in left} <= {tx.hash for tx in store.pending()} & set(pool._txs)

@@ -15,10 +15,11 @@ import signal
 import threading
 
 KILL_POINTS = {
+    "commit.decided": "a block this validator decided is about to be written; its vote guard holds the precommit",
     "commit.before": "a decided or synced block is about to be written",
     "commit.written": "the block's rows are written, the store transaction not yet committed",
     "commit.durable": "the block is durable; the chain's head in memory and the mempool are not updated",
-    "sync.between-blocks": "one block of a block-sync batch applied, the next not yet",
+    "sync.block-applied": "a block that block sync brought is applied, the rest of its batch not yet",
     "reorganisation.rewound": "the canonical chain rewound to the common ancestor, no block of the new branch applied",
     "reorganisation.part-way": "one block of the new branch applied",
     "reorganisation.switched": "the new branch applied; what the old one held not yet pending again",

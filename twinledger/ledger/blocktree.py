@@ -42,6 +42,22 @@ class BlockTree:
             queue.extend(sorted(waiting.values(), key=lambda h: h.hash))
         return connected
 
+    def discard(self, block_hash: bytes) -> set[bytes]:
+        """Take a block and everything built on it out of the tree (a branch found invalid);
+        returns their hashes. Orphans waiting for one of them go with it."""
+        header = self.headers.get(block_hash)
+        if header is not None:
+            self.children[header.previous].discard(block_hash)
+        gone: set[bytes] = set()
+        stack = [block_hash]
+        while stack:
+            current = stack.pop()
+            gone.add(current)
+            self.headers.pop(current, None)
+            stack.extend(self.children.pop(current, ()))
+            stack.extend(self.orphans.pop(current, {}))
+        return gone
+
     def orphan_count(self) -> int:
         return sum(len(v) for v in self.orphans.values())
 

@@ -4,14 +4,15 @@ point for a certified block, whether this node produced it or a peer sent it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 
 from twinledger.abc import Application, BlockResult, ChainStore, Consensus, StateReader, StateValue
+from twinledger.core.encoding import decode, encode
 from twinledger.core.killpoints import kill_point
 from twinledger.core.merkle import merkle_path, merkle_root
 from twinledger.core.proof import InclusionProof, validators_hash
@@ -22,16 +23,14 @@ from twinledger.core.types import (
     CommitCertificate,
     Transaction,
 )
-from twinledger.errors import ConfigError, InvalidBlock, NotFound, TwinledgerError
+from twinledger.errors import ConfigError, InvalidBlock, MempoolFull, NotFound, TwinledgerError
 from twinledger.ledger.blocktree import BlockTree
 from twinledger.ledger.genesis import Genesis
 from twinledger.ledger.mempool import Mempool
 from twinledger.ledger.validation import MAX_BLOCK_AHEAD_MS, validate_block, validate_body
 
+log = logging.getLogger("twinledger.chain")
 KeepFilter = Callable[[AnyTransaction], bool]
-REORGANISING = "chain/reorganising"
-"""Chain store metadata: the head a reorganisation left, kept until what the blocks it
-took off held is pending again (empty when no reorganisation is under way)."""
 """Decides whether this node keeps a transaction's payload or only its stripped form."""
 
 
@@ -46,6 +45,11 @@ def keep_filter(contracts: frozenset[str], senders: frozenset[bytes]) -> KeepFil
         return tx.contract in contracts or tx.sender in senders
 
     return keep
+
+
+REORGANISING = "chain/reorganising"
+"""Chain store metadata: the heads reorganisations left, kept until what the blocks they
+took off held is pending again (empty when none is under way)."""
 
 
 class StoreState(StateReader):
@@ -90,12 +94,13 @@ class HeadState(StateReader):
 
 @dataclass(frozen=True)
 class ImportOutcome:
-    status: str  # "known", "orphan", "side", "head"
+    status: str  # "known", "orphan", "side", "head", "invalid" (it or a block it builds on does not execute)
     head: BlockHeader
     adopted: tuple[Block, ...] = ()
     """Blocks that joined the canonical chain, parent first."""
     abandoned: tuple[Block, ...] = ()
-    """Blocks a reorganisation took off the canonical chain: their transactions are pending again."""
+    """Blocks reorganisations took off the canonical chain whose transactions are to be
+    pending again (``return_abandoned``)."""
 
 
 class Chain:
@@ -122,24 +127,19 @@ class Chain:
         assert head is not None
         self.head: BlockHeader = head
         self.head_state = HeadState(store)
+        self.invalid: set[bytes] = set()
+        """Certified blocks found not to execute, and what builds on them (kept out of the tree)."""
         self._finish_reorganisation()
 
     def _finish_reorganisation(self) -> None:
         """A process killed in the middle of a reorganisation left the head anywhere from
-        the old head through the common ancestor to the new head: adopt what the fork
-        choice says now, and make what the branch it left held pending again (the killed
-        process may not have)."""
-        best = self.consensus.fork_choice(self.tree)
-        if best != self.head.hash:
-            with contextlib.suppress(InvalidBlock):  # an invalid stored branch: the head stays
-                self._reorganise(best)
-        left = self.store.meta(REORGANISING)
-        if not left or left not in self.tree:
-            return
-        ancestor = self.tree.common_ancestor(left, self.head.hash)
-        abandoned = self._branch(ancestor, self.tree.headers[left])
-        unbounded = Mempool(max_txs=1 << 40, max_bytes=1 << 62, sender_share=1)  # only its checks are wanted
-        return_abandoned(self, ImportOutcome("head", self.head, (), abandoned), unbounded)
+        the old head through the common ancestor to the new head: follow the fork choice
+        now, and make what the branches it left held pending again (the killed process
+        may not have)."""
+        self._follow_fork_choice()
+        if self._marks():
+            unbounded = Mempool(max_txs=1 << 40, max_bytes=1 << 62, sender_share=1)  # only its checks are wanted
+            return_abandoned(self, ImportOutcome("head", self.head, (), self.left_behind()), unbounded)
 
     @property
     def chain_id(self) -> str:
@@ -182,6 +182,9 @@ class Chain:
         """Validate a certified block and add it; extends, forks or reorganises the chain as
         the consensus's fork choice says."""
         header = block.header
+        if header.hash in self.invalid or header.previous in self.invalid:
+            self.invalid.add(header.hash)
+            raise InvalidBlock(f"block {header.height} is or builds on a certified block that does not execute")
         if header.hash in self.tree:
             return ImportOutcome("known", self.head)
         self.consensus.validate_certificate(header, certificate)
@@ -194,20 +197,21 @@ class Chain:
         validate_block(block, parent, self.validators_hash, self.genesis.max_block_txs)
         old_head = self.head
         if header.previous == self.head.hash:
-            self._execute_and_commit(block, certificate)
+            try:
+                self._execute_and_commit(block, certificate)
+            except InvalidBlock:
+                self.invalid.add(header.hash)
+                raise
         else:
             self.store.store_side_block(block, certificate)
             self.tree.add(header)
-        best = self.consensus.fork_choice(self.tree)
-        if best != self.head.hash:
-            self._reorganise(best)
-        status = "head" if self.head.hash == header.hash else "side"
+        self._follow_fork_choice()
+        status = "invalid" if header.hash in self.invalid else "head" if self.head.hash == header.hash else "side"
+        abandoned = self.left_behind() if self._marks() else ()
         if self.head.hash == old_head.hash:
-            return ImportOutcome(status, self.head)
-        if self.head.hash == header.hash and header.previous == old_head.hash:
-            return ImportOutcome(status, self.head, (block,))
+            return ImportOutcome(status, self.head, (), abandoned)
         ancestor = self.tree.common_ancestor(old_head.hash, self.head.hash)
-        return ImportOutcome(status, self.head, self._branch(ancestor, self.head), self._branch(ancestor, old_head))
+        return ImportOutcome(status, self.head, self._branch(ancestor, self.head), abandoned)
 
     def _branch(self, ancestor: BlockHeader, tip: BlockHeader) -> tuple[Block, ...]:
         """The stored blocks after ``ancestor`` up to ``tip``, parent first."""
@@ -240,42 +244,56 @@ class Chain:
     def _execute_and_commit(self, block: Block, certificate: CommitCertificate) -> None:
         self.commit(block, certificate, self._execute(block))
 
-    def _reorganise(self, new_head: bytes) -> None:
-        """Rewind to the common ancestor and apply the new branch; restore the old one if a
-        block of the new branch turns out invalid."""
+    def _follow_fork_choice(self) -> None:
+        """Make the fork choice's leaf the head. A block on the way there that does not
+        execute (a certified block a faulty authority made) leaves the tree with all that
+        builds on it, and the fork choice is asked again: one bad branch can neither keep
+        the node rewinding nor, after a restart, strand it at the fork point."""
+        while (best := self.consensus.fork_choice(self.tree)) != self.head.hash:
+            bad = self._reorganise(best)
+            if bad is not None:
+                self.invalid |= self.tree.discard(bad)
+
+    def _reorganise(self, new_head: bytes) -> bytes | None:
+        """Rewind to the common ancestor and apply the branch to ``new_head``; the hash of
+        its first block that does not execute, if there is one (the head stays below it).
+        The head it leaves is marked first, so a kill anywhere on the way loses nothing."""
         old_head = self.head
         ancestor = self.tree.common_ancestor(old_head.hash, new_head)
-        old_branch = [h for h in self.tree.path_from_root(old_head.hash) if h.height > ancestor.height]
-        new_branch = [h for h in self.tree.path_from_root(new_head) if h.height > ancestor.height]
-        marked = bool(old_branch) and not self.store.meta(REORGANISING)  # a restart's finish keeps the first mark
-        if marked:
-            self.store.set_meta(REORGANISING, old_head.hash)
-        try:
-            self._switch(ancestor, new_branch, fallback=old_branch)
-        except InvalidBlock:
-            if marked:  # the old branch is back: nothing was left
-                self.store.set_meta(REORGANISING, b"")
-            raise
+        if old_head.height > ancestor.height:
+            self._mark(old_head.hash)
+        self._rewind(ancestor)
+        kill_point("reorganisation.rewound")
+        for header in self.tree.path_from_root(new_head)[ancestor.height + 1 :]:
+            try:
+                self._execute_and_commit(*self._stored(header.hash))
+            except InvalidBlock as exc:
+                log.warning("block %d (%s…) of a certified branch does not execute: %s", header.height,
+                            header.hash.hex()[:12], exc.message)  # fmt: skip
+                return header.hash
+            kill_point("reorganisation.part-way")
+        return None
 
     def _rewind(self, ancestor: BlockHeader) -> None:
         self.store.rewind(ancestor.height)
         self.head_state = HeadState(self.store)
         self.head = ancestor
 
-    def _switch(self, ancestor: BlockHeader, branch: list[BlockHeader], fallback: list[BlockHeader]) -> None:
-        self._rewind(ancestor)
-        kill_point("reorganisation.rewound")
-        try:
-            for header in branch:
-                block, certificate = self._stored(header.hash)
-                self._execute_and_commit(block, certificate)
-                kill_point("reorganisation.part-way")
-        except InvalidBlock:
-            self._rewind(ancestor)
-            for header in fallback:
-                block, certificate = self._stored(header.hash)
-                self._execute_and_commit(block, certificate)
-            raise
+    def _marks(self) -> list[bytes]:
+        raw = self.store.meta(REORGANISING)
+        return [bytes(left) for left in decode(raw)] if raw else []
+
+    def _mark(self, left: bytes) -> None:
+        marks = self._marks()
+        if left not in marks:
+            self.store.set_meta(REORGANISING, encode([*marks, left]))
+
+    def left_behind(self) -> tuple[Block, ...]:
+        """The blocks between the marked heads and the canonical chain, parent first."""
+        canonical = {h.hash for h in self.tree.path_from_root(self.head.hash)}
+        left = {h.hash: h for mark in self._marks() if mark in self.tree
+                for h in self.tree.path_from_root(mark) if h.hash not in canonical}  # fmt: skip
+        return tuple(self._stored(h.hash)[0] for h in sorted(left.values(), key=lambda h: (h.height, h.hash)))
 
     def _stored(self, block_hash: bytes) -> tuple[Block, CommitCertificate]:
         block = self.store.block_by_hash(block_hash)
@@ -298,24 +316,35 @@ class Chain:
 
 
 def return_abandoned(chain: Chain, outcome: ImportOutcome, mempool: Mempool) -> list[Transaction]:
-    """Make what a reorganisation's abandoned blocks held pending again, unless the new
-    branch holds it or made it invalid: in the mempool, and in the store's journal of
-    pending transactions, which a restart reads; then the reorganisation's mark goes, so
-    a `kill -9` at any moment of it loses none of it (ledger thread)."""
+    """Make what reorganisations took off the canonical chain pending again, unless the
+    new branch holds it or made it invalid: in the store's journal of pending
+    transactions, which a restart reads, and in the mempool; then the marks go, so a
+    `kill -9` at any moment loses none of it (ledger thread). The mempool's bounds do not
+    apply: these transactions were admitted once already."""
     kill_point("reorganisation.switched")
     state = chain.state()
-    returned = []
+    journal, returned = [], []
     for tx in (tx for block in outcome.abandoned for tx in block.transactions):
         if not isinstance(tx, Transaction) or chain.store.transaction(tx.hash) is not None:
             continue
         try:
-            if mempool.check(tx):
-                chain.app.check_transaction(state, tx)
-                mempool.add(tx, durable=True)
-                returned.append(tx)
-        except TwinledgerError:  # pending already, or invalid on the new branch
+            chain.app.check_transaction(state, tx)
+            fresh = _returnable(mempool, tx)
+        except TwinledgerError:  # invalid on the new branch, or its nonce taken by another pending one
             continue
-    if returned:
-        chain.store.add_pending(returned)
+        journal.append(tx)
+        if fresh:
+            mempool.add(tx, durable=True)
+            returned.append(tx)
+    if journal:
+        chain.store.add_pending(journal)
     chain.store.set_meta(REORGANISING, b"")
     return returned
+
+
+def _returnable(mempool: Mempool, tx: Transaction) -> bool:
+    """Whether ``tx`` is to enter the mempool (False: it is there already)."""
+    try:
+        return mempool.check(tx)
+    except MempoolFull:
+        return True

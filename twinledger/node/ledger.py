@@ -331,6 +331,7 @@ class LedgerService(NetworkedProducer):
             return False
         if block.header.previous != self.chain.head.hash:
             raise InvalidBlock(f"decided block {block.height} no longer extends the head ({self.chain.head.height})")
+        kill_point("commit.decided")
         self.chain.commit(block, certificate, result)
         self._forget(block)
         return True
@@ -350,6 +351,8 @@ class LedgerService(NetworkedProducer):
         outcome = await self.in_ledger(self._apply_synced, block, certificate)
         for adopted in outcome.adopted:
             self._committed(adopted)
+        if outcome.status == "invalid":
+            raise InvalidBlock(f"block {block.height} builds on a certified block that does not execute")
         return outcome
 
     def _apply_synced(self, block: Block, certificate: CommitCertificate) -> ImportOutcome:
@@ -359,7 +362,7 @@ class LedgerService(NetworkedProducer):
         outcome = self.chain.apply_block(block, certificate)
         for adopted in outcome.adopted:
             self._forget(adopted)
-        if outcome.abandoned:  # a reorganisation
+        if outcome.abandoned:  # reorganisations took blocks off the canonical chain
             returned = return_abandoned(self.chain, outcome, self.mempool)
             log.warning("fork: reorganised to block %d (%s…), %d block(s) abandoned, %d transaction(s) pending again",
                         outcome.head.height, outcome.head.hash.hex()[:12], len(outcome.abandoned),

@@ -71,7 +71,8 @@ class BlockSync:
             if block.height > ledger.head.height + 1:
                 continue
             outcome = await ledger.apply_synced(block, certificate)
-            kill_point("sync.between-blocks")
+            if outcome.adopted:
+                kill_point("sync.block-applied")
             if outcome.status == "orphan":  # the peer is on another branch: fetch back to where it forked
                 self.request_blocks(max(1, block.height - SYNC_BATCH))
                 break

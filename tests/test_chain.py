@@ -18,6 +18,7 @@ from twinledger.core.types import (
 )
 from twinledger.crypto.keys import SigningKey
 from twinledger.errors import InvalidBlock, InvalidTransaction, MempoolFull
+from twinledger.ledger import chain as chain_module
 from twinledger.ledger.blocktree import BlockTree
 from twinledger.ledger.chain import return_abandoned
 from twinledger.ledger.mempool import Mempool
@@ -345,7 +346,6 @@ def test_an_orphan_with_a_forged_body_is_refused_and_the_real_branch_is_adopted(
 def test_a_node_killed_in_the_middle_of_a_reorganisation_finishes_it_at_restart(stores, monkeypatch):
     """Killed after the rewind, before the new branch was applied: the head stayed at the
     common ancestor, block sync found every later block 'known', and the node was stuck."""
-    from twinledger.ledger.chain import Chain
 
     a, b = new_chain(stores("a")), new_chain(stores("b"))
     store = stores("f")
@@ -361,11 +361,12 @@ def test_a_node_killed_in_the_middle_of_a_reorganisation_finishes_it_at_restart(
     class Killed(BaseException):
         pass
 
-    def killed(self, block, certificate):
-        raise Killed
+    def killed(name):
+        if name == "reorganisation.rewound":
+            raise Killed
 
     with monkeypatch.context() as patch:
-        patch.setattr(Chain, "_execute_and_commit", killed)
+        patch.setattr(chain_module, "kill_point", killed)
         with pytest.raises(Killed):
             follower.apply_block(*branch[2])  # joins the orphan, longer: rewound to genesis, then killed
     assert store.head().height == 0
@@ -392,7 +393,6 @@ def test_one_senders_run_that_does_not_fit_leaves_room_for_the_others():
 
 
 def test_a_reorganisation_killed_part_way_journals_the_whole_branch_it_left(stores, monkeypatch):
-    from twinledger.ledger.chain import Chain
 
     a, b = new_chain(stores("a")), new_chain(stores("b"))
     store = stores("f")
@@ -408,16 +408,15 @@ def test_a_reorganisation_killed_part_way_journals_the_whole_branch_it_left(stor
         pass
 
     applied = []
-    original = Chain._execute_and_commit
 
-    def killed_after_two(self, block, certificate):
-        if len(applied) == 2:
-            raise Killed
-        applied.append(block)
-        return original(self, block, certificate)
+    def killed_after_two(name):
+        if name == "reorganisation.part-way":
+            applied.append(name)
+            if len(applied) == 2:
+                raise Killed
 
     with monkeypatch.context() as patch:
-        patch.setattr(Chain, "_execute_and_commit", killed_after_two)
+        patch.setattr(chain_module, "kill_point", killed_after_two)
         with pytest.raises(Killed):
             follower.apply_block(*branch[2])
     assert store.head().height == 2, "two blocks of the new branch applied, then killed"
@@ -461,9 +460,8 @@ def _certified_bad_branch(chain, length):
 def test_a_certified_branch_that_does_not_execute_strands_no_one(stores, monkeypatch):
     """Found by review: while the highest leaf was a block that does not execute, every
     block that extended the head rewound the chain to the fork point and raised; a node
-    killed on that way restarted at the fork point, its committed transactions gone."""
-    from twinledger.ledger import chain as chain_module
-
+    killed on that way restarted at the fork point, its committed transactions gone. A
+    branch is now tried out on the ancestor's state before anything is rewound."""
     a, b, store = new_chain(stores("a")), new_chain(stores("b")), stores("f")
     follower = new_chain(store, key=None)
     mine = SigningKey(bytes([75]) * 32)
@@ -480,17 +478,11 @@ def test_a_certified_branch_that_does_not_execute_strands_no_one(stores, monkeyp
     with pytest.raises(InvalidBlock, match="builds on"):
         follower.apply_block(*on_bad)
 
-    class Killed(BaseException):
-        pass
-
-    def killed(name):
-        if name == "reorganisation.rewound":
-            raise Killed
-
+    reached = []
     with monkeypatch.context() as patch:
-        patch.setattr(chain_module, "kill_point", killed)
-        with pytest.raises(Killed):
-            new_chain(stores("f"), key=None)  # its tree holds the bad branch again: killed after the rewind
+        patch.setattr(chain_module, "kill_point", reached.append)
+        new_chain(stores("f"), key=None)  # its tree holds the bad branch again: it is tried out, not applied
+    assert "reorganisation.rewound" not in reached, "a branch is tried out before anything is rewound"
     restarted = new_chain(stores("f"), key=None)
     assert restarted.head == old_head
     assert all(store.transaction(tx.hash) is not None for tx in acknowledged)
@@ -534,25 +526,82 @@ def test_a_reorganisation_broken_by_a_storage_error_is_finished_and_loses_nothin
         follower.apply_block(*produce(a, [tx]))
     branch = [produce(b, [record()]) for _ in range(4)]
     follower.apply_block(*branch[0])
-    original, calls = Chain._execute_and_commit, []
+    original, calls = Chain._commit, []
 
-    def disk_full_once(self, block, certificate):
+    def disk_full_once(self, block, certificate, result):
         calls.append(block)
         if len(calls) == 2:
             raise sqlite3.OperationalError("database or disk is full")
-        return original(self, block, certificate)
+        return original(self, block, certificate, result)
 
     rest = branch[1:]
     with monkeypatch.context() as patch:
-        patch.setattr(Chain, "_execute_and_commit", disk_full_once)
+        patch.setattr(Chain, "_commit", disk_full_once)
         with pytest.raises(sqlite3.OperationalError):
             while rest:  # the import that switches fails at the second block of the branch
                 calls.clear()
                 follower.apply_block(*rest.pop(0))
-    pool = Mempool()
+    pool, adopted = Mempool(), set()
     for block in rest:
         outcome = follower.apply_block(*block)
+        adopted |= {block.hash for block in outcome.adopted}
         if outcome.abandoned:
             return_abandoned(follower, outcome, pool)
     assert follower.head == b.head
+    assert adopted == {block.hash for block, _ in branch}, "the blocks committed before the error are reported too"
     assert {tx.hash for tx in left} <= {tx.hash for tx in store.pending()} & set(pool._txs)
+
+
+def test_an_orphan_is_validated_in_full_once_its_parent_arrives(stores):
+    """Found by review: an orphan was only checked against its transaction root; once its
+    parent came, it was executed without the block checks — a wrong height, a time that
+    does not advance and a forged transaction signature were committed."""
+    a = new_chain(stores("a"))
+    b1, b2 = produce(a, [record()]), produce(a, [])
+    forged = dataclasses.replace(record(nonce=500), signature=bytes(64))
+    built, _ = a.build_block([forged], VALIDATOR.public, a.head.timestamp + 1)
+    header = dataclasses.replace(built.header, height=1000, timestamp=a.head.timestamp)
+    result = a.app.execute_block(a.state(), header, built.transactions, a.head.state_root)
+    orphan = Block(dataclasses.replace(header, state_root=result.state_root), built.transactions)
+    follower = new_chain(stores("f"), key=None)
+    follower.apply_block(*b1)
+    assert follower.apply_block(orphan, a.consensus.certify(orphan)).status == "orphan"
+    assert follower.apply_block(*b2).status == "head"
+    assert follower.head == b2[0].header and follower.store.transaction(forged.hash) is None
+    assert orphan.hash in follower.invalid
+
+
+def test_blocks_of_a_chain_that_can_fork_keep_their_payloads(stores):
+    """Found by review: a node that stripped what it does not keep could not execute its
+    old branch again, found its valid blocks invalid, and lost what they held. Only
+    engines whose blocks are final strip."""
+    from twinledger.consensus.bft import BftConsensus
+    from twinledger.consensus.poa import PoaConsensus
+    from twinledger.consensus.solo import SoloConsensus
+    from twinledger.contracts import default_runtime
+    from twinledger.ledger.chain import Chain
+
+    class Forkable(SoloConsensus):
+        final = False
+
+    assert not PoaConsensus.final and BftConsensus.final
+    a = new_chain(stores("a"))
+    follower = Chain(stores("f"), default_runtime(), Forkable(VALIDATOR.public), GENESIS, keep=lambda tx: False)
+    block, certificate = produce(a, [record()])
+    follower.apply_block(block, certificate)
+    assert not any(tx.stripped for tx in follower.store.block_by_hash(block.hash).transactions)
+
+
+def test_unauthenticated_blocks_do_not_grow_what_the_chain_remembers(stores):
+    a, follower = new_chain(stores("a")), new_chain(stores("f"), key=None)
+    follower.apply_block(*produce(a, [record()]))
+    bad = _certified_bad_branch(a, 1)[0]
+    with pytest.raises(InvalidBlock):
+        follower.apply_block(*bad)
+    remembered = set(follower.invalid)
+    assert bad[0].hash in remembered
+    for _ in range(50):
+        child = Block(dataclasses.replace(bad[0].header, height=3, previous=bad[0].hash, tx_root=os.urandom(32)), ())
+        with pytest.raises(InvalidBlock):
+            follower.apply_block(child, CommitCertificate("test-chain", 3, 0, child.hash, ()))
+    assert follower.invalid == remembered

@@ -172,6 +172,9 @@ class Consensus(ABC):
     name: str
     last_round: int = 0
     """Round of the height being decided (0 for engines without rounds)."""
+    final: bool = False
+    """Whether a certified block can never leave the canonical chain. Only then may a node
+    strip the payloads it does not keep: a reorganisation executes blocks again."""
 
     def receive(self, message_type: str, body: dict[str, Any]) -> bool:
         """Check and take a consensus message from a peer; True if it is worth relaying.

@@ -60,6 +60,7 @@ may have locked on); further ones add nothing and are neither queued nor relayed
 
 class BftConsensus(QueuedConsensus):
     name = "bft"
+    final = True
 
     def __init__(self, genesis: Genesis, key: SigningKey | None) -> None:
         super().__init__(genesis, key)

@@ -15,6 +15,8 @@ from twinledger.ledger.blocktree import BlockTree
 
 class SoloConsensus(Consensus):
     name = "solo"
+    final = True
+    """One key certifies every block: there is no branch unless that key signs two."""
 
     def __init__(self, validator: bytes, key: SigningKey | None = None, interval_ms: int = 200,
                  max_block_txs: int = 5000) -> None:  # fmt: skip

@@ -63,6 +63,17 @@ class StoreState(StateReader):
         return self.store.state_get(key, self.height)
 
 
+class Overlay(StateReader):
+    """A state with the writes of blocks executed on it but not stored (a branch tried out)."""
+
+    def __init__(self, base: StateReader) -> None:
+        self.base = base
+        self.writes: dict[str, StateValue] = {}
+
+    def get(self, key: str) -> StateValue:
+        return self.writes[key] if key in self.writes else self.base.get(key)
+
+
 class HeadState(StateReader):
     """Committed state at the head with a bounded read cache, kept current on commit.
 
@@ -130,6 +141,8 @@ class Chain:
         self.invalid: set[bytes] = set()
         """Certified blocks found not to execute, and what builds on them (kept out of the tree)."""
         self._finish_reorganisation()
+        self.reported = self.head
+        """The head the ledger service last heard of: what joined the chain since is adopted."""
 
     def _finish_reorganisation(self) -> None:
         """A process killed in the middle of a reorganisation left the head anywhere from
@@ -137,9 +150,10 @@ class Chain:
         now, and make what the branches it left held pending again (the killed process
         may not have)."""
         self._follow_fork_choice()
-        if self._marks():
+        abandoned = self._abandoned()
+        if abandoned:
             unbounded = Mempool(max_txs=1 << 40, max_bytes=1 << 62, sender_share=1)  # only its checks are wanted
-            return_abandoned(self, ImportOutcome("head", self.head, (), self.left_behind()), unbounded)
+            return_abandoned(self, ImportOutcome("head", self.head, (), abandoned), unbounded)
 
     @property
     def chain_id(self) -> str:
@@ -169,9 +183,16 @@ class Chain:
         return Block(header, tuple(txs)), result
 
     def commit(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> None:
-        """Store an executed, certified block that extends the head."""
+        """Store an executed, certified block that extends the head: one the node decided."""
+        self._commit(block, certificate, result)
+        self.reported = block.header
+
+    def _commit(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> None:
+        """Engines whose blocks may leave the canonical chain keep every payload: a
+        reorganisation executes them again."""
         assert block.header.previous == self.head.hash
-        stored = tuple(tx if self.keep(tx) else tx.strip() for tx in block.transactions)
+        strip = self.consensus.final
+        stored = tuple(tx.strip() if strip and not self.keep(tx) else tx for tx in block.transactions)
         self.store.commit_block(block, certificate, result, stored)
         self.head_state.committed(result.writes)
         self.tree.add(block.header)
@@ -183,7 +204,6 @@ class Chain:
         the consensus's fork choice says."""
         header = block.header
         if header.hash in self.invalid or header.previous in self.invalid:
-            self.invalid.add(header.hash)
             raise InvalidBlock(f"block {header.height} is or builds on a certified block that does not execute")
         if header.hash in self.tree:
             return ImportOutcome("known", self.head)
@@ -195,10 +215,9 @@ class Chain:
             return ImportOutcome("orphan", self.head)
         parent = self.tree.headers[header.previous]
         validate_block(block, parent, self.validators_hash, self.genesis.max_block_txs)
-        old_head = self.head
         if header.previous == self.head.hash:
             try:
-                self._execute_and_commit(block, certificate)
+                self._commit(block, certificate, self._execute(block))
             except InvalidBlock:
                 self.invalid.add(header.hash)
                 raise
@@ -207,11 +226,9 @@ class Chain:
             self.tree.add(header)
         self._follow_fork_choice()
         status = "invalid" if header.hash in self.invalid else "head" if self.head.hash == header.hash else "side"
-        abandoned = self.left_behind() if self._marks() else ()
-        if self.head.hash == old_head.hash:
-            return ImportOutcome(status, self.head, (), abandoned)
-        ancestor = self.tree.common_ancestor(old_head.hash, self.head.hash)
-        return ImportOutcome(status, self.head, self._branch(ancestor, self.head), abandoned)
+        reported, self.reported = self.reported, self.head
+        adopted = self._branch(self.tree.common_ancestor(reported.hash, self.head.hash), self.head)
+        return ImportOutcome(status, self.head, adopted, self._abandoned())
 
     def _branch(self, ancestor: BlockHeader, tip: BlockHeader) -> tuple[Block, ...]:
         """The stored blocks after ``ancestor`` up to ``tip``, parent first."""
@@ -232,47 +249,79 @@ class Chain:
         return self._execute(block)
 
     def _execute(self, block: Block) -> BlockResult:
+        """Execute a block on the head (valid(v) and block sync)."""
+
+        def committed(tx_hash: bytes) -> bool:
+            return self.store.transaction(tx_hash) is not None
+
+        return self._execute_on(block, self.head, self.state(), committed)
+
+    def _execute_on(self, block: Block, parent: BlockHeader, state: StateReader,
+                    committed: Callable[[bytes], bool]) -> BlockResult:  # fmt: skip
         txs = tuple(tx for tx in block.transactions if isinstance(tx, Transaction))
         for tx in txs:  # a committed transaction again: its commit would break the index, on every node
-            if self.store.transaction(tx.hash) is not None:
+            if committed(tx.hash):
                 raise InvalidBlock(f"block {block.height} carries transaction {tx.hash.hex()[:16]}…, committed before")
-        result = self.app.execute_block(self.state(), block.header, txs, self.head.state_root)
+        result = self.app.execute_block(state, block.header, txs, parent.state_root)
         if result.state_root != block.header.state_root:
             raise InvalidBlock(f"block {block.height} state root does not match its execution")
         return result
 
-    def _execute_and_commit(self, block: Block, certificate: CommitCertificate) -> None:
-        self.commit(block, certificate, self._execute(block))
-
     def _follow_fork_choice(self) -> None:
-        """Make the fork choice's leaf the head. A block on the way there that does not
-        execute (a certified block a faulty authority made) leaves the tree with all that
-        builds on it, and the fork choice is asked again: one bad branch can neither keep
-        the node rewinding nor, after a restart, strand it at the fork point."""
+        """Make the fork choice's leaf the head. A block on the way there that is not valid
+        (a certified block a faulty authority made) leaves the tree with all that builds
+        on it, and the fork choice is asked again: each pass either reaches the leaf or
+        takes a block out, so it ends, and a bad branch costs one trial, no rewind."""
         while (best := self.consensus.fork_choice(self.tree)) != self.head.hash:
             bad = self._reorganise(best)
             if bad is not None:
                 self.invalid |= self.tree.discard(bad)
 
     def _reorganise(self, new_head: bytes) -> bytes | None:
-        """Rewind to the common ancestor and apply the branch to ``new_head``; the hash of
-        its first block that does not execute, if there is one (the head stays below it).
-        The head it leaves is marked first, so a kill anywhere on the way loses nothing."""
+        """Try the branch to ``new_head`` out on the state after the common ancestor; if
+        every block of it is valid, mark the head left, rewind and commit the branch, and
+        return None, else return its first block that is not valid (nothing changed)."""
         old_head = self.head
         ancestor = self.tree.common_ancestor(old_head.hash, new_head)
+        branch = [h for h in self.tree.path_from_root(new_head) if h.height > ancestor.height]
+        executed, bad = self._try_branch(ancestor, branch)
+        if bad is not None:
+            return bad
         if old_head.height > ancestor.height:
-            self._mark(old_head.hash)
+            self._mark(old_head.hash)  # before the rewind: a kill anywhere after it loses nothing
         self._rewind(ancestor)
         kill_point("reorganisation.rewound")
-        for header in self.tree.path_from_root(new_head)[ancestor.height + 1 :]:
-            try:
-                self._execute_and_commit(*self._stored(header.hash))
-            except InvalidBlock as exc:
-                log.warning("block %d (%s…) of a certified branch does not execute: %s", header.height,
-                            header.hash.hex()[:12], exc.message)  # fmt: skip
-                return header.hash
+        for block, certificate, result in executed:
+            self._commit(block, certificate, result)
             kill_point("reorganisation.part-way")
         return None
+
+    def _try_branch(self, ancestor: BlockHeader, branch: list[BlockHeader]
+                    ) -> tuple[list[tuple[Block, CommitCertificate, BlockResult]], bytes | None]:  # fmt: skip
+        """Validate and execute ``branch`` on the state after ``ancestor``, storing nothing:
+        the executed blocks, and the hash of the first that is not valid (None if all are)."""
+        state = Overlay(StoreState(self.store, ancestor.height))
+        on_branch: set[bytes] = set()
+
+        def committed(tx_hash: bytes) -> bool:
+            location = self.store.transaction(tx_hash)
+            return tx_hash in on_branch or (location is not None and location.height <= ancestor.height)
+
+        executed, parent = [], ancestor
+        for header in branch:
+            try:
+                block, certificate = self._stored(header.hash)
+                validate_block(block, parent, self.validators_hash, self.genesis.max_block_txs)
+                result = self._execute_on(block, parent, state, committed)
+            except InvalidBlock as exc:
+                log.warning("block %d (%s…) of a certified branch is not valid: %s", header.height,
+                            header.hash.hex()[:12], exc.message)  # fmt: skip
+                return executed, header.hash
+            state.writes.update(result.writes)
+            on_branch.update(tx.hash for tx in block.transactions)
+            executed.append((block, certificate, result))
+            parent = header
+        return executed, None
 
     def _rewind(self, ancestor: BlockHeader) -> None:
         self.store.rewind(ancestor.height)
@@ -287,6 +336,16 @@ class Chain:
         marks = self._marks()
         if left not in marks:
             self.store.set_meta(REORGANISING, encode([*marks, left]))
+
+    def _abandoned(self) -> tuple[Block, ...]:
+        """What the marked reorganisations left, to be made pending again; marks that left
+        nothing (their heads are canonical again) go at once."""
+        if not self._marks():
+            return ()
+        left = self.left_behind()
+        if not left:
+            self.store.set_meta(REORGANISING, b"")
+        return left
 
     def left_behind(self) -> tuple[Block, ...]:
         """The blocks between the marked heads and the canonical chain, parent first."""

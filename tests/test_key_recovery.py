@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,51 +17,76 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twinledger.config import init_home, load_config
-from twinledger.crypto.shamir import MAX_SHARES, Share, ShareError, combine_shares, split_secret
+from twinledger.crypto.keys import SigningKey
+from twinledger.crypto.shamir import MAX_SHARES, PRIME, Share, ShareError, combine_shares, split_secret
 
 SECRET = os.urandom(200)
+ORGANISATION = SigningKey(bytes([31]) * 32)
+TRUSTED = {ORGANISATION.public}
+
+
+def split(secret: bytes, threshold: int, count: int, label: str = "acme") -> list[Share]:
+    return split_secret(secret, threshold, count, label, ORGANISATION)
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 6).flatmap(lambda k: st.tuples(st.just(k), st.integers(k, 8))), st.binary(max_size=300))
 def test_any_k_of_n_shares_recover_the_secret(sizes: tuple[int, int], secret: bytes) -> None:
     threshold, count = sizes
-    shares = split_secret(secret, threshold, count, "acme")
+    shares = split(secret, threshold, count)
     for chosen in itertools.islice(itertools.combinations(shares, threshold), 10):
-        assert combine_shares(list(chosen)) == (secret, [])
+        assert combine_shares(list(chosen), TRUSTED) == (secret, [])
     if threshold > 1:
         with pytest.raises(ShareError, match=f"this split needs {threshold}"):
-            combine_shares(shares[: threshold - 1])
+            combine_shares(shares[: threshold - 1], TRUSTED)
 
 
 def test_a_damaged_share_is_named_when_there_are_enough_others() -> None:
-    shares = split_secret(SECRET, 3, 5, "acme")
+    shares = split(SECRET, 3, 5)
     damaged = replace(shares[1], value=(shares[1].value + 1))
-    secret, misfits = combine_shares([shares[0], damaged, shares[2], shares[3]])
+    secret, misfits = combine_shares([shares[0], damaged, shares[2], shares[3]], TRUSTED)
     assert secret == SECRET and misfits == [2]
-    with pytest.raises(ShareError, match="damaged or from different splits"):
-        combine_shares([shares[0], damaged, shares[2]])
+    with pytest.raises(ShareError, match="this split needs 3"):
+        combine_shares([shares[0], damaged, shares[2]], TRUSTED)
 
 
 def test_shares_of_two_splits_do_not_combine() -> None:
-    first, second = split_secret(SECRET, 2, 3), split_secret(SECRET, 2, 3)
+    first, second = split(SECRET, 2, 3), split(SECRET, 2, 3)
     with pytest.raises(ShareError):
-        combine_shares([first[0], second[1]])
+        combine_shares([first[0], second[1]], TRUSTED)
     relabelled = [replace(share, label="other") for share in first[:2]]
-    with pytest.raises(ShareError):  # the label is bound into the encryption
-        combine_shares(relabelled)
+    with pytest.raises(ShareError):  # the label is signed and bound into the encryption
+        combine_shares(relabelled, TRUSTED)
+
+
+def test_a_malicious_trustee_cannot_substitute_the_keys() -> None:
+    """Found by review (shamir1.py): a forged 1-of-n share listed first set the threshold,
+    and recovery returned the attacker's bundle. Shares are signed by the organisation,
+    recovery counts only those, and opens only what the signed commitment names."""
+    real = split(b"REAL-KEYS", 3, 5, "keys of acme")
+    attacker = SigningKey(bytes([32]) * 32)
+    forged = split_secret(b"ATTACKER-KEYS", 1, 5, "keys of acme", attacker)[1]  # index 2, a real trustee's number
+    for order in ([forged, real[0], real[2], real[4]], [real[0], forged, real[2], real[4]]):
+        assert combine_shares(order, TRUSTED) == (b"REAL-KEYS", [2])
+    signed_as_real = replace(forged, signer=ORGANISATION.public)  # claims the organisation's key
+    assert combine_shares([signed_as_real, real[0], real[2], real[4]], TRUSTED) == (b"REAL-KEYS", [2])
+    with pytest.raises(ShareError, match="none of the shares is signed"):
+        combine_shares([forged], TRUSTED)
+    own = real[1]  # a trustee alters its own share, keeping the organisation's signature
+    altered = replace(own, value=(own.value * 7) % PRIME, commitment=bytes(32))
+    assert combine_shares([altered, real[0], real[2], real[3]], TRUSTED) == (b"REAL-KEYS", [2])
 
 
 def test_share_files_round_trip_and_malformed_ones_are_named() -> None:
-    share = split_secret(SECRET, 2, 3, "acme")[0]
+    share = split(SECRET, 2, 3)[0]
     assert Share.from_bytes(share.to_bytes()) == share
     for junk in (b"", b"\x00" * 10, share.to_bytes()[:-3], json.dumps({"format": 1}).encode()):
         with pytest.raises(ShareError, match="not a twinledger key share"):
             Share.from_bytes(junk)
     with pytest.raises(ShareError):
-        split_secret(SECRET, 3, 2)
+        split(SECRET, 3, 2)
     with pytest.raises(ShareError):
-        split_secret(SECRET, 1, MAX_SHARES + 1)
+        split(SECRET, 1, MAX_SHARES + 1)
 
 
 # -- the CLI ---------------------------------------------------------------------------------------
@@ -114,6 +140,7 @@ def test_trustees_recover_the_keys_with_k_of_n_shares(tmp_path: Path) -> None:
 
     fresh = tmp_path / "recovered"
     init_home(fresh, "acme", api_port=0)
+    shutil.copy(load_config(home).genesis_path, load_config(fresh).genesis_path)  # a member's home: the consortium's genesis
     too_few = run("key", "combine", str(files[0]), "--home", str(fresh), "--force")
     assert too_few.returncode == 1 and "needs 2" in too_few.stderr
     damaged = tmp_path / "damaged.share"
@@ -126,3 +153,19 @@ def test_trustees_recover_the_keys_with_k_of_n_shares(tmp_path: Path) -> None:
     secrets = {name: json.loads(content)["secret"] for name, content in key_files(fresh).items()}
     assert secrets == {name: json.loads(content)["secret"] for name, content in original.items()}
     assert load_config(fresh).signing_key("operator").public == load_config(home).signing_key("operator").public
+
+
+def test_recovered_keys_must_be_the_ones_the_consortium_records(tmp_path: Path) -> None:
+    """A backup (or a trustees' bundle) of keys that are not the organisation's on record
+    — another home that calls itself acme, say — is refused, and nothing is written."""
+    home, other = tmp_path / "acme", tmp_path / "impostor"
+    init_home(home, "acme", api_port=0)
+    init_home(other, "acme", api_port=0)  # its own consortium: its genesis records other keys for acme
+    secret_env = {"TWINLEDGER_BACKUP_PASSPHRASE": "correct horse battery staple"}
+    backup = tmp_path / "impostor.backup"
+    assert run("key", "backup", "--home", str(other), "--out", str(backup), env=secret_env).returncode == 0
+    before = key_files(home)
+    refused = run("key", "restore", str(backup), "--home", str(home), "--force", env=secret_env)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "not those the genesis records for acme" in refused.stderr
+    assert key_files(home) == before

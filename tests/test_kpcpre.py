@@ -16,7 +16,7 @@ from py_ecc.fields import optimized_bls12_381_FQ as FQ
 from py_ecc.fields import optimized_bls12_381_FQ2 as FQ2
 
 from twinledger.core.encoding import decode, encode
-from twinledger.crypto import groups
+from twinledger.crypto import groups, kpcpre
 from twinledger.crypto.kpcpre import (
     Ciphertext,
     PolicyNotSatisfied,
@@ -304,7 +304,30 @@ def test_gt_elements_of_the_wrong_order_are_refused() -> None:
         groups.decode_gt(two)
     with pytest.raises(DecryptionFailed):
         groups.decode_gt(bytes(len(one)))
+    with pytest.raises(DecryptionFailed):  # found by review: the identity has order 1, which divides r
+        groups.decode_gt(one)
     assert groups.decode_gt(groups.GT_GENERATOR.serialize()) == groups.GT_GENERATOR
+
+
+def test_the_proxy_refuses_a_ciphertext_whose_tags_are_not_its_attributes_to_r() -> None:
+    """Found by review (kp1.py #3): the Fujisaki–Okamoto check covered the tags only as
+    hash input, so an encryptor could put any E_a in, keep a valid C4, and the proxy
+    transformed it — answering as an oracle. Each tag must be Ha(a)^r to C1's r."""
+    r_value = groups.random_gt()
+    attributes = CIPHERTEXT.attributes
+    r = kpcpre._h1(r_value, attributes, OWNER.public)
+    c1 = groups.G2_GENERATOR * r
+    c2 = r_value * OWNER.public.pairing_value**r
+    made_up = tuple(groups.hash_to_g1("junk", bytes([i])) for i in range(len(attributes)))
+    forged = Ciphertext(OWNER.public, attributes, c1, c2, made_up, kpcpre._h4(c1, c2, attributes, made_up) * r)
+    with pytest.raises(DecryptionFailed):
+        reencrypt(GRANT, forged)
+    honest_tags = tuple(kpcpre._attribute_point(a) * r for a in attributes)
+    honest = Ciphertext(OWNER.public, attributes, c1, c2, honest_tags, kpcpre._h4(c1, c2, attributes, honest_tags) * r)
+    assert decrypt(AUDITOR, reencrypt(GRANT, honest)) == kpcpre._data_key(r_value)
+    one_off = (honest_tags[0], made_up[1], *honest_tags[2:])  # one tag wrong, C4 made over the wrong one
+    with pytest.raises(DecryptionFailed):
+        reencrypt(GRANT, Ciphertext(OWNER.public, attributes, c1, c2, one_off, kpcpre._h4(c1, c2, attributes, one_off) * r))
 
 
 def test_identity_and_out_of_range_scalars_are_refused() -> None:

@@ -1,13 +1,5 @@
-"""``twinledger key …``: back up and recover the organisation's keys (Armored Twins §5.4).
-
-What is saved are the keys that make the organisation the owner of its data: the
-operator key (signs its transactions: grants, revocations, twin changes), the sharing
-key (KP-CPRE: opens its capsules, makes grants) and the X25519 key (opens data keys
-sealed to it). Node keys and certificates can be issued again; these cannot.
-
-Two ways, usable together: a passphrase-sealed backup file (Argon2id, 64 MiB, then
-AES-256-GCM), and a k-of-n Shamir split among trustees, any k of whom recover.
-"""
+"""``twinledger key …``: back up and recover the organisation's keys; the workflow is
+``services/keys.py``."""
 
 from __future__ import annotations
 
@@ -18,15 +10,11 @@ from typing import Annotated, Any
 import typer
 
 from twinledger.cli.common import Home, Json, command, out, print_json
-from twinledger.config import NodeConfig, load_config, passphrase
-from twinledger.core.encoding import decode, encode
-from twinledger.crypto.keys import read_secret_file, write_secret_file
-from twinledger.crypto.shamir import Share, combine_shares, split_secret
-from twinledger.errors import DecodeError, KeyFileError, TwinledgerError
+from twinledger.config import load_config
+from twinledger.errors import TwinledgerError
+from twinledger.services import keys
 
 key_app = typer.Typer(no_args_is_help=True, help="Back up and recover the organisation's keys.")
-ORGANISATION_KEYS = {"operator": "ed25519", "sharing": "kpcpre", "node-encryption": "x25519"}
-BACKUP_KIND = "organisation-keys"
 PASSPHRASE_ENV = "TWINLEDGER_BACKUP_PASSPHRASE"
 Force = Annotated[bool, typer.Option("--force", help="Replace keys the home already holds.")]
 
@@ -38,32 +26,6 @@ def _backup_passphrase(confirm: bool) -> str:
     if confirm and len(value) < 12:
         raise TwinledgerError("a backup passphrase needs at least 12 characters", code="weak_passphrase")
     return value
-
-
-def organisation_secrets(config: NodeConfig) -> bytes:
-    keys = {name: read_secret_file(config.key(name), kind, passphrase()) for name, kind in ORGANISATION_KEYS.items()}
-    return encode({"organisation": config.organisation, "keys": keys})
-
-
-def restore(config: NodeConfig, bundle: bytes, force: bool) -> list[str]:
-    """Write the bundle's keys into the home (sealed with the home's passphrase, if any)."""
-    try:
-        doc = decode(bundle)
-        keys = doc["keys"]
-        if set(keys) != set(ORGANISATION_KEYS) or not all(isinstance(v, bytes) for v in keys.values()):
-            raise DecodeError("wrong keys")
-    except (DecodeError, KeyError, TypeError) as exc:
-        raise TwinledgerError("the recovered data is not a twinledger key bundle", code="bad_backup") from exc
-    if doc["organisation"] != config.organisation:
-        raise TwinledgerError(f"these are the keys of {doc['organisation']}, but the home is {config.organisation}'s",
-                              code="wrong_organisation")  # fmt: skip
-    present = [name for name in ORGANISATION_KEYS if config.key(name).exists()]
-    if present and not force:
-        raise TwinledgerError(f"the home already holds {', '.join(present)} key(s); --force replaces them",
-                              code="keys_exist")  # fmt: skip
-    for name, kind in ORGANISATION_KEYS.items():
-        write_secret_file(config.key(name), kind, keys[name], passphrase())
-    return sorted(ORGANISATION_KEYS)
 
 
 @key_app.command("backup")
@@ -78,8 +40,8 @@ def key_backup(
     config = load_config(home)
     if output.exists():
         raise TwinledgerError(f"{output} exists; choose another file", code="exists")
-    write_secret_file(output, BACKUP_KIND, organisation_secrets(config), _backup_passphrase(confirm=True))
-    result = {"backup": str(output), "organisation": config.organisation, "keys": sorted(ORGANISATION_KEYS)}
+    keys.backup(config, output, _backup_passphrase(confirm=True))
+    result = {"backup": str(output), "organisation": config.organisation, "keys": sorted(keys.ORGANISATION_KEYS)}
     if as_json:
         print_json(result)
     else:
@@ -94,17 +56,13 @@ def key_restore(
     force: Force = False,
     as_json: Json = False,
 ) -> None:
-    """Put the organisation's keys from a backup file back into a home."""
+    """Put the organisation's keys from a backup file back into a home, once their public
+    keys prove them the organisation's (as the chain, or else the genesis, records it)."""
     config = load_config(home)
-    try:
-        bundle = read_secret_file(backup, BACKUP_KIND, _backup_passphrase(confirm=False))
-    except KeyFileError:
-        raise KeyFileError(f"cannot open backup {backup}: wrong passphrase, or the file is damaged") from None
-    restored = restore(config, bundle, force)
-    if as_json:
-        print_json({"restored": restored, "organisation": config.organisation})
-    else:
-        out.print(f"restored the {', '.join(restored)} keys of {config.organisation}", highlight=False)
+    bundle = keys.read_backup(backup, _backup_passphrase(confirm=False))
+    record = keys.organisation_record(config)
+    restored = keys.restore(config, bundle, record, force)
+    _report(as_json, config.organisation, restored, record.source, [])
 
 
 @key_app.command("split")
@@ -116,20 +74,11 @@ def key_split(
     output: Annotated[Path, typer.Option("--out", help="Directory for the share files.", file_okay=False)],
     as_json: Json = False,
 ) -> None:
-    """Split the organisation's keys into SHARES files, any THRESHOLD of which recover them.
-    Give each trustee one file; fewer than THRESHOLD reveal nothing."""
+    """Split the organisation's keys into SHARES files, any THRESHOLD of which recover them,
+    each signed with the operator key. Give each trustee one file; fewer than THRESHOLD
+    reveal nothing, and a forged or altered share is left out at recovery."""
     config = load_config(home)
-    made = split_secret(organisation_secrets(config), threshold, shares, f"keys of {config.organisation}")
-    output.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for share in made:
-        path = output / f"{config.organisation}-share-{share.index}-of-{share.count}.twshare"
-        if path.exists():
-            raise TwinledgerError(f"{path} exists; choose another directory", code="exists")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(share.to_bytes())
-        paths.append(str(path))
+    paths = [str(path) for path in keys.split(config, threshold, shares, output)]
     result: dict[str, Any] = {"shares": paths, "threshold": threshold, "organisation": config.organisation}
     if as_json:
         print_json(result)
@@ -147,13 +96,19 @@ def key_combine(
     force: Force = False,
     as_json: Json = False,
 ) -> None:
-    """Recover the organisation's keys from trustees' shares into a home."""
+    """Recover the organisation's keys from trustees' shares into a home: only shares
+    signed by one of its recorded operators count, and the keys must be the recorded ones."""
     config = load_config(home)
-    secret, misfits = combine_shares([Share.from_bytes(path.read_bytes()) for path in files])
-    restored = restore(config, secret, force)
+    recovered = keys.combine(config, files, keys.organisation_record(config), force)
+    _report(as_json, config.organisation, recovered.restored, recovered.checked_against, recovered.misfits)
+
+
+def _report(as_json: bool, organisation: str, restored: list[str], source: str, misfits: list[int]) -> None:
     if as_json:
-        print_json({"restored": restored, "organisation": config.organisation, "misfits": misfits})
+        print_json({"restored": restored, "organisation": organisation, "checked_against": source,
+                    "misfits": misfits})  # fmt: skip
         return
-    out.print(f"restored the {', '.join(restored)} keys of {config.organisation}", highlight=False)
+    out.print(f"restored the {', '.join(restored)} keys of {organisation} (checked against {source})", highlight=False)
     if misfits:
-        out.print(f"share(s) {', '.join(map(str, misfits))} did not fit: damaged or from another split", highlight=False)
+        out.print(f"share(s) {', '.join(map(str, misfits))} left out: not signed by {organisation}, damaged, or of "
+                  "another split", highlight=False)  # fmt: skip

@@ -284,10 +284,11 @@ def decode_g2(data: bytes) -> G2:
 
 
 def decode_gt(data: bytes) -> GT:
-    """A GT element of order r: mcl parses any element of the field, so the order is checked here."""
+    """A GT element of order r, not the identity: mcl parses any element of the field, so
+    the order is checked here."""
     element = _decode(GT, data)
-    if element ** (ORDER - 1) * element != GT.one():  # type: ignore[operator]
-        raise DecryptionFailed()
+    if element == GT.one() or element ** (ORDER - 1) * element != GT.one():  # type: ignore[operator]
+        raise DecryptionFailed()  # the identity too: no honest encoding holds it, and it erases what it multiplies
     return element  # type: ignore[return-value]
 
 

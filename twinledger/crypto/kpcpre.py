@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -342,9 +343,16 @@ def rkgen(
 
 
 def check_ciphertext(ciphertext: Ciphertext) -> None:
-    """The proxy's Fujisaki–Okamoto check: C4 must be H4(C1, C2, A, E) to the same r as C1."""
+    """The proxy's checks before it transforms anything: C4 = H4(C1, C2, A, E)^r (the
+    Fujisaki–Okamoto tag) and each E_a = Ha(a)^r, to the r of C1 = h^r. They are checked
+    as one random linear combination, two pairings in all; a ciphertext that fails any
+    of them passes with probability below 2^-127. Without the tags' check a proxy
+    transformed ciphertexts with made-up tags, answering as an oracle."""
+    weights = [secrets.randbits(128) | 1 for _ in range(len(ciphertext.tags) + 1)]
     expected = _h4(ciphertext.c1, ciphertext.c2, ciphertext.attributes, ciphertext.tags)
-    if groups.pair_product([(ciphertext.c4, H), (-expected, ciphertext.c1)]) != GT.one():
+    claimed = groups.g1_multi_mul([ciphertext.c4, *ciphertext.tags], weights)
+    derived = groups.g1_multi_mul([expected, *(_attribute_point(a) for a in ciphertext.attributes)], weights)
+    if groups.pair_product([(claimed, H), (-derived, ciphertext.c1)]) != GT.one():
         raise DecryptionFailed()
 
 

@@ -6,24 +6,36 @@ k − 1; every share carries the encrypted secret, so any k shares are all recov
 Fewer than k shares reveal nothing about the key. A damaged share, or one of another
 split, makes AES-GCM refuse the result; given more than k shares, recovery finds k that
 agree and names the ones that do not.
+
+Trustees are not trusted: the organisation signs every share, over everything in it
+and a commitment to the secret, with its operator key. Recovery counts only shares
+signed by a key the caller trusts (the organisation's operators, as the consortium
+records them), takes the threshold from those, and checks what it opens against the
+commitment; a forged or altered share is named and left out.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
 import os
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from twinledger.core.encoding import decode, encode
+from twinledger.crypto.keys import SigningKey, verify_signature
 from twinledger.errors import DecodeError, TwinledgerError
 
 PRIME = 2**521 - 1
 MAX_SHARES = 255
-FORMAT = "twinledger-share/1"
+FORMAT = "twinledger-share/2"
+FIELDS = {"format", "split", "threshold", "count", "index", "value", "sealed", "label", "commitment", "signer",
+          "signature"}  # fmt: skip
 
 
 class ShareError(TwinledgerError):
@@ -40,39 +52,61 @@ class Share:
     value: int
     sealed: bytes
     """The secret under the split's key (nonce ‖ AES-256-GCM ciphertext)."""
-    label: str = ""
+    label: str
     """What was split (shown to trustees), bound into the ciphertext."""
+    commitment: bytes
+    """SHA-256 of the secret (tagged): what recovery must open."""
+    signer: bytes
+    """The public key that signed the share (the organisation's operator key)."""
+    signature: bytes = b""
+
+    def signed_part(self) -> bytes:
+        return encode([FORMAT, self.split, self.threshold, self.count, self.index, self.value.to_bytes(66, "big"),
+                       self.sealed, self.label, self.commitment, self.signer])  # fmt: skip
+
+    def signed_by(self, trusted: Collection[bytes]) -> bool:
+        return self.signer in trusted and verify_signature(self.signer, self.signed_part(), self.signature)
 
     def to_bytes(self) -> bytes:
         return encode({"format": FORMAT, "split": self.split, "threshold": self.threshold, "count": self.count,
                        "index": self.index, "value": self.value.to_bytes(66, "big"), "sealed": self.sealed,
-                       "label": self.label})  # fmt: skip
+                       "label": self.label, "commitment": self.commitment, "signer": self.signer,
+                       "signature": self.signature})  # fmt: skip
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Share:
         try:
             doc = decode(data, max_size=1 << 20)
-            if not isinstance(doc, dict) or doc.get("format") != FORMAT or set(doc) != {
-                    "format", "split", "threshold", "count", "index", "value", "sealed", "label"}:  # fmt: skip
+            if isinstance(doc, dict) and doc.get("format") == "twinledger-share/1":
+                raise ShareError("a share made before shares were signed (twinledger-share/1) cannot be verified: "
+                                 "split the keys again and have the trustees destroy their old shares")  # fmt: skip
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT or set(doc) != FIELDS:
                 raise DecodeError("not a twinledger share")
             share = cls(doc["split"], doc["threshold"], doc["count"], doc["index"], int.from_bytes(doc["value"], "big"),
-                        doc["sealed"], doc["label"])  # fmt: skip
+                        doc["sealed"], doc["label"], doc["commitment"], doc["signer"], doc["signature"])  # fmt: skip
         except (DecodeError, TypeError, KeyError) as exc:
             raise ShareError("not a twinledger key share (damaged or another file)") from exc
         if not (1 <= share.threshold <= share.count <= MAX_SHARES and 1 <= share.index <= share.count
-                and share.value < PRIME and len(share.split) == 16):  # fmt: skip
+                and share.value < PRIME and len(share.split) == 16 and len(share.commitment) == 32
+                and len(share.signer) == 32 and len(share.signature) == 64):  # fmt: skip
             raise ShareError("not a twinledger key share (its numbers are out of range)")
         return share
+
+
+def commitment_of(secret: bytes) -> bytes:
+    return hashlib.sha256(b"twinledger/share-commitment/v1\0" + secret).digest()
 
 
 def _associated(split: bytes, threshold: int, count: int, label: str) -> bytes:
     return encode([FORMAT, split, threshold, count, label])
 
 
-def split_secret(secret: bytes, threshold: int, count: int, label: str = "") -> list[Share]:
+def split_secret(secret: bytes, threshold: int, count: int, label: str, signer: SigningKey) -> list[Share]:
+    """``count`` shares of ``secret``, any ``threshold`` of which recover it, each signed by ``signer``."""
     if not 1 <= threshold <= count <= MAX_SHARES:
         raise ShareError(f"need 1 ≤ threshold ≤ shares ≤ {MAX_SHARES}; got {threshold} of {count}")
     key, split, nonce = os.urandom(32), os.urandom(16), os.urandom(12)
+    commitment = commitment_of(secret)
     sealed = nonce + AESGCM(key).encrypt(nonce, secret, _associated(split, threshold, count, label))
     coefficients = [int.from_bytes(key, "big")] + [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
     shares = []
@@ -80,7 +114,8 @@ def split_secret(secret: bytes, threshold: int, count: int, label: str = "") -> 
         value = 0
         for coefficient in reversed(coefficients):
             value = (value * index + coefficient) % PRIME
-        shares.append(Share(split, threshold, count, index, value, sealed, label))
+        unsigned = Share(split, threshold, count, index, value, sealed, label, commitment, signer.public)
+        shares.append(dataclasses.replace(unsigned, signature=signer.sign(unsigned.signed_part())))
     return shares
 
 
@@ -108,28 +143,43 @@ def _open(chosen: tuple[Share, ...]) -> bytes | None:
         return None
 
 
-def combine_shares(shares: list[Share]) -> tuple[bytes, list[int]]:
-    """The secret, and the indices of given shares that do not fit it (damaged or foreign)."""
+def combine_shares(shares: list[Share], trusted: Collection[bytes]) -> tuple[bytes, list[int]]:
+    """The secret, and the indices of given shares left out: not signed by a ``trusted``
+    key, damaged, or of another split. The threshold is the signed shares' own."""
     if not shares:
         raise ShareError("no shares given")
-    threshold = shares[0].threshold
-    distinct = {share.index: share for share in shares}
-    if len(distinct) < threshold:
-        raise ShareError(f"{len(distinct)} distinct share(s) given; this split needs {threshold}")
-    for chosen in itertools.combinations(sorted(distinct.values(), key=lambda s: s.index), threshold):
-        if len({(s.split, s.threshold, s.count, s.sealed, s.label) for s in chosen}) != 1:
-            continue
-        secret = _open(chosen)
-        if secret is not None:
-            good = set(chosen)
-            misfits = [s.index for s in distinct.values() if s not in good and not _fits(s, chosen)]
+    signed = [share for share in shares if share.signed_by(trusted)]
+    if not signed:
+        raise ShareError("none of the shares is signed by the organisation's operator key as the consortium records "
+                         "it: forged, or shares of another organisation")  # fmt: skip
+    splits: dict[tuple[bytes, bytes], dict[int, Share]] = {}
+    for share in signed:
+        splits.setdefault((share.split, share.commitment), {})[share.index] = share
+    for distinct in sorted(splits.values(), key=len, reverse=True):
+        recovered = _recover(distinct)
+        if recovered is not None:
+            secret, chosen = recovered
+            good = chosen[0]
+            misfits = {s.index for s in shares if (s.split, s.commitment) != (good.split, good.commitment)
+                       or s not in signed or not _fits(s, secret, chosen)}  # fmt: skip
             return secret, sorted(misfits)
-    raise ShareError(f"no {threshold} of the {len(distinct)} shares recover the key: shares are damaged or from "
-                     "different splits")  # fmt: skip
+    largest = max(splits.values(), key=len)
+    threshold = next(iter(largest.values())).threshold
+    if len(largest) < threshold:
+        raise ShareError(f"{len(largest)} distinct signed share(s) given; this split needs {threshold}")
+    raise ShareError(f"no {threshold} of the {len(largest)} signed shares recover the key: shares are damaged")
 
 
-def _fits(share: Share, chosen: tuple[Share, ...]) -> bool:
-    """Whether ``share`` lies on the polynomial ``chosen`` define (and belongs to the same split)."""
-    if (share.split, share.sealed) != (chosen[0].split, chosen[0].sealed):
-        return False
-    return _open((share, *chosen[1:])) is not None
+def _recover(distinct: dict[int, Share]) -> tuple[bytes, tuple[Share, ...]] | None:
+    """The secret some ``threshold`` of these shares of one split open, and those shares."""
+    threshold = next(iter(distinct.values())).threshold
+    for chosen in itertools.combinations(sorted(distinct.values(), key=lambda s: s.index), threshold):
+        secret = _open(chosen)
+        if secret is not None and commitment_of(secret) == chosen[0].commitment:
+            return secret, chosen
+    return None
+
+
+def _fits(share: Share, secret: bytes, chosen: tuple[Share, ...]) -> bool:
+    """Whether ``share`` lies on the polynomial through ``chosen``, which opened ``secret``."""
+    return share in chosen or _open((share, *chosen[1:])) == secret

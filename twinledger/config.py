@@ -205,6 +205,20 @@ def read_run_file(config: NodeConfig) -> dict[str, Any] | None:
         return None
 
 
+def live_node_pid(config: NodeConfig) -> int | None:
+    """The pid of the node running from this home, if its run file names a live process
+    (a run file left by a killed node names none)."""
+    run = read_run_file(config)
+    try:
+        pid = int((run or {}).get("pid", 0))
+        if pid <= 0:
+            return None
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError, TypeError, ValueError):
+        return None
+    return pid
+
+
 def init_home(home: Path, organisation: str, *, node: str = "node-1", roles: tuple[str, ...] = ("full", "store", "proxy"),
               api_host: str = "127.0.0.1", api_port: int = 7700, chain_id: str | None = None,
               block_interval_ms: int = 200, max_block_txs: int = 5000, store_url: str = "sqlite:///data/chain.db",

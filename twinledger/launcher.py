@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from twinledger.config import load_config, read_run_file
+from twinledger.config import live_node_pid, load_config, read_run_file
 from twinledger.errors import TwinledgerError
 from twinledger.services.remote import NodeClient, NodeUnreachable
 
@@ -102,15 +102,7 @@ def write_network_file(directory: Path, organisations: list[str], consensus: str
 
 def running_pid(home: Path) -> int | None:
     """The pid of the node running from ``home``, if its run file names a live process."""
-    run = read_run_file(load_config(home))
-    if run is None:
-        return None
-    pid = int(run.get("pid", 0))
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return None
-    return pid
+    return live_node_pid(load_config(home))
 
 
 def stop_pid(pid: int, timeout: float = 15.0) -> bool:

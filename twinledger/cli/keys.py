@@ -17,6 +17,8 @@ from twinledger.services import keys
 key_app = typer.Typer(no_args_is_help=True, help="Back up and recover the organisation's keys.")
 PASSPHRASE_ENV = "TWINLEDGER_BACKUP_PASSPHRASE"
 Force = Annotated[bool, typer.Option("--force", help="Replace keys the home already holds.")]
+Offline = Annotated[bool, typer.Option("--offline", help="Check the keys against the genesis, not the chain (the "
+                                       "node is not running; keys changed since the genesis are not seen).")]
 
 
 def _backup_passphrase(confirm: bool) -> str:
@@ -54,13 +56,14 @@ def key_restore(
     backup: Annotated[Path, typer.Argument(help="A backup file made by key backup.", exists=True, dir_okay=False)],
     home: Home,
     force: Force = False,
+    offline: Offline = False,
     as_json: Json = False,
 ) -> None:
     """Put the organisation's keys from a backup file back into a home, once their public
     keys prove them the organisation's (as the chain, or else the genesis, records it)."""
     config = load_config(home)
+    record = keys.organisation_record(config, offline)
     bundle = keys.read_backup(backup, _backup_passphrase(confirm=False))
-    record = keys.organisation_record(config)
     restored = keys.restore(config, bundle, record, force)
     _report(as_json, config.organisation, restored, record.source, [])
 
@@ -94,21 +97,21 @@ def key_combine(
     files: Annotated[list[Path], typer.Argument(help="Share files from trustees.", exists=True, dir_okay=False)],
     home: Home,
     force: Force = False,
+    offline: Offline = False,
     as_json: Json = False,
 ) -> None:
     """Recover the organisation's keys from trustees' shares into a home: only shares
     signed by one of its recorded operators count, and the keys must be the recorded ones."""
     config = load_config(home)
-    recovered = keys.combine(config, files, keys.organisation_record(config), force)
-    _report(as_json, config.organisation, recovered.restored, recovered.checked_against, recovered.misfits)
+    recovered = keys.combine(config, files, keys.organisation_record(config, offline), force)
+    _report(as_json, config.organisation, recovered.restored, recovered.checked_against, recovered.left_out)
 
 
-def _report(as_json: bool, organisation: str, restored: list[str], source: str, misfits: list[int]) -> None:
+def _report(as_json: bool, organisation: str, restored: list[str], source: str, left_out: list[Path]) -> None:
     if as_json:
         print_json({"restored": restored, "organisation": organisation, "checked_against": source,
-                    "misfits": misfits})  # fmt: skip
+                    "left_out": [str(path) for path in left_out]})  # fmt: skip
         return
     out.print(f"restored the {', '.join(restored)} keys of {organisation} (checked against {source})", highlight=False)
-    if misfits:
-        out.print(f"share(s) {', '.join(map(str, misfits))} left out: not signed by {organisation}, damaged, or of "
-                  "another split", highlight=False)  # fmt: skip
+    for path in left_out:
+        out.print(f"  left out {path}: not signed by {organisation}, damaged, or of another split", highlight=False)

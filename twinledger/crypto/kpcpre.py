@@ -348,6 +348,8 @@ def check_ciphertext(ciphertext: Ciphertext) -> None:
     as one random linear combination, two pairings in all; a ciphertext that fails any
     of them passes with probability below 2^-127. Without the tags' check a proxy
     transformed ciphertexts with made-up tags, answering as an oracle."""
+    if len(ciphertext.tags) != len(ciphertext.attributes):
+        raise DecryptionFailed()
     weights = [secrets.randbits(128) | 1 for _ in range(len(ciphertext.tags) + 1)]
     expected = _h4(ciphertext.c1, ciphertext.c2, ciphertext.attributes, ciphertext.tags)
     claimed = groups.g1_multi_mul([ciphertext.c4, *ciphertext.tags], weights)

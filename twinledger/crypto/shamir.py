@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import os
 import secrets
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -84,6 +83,10 @@ class Share:
                 raise DecodeError("not a twinledger share")
             share = cls(doc["split"], doc["threshold"], doc["count"], doc["index"], int.from_bytes(doc["value"], "big"),
                         doc["sealed"], doc["label"], doc["commitment"], doc["signer"], doc["signature"])  # fmt: skip
+            typed = (bytes, int, int, int, int, bytes, str, bytes, bytes, bytes)
+            values = [getattr(share, f.name) for f in dataclasses.fields(share)]
+            if not all(type(value) is kind for value, kind in zip(values, typed, strict=True)):
+                raise DecodeError("a field of the wrong type")
         except (DecodeError, TypeError, KeyError) as exc:
             raise ShareError("not a twinledger key share (damaged or another file)") from exc
         if not (1 <= share.threshold <= share.count <= MAX_SHARES and 1 <= share.index <= share.count
@@ -143,9 +146,11 @@ def _open(chosen: tuple[Share, ...]) -> bytes | None:
         return None
 
 
-def combine_shares(shares: list[Share], trusted: Collection[bytes]) -> tuple[bytes, list[int]]:
-    """The secret, and the indices of given shares left out: not signed by a ``trusted``
-    key, damaged, or of another split. The threshold is the signed shares' own."""
+def combine_shares(shares: list[Share], trusted: Collection[bytes],
+                   accept: Callable[[bytes], bool] = lambda secret: True) -> tuple[bytes, list[int]]:  # fmt: skip
+    """The secret, and the positions in ``shares`` of those left out: not signed by a
+    ``trusted`` key, damaged, or of another split. The threshold is the signed shares'
+    own; a split whose secret ``accept`` refuses (a genuine older one, say) is passed over."""
     if not shares:
         raise ShareError("no shares given")
     signed = [share for share in shares if share.signed_by(trusted)]
@@ -157,27 +162,33 @@ def combine_shares(shares: list[Share], trusted: Collection[bytes]) -> tuple[byt
         splits.setdefault((share.split, share.commitment), {})[share.index] = share
     for distinct in sorted(splits.values(), key=len, reverse=True):
         recovered = _recover(distinct)
-        if recovered is not None:
+        if recovered is not None and accept(recovered[0]):
             secret, chosen = recovered
             good = chosen[0]
-            misfits = {s.index for s in shares if (s.split, s.commitment) != (good.split, good.commitment)
-                       or s not in signed or not _fits(s, secret, chosen)}  # fmt: skip
-            return secret, sorted(misfits)
+            left_out = [position for position, s in enumerate(shares)
+                        if (s.split, s.commitment) != (good.split, good.commitment)
+                        or s not in signed or not _fits(s, secret, chosen)]  # fmt: skip
+            return secret, left_out
     largest = max(splits.values(), key=len)
     threshold = next(iter(largest.values())).threshold
     if len(largest) < threshold:
         raise ShareError(f"{len(largest)} distinct signed share(s) given; this split needs {threshold}")
-    raise ShareError(f"no {threshold} of the {len(largest)} signed shares recover the key: shares are damaged")
+    raise ShareError(f"no {threshold} of the {len(largest)} signed shares recover the organisation's keys as recorded")
 
 
 def _recover(distinct: dict[int, Share]) -> tuple[bytes, tuple[Share, ...]] | None:
-    """The secret some ``threshold`` of these shares of one split open, and those shares."""
+    """The secret the first ``threshold`` of these shares of one split open, and those
+    shares. Shares the organisation signed lie on one polynomial, so any ``threshold``
+    of them open it; one try per split (a signer's inconsistent shares cannot make
+    recovery try every combination)."""
     threshold = next(iter(distinct.values())).threshold
-    for chosen in itertools.combinations(sorted(distinct.values(), key=lambda s: s.index), threshold):
-        secret = _open(chosen)
-        if secret is not None and commitment_of(secret) == chosen[0].commitment:
-            return secret, chosen
-    return None
+    chosen = tuple(sorted(distinct.values(), key=lambda s: s.index)[:threshold])
+    if len(chosen) < threshold:
+        return None
+    secret = _open(chosen)
+    if secret is None or commitment_of(secret) != chosen[0].commitment:
+        return None
+    return secret, chosen
 
 
 def _fits(share: Share, secret: bytes, chosen: tuple[Share, ...]) -> bool:

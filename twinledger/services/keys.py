@@ -11,7 +11,8 @@ AES-256-GCM), and a k-of-n Shamir split among trustees, any k of whom recover. T
 are not trusted: each share is signed with the operator key, so a forged or altered
 share is left out by name, and whatever is recovered — from shares or a backup — is put
 in a home only if its public keys are the ones the consortium records for the
-organisation (the chain's membership if the home's node answers, else the genesis).
+organisation: the chain's membership, read from the home's own running node, or — on
+the operator's word (``--offline``) — the genesis.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twinledger.config import NodeConfig, passphrase
+from twinledger.config import NodeConfig, live_node_pid, passphrase
 from twinledger.core.encoding import decode, encode
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file, write_secret_file
@@ -73,18 +74,25 @@ def record_from_genesis(genesis: Genesis, name: str) -> OrganisationRecord | Non
     return None
 
 
-def organisation_record(config: NodeConfig) -> OrganisationRecord:
-    """This home's organisation as the chain records it if the home's node answers, else
-    as the home's genesis does (a recovering machine may have no node running yet)."""
-    record = None
-    client = NodeClient(config, timeout=5)
-    try:
-        record = record_from_members(client.request("GET", "/v1/members"), config.organisation)
-    except NodeUnreachable:
-        pass
-    finally:
-        client.close()
-    record = record or record_from_genesis(Genesis.read(config.genesis_path), config.organisation)
+def organisation_record(config: NodeConfig, offline: bool = False) -> OrganisationRecord:
+    """This home's organisation as the chain records it, asked of the home's own running
+    node (its run file names a live process, so nothing else squats its port); with
+    ``offline``, as the home's genesis does — blind to keys changed since, so only on
+    the operator's word."""
+    if offline:
+        record = record_from_genesis(Genesis.read(config.genesis_path), config.organisation)
+    else:
+        if live_node_pid(config) is None:
+            raise RecoveryRefused(f"the node of {config.home} is not running, so the chain's record of "
+                                  f"{config.organisation}'s keys cannot be read: start it (twinledger node start), "
+                                  "or check against the genesis with --offline (keys changed since are not seen)")  # fmt: skip
+        client = NodeClient(config, timeout=10)
+        try:
+            record = record_from_members(client.request("GET", "/v1/members"), config.organisation)
+        except NodeUnreachable as exc:
+            raise RecoveryRefused(exc.message) from exc
+        finally:
+            client.close()
     if record is None:
         raise RecoveryRefused(f"{config.organisation} is not a member of this home's consortium; nothing to check "
                               "recovered keys against")  # fmt: skip
@@ -133,9 +141,8 @@ def split(config: NodeConfig, threshold: int, count: int, output: Path) -> list[
 @dataclass(frozen=True)
 class Recovered:
     restored: list[str]
-    misfits: list[int]
-    """Indices of given shares left out: damaged, of another split, or not signed by the
-    organisation."""
+    left_out: list[Path]
+    """Share files left out: not signed by the organisation, damaged, or of another split."""
     checked_against: str
 
 
@@ -143,8 +150,16 @@ def combine(config: NodeConfig, files: list[Path], record: OrganisationRecord, f
     """Recover the keys from trustees' share files into the home; only shares signed by
     one of the organisation's recorded operators count."""
     shares = [Share.from_bytes(path.read_bytes()) for path in files]
-    secret, misfits = combine_shares(shares, record.operators)
-    return Recovered(restore(config, secret, record, force), misfits, record.source)
+
+    def recorded(secret: bytes) -> bool:  # a genuine older split of keys changed since does not win
+        try:
+            _check_against(record, _bundle_keys(config, secret))
+            return True
+        except TwinledgerError:
+            return False
+
+    secret, left_out = combine_shares(shares, record.operators, recorded)
+    return Recovered(restore(config, secret, record, force), [files[i] for i in left_out], record.source)
 
 
 def restore(config: NodeConfig, bundle: bytes, record: OrganisationRecord, force: bool) -> list[str]:
@@ -185,9 +200,9 @@ def _check_against(record: OrganisationRecord, keys: dict[str, bytes]) -> None:
     except (ValueError, TwinledgerError) as exc:
         raise RecoveryRefused("the recovered keys are malformed") from exc
     wrong = [name for name, ok in (("operator", operator in record.operators),
-                                   ("sharing", record.sharing is None or sharing == record.sharing),
-                                   ("node-encryption", not record.encryption or encryption in record.encryption))
+                                   ("sharing", sharing == record.sharing),
+                                   ("node-encryption", encryption in record.encryption))
              if not ok]  # fmt: skip
-    if wrong:
+    if wrong:  # a record without a key checks nothing: refused too
         raise RecoveryRefused(f"the recovered {', '.join(wrong)} key(s) are not those {record.source} records for "
                               f"{record.name}; nothing was written")  # fmt: skip

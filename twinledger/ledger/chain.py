@@ -227,8 +227,16 @@ class Chain:
         self._follow_fork_choice()
         status = "invalid" if header.hash in self.invalid else "head" if self.head.hash == header.hash else "side"
         reported, self.reported = self.reported, self.head
-        adopted = self._branch(self.tree.common_ancestor(reported.hash, self.head.hash), self.head)
-        return ImportOutcome(status, self.head, adopted, self._abandoned())
+        return ImportOutcome(status, self.head, self._adopted_since(reported, block), self._abandoned())
+
+    def _adopted_since(self, reported: BlockHeader, block: Block) -> tuple[Block, ...]:
+        """The blocks that joined the canonical chain since ``reported`` was the head; the
+        common cases (none, or ``block`` on top of it) without walking the chain."""
+        if self.head.hash == reported.hash:
+            return ()
+        if self.head.hash == block.hash and block.header.previous == reported.hash:
+            return (block,)
+        return self._branch(self.tree.common_ancestor(reported.hash, self.head.hash), self.head)
 
     def _branch(self, ancestor: BlockHeader, tip: BlockHeader) -> tuple[Block, ...]:
         """The stored blocks after ``ancestor`` up to ``tip``, parent first."""

@@ -140,6 +140,9 @@ class Chain:
         self.head_state = HeadState(store)
         self.invalid: set[bytes] = set()
         """Certified blocks found not to execute, and what builds on them (kept out of the tree)."""
+        raw = store.meta(REORGANISING)
+        self._left_heads: list[bytes] = [bytes(left) for left in decode(raw)] if raw else []
+        """The marks of REORGANISING, kept here too: every import asks for them."""
         self._finish_reorganisation()
         self.reported = self.head
         """The head the ledger service last heard of: what joined the chain since is adopted."""
@@ -336,29 +339,31 @@ class Chain:
         self.head_state = HeadState(self.store)
         self.head = ancestor
 
-    def _marks(self) -> list[bytes]:
-        raw = self.store.meta(REORGANISING)
-        return [bytes(left) for left in decode(raw)] if raw else []
-
     def _mark(self, left: bytes) -> None:
-        marks = self._marks()
-        if left not in marks:
-            self.store.set_meta(REORGANISING, encode([*marks, left]))
+        if left not in self._left_heads:
+            self._left_heads = [*self._left_heads, left]
+            self.store.set_meta(REORGANISING, encode(self._left_heads))
+
+    def clear_marks(self) -> None:
+        """What the marked heads left is pending again (``return_abandoned``)."""
+        if self._left_heads:
+            self._left_heads = []
+            self.store.set_meta(REORGANISING, b"")
 
     def _abandoned(self) -> tuple[Block, ...]:
         """What the marked reorganisations left, to be made pending again; marks that left
         nothing (their heads are canonical again) go at once."""
-        if not self._marks():
+        if not self._left_heads:
             return ()
-        left = self.left_behind()
+        left = self._left_behind()
         if not left:
-            self.store.set_meta(REORGANISING, b"")
+            self.clear_marks()
         return left
 
-    def left_behind(self) -> tuple[Block, ...]:
+    def _left_behind(self) -> tuple[Block, ...]:
         """The blocks between the marked heads and the canonical chain, parent first."""
         canonical = {h.hash for h in self.tree.path_from_root(self.head.hash)}
-        left = {h.hash: h for mark in self._marks() if mark in self.tree
+        left = {h.hash: h for mark in self._left_heads if mark in self.tree
                 for h in self.tree.path_from_root(mark) if h.hash not in canonical}  # fmt: skip
         return tuple(self._stored(h.hash)[0] for h in sorted(left.values(), key=lambda h: (h.height, h.hash)))
 
@@ -405,7 +410,7 @@ def return_abandoned(chain: Chain, outcome: ImportOutcome, mempool: Mempool) -> 
             returned.append(tx)
     if journal:
         chain.store.add_pending(journal)
-    chain.store.set_meta(REORGANISING, b"")
+    chain.clear_marks()
     return returned
 
 

@@ -31,6 +31,10 @@ from twinledger.config import init_home, load_config
 from twinledger.ingest.opcua import ApplicationIdentity, DeviceTrust, application_identity, device_session, fingerprint
 from twinledger.launcher import NodeProcess, start_node
 from twinledger.services.remote import NodeClient
+from twinledger.services.session import Session
+from twinledger.store.documents import capsule_generation, data_key
+from twinledger.store.feeds import parse_feed_reference
+from twinledger.store.items import key_commitment
 
 PLANT = Path(__file__).resolve().parent.parent / "examples" / "bottling-plant.aml"
 SPEC = PLANT.read_bytes()
@@ -345,3 +349,52 @@ def test_a_node_outage_loses_no_reading(tmp_path):
         missing = [(t, v) for t, v in seen if stored.get(t) != v]
         assert not missing, f"{len(missing)} of {len(seen)} readings lost, e.g. {missing[:3]}"
     assert "the node is back" in (tmp_path / "agent.log").read_text()
+
+
+def feed_keys(line: Line, component: str) -> tuple[int | None, int, bytes]:
+    """The generation of the feed's current key, how many keys it retired, and the key
+    commitment of its newest segment."""
+
+    async def read() -> tuple[int | None, int, bytes]:
+        async with Session.of_home(line.home) as session:
+            store = await session.store()
+            feed = next(f for f in (await session.twin(line.twin))["feeds"] if f["component"] == component)
+            acl = await store.get_acl(parse_feed_reference(feed["reference"]))
+            head = await store.feed_head(acl)
+            assert head is not None
+            return capsule_generation(acl.capsule), len(acl.retired), head.key_commitment
+
+    return asyncio.run(read())
+
+
+def test_a_grant_ended_while_the_agent_was_stopped_gives_its_feeds_new_keys_before_it_appends(tmp_path):
+    """agent1.py: the agent started with no memory of revocations and never rotated."""
+    level = "level-sensor-1-level"
+    with plant_line(tmp_path) as line:
+        with running_agent(line, tmp_path / "agent.log"):
+            wait_for(lambda: len(line.view()["feeds"]) == 4, "the agent to attach its feeds")
+            wait_for(lambda: len(line.feed(level)) >= 3, "readings in the level feed")
+        generation, retired, _ = feed_keys(line, level)
+        assert (generation, retired) == (0, 0)
+        grant = ok("grant", "--twin", line.twin, "--to", "device:plc-1", "--policy", "kind:level",
+                   "--home", str(line.home))["grant"]  # fmt: skip
+        revoked = ok("revoke", grant, "--home", str(line.home))  # the agent is stopped
+        assert revoked["generation"] == 1 and level in revoked["feeds_left_to_their_writers"]
+        stopped = len(line.feed(level))
+        with running_agent(line, tmp_path / "again.log"):
+            wait_for(lambda: len(line.feed(level)) >= stopped + 3, "readings after the restart")
+        generation, retired, newest = feed_keys(line, level)
+        assert (generation, retired) == (1, 1), "a new key of the new generation before the first append"
+        assert newest == key_commitment_of_current(line, level)
+
+
+def key_commitment_of_current(line: Line, component: str) -> bytes:
+    """The commitment of the feed's current data key, as the owner opens it."""
+
+    async def read() -> bytes:
+        async with Session.of_home(line.home) as session:
+            feed = next(f for f in (await session.twin(line.twin))["feeds"] if f["component"] == component)
+            acl = await (await session.store()).get_acl(parse_feed_reference(feed["reference"]))
+            return key_commitment(data_key(acl, session.organisation, session.encryption_key))
+
+    return asyncio.run(read())

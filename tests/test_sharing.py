@@ -12,12 +12,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from network_helpers import Network
+from network_helpers import Network, wait_for
 from store_helpers import AUDITOR, MAINTAINER, MANUFACTURER, OWNER, cli, home, ok, store_consortium, with_client
+from test_revocation import collude
 
 from twinledger.cli.common import run
 from twinledger.config import load_config
@@ -30,7 +32,7 @@ from twinledger.sharing.proxy import device_request
 from twinledger.sharing.requests import collect_response, make_request, send_request, take_requests
 from twinledger.store import feeds
 from twinledger.store.client import StoreClient
-from twinledger.store.documents import data_key, parse_reference
+from twinledger.store.documents import CapsuleKey, data_key, parse_reference
 from twinledger.store.feeds import FeedWriter, parse_feed_reference, rotate_feed
 from twinledger.store.items import StoreError
 
@@ -73,7 +75,7 @@ def capsule_of(network: Network, twin: str, document: str) -> tuple[bytes, bytes
 
 def proxy_keys(network: Network) -> list[bytes]:
     with sqlite3.connect(network.homes[MAINTAINER] / "data" / "proxy-keys.db") as db:
-        return [row[0] for row in db.execute("SELECT grant_id FROM keys")]
+        return [row[0] for row in db.execute("SELECT DISTINCT grant_id FROM grant_keys")]
 
 
 def test_a_grant_lets_the_auditor_read_exactly_what_its_policy_covers(consortium, twin, tmp_path):
@@ -128,16 +130,18 @@ def test_proxies_refuse_everyone_but_the_grant_s_parties(consortium, twin, tmp_p
     assert ask(AUDITOR, "reencrypt", {"grant": grant_id, "capsule": capsule[:-1] + b"\x00"}).code == "decryption_failed"
     assert ask(AUDITOR, "reencrypt", {"grant": grant_id, "capsule": capsule},
                node="manufacturer/node-1").code == "no_key"  # a proxy the grant does not name holds nothing
-    assert ask(AUDITOR, "proxy_key_put", {"grant": grant_id, "key": b"k" * 100}).code == "access_denied"
-    assert ask(OWNER, "proxy_key_put", {"grant": grant_id, "key": b"k" * 100}).code == "key_mismatch"
-    assert ask(OWNER, "proxy_key_put", {"grant": grant_id, "key": b"k" * 100},
+    assert ask(AUDITOR, "proxy_key_put", {"grant": grant_id, "generation": 0, "key": b"k" * 100}).code == "access_denied"
+    assert ask(OWNER, "proxy_key_put", {"grant": grant_id, "generation": 0, "key": b"k" * 100}).code == "key_mismatch"
+    assert ask(OWNER, "proxy_key_put", {"grant": grant_id, "generation": 5, "key": b"k" * 100}).code == "key_mismatch"
+    assert ask(OWNER, "proxy_key_put", {"grant": grant_id, "key": b"k" * 100}).code == "bad_request"
+    assert ask(OWNER, "proxy_key_put", {"grant": grant_id, "generation": 0, "key": b"k" * 100},
                node="manufacturer/node-1").code == "access_denied"  # not named by the grant
     assert ask(OWNER, "reencrypt", {"grant": grant_id, "capsule": capsule}).code == "access_denied"
 
 
 def test_only_the_owner_grants_and_only_confined_to_the_twin(consortium, twin):
     owner = consortium.homes[OWNER]
-    args = {"twin": twin, "recipient": "auditor", "policy": ["type:report"], "key_hash": bytes(32),
+    args = {"twin": twin, "recipient": "auditor", "policy": ["type:report"], "keys": [bytes(32)],
             "proxies": [PROXY], "valid_until": 0}  # fmt: skip
     confined = to_obj(parse_policy(f"twin:{twin} and type:report"))
     cases = [
@@ -180,6 +184,67 @@ def test_revocation_ends_access_to_old_and_new_data(consortium, twin, tmp_path):
     # what the auditor fetched while the grant held, it keeps; everything is under per-item keys
     assert hashlib.sha256((tmp_path / "ok.txt").read_bytes()).digest() == hashlib.sha256(
         (tmp_path / "before.txt").read_bytes()).digest()
+
+
+def grant_keys(network: Network, grant: str) -> dict[int, bytes]:
+    """The keys a grant's proxy holds, by generation: what a colluding proxy hands its recipient."""
+    with sqlite3.connect(network.homes[MAINTAINER] / "data" / "proxy-keys.db") as db:
+        return dict(db.execute("SELECT generation, key FROM grant_keys WHERE grant_id = ?", (bytes.fromhex(grant),)))
+
+
+def test_a_revoked_recipient_with_its_proxy_s_keys_opens_nothing_written_afterwards(consortium, tmp_path):
+    """kp1.py #1: the auditor and the proxy collude; the other grantee keeps reading."""
+    twin = ok("twin", "create", "--home", home(consortium, OWNER), "--aml", str(PLANT), "--device-id", "plant-kp1")["id"]
+    before = add(consortium, twin, tmp_path / "before.txt", "type:spec")
+    grant = {to: ok("grant", "--twin", twin, "--to", to, "--policy", "type:spec", "--proxy", PROXY,
+                    "--home", home(consortium, OWNER))["grant"] for to in ("auditor", "manufacturer")}  # fmt: skip
+    stolen = kpcpre.ReEncryptionKey.from_bytes(grant_keys(consortium, grant["auditor"])[0])
+    auditor_secret = load_config(consortium.homes[AUDITOR]).sharing_key()
+
+    revoked = ok("revoke", grant["auditor"], "--home", home(consortium, OWNER))
+    assert revoked["generation"] == 1 and revoked["rekeyed"] == {grant["manufacturer"]: {PROXY: "held"}}
+    after = add(consortium, twin, tmp_path / "after.txt", "type:spec")
+
+    # the other grantee reads old and new data; the revoked one neither, through any proxy
+    for document in (before, after):
+        assert get(consortium, MANUFACTURER, twin, document, tmp_path / f"m-{document}").returncode == 0
+        assert get(consortium, AUDITOR, twin, document, tmp_path / f"a-{document}").returncode == 1
+    assert set(grant_keys(consortium, grant["manufacturer"])) == {0, 1} and grant_keys(consortium, grant["auditor"]) == {}
+
+    # with the key the proxy kept, the auditor opens what was written before, without a
+    # proxy — and nothing written after
+    old_capsule, old_key = capsule_of(consortium, twin, before)
+    new_capsule, new_key = capsule_of(consortium, twin, after)
+    assert collude(stolen, auditor_secret, kpcpre.Ciphertext.from_bytes(old_capsule)) == old_key
+    fresh = kpcpre.Ciphertext.from_bytes(new_capsule)
+    assert "generation:1" in fresh.attributes and collude(stolen, auditor_secret, fresh) is None
+    assert collude(stolen, auditor_secret, fresh, ("generation:0",)) != new_key
+
+
+def test_an_expired_grant_is_ended_by_the_chain_and_the_others_are_re_keyed(consortium, tmp_path):
+    twin = ok("twin", "create", "--home", home(consortium, OWNER), "--aml", str(PLANT), "--device-id", "plant-exp")["id"]
+    until = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    short = ok("grant", "--twin", twin, "--to", "auditor", "--policy", "type:spec", "--until", until, "--proxy", PROXY,
+               "--home", home(consortium, OWNER))["grant"]  # fmt: skip
+    lasting = ok("grant", "--twin", twin, "--to", "manufacturer", "--policy", "type:spec", "--proxy", PROXY,
+                 "--home", home(consortium, OWNER))["grant"]  # fmt: skip
+
+    def status() -> dict[str, dict]:
+        return {g["id"]: g for g in ok("grants", "--twin", twin, "--home", home(consortium, OWNER))["grants"]}
+
+    ended = wait_for(lambda: status()[short]["status"] == "expired" and status()[short], "the chain to end the grant")
+    assert ended["revoked"]["timestamp"] >= ended["valid_until"]
+    assert ok("twin", "show", twin, "--home", home(consortium, OWNER))["generation"] == 1
+    assert len(status()[lasting]["keys"]) == 1, "not re-keyed yet: the owner's key is needed"
+
+    # until the owner re-keys, data of the new generation waits for the lasting grant
+    after = add(consortium, twin, tmp_path / "after.txt", "type:spec")
+    assert get(consortium, MANUFACTURER, twin, after, tmp_path / "early.txt").returncode == 1
+    rekeyed = ok("rekey", twin, "--home", home(consortium, OWNER))
+    assert rekeyed["rekeyed"] == {lasting: {PROXY: "held"}} and len(status()[lasting]["keys"]) == 2
+    assert ok("rekey", twin, "--home", home(consortium, OWNER))["rekeyed"] == {}
+    assert get(consortium, MANUFACTURER, twin, after, tmp_path / "late.txt").returncode == 0
+    assert get(consortium, AUDITOR, twin, after, tmp_path / "never.txt").returncode == 1
 
 
 def samples(path: Path, count: int, start: int) -> Path:
@@ -245,7 +310,13 @@ def test_a_running_writer_adopts_the_epoch_a_revocation_started(consortium, tmp_
         running = await FeedWriter.open(client, owner, "owner", key, item)
         running.extend([(1_790_000_000_000_000 + i, float(i)) for i in range(10)])
         first = (await running.flush())[0]
-        await rotate_feed(client, owner, "owner", key, item, sharing_public(members(consortium), "owner"))
+        public = sharing_public(members(consortium), "owner")
+        assert public is not None
+
+        async def now() -> CapsuleKey:
+            return CapsuleKey(public, 0)
+
+        await rotate_feed(client, owner, "owner", key, item, now)
         running.extend([(1_790_000_001_000_000 + i, float(i)) for i in range(10)])
         second = (await running.flush())[0]
         return first, second, await client.get_acl(item)
@@ -388,18 +459,18 @@ def test_an_external_request_reaches_the_chosen_device_and_only_the_requester_re
 
         return with_client(consortium, i, work)
 
-    first, _ = make_request(owner_key, twin, b"status?")
+    first, _ = make_request(owner_key, twin, 0, b"status?")
     assert send(MANUFACTURER, first) == "queued"
     assert send(MANUFACTURER, first) == "replayed_request"
-    codes = [send(MANUFACTURER, make_request(owner_key, twin, b"again?")[0]) for _ in range(20)]
+    codes = [send(MANUFACTURER, make_request(owner_key, twin, 0, b"again?")[0]) for _ in range(20)]
     assert codes[:18] == ["queued"] * 18 and codes[-1] == "rate_limited"  # 20 a minute per organisation and twin
-    forged = replace(make_request(owner_key, twin, b"x")[0], body=os.urandom(64))
+    forged = replace(make_request(owner_key, twin, 0, b"x")[0], body=os.urandom(64))
     assert send(AUDITOR, forged) == "queued"  # the proxy cannot see inside; the device finds it does not open
     listed = ok("device", "requests", "--twin", twin, "--device", str(plc), "--home", owner)
     assert any(entry["payload"] is None and entry["requester"] == "auditor" for entry in listed)
     other = ok("twin", "create", "--home", owner, "--aml", str(PLANT), "--device-id", "plant-req-2")["id"]
-    assert send(AUDITOR, make_request(owner_key, other, b"?")[0], other) == "no_route"
-    assert send(AUDITOR, make_request(owner_key, other, b"?")[0]) == "bad_request"  # attributes of another twin
+    assert send(AUDITOR, make_request(owner_key, other, 0, b"?")[0], other) == "no_route"
+    assert send(AUDITOR, make_request(owner_key, other, 0, b"?")[0]) == "bad_request"  # attributes of another twin
 
     async def peek(client: StoreClient) -> str:
         try:

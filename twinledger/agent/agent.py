@@ -19,8 +19,10 @@ What it does, all driven by the twin's AutomationML specification:
 - **Notices replacements.** When a component's serial number on the server differs from
   the specification's, the agent replaces the component's entry and its feeds on chain
   (§5.2 steps 1–2), without human help.
-- **Follows revocations.** When a grant of the twin is revoked, its feeds get a new
-  epoch key.
+- **Follows revocations.** When a grant of the twin ends (revoked, expired, a device
+  retired), the twin's access generation rises; the agent gives its feeds a new key of
+  that generation before it appends again — also when the grant ended while it was
+  stopped — so nothing it writes afterwards opens for the party that lost access.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from twinledger.services import feeds
 from twinledger.services.access import DeviceKeys
 from twinledger.services.session import Session
 from twinledger.store.client import StoreClient
+from twinledger.store.documents import CapsuleKey
 from twinledger.store.feeds import CHECKPOINT_EVERY, FeedWriter, parse_feed_reference
 from twinledger.store.items import FeedUpdate
 
@@ -153,7 +156,6 @@ class DeviceAgent:
         self._swept = False
         self.refused: set[int] = set()
         """Calls this agent may not handle (another device's scope)."""
-        self.revoked: set[str] | None = None
         self.connected = False
         self.stats = {"samples": 0, "updates": 0, "calls": 0, "alerts": 0, "replacements": 0}
         self._refreshed = 0.0
@@ -190,8 +192,8 @@ class DeviceAgent:
         return view
 
     async def _refresh(self, force: bool = False) -> None:
-        """Re-read the twin; reconcile the streams when the specification changed, and
-        rotate the feeds' keys when one of the twin's grants was revoked."""
+        """Re-read the twin; reconcile the streams when the specification changed, and give
+        the feeds new keys when the twin's access generation moved on."""
         if not force and time.monotonic() - self._refreshed < REFRESH_SECONDS:
             return
         view = await self._get(f"/v1/twins/{self.twin_ref}")
@@ -200,13 +202,10 @@ class DeviceAgent:
         self._refreshed = time.monotonic()
         if changed:
             await self._open_streams()
-        grants = (await self._get("/v1/grants", twin=view["id"]))["grants"]
-        revoked = {g["id"] for g in grants if g["status"] != "active"}
-        if self.revoked is not None and revoked - self.revoked:
-            for stream in self.streams.values():
-                await stream.writer.rotate()
-            self.say(f"a grant of the twin was revoked: {len(self.streams)} feed(s) now use a new key")
-        self.revoked = revoked
+        rotated = [signal for signal, stream in self.streams.items() if await stream.writer.follow_generation()]
+        if rotated:
+            self.say(f"access to the twin changed (generation {view['generation']}): {len(rotated)} feed(s) now use a "
+                     "new key")  # fmt: skip
 
     @property
     def specification(self) -> bytes:
@@ -246,11 +245,18 @@ class DeviceAgent:
 
     async def _start_stream(self, signal: aml.Signal, feed: bytes) -> None:
         assert self.session is not None
-        writer = await feeds.open_writer(self.session, self.twin["id"], signal.id, feed, self.checkpoint_every)
+        writer = await feeds.open_writer(self.session, self.twin["id"], signal.id, feed, self.checkpoint_every,
+                                         self._capsule_key)  # fmt: skip
         if writer.head is not None:
             self.spool.drop_until(signal.opcua_node, writer.head.last)
         open_ = any(a["signal"] == signal.id for a in self.twin.get("anomalies", []))
         self.streams[signal.id] = Stream(signal, writer, AnomalyCheck(signal, open_))
+
+    async def _capsule_key(self) -> CapsuleKey | None:
+        """The owner's sharing key and the twin's generation as last read (every REFRESH_SECONDS)."""
+        assert self.session is not None
+        public = await self.session.sharing_public()
+        return CapsuleKey(public, int(self.twin["generation"])) if public is not None else None
 
     async def _close_stream(self, signal_id: str) -> None:
         stream = self.streams.pop(signal_id)

@@ -14,7 +14,7 @@ from typing import Any
 from twinledger import aml
 from twinledger.abc import ChainStore
 from twinledger.contracts.authorization import permissions
-from twinledger.contracts.sharing import DEVICE_PREFIX, GRANT_PREFIX
+from twinledger.contracts.sharing import DEVICE_PREFIX, GRANT_PREFIX, twin_generation
 from twinledger.contracts.twinstate import (
     aml_key,
     checkpoint_key,
@@ -92,6 +92,7 @@ class TwinService:
             "calls": self._items(prefix + "call/", height),
             "anomalies": self._items(prefix + "anomaly/", height),
             "devices": self._items(f"{DEVICE_PREFIX}{twin['id']}/", height),
+            "generation": twin_generation(state, twin["id"]),
         })  # fmt: skip
 
     # -- specification history ------------------------------------------------------------------

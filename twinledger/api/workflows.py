@@ -351,8 +351,14 @@ def _sharing_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
                 tags=["sharing"])  # fmt: skip
     async def revoke(grant_id: str, request: Request) -> dict[str, Any]:
         done = await run(request, lambda s: access.revoke(s, grant_id, acting.held_keys()))
-        return {"grant": done.grant["id"], "status": "revoked", "block": done.block, "feeds_rotated": done.rotated,
-                "feeds_not_rotated": done.not_rotated, "feeds_left_to_their_writers": done.left_to_writers}  # fmt: skip
+        return {"grant": done.grant["id"], "status": "revoked", "block": done.block, "generation": done.generation,
+                "rekeyed": done.rekeyed, "feeds_rotated": done.rotated, "feeds_not_rotated": done.not_rotated,
+                "feeds_left_to_their_writers": done.left_to_writers}  # fmt: skip
+
+    @app.post("/v1/twins/{ref}/rekey", summary="Give the twin's active grants keys for its current access generation",
+              tags=["sharing"])  # fmt: skip
+    async def rekey(ref: str, request: Request) -> dict[str, Any]:
+        return {"rekeyed": await run(request, lambda s: access.rekey(s, ref))}
 
     @app.post("/v1/write-tokens", summary="Sign a write token for another key (not an API token)", tags=["sharing"],
               status_code=201)  # fmt: skip

@@ -48,8 +48,8 @@ from twinledger.launcher import free_port_block, start_node
 from twinledger.services import twins
 from twinledger.services.remote import NodeClient, sharing_public, store_client
 from twinledger.services.session import Session
-from twinledger.sharing.grants import hand_over, make_grant_key, through_proxy
-from twinledger.store.documents import as_reader
+from twinledger.sharing.grants import hand_over, make_grant_keys, through_proxy
+from twinledger.store.documents import CapsuleKey, as_reader
 from twinledger.store.feeds import FeedReader, FeedWriter, create_feed
 
 console = Console(stderr=True)
@@ -176,10 +176,11 @@ async def _network_epoch(homes: list[Path], segments: int, progress: Progress) -
     sharing = sharing_public(members, "owner")
     reader_key = sharing_public(members, "auditor")
     assert sharing is not None and reader_key is not None
+    capsule_key = CapsuleKey(sharing, 0)
     async with store_client(owner_config, members) as store:
         acl = await create_feed(store, owner, "owner", owner_config.encryption_key(), f"{twin}/level-sensor-1", {},
-                                feed_attributes(twin, "level-sensor-1"), sharing)  # fmt: skip
-        writer = await FeedWriter.open(store, owner, "owner", owner_config.encryption_key(), acl.item, sharing=sharing)
+                                feed_attributes(twin, "level-sensor-1"), capsule_key)  # fmt: skip
+        writer = await FeedWriter.open(store, owner, "owner", owner_config.encryption_key(), acl.item)
         task = progress.add_task(f"writing an epoch of {segments} segments", total=segments)
         start = 1_790_000_000_000_000
         for index in range(segments):
@@ -187,12 +188,12 @@ async def _network_epoch(homes: list[Path], segments: int, progress: Progress) -
             await writer.flush()
             progress.advance(task)
         begin = time.perf_counter()
-        made = make_grant_key(owner_config.sharing_key(), twin, parse_policy("kind:sensor"), reader_key)
+        made = make_grant_keys(owner_config.sharing_key(), twin, parse_policy("kind:sensor"), reader_key, 0)
         keyed = time.perf_counter()
-        committed = await session.transact(calls.grant_read(twin, "auditor", policy_to_obj(made.policy), made.key_hash,
-                                                            ["maintainer/node-1"], 0))  # fmt: skip
+        committed = await session.transact(calls.grant_read(twin, "auditor", policy_to_obj(made.policy),
+                                                            made.key_hashes, ["maintainer/node-1"], 0))  # fmt: skip
         recorded = time.perf_counter()
-        await hand_over(store, ["maintainer/node-1"], committed.tx_hash, made.key, committed.height)
+        await hand_over(store, ["maintainer/node-1"], committed.tx_hash, dict(enumerate(made.keys)), committed.height)
         handed = time.perf_counter()
         own = await _read_epoch(FeedReader(store, acl, as_reader("owner", owner_config.encryption_key())))
     await session.close()

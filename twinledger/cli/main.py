@@ -54,7 +54,7 @@ for sub, name in ((node_app, "node"), (record_app, "record"), (tx_app, "tx"), (b
                   (plant_app, "plant"), (ingest_app, "ingest"), (principal_app, "principal"),
                   (api_token_app, "api-token")):  # fmt: skip
     app.add_typer(sub, name=name)
-for function, name in ((sharing.grant, "grant"), (sharing.revoke, "revoke"), (sharing.grants, "grants"),
+for function, name in ((sharing.grant, "grant"), (sharing.revoke, "revoke"), (sharing.grants, "grants"), (sharing.rekey, "rekey"),
                        (agent, "agent")):
     app.command(name)(function)
 

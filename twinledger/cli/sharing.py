@@ -61,20 +61,51 @@ def revoke(
     key: KeyFile = None,
     as_json: Json = False,
 ) -> None:
-    """End a grant: proxies delete its key and refuse, store nodes stop serving its data.
-    The twin's feeds this key owns get a new data key (documents have one each), so data
-    written from now on is under keys the revoked party never saw."""
+    """End a grant: proxies delete its keys and refuse, store nodes stop serving its data.
+
+    The twin starts a new access generation: its other active grants get keys for it, its
+    feeds this key owns get a new data key at once (a device's feeds get theirs from the
+    device before it appends again), and nothing written from now on opens with the
+    revoked party's keys, even with a proxy's help."""
     revoked = run(home, lambda session: access.revoke(session, grant_id), key)
     chosen, rotated, failed = revoked.grant, revoked.rotated, revoked.not_rotated
+    unkeyed = {g: outcome for g, outcome in revoked.rekeyed.items() if "held" not in outcome.values()}
     if as_json:
-        print_json({"grant": chosen["id"], "status": "revoked", "block": revoked.block,
-                    "feeds_rotated": rotated, "feeds_not_rotated": failed})  # fmt: skip
+        print_json({"grant": chosen["id"], "status": "revoked", "block": revoked.block, "generation": revoked.generation,
+                    "rekeyed": revoked.rekeyed, "feeds_rotated": rotated, "feeds_not_rotated": failed,
+                    "feeds_left_to_their_writers": revoked.left_to_writers})  # fmt: skip
     else:
-        out.print(f"revoked grant {chosen['id'][:16]}… of {chosen['recipient']} (block {revoked.block}); "
-                  f"{len(rotated)} feed(s) of the twin have a new key", highlight=False)  # fmt: skip
+        out.print(f"revoked grant {chosen['id'][:16]}… of {chosen['recipient']} (block {revoked.block}); twin "
+                  f"{chosen['twin']} is in access generation {revoked.generation}", highlight=False)  # fmt: skip
+        out.print(f"  {len(revoked.rekeyed)} other active grant(s) re-keyed; {len(rotated)} feed(s) have a new key"
+                  + (f"; {len(revoked.left_to_writers)} device feed(s) get one from their device"
+                     if revoked.left_to_writers else ""), highlight=False)  # fmt: skip
+    if unkeyed:
+        raise TwinledgerError("the grant is revoked, but no proxy took the new key of grant(s) "
+                              + ", ".join(g[:16] for g in unkeyed) + ": grant them anew", code="rekey_failed")  # fmt: skip
     if failed:
         raise TwinledgerError("the grant is revoked, but feed(s) " + "; ".join(f"{c}: {why}" for c, why in failed.items())
                               + " kept their key: run twin feed rotate", code="rotation_failed")  # fmt: skip
+
+
+@command
+def rekey(
+    twin: Annotated[str, typer.Argument(help="Twin id or device id.")],
+    home: Home,
+    key: KeyFile = None,
+    as_json: Json = False,
+) -> None:
+    """Give the twin's active grants keys for its current access generation (after a grant
+    expired; revoke does it by itself)."""
+    done = run(home, lambda session: access.rekey(session, twin), key)
+    if as_json:
+        print_json({"rekeyed": done})
+        return
+    if not done:
+        out.print("every active grant of the twin holds its keys already", highlight=False)
+    for grant_id, outcome in done.items():
+        out.print(f"grant {grant_id[:16]}…: " + ", ".join(f"{label} {what}" for label, what in outcome.items()),
+                  highlight=False)  # fmt: skip
 
 
 @command
@@ -88,14 +119,15 @@ def grants(
     if as_json:
         print_json(listing)
         return
-    table = Table("grant", "twin", "from", "to", "policy", "until", "status", title=f"grants at block {listing['height']}",
-                  title_justify="left")  # fmt: skip
+    table = Table("grant", "twin", "from", "to", "policy", "until", "generations", "status",
+                  title=f"grants at block {listing['height']}", title_justify="left")  # fmt: skip
     for entry in listing["grants"]:
         until = "—"
         if entry["valid_until"]:
             until = datetime.fromtimestamp(entry["valid_until"] / 1000, UTC).isoformat(timespec="minutes")
+        held = len(entry["keys"])
         table.add_row(entry["id"][:16], entry["twin"], entry["owner"], entry["recipient"], entry["policy_text"], until,
-                      entry["status"])  # fmt: skip
+                      "0" if held == 1 else f"0–{held - 1}", entry["status"])  # fmt: skip
     out.print(table)
 
 

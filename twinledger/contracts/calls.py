@@ -8,6 +8,7 @@ method's own parser, so a builder cannot drift from its contract.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,16 +135,24 @@ def revoke_token(twin: str, token: bytes, recipient: bytes) -> ContractCall:
 # -- read grants and devices ("sharing") -----------------------------------------------------------
 
 
-def grant_read(twin: str, recipient: str, policy: Any, key_hash: bytes, proxies: list[str],
+def grant_read(twin: str, recipient: str, policy: Any, keys: list[bytes], proxies: list[str],
                valid_until: int) -> ContractCall:  # fmt: skip
-    """A read grant (KP-CPRE, through proxies) — not a role grant (``grant_role``)."""
+    """A read grant (KP-CPRE, through proxies) — not a role grant (``grant_role``);
+    ``keys`` are the hashes of its re-encryption keys, one per generation of the twin."""
     return ContractCall("sharing", "grant", {"twin": twin, "recipient": recipient, "policy": policy,
-                                             "key_hash": key_hash, "proxies": proxies,
+                                             "keys": keys, "proxies": proxies,
                                              "valid_until": valid_until})  # fmt: skip
 
 
-def revoke_read(grant: bytes) -> ContractCall:
-    return ContractCall("sharing", "revoke", {"grant": grant})
+def revoke_read(grant: bytes, rekeys: Mapping[bytes, Sequence[bytes]] | None = None) -> ContractCall:
+    """End a grant; ``rekeys`` (grant id → hashes of the keys it lacks) re-keys the twin's
+    other active grants up to the generation the revocation starts."""
+    return ContractCall("sharing", "revoke", {"grant": grant, "rekeys": [[g, list(k)] for g, k in (rekeys or {}).items()]})
+
+
+def rekey_read(twin: str, rekeys: Mapping[bytes, Sequence[bytes]]) -> ContractCall:
+    """Give active grants of the twin their keys up to its current generation."""
+    return ContractCall("sharing", "rekey", {"twin": twin, "rekeys": [[g, list(k)] for g, k in rekeys.items()]})
 
 
 def add_device(twin: str, name: str, key: bytes, sharing_key: bytes) -> ContractCall:

@@ -77,6 +77,9 @@ class Contract:
     methods: Mapping[str, Method]
     genesis: Callable[[Genesis], Mapping[str, StateValue]] | None = None
     """The contract's initial state, derived from the genesis."""
+    begin_block: Callable[[Overlay, BlockHeader], None] | None = None
+    """What the contract does at every block before its transactions, from the header
+    alone (grants whose end has passed are ended). It must not fail."""
 
 
 def nonce_key(sender: bytes) -> str:
@@ -174,6 +177,9 @@ class ContractRuntime(Application):
     def execute_block(self, state: StateReader, header: BlockHeader,
                       transactions: tuple[Transaction, ...], parent_state_root: bytes) -> BlockResult:  # fmt: skip
         block_state = Overlay(state)
+        for contract in self.contracts.values():
+            if contract.begin_block is not None:
+                contract.begin_block(block_state, header)
         receipts = tuple(self.state_transition(block_state, tx, header) for tx in transactions)
         encoded = encode_writes(block_state.writes)
         return BlockResult(block_state.writes, receipts, state_root(parent_state_root, encoded, receipts), encoded)

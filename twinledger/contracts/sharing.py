@@ -11,6 +11,16 @@ A grant's policy must require the attribute ``twin:<id>``: the re-encryption key
 made from the owner organisation's key, which encrypts all its twins' data, so the
 policy is what confines the grant to the twin it names.
 
+Revocation holds against a recipient that runs or bribes a proxy (docs/sharing.md): a
+twin has an *access generation*, raised whenever one of its grants ends (revoked,
+expired, its device retired). Every capsule carries ``generation:N`` for the generation
+its key was made in, and a grant holds one re-encryption key per generation, each for
+its policy and that generation. Whatever a revoked recipient extracts from its keys
+covers generations up to its revocation only; the owner re-keys the grants still active
+for each new generation (in the revoking transaction, or with ``rekey``). The contract
+records the hash of each key; the proxies check the keys against them. A grant's proxies
+never belong to its recipient's organisation.
+
 A grant's recipient is another member organisation, or one of the twin's *devices*
 (``device:<key hex>``): the owner registers a device with its Ed25519 key (which gets
 the device-agent role) and its own KP-CPRE key, so a device reads what its grants cover
@@ -19,7 +29,12 @@ takes its role and ends its grants; its replacement is registered and granted an
 recovers the twin's state by reading it back through a proxy.
 
 State:
-    sharing/grant/<grant id hex>            the grant (its id is the granting transaction's hash)
+    sharing/grant/<grant id hex>            the grant (its id is the granting transaction's hash);
+                                            ``keys[g]`` is the hash of its key for generation g
+    sharing/generation/<twin>               the twin's access generation (absent: 0)
+    sharing/expiring                        [valid_until, grant id] of active grants with an
+                                            end, soonest first: the first block past the end
+                                            ends the grant (``begin_block``)
     sharing/device/<twin>/<device key hex>  a device of the twin
 """
 
@@ -33,16 +48,22 @@ from twinledger.abc import StateReader
 from twinledger.contracts.arguments import Arguments
 from twinledger.contracts.authorization import authorize, remove_role, set_role
 from twinledger.contracts.membership import organisation_key, required_organisation
-from twinledger.contracts.runtime import Call, Contract, Method
+from twinledger.contracts.runtime import Call, Contract, Method, Overlay
 from twinledger.contracts.twinstate import audited, load_twin
-from twinledger.core.attributes import twin_attribute
+from twinledger.core.attributes import GENERATION, generation_attribute, twin_attribute
+from twinledger.core.types import BlockHeader
 from twinledger.crypto import kpcpre
-from twinledger.crypto.policy import Policy, PolicyError, leaves, policy_text, satisfied
+from twinledger.crypto.policy import Leaf, Policy, PolicyError, all_of, leaves, policy_text, satisfied
 from twinledger.crypto.policy import from_obj as policy_from_obj
 from twinledger.crypto.policy import to_obj as policy_to_obj
 from twinledger.errors import ContractError, TwinledgerError
 
 MAX_PROXIES = 16
+MAX_GENERATIONS = 1024
+"""A grant holds a key per generation of its twin: a twin's grants can end this often."""
+MAX_REKEYS = 256
+"""Grants one transaction re-keys."""
+EXPIRING_KEY = "sharing/expiring"
 
 
 class SharingError(ContractError):
@@ -64,6 +85,15 @@ DEVICE_RECIPIENT = "device:"
 GRANT_PREFIX = "sharing/grant/"
 
 
+def generation_key(twin_id: str) -> str:
+    return f"sharing/generation/{twin_id}"
+
+
+def twin_generation(state: StateReader, twin_id: str) -> int:
+    """The twin's access generation: how many of its grants have ended."""
+    return int(state.get(generation_key(twin_id)) or 0)
+
+
 def load_grant(state: StateReader, grant: bytes) -> dict[str, Any]:
     entry = state.get(grant_key(grant))
     if entry is None:
@@ -73,6 +103,11 @@ def load_grant(state: StateReader, grant: bytes) -> dict[str, Any]:
 
 def grant_is_active(grant: Mapping[str, Any], now_ms: int) -> bool:
     return grant["status"] == "active" and (not grant["valid_until"] or now_ms < grant["valid_until"])
+
+
+def generation_policy(policy: Policy, generation: int) -> Policy:
+    """The policy of a grant's key for one generation: the grant's, and ``generation:N``."""
+    return all_of([policy, Leaf(generation_attribute(generation))])
 
 
 def requires(policy: Policy, attribute: str) -> bool:
@@ -85,21 +120,31 @@ class GrantArgs:
     twin: str
     recipient: str
     policy: Policy
-    key_hash: bytes
+    keys: tuple[bytes, ...]
+    """Hashes of the re-encryption keys, one per generation of the twin so far."""
     proxies: tuple[str, ...]
     valid_until: int
 
 
+def _digests(read: Arguments, name: str, values: Any) -> tuple[bytes, ...]:
+    if not values or not all(isinstance(v, bytes) and len(v) == 32 for v in values):
+        raise read.error(f"{name!r} must list 32-byte key hashes")
+    return tuple(values)
+
+
 def parse_grant(args: Mapping[str, Any]) -> GrantArgs:
-    read = Arguments("sharing.grant", args, ("twin", "recipient", "policy", "key_hash", "proxies", "valid_until"))
+    read = Arguments("sharing.grant", args, ("twin", "recipient", "policy", "keys", "proxies", "valid_until"))
     try:
         policy = policy_from_obj(list(read.items("policy", max_items=2)))
     except PolicyError as exc:
         raise read.error(f"'policy': {exc.message}") from None
+    if any(leaf.startswith(GENERATION) for leaf in leaves(policy)):
+        raise read.error(f"'policy' may not name {GENERATION}N: each of the grant's keys adds its own generation")
     proxies = read.items("proxies", max_items=MAX_PROXIES)
     if not proxies or len(set(proxies)) != len(proxies) or not all(isinstance(p, str) and p.count("/") == 1 for p in proxies):
         raise read.error(f"'proxies' must list 1 to {MAX_PROXIES} distinct proxy nodes as organisation/node")
-    return GrantArgs(read.identifier("twin"), read.identifier("recipient"), policy, read.digest("key_hash"),
+    keys = _digests(read, "keys", read.items("keys", max_items=MAX_GENERATIONS))
+    return GrantArgs(read.identifier("twin"), read.identifier("recipient"), policy, keys,
                      tuple(sorted(proxies)), read.integer("valid_until", default=0))  # fmt: skip
 
 
@@ -119,17 +164,27 @@ def grant(call: Call, args: GrantArgs) -> None:
         entry = call.state.get(organisation_key(organisation))
         if entry is None or "proxy" not in entry["nodes"].get(node, {}).get("roles", []):
             raise SharingError(f"{proxy} is not a proxy node of a member organisation", code="not_a_proxy")
+        if organisation == args.recipient:
+            raise SharingError(f"{proxy} belongs to the recipient {args.recipient}: a recipient holding its own "
+                               "re-encryption key would keep reading after a revocation", code="proxy_of_recipient")  # fmt: skip
     if args.valid_until and args.valid_until <= call.header.timestamp:
         raise SharingError("'valid_until' lies in the past", code="bad_validity")
+    generation = twin_generation(call.state, args.twin)
+    if len(args.keys) != generation + 1:
+        raise SharingError(f"twin {args.twin} is in access generation {generation}: the grant needs {generation + 1} "
+                           f"key(s), one per generation, not {len(args.keys)}", code="wrong_generation")  # fmt: skip
     grant_id = call.tx.hash
     call.state.set(grant_key(grant_id), {
         "id": grant_id, "twin": args.twin, "owner": owner, "grantor": call.sender, "recipient": args.recipient,
         "recipient_key": recipient_key, "policy": policy_to_obj(args.policy),
-        "policy_text": policy_text(args.policy), "key_hash": args.key_hash, "proxies": list(args.proxies),
+        "policy_text": policy_text(args.policy), "keys": list(args.keys), "proxies": list(args.proxies),
         "valid_until": args.valid_until, "status": "active", "granted": {"height": call.header.height,
                                                                          "timestamp": call.header.timestamp},
         "revoked": None,
     })  # fmt: skip
+    if args.valid_until:
+        expiring = call.state.get(EXPIRING_KEY) or []
+        call.state.set(EXPIRING_KEY, sorted([*expiring, [args.valid_until, grant_id]]))
     if args.recipient.startswith(DEVICE_RECIPIENT):
         key = device_key(args.twin, bytes.fromhex(args.recipient.removeprefix(DEVICE_RECIPIENT)))
         device = call.state.get(key)
@@ -158,22 +213,111 @@ def _recipient_key(call: Call, twin_id: str, recipient: str, owner: str) -> byte
     return entry["kpcpre_key"]
 
 
-def parse_revoke(args: Mapping[str, Any]) -> bytes:
-    return Arguments("sharing.revoke", args, ("grant",)).digest("grant")
+Rekeys = tuple[tuple[bytes, tuple[bytes, ...]], ...]
+"""(grant id, hashes of its keys for the generations it lacks, up to the current one)."""
 
 
-def revoke(call: Call, grant_id: bytes) -> None:
-    """End a grant: proxies delete its key and refuse, store nodes stop serving its data."""
-    entry = load_grant(call.state, grant_id)
+def _rekeys(read: Arguments) -> Rekeys:
+    pairs = read.items("rekeys", max_items=MAX_REKEYS, default=())
+    if not all(isinstance(p, list) and len(p) == 2 and isinstance(p[1], list) for p in pairs):
+        raise read.error("'rekeys' must list [grant id, [key hash, …]] pairs")
+    grants = _digests(read, "rekeys", [p[0] for p in pairs]) if pairs else ()
+    if len(set(grants)) != len(grants):
+        raise read.error("'rekeys' names a grant twice")
+    return tuple((grant, _digests(read, "rekeys", p[1][:MAX_GENERATIONS])) for grant, p in zip(grants, pairs, strict=True))
+
+
+@dataclass(frozen=True)
+class RevokeArgs:
+    grant: bytes
+    rekeys: Rekeys
+    """Grants of the twin still active, with their keys up to the generation the revocation starts."""
+
+
+def parse_revoke(args: Mapping[str, Any]) -> RevokeArgs:
+    read = Arguments("sharing.revoke", args, ("grant", "rekeys"))
+    return RevokeArgs(read.digest("grant"), _rekeys(read))
+
+
+def revoke(call: Call, args: RevokeArgs) -> None:
+    """End a grant: proxies delete its keys and refuse, store nodes stop serving its data,
+    and the twin starts a new generation, which the grants listed in ``rekeys`` keep reading."""
+    entry = load_grant(call.state, args.grant)
     organisation = required_organisation(call.state, call.sender, "revoke a grant")
     if organisation != entry["owner"]:
-        raise SharingError(f"only {entry['owner']}, which granted it, revokes grant {grant_id.hex()[:16]}…",
+        raise SharingError(f"only {entry['owner']}, which granted it, revokes grant {args.grant.hex()[:16]}…",
                            code="not_grant_owner")  # fmt: skip
     if entry["status"] != "active":
-        raise SharingError(f"grant {grant_id.hex()[:16]}… is already revoked", code="already_revoked")
-    revoked = {"height": call.header.height, "timestamp": call.header.timestamp}
-    call.state.set(grant_key(grant_id), {**entry, "status": "revoked", "revoked": revoked})
-    call.emit("AccessRevoked", twin=entry["twin"], grant=grant_id, recipient=entry["recipient"])
+        raise SharingError(f"grant {args.grant.hex()[:16]}… is already {entry['status']}", code="already_revoked")
+    end_grant(call.state, call.header, entry, "revoked")
+    call.emit("AccessRevoked", twin=entry["twin"], grant=args.grant, recipient=entry["recipient"])
+    _add_keys(call, entry["twin"], args.rekeys)
+
+
+def end_grant(state: Overlay, header: BlockHeader, entry: Mapping[str, Any], status: str) -> None:
+    """Mark a grant ended and start a new generation of its twin."""
+    ended = {"height": header.height, "timestamp": header.timestamp}
+    state.set(grant_key(entry["id"]), {**entry, "status": status, "revoked": ended})
+    state.set(generation_key(entry["twin"]), twin_generation(state, entry["twin"]) + 1)
+    if entry["valid_until"]:
+        state.set(EXPIRING_KEY, [e for e in state.get(EXPIRING_KEY) or [] if e[1] != entry["id"]])
+
+
+@dataclass(frozen=True)
+class RekeyArgs:
+    twin: str
+    rekeys: Rekeys
+
+
+def parse_rekey(args: Mapping[str, Any]) -> RekeyArgs:
+    read = Arguments("sharing.rekey", args, ("twin", "rekeys"))
+    rekeys = _rekeys(read)
+    if not rekeys:
+        raise read.error("'rekeys' lists no grant")
+    return RekeyArgs(read.identifier("twin"), rekeys)
+
+
+def rekey(call: Call, args: RekeyArgs) -> None:
+    """The owner gives active grants their keys for the twin's current generation (after
+    a grant expired, or when the revoking transaction did not re-key them all)."""
+    twin = load_twin(call.state, args.twin)
+    if required_organisation(call.state, call.sender, "re-key grants") != twin["owner"]:
+        raise SharingError(f"only the owner of twin {args.twin} ({twin['owner']}) re-keys its grants",
+                           code="not_twin_owner")  # fmt: skip
+    _add_keys(call, args.twin, args.rekeys)
+
+
+def _add_keys(call: Call, twin_id: str, rekeys: Rekeys) -> None:
+    """Append keys to active grants of the twin, so each holds one for every generation up
+    to the current one."""
+    generation = twin_generation(call.state, twin_id)
+    if rekeys and generation >= MAX_GENERATIONS:
+        raise SharingError(f"twin {twin_id} has had {MAX_GENERATIONS} generations; its grants cannot be re-keyed",
+                           code="too_many_generations")  # fmt: skip
+    for grant_id, hashes in rekeys:
+        entry = load_grant(call.state, grant_id)
+        if entry["twin"] != twin_id or entry["status"] != "active":
+            raise SharingError(f"grant {grant_id.hex()[:16]}… is no active grant of twin {twin_id}",
+                               code="not_rekeyable")  # fmt: skip
+        held = len(entry["keys"])
+        if held + len(hashes) != generation + 1:
+            raise SharingError(f"grant {grant_id.hex()[:16]}… holds keys for generations 0 to {held - 1}; twin {twin_id} "
+                               f"is in generation {generation}: it needs {generation + 1 - held} key(s), not "
+                               f"{len(hashes)}", code="wrong_generation")  # fmt: skip
+        call.state.set(grant_key(grant_id), {**entry, "keys": [*entry["keys"], *hashes]})
+        call.emit("AccessRekeyed", twin=twin_id, grant=grant_id, generation=generation)
+
+
+def begin_block(state: Overlay, header: BlockHeader) -> None:
+    """End the grants whose time is up: the first block past a grant's end ends it, so
+    the twin's next data is under a generation the expired recipient has no key for."""
+    expiring = state.get(EXPIRING_KEY) or []
+    for valid_until, grant_id in expiring:
+        if valid_until > header.timestamp:
+            break
+        entry = load_grant(state, grant_id)
+        if entry["status"] == "active":
+            end_grant(state, header, entry, "expired")
 
 
 @dataclass(frozen=True)
@@ -231,7 +375,7 @@ def retire_device(call: Call, ref: DeviceRef) -> None:
     for grant_id in device["grants"]:
         entry = load_grant(call.state, grant_id)
         if entry["status"] == "active":
-            call.state.set(grant_key(grant_id), {**entry, "status": "revoked", "revoked": revoked})
+            end_grant(call.state, call.header, entry, "revoked")
             call.emit("AccessRevoked", twin=ref.twin, grant=grant_id, recipient=entry["recipient"])
     call.state.set(device_key(ref.twin, ref.key), {**device, "status": "retired", "retired": revoked})
     remove_role(call, ref.twin, f"key:{ref.key.hex()}", "device-agent")
@@ -243,7 +387,9 @@ SHARING = Contract(
     {
         "grant": Method(parse_grant, audited(grant)),
         "revoke": Method(parse_revoke, audited(revoke)),
+        "rekey": Method(parse_rekey, audited(rekey)),
         "add_device": Method(parse_add_device, audited(add_device)),
         "retire_device": Method(parse_retire_device, audited(retire_device)),
     },
+    begin_block=begin_block,
 )

@@ -4,7 +4,11 @@ Every item the store holds for a twin carries attributes a grant's policy is che
 against: ``twin:ID`` (a grant never reaches past its twin), ``kind:`` (document, record,
 sensor, or a signal's kind from the specification), ``component:`` and ``signal:`` from
 the AutomationML, ``req`` on external requests, and the owner's own words (type:report).
-The reserved prefixes are the system's to set; an owner's extra attributes may not use
+A capsule also carries ``generation:N``, the twin's access generation when its data key
+was made: the chain raises it whenever a grant of the twin ends, and a grant's
+re-encryption keys each cover one generation, so a revoked party's keys never cover data
+written after its revocation (docs/sharing.md). It describes the key, not the data: an
+item's ACL lists its attributes without it. The reserved prefixes are the system's to set; an owner's extra attributes may not use
 them, so nobody can label a production counter ``kind:sensor`` by accident.
 """
 
@@ -18,9 +22,10 @@ TWIN = "twin:"
 KIND = "kind:"
 COMPONENT = "component:"
 SIGNAL = "signal:"
+GENERATION = "generation:"
 REQUEST = "req"
 """Marks an external request's capsule (routed by proxies to a device)."""
-RESERVED = (TWIN, KIND, COMPONENT, SIGNAL)
+RESERVED = (TWIN, KIND, COMPONENT, SIGNAL, GENERATION)
 
 DOCUMENT_KIND = "document"
 SENSOR_KIND = "sensor"
@@ -45,6 +50,27 @@ def component_attribute(component: str) -> str:
 
 def signal_attribute(signal: str) -> str:
     return f"{SIGNAL}{signal}"
+
+
+def generation_attribute(generation: int) -> str:
+    return f"{GENERATION}{generation}"
+
+
+def with_generation(attributes: Iterable[str], generation: int) -> list[str]:
+    """A capsule's attributes: the item's, and the generation its key was made in."""
+    return [*attributes, generation_attribute(generation)]
+
+
+def generation_of(attributes: Iterable[str]) -> int | None:
+    """The generation a capsule's attributes name (None: none, or more than one)."""
+    named = [a.removeprefix(GENERATION) for a in attributes if a.startswith(GENERATION)]
+    if len(named) != 1 or not named[0].isdigit() or len(named[0]) > 9 or (named[0] != "0" and named[0][0] == "0"):
+        return None
+    return int(named[0])
+
+
+def without_generation(attributes: Iterable[str]) -> tuple[str, ...]:
+    return tuple(a for a in attributes if not a.startswith(GENERATION))
 
 
 def twins_named(attributes: Iterable[str]) -> list[str]:

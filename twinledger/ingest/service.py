@@ -26,6 +26,7 @@ from twinledger.abc import StateReader, TransactionLocation
 from twinledger.contracts import calls
 from twinledger.contracts.calls import ContractCall
 from twinledger.contracts.membership import organisation_key
+from twinledger.contracts.sharing import twin_generation
 from twinledger.contracts.twinstate import twin_key
 from twinledger.core.attributes import RECORD_KIND, kind_attribute, twins_named
 from twinledger.core.tasks import Tasks
@@ -51,7 +52,7 @@ from twinledger.ingest.protocol import (
     record_seq,
 )
 from twinledger.store.client import StoreClient
-from twinledger.store.documents import upload_document
+from twinledger.store.documents import CapsuleKey, upload_document
 from twinledger.store.items import StoreError
 from twinledger.store.protocol import HANDSHAKE_TIMEOUT, StoreTls, StoreUnavailable, peer_identity, write_frame
 
@@ -354,7 +355,8 @@ class IngestService:
         try:
             while True:
                 organisation = self.state().get(organisation_key(self.me.organisation))
-                sharing = kpcpre.PublicKey.from_bytes(organisation["kpcpre_key"]) if attributes else None
+                sharing = CapsuleKey(kpcpre.PublicKey.from_bytes(organisation["kpcpre_key"]),
+                                     twin_generation(self.state(), twins_named(attributes)[0])) if attributes else None
                 try:
                     stored = await upload_document(self.store(), b"".join(job.record.payload for job in jobs), self.key,
                                                    self.me.organisation,

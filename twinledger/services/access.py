@@ -24,7 +24,7 @@ from twinledger.crypto.policy import parse_policy, policy_text
 from twinledger.crypto.policy import to_obj as policy_to_obj
 from twinledger.errors import BadRequest, TwinledgerError
 from twinledger.services.session import Session, UnknownOrganisation
-from twinledger.sharing.grants import covering_grant, hand_over, make_grant_key, through_proxy
+from twinledger.sharing.grants import covering_grant, hand_over, key_hash, make_grant_keys, rekeyed, through_proxy
 from twinledger.store.documents import Unlock, as_reader
 from twinledger.store.documents import change_readers as store_change_readers
 from twinledger.store.feeds import parse_feed_reference, rotate_feed
@@ -149,10 +149,13 @@ async def grant(session: Session, twin_ref: str, to: str, policy: str, valid_unt
         if not public:
             raise TwinledgerError(f"{to} has no sharing (KP-CPRE) key on chain", code="no_sharing_key")
     chosen = sorted(proxies) or default_proxies(await session.member(session.organisation))
-    made = make_grant_key(session.sharing_key, twin["id"], asked, kpcpre.PublicKey.from_bytes(bytes.fromhex(public)))
-    outcome = await session.transact(calls.grant_read(twin["id"], recipient, policy_to_obj(made.policy), made.key_hash,
+    await rekey(session, twin["id"])  # a grant is made in the twin's generation: no grant may lag behind it
+    twin = await session.twin(twin["id"])
+    made = make_grant_keys(session.sharing_key, twin["id"], asked, kpcpre.PublicKey.from_bytes(bytes.fromhex(public)),
+                           twin["generation"])  # fmt: skip
+    outcome = await session.transact(calls.grant_read(twin["id"], recipient, policy_to_obj(made.policy), made.key_hashes,
                                                       chosen, valid_until))  # fmt: skip
-    held = await hand_over(await session.store(), chosen, outcome.tx_hash, made.key, outcome.height)
+    held = await hand_over(await session.store(), chosen, outcome.tx_hash, dict(enumerate(made.keys)), outcome.height)
     return GrantMade(outcome.tx_hash.hex(), twin["id"], to, policy_text(made.policy), valid_until, held, outcome.height)
 
 
@@ -176,29 +179,80 @@ async def find_grant(session: Session, prefix: str) -> dict[str, Any]:
 class Revocation:
     grant: dict[str, Any]
     block: int
+    generation: int
+    """The twin's access generation the revocation started."""
+    rekeyed: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Grants still active, re-keyed for the new generation: grant id → proxy → "held" or why not."""
     rotated: list[str] = field(default_factory=list)
     """Components whose feeds have a new data key."""
     not_rotated: dict[str, str] = field(default_factory=dict)
     """Components whose feed could not be given a new key, with why."""
     left_to_writers: list[str] = field(default_factory=list)
     """Components whose feed another key owns (a device agent's): its writer gives it a new
-    key when it sees the revocation."""
+    key before it appends again."""
 
 
 async def revoke(session: Session, grant_prefix: str, keys: Sequence[SigningKey] = ()) -> Revocation:
-    """End a grant (proxies delete its key, store nodes stop serving its data), then give
-    the twin's feeds a new data key — those the session's key or one of ``keys`` owns — so
-    what is appended from now on is under keys the revoked party never saw."""
+    """End a grant and start a new access generation of its twin: proxies delete the
+    grant's keys and store nodes stop serving its data; the twin's other active grants get
+    keys for the new generation in the same transaction; the twin's feeds the session's key
+    or one of ``keys`` owns get a new data key at once (the others', device agents', get
+    theirs from their writers before they append again). Nothing written from now on is
+    under a key the revoked party — with any proxy's help — can open."""
     chosen = await find_grant(session, grant_prefix)
-    outcome = await session.transact(calls.revoke_read(bytes.fromhex(chosen["id"])))
-    rotated, failed, others = await rotate_twin_feeds(session, chosen["twin"], keys)
-    return Revocation(chosen, outcome.height, rotated, failed, others)
+    if chosen["status"] != "active":
+        raise TwinledgerError(f"grant {chosen['id'][:16]}… is already {chosen['status']}", code="already_revoked")
+    twin_id = chosen["twin"]
+    await rekey(session, twin_id)
+    generation = (await session.twin(twin_id))["generation"] + 1
+    others = [g for g in await active_grants(session, twin_id) if g["id"] != chosen["id"]]
+    new_keys = {bytes.fromhex(g["id"]): rekeyed(session.sharing_key, g, generation) for g in others}
+    outcome = await session.transact(calls.revoke_read(bytes.fromhex(chosen["id"]),
+                                                       {g: [key_hash(k)] for g, k in new_keys.items()}))  # fmt: skip
+    handed = await _hand_over_each(session, others, {g: {generation: k} for g, k in new_keys.items()}, outcome.height)
+    rotated, failed, left = await rotate_twin_feeds(session, twin_id, keys)
+    return Revocation(chosen, outcome.height, generation, handed, rotated, failed, left)
+
+
+async def active_grants(session: Session, twin_id: str) -> list[dict[str, Any]]:
+    return [g for g in (await session.get("/v1/grants", twin=twin_id))["grants"] if g["status"] == "active"]
+
+
+async def rekey(session: Session, twin_ref: str) -> dict[str, dict[str, str]]:
+    """Give every active grant of the twin its keys up to the twin's current generation
+    (needed after a grant expired, or when the revoking session did not finish); grant id
+    → proxy → "held" or why not. Nothing to do is nothing done."""
+    twin = await session.twin(twin_ref)
+    generation = twin["generation"]
+    lagging = [g for g in await active_grants(session, twin["id"]) if len(g["keys"]) <= generation]
+    if not lagging:
+        return {}
+    new_keys = {bytes.fromhex(g["id"]): {n: rekeyed(session.sharing_key, g, n) for n in range(len(g["keys"]), generation + 1)}
+                for g in lagging}  # fmt: skip
+    outcome = await session.transact(calls.rekey_read(twin["id"], {g: [key_hash(k) for _, k in sorted(keys.items())]
+                                                                   for g, keys in new_keys.items()}))  # fmt: skip
+    return await _hand_over_each(session, lagging, new_keys, outcome.height)
+
+
+async def _hand_over_each(session: Session, grants: Sequence[dict[str, Any]], keys: dict[bytes, dict[int, bytes]],
+                          height: int) -> dict[str, dict[str, str]]:  # fmt: skip
+    """Hand each grant's new keys to its proxies; a grant none of whose proxies took them
+    is reported, not raised: the chain already records them, and ``rekey`` cannot redo it."""
+    handed: dict[str, dict[str, str]] = {}
+    store = await session.store()
+    for grant in grants:
+        try:
+            handed[grant["id"]] = await hand_over(store, grant["proxies"], bytes.fromhex(grant["id"]),
+                                                  keys[bytes.fromhex(grant["id"])], height)  # fmt: skip
+        except TwinledgerError as exc:
+            handed[grant["id"]] = {"error": exc.message}
+    return handed
 
 
 async def rotate_twin_feeds(session: Session, twin_id: str,
                             keys: Sequence[SigningKey] = ()) -> tuple[list[str], dict[str, str], list[str]]:  # fmt: skip
-    """Rotate the data key of every store feed of the twin that the session's key or one of
-    ``keys`` owns: (rotated, failed with why, owned by other keys)."""
+    """Give every store feed of the twin that the session's key or one of ``keys`` owns a
+    data key of the twin's current generation: (rotated, failed with why, owned by other keys)."""
     owners = {key.public.hex(): key for key in (session.signer, *keys)}
     feeds = [f for f in (await session.twin(twin_id))["feeds"] if f["reference"].startswith("store:")]
     rotated: list[str] = []
@@ -211,7 +265,7 @@ async def rotate_twin_feeds(session: Session, twin_id: str,
             continue
         try:
             await rotate_feed(await session.store(), owner, session.organisation, session.encryption_key,
-                              parse_feed_reference(entry["reference"]), await session.sharing_public())  # fmt: skip
+                              parse_feed_reference(entry["reference"]), session.sharing_now(twin_id))  # fmt: skip
             rotated.append(entry["component"])
         except TwinledgerError as exc:
             failed[entry["component"]] = exc.message

@@ -53,7 +53,7 @@ async def _store(session: Session, twin: dict[str, Any], source: Path | bytes, r
                  attributes: list[str], progress: Progress | None) -> StoredDocument:  # fmt: skip
     recipients = await access.recipients(session, twin, readers)
     return await upload_document(await session.store(), source, session.signer, session.organisation, recipients,
-                                 progress, attributes=attributes, sharing=await session.sharing_public())  # fmt: skip
+                                 progress, attributes=attributes, sharing=await session.capsule_key(twin["id"]))  # fmt: skip
 
 
 async def check_add(session: Session, twin_ref: str, title: str, *, description: str = "",

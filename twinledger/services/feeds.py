@@ -25,6 +25,7 @@ from twinledger.store.feeds import (
     FeedWriter,
     Sample,
     Segment,
+    SharingNow,
     create_feed,
     feed_reference,
     parse_feed_reference,
@@ -87,7 +88,7 @@ async def create_and_attach(session: Session, twin_ref: str, component: str, *, 
     recipients = await access.recipients(session, twin, readers or [])
     acl = await create_feed(await session.store(), session.signer, session.organisation, session.encryption_key,
                             topic or f"{twin['id']}/{component}", recipients, tags,
-                            await session.sharing_public())  # fmt: skip
+                            await session.capsule_key(twin["id"]))  # fmt: skip
     reference = feed_reference(acl.item)
     outcome = await session.transact(calls.add_feed(twin["id"], component, reference, description), wait)
     return FeedAttached(acl.item, reference, outcome)
@@ -108,14 +109,15 @@ async def remove(session: Session, twin_ref: str, component: str, wait: bool = T
 
 
 async def open_writer(session: Session, twin_id: str, component: str, feed: bytes,
-                      checkpoint_every: int = CHECKPOINT_EVERY) -> FeedWriter:  # fmt: skip
-    """The session key's writer of ``feed``, checkpointing its head on chain."""
+                      checkpoint_every: int = CHECKPOINT_EVERY, sharing: SharingNow | None = None) -> FeedWriter:  # fmt: skip
+    """The session key's writer of ``feed``, checkpointing its head on chain and following
+    the twin's access generation (as ``sharing`` tells it; default: asked of the node)."""
 
     async def checkpoint(head: FeedUpdate) -> None:
         await session.transact(calls.checkpoint_feed(twin_id, component, head.sequence, head.hash))
 
     return await FeedWriter.open(await session.store(), session.signer, session.organisation, session.encryption_key,
-                                 feed, checkpoint, checkpoint_every, await session.sharing_public())  # fmt: skip
+                                 feed, checkpoint, checkpoint_every, sharing or session.sharing_now(twin_id))  # fmt: skip
 
 
 def segments(samples: Iterable[Sample], seconds: float) -> Iterator[list[Sample]]:
@@ -196,7 +198,7 @@ async def rotate(session: Session, twin_ref: str, component: str) -> tuple[bytes
     """Give the feed a new data key for everything appended from now on (a new epoch)."""
     feed = await attached(session, twin_ref, component)
     acl = await rotate_feed(await session.store(), session.signer, session.organisation, session.encryption_key,
-                            feed.feed, await session.sharing_public())  # fmt: skip
+                            feed.feed, session.sharing_now((await session.twin(twin_ref))["id"]))  # fmt: skip
     return feed.feed, acl
 
 

@@ -36,7 +36,7 @@ async def send(session: Session, twin_ref: str, payload: str, attributes: list[s
     owner = await session.sharing_public(twin["owner"])
     if owner is None:
         raise TwinledgerError(f"{twin['owner']} has no sharing key", code="no_sharing_key")
-    request, reply = make_request(owner, twin["id"], payload.encode(), attributes)
+    request, reply = make_request(owner, twin["id"], twin["generation"], payload.encode(), attributes)
     store = await session.store()
     proxy = await send_request(store, proxies, twin["id"], request, grants["height"])
     deadline = time.monotonic() + wait

@@ -28,6 +28,7 @@ from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file
 from twinledger.errors import NotCommitted, TransactionFailed, TwinledgerError
 from twinledger.services.remote import NodeClient, segment, sharing_public, store_client
 from twinledger.store.client import StoreClient
+from twinledger.store.documents import CapsuleKey
 
 T = TypeVar("T")
 COMMIT_WAIT = 30.0
@@ -194,6 +195,15 @@ class Session:
         name = organisation or self.organisation
         await self.member(name)  # an unknown organisation is an error, not "no key"
         return sharing_public(await self.members(), name)
+
+    async def capsule_key(self, twin_id: str) -> CapsuleKey | None:
+        """What the organisation's new capsules for ``twin_id`` are made under now: its
+        public sharing key and the twin's access generation (None: it has no sharing key)."""
+        public = await self.sharing_public()
+        return CapsuleKey(public, int((await self.twin(twin_id))["generation"])) if public is not None else None
+
+    def sharing_now(self, twin_id: str) -> Callable[[], Awaitable[CapsuleKey | None]]:
+        return lambda: self.capsule_key(twin_id)
 
     async def chain_id(self) -> str:
         if self.opened.chain_id is None:

@@ -8,11 +8,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twinledger.contracts.sharing import requires
-from twinledger.core.attributes import twin_attribute
+from twinledger.contracts.sharing import generation_policy, requires
+from twinledger.core.attributes import generation_of, twin_attribute, without_generation
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import SigningKey
 from twinledger.crypto.policy import Leaf, Policy, all_of
+from twinledger.crypto.policy import from_obj as policy_from_obj
 from twinledger.errors import TwinledgerError
 from twinledger.sharing.proxy import device_request
 from twinledger.store.client import StoreClient
@@ -20,16 +21,20 @@ from twinledger.store.documents import Unlock
 from twinledger.store.items import AccessDenied, ItemAcl, ReadGrant, StoreError
 
 
+def key_hash(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
+
+
 @dataclass(frozen=True)
-class GrantKey:
+class GrantKeys:
     policy: Policy
     """The policy as granted: the asked one, confined to the twin."""
-    key: bytes
-    """The encoded re-encryption key for the proxies."""
+    keys: tuple[bytes, ...]
+    """The encoded re-encryption keys for the proxies, one per generation of the twin."""
 
     @property
-    def key_hash(self) -> bytes:
-        return hashlib.sha256(self.key).digest()
+    def key_hashes(self) -> list[bytes]:
+        return [key_hash(key) for key in self.keys]
 
 
 def confined(policy: Policy, twin_id: str) -> Policy:
@@ -38,16 +43,30 @@ def confined(policy: Policy, twin_id: str) -> Policy:
     return policy if requires(policy, attribute) else all_of([Leaf(attribute), policy])
 
 
-def make_grant_key(owner: kpcpre.SecretKey, twin_id: str, policy: Policy, recipient: kpcpre.PublicKey) -> GrantKey:
-    """The owner's side of a grant: the re-encryption key for ``recipient`` and the twin-confined policy."""
+def generation_key(owner: kpcpre.SecretKey, policy: Policy, recipient: kpcpre.PublicKey, generation: int) -> bytes:
+    """A grant's re-encryption key for one generation: its policy and ``generation:N``, so
+    it covers no capsule of another generation."""
+    return kpcpre.rkgen(owner, generation_policy(policy, generation), recipient).to_bytes()
+
+
+def make_grant_keys(owner: kpcpre.SecretKey, twin_id: str, policy: Policy, recipient: kpcpre.PublicKey,
+                    generation: int) -> GrantKeys:  # fmt: skip
+    """The owner's side of a grant made in ``generation``: the twin-confined policy, and a
+    key for ``recipient`` for every generation so far (the data written in each)."""
     granted = confined(policy, twin_id)
-    return GrantKey(granted, kpcpre.rkgen(owner, granted, recipient).to_bytes())
+    return GrantKeys(granted, tuple(generation_key(owner, granted, recipient, g) for g in range(generation + 1)))
 
 
-async def hand_over(client: StoreClient, proxies: Sequence[str], grant_id: bytes, key: bytes,
+def rekeyed(owner: kpcpre.SecretKey, grant: Mapping[str, Any], generation: int) -> bytes:
+    """The key of an active ``grant`` (as the API lists it) for the twin's new ``generation``."""
+    return generation_key(owner, policy_from_obj(grant["policy"]),
+                          kpcpre.PublicKey.from_bytes(bytes.fromhex(grant["recipient_key"])), generation)  # fmt: skip
+
+
+async def hand_over(client: StoreClient, proxies: Sequence[str], grant_id: bytes, keys: Mapping[int, bytes],
                     height: int) -> dict[str, str]:  # fmt: skip
-    """Give each proxy node the grant's key; proxy label → "held" or why it refused.
-    Raises if no proxy took it."""
+    """Give each proxy node the grant's keys (generation → key); proxy label → "held" or
+    why it refused. Raises if no proxy took them."""
     nodes = {node.label: node for node in client.nodes}
     results: dict[str, str] = {}
     for label in proxies:
@@ -56,7 +75,9 @@ async def hand_over(client: StoreClient, proxies: Sequence[str], grant_id: bytes
             results[label] = "not a store node the membership lists"
             continue
         try:
-            await client.request(node, "proxy_key_put", {"grant": grant_id, "key": key, "height": height})
+            for generation, key in sorted(keys.items()):
+                await client.request(node, "proxy_key_put", {"grant": grant_id, "generation": generation, "key": key,
+                                                             "height": height})  # fmt: skip
             results[label] = "held"
         except StoreError as exc:
             results[label] = exc.message
@@ -98,7 +119,8 @@ def through_proxy(client: StoreClient, grant: Mapping[str, Any], secret: kpcpre.
                 refusals.append(f"{label}: {exc.message}")
                 continue
             reencrypted = kpcpre.ReEncryptedCiphertext.from_bytes(response["reencrypted"])  # type: ignore[arg-type]
-            if reencrypted.attributes != acl.attributes:
+            if (without_generation(reencrypted.attributes) != acl.attributes
+                    or generation_of(reencrypted.attributes) is None):  # fmt: skip
                 raise StoreError("the proxy returned a capsule of other attributes than the item's", code="bad_proxy")
             return kpcpre.decrypt(secret, reencrypted)
         raise StoreError("no proxy of the grant re-encrypted the data key: " + "; ".join(refusals or ["none reachable"]),

@@ -7,8 +7,10 @@ returns them re-encrypted for the grant's recipient — only while the grant rec
 chain is active, only for its recipient, and only when the capsule's attributes satisfy
 the grant's policy (which the cryptography enforces, not just this code).
 
-Keys are kept in ``data/proxy-keys.db`` (SQLite, synchronous writes, readable by the
-node's user only) and deleted when their grant is revoked or expires.
+A grant has one key per access generation of its twin (contracts/sharing.py); the
+proxy uses the one the capsule's ``generation:N`` names. Keys are kept in
+``data/proxy-keys.db`` (SQLite, synchronous writes, readable by the node's user only)
+and deleted when their grant is revoked or expires.
 
 It also routes external requests (Armored Twins phase 5, ``sharing.requests``): a
 request encrypted for the twin's owner under ``req`` and ``twin:<id>`` is re-encrypted
@@ -33,9 +35,16 @@ from typing import Any
 
 from twinledger.abc import StateReader
 from twinledger.contracts.membership import organisation_key
-from twinledger.contracts.sharing import DEVICE_RECIPIENT, device_key, grant_is_active, grant_key
+from twinledger.contracts.sharing import (
+    DEVICE_RECIPIENT,
+    MAX_GENERATIONS,
+    device_key,
+    generation_policy,
+    grant_is_active,
+    grant_key,
+)
 from twinledger.contracts.twinstate import twin_key
-from twinledger.core.attributes import REQUEST, twin_attribute
+from twinledger.core.attributes import REQUEST, generation_of, twin_attribute
 from twinledger.core.hashing import hash_obj
 from twinledger.core.sqlite import open_database
 from twinledger.crypto import kpcpre
@@ -49,7 +58,9 @@ from twinledger.store.items import AccessDenied, StoreError
 log = logging.getLogger("twinledger.proxy")
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS keys (grant_id BLOB PRIMARY KEY, key BLOB NOT NULL);
+DROP TABLE IF EXISTS keys;
+CREATE TABLE IF NOT EXISTS grant_keys (grant_id BLOB NOT NULL, generation INTEGER NOT NULL, key BLOB NOT NULL,
+    PRIMARY KEY (grant_id, generation));
 CREATE TABLE IF NOT EXISTS requests (sequence INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB UNIQUE NOT NULL,
     twin TEXT NOT NULL, device BLOB NOT NULL, requester TEXT NOT NULL, received INTEGER NOT NULL,
     capsule BLOB NOT NULL, body BLOB NOT NULL, response BLOB);
@@ -86,7 +97,8 @@ class ProxyService:
         os.close(fd)
         self._db = open_database(path, SCHEMA, shared=True)
         self._lock = threading.Lock()
-        self._keys: dict[bytes, kpcpre.ReEncryptionKey] = {}
+        self._keys: dict[tuple[bytes, int], kpcpre.ReEncryptionKey] = {}
+        """By grant id and generation."""
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="proxy")
 
     def handlers(self) -> dict[str, Callable[[NodeIdentity, dict[str, Any]], Awaitable[dict[str, Any]]]]:
@@ -102,8 +114,11 @@ class ProxyService:
 
     # -- requests ------------------------------------------------------------------------------
     async def put_key(self, identity: NodeIdentity, message: dict[str, Any]) -> dict[str, Any]:
-        """The granting organisation hands over a grant's re-encryption key."""
+        """The granting organisation hands over a grant's re-encryption key for one generation."""
         grant_id, key = _bytes(message, "grant", 32, 32), _bytes(message, "key", 1, MAX_KEY_BYTES)
+        generation = message.get("generation")
+        if not isinstance(generation, int) or isinstance(generation, bool) or not 0 <= generation < MAX_GENERATIONS:
+            raise StoreError("'generation' must be a generation number", code="bad_request")
         await self._reach(message)
         state = self.state()
         grant = self._grant(state, grant_id)
@@ -112,17 +127,19 @@ class ProxyService:
         if self.name not in grant["proxies"]:
             raise AccessDenied(f"grant {grant_id.hex()[:16]}… does not name proxy {self.name}")
         self._require_active(grant_id, grant)
-        if hashlib.sha256(key).digest() != grant["key_hash"]:
-            raise StoreError("the key's hash is not the one the grant records", code="key_mismatch")
+        if generation >= len(grant["keys"]) or hashlib.sha256(key).digest() != grant["keys"][generation]:
+            raise StoreError(f"the key's hash is not the one the grant records for generation {generation}",
+                             code="key_mismatch")  # fmt: skip
         owner = state.get(organisation_key(grant["owner"]))
         decoded = await self._run(kpcpre.ReEncryptionKey.from_bytes, key)
         if (owner is None or decoded.owner.to_bytes() != owner["kpcpre_key"]
                 or decoded.recipient.to_bytes() != grant["recipient_key"]
-                or decoded.policy != policy_from_obj(grant["policy"])):  # fmt: skip
-            raise StoreError("the key is not made for the grant's owner, recipient and policy", code="key_mismatch")
-        await self._run(self._store, grant_id, key)
-        self._keys[grant_id] = decoded
-        log.info("holding the re-encryption key of grant %s", grant_id.hex()[:16])
+                or decoded.policy != generation_policy(policy_from_obj(grant["policy"]), generation)):  # fmt: skip
+            raise StoreError("the key is not made for the grant's owner, recipient, policy and generation",
+                             code="key_mismatch")  # fmt: skip
+        await self._run(self._store, grant_id, generation, key)
+        self._keys[grant_id, generation] = decoded
+        log.info("holding the re-encryption key of grant %s for generation %d", grant_id.hex()[:16], generation)
         return {"held": True}
 
     async def reencrypt(self, identity: NodeIdentity, message: dict[str, Any]) -> dict[str, Any]:
@@ -142,15 +159,22 @@ class ProxyService:
         elif identity.organisation != grant["recipient"]:
             raise AccessDenied(f"grant {grant_id.hex()[:16]}… is for {grant['recipient']}, "
                                f"not {identity.organisation}")  # fmt: skip
-        key = self._keys.get(grant_id) or await self._run(self._load, grant_id)
+        ciphertext = await self._run(kpcpre.Ciphertext.from_bytes, capsule)
+        generation = generation_of(ciphertext.attributes)
+        if generation is None:
+            raise StoreError("the capsule names no generation of its twin's access", code="policy_not_satisfied")
+        key = await self._key(grant_id, generation)
         if key is None:
-            raise StoreError(f"proxy {self.name} holds no key for grant {grant_id.hex()[:16]}…", code="no_key")
-        self._keys[grant_id] = key
+            raise StoreError(f"proxy {self.name} holds no key of grant {grant_id.hex()[:16]}… for generation "
+                             f"{generation}: the owner has not re-keyed the grant since access to the twin changed",
+                             code="no_key")  # fmt: skip
+        return {"reencrypted": await self._run(lambda: kpcpre.reencrypt(key, ciphertext).to_bytes())}
 
-        def transform() -> bytes:
-            return kpcpre.reencrypt(key, kpcpre.Ciphertext.from_bytes(capsule)).to_bytes()
-
-        return {"reencrypted": await self._run(transform)}
+    async def _key(self, grant_id: bytes, generation: int) -> kpcpre.ReEncryptionKey | None:
+        key = self._keys.get((grant_id, generation)) or await self._run(self._load, grant_id, generation)
+        if key is not None:
+            self._keys[grant_id, generation] = key
+        return key
 
     # -- external requests ---------------------------------------------------------------------
     async def put_request(self, identity: NodeIdentity, message: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +192,8 @@ class ProxyService:
         routes = [g for g in self.grants() if g["twin"] == twin and g["recipient"].startswith(DEVICE_RECIPIENT)
                   and self.name in g["proxies"] and grant_is_active(g, now)
                   and satisfied(policy_from_obj(g["policy"]), capsule.attributes)]  # fmt: skip
-        keys = [(g, self._keys.get(g["id"]) or await self._run(self._load, g["id"])) for g in routes]
+        generation = generation_of(capsule.attributes)
+        keys = [(g, await self._key(g["id"], generation)) for g in routes] if generation is not None else []
         route = next(((g, key) for g, key in keys if key is not None), None)
         if route is None:
             raise StoreError(f"proxy {self.name} routes no requests of these attributes to a device of twin {twin}",
@@ -284,7 +309,7 @@ class ProxyService:
         """Delete the keys of grants that are no longer active; returns their ids."""
         now = int(time.time() * 1000)
         with self._lock:
-            held = [row[0] for row in self._db.execute("SELECT grant_id FROM keys")]
+            held = [row[0] for row in self._db.execute("SELECT DISTINCT grant_id FROM grant_keys")]
         ended = [grant_id for grant_id in held if not grant_is_active(state.get(grant_key(grant_id)) or
                                                                       {"status": "unknown"}, now)]  # fmt: skip
         for grant_id in ended:
@@ -292,25 +317,25 @@ class ProxyService:
         return ended
 
     # -- storage ---------------------------------------------------------------------------------
-    def _store(self, grant_id: bytes, key: bytes) -> None:
+    def _store(self, grant_id: bytes, generation: int, key: bytes) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO keys (grant_id, key) VALUES (?, ?)", (grant_id, key))
+            self._db.execute("INSERT OR REPLACE INTO grant_keys (grant_id, generation, key) VALUES (?, ?, ?)",
+                             (grant_id, generation, key))  # fmt: skip
 
-    def _load(self, grant_id: bytes) -> kpcpre.ReEncryptionKey | None:
+    def _load(self, grant_id: bytes, generation: int) -> kpcpre.ReEncryptionKey | None:
         with self._lock:
-            row = self._db.execute("SELECT key FROM keys WHERE grant_id = ?", (grant_id,)).fetchone()
+            row = self._db.execute("SELECT key FROM grant_keys WHERE grant_id = ? AND generation = ?",
+                                   (grant_id, generation)).fetchone()  # fmt: skip
         return kpcpre.ReEncryptionKey.from_bytes(row[0]) if row else None
 
     def _forget(self, grant_id: bytes) -> None:
-        self._keys.pop(grant_id, None)
+        for cached in [k for k in self._keys if k[0] == grant_id]:
+            del self._keys[cached]
         with self._lock:
-            deleted = self._db.execute("DELETE FROM keys WHERE grant_id = ?", (grant_id,)).rowcount
+            deleted = self._db.execute("DELETE FROM grant_keys WHERE grant_id = ?", (grant_id,)).rowcount
         if deleted:
-            log.info("deleted the re-encryption key of ended grant %s", grant_id.hex()[:16])
+            log.info("deleted the %d re-encryption key(s) of ended grant %s", deleted, grant_id.hex()[:16])
 
-    def held(self) -> list[bytes]:
-        with self._lock:
-            return [row[0] for row in self._db.execute("SELECT grant_id FROM keys ORDER BY grant_id")]
 
 
 def _text(message: dict[str, Any], name: str) -> str:

@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from twinledger.contracts.sharing import DEVICE_RECIPIENT, grant_is_active
-from twinledger.core.attributes import request_attributes
+from twinledger.core.attributes import request_attributes, with_generation
 from twinledger.core.encoding import decode, encode
 from twinledger.core.hashing import hash_obj
 from twinledger.crypto import kpcpre
@@ -67,13 +67,14 @@ class ExternalRequest:
         return request
 
 
-def make_request(owner: kpcpre.PublicKey, twin_id: str, payload: bytes, extra: Sequence[str] = ()) -> tuple[
-        ExternalRequest, EncryptionKey]:  # fmt: skip
-    """A request for ``owner``'s twin, and the one-time key its answer will be sealed to."""
+def make_request(owner: kpcpre.PublicKey, twin_id: str, generation: int, payload: bytes,
+                 extra: Sequence[str] = ()) -> tuple[ExternalRequest, EncryptionKey]:  # fmt: skip
+    """A request for ``owner``'s twin in its access ``generation``, and the one-time key its
+    answer will be sealed to."""
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"a request holds at most {MAX_PAYLOAD} bytes")
     reply = EncryptionKey.generate()
-    key, capsule = kpcpre.encrypt(owner, request_attributes(twin_id, extra))
+    key, capsule = kpcpre.encrypt(owner, with_generation(request_attributes(twin_id, extra), generation))
     body = AESGCM(key).encrypt(ZERO_NONCE, encode({"payload": payload, "reply_key": reply.public}),
                                capsule.associated_data())  # fmt: skip
     return ExternalRequest(capsule.to_bytes(), body), reply

@@ -23,6 +23,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from twinledger.core.attributes import generation_of, with_generation, without_generation
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey
 from twinledger.crypto.seal import seal, unseal
@@ -90,13 +91,27 @@ def new_acl(owner: SigningKey, organisation: str, kind: str, label: bytes, data_
                    attributes, capsule).signed(owner)  # fmt: skip
 
 
-def new_data_key(sharing: kpcpre.PublicKey | None, attributes: Sequence[str]) -> tuple[bytes, tuple[str, ...], bytes]:
+@dataclass(frozen=True)
+class CapsuleKey:
+    """What a capsule is made under: the owner organisation's public sharing key and the
+    twin's access generation now (contracts/sharing.py)."""
+
+    owner: kpcpre.PublicKey
+    generation: int
+
+
+def new_data_key(sharing: CapsuleKey | None, attributes: Sequence[str]) -> tuple[bytes, tuple[str, ...], bytes]:
     """A fresh data key, with the item's canonical attributes and its capsule for the owner
-    organisation's sharing key (none without a key or attributes)."""
+    organisation's sharing key, tagged with the generation (none without a key or attributes)."""
     if sharing is None or not attributes:
         return os.urandom(32), (), b""
-    secret, capsule = kpcpre.encrypt(sharing, attributes)
-    return secret, capsule.attributes, capsule.to_bytes()
+    secret, capsule = kpcpre.encrypt(sharing.owner, with_generation(attributes, sharing.generation))
+    return secret, without_generation(capsule.attributes), capsule.to_bytes()
+
+
+def capsule_generation(capsule: bytes) -> int | None:
+    """The generation a capsule was made in (None: no capsule, or one without a generation)."""
+    return generation_of(kpcpre.Ciphertext.from_bytes(capsule).attributes) if capsule else None
 
 
 def as_reader(organisation: str, key: EncryptionKey) -> Unlock:
@@ -153,7 +168,7 @@ def _aad(last: bool) -> bytes:
 
 async def upload_document(client: StoreClient, source: Path | bytes, owner: SigningKey, organisation: str,
                           recipients: Mapping[str, bytes], progress: Progress | None = None, *,
-                          attributes: Sequence[str] = (), sharing: kpcpre.PublicKey | None = None) -> StoredDocument:  # fmt: skip
+                          attributes: Sequence[str] = (), sharing: CapsuleKey | None = None) -> StoredDocument:  # fmt: skip
     """Encrypt and store the file at ``source`` (or the bytes it is); readable by ``recipients`` (organisation →
     X25519 key) and, with ``attributes`` and the owner organisation's ``sharing`` key,
     by whom the owner grants access to them. Returns once the manifest and every chunk

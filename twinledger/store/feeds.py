@@ -30,12 +30,19 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey
 from twinledger.crypto.seal import seal
 from twinledger.errors import DecryptionFailed, TwinledgerError
 from twinledger.store.client import StoreClient
-from twinledger.store.documents import Unlock, as_reader, new_acl, new_data_key, sealed_key_context
+from twinledger.store.documents import (
+    CapsuleKey,
+    Unlock,
+    as_reader,
+    capsule_generation,
+    new_acl,
+    new_data_key,
+    sealed_key_context,
+)
 from twinledger.store.items import (
     CHUNK_SIZE,
     MAX_ACL_BYTES,
@@ -87,13 +94,17 @@ def update_view(update: FeedUpdate) -> dict[str, Any]:
             "first": update.first, "last": update.last, "hash": update.hash.hex(), "segment": update.segment.hex()}
 
 
+SharingNow = Callable[[], Awaitable[CapsuleKey | None]]
+"""The owner organisation's public sharing key and the feed's twin's access generation, as of now."""
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
 
 async def create_feed(store: StoreClient, owner: SigningKey, organisation: str, key: EncryptionKey, topic: str,
                       recipients: Mapping[str, bytes], attributes: Sequence[str] = (),
-                      sharing: kpcpre.PublicKey | None = None) -> ItemAcl:  # fmt: skip
+                      sharing: CapsuleKey | None = None) -> ItemAcl:  # fmt: skip
     """``owner``'s feed on ``topic`` (its id is hash(owner key, topic)), readable by
     ``recipients`` (organisation → X25519 key) and the owner's organisation, and with
     ``attributes`` and the organisation's ``sharing`` key by whom it grants access; an
@@ -150,17 +161,24 @@ class FeedWriter:
     """Appends segments to one feed. Samples given to ``extend`` are sealed by ``flush``,
     which the caller runs once per segment period. A segment whose update did not reach
     a write quorum is kept, as signed, and sent again first: retrying never forks the
-    feed, and a failed flush loses no sample."""
+    feed, and a failed flush loses no sample.
+
+    A shared feed follows its twin's access generation: ``sharing`` tells the current one
+    (asked when the writer opens and every ACL_REFRESH seconds of writing), and a feed
+    whose key is older gets a new key first — whoever owns it, however long it was
+    stopped — so nothing written after a grant ended is under a key that grant covered."""
 
     def __init__(self, store: StoreClient, owner: SigningKey, acl: ItemAcl, unlock: Unlock, secret: bytes,
                  head: FeedUpdate | None, checkpoint: Checkpointer | None = None,
-                 checkpoint_every: int = CHECKPOINT_EVERY, sharing: kpcpre.PublicKey | None = None) -> None:  # fmt: skip
+                 checkpoint_every: int = CHECKPOINT_EVERY, sharing: SharingNow | None = None) -> None:  # fmt: skip
         self.store = store
         self.owner = owner
         self.acl = acl
         self.unlock = unlock
         self.secret = secret
         self.sharing = sharing
+        self.generation = capsule_generation(acl.capsule)
+        """The generation of the current key's capsule (None: the feed has no capsule)."""
         self._acl_checked = time.monotonic()
         self.head = head
         self.checkpoint = checkpoint
@@ -173,16 +191,19 @@ class FeedWriter:
     @classmethod
     async def open(cls, store: StoreClient, owner: SigningKey, organisation: str, key: EncryptionKey, feed: bytes,
                    checkpoint: Checkpointer | None = None, checkpoint_every: int = CHECKPOINT_EVERY,
-                   sharing: kpcpre.PublicKey | None = None) -> FeedWriter:  # fmt: skip
-        """The writer of ``owner``'s ``feed``, continuing from the newest stored head;
-        ``sharing`` (the organisation's public sharing key) is needed to rotate its key."""
+                   sharing: SharingNow | None = None) -> FeedWriter:  # fmt: skip
+        """The writer of ``owner``'s ``feed``, continuing from the newest stored head, with a
+        new key first if its twin's access generation moved on; ``sharing`` (the
+        organisation's public sharing key and the generation) is needed to rotate its key."""
         acl = await store.get_acl(feed)
         if acl.kind != "feed" or acl.owner != owner.public:
             raise StoreError(f"item {feed.hex()[:16]}… is not a feed of this key; only its owner appends",
                              code="not_item_owner")  # fmt: skip
         unlock = as_reader(organisation, key)
-        return cls(store, owner, acl, unlock, await unlock(acl, None), await store.feed_head(acl), checkpoint,
-                   checkpoint_every, sharing)  # fmt: skip
+        writer = cls(store, owner, acl, unlock, await unlock(acl, None), await store.feed_head(acl), checkpoint,
+                     checkpoint_every, sharing)  # fmt: skip
+        await writer.follow_generation()
+        return writer
 
     @property
     def feed(self) -> bytes:
@@ -197,6 +218,7 @@ class FeedWriter:
         async with self._lock:
             if self._pending and time.monotonic() - self._acl_checked >= ACL_REFRESH:
                 await self._refresh()
+                await self._follow_generation()
             while self._pending:
                 batch = self._pending[:MAX_SEGMENT_SAMPLES]
                 self._unsent.append(self._sealed(batch))
@@ -234,29 +256,49 @@ class FeedWriter:
         self._acl_checked = time.monotonic()
         if acl.version > self.acl.version and acl.owner == self.acl.owner:
             self.acl, self.secret = acl, await self.unlock(acl, None)
+            self.generation = capsule_generation(acl.capsule)
+
+    async def follow_generation(self) -> bool:
+        """Give the feed a new key if its twin's access generation moved past its key's;
+        True if it did."""
+        async with self._lock:
+            return await self._follow_generation()
+
+    async def _follow_generation(self) -> bool:
+        if self.sharing is None or not self.acl.capsule:
+            return False
+        now = await self.sharing()
+        if now is None or (self.generation is not None and self.generation >= now.generation):
+            return False
+        await self._rotate(now)
+        return True
 
     async def rotate(self) -> ItemAcl:
         """Start a new epoch: a fresh data key, sealed to the same named readers and
-        KP-CPRE-encrypted under the same attributes, for everything sealed from now on.
-        The old key moves to the ACL's retired epochs, so history stays readable to
-        whoever could read it."""
+        KP-CPRE-encrypted under the same attributes and the twin's generation now, for
+        everything sealed from now on. The old key moves to the ACL's retired epochs, so
+        history stays readable to whoever could read it."""
         async with self._lock:
-            old = self.acl
-            if old.capsule and self.sharing is None:
-                raise StoreError("rotating a shared feed's key needs the organisation's sharing key", code="no_sharing_key")
-            secret, _, capsule = new_data_key(self.sharing, old.attributes)
-            context = sealed_key_context(old.item)
-            readers = tuple(Reader(r.organisation, r.key, seal(r.key, secret, context)) for r in old.readers)
-            retired = (*old.retired, Epoch(key_commitment(self.secret), old.capsule, old.readers))
-            acl = replace(old, version=old.version + 1, readers=readers, capsule=capsule, retired=retired,
-                          issued=int(time.time() * 1000), signature=b"").signed(self.owner)  # fmt: skip
-            if len(acl.encoded()) > MAX_ACL_BYTES:
-                raise StoreError(f"feed {self.feed.hex()[:16]}… has changed its key {len(retired)} times and its ACL is "
-                                 "full; start a new feed", code="acl_full")  # fmt: skip
-            await self.store.put_acl(acl)
-            self.acl, self.secret = acl, secret
-            self._acl_checked = time.monotonic()
-            return acl
+            return await self._rotate(await self.sharing() if self.sharing is not None else None)
+
+    async def _rotate(self, sharing: CapsuleKey | None) -> ItemAcl:
+        old = self.acl
+        if old.capsule and sharing is None:
+            raise StoreError("rotating a shared feed's key needs the organisation's sharing key", code="no_sharing_key")
+        secret, _, capsule = new_data_key(sharing, old.attributes)
+        context = sealed_key_context(old.item)
+        readers = tuple(Reader(r.organisation, r.key, seal(r.key, secret, context)) for r in old.readers)
+        retired = (*old.retired, Epoch(key_commitment(self.secret), old.capsule, old.readers))
+        acl = replace(old, version=old.version + 1, readers=readers, capsule=capsule, retired=retired,
+                      issued=int(time.time() * 1000), signature=b"").signed(self.owner)  # fmt: skip
+        if len(acl.encoded()) > MAX_ACL_BYTES:
+            raise StoreError(f"feed {self.feed.hex()[:16]}… has changed its key {len(retired)} times and its ACL is "
+                             "full; start a new feed", code="acl_full")  # fmt: skip
+        await self.store.put_acl(acl)
+        self.acl, self.secret = acl, secret
+        self.generation = sharing.generation if capsule and sharing is not None else None
+        self._acl_checked = time.monotonic()
+        return acl
 
     async def record_checkpoint(self) -> None:
         """Record the head on chain now (``flush`` does every ``checkpoint_every`` updates,
@@ -273,10 +315,14 @@ class FeedWriter:
 
 
 async def rotate_feed(store: StoreClient, owner: SigningKey, organisation: str, key: EncryptionKey, feed: bytes,
-                      sharing: kpcpre.PublicKey | None) -> ItemAcl:  # fmt: skip
-    """Start a new epoch of ``owner``'s ``feed`` (see ``FeedWriter.rotate``)."""
-    writer = await FeedWriter.open(store, owner, organisation, key, feed, sharing=sharing)
-    return await writer.rotate()
+                      sharing: SharingNow | None) -> ItemAcl:  # fmt: skip
+    """Start a new epoch of ``owner``'s ``feed`` (see ``FeedWriter.rotate``), once: in the
+    twin's current generation if it moved on."""
+    writer = await FeedWriter.open(store, owner, organisation, key, feed)
+    writer.sharing = sharing
+    if not await writer.follow_generation():
+        await writer.rotate()
+    return writer.acl
 
 
 # -- reading ---------------------------------------------------------------------------------------

@@ -5,7 +5,10 @@ program calls re-checked at the agent, and no reading lost while the node is dow
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
+import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -26,8 +29,10 @@ from twin_helpers import World, key_for
 from twinledger import aml
 from twinledger.agent.anomaly import CLEAR_AFTER, RAISE_AFTER, AnomalyCheck
 from twinledger.agent.plant import NAMESPACE
-from twinledger.agent.spool import Spool
+from twinledger.agent.spool import Spool, spool_key
 from twinledger.config import init_home, load_config
+from twinledger.crypto.keys import SigningKey
+from twinledger.errors import DecryptionFailed
 from twinledger.ingest.opcua import ApplicationIdentity, DeviceTrust, application_identity, device_session, fingerprint
 from twinledger.launcher import NodeProcess, start_node
 from twinledger.services.remote import NodeClient
@@ -76,15 +81,48 @@ def test_the_anomaly_check_ignores_noise_and_raises_and_clears_on_runs():
     assert AnomalyCheck(level, open_=True).observe([(1, 100.0)] * 5) == [], "an open alert is not raised again"
 
 
+SPOOL_KEY = spool_key(SigningKey(hashlib.sha256(b"plc").digest()))
+
+
 def test_the_spool_keeps_readings_in_order_across_a_restart(tmp_path):
-    spool = Spool(tmp_path / "spool.db")
+    spool = Spool(tmp_path / "agent" / "spool.db", SPOOL_KEY)
     spool.add([("a/Level", 100, 1.0), ("a/Level", 100, 2.0), ("a/Level", 50, 3.0), ("b/Flow", 7, 4.0)])
     assert [(r.time, r.value) for r in spool.pending("a/Level")] == [(100, 1.0), (101, 2.0), (102, 3.0)]
     spool.close()
-    again = Spool(tmp_path / "spool.db")
+    again = Spool(tmp_path / "agent" / "spool.db", SPOOL_KEY)
     again.add([("a/Level", 90, 5.0)])
     assert [r.time for r in again.pending("a/Level")] == [100, 101, 102, 103]
     assert again.drop_until("a/Level", 101) == 2 and again.count() == 3
+
+
+def test_the_spool_holds_no_reading_in_the_clear_and_only_its_owner_reads_it(tmp_path):
+    """Security review: the spool held plaintext samples at 0644."""
+    path = tmp_path / "agent" / "spool.db"
+    spool = Spool(path, SPOOL_KEY)
+    spool.add([("a/Level", 100, 187.25)])
+    spool.close()
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    with sqlite3.connect(path) as db:
+        (stored,) = db.execute("SELECT value FROM sealed_samples").fetchone()
+    assert isinstance(stored, bytes) and struct.pack(">d", 187.25) not in stored
+    with sqlite3.connect(path) as db:  # a sample moved to another time does not open there
+        db.execute("UPDATE sealed_samples SET time = 101")
+    with pytest.raises(DecryptionFailed):
+        Spool(path, SPOOL_KEY).pending("a/Level")
+    with pytest.raises(DecryptionFailed):
+        Spool(path, spool_key(SigningKey.generate())).pending("a/Level")
+
+
+def test_samples_an_earlier_agent_spooled_in_the_clear_are_sealed_not_lost(tmp_path):
+    path = tmp_path / "spool.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE samples (id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL, "
+                   "time INTEGER NOT NULL, value REAL NOT NULL)")  # fmt: skip
+        db.executemany("INSERT INTO samples (node, time, value) VALUES (?, ?, ?)", [("a/Level", 5, 1.5), ("a/Level", 6, 2.5)])
+    spool = Spool(path, SPOOL_KEY)
+    assert [(r.time, r.value) for r in spool.pending("a/Level")] == [(5, 1.5), (6, 2.5)]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'samples'").fetchone() is None
 
 
 def test_the_contract_records_alerts_once_and_clears_them_with_the_component():

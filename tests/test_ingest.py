@@ -6,6 +6,8 @@ frames and oversized payloads get named errors."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -22,6 +24,8 @@ from typing import Any
 import httpx
 import pytest
 import tomli_w
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from network_helpers import Network, wait_for
 from store_helpers import AUDITOR, MANUFACTURER, OWNER, cli, ok, store_consortium
 
@@ -41,7 +45,7 @@ from twinledger.ingest.protocol import (
     read_message,
     record_seq,
 )
-from twinledger.ingest.sender import Answer, IngestSender, SenderKey
+from twinledger.ingest.sender import Answer, IngestSender, SenderKey, record_context
 from twinledger.ingest.service import Job, batches_by_attributes
 from twinledger.launcher import NodeProcess, start_node
 from twinledger.services.remote import NodeClient, store_client
@@ -78,15 +82,36 @@ def test_record_frames_are_checked_and_named():
 
 def test_tier2_sealing_is_deterministic_per_record_and_only_the_sender_opens_it():
     key, other = SenderKey(os.urandom(32)), SenderKey(os.urandom(32))
-    sealed = key.seal(b"spindle 4711 rpm", b"stream-1")
-    assert sealed == key.seal(b"spindle 4711 rpm", b"stream-1")  # a resend is the same record
-    assert sealed != key.seal(b"spindle 4711 rpm", b"stream-2") and b"4711" not in sealed
-    assert key.open(sealed) == b"spindle 4711 rpm"
+    stream = os.urandom(16)
+    first, second = record_context(stream, 1), record_context(stream, 2)
+    sealed = key.seal(b"spindle 4711 rpm", first)
+    assert sealed == key.seal(b"spindle 4711 rpm", first)  # a resend is the same record
+    assert sealed != key.seal(b"spindle 4711 rpm", second) and b"4711" not in sealed
+    assert key.open(sealed, first) == b"spindle 4711 rpm"
     tampered = bytearray(sealed)
     tampered[-1] ^= 1
-    for attempt in (lambda: other.open(sealed), lambda: key.open(bytes(tampered)), lambda: key.open(b"junk")):
+    for attempt in (lambda: other.open(sealed, first), lambda: key.open(bytes(tampered), first),
+                    lambda: key.open(b"junk", first),
+                    lambda: key.open(sealed, second)):  # moved to another record: it does not open there  # fmt: skip
         with pytest.raises(DecryptionFailed):
             attempt()
+
+
+def test_tier2_keys_are_derived_apart_and_the_first_format_still_opens():
+    """Security review: the file's secret was both the HMAC and the AES key, and the
+    associated data a constant, so a sealed payload could move to another record."""
+    key = SenderKey(os.urandom(32))
+    context = record_context(os.urandom(16), 7)
+    sealed = key.seal(b"torque 12 Nm", context)
+    nonce, body = sealed[12:24], sealed[24:]
+    with pytest.raises(InvalidTag):  # not the raw secret
+        AESGCM(key.secret).decrypt(nonce, body, b"twinledger/ingest/tier-2/v1" + context)
+    assert nonce != hmac.new(key.secret, b"twinledger/ingest/tier-2/v1" + context + b"torque 12 Nm",
+                             hashlib.sha256).digest()[:12]  # fmt: skip
+    legacy_nonce = os.urandom(12)
+    legacy = (b"TLI2" + bytes.fromhex(key.key_id) + legacy_nonce
+              + AESGCM(key.secret).encrypt(legacy_nonce, b"old record", b"twinledger/ingest/tier-2/v1"))  # fmt: skip
+    assert key.open(legacy, context) == b"old record"
 
 
 def test_the_journals_keep_what_was_sent(tmp_path):
@@ -242,7 +267,7 @@ def test_records_are_read_back_and_tier2_is_for_the_sender_alone(small_node, tmp
                                       as_reader(config.organisation, config.encryption_key()))  # fmt: skip
 
     stored = asyncio.run(fetch())
-    assert b"2026-11-22" not in stored and stored.startswith(b"TLI2")
+    assert b"2026-11-22" not in stored and stored.startswith(b"TLI3")
     key_file = small_node.home / "keys" / "ingest-tier2.key"
     key_file.rename(tmp_path / "moved.key")
     try:

@@ -7,7 +7,7 @@ import json
 
 from twin_helpers import ADMIN, PLANT, World, genesis, key_for
 
-from twinledger.contracts.membership import member_key, organisation_key, organisations, proposal_key, quorum
+from twinledger.contracts.membership import member_key, node_standing, organisation_key, organisations, proposal_key, quorum
 from twinledger.crypto.keys import SigningKey
 from twinledger.ledger.genesis import Genesis
 
@@ -114,3 +114,22 @@ def test_nodes_and_the_kpcpre_key_slot():
     world.fails("bad_arguments", ADMIN, "membership", "propose", change={
         "op": "set_node", "organisation": "maker", "node": "n", "signing_key": node.public,
         "encryption_key": b"\x44" * 32, "roles": ["wizard"]})  # fmt: skip
+
+
+def test_the_membership_says_which_node_keys_are_peers_and_which_were_removed():
+    """What peers check at every handshake and frame (finding 7 of the security review)."""
+    world = World()
+    node, other = SigningKey(b"\x33" * 32), SigningKey(b"\x66" * 32)
+    world.ok(ADMIN, "membership", "propose", change=NEW_ORG)
+    world.ok(ADMIN, "membership", "propose", change={
+        "op": "set_node", "organisation": "supplier-co", "node": "n", "signing_key": node.public,
+        "encryption_key": b"\x44" * 32, "roles": ["full"]})  # fmt: skip
+    assert node_standing(world.state, "supplier-co", node.public) == "member"
+    assert node_standing(world.state, "maker", node.public) == "refused"  # another organisation's key
+    assert node_standing(world.state, "supplier-co", NEW.public) == "refused"  # an operator key is no node
+    assert node_standing(world.state, "supplier-co", other.public) == "unknown"  # perhaps added after this state
+    world.ok(ADMIN, "membership", "propose", change={"op": "remove_organisation", "name": "supplier-co"})
+    assert node_standing(world.state, "supplier-co", node.public) == "refused"
+    assert node_standing(world.state, "supplier-co", other.public) == "refused", "a certificate made since the removal"
+    world.ok(ADMIN, "membership", "propose", change=NEW_ORG)  # the name comes back: its nodes join again as usual
+    assert node_standing(world.state, "supplier-co", other.public) == "unknown"

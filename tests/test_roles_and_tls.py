@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import ssl
+import tomllib
 
 import httpx
 import pytest
+import tomli_w
+from network_helpers import make_network
 from test_node import OCTETS, signed
 
 from twinledger.config import load_config
@@ -12,7 +15,7 @@ from twinledger.crypto.keys import SigningKey
 from twinledger.crypto.tls import client_context
 from twinledger.errors import ConfigError
 from twinledger.launcher import start_node
-from twinledger.services.remote import NodeClient
+from twinledger.services.remote import NodeClient, NodeUnreachable
 
 
 def test_remote_api_requires_a_consortium_certificate(home_factory):
@@ -58,3 +61,29 @@ def test_validator_role_strips_other_parties_payloads(home_factory):
         client.close()
     finally:
         node.stop()
+
+
+def test_the_api_client_talks_only_to_its_own_node_not_to_another_member_s(tmp_path):
+    """A consortium certificate is not enough (security review): a node of another member
+    at the address the home's API client dials is refused before any token is sent."""
+    network = make_network(tmp_path / "net", orgs=["plantco", "rival"])
+    for home in network.homes:
+        doc = tomllib.loads((home / "node.toml").read_text())
+        doc["api"]["tls"] = "on"
+        (home / "node.toml").write_text(tomli_w.dumps(doc))
+    rival = start_node(network.homes[1])
+    try:
+        port = int(rival.url.rsplit(":", 1)[1])
+        own = NodeClient(load_config(network.homes[1]))
+        assert own.health()["status"] == "ok"
+        own.close()
+        doc = tomllib.loads((network.homes[0] / "node.toml").read_text())
+        doc["api"]["port"] = port  # plantco's client dials where rival's node listens
+        (network.homes[0] / "node.toml").write_text(tomli_w.dumps(doc))
+        misdirected = NodeClient(load_config(network.homes[0]))
+        assert misdirected.url == rival.url
+        with pytest.raises(NodeUnreachable):
+            misdirected.health()
+        misdirected.close()
+    finally:
+        rival.stop()

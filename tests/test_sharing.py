@@ -342,7 +342,8 @@ def test_a_processing_service_writes_only_with_a_token_from_the_owner(consortium
     refused = add_source("https://analytics.example/a")
     assert refused.returncode == 1 and "no valid write token" in refused.stderr
     issued = ok("token", "issue", "--home", owner, "--twin", twin, "--to", service.public.hex(), "--method",
-                "source.add", "--until", "2099-01-01", "--out", str(tmp_path / "t.json"))  # fmt: skip
+                "source.add", "--until", (datetime.now(UTC) + timedelta(days=60)).isoformat(),
+                "--out", str(tmp_path / "t.json"))  # fmt: skip
     assert issued["methods"] == ["source.add"] and issued["recipient"] == service.public.hex()
     assert add_source("https://analytics.example/b").returncode == 1  # issued is not yet in force
     ok("token", "present", str(tmp_path / "t.json"), "--home", owner, "--key", str(key_file))

@@ -5,13 +5,18 @@ put into force on chain and ended by expiry or revocation."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import replace
 
-from twin_helpers import World, key_for
+import pytest
+from twin_helpers import ADMIN, World, key_for
 
-from twinledger.contracts.authorization import WriteToken
+from twinledger.contracts.authorization import MAX_TOKEN_LIFE_MS, MAX_TOKENS, WriteToken
+from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import SigningKey
+from twinledger.errors import TwinledgerError
+from twinledger.services.tokens import TokenFile, read_token_file
 
 OWNER = key_for("plant-owner")
 SERVICE = SigningKey(hashlib.sha256(b"analytics service").digest())
@@ -111,3 +116,67 @@ def test_forged_tampered_and_foreign_tokens_are_refused() -> None:
                 token=replace(issued, methods=("role.grant",)).signed(OWNER).encoded())  # fmt: skip
     world.ok(SERVICE, "authorization", "present_token", token=issued.encoded())
     add_document(world, other, "forbidden")  # a token for one twin is no leave for another
+
+
+# -- after the security review of write tokens ----------------------------------------------------
+
+
+def test_a_revocation_naming_the_wrong_recipient_still_ends_the_token() -> None:
+    """Review F1: the revocation mark is what counts at every use, whoever it named."""
+    world = World()
+    twin = world.create_twin()
+    issued = token(world, twin=twin)
+    world.ok(SERVICE, "authorization", "present_token", token=issued.encoded())
+    world.ok(OWNER, "authorization", "revoke_token", twin=twin, token=issued.id, recipient=key_for("nobody").public)
+    add_document(world, twin, "forbidden")
+
+
+def test_the_token_file_s_fields_are_the_signed_token_s(tmp_path) -> None:
+    world = World()
+    issued = TokenFile.of(token(world, twin=world.create_twin()))
+    path = tmp_path / "token.json"
+    path.write_text(json.dumps({**issued.view(), "recipient": key_for("nobody").public.hex()}))
+    with pytest.raises(TwinledgerError, match="do not match the signed token"):
+        read_token_file(path)
+    path.write_text(json.dumps(issued.view()))
+    assert read_token_file(path) == issued
+
+
+def test_a_retired_device_and_a_removed_operator_key_write_through_no_token_and_no_role() -> None:
+    """Review F2: retiring a device or removing an operator key left their tokens working."""
+    world = World()
+    twin = world.create_twin()
+    device = SigningKey(hashlib.sha256(b"plc").digest())
+    world.ok(OWNER, "sharing", "add_device", twin=twin, name="plc", key=device.public,
+             sharing_key=kpcpre.keygen().public.to_bytes())  # fmt: skip
+    given = replace(token(world, twin=twin), recipient=device.public).signed(OWNER)
+    world.ok(device, "authorization", "present_token", token=given.encoded())
+    world.ok(device, "twins", "add_document", twin=twin, hash=os.urandom(32), title="by the device", reference="store:x")
+    world.ok(OWNER, "sharing", "retire_device", twin=twin, key=device.public)
+    world.fails("forbidden", device, "twins", "add_document", twin=twin, hash=os.urandom(32), title="x", reference="s:x")
+
+    spare = key_for("plant-owner spare")
+    world.ok(ADMIN, "membership", "propose", change={"op": "add_operator", "organisation": "plant-owner", "key": spare.public})
+    world.ok(spare, "twins", "add_document", twin=twin, hash=os.urandom(32), title="as an operator", reference="store:y")
+    world.ok(OWNER, "authorization", "grant_role", twin=twin, subject=f"key:{spare.public.hex()}", role="maintainer")
+    world.ok(spare, "authorization", "present_token", token=replace(token(world, twin=twin), recipient=spare.public)
+             .signed(OWNER).encoded())  # fmt: skip
+    world.ok(OWNER, "membership", "revoke_key", key=spare.public)
+    world.fails("forbidden", spare, "twins", "add_document", twin=twin, hash=os.urandom(32), title="x", reference="s:y")
+
+
+def test_tokens_are_leave_for_at_most_a_year_and_dead_ones_free_their_slots() -> None:
+    """Review F4: an unbounded end was accepted; tokens of an issuer who lost the right
+    kept the recipient's slots full."""
+    world = World()
+    steward = SigningKey(hashlib.sha256(b"steward").digest())
+    twin = world.create_twin(roles={f"key:{steward.public.hex()}": {"owner": []}})
+    forever = token(world, twin=twin, lasts=MAX_TOKEN_LIFE_MS + 60_000)
+    world.fails("bad_token", SERVICE, "authorization", "present_token", token=forever.encoded())
+    for _ in range(MAX_TOKENS):
+        world.ok(SERVICE, "authorization", "present_token", token=token(world, steward, twin=twin).encoded())
+    world.fails("forbidden", SERVICE, "authorization", "present_token", token=token(world, twin=twin).encoded())
+    world.ok(OWNER, "authorization", "revoke_role", twin=twin, subject=f"key:{steward.public.hex()}", role="owner")
+    presented = world.ok(SERVICE, "authorization", "present_token", token=token(world, twin=twin).encoded())
+    (event,) = presented.events
+    assert event.data["issuer"] == OWNER.public and event.data["scopes"] == []  # the audit trail says who allowed it

@@ -271,6 +271,7 @@ def init_network(directory: Path, organisations: list[str], *, consensus: str = 
     consortium = certs.create_consortium_ca(f"{chain_id}-consortium")
     certs.write_issuer(directory / "consortium" / "consortium-ca.pem", directory / "consortium" / "consortium-ca.key",
                        consortium, secret)  # fmt: skip
+    private(directory / "consortium")
     roles = ("full", "store", "proxy")
     p2p_addresses = [f"{host}:{base_port + 3 * i}" for i in range(len(organisations))]
     members = [_create_node(home, org, "node-1", consortium, secret, roles, f"{host}:{base_port + 3 * i + 1}",
@@ -331,8 +332,17 @@ def _create_node(home: Path, organisation: str, node: str, consortium: certs.Iss
     (home / "certs" / "node-chain.pem").write_bytes(chain_pem)
     for folder in ("data", "run"):
         (home / folder).mkdir(exist_ok=True)
+    private(home, "keys", "certs", "data", "run", "ca")
     node_entry = GenesisNode(node, signing.public, encryption.public, roles, api, p2p, storage)
     return GenesisOrganisation(organisation, (operator.public,), (node_entry,), sharing.public.to_bytes())
+
+
+def private(directory: Path, *folders: str) -> None:
+    """``directory`` and those of ``folders`` it has, readable by their owner only: keys,
+    chain, store and run files are nobody else's business on a shared machine."""
+    for path in (directory, *(directory / folder for folder in folders)):
+        if path.is_dir():
+            os.chmod(path, 0o700)
 
 
 def default_ingest(host: str) -> dict[str, Any]:

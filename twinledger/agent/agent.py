@@ -44,7 +44,7 @@ from asyncua.ua.uaerrors import UaError
 
 from twinledger import aml
 from twinledger.agent.anomaly import AnomalyCheck, Transition
-from twinledger.agent.spool import Spool
+from twinledger.agent.spool import Spool, spool_key
 from twinledger.config import NodeConfig
 from twinledger.contracts import calls
 from twinledger.contracts.calls import ContractCall
@@ -140,7 +140,7 @@ class DeviceAgent:
         self.poll_seconds = poll_seconds
         self.checkpoint_every = checkpoint_every
         self.say = say
-        self.spool = Spool(self.state_dir / "spool.db")
+        self.spool = Spool(self.state_dir / "spool.db", spool_key(device.signing))
         self.streams: dict[str, Stream] = {}
         """By signal id."""
         self.twin: dict[str, Any] = {}

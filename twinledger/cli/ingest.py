@@ -18,9 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from twinledger.cli.common import Home, Json, command, err, kv_table, out, print_json, run
 from twinledger.config import NodeConfig, load_config
+from twinledger.core.files import create_fresh
 from twinledger.errors import TwinledgerError
 from twinledger.ingest.protocol import STREAM_BYTES, IngestError, IngestRecord
-from twinledger.ingest.sender import Answer, IngestSender
+from twinledger.ingest.sender import Answer, IngestSender, record_context
 from twinledger.services import ingest
 from twinledger.services.ingest import shared_attributes, tier2_key
 from twinledger.services.records import parse_metadata
@@ -100,7 +101,7 @@ def ingest_send(
             records = []
             for seq, (payload, kind, metadata) in enumerate(items, first):
                 if key is not None:
-                    payload = key.seal(payload, stream_id + seq.to_bytes(8, "big"))
+                    payload = key.seal(payload, record_context(stream_id, seq))
                     metadata = {**metadata, "tier2": key.key_id}
                 records.append(IngestRecord(seq, payload, kind, metadata))
             with Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -220,7 +221,8 @@ def record_get(
     written = None
     if out_path is not None and payload is not None:
         temporary = out_path.with_name(f".{out_path.name}.part")
-        temporary.write_bytes(payload)
+        with create_fresh(temporary) as sink:
+            sink.write(payload)
         os.replace(temporary, out_path)
         written = {"path": str(out_path), "bytes": len(payload)}
     if as_json:

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from twinledger.cli.common import Home, Json, command, out, parse_time, print_json, run
 from twinledger.contracts.principals import PRINCIPAL_ROLES
+from twinledger.core.files import create_new
 from twinledger.errors import BadRequest, TwinledgerError
 from twinledger.services import principals
 from twinledger.services.session import read_signing_key
@@ -106,9 +107,8 @@ def token_issue(
     expires = parse_time(until) // 1000 if until else 0
     issued = run(home, lambda session: principals.issue_token(session, principal, scope, expires, label))
     if output is not None:
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(issued["token"] + "\n")
+        with create_new(output) as handle:
+            handle.write((issued["token"] + "\n").encode())
         issued = {k: v for k, v in issued.items() if k != "token"} | {"file": str(output)}
     if as_json:
         print_json(issued)

@@ -27,7 +27,7 @@ from typing import Any
 from twinledger import aml
 from twinledger.abc import StateReader
 from twinledger.contracts.arguments import Arguments
-from twinledger.contracts.membership import organisation_of, principal_of
+from twinledger.contracts.membership import key_removed, organisation_of, principal_of
 from twinledger.contracts.principals import key_may
 from twinledger.contracts.runtime import Call, Contract, Method
 from twinledger.contracts.twinstate import (
@@ -111,20 +111,26 @@ def may(state: StateReader, twin: dict[str, Any], key: bytes, method: str, compo
     """Whether ``key`` may ``method`` on the twin (within ``component``): through a role it
     holds over the whole twin or a scope containing the component, or, given the block's
     time ``now``, through a write token the owner issued it."""
-    if not key_may(state, key, method):  # a principal, within its principal roles only
+    if not key_may(state, key, method) or key_removed(state, key):  # a principal within its roles; no removed key
         return False
     allowed = permissions(state, twin["id"])
     grants = [scopes for role, scopes in roles_of(state, twin["id"], key).items() if method in allowed[role]]
     if now is not None:
-        tokens = (state.get(tokens_key(twin["id"], key)) or {}).values()
-        grants += [token["scopes"] for token in tokens if method in token["methods"] and now < token["not_after"]
-                   and may(state, twin, token["issuer"], "role.grant")]  # fmt: skip
+        grants += [token["scopes"] for token in tokens_in_force(state, twin, key, now) if method in token["methods"]]
     if any(not scopes for scopes in grants):
         return True
     if component is None or not grants:
         return False
     path = set(aml.component_path(specification(state, twin), component))
     return any(set(scopes) & path for scopes in grants)
+
+
+def tokens_in_force(state: StateReader, twin: dict[str, Any], key: bytes, now: int) -> list[dict[str, Any]]:
+    """The write tokens ``key`` holds on the twin that act now: unexpired, not revoked
+    (whatever recipient the revocation named), their issuer still allowed to grant roles."""
+    return [token for token in (state.get(tokens_key(twin["id"], key)) or {}).values()
+            if now < token["not_after"] and state.get(revoked_token_key(twin["id"], token["id"])) is None
+            and may(state, twin, token["issuer"], "role.grant")]  # fmt: skip
 
 
 def authorize(call: Call, twin: dict[str, Any], method: str, component: str | None = None) -> None:
@@ -289,7 +295,9 @@ def set_permissions(call: Call, change: PermissionChange) -> None:
 
 TOKEN_TAG = "twinledger/write-token/v1"
 MAX_TOKENS = 16
-"""Unexpired tokens one key may hold on one twin."""
+"""Tokens in force one key may hold on one twin."""
+MAX_TOKEN_LIFE_MS = 366 * 24 * 3600 * 1000
+"""A token ends at most a year and a day after it is presented: leave, not ownership."""
 
 
 @dataclass(frozen=True)
@@ -355,13 +363,14 @@ def present_token(call: Call, token: WriteToken) -> None:
                         code="bad_token")  # fmt: skip
     if token.not_after <= call.header.timestamp:
         raise Forbidden("the token has expired", code="expired_token")
+    if token.not_after > call.header.timestamp + MAX_TOKEN_LIFE_MS:
+        raise Forbidden("the token runs more than a year and a day; issue one that ends sooner", code="bad_token")
     if call.state.get(revoked_token_key(twin["id"], token.id)) is not None:
         raise Forbidden(f"token {token.id.hex()[:16]}… was revoked", code="revoked_token")
     spec = specification(call.state, twin)
     for scope in token.scopes:
         aml.component_path(spec, scope)
-    held = {k: v for k, v in (call.state.get(tokens_key(twin["id"], token.recipient)) or {}).items()
-            if v["not_after"] > call.header.timestamp}  # fmt: skip
+    held = {t["id"].hex(): t for t in tokens_in_force(call.state, twin, token.recipient, call.header.timestamp)}
     if token.id.hex() in held:
         raise Forbidden(f"token {token.id.hex()[:16]}… is already in force", code="token_in_force")
     if len(held) >= MAX_TOKENS:
@@ -369,8 +378,8 @@ def present_token(call: Call, token: WriteToken) -> None:
     held[token.id.hex()] = {"id": token.id, "methods": list(token.methods), "scopes": list(token.scopes),
                             "not_after": token.not_after, "issuer": token.issuer, "presented": call.header.height}  # fmt: skip
     call.state.set(tokens_key(twin["id"], token.recipient), held)
-    call.emit("TokenPresented", twin=twin["id"], token=token.id, recipient=token.recipient,
-              methods=list(token.methods), not_after=token.not_after)  # fmt: skip
+    call.emit("TokenPresented", twin=twin["id"], token=token.id, recipient=token.recipient, issuer=token.issuer,
+              methods=list(token.methods), scopes=list(token.scopes), not_after=token.not_after)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,11 @@ make alone is to revoke one of its own keys: that only ever takes power away.
 State:
     membership/organisation/<name>  the organisation
     membership/key/<key hex>        {organisation, kind: operator | node | principal, node[, principal]}
+    membership/removed/<key hex>    {organisation}: an operator or node key its organisation
+                                    removed (or that left with it): it acts for nobody, not
+                                    even through a role or write token given to the key itself
+    membership/left/<name>          {height}: an organisation that was removed; its nodes,
+                                    even with certificates issued since, are no peers
     membership/organisations        sorted names
     membership/admins, membership/quorum
     membership/proposal/<tx hex>    {change, proposer, approvals, status}
@@ -53,6 +58,38 @@ def organisation_key(name: str) -> str:
 
 def member_key(public: bytes) -> str:
     return f"membership/key/{public.hex()}"
+
+
+def removed_key(public: bytes) -> str:
+    return f"membership/removed/{public.hex()}"
+
+
+def key_removed(state: StateReader, public: bytes) -> bool:
+    """Whether an operator or node key was removed from its organisation (and not added again)."""
+    return state.get(removed_key(public)) is not None and state.get(member_key(public)) is None
+
+
+def left_key(organisation: str) -> str:
+    return f"membership/left/{organisation}"
+
+
+def node_standing(state: StateReader, organisation: str, public: bytes) -> str:
+    """What the membership says of a node key claiming ``organisation``: ``member`` (a
+    current node of it), ``refused`` (the key is another member's, or was removed, or
+    the organisation was), or ``unknown`` (perhaps added after this state)."""
+    entry = state.get(member_key(public))
+    if entry is not None:
+        return "member" if entry["kind"] == "node" and entry["organisation"] == organisation else "refused"
+    if state.get(removed_key(public)) is not None:
+        return "refused"
+    if state.get(left_key(organisation)) is not None and state.get(organisation_key(organisation)) is None:
+        return "refused"
+    return "unknown"
+
+
+def _forget_key(state: Overlay, public: bytes, organisation: str) -> None:
+    state.set(member_key(public), None)
+    state.set(removed_key(public), {"organisation": organisation})
 
 
 def proposal_key(proposal: bytes) -> str:
@@ -202,9 +239,10 @@ def apply_change(call: Call, change: Change) -> None:
     elif change.op == "remove_organisation":
         org = _organisation(state, a["name"])
         for key in _keys_of(org):
-            state.set(member_key(key), None)
+            _forget_key(state, key, org["name"])
         retire_principals(state, a["name"])
         state.set(organisation_key(a["name"]), None)
+        state.set(left_key(a["name"]), {"height": call.header.height})
         state.set(ORGANISATIONS, [n for n in organisations(state) if n != a["name"]])
     elif change.op == "add_operator":
         org = _organisation(state, a["organisation"])
@@ -219,7 +257,7 @@ def apply_change(call: Call, change: Change) -> None:
         if old is None or old["signing_key"] != entry["signing_key"]:
             _claim_key(state, entry["signing_key"])
         if old is not None and old["signing_key"] != entry["signing_key"]:
-            state.set(member_key(old["signing_key"]), None)
+            _forget_key(state, old["signing_key"], org["name"])
         if old is None and len(org["nodes"]) >= MAX_NODES:
             raise MembershipError(f"an organisation has at most {MAX_NODES} nodes")
         _write_organisation(state, {**org, "nodes": {**org["nodes"], a["node"]: entry}})
@@ -227,7 +265,7 @@ def apply_change(call: Call, change: Change) -> None:
         org = _organisation(state, a["organisation"])
         if a["node"] not in org["nodes"]:
             raise MembershipError(f"organisation {a['organisation']!r} has no node {a['node']!r}")
-        state.set(member_key(org["nodes"][a["node"]]["signing_key"]), None)
+        _forget_key(state, org["nodes"][a["node"]]["signing_key"], org["name"])
         _write_organisation(state, {**org, "nodes": {n: v for n, v in org["nodes"].items() if n != a["node"]}})
     elif change.op == "set_keys":
         org = _organisation(state, a["organisation"])
@@ -280,12 +318,12 @@ def _remove_key(state: Overlay, org: dict[str, Any], key: bytes) -> None:
     if key in org["operators"]:
         if len(org["operators"]) == 1:
             raise MembershipError(f"{key.hex()[:16]}… is the last operator key of {org['name']!r}; add another first")
-        state.set(member_key(key), None)
+        _forget_key(state, key, org["name"])
         _write_organisation(state, {**org, "operators": [k for k in org["operators"] if k != key]})
         return
     for name, node in org["nodes"].items():
         if node["signing_key"] == key:
-            state.set(member_key(key), None)
+            _forget_key(state, key, org["name"])
             _write_organisation(state, {**org, "nodes": {n: v for n, v in org["nodes"].items() if n != name}})
             return
     raise MembershipError(f"key {key.hex()[:16]}… does not belong to {org['name']!r}")

@@ -49,7 +49,7 @@ from twinledger.contracts.arguments import Arguments
 from twinledger.contracts.authorization import authorize, remove_role, set_role
 from twinledger.contracts.membership import organisation_key, required_organisation
 from twinledger.contracts.runtime import Call, Contract, Method, Overlay
-from twinledger.contracts.twinstate import audited, load_twin
+from twinledger.contracts.twinstate import audited, load_twin, tokens_key
 from twinledger.core.attributes import GENERATION, generation_attribute, twin_attribute
 from twinledger.core.types import BlockHeader
 from twinledger.crypto import kpcpre
@@ -379,6 +379,7 @@ def retire_device(call: Call, ref: DeviceRef) -> None:
             call.emit("AccessRevoked", twin=ref.twin, grant=grant_id, recipient=entry["recipient"])
     call.state.set(device_key(ref.twin, ref.key), {**device, "status": "retired", "retired": revoked})
     remove_role(call, ref.twin, f"key:{ref.key.hex()}", "device-agent")
+    call.state.set(tokens_key(ref.twin, ref.key), None)  # nor does any write token it was given
     call.emit("DeviceRetired", twin=ref.twin, name=device["name"], key=ref.key)
 
 

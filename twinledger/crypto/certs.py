@@ -103,9 +103,17 @@ def issue_organisation_ca(consortium: Issuer, organisation: str) -> Issuer:
                  key.public_key(), CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_usage(), critical=True)
+        .add_extension(organisation_constraint(organisation), critical=True)
         .sign(consortium.key, hashes.SHA256())
     )  # fmt: skip
     return Issuer(cert, key)
+
+
+def organisation_constraint(organisation: str) -> x509.NameConstraints:
+    """An organisation's CA names only its own organisation's nodes: every TLS stack (not
+    just ours) refuses a certificate it issued for another organisation's name."""
+    subtree = x509.DirectoryName(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation)]))
+    return x509.NameConstraints(permitted_subtrees=[subtree], excluded_subtrees=None)
 
 
 def issue_node_certificate(

@@ -7,6 +7,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from twinledger.crypto.keys import read_secret_file
@@ -45,15 +46,23 @@ def server_context(ca_cert: Path, cert_chain: Path, key_file: Path,
 
 
 def client_context(ca_cert: Path, cert_chain: Path | None = None, key_file: Path | None = None,
-                   passphrase: str | None = None, check_hostname: bool = True) -> ssl.SSLContext:
+                   passphrase: str | None = None, check_hostname: bool = True,
+                   pinned: Path | None = None) -> ssl.SSLContext:  # fmt: skip
     """Client side: TLS 1.3 only, server checked against the CA, our certificate if given.
 
     Between nodes ``check_hostname`` is off: a peer is identified by the ledger keys in
-    its CA-issued certificate, not by the address it happens to listen on."""
+    its CA-issued certificate, not by the address it happens to listen on. With
+    ``pinned`` (a PEM file whose first certificate is the server's) only that exact
+    certificate is trusted: any other consortium certificate at the address is refused."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.check_hostname = check_hostname
-    context.load_verify_locations(str(ca_cert))
+    if pinned is not None:
+        leaf = x509.load_pem_x509_certificate(pinned.read_bytes())
+        context.load_verify_locations(cadata=leaf.public_bytes(serialization.Encoding.PEM).decode())
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    else:
+        context.load_verify_locations(str(ca_cert))
     if cert_chain is not None and key_file is not None:
         _load_identity(context, cert_chain, key_file, passphrase)
     return context

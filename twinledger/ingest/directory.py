@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from twinledger.core.files import UnsafeFile, read_regular
 from twinledger.core.sqlite import open_database
+from twinledger.errors import TwinledgerError
 from twinledger.ingest.protocol import STREAM_BYTES, IngestRecord
-from twinledger.ingest.sender import Answer, IngestSender, SenderKey
+from twinledger.ingest.sender import Answer, IngestSender, SenderKey, record_context
 from twinledger.store.disk import fsync_directory
 
 DONE = "done"
@@ -33,6 +35,12 @@ CREATE TABLE IF NOT EXISTS stream (id BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, record BLOB);
 CREATE INDEX IF NOT EXISTS files_sending ON files (state) WHERE state = 'sending';
 """
+
+
+class FileRefused(TwinledgerError):
+    """A file the watcher will not send: moved to ``failed/`` with the reason."""
+
+    code = "file_refused"
 
 
 @dataclass(frozen=True)
@@ -116,15 +124,12 @@ class DirectoryIngest:
         sending.update(self.journal.assign(self._candidates(sending), welcome.next_seq))
         records, outcomes = [], []
         for name, seq in sorted(sending.items(), key=lambda item: item[1]):
-            path = self.directory / name
-            size = path.stat().st_size
-            if size > welcome.max_record:
-                outcome = self._refuse(name, seq, f"{size} bytes is more than the node takes in one record "
-                                                  f"({welcome.max_record}); add it with `twin doc add`")  # fmt: skip
+            try:
+                records.append(self._record(self.directory / name, seq, welcome.max_record))
+            except FileRefused as exc:
+                outcome = self._refuse(name, seq, exc.message)
                 outcomes.append(outcome)
                 self.on_file(outcome)
-                continue
-            records.append(self._record(path, seq))
         if not records:
             return outcomes
         names = {seq: name for name, seq in sending.items()}
@@ -173,12 +178,20 @@ class DirectoryIngest:
             observer.stop()
             observer.join()
 
-    def _record(self, path: Path, seq: int) -> IngestRecord:
-        payload = path.read_bytes()
-        modified = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="milliseconds")
+    def _record(self, path: Path, seq: int, limit: int) -> IngestRecord:
+        """The file's record; FileRefused if it is no regular file now (it may have been
+        swapped for a link since the scan) or too large for one record."""
+        try:
+            payload, status = read_regular(path, limit)
+        except UnsafeFile as exc:
+            raise FileRefused(exc.message) from None
+        if len(payload) > limit:
+            raise FileRefused(f"{path.name} is more than the {limit} bytes the node takes in one record; add it with "
+                             "`twin doc add`")  # fmt: skip
+        modified = datetime.fromtimestamp(status.st_mtime, UTC).isoformat(timespec="milliseconds")
         metadata = {"filename": path.name, "modified": modified}
         if self.tier2 is not None:
-            payload = self.tier2.seal(payload, self.journal.stream + seq.to_bytes(8, "big"))
+            payload = self.tier2.seal(payload, record_context(self.journal.stream, seq))
             metadata["tier2"] = self.tier2.key_id
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return IngestRecord(seq, payload, media_type, metadata)

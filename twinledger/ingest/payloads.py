@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from twinledger.errors import TwinledgerError
-from twinledger.ingest.sender import SenderKey
+from twinledger.ingest.sender import SenderKey, record_context
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import Unlock, download_document
 
@@ -38,5 +38,15 @@ async def read_payload(store: StoreClient, record: Mapping[str, Any], unlock: Un
         if tier2 is None or tier2.key_id != metadata["tier2"]:
             raise TwinledgerError("the payload is sealed with its sender's tier-2 key, which this home does not hold",
                                   code="no_tier2_key")  # fmt: skip
-        payload = tier2.open(payload)
+        payload = tier2.open(payload, tier2_context(metadata))
     return payload
+
+
+def tier2_context(metadata: Mapping[str, Any]) -> bytes:
+    """The record a tier-2 payload was sealed for, as the node recorded where it came from."""
+    stream, _, seq = str(metadata.get("ingest", "")).partition("/")
+    try:
+        return record_context(bytes.fromhex(stream), int(seq))
+    except ValueError:
+        raise TwinledgerError("the record does not say which stream and sequence number it came from",
+                              code="not_stored") from None

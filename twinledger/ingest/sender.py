@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from twinledger.crypto.certs import CertificateError
 from twinledger.crypto.keys import read_secret_file, write_secret_file
 from twinledger.errors import DecryptionFailed, TwinledgerError
 from twinledger.ingest.protocol import (
@@ -37,11 +40,12 @@ from twinledger.ingest.protocol import (
     read_message,
     record_message,
 )
-from twinledger.store.protocol import HANDSHAKE_TIMEOUT, StoreTls, peer_identity
+from twinledger.store.protocol import HANDSHAKE_TIMEOUT, Pin, StoreTls, peer_identity
 
 RETRYABLE = frozenset({"node_failure"})
 """Rejections that say "send it again later", not "this record is wrong"."""
-TIER2_MAGIC = b"TLI2"
+TIER2_MAGIC = b"TLI3"
+TIER2_MAGIC_V1 = b"TLI2"
 TIER2_AAD = b"twinledger/ingest/tier-2/v1"
 TIER2_KIND = "ingest-tier2"
 
@@ -78,11 +82,15 @@ class Welcome:
 class IngestSender:
     def __init__(self, endpoint: Callable[[], str | None], tls: StoreTls, stream: bytes, *,
                  attributes: Sequence[str] = (), reconnect_for: float = 120.0,
-                 on_event: Callable[[str], None] | None = None) -> None:  # fmt: skip
+                 on_event: Callable[[str], None] | None = None, pin: Pin | None = None) -> None:  # fmt: skip
         self.endpoint = endpoint
         """Where the node listens now (read again before every reconnection; None while
         it is not known, e.g. while the node restarts)."""
         self.tls = tls
+        self.pin = pin or Pin(tls.own.organisation)
+        """Whom the payloads are for: by default any node of the sender's own organisation
+        (the node signs the records as the organisation's); a node of another member at
+        the address is refused before a byte of payload leaves."""
         self.stream = stream
         self.attributes = list(attributes)
         """Shares the stream under these (docs/ingest-protocol.md); the stream's first hello fixes them."""
@@ -146,7 +154,12 @@ class IngestSender:
                 raise IngestError(str(answer.get("message")), code=str(answer.get("code")))
             if answer["type"] != "welcome":
                 raise IngestError(f"expected welcome, got {answer['type']}", code="handshake")
-            peer_identity(writer, answer, self.tls, PROTOCOL)
+            identity = peer_identity(writer, answer, self.tls, PROTOCOL)
+            self.pin.check(identity, f"the ingest listener at {endpoint}")
+            if answer.get("organisation") != identity.organisation or answer.get("node") != identity.node:
+                raise CertificateError(f"the ingest listener at {endpoint} says it is {answer.get('node')} of "
+                                       f"{answer.get('organisation')}, but its certificate is {identity.node} of "
+                                       f"{identity.organisation}", code="wrong_peer")  # fmt: skip
             self.welcome = Welcome(str(answer["node"]), str(answer["organisation"]), int(answer["window"]),
                                    int(answer["max_record"]), int(answer["next"]),
                                    tuple(str(a) for a in answer.get("attributes") or ()))  # fmt: skip
@@ -222,7 +235,11 @@ def _answer(message: dict[str, Any]) -> Answer | None:
 @dataclass(frozen=True)
 class SenderKey:
     """Tier-2 encryption: payloads sealed with AES-256-GCM under a key that never leaves
-    the sender, so neither the node nor any reader of the record can open them."""
+    the sender, so neither the node nor any reader of the record can open them.
+
+    The file's secret is never used as a key itself: HKDF derives the AES key and the
+    nonce key apart, and each payload is bound to its record (stream and sequence number)
+    as associated data, so a sealed payload moved to another record does not open there."""
 
     secret: bytes
 
@@ -230,20 +247,35 @@ class SenderKey:
     def key_id(self) -> str:
         return hashlib.sha256(b"twinledger/ingest/tier-2/key-id" + self.secret).hexdigest()[:16]
 
-    def seal(self, payload: bytes, context: bytes) -> bytes:
-        """Sealed with a synthetic nonce (HMAC of ``context`` and the payload): the same
-        record sealed again is the same bytes, so a resend after a crash is recognised as
-        the same record, and a nonce never repeats with other content."""
-        nonce = hmac.new(self.secret, TIER2_AAD + context + payload, hashlib.sha256).digest()[:12]
-        return TIER2_MAGIC + bytes.fromhex(self.key_id) + nonce + AESGCM(self.secret).encrypt(nonce, payload, TIER2_AAD)
+    def _derived(self, purpose: str) -> bytes:
+        return HKDF(hashes.SHA256(), 32, salt=None, info=f"{TIER2_AAD.decode()}/{purpose}".encode()).derive(self.secret)
 
-    def open(self, sealed: bytes) -> bytes:
-        if sealed[:4] != TIER2_MAGIC or sealed[4:12] != bytes.fromhex(self.key_id):
+    def seal(self, payload: bytes, context: bytes) -> bytes:
+        """Sealed for the record ``context`` names (``record_context``), with a synthetic
+        nonce (HMAC of the context and the payload): the same record sealed again is the
+        same bytes, so a resend after a crash is recognised as the same record, and a nonce
+        never repeats with other content."""
+        nonce = hmac.new(self._derived("nonce"), context + payload, hashlib.sha256).digest()[:12]
+        sealed = AESGCM(self._derived("aes")).encrypt(nonce, payload, TIER2_AAD + context)
+        return TIER2_MAGIC + bytes.fromhex(self.key_id) + nonce + sealed
+
+    def open(self, sealed: bytes, context: bytes) -> bytes:
+        """The payload sealed for the record ``context`` names; DecryptionFailed for any
+        other key, record or change. Payloads of the first format (one key for both uses,
+        no record bound) still open."""
+        if sealed[4:12] != bytes.fromhex(self.key_id) or sealed[:4] not in (TIER2_MAGIC, TIER2_MAGIC_V1):
             raise DecryptionFailed()
+        first = sealed[:4] == TIER2_MAGIC_V1
+        key, associated = (self.secret, TIER2_AAD) if first else (self._derived("aes"), TIER2_AAD + context)
         try:
-            return AESGCM(self.secret).decrypt(sealed[12:24], sealed[24:], TIER2_AAD)
+            return AESGCM(key).decrypt(sealed[12:24], sealed[24:], associated)
         except InvalidTag:
             raise DecryptionFailed() from None
+
+
+def record_context(stream: bytes, seq: int) -> bytes:
+    """What binds a tier-2 payload to its record: the stream's id and the sequence number."""
+    return stream + seq.to_bytes(8, "big")
 
 
 def sender_key(path: Path, passphrase: str | None, create: bool) -> SenderKey:

@@ -95,8 +95,11 @@ class PeerManager:
     def __init__(self, *, me: NodeIdentity, chain_id: str, genesis_hash: bytes, listen_host: str, listen_port: int,
                  advertise: str | None, seeds: list[str], target_peers: int, server_ssl: ssl.SSLContext,
                  client_ssl: ssl.SSLContext, ca_cert: x509.Certificate, org_cert_der: bytes,
-                 handler: Handler, height: Callable[[], int]) -> None:  # fmt: skip
+                 handler: Handler, height: Callable[[], int],
+                 standing: Callable[[NodeIdentity], str] = lambda _: "member") -> None:  # fmt: skip
         self.me = me
+        self.standing = standing
+        """What the membership at the head says of a peer's node: member, refused or unknown."""
         self.chain_id = chain_id
         self.genesis_hash = genesis_hash
         self.listen_host, self.listen_port = listen_host, listen_port
@@ -183,7 +186,12 @@ class PeerManager:
                 async with asyncio.timeout(PEER_EXCHANGE_INTERVAL):
                     await self._changed.wait()
 
+    def wake(self) -> None:
+        """Look at the peers again now (the head moved: the membership may have changed)."""
+        self._changed.set()
+
     def _dial_and_announce(self) -> None:
+        self._drop_non_members()
         candidates = sorted(self.known - {self.address} - {p.address for p in self.peers.values()} - self._dialing)
         random.shuffle(candidates)
         for address in candidates[: max(0, self.target_peers - len(self.peers))]:
@@ -270,6 +278,7 @@ class PeerManager:
         if identity.signing_key == self.me.signing_key:
             self._forget(hello.listen)
             return None  # dialled ourselves
+        self.check_member(identity, hello.height)
         if self.banned(identity.signing_key):
             self.refused += 1
             return None
@@ -292,6 +301,24 @@ class PeerManager:
         self._changed.set()
         return peer
 
+    def _drop_non_members(self) -> None:
+        for peer in list(self.peers.values()):
+            try:
+                self.check_member(peer.identity, peer.height)
+            except TwinledgerError as exc:
+                log.warning("dropping peer %s: %s", peer.identity.node, exc.message)
+                self._ban(peer)
+                del self.peers[peer.key]
+                peer.writer.close()
+
+    def check_member(self, identity: NodeIdentity, height: int) -> None:
+        """Membership is the revocation list: a node whose key or organisation was removed
+        is refused, whatever certificate it shows; a key this node does not know is
+        admitted only while the peer is ahead (it may have joined after this node's head)."""
+        standing = self.standing(identity)
+        if standing == "refused" or (standing == "unknown" and height <= self.height()):
+            raise TwinledgerError(f"{identity.organisation}/{identity.node} is not a member node", code="not_a_member")
+
     async def _write_loop(self, peer: Peer) -> None:
         while True:
             frame = await peer.queue.get()
@@ -307,6 +334,7 @@ class PeerManager:
             if digest in self._seen:
                 continue  # gossip already handled (another peer relayed it first): dropped unparsed
             frame = parse_frame(payload)
+            self.check_member(peer.identity, peer.height)
             if frame.type == "txs":
                 self._remember(digest)
             if frame.type == "peers":

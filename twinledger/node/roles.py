@@ -7,6 +7,7 @@ chain only through the ledger service.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from twinledger.config import NodeConfig, passphrase
-from twinledger.contracts.membership import organisation_key, organisations
+from twinledger.contracts.membership import node_standing, organisation_key, organisations
 from twinledger.contracts.sharing import GRANT_PREFIX
 from twinledger.crypto.certs import NodeIdentity, identity_of, read_certificate
 from twinledger.crypto.tls import client_context, server_context
@@ -46,6 +47,7 @@ class PeerNetwork:
         self.ledger = ledger
         self.manager: PeerManager | None = None
         self.sync = BlockSync(ledger, self.peers)
+        self._standings: tuple[int, dict[tuple[str, bytes], str]] = (-1, {})
 
     @property
     def address(self) -> str | None:
@@ -80,8 +82,23 @@ class PeerNetwork:
             org_cert_der=org_cert.public_bytes(Encoding.DER),
             handler=self._on_frame,
             height=lambda: self.ledger.head.height,
+            standing=self._standing,
         )
+        loop = asyncio.get_running_loop()
+        self.ledger.after_block.append(lambda: loop.call_soon_threadsafe(self.manager.wake) if self.manager else None)
         await self.manager.start()
+
+    def _standing(self, identity: NodeIdentity) -> str:
+        """What the membership at the head says of a peer's node, asked once per head."""
+        height = self.ledger.head.height
+        if self._standings[0] != height:
+            self._standings = (height, {})
+        known = self._standings[1]
+        if (identity.organisation, identity.signing_key) not in known:
+            known[identity.organisation, identity.signing_key] = node_standing(self.ledger.head_state(),
+                                                                               identity.organisation,
+                                                                               identity.signing_key)  # fmt: skip
+        return known[identity.organisation, identity.signing_key]
 
     async def stop(self) -> None:
         if self.manager is not None:

@@ -16,7 +16,7 @@ from twinledger.ingest.sender import IngestSender, SenderKey, sender_key
 from twinledger.services import access
 from twinledger.services.remote import segment
 from twinledger.services.session import Session
-from twinledger.store.protocol import StoreTls
+from twinledger.store.protocol import Pin, StoreTls
 
 TIER2_KEY = "ingest-tier2.key"
 
@@ -47,12 +47,15 @@ def shared_attributes(twin: str | None, attributes: list[str]) -> list[str]:
 
 def sender(config: NodeConfig, to: str | None, stream: bytes, attributes: list[str],
            on_event: Callable[[str], None] | None = None) -> IngestSender:  # fmt: skip
-    """A sender of one stream to the home's node (or ``to``), as the home's node certificate."""
+    """A sender of one stream to the home's node (or ``to``, a node of the home's
+    organisation), as the home's node certificate; pinned to that node (or organisation)."""
     if endpoint(config, to) is None:
         raise TwinledgerError(f"no ingest listener known for {config.home}: start its node (with an [ingest] section "
                               "in node.toml) or give --to HOST:PORT", code="ingest_unreachable")  # fmt: skip
-    return IngestSender(lambda: endpoint(config, to), StoreTls.of_home(config), stream, attributes=attributes,
-                        on_event=on_event)  # fmt: skip
+    tls = StoreTls.of_home(config)
+    pin = Pin(tls.own.organisation) if to else Pin.node_of(tls.own)
+    return IngestSender(lambda: endpoint(config, to), tls, stream, attributes=attributes, on_event=on_event,
+                        pin=pin)  # fmt: skip
 
 
 async def record(session: Session, record_id: str) -> dict[str, Any]:

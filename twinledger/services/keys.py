@@ -17,13 +17,13 @@ the operator's word (``--offline``) — the genesis.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from twinledger.config import NodeConfig, live_node_pid, passphrase
 from twinledger.core.encoding import decode, encode
+from twinledger.core.files import create_new
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file, write_secret_file
 from twinledger.crypto.shamir import Share, combine_shares, split_secret
@@ -130,8 +130,7 @@ def split(config: NodeConfig, threshold: int, count: int, output: Path) -> list[
         path = output / f"{config.organisation}-share-{share.index}-of-{share.count}.twshare"
         if path.exists():
             raise TwinledgerError(f"{path} exists; choose another directory", code="exists")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as handle:
+        with create_new(path) as handle:
             handle.write(share.to_bytes())
         paths.append(path)
     return paths

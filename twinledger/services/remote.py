@@ -50,9 +50,9 @@ class NodeClient:
         self.config = config
         self.url = api_url(config)
         verify: Any = True
-        if self.url.startswith("https"):
+        if self.url.startswith("https"):  # the home's own node, by its own certificate: no other member's will do
             verify = client_context(config.cert("consortium-ca"), config.cert("node-chain"),
-                                    config.key("tls"), passphrase())  # fmt: skip
+                                    config.key("tls"), passphrase(), pinned=config.cert("node-chain"))  # fmt: skip
         self.http = httpx.Client(base_url=self.url, timeout=timeout, verify=verify)
 
     def close(self) -> None:

@@ -14,11 +14,11 @@ from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import SigningKey
 from twinledger.crypto.policy import Leaf, Policy, all_of
 from twinledger.crypto.policy import from_obj as policy_from_obj
-from twinledger.errors import TwinledgerError
+from twinledger.errors import DecryptionFailed, TwinledgerError
 from twinledger.sharing.proxy import device_request
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import Unlock
-from twinledger.store.items import AccessDenied, ItemAcl, ReadGrant, StoreError
+from twinledger.store.items import AccessDenied, ItemAcl, ReadGrant, StoreError, key_commitment
 
 
 def key_hash(key: bytes) -> bytes:
@@ -94,17 +94,26 @@ def covering_grant(grants: Iterable[Mapping[str, Any]], acl: ItemAcl, organisati
                 None)
 
 
+DEFINITE_REFUSALS = ("access_denied", "policy_not_satisfied", "decryption_failed")
+"""Refusals that say "not for you", as opposed to "not now" or "not here"."""
+
+
 def through_proxy(client: StoreClient, grant: Mapping[str, Any], secret: kpcpre.SecretKey, height: int,
                   device: SigningKey | None = None) -> Unlock:  # fmt: skip
     """Unlock items as ``grant``'s recipient: a proxy re-encrypts the capsule, ``secret``
-    opens it. A device recipient signs its requests with its ``device`` key."""
+    opens it. A device recipient signs its requests with its ``device`` key.
+
+    A proxy's answer is trusted for nothing: anyone holding the two public keys can make
+    a re-encrypted ciphertext the recipient decrypts (security review, kp1.py #2), so the
+    key it opens to must be the one the item's data was sealed under (its commitment);
+    an answer that is not is skipped, and the grant's next proxy asked."""
 
     async def unlock(acl: ItemAcl, commitment: bytes | None) -> bytes:
         capsule = acl.epoch(commitment).capsule
         if not capsule:
             raise AccessDenied(f"item {acl.item.hex()[:16]}… has no capsule: only the readers it names can read it")
         nodes = {node.label: node for node in client.nodes}
-        refusals: list[str] = []
+        refusals: list[tuple[str, str]] = []
         for label in grant["proxies"]:
             if label not in nodes:
                 continue
@@ -113,17 +122,28 @@ def through_proxy(client: StoreClient, grant: Mapping[str, Any], secret: kpcpre.
                 body["device_signature"] = device.sign(device_request(bytes.fromhex(grant["id"]), capsule, height))
             try:
                 response = await client.request(nodes[label], "reencrypt", body)
+                return opened(acl, response.get("reencrypted"), secret, commitment)
             except StoreError as exc:
-                if exc.code in ("access_denied", "policy_not_satisfied", "decryption_failed"):
-                    raise
-                refusals.append(f"{label}: {exc.message}")
-                continue
-            reencrypted = kpcpre.ReEncryptedCiphertext.from_bytes(response["reencrypted"])  # type: ignore[arg-type]
-            if (without_generation(reencrypted.attributes) != acl.attributes
-                    or generation_of(reencrypted.attributes) is None):  # fmt: skip
-                raise StoreError("the proxy returned a capsule of other attributes than the item's", code="bad_proxy")
-            return kpcpre.decrypt(secret, reencrypted)
-        raise StoreError("no proxy of the grant re-encrypted the data key: " + "; ".join(refusals or ["none reachable"]),
-                         code="proxy_unreachable")  # fmt: skip
+                refusals.append((exc.code, f"{label}: {exc.message}"))
+        definite = next((code for code, _ in refusals if code in DEFINITE_REFUSALS), None)
+        raise StoreError("no proxy of the grant re-encrypted the data key: "
+                         + "; ".join(message for _, message in refusals or [("", "none reachable")]),
+                         code=definite or (refusals[0][0] if refusals else "proxy_unreachable"))  # fmt: skip
 
     return unlock
+
+
+def opened(acl: ItemAcl, answer: object, secret: kpcpre.SecretKey, commitment: bytes | None) -> bytes:
+    """The data key in a proxy's answer, if the answer is what an honest proxy returns:
+    the item's attributes and one generation, opening to the key the data was sealed
+    under (``commitment``; None: the caller checks it)."""
+    try:
+        reencrypted = kpcpre.ReEncryptedCiphertext.from_bytes(answer)  # type: ignore[arg-type]
+        if without_generation(reencrypted.attributes) != acl.attributes or generation_of(reencrypted.attributes) is None:
+            raise StoreError("it returned a capsule of other attributes than the item's", code="bad_proxy")
+        key = kpcpre.decrypt(secret, reencrypted)
+    except (DecryptionFailed, TypeError) as exc:
+        raise StoreError("its answer does not open with this recipient's key", code="bad_proxy") from exc
+    if commitment is not None and key_commitment(key) != commitment:
+        raise StoreError("its answer opens to another key than the data was sealed under", code="bad_proxy")
+    return key

@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from twinledger.core.attributes import generation_of, with_generation, without_generation
+from twinledger.core.files import create_fresh
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey
 from twinledger.crypto.seal import seal, unseal
@@ -239,7 +240,7 @@ async def download_document(client: StoreClient, reference: str, expected: bytes
             fetches[index] = asyncio.ensure_future(client.get_chunk(item, manifest.chunks[index]))
 
     try:
-        with temporary.open("wb") as sink:
+        with create_fresh(temporary) as sink:
             for index in range(IN_FLIGHT):
                 fetch(index)
             written = 0

@@ -74,12 +74,16 @@ class StoreTls:
     client: ssl.SSLContext
     ca_cert: x509.Certificate
     org_cert_der: bytes
+    own: NodeIdentity
+    """Who this party is: what its own certificate chain proves."""
 
     @classmethod
     def load(cls, ca: Path, chain: Path, key: Path, org_cert: Path, passphrase: str | None) -> StoreTls:
+        ca_cert, organisation = read_certificate(ca), read_certificate(org_cert)
+        own = verify_node_chain(read_certificate(chain), organisation, ca_cert)
         return cls(server_context(ca, chain, key, passphrase),
                    client_context(ca, chain, key, passphrase, check_hostname=False),
-                   read_certificate(ca), read_certificate(org_cert).public_bytes(Encoding.DER))  # fmt: skip
+                   ca_cert, organisation.public_bytes(Encoding.DER), own)  # fmt: skip
 
     @classmethod
     def of_home(cls, config: NodeConfig) -> StoreTls:
@@ -115,6 +119,28 @@ async def read_message(reader: asyncio.StreamReader) -> dict[str, Any]:
 
 def hello(tls: StoreTls) -> dict[str, Any]:
     return {"id": 0, "op": "hello", "protocol": PROTOCOL, "organisation_certificate": tls.org_cert_der}
+
+
+@dataclass(frozen=True)
+class Pin:
+    """Whom a client means to reach: a node of ``organisation`` — and, if given, the node
+    of that name and Ed25519 key. Any consortium certificate is not enough: another
+    member's node at the address would otherwise receive what was meant for one's own."""
+
+    organisation: str
+    node: str | None = None
+    signing_key: bytes | None = None
+
+    @classmethod
+    def node_of(cls, identity: NodeIdentity) -> Pin:
+        return cls(identity.organisation, identity.node, identity.signing_key)
+
+    def check(self, identity: NodeIdentity, where: str) -> None:
+        if (identity.organisation != self.organisation or (self.node is not None and identity.node != self.node)
+                or (self.signing_key is not None and identity.signing_key != self.signing_key)):  # fmt: skip
+            meant = f"{self.organisation}/{self.node}" if self.node is not None else f"a node of {self.organisation}"
+            raise CertificateError(f"{where} is {identity.organisation}/{identity.node}, not {meant}: refusing to "
+                                   "send it anything", code="wrong_peer")  # fmt: skip
 
 
 def peer_identity(writer: asyncio.StreamWriter, message: dict[str, Any], tls: StoreTls,

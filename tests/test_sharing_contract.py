@@ -98,9 +98,12 @@ def test_every_ended_grant_starts_a_generation_the_others_are_re_keyed_for() -> 
 
     # revoking the auditor raises the generation and, in the same transaction, re-keys the maker
     world.fails("wrong_generation", OWNER, "sharing", "revoke", grant=auditor, rekeys=[[maker, [digest("a"), digest("b")]]])
-    world.fails("not_rekeyable", OWNER, "sharing", "revoke", grant=auditor, rekeys=[[auditor, [digest("a")]]])
+    other_twin = world.create_twin(device_id="plant-8")
+    elsewhere = grant_id_of(world.ok(OWNER, "sharing", "grant", **org_grant(other_twin, "maker")))
+    world.fails("not_rekeyable", OWNER, "sharing", "revoke", grant=auditor, rekeys=[[elsewhere, [digest("a")]]])
     world.fails("not_grant_owner", key_for("maker"), "sharing", "revoke", grant=auditor)
-    revoked = world.ok(OWNER, "sharing", "revoke", grant=auditor, rekeys=[[maker, [digest("maker/1")]]])
+    revoked = world.ok(OWNER, "sharing", "revoke", grant=auditor,  # a key for the grant it ends is no key at all
+                       rekeys=[[maker, [digest("maker/1")]], [auditor, [digest("audit-co/1")]]])  # fmt: skip
     assert [e.type for e in revoked.events] == ["AccessRevoked", "AccessRekeyed"]
     assert twin_generation(world.state, twin) == 1
     assert world.get(grant_key(maker))["keys"] == [digest("maker/0"), digest("maker/1")]

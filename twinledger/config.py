@@ -13,6 +13,7 @@ HOME/run/node.json        written by a running node: pid and API address
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import json
 import os
@@ -25,6 +26,7 @@ from typing import Any
 
 import tomli_w
 
+from twinledger.core.files import replace_durably
 from twinledger.crypto import certs, kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file, write_secret_file
 from twinledger.errors import ConfigError
@@ -343,6 +345,50 @@ def private(directory: Path, *folders: str) -> None:
     for path in (directory, *(directory / folder for folder in folders)):
         if path.is_dir():
             os.chmod(path, 0o700)
+
+
+RENEWAL_MARK = "renewal.ready"
+"""In ``certs/``: the renewed files are all written; rename them (``finish_renewal``)."""
+
+
+def _renewal_files(config: NodeConfig) -> list[tuple[Path, Path]]:
+    """(staged, final) for the node's certificate files, in the order they are renamed."""
+    finals = [config.key("tls"), config.cert("node"), config.cert("node-chain")]
+    return [(final.with_name(final.name + ".new"), final) for final in finals]
+
+
+def renew_node_certificate(config: NodeConfig) -> dt.datetime:
+    """Issue the home's node a new certificate from its organisation's CA — the same ledger
+    keys and names, a new TLS key, ``LEAF_VALIDITY`` from now — and return its end. The
+    files are written beside, marked complete, then renamed: a crash leaves the old
+    certificate or the new one (``finish_renewal`` completes a renewal a crash cut short)."""
+    secret = passphrase()
+    finish_renewal(config)
+    organisation = certs.read_issuer(config.cert("organisation"), config.key("organisation-ca"), secret)
+    old = certs.read_certificate(config.cert("node"))
+    identity = certs.identity_of(old)
+    issued = certs.issue_node_certificate(organisation, identity.node, identity.signing_key, identity.encryption_key,
+                                          certs.hosts_of(old))  # fmt: skip
+    (key, _), (node, _), (chain, _) = _renewal_files(config)
+    certs.write_issuer(node, key, issued, secret)
+    chain.write_bytes(node.read_bytes() + config.cert("organisation").read_bytes())
+    for staged in (key, node, chain):
+        with staged.open("rb+") as handle:
+            os.fsync(handle.fileno())
+    replace_durably(config.home / "certs" / RENEWAL_MARK, b"renewal staged\n")
+    finish_renewal(config)
+    return issued.cert.not_valid_after_utc
+
+
+def finish_renewal(config: NodeConfig) -> None:
+    """Rename a renewal's staged files if it was marked complete; else drop them."""
+    mark = config.home / "certs" / RENEWAL_MARK
+    for staged, final in _renewal_files(config):
+        if mark.exists() and staged.exists():
+            os.replace(staged, final)
+        else:
+            staged.unlink(missing_ok=True)
+    mark.unlink(missing_ok=True)
 
 
 def default_ingest(host: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from twinledger.cli.principals import principal_app
 from twinledger.cli.principals import token_app as api_token_app
 from twinledger.cli.storage import store_app
 from twinledger.cli.twins import twin_app
-from twinledger.config import ROLES, init_home, load_config
+from twinledger.config import ROLES, init_home, load_config, renew_node_certificate
 from twinledger.errors import TwinledgerError
 from twinledger.services import records
 
@@ -107,6 +107,20 @@ def node_start(home: Home) -> None:
     except OSError as exc:
         node.close()
         raise TwinledgerError(f"cannot serve the API: {exc.strerror or exc}") from None
+
+
+@node_app.command("renew-cert")
+@command
+def node_renew_cert(home: Home, as_json: Json = False) -> None:
+    """Issue this node a new certificate now (a running node renews its own 30 days before
+    the end; restart a running node to present one renewed here)."""
+    config = load_config(home)
+    end = renew_node_certificate(config)
+    if as_json:
+        print_json({"node": f"{config.organisation}/{config.name}", "valid_until": end.isoformat()})
+    else:
+        out.print(f"{config.organisation}/{config.name}: new certificate valid until "
+                  f"{end.isoformat(timespec='minutes')}", highlight=False)  # fmt: skip
 
 
 # -- records ------------------------------------------------------------------------------------

@@ -296,9 +296,10 @@ def _add_keys(call: Call, twin_id: str, rekeys: Rekeys) -> None:
                            code="too_many_generations")  # fmt: skip
     for grant_id, hashes in rekeys:
         entry = load_grant(call.state, grant_id)
-        if entry["twin"] != twin_id or entry["status"] != "active":
-            raise SharingError(f"grant {grant_id.hex()[:16]}… is no active grant of twin {twin_id}",
-                               code="not_rekeyable")  # fmt: skip
+        if entry["twin"] != twin_id:
+            raise SharingError(f"grant {grant_id.hex()[:16]}… is no grant of twin {twin_id}", code="not_rekeyable")
+        if entry["status"] != "active":
+            continue  # it ended since the owner looked (expired in this very block): nothing to re-key
         held = len(entry["keys"])
         if held + len(hashes) != generation + 1:
             raise SharingError(f"grant {grant_id.hex()[:16]}… holds keys for generations 0 to {held - 1}; twin {twin_id} "

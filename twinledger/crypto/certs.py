@@ -21,14 +21,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from twinledger.crypto.keys import write_secret_file
+from twinledger.crypto.keys import read_secret_file, write_secret_file
 from twinledger.errors import TwinledgerError
 
 ED25519_URI = "urn:twinledger:ed25519:"
 X25519_URI = "urn:twinledger:x25519:"
 NODE_URI = "urn:twinledger:node:"
 CA_VALIDITY = dt.timedelta(days=3650)
-LEAF_VALIDITY = dt.timedelta(days=825)
+LEAF_VALIDITY = dt.timedelta(days=90)
+"""A node certificate's life: short, because its node renews it by itself (RENEW_WITHIN)."""
+RENEW_WITHIN = dt.timedelta(days=30)
+"""A node renews its certificate when less than this is left."""
 
 
 class CertificateError(TwinledgerError):
@@ -147,6 +150,24 @@ def issue_node_certificate(
         .sign(organisation.key, hashes.SHA256())
     )
     return Issuer(cert, key)
+
+
+def hosts_of(node_cert: x509.Certificate) -> tuple[str, ...]:
+    """The host names and addresses a node certificate is for (its TLS names)."""
+    try:
+        san = node_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return (*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress)))
+
+
+def read_issuer(cert_path: Path, key_path: Path, passphrase: str | None) -> Issuer:
+    """A CA certificate and its private key, as ``write_issuer`` wrote them."""
+    der = read_secret_file(key_path, "ec-p256-pkcs8", passphrase)
+    key = serialization.load_der_private_key(der, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateError(f"{key_path} holds no EC private key")
+    return Issuer(read_certificate(cert_path), key)
 
 
 def organisation_of(cert: x509.Certificate) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
+import weakref
 from pathlib import Path
 
 from cryptography import x509
@@ -34,6 +35,20 @@ def _load_identity(context: ssl.SSLContext, cert_chain: Path, key_file: Path,
         os.unlink(name)
 
 
+_WITH_IDENTITY: weakref.WeakKeyDictionary[ssl.SSLContext, tuple[Path, Path]] = weakref.WeakKeyDictionary()
+"""Every live context of this process that presents a certificate, with its chain and key
+files: what ``reload_identity`` loads again when a node renews its certificate."""
+
+
+def reload_identity(cert_chain: Path, passphrase: str | None) -> int:
+    """Load the certificate chain and key again into every live context made with
+    ``cert_chain`` (new connections present the renewed certificate); how many."""
+    contexts = [(context, key) for context, (chain, key) in list(_WITH_IDENTITY.items()) if chain == cert_chain]
+    for context, key in contexts:
+        _load_identity(context, cert_chain, key, passphrase)
+    return len(contexts)
+
+
 def server_context(ca_cert: Path, cert_chain: Path, key_file: Path,
                    passphrase: str | None) -> ssl.SSLContext:
     """Server side: TLS 1.3 only, client certificate required and checked against the CA."""
@@ -42,6 +57,7 @@ def server_context(ca_cert: Path, cert_chain: Path, key_file: Path,
     context.verify_mode = ssl.CERT_REQUIRED
     context.load_verify_locations(str(ca_cert))
     _load_identity(context, cert_chain, key_file, passphrase)
+    _WITH_IDENTITY[context] = (cert_chain, key_file)
     return context
 
 
@@ -65,4 +81,5 @@ def client_context(ca_cert: Path, cert_chain: Path | None = None, key_file: Path
         context.load_verify_locations(str(ca_cert))
     if cert_chain is not None and key_file is not None:
         _load_identity(context, cert_chain, key_file, passphrase)
+        _WITH_IDENTITY[context] = (cert_chain, key_file)
     return context

@@ -37,6 +37,7 @@ from twinledger.ledger.mempool import Mempool
 from twinledger.ledger.store import open_store
 from twinledger.net.peers import PeerManager
 from twinledger.node import status
+from twinledger.node.certificate import CertificateRenewal
 from twinledger.node.ledger import LedgerService
 from twinledger.node.roles import ChainDirectory, IngestRole, PeerNetwork, StoreRole
 from twinledger.services.accounts import AccountStore, ensure_home_token
@@ -74,6 +75,8 @@ class Node(RunningNode):
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        self.certificate = CertificateRenewal(config)
+        self.certificate.renew_or_warn()  # before any TLS context is made from it
         genesis = Genesis.read(config.genesis_path)
         self.chain_store = open_store(config.store_url)
         self.consensus = create_consensus(genesis, config.signing_key() if config.produces_blocks else None)
@@ -107,6 +110,7 @@ class Node(RunningNode):
             loop.add_signal_handler(stop_signal, stop)
         await self._start_roles()
         producer = asyncio.create_task(self.consensus.run(self.ledger), name="consensus")
+        renewal = asyncio.create_task(self.certificate.run(), name="certificate")
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="api")
         while not server.started and not serving.done():
             await asyncio.sleep(0.01)
@@ -124,6 +128,7 @@ class Node(RunningNode):
                     server.should_exit = True
             await serving
         finally:
+            renewal.cancel()
             await self._stop(producer)
 
     def _api_socket(self) -> tuple[socket.socket, str]:

@@ -153,6 +153,30 @@ def test_a_member_cannot_grow_the_address_book_or_the_frames_it_sends():
         book._learn(rogue, "everything")
 
 
+def test_a_key_the_head_does_not_know_is_synced_from_but_told_nothing():
+    """Review: a node its organisation removed mints a certificate for a fresh key and
+    claims a greater height; while this node cannot tell (the key may have joined since),
+    it may send blocks but gets no gossip and no blocks; once this node is as far, it goes."""
+    from twinledger.errors import TwinledgerError
+    from twinledger.net.wire import encode_frame
+
+    book = _peer_manager()
+    book.height = lambda: 10
+    standings = {bytes([1]) * 32: "member", bytes([2]) * 32: "unknown", bytes([3]) * 32: "refused"}
+    book.standing = lambda identity: standings[identity.signing_key]
+    member, stranger, removed = _member(1), _member(2), _member(3)
+    assert book.check_member(member.identity, 0) is True
+    assert book.check_member(stranger.identity, 11) is False, "ahead of this node: perhaps new"
+    for identity, height in ((stranger.identity, 10), (removed.identity, 10**9)):
+        with pytest.raises(TwinledgerError, match="is not a member node"):
+            book.check_member(identity, height)
+    member.member, stranger.member = True, False
+    book.peers = {member.key: member, stranger.key: stranger}
+    book.broadcast("txs", {"txs": [b"tx"]})
+    assert member.queue.qsize() == 1 and stranger.queue.qsize() == 0
+    assert encode_frame("txs", {"txs": [b"tx"]}) == member.queue.get_nowait()
+
+
 def test_a_bloated_address_book_neither_breaks_nor_half_registers_a_handshake(tmp_path):
     """With thousands of addresses known, the handshake's ``peers`` frame outgrew the frame
     limit after the peer was registered: the connection died, the peer stayed registered,
@@ -162,13 +186,18 @@ def test_a_bloated_address_book_neither_breaks_nor_half_registers_a_handshake(tm
     from network_helpers import make_network
 
     from twinledger.config import load_config
+    from twinledger.contracts import default_runtime
     from twinledger.ledger.genesis import Genesis
+    from twinledger.ledger.verify import MemoryState
     from twinledger.node.roles import PeerNetwork
 
     net = make_network(tmp_path / "net", orgs=["manufacturer", "owner"])
     configs = [load_config(home) for home in net.homes]
     genesis = Genesis.read(configs[0].genesis_path)
-    ledger = SimpleNamespace(chain_id=genesis.chain_id, genesis=genesis, head=SimpleNamespace(height=0))
+    state = MemoryState()
+    state.values.update(default_runtime().genesis_result(genesis).writes)  # both nodes are members there
+    ledger = SimpleNamespace(chain_id=genesis.chain_id, genesis=genesis, head=SimpleNamespace(height=0),
+                             head_state=lambda: state, after_block=[])  # fmt: skip
 
     async def scenario() -> None:
         a, b = (PeerNetwork(config, ledger) for config in configs)  # type: ignore[arg-type]

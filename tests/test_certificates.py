@@ -115,6 +115,9 @@ def test_a_node_renews_a_certificate_near_its_end_when_it_starts(tmp_path, monke
     try:
         assert node_cert(load_config(config.home)).not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=89)
         assert "renewed this node's certificate" in (config.home / "node.log").read_text()
+        refused = subprocess.run([sys.executable, "-m", "twinledger", "node", "renew-cert", "--home", str(config.home)],
+                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert refused.returncode == 1 and "is running and renews its own certificate" in refused.stderr
     finally:
         node.stop()
 

@@ -166,3 +166,17 @@ def test_executing_a_block_twice_gives_the_same_result_and_leaves_the_state_alon
     second = world.runtime.execute_block(world.state, header, (tx,), world.root)
     assert first.state_root == second.state_root and first.receipts[0].status == "ok"
     assert world.state.values == before
+
+
+def test_a_data_steward_re_keys_grants_as_it_grants_and_revokes_them():
+    """Review: after an expiry every grant and revocation re-keys first, and sharing.rekey
+    was no principal action, so stewards could neither grant nor revoke."""
+    world = World()
+    steward = SigningKey(b"\x45" * 32)
+    register(world, OWNER, "steward", steward, ["data-steward"])
+    twin = world.create_twin()
+    refused = world.call(steward, "sharing", "rekey", twin=twin, rekeys=[[b"\x01" * 32, [b"\x02" * 32]]])
+    assert refused.error == "unknown_grant", refused  # the contract's answer, not "not permitted"
+    viewer = SigningKey(b"\x46" * 32)
+    register(world, OWNER, "viewer", viewer, ["viewer"])
+    world.fails("not_permitted", viewer, "sharing", "rekey", twin=twin, rekeys=[[b"\x01" * 32, [b"\x02" * 32]]])

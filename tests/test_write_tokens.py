@@ -154,6 +154,9 @@ def test_a_retired_device_and_a_removed_operator_key_write_through_no_token_and_
     world.ok(device, "twins", "add_document", twin=twin, hash=os.urandom(32), title="by the device", reference="store:x")
     world.ok(OWNER, "sharing", "retire_device", twin=twin, key=device.public)
     world.fails("forbidden", device, "twins", "add_document", twin=twin, hash=os.urandom(32), title="x", reference="s:x")
+    world.fails("revoked_token", device, "authorization", "present_token", token=given.encoded())  # not again
+    later = replace(token(world, twin=twin), recipient=device.public).signed(OWNER)
+    world.fails("bad_token", device, "authorization", "present_token", token=later.encoded())  # nor a new one
 
     spare = key_for("plant-owner spare")
     world.ok(ADMIN, "membership", "propose", change={"op": "add_operator", "organisation": "plant-owner", "key": spare.public})

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from twinledger.contracts import default_runtime
+from twinledger.contracts.runtime import Overlay
 from twinledger.core.types import BlockHeader, Receipt, Transaction, sign_transaction
 from twinledger.crypto.keys import SigningKey
 from twinledger.ledger.genesis import Genesis, GenesisOrganisation, GenesisValidator
@@ -51,10 +52,13 @@ class World:
         return sign_transaction(key, chain_id=self.genesis.chain_id, nonce=next(self.nonces), contract=contract,
                                 method=method, args=args, timestamp=self.genesis.genesis_time)  # fmt: skip
 
+    def header(self, height: int) -> BlockHeader:
+        return BlockHeader(self.genesis.chain_id, height, self.genesis.genesis_time + 1000 * height, bytes(32),
+                           bytes(32), 1, bytes(32), bytes(32), VALIDATOR.public)  # fmt: skip
+
     def run(self, tx: Transaction) -> Receipt:
         self.height += 1
-        header = BlockHeader(self.genesis.chain_id, self.height, self.genesis.genesis_time + 1000 * self.height,
-                             bytes(32), bytes(32), 1, bytes(32), bytes(32), VALIDATOR.public)  # fmt: skip
+        header = self.header(self.height)
         result = self.runtime.execute_block(self.state, header, (tx,), self.root)
         self.state.values.update(result.writes)
         self.root = result.state_root
@@ -70,8 +74,13 @@ class World:
         return receipt
 
     def fails(self, code: str, signer: SigningKey, contract: str, method: str, /, **args: Any) -> Receipt:
-        """Assert the call fails with ``code`` and changes nothing but the sender's nonce."""
-        before = self.contract_state()
+        """Assert the call fails with ``code`` and changes nothing but the sender's nonce
+        (beyond what the block's own begin-of-block work changes: grants ending)."""
+        preview = Overlay(self.state)
+        for contract_ in self.runtime.contracts.values():
+            if contract_.begin_block is not None:
+                contract_.begin_block(preview, self.header(self.height + 1))
+        before = {k: v for k, v in {**self.contract_state(), **preview.writes}.items() if v is not None}
         receipt = self.call(signer, contract, method, **args)
         assert (receipt.status, receipt.error) == ("failed", code), receipt
         assert receipt.message

@@ -13,13 +13,16 @@ HOME/run/node.json        written by a running node: pid and API address
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import ipaddress
 import json
 import os
 import re
 import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -362,8 +365,24 @@ def renew_node_certificate(config: NodeConfig) -> dt.datetime:
     keys and names, a new TLS key, ``LEAF_VALIDITY`` from now — and return its end. The
     files are written beside, marked complete, then renamed: a crash leaves the old
     certificate or the new one (``finish_renewal`` completes a renewal a crash cut short)."""
+    with _renewal_lock(config):
+        return _renew(config)
+
+
+@contextlib.contextmanager
+def _renewal_lock(config: NodeConfig) -> Iterator[None]:
+    """One renewal of a home at a time (the node's hourly check, ``node renew-cert``)."""
+    fd = os.open(config.home / "certs" / "renewal.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _renew(config: NodeConfig) -> dt.datetime:
     secret = passphrase()
-    finish_renewal(config)
+    _finish_renewal(config)
     organisation = certs.read_issuer(config.cert("organisation"), config.key("organisation-ca"), secret)
     old = certs.read_certificate(config.cert("node"))
     identity = certs.identity_of(old)
@@ -376,12 +395,17 @@ def renew_node_certificate(config: NodeConfig) -> dt.datetime:
         with staged.open("rb+") as handle:
             os.fsync(handle.fileno())
     replace_durably(config.home / "certs" / RENEWAL_MARK, b"renewal staged\n")
-    finish_renewal(config)
+    _finish_renewal(config)
     return issued.cert.not_valid_after_utc
 
 
 def finish_renewal(config: NodeConfig) -> None:
     """Rename a renewal's staged files if it was marked complete; else drop them."""
+    with _renewal_lock(config):
+        _finish_renewal(config)
+
+
+def _finish_renewal(config: NodeConfig) -> None:
     mark = config.home / "certs" / RENEWAL_MARK
     for staged, final in _renewal_files(config):
         if mark.exists() and staged.exists():

@@ -59,6 +59,7 @@ class Spool:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(path.parent, 0o700)
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        os.chmod(path, 0o600)  # a spool an earlier agent made may have its default mode
         self.db = open_database(path, SCHEMA, synchronous="NORMAL")
         self._aead = AESGCM(key)
         self._seal_plain_spool()
@@ -85,6 +86,7 @@ class Spool:
             self.db.executemany("INSERT INTO sealed_samples (node, time, value) VALUES (?, ?, ?)",
                                 [(node, moment, self._seal(node, moment, value)) for node, moment, value in rows])  # fmt: skip
             self.db.execute("DROP TABLE samples")
+        self.db.execute("VACUUM")  # the plain values' pages are rewritten, not left in free pages
 
     def add(self, samples: Iterable[tuple[str, int, float]]) -> int:
         """Commit samples; a time not after the node's last is moved just past it, so a

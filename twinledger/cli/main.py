@@ -27,7 +27,7 @@ from twinledger.cli.principals import principal_app
 from twinledger.cli.principals import token_app as api_token_app
 from twinledger.cli.storage import store_app
 from twinledger.cli.twins import twin_app
-from twinledger.config import ROLES, init_home, load_config, renew_node_certificate
+from twinledger.config import ROLES, init_home, live_node_pid, load_config, renew_node_certificate
 from twinledger.errors import TwinledgerError
 from twinledger.services import records
 
@@ -115,6 +115,9 @@ def node_renew_cert(home: Home, as_json: Json = False) -> None:
     """Issue this node a new certificate now (a running node renews its own 30 days before
     the end; restart a running node to present one renewed here)."""
     config = load_config(home)
+    if live_node_pid(config) is not None:
+        raise TwinledgerError("the node of this home is running and renews its own certificate 30 days before the end; "
+                              "stop it to renew now", code="node_running")  # fmt: skip
     end = renew_node_certificate(config)
     if as_json:
         print_json({"node": f"{config.organisation}/{config.name}", "valid_until": end.isoformat()})

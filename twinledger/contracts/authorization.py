@@ -34,6 +34,7 @@ from twinledger.contracts.twinstate import (
     audited,
     load_twin,
     permissions_key,
+    retired_key,
     revoked_token_key,
     roles_key,
     specification,
@@ -128,6 +129,8 @@ def may(state: StateReader, twin: dict[str, Any], key: bytes, method: str, compo
 def tokens_in_force(state: StateReader, twin: dict[str, Any], key: bytes, now: int) -> list[dict[str, Any]]:
     """The write tokens ``key`` holds on the twin that act now: unexpired, not revoked
     (whatever recipient the revocation named), their issuer still allowed to grant roles."""
+    if state.get(retired_key(twin["id"], key)) is not None:
+        return []
     return [token for token in (state.get(tokens_key(twin["id"], key)) or {}).values()
             if now < token["not_after"] and state.get(revoked_token_key(twin["id"], token["id"])) is None
             and may(state, twin, token["issuer"], "role.grant")]  # fmt: skip
@@ -367,6 +370,8 @@ def present_token(call: Call, token: WriteToken) -> None:
         raise Forbidden("the token runs more than a year and a day; issue one that ends sooner", code="bad_token")
     if call.state.get(revoked_token_key(twin["id"], token.id)) is not None:
         raise Forbidden(f"token {token.id.hex()[:16]}… was revoked", code="revoked_token")
+    if call.state.get(retired_key(twin["id"], token.recipient)) is not None:
+        raise Forbidden(f"key {token.recipient.hex()[:16]}… is a retired device of twin {twin['id']}", code="bad_token")
     spec = specification(call.state, twin)
     for scope in token.scopes:
         aml.component_path(spec, scope)

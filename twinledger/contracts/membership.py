@@ -18,6 +18,8 @@ State:
                                     even through a role or write token given to the key itself
     membership/left/<name>          {height}: an organisation that was removed; its nodes,
                                     even with certificates issued since, are no peers
+    membership/departures           names of organisations removed whose grants the sharing
+                                    contract has yet to end (its ``begin_block``)
     membership/organisations        sorted names
     membership/admins, membership/quorum
     membership/proposal/<tx hex>    {change, proposer, approvals, status}
@@ -67,6 +69,9 @@ def removed_key(public: bytes) -> str:
 def key_removed(state: StateReader, public: bytes) -> bool:
     """Whether an operator or node key was removed from its organisation (and not added again)."""
     return state.get(removed_key(public)) is not None and state.get(member_key(public)) is None
+
+
+DEPARTURES = "membership/departures"
 
 
 def left_key(organisation: str) -> str:
@@ -243,6 +248,7 @@ def apply_change(call: Call, change: Change) -> None:
         retire_principals(state, a["name"])
         state.set(organisation_key(a["name"]), None)
         state.set(left_key(a["name"]), {"height": call.header.height})
+        state.set(DEPARTURES, [*(state.get(DEPARTURES) or []), a["name"]])
         state.set(ORGANISATIONS, [n for n in organisations(state) if n != a["name"]])
     elif change.op == "add_operator":
         org = _organisation(state, a["organisation"])

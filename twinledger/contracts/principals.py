@@ -54,7 +54,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "data": ("twins.add_document", "twins.add_document_version", "twins.remove_document", "twins.add_feed",
              "twins.remove_feed", "twins.checkpoint_feed", "records.put"),
     "programs": ("twins.call_program", "twins.dispatch_call", "twins.report_call", "twins.report_anomaly"),
-    "sharing": ("sharing.grant", "sharing.revoke", "authorization.present_token"),
+    "sharing": ("sharing.grant", "sharing.revoke", "sharing.rekey", "authorization.present_token"),
     "roles": ("authorization.grant_role", "authorization.revoke_role", "authorization.set_permissions",
               "sharing.add_device", "sharing.retire_device", "authorization.revoke_token"),
     "membership": ("membership.propose", "membership.approve", "membership.withdraw", "membership.revoke_key",

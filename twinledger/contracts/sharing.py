@@ -32,9 +32,12 @@ State:
     sharing/grant/<grant id hex>            the grant (its id is the granting transaction's hash);
                                             ``keys[g]`` is the hash of its key for generation g
     sharing/generation/<twin>               the twin's access generation (absent: 0)
-    sharing/expiring                        [valid_until, grant id] of active grants with an
-                                            end, soonest first: the first block past the end
-                                            ends the grant (``begin_block``)
+    sharing/expiring/<minute>               [valid_until, grant id] of active grants ending in
+                                            that minute (since the epoch, 12 digits), soonest
+                                            first: the first block past an end ends the grant
+    sharing/expiry-cursor                   the first minute ``begin_block`` has not finished
+    sharing/recipient/<organisation>        ids of the active grants to that organisation: when
+                                            it leaves the consortium, ``begin_block`` ends them
     sharing/device/<twin>/<device key hex>  a device of the twin
 """
 
@@ -47,9 +50,9 @@ from typing import Any
 from twinledger.abc import StateReader
 from twinledger.contracts.arguments import Arguments
 from twinledger.contracts.authorization import authorize, remove_role, set_role
-from twinledger.contracts.membership import organisation_key, required_organisation
+from twinledger.contracts.membership import DEPARTURES, organisation_key, required_organisation
 from twinledger.contracts.runtime import Call, Contract, Method, Overlay
-from twinledger.contracts.twinstate import audited, load_twin, tokens_key
+from twinledger.contracts.twinstate import audited, load_twin, retired_key, revoked_token_key, tokens_key
 from twinledger.core.attributes import GENERATION, generation_attribute, twin_attribute
 from twinledger.core.types import BlockHeader
 from twinledger.crypto import kpcpre
@@ -63,7 +66,22 @@ MAX_GENERATIONS = 1024
 """A grant holds a key per generation of its twin: a twin's grants can end this often."""
 MAX_REKEYS = 256
 """Grants one transaction re-keys."""
-EXPIRING_KEY = "sharing/expiring"
+EXPIRY_MINUTE_MS = 60_000
+MAX_ENDING_PER_MINUTE = 1024
+"""Grants whose ends fall in one minute: each bucket is read and written whole."""
+MAX_ENDED_PER_BLOCK = 256
+"""Grants one block ends at most; the rest, the blocks after (a block's work stays bounded)."""
+MAX_MINUTES_PER_BLOCK = 10_080
+"""Minutes one block looks through at most (a week: after a long pause, the next blocks go on)."""
+EXPIRY_CURSOR = "sharing/expiry-cursor"
+
+
+def recipient_grants_key(organisation: str) -> str:
+    return f"sharing/recipient/{organisation}"
+
+
+def expiring_key(minute: int) -> str:
+    return f"sharing/expiring/{minute:012d}"
 
 
 class SharingError(ContractError):
@@ -182,9 +200,19 @@ def grant(call: Call, args: GrantArgs) -> None:
                                                                          "timestamp": call.header.timestamp},
         "revoked": None,
     })  # fmt: skip
+    if not args.recipient.startswith(DEVICE_RECIPIENT):
+        listed = call.state.get(recipient_grants_key(args.recipient)) or []
+        call.state.set(recipient_grants_key(args.recipient), [*listed, grant_id])
     if args.valid_until:
-        expiring = call.state.get(EXPIRING_KEY) or []
-        call.state.set(EXPIRING_KEY, sorted([*expiring, [args.valid_until, grant_id]]))
+        minute = args.valid_until // EXPIRY_MINUTE_MS
+        ending = call.state.get(expiring_key(minute)) or []
+        if len(ending) >= MAX_ENDING_PER_MINUTE:
+            raise SharingError(f"{MAX_ENDING_PER_MINUTE} grants already end in that minute; choose another end",
+                               code="bad_validity")  # fmt: skip
+        call.state.set(expiring_key(minute), sorted([*ending, [args.valid_until, grant_id]]))
+        cursor = call.state.get(EXPIRY_CURSOR)
+        if cursor is None or minute < cursor:
+            call.state.set(EXPIRY_CURSOR, minute)
     if args.recipient.startswith(DEVICE_RECIPIENT):
         key = device_key(args.twin, bytes.fromhex(args.recipient.removeprefix(DEVICE_RECIPIENT)))
         device = call.state.get(key)
@@ -260,7 +288,11 @@ def end_grant(state: Overlay, header: BlockHeader, entry: Mapping[str, Any], sta
     state.set(grant_key(entry["id"]), {**entry, "status": status, "revoked": ended})
     state.set(generation_key(entry["twin"]), twin_generation(state, entry["twin"]) + 1)
     if entry["valid_until"]:
-        state.set(EXPIRING_KEY, [e for e in state.get(EXPIRING_KEY) or [] if e[1] != entry["id"]])
+        key = expiring_key(entry["valid_until"] // EXPIRY_MINUTE_MS)
+        state.set(key, [e for e in state.get(key) or [] if e[1] != entry["id"]] or None)
+    if not entry["recipient"].startswith(DEVICE_RECIPIENT):
+        key = recipient_grants_key(entry["recipient"])
+        state.set(key, [g for g in state.get(key) or [] if g != entry["id"]] or None)
 
 
 @dataclass(frozen=True)
@@ -289,7 +321,9 @@ def rekey(call: Call, args: RekeyArgs) -> None:
 
 def _add_keys(call: Call, twin_id: str, rekeys: Rekeys) -> None:
     """Append keys to active grants of the twin, so each holds one for every generation up
-    to the current one."""
+    to the current one. A grant that ended, or whose keys no longer match the generation
+    (another grant ended in this very block), is passed over, not refused: a revocation
+    must never fail for its re-keying; the owner's session re-keys what is left."""
     generation = twin_generation(call.state, twin_id)
     if rekeys and generation >= MAX_GENERATIONS:
         raise SharingError(f"twin {twin_id} has had {MAX_GENERATIONS} generations; its grants cannot be re-keyed",
@@ -298,27 +332,56 @@ def _add_keys(call: Call, twin_id: str, rekeys: Rekeys) -> None:
         entry = load_grant(call.state, grant_id)
         if entry["twin"] != twin_id:
             raise SharingError(f"grant {grant_id.hex()[:16]}… is no grant of twin {twin_id}", code="not_rekeyable")
-        if entry["status"] != "active":
-            continue  # it ended since the owner looked (expired in this very block): nothing to re-key
-        held = len(entry["keys"])
-        if held + len(hashes) != generation + 1:
-            raise SharingError(f"grant {grant_id.hex()[:16]}… holds keys for generations 0 to {held - 1}; twin {twin_id} "
-                               f"is in generation {generation}: it needs {generation + 1 - held} key(s), not "
-                               f"{len(hashes)}", code="wrong_generation")  # fmt: skip
+        if entry["status"] != "active" or not _recipient_present(call.state, entry):
+            continue  # it ended since the owner looked (or its recipient left): nothing to re-key
+        if len(entry["keys"]) + len(hashes) != generation + 1:
+            continue
         call.state.set(grant_key(grant_id), {**entry, "keys": [*entry["keys"], *hashes]})
         call.emit("AccessRekeyed", twin=twin_id, grant=grant_id, generation=generation)
 
 
+def _recipient_present(state: StateReader, grant: Mapping[str, Any]) -> bool:
+    """Whether the grant's recipient is still there to read: a device, or a member."""
+    return grant["recipient"].startswith(DEVICE_RECIPIENT) or state.get(organisation_key(grant["recipient"])) is not None
+
+
 def begin_block(state: Overlay, header: BlockHeader) -> None:
-    """End the grants whose time is up: the first block past a grant's end ends it, so
-    the twin's next data is under a generation the expired recipient has no key for."""
-    expiring = state.get(EXPIRING_KEY) or []
-    for valid_until, grant_id in expiring:
-        if valid_until > header.timestamp:
+    """End the grants to organisations that left the consortium, and those whose time is
+    up (the first block past a grant's end ends it), so each twin's next data is under a
+    generation their recipients have no key for. At most MAX_ENDED_PER_BLOCK a block."""
+    ended = _end_departed(state, header)
+    start = state.get(EXPIRY_CURSOR)
+    if start is None:
+        return
+    now, cursor = header.timestamp // EXPIRY_MINUTE_MS, start
+    for minute in range(start, min(now, start + MAX_MINUTES_PER_BLOCK) + 1):
+        due = [e for e in state.get(expiring_key(minute)) or [] if e[0] <= header.timestamp]
+        for _, grant_id in due[: MAX_ENDED_PER_BLOCK - ended]:
+            end_grant(state, header, load_grant(state, grant_id), "expired")  # it leaves the bucket
+            ended += 1
+        if ended >= MAX_ENDED_PER_BLOCK or minute == now:
             break
-        entry = load_grant(state, grant_id)
-        if entry["status"] == "active":
-            end_grant(state, header, entry, "expired")
+        cursor = minute + 1  # every end in a past minute was due: it is empty now
+    if cursor != start:
+        state.set(EXPIRY_CURSOR, cursor)
+
+
+def _end_departed(state: Overlay, header: BlockHeader) -> int:
+    """End the grants to organisations removed from the consortium; how many ended."""
+    departed = state.get(DEPARTURES) or []
+    ended = 0
+    while departed and ended < MAX_ENDED_PER_BLOCK:
+        grants = state.get(recipient_grants_key(departed[0])) or []
+        batch = grants[: MAX_ENDED_PER_BLOCK - ended]
+        for grant_id in batch:
+            end_grant(state, header, load_grant(state, grant_id), "revoked")  # it leaves the list
+        ended += len(batch)
+        if len(batch) < len(grants):
+            break
+        departed = departed[1:]
+    if departed != (state.get(DEPARTURES) or []):
+        state.set(DEPARTURES, departed or None)
+    return ended
 
 
 @dataclass(frozen=True)
@@ -380,7 +443,10 @@ def retire_device(call: Call, ref: DeviceRef) -> None:
             call.emit("AccessRevoked", twin=ref.twin, grant=grant_id, recipient=entry["recipient"])
     call.state.set(device_key(ref.twin, ref.key), {**device, "status": "retired", "retired": revoked})
     remove_role(call, ref.twin, f"key:{ref.key.hex()}", "device-agent")
-    call.state.set(tokens_key(ref.twin, ref.key), None)  # nor does any write token it was given
+    for token in (call.state.get(tokens_key(ref.twin, ref.key)) or {}).values():  # nor any write token it held
+        call.state.set(revoked_token_key(ref.twin, token["id"]), {"revoked": call.header.height})
+    call.state.set(tokens_key(ref.twin, ref.key), None)
+    call.state.set(retired_key(ref.twin, ref.key), {"retired": call.header.height})
     call.emit("DeviceRetired", twin=ref.twin, name=device["name"], key=ref.key)
 
 

@@ -16,6 +16,9 @@ and by the readers above them.
                                        key, organisation, principal (if one signed), height, time, events
     twin/<id>/roles                    {subject: {role: [scope IDs]}}
     twin/<id>/permissions              {role: [methods]} where the owner changed the defaults
+    twin/<id>/tokens/<key hex>         the write tokens presented for a key: token id hex → what it allows
+    twin/<id>/revoked-token/<id hex>   a revoked write token: never in force again
+    twin/<id>/retired-key/<key hex>    a device key retired from the twin: no token ever acts for it
 """
 
 from __future__ import annotations
@@ -111,6 +114,10 @@ def tokens_key(twin_id: str, recipient: bytes) -> str:
 
 def revoked_token_key(twin_id: str, token_id: bytes) -> str:
     return f"twin/{twin_id}/revoked-token/{token_id.hex()}"
+
+
+def retired_key(twin_id: str, key: bytes) -> str:
+    return f"twin/{twin_id}/retired-key/{key.hex()}"
 
 
 def permissions_key(twin_id: str) -> str:

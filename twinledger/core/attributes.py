@@ -14,6 +14,7 @@ them, so nobody can label a production counter ``kind:sensor`` by accident.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from twinledger.errors import TwinledgerError
@@ -23,6 +24,7 @@ KIND = "kind:"
 COMPONENT = "component:"
 SIGNAL = "signal:"
 GENERATION = "generation:"
+GENERATION_NUMBER = re.compile(r"0|[1-9][0-9]{0,8}", re.ASCII)
 REQUEST = "req"
 """Marks an external request's capsule (routed by proxies to a device)."""
 RESERVED = (TWIN, KIND, COMPONENT, SIGNAL, GENERATION)
@@ -64,7 +66,7 @@ def with_generation(attributes: Iterable[str], generation: int) -> list[str]:
 def generation_of(attributes: Iterable[str]) -> int | None:
     """The generation a capsule's attributes name (None: none, or more than one)."""
     named = [a.removeprefix(GENERATION) for a in attributes if a.startswith(GENERATION)]
-    if len(named) != 1 or not named[0].isdigit() or len(named[0]) > 9 or (named[0] != "0" and named[0][0] == "0"):
+    if len(named) != 1 or not GENERATION_NUMBER.fullmatch(named[0]):
         return None
     return int(named[0])
 

@@ -28,7 +28,14 @@ from twinledger.contracts.calls import ContractCall
 from twinledger.contracts.membership import organisation_key
 from twinledger.contracts.sharing import twin_generation
 from twinledger.contracts.twinstate import twin_key
-from twinledger.core.attributes import RECORD_KIND, kind_attribute, twins_named
+from twinledger.core.attributes import (
+    RECORD_KIND,
+    TWIN,
+    ReservedAttribute,
+    kind_attribute,
+    owner_attributes,
+    twins_named,
+)
 from twinledger.core.tasks import Tasks
 from twinledger.core.types import Transaction, decode_transaction, sign_transaction
 from twinledger.crypto import kpcpre
@@ -198,7 +205,8 @@ class IngestService:
             return ()
         try:
             attributes = attribute_set([*requested, kind_attribute(RECORD_KIND)])
-        except PolicyError as exc:
+            owner_attributes(a for a in attributes if not a.startswith(TWIN) and a != kind_attribute(RECORD_KIND))
+        except (PolicyError, ReservedAttribute) as exc:
             raise IngestError(f"shared records' attributes: {exc.message}", code="attributes_invalid") from None
         twins = twins_named(attributes)
         if len(twins) != 1:

@@ -75,6 +75,9 @@ class Peer:
     writer: asyncio.StreamWriter
     height: int = 0
     queue: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUED_FRAMES))
+    member: bool = True
+    """False while this node's head does not know the peer's key (it may have joined
+    since): it may send blocks to sync from, but is told nothing (no gossip, no blocks)."""
 
     @property
     def key(self) -> bytes:
@@ -169,7 +172,7 @@ class PeerManager:
 
     def _flood(self, frame: bytes, exclude: Peer | None) -> None:
         for peer in list(self.peers.values()):
-            if peer is not exclude and not peer.send_raw(frame):
+            if peer is not exclude and peer.member and not peer.send_raw(frame):
                 log.warning("peer %s cannot keep up; disconnecting it", peer.identity.node)
                 peer.writer.close()
 
@@ -198,7 +201,7 @@ class PeerManager:
             self._dialing.add(address)
             self._tasks.spawn(self._dial(address))
         for peer in list(self.peers.values()):
-            peer.send("peers", {"addresses": self.shared()})
+            peer.send("peers", {"addresses": self.shared()})  # where to find members: no secret
             peer.send("status", {"height": self.height()})
 
     async def _dial(self, address: str) -> None:
@@ -278,7 +281,7 @@ class PeerManager:
         if identity.signing_key == self.me.signing_key:
             self._forget(hello.listen)
             return None  # dialled ourselves
-        self.check_member(identity, hello.height)
+        member = self.check_member(identity, hello.height)
         if self.banned(identity.signing_key):
             self.refused += 1
             return None
@@ -290,7 +293,7 @@ class PeerManager:
             if not keep_new:
                 return None
             existing.writer.close()
-        peer = Peer(identity, hello.listen, outbound, writer, hello.height)
+        peer = Peer(identity, hello.listen, outbound, writer, hello.height, member=member)
         peer.send("peers", {"addresses": self.shared()})
         if dialed is not None and dialed != hello.listen:
             self._forget(dialed)
@@ -311,13 +314,15 @@ class PeerManager:
                 del self.peers[peer.key]
                 peer.writer.close()
 
-    def check_member(self, identity: NodeIdentity, height: int) -> None:
+    def check_member(self, identity: NodeIdentity, height: int) -> bool:
         """Membership is the revocation list: a node whose key or organisation was removed
-        is refused, whatever certificate it shows; a key this node does not know is
-        admitted only while the peer is ahead (it may have joined after this node's head)."""
+        is refused, whatever certificate it shows. A key this node does not know is
+        admitted only while the peer is ahead (it may have joined after this node's head),
+        and then only to be synced from: True if the peer is a member."""
         standing = self.standing(identity)
         if standing == "refused" or (standing == "unknown" and height <= self.height()):
             raise TwinledgerError(f"{identity.organisation}/{identity.node} is not a member node", code="not_a_member")
+        return standing == "member"
 
     async def _write_loop(self, peer: Peer) -> None:
         while True:
@@ -334,7 +339,7 @@ class PeerManager:
             if digest in self._seen:
                 continue  # gossip already handled (another peer relayed it first): dropped unparsed
             frame = parse_frame(payload)
-            self.check_member(peer.identity, peer.height)
+            peer.member = self.check_member(peer.identity, peer.height)
             if frame.type == "txs":
                 self._remember(digest)
             if frame.type == "peers":

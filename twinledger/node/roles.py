@@ -121,6 +121,8 @@ class PeerNetwork:
                 self.sync.request_blocks(ledger.head.height + 1)
             return False
         if frame.type == "get_blocks":
+            if not peer.member:  # not known to this node's head: it syncs from members only
+                return False
             start = body.get("from")
             if isinstance(start, int) and not isinstance(start, bool) and start > 0:
                 blocks = await ledger.read(self.sync.raw_blocks, start)

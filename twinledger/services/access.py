@@ -17,13 +17,13 @@ from typing import Any
 
 from twinledger.config import passphrase
 from twinledger.contracts import calls
-from twinledger.contracts.sharing import DEVICE_RECIPIENT
+from twinledger.contracts.sharing import DEVICE_RECIPIENT, MAX_REKEYS
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import SigningKey, read_secret_file
 from twinledger.crypto.policy import parse_policy, policy_text
 from twinledger.crypto.policy import to_obj as policy_to_obj
 from twinledger.errors import BadRequest, TwinledgerError
-from twinledger.services.session import Session, UnknownOrganisation
+from twinledger.services.session import Outcome, Session, UnknownOrganisation
 from twinledger.sharing.grants import covering_grant, hand_over, key_hash, make_grant_keys, rekeyed, through_proxy
 from twinledger.store.documents import Unlock, as_reader
 from twinledger.store.documents import change_readers as store_change_readers
@@ -32,6 +32,8 @@ from twinledger.store.items import AccessDenied, ItemAcl
 
 MIN_PREFIX = 8
 """Fewest hex digits that name a grant, document or request by prefix."""
+REKEY_ROUNDS = 64
+"""Re-key transactions one call sends at most (MAX_REKEYS grants each)."""
 
 
 # -- devices' keys ------------------------------------------------------------------------------
@@ -205,13 +207,14 @@ async def revoke(session: Session, grant_prefix: str, keys: Sequence[SigningKey]
     twin_id = chosen["twin"]
     await rekey(session, twin_id)
     generation = (await session.twin(twin_id))["generation"] + 1
-    others = [g for g in await active_grants(session, twin_id) if g["id"] != chosen["id"]]
-    new_keys = {bytes.fromhex(g["id"]): rekeyed(session.sharing_key, g, generation) for g in others}
+    others = [g for g in await active_grants(session, twin_id) if g["id"] != chosen["id"]][:MAX_REKEYS]
+    new_keys = {bytes.fromhex(g["id"]): {generation: rekeyed(session.sharing_key, g, generation)} for g in others}
     outcome = await session.transact(calls.revoke_read(bytes.fromhex(chosen["id"]),
-                                                       {g: [key_hash(k)] for g, k in new_keys.items()}))  # fmt: skip
-    handed = await _hand_over_each(session, others, {g: {generation: k} for g, k in new_keys.items()}, outcome.height)
+                                                       {g: [key_hash(k[generation])] for g, k in new_keys.items()}))  # fmt: skip
+    handed = await _hand_over_applied(session, others, new_keys, outcome)
+    handed.update(await rekey(session, twin_id))  # the rest (more than one transaction holds; a race with an expiry)
     rotated, failed, left = await rotate_twin_feeds(session, twin_id, keys)
-    return Revocation(chosen, outcome.height, generation, handed, rotated, failed, left)
+    return Revocation(chosen, outcome.height, (await session.twin(twin_id))["generation"], handed, rotated, failed, left)
 
 
 async def active_grants(session: Session, twin_id: str) -> list[dict[str, Any]]:
@@ -220,30 +223,36 @@ async def active_grants(session: Session, twin_id: str) -> list[dict[str, Any]]:
 
 async def rekey(session: Session, twin_ref: str) -> dict[str, dict[str, str]]:
     """Give every active grant of the twin its keys up to the twin's current generation
-    (needed after a grant expired, or when the revoking session did not finish); grant id
-    → proxy → "held" or why not. Nothing to do is nothing done."""
-    twin = await session.twin(twin_ref)
-    generation = twin["generation"]
-    lagging = [g for g in await active_grants(session, twin["id"]) if len(g["keys"]) <= generation]
-    if not lagging:
-        return {}
-    new_keys = {bytes.fromhex(g["id"]): {n: rekeyed(session.sharing_key, g, n) for n in range(len(g["keys"]), generation + 1)}
-                for g in lagging}  # fmt: skip
-    outcome = await session.transact(calls.rekey_read(twin["id"], {g: [key_hash(k) for _, k in sorted(keys.items())]
-                                                                   for g, keys in new_keys.items()}))  # fmt: skip
-    return await _hand_over_each(session, lagging, new_keys, outcome.height)
+    (needed after a grant expired, or when a revocation could not re-key them all); grant
+    id → proxy → "held" or why not. Nothing to do is nothing done."""
+    twin_id = (await session.twin(twin_ref))["id"]
+    handed: dict[str, dict[str, str]] = {}
+    for _ in range(REKEY_ROUNDS):
+        generation = (await session.twin(twin_id))["generation"]
+        lagging = [g for g in await active_grants(session, twin_id) if len(g["keys"]) <= generation][:MAX_REKEYS]
+        if not lagging:
+            break
+        new_keys = {bytes.fromhex(g["id"]): {n: rekeyed(session.sharing_key, g, n)
+                                             for n in range(len(g["keys"]), generation + 1)} for g in lagging}  # fmt: skip
+        outcome = await session.transact(calls.rekey_read(twin_id, {g: [key_hash(k) for _, k in sorted(keys.items())]
+                                                                    for g, keys in new_keys.items()}))  # fmt: skip
+        handed.update(await _hand_over_applied(session, lagging, new_keys, outcome))
+    return handed
 
 
-async def _hand_over_each(session: Session, grants: Sequence[dict[str, Any]], keys: dict[bytes, dict[int, bytes]],
-                          height: int) -> dict[str, dict[str, str]]:  # fmt: skip
-    """Hand each grant's new keys to its proxies; a grant none of whose proxies took them
-    is reported, not raised: the chain already records them, and ``rekey`` cannot redo it."""
+async def _hand_over_applied(session: Session, grants: Sequence[dict[str, Any]], keys: dict[bytes, dict[int, bytes]],
+                             outcome: Outcome) -> dict[str, dict[str, str]]:  # fmt: skip
+    """Hand the new keys the chain took (its AccessRekeyed events) to each grant's proxies;
+    a grant none of whose proxies took them is reported, not raised."""
+    applied = {event["data"]["grant"] for event in outcome.events if event["type"] == "AccessRekeyed"}
     handed: dict[str, dict[str, str]] = {}
     store = await session.store()
     for grant in grants:
+        if grant["id"] not in applied:
+            continue
         try:
             handed[grant["id"]] = await hand_over(store, grant["proxies"], bytes.fromhex(grant["id"]),
-                                                  keys[bytes.fromhex(grant["id"])], height)  # fmt: skip
+                                                  keys[bytes.fromhex(grant["id"])], outcome.height)  # fmt: skip
         except TwinledgerError as exc:
             handed[grant["id"]] = {"error": exc.message}
     return handed

@@ -142,7 +142,7 @@ def opened(acl: ItemAcl, answer: object, secret: kpcpre.SecretKey, commitment: b
         if without_generation(reencrypted.attributes) != acl.attributes or generation_of(reencrypted.attributes) is None:
             raise StoreError("it returned a capsule of other attributes than the item's", code="bad_proxy")
         key = kpcpre.decrypt(secret, reencrypted)
-    except (DecryptionFailed, TypeError) as exc:
+    except (DecryptionFailed, TypeError, ValueError) as exc:
         raise StoreError("its answer does not open with this recipient's key", code="bad_proxy") from exc
     if commitment is not None and key_commitment(key) != commitment:
         raise StoreError("its answer opens to another key than the data was sealed under", code="bad_proxy")

@@ -127,6 +127,8 @@ class ProxyService:
         if self.name not in grant["proxies"]:
             raise AccessDenied(f"grant {grant_id.hex()[:16]}… does not name proxy {self.name}")
         self._require_active(grant_id, grant)
+        if not grant["recipient"].startswith(DEVICE_RECIPIENT) and state.get(organisation_key(grant["recipient"])) is None:
+            raise AccessDenied(f"grant {grant_id.hex()[:16]}… is to {grant['recipient']}, which left the consortium")
         if generation >= len(grant["keys"]) or hashlib.sha256(key).digest() != grant["keys"][generation]:
             raise StoreError(f"the key's hash is not the one the grant records for generation {generation}",
                              code="key_mismatch")  # fmt: skip

@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from twinledger.core.attributes import generation_of, with_generation, without_generation
+from twinledger.core.attributes import GENERATION, generation_of, with_generation, without_generation
 from twinledger.core.files import create_fresh
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey
@@ -106,6 +106,8 @@ def new_data_key(sharing: CapsuleKey | None, attributes: Sequence[str]) -> tuple
     organisation's sharing key, tagged with the generation (none without a key or attributes)."""
     if sharing is None or not attributes:
         return os.urandom(32), (), b""
+    if any(a.startswith(GENERATION) for a in attributes):
+        raise StoreError("an item's attributes may not name a generation: its capsule's key does", code="bad_attributes")
     secret, capsule = kpcpre.encrypt(sharing.owner, with_generation(attributes, sharing.generation))
     return secret, without_generation(capsule.attributes), capsule.to_bytes()
 

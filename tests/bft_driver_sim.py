@@ -103,7 +103,10 @@ class Outcome:
 
 
 class SimPeer:
-    """``source`` as ``target``'s frame handler sees it: sending answers it."""
+    """``source`` as ``target``'s frame handler sees it: sending answers it. Every
+    simulated validator is a member (membership checks are tested in test_byzantine)."""
+
+    member = True
 
     def __init__(self, net: DriverNetwork, target: int, source: int) -> None:
         self.net, self.target, self.source = net, target, source

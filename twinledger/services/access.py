@@ -182,7 +182,7 @@ class Revocation:
     grant: dict[str, Any]
     block: int
     generation: int
-    """The twin's access generation the revocation started."""
+    """The twin's access generation once the revocation is done."""
     rekeyed: dict[str, dict[str, str]] = field(default_factory=dict)
     """Grants still active, re-keyed for the new generation: grant id → proxy → "held" or why not."""
     rotated: list[str] = field(default_factory=list)
@@ -208,9 +208,8 @@ async def revoke(session: Session, grant_prefix: str, keys: Sequence[SigningKey]
     await rekey(session, twin_id)
     generation = (await session.twin(twin_id))["generation"] + 1
     others = [g for g in await active_grants(session, twin_id) if g["id"] != chosen["id"]][:MAX_REKEYS]
-    new_keys = {bytes.fromhex(g["id"]): {generation: rekeyed(session.sharing_key, g, generation)} for g in others}
-    outcome = await session.transact(calls.revoke_read(bytes.fromhex(chosen["id"]),
-                                                       {g: [key_hash(k[generation])] for g, k in new_keys.items()}))  # fmt: skip
+    new_keys = _keys_up_to(session, others, generation)
+    outcome = await session.transact(calls.revoke_read(bytes.fromhex(chosen["id"]), _hashes(new_keys)))
     handed = await _hand_over_applied(session, others, new_keys, outcome)
     handed.update(await rekey(session, twin_id))  # the rest (more than one transaction holds; a race with an expiry)
     rotated, failed, left = await rotate_twin_feeds(session, twin_id, keys)
@@ -232,12 +231,20 @@ async def rekey(session: Session, twin_ref: str) -> dict[str, dict[str, str]]:
         lagging = [g for g in await active_grants(session, twin_id) if len(g["keys"]) <= generation][:MAX_REKEYS]
         if not lagging:
             break
-        new_keys = {bytes.fromhex(g["id"]): {n: rekeyed(session.sharing_key, g, n)
-                                             for n in range(len(g["keys"]), generation + 1)} for g in lagging}  # fmt: skip
-        outcome = await session.transact(calls.rekey_read(twin_id, {g: [key_hash(k) for _, k in sorted(keys.items())]
-                                                                    for g, keys in new_keys.items()}))  # fmt: skip
+        new_keys = _keys_up_to(session, lagging, generation)
+        outcome = await session.transact(calls.rekey_read(twin_id, _hashes(new_keys)))
         handed.update(await _hand_over_applied(session, lagging, new_keys, outcome))
     return handed
+
+
+def _keys_up_to(session: Session, grants: Sequence[dict[str, Any]], generation: int) -> dict[bytes, dict[int, bytes]]:
+    """Each grant's keys for the generations it lacks, up to ``generation``: grant id → generation → key."""
+    return {bytes.fromhex(g["id"]): {n: rekeyed(session.sharing_key, g, n) for n in range(len(g["keys"]), generation + 1)}
+            for g in grants}  # fmt: skip
+
+
+def _hashes(keys: dict[bytes, dict[int, bytes]]) -> dict[bytes, list[bytes]]:
+    return {grant: [key_hash(key) for _, key in sorted(by_generation.items())] for grant, by_generation in keys.items()}
 
 
 async def _hand_over_applied(session: Session, grants: Sequence[dict[str, Any]], keys: dict[bytes, dict[int, bytes]],

@@ -48,6 +48,7 @@ from twinledger.agent.spool import Spool, spool_key
 from twinledger.config import NodeConfig
 from twinledger.contracts import calls
 from twinledger.contracts.calls import ContractCall
+from twinledger.crypto import kpcpre
 from twinledger.errors import TransactionFailed, TwinledgerError
 from twinledger.ingest.opcua import (
     ApplicationIdentity,
@@ -144,6 +145,8 @@ class DeviceAgent:
         self.streams: dict[str, Stream] = {}
         """By signal id."""
         self.twin: dict[str, Any] = {}
+        self.sharing_public: kpcpre.PublicKey | None = None
+        """The owner organisation's public sharing key, read with the twin."""
         self.session: Session | None = None
         self.store: StoreClient | None = None
         self.opcua: Client | None = None
@@ -199,6 +202,7 @@ class DeviceAgent:
         view = await self._get(f"/v1/twins/{self.twin_ref}")
         changed = view["aml_version"] != self.twin.get("aml_version")
         self.twin = view
+        self.sharing_public = await self.session.sharing_public() if self.session is not None else None
         self._refreshed = time.monotonic()
         if changed:
             await self._open_streams()
@@ -254,9 +258,7 @@ class DeviceAgent:
 
     async def _capsule_key(self) -> CapsuleKey | None:
         """The owner's sharing key and the twin's generation as last read (every REFRESH_SECONDS)."""
-        assert self.session is not None
-        public = await self.session.sharing_public()
-        return CapsuleKey(public, int(self.twin["generation"])) if public is not None else None
+        return CapsuleKey(self.sharing_public, int(self.twin["generation"])) if self.sharing_public is not None else None
 
     async def _close_stream(self, signal_id: str) -> None:
         stream = self.streams.pop(signal_id)

@@ -13,7 +13,7 @@ policy is what confines the grant to the twin it names.
 
 Revocation holds against a recipient that runs or bribes a proxy (docs/sharing.md): a
 twin has an *access generation*, raised whenever one of its grants ends (revoked,
-expired, its device retired). Every capsule carries ``generation:N`` for the generation
+expired, its device retired, its recipient removed from the consortium). Every capsule carries ``generation:N`` for the generation
 its key was made in, and a grant holds one re-encryption key per generation, each for
 its policy and that generation. Whatever a revoked recipient extracts from its keys
 covers generations up to its revocation only; the owner re-keys the grants still active

@@ -316,13 +316,11 @@ class FeedWriter:
 
 async def rotate_feed(store: StoreClient, owner: SigningKey, organisation: str, key: EncryptionKey, feed: bytes,
                       sharing: SharingNow | None) -> ItemAcl:  # fmt: skip
-    """Start a new epoch of ``owner``'s ``feed`` (see ``FeedWriter.rotate``), once: in the
-    twin's current generation if it moved on."""
-    writer = await FeedWriter.open(store, owner, organisation, key, feed)
+    """Start a new epoch of ``owner``'s ``feed`` (see ``FeedWriter.rotate``): one, in the
+    twin's current generation."""
+    writer = await FeedWriter.open(store, owner, organisation, key, feed)  # not following: rotate makes the one epoch
     writer.sharing = sharing
-    if not await writer.follow_generation():
-        await writer.rotate()
-    return writer.acl
+    return await writer.rotate()
 
 
 # -- reading ---------------------------------------------------------------------------------------

@@ -284,8 +284,8 @@ def test_calls_are_rechecked_at_the_agent_and_run_on_the_device(tmp_path):
         assert line.commit("remove_aml", element="conveyor-1-set-velocity")["status"] == "ok"
         stricter = (b'<ExternalInterface Name="SetVelocity" ID="conveyor-1-set-velocity-2" RefBaseClassPath='
                     b'"TwinledgerInterfaceClassLib/Program"><Attribute Name="velocity" AttributeDataType="xs:double">'
-                    b"<Constraint Name=\"SafeRange\"><OrdinalScaledType><RequiredMinValue>0</RequiredMinValue>"
-                    b"<RequiredMaxValue>1.5</RequiredMaxValue></OrdinalScaledType></Constraint></Attribute>"
+                    b"<Constraint Name=\"SafeRange\"><OrdinalScaledType><RequiredMaxValue>1.5</RequiredMaxValue>"
+                    b"<RequiredMinValue>0</RequiredMinValue></OrdinalScaledType></Constraint></Attribute>"
                     b"</ExternalInterface>")  # fmt: skip
         assert line.commit("insert_aml", fragment=stricter, parent="conveyor-1")["status"] == "ok"
         ok("twin", "call", line.twin, "SetFillVolume", "volume=400", "valve_check=true", "--home", str(line.home))

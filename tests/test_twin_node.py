@@ -90,7 +90,7 @@ def test_unsafe_and_malformed_calls_fail_with_one_line(plant):
     assert unsafe.returncode == 1 and unsafe.stderr.count("\n") == 1
     assert "above its safe maximum 2.5" in unsafe.stderr
     missing = cli("twin", "aml", "remove", twin, "no-such-element", *h)
-    assert missing.returncode == 1 and "no element with ID 'no-such-element'" in missing.stderr
+    assert missing.returncode == 1 and "no element with ID or path 'no-such-element'" in missing.stderr
     unknown = cli("twin", "show", "no-such-twin", *h)
     assert unknown.returncode == 1 and "no twin or device 'no-such-twin'" in unknown.stderr
     bad_role = cli("twin", "role", "grant", twin, "maker", "janitor", *h)
@@ -98,7 +98,7 @@ def test_unsafe_and_malformed_calls_fail_with_one_line(plant):
     queued = json.loads(ok("twin", "call", twin, "SetVelocity", "velocity=1.5", *h, "--json").stdout)
     assert queued["receipt"]["events"][0]["data"]["params"] == {"velocity": "1.5"}
     calls = json.loads(ok("twin", "calls", twin, *h, "--status", "queued", "--json").stdout)
-    assert [c["program"] for c in calls] == ["SetVelocity"]
+    assert [c["program"] for c in calls] == ["BottlingPlant/BottlingLine1/Conveyor/SetVelocity"]
 
 
 def test_audit_lists_every_change_with_proofs_that_verify_offline(plant):
@@ -176,3 +176,35 @@ def test_events_stream_replays_and_follows_filtered_by_twin(plant):
 
     resumed = events(client, 1, params={"twin": created["id"]}, headers={"last-event-id": replayed[-2]["id"]})
     assert resumed == [replayed[-1]]
+
+
+def test_an_amlx_container_becomes_a_twin_with_documents_and_comes_back_out(plant):
+    """The tool's container in: the root document is the specification, the manuals are
+    documents; out again: the same specification and the same manuals, at the same paths."""
+    from test_aml_corpus import SAP_UNPACKED, _zipped
+
+    from twinledger import aml
+
+    home, _client, _created, root = plant
+    h = ["--home", str(home)]
+    container = root / "component.amlx"
+    container.write_bytes(_zipped(SAP_UNPACKED))
+    created = json.loads(ok("twin", "create", "--aml", str(container), "--device-id", "sap-component", *h,
+                            "--json").stdout)  # fmt: skip
+    assert len(created["documents"]) == 3
+    view = json.loads(ok("twin", "show", created["id"], *h, "--json").stdout)
+    assert sorted(d["title"] for d in view["documents"]) == [
+        "/files/TestPDFDeviceManual.pdf", "/files/TestTXTDeviceManual.txt", "/files/TestTXTWarranty.txt"]  # fmt: skip
+
+    ok("twin", "aml", "export", created["id"], "-o", str(root / "out.amlx"), *h)
+    package = aml.read_package((root / "out.amlx").read_bytes())
+    assert package.specification == view["specification"].encode() and package.root_name == "/sap-component.aml"
+    original = {p.name: p.data for p in aml.read_package(container.read_bytes()).parts}
+    assert {p.name: p.data for p in package.parts} == original
+    ok("twin", "aml", "export", created["id"], "-o", str(root / "out.aml"), *h)
+    assert (root / "out.aml").read_bytes() == view["specification"].encode()
+
+    bomb = root / "bomb.amlx"
+    bomb.write_bytes(b"PK\x03\x04" + b"\0" * 64)
+    refused = cli("twin", "create", "--aml", str(bomb), "--device-id", "bomb", *h)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "not a readable zip" in refused.stderr

@@ -178,9 +178,13 @@ def _twin_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
         outcome = await run(request, lambda s: twins.insert_aml(s, ref, body.fragment.encode(), body.parent, body.after))
         return Written(**written(outcome))
 
-    @app.delete("/v1/twins/{ref}/aml/{element}", summary="Remove an element from the specification", tags=["twins"])
-    async def remove_aml(ref: str, element: str, request: Request) -> Written:
-        return Written(**written(await run(request, lambda s: twins.remove_aml(s, ref, element))))
+    @app.delete("/v1/twins/{ref}/aml/{element:path}", summary="Remove an element from the specification",
+                tags=["twins"])  # fmt: skip
+    async def remove_aml(ref: str, element: str, request: Request,
+                         links: Literal["refuse", "remove"] = Query("refuse")) -> Written:  # fmt: skip
+        """``element`` is an ID or a name path; ``links=remove`` also removes the
+        InternalLinks elsewhere that point into it (refused otherwise)."""
+        return Written(**written(await run(request, lambda s: twins.remove_aml(s, ref, element, links=links))))
 
     @app.post("/v1/twins/{ref}/sources", summary="Add an external data source", tags=["twins"])
     async def add_source(ref: str, body: SourceIn, request: Request) -> Written:

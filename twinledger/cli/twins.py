@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
+from twinledger.aml.package import MAX_PACKAGE_BYTES
 from twinledger.cli.common import (
     At,
     Attributes,
@@ -25,6 +26,7 @@ from twinledger.cli.common import (
     Wait,
     client,
     command,
+    err,
     error_line,
     kv_table,
     out,
@@ -33,6 +35,8 @@ from twinledger.cli.common import (
     run,
 )
 from twinledger.cli.storage import transfer_progress
+from twinledger.core.files import read_regular, replace_durably
+from twinledger.errors import TwinledgerError
 from twinledger.services import documents, twins
 from twinledger.services.access import device_keys
 from twinledger.services.remote import segment
@@ -58,7 +62,9 @@ def _twin(home: Path, ref: str) -> dict[str, Any]:
 @command
 def twin_create(
     home: Home,
-    aml: Annotated[Path, typer.Option("--aml", help="AutomationML (CAEX) file.", exists=True, dir_okay=False)],
+    aml: Annotated[Path, typer.Option("--aml", help="AutomationML file (CAEX 2.15 or 3.0), or an .amlx container "
+                                      "whose other parts become the twin's documents.", exists=True,
+                                      dir_okay=False)],  # fmt: skip
     name: Annotated[str | None, typer.Option(help="Twin name (default: the file name).")] = None,
     device_id: Annotated[str | None, typer.Option("--device-id", help="Device id (default: the file's stem).")] = None,
     role: Annotated[list[str], typer.Option("--role", help="SUBJECT=ROLE or SUBJECT=ROLE@ID,ID (repeatable).")] = [],  # noqa: B006
@@ -67,12 +73,17 @@ def twin_create(
 ) -> None:
     """Register a twin from an AutomationML file; prints its id."""
     roles = twins.parse_roles(role)
-    created = run(home, lambda session: twins.create(session, aml.read_bytes(), name or aml.name,
-                                                     device_id or aml.stem, roles), key)  # fmt: skip
+    data = read_regular(aml, MAX_PACKAGE_BYTES)[0]
+    if len(data) > MAX_PACKAGE_BYTES:
+        raise TwinledgerError(f"{aml.name} is larger than {MAX_PACKAGE_BYTES} bytes")
+    created = run(home, lambda session: twins.create(session, data, name or aml.name, device_id or aml.stem, roles), key)
     if as_json:
-        print_json({"id": created.twin, "tx": created.outcome.tx_hash.hex(), "height": created.outcome.height})
+        print_json({"id": created.twin, "tx": created.outcome.tx_hash.hex(), "height": created.outcome.height,
+                    "documents": list(created.documents)})  # fmt: skip
     else:
         out.print(created.twin, highlight=False)
+        if created.documents:
+            err.print(f"{len(created.documents)} document(s) from the container", highlight=False)
 
 
 @twin_app.command("list")
@@ -181,8 +192,9 @@ def aml_insert(
     home: Home,
     fragment: Annotated[Path, typer.Option("--fragment", help="File holding one AML element.", exists=True,
                                            dir_okay=False)],  # fmt: skip
-    parent: Annotated[str, typer.Option("--parent", help="ID of the element to insert under.")],
-    after: Annotated[str | None, typer.Option("--after", help="ID of the sibling to insert after.")] = None,
+    parent: Annotated[str, typer.Option("--parent", help="ID (or name path) of the element to insert under.")],
+    after: Annotated[str | None, typer.Option("--after", help="ID (or name path) of the sibling to insert after "
+                                              "(default: first of its kind).")] = None,  # fmt: skip
     key: KeyFile = None,
     wait: Wait = True,
     as_json: Json = False,
@@ -194,11 +206,44 @@ def aml_insert(
 
 @aml_app.command("remove")
 @command
-def aml_remove(ref: Ref, element: Annotated[str, typer.Argument(help="ID of the element to remove.")], home: Home,
-               key: KeyFile = None, wait: Wait = True, as_json: Json = False) -> None:  # fmt: skip
+def aml_remove(
+    ref: Ref,
+    element: Annotated[str, typer.Argument(help="ID (or name path) of the element to remove.")],
+    home: Home,
+    with_links: Annotated[bool, typer.Option("--with-links", help="Also remove InternalLinks elsewhere that point "
+                                             "into the element (refused otherwise).")] = False,  # fmt: skip
+    key: KeyFile = None,
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
     """Remove an element (and everything in it) from the specification."""
-    render_outcome(run(home, lambda session: twins.remove_aml(session, ref, element, wait), key), as_json,
-                   f"removed {element}")  # fmt: skip
+    links = "remove" if with_links else "refuse"
+    outcome = run(home, lambda session: twins.remove_aml(session, ref, element, wait, links), key)
+    removed = outcome.event("AmlRemoved").get("links") or [] if outcome.committed else []
+    render_outcome(outcome, as_json, f"removed {element}" + (f" and {len(removed)} link(s) into it" if removed else ""))
+
+
+@aml_app.command("export")
+@command
+def aml_export(
+    ref: Ref,
+    home: Home,
+    output: Annotated[Path, typer.Option("-o", "--output", help="File to write: .aml, or .amlx for a container with "
+                                         "the twin's documents named like parts (/files/…).", dir_okay=False)],  # fmt: skip
+    version: Annotated[int | None, typer.Option(help="Version (default: current).", min=1)] = None,
+    key: KeyFile = None,
+    as_json: Json = False,
+) -> None:
+    """Write a version of the specification as AutomationML, for engineering tools."""
+    package = output.suffix.lower() == ".amlx"
+    exported = run(home, lambda session: twins.export(session, ref, version, package), key)
+    replace_durably(output, exported.data)
+    if as_json:
+        print_json({"path": str(output), "version": exported.version, "size": len(exported.data),
+                    "parts": list(exported.parts)})  # fmt: skip
+    else:
+        parts = f" with {len(exported.parts)} document(s)" if package else ""
+        out.print(f"version {exported.version} written to {output}{parts}", highlight=False)
 
 
 @aml_app.command("history")

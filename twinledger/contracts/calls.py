@@ -45,8 +45,9 @@ def insert_aml(twin: str, fragment: bytes, parent: str, after: str | None = None
                                                 **_optional(after=after)})  # fmt: skip
 
 
-def remove_aml(twin: str, element: str) -> ContractCall:
-    return ContractCall("twins", "remove_aml", {"twin": twin, "element": element})
+def remove_aml(twin: str, element: str, links: str = "refuse") -> ContractCall:
+    return ContractCall("twins", "remove_aml", {"twin": twin, "element": element,
+                                                **_optional(links=None if links == "refuse" else links)})  # fmt: skip
 
 
 def add_document(twin: str, manifest: bytes, title: str, description: str, reference: str, media_type: str,

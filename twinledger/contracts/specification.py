@@ -50,10 +50,14 @@ from twinledger.contracts.twinstate import (
 )
 from twinledger.errors import ContractError
 
+MAX_SPECIFICATION_BYTES = 60 * 1024
+"""The stored form of a specification is one state entry, within one transaction."""
 MAX_DOCUMENT_VERSIONS = 1000
 MAX_PARAMS = 64
 MAX_URI = 1024
 MAX_RESULT = 4096
+MAX_REFERENCE = 512
+"""An element's ID or name path, a program's path."""
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 CALL_OUTCOMES = ("executed", "failed", "rejected")
 
@@ -88,15 +92,14 @@ def parse_create(args: Mapping[str, Any]) -> CreateArgs:
         if role not in ROLES or role == "owner" or not isinstance(methods, list) or not set(methods) <= set(DATA_METHODS):
             raise read.error(f"'permissions' must map roles other than owner to methods among {list(DATA_METHODS)}")
     return CreateArgs(read.text("name", max_length=128), read.identifier("device_id"),
-                      read.blob("aml", max_size=aml.MAX_AML_BYTES), roles,
+                      read.blob("aml", max_size=MAX_SPECIFICATION_BYTES), roles,
                       {role: sorted(set(methods)) for role, methods in changed.items()})  # fmt: skip
 
 
 def create(call: Call, args: CreateArgs) -> None:
     """Register a twin owned by the sender's organisation (Dietz et al. §4.5)."""
     owner = required_organisation(call.state, call.sender, "create a twin")
-    root = aml.parse_specification(args.aml)
-    spec = aml.canonical(root)
+    spec = _within_limit(aml.stored_form(args.aml), "the specification")
     check_scopes_exist(spec, args.roles)
     if call.state.get(device_key(args.device_id)) is not None:
         raise TwinError(f"device {args.device_id!r} already has a twin", code="duplicate_device")
@@ -116,6 +119,15 @@ def create(call: Call, args: CreateArgs) -> None:
         call.state.set(permissions_key(twin_id), args.permissions)
     _record_version(call, twin, spec, "create", "", "")
     call.emit("TwinCreated", twin=twin_id, name=args.name, device_id=args.device_id, owner=owner)
+
+
+def _within_limit(spec: bytes, what: str) -> bytes:
+    """Refuse a specification whose stored form outgrows the limit, before it is stored:
+    a twin is never left with a version it cannot read back."""
+    if len(spec) > MAX_SPECIFICATION_BYTES:
+        raise TwinError(f"{what} would be {len(spec)} bytes in stored form; the limit is {MAX_SPECIFICATION_BYTES}",
+                        code="too_large")  # fmt: skip
+    return spec
 
 
 def _record_version(call: Call, twin: dict[str, Any], spec: bytes, change: str, element: str, parent: str) -> None:
@@ -145,15 +157,16 @@ class InsertArgs:
 
 def parse_insert(args: Mapping[str, Any]) -> InsertArgs:
     read = Arguments("twins.insert_aml", args, ("twin", "fragment", "parent", "after"))
-    after = read.text("after", max_length=128, default=None)
-    return InsertArgs(read.identifier("twin"), read.blob("fragment", max_size=aml.MAX_AML_BYTES),
-                      read.text("parent", max_length=128), after)  # fmt: skip
+    after = read.text("after", max_length=MAX_REFERENCE, default=None)
+    return InsertArgs(read.identifier("twin"), read.blob("fragment", max_size=MAX_SPECIFICATION_BYTES),
+                      read.text("parent", max_length=MAX_REFERENCE), after)  # fmt: skip
 
 
 def insert_aml(call: Call, args: InsertArgs) -> None:
     twin = load_twin(call.state, args.twin)
     authorize(call, twin, "aml.insert", args.parent)
     edit = aml.insert(specification(call.state, twin), args.fragment, args.parent, args.after)
+    _within_limit(edit.specification, "the specification after the insert")
     _new_version(call, twin, edit.specification, "insert", edit.element, args.parent)
     call.emit("AmlInserted", twin=args.twin, element=edit.element, parent=args.parent, version=twin["aml_version"] + 1)
 
@@ -164,18 +177,29 @@ class ElementArgs:
     element: str
 
 
-def parse_remove(args: Mapping[str, Any]) -> ElementArgs:
-    read = Arguments("twins.remove_aml", args, ("twin", "element"))
-    return ElementArgs(read.identifier("twin"), read.text("element", max_length=128))
+@dataclass(frozen=True)
+class RemoveArgs:
+    twin: str
+    element: str
+    links: str
+    """What happens to InternalLinks elsewhere that point into the element: aml.LINK_POLICIES."""
 
 
-def remove_aml(call: Call, args: ElementArgs) -> None:
-    """Remove an element; sensor feeds of components inside it are detached with it."""
+def parse_remove(args: Mapping[str, Any]) -> RemoveArgs:
+    read = Arguments("twins.remove_aml", args, ("twin", "element", "links"))
+    return RemoveArgs(read.identifier("twin"), read.text("element", max_length=MAX_REFERENCE),
+                      read.choice("links", aml.LINK_POLICIES, default="refuse"))  # fmt: skip
+
+
+def remove_aml(call: Call, args: RemoveArgs) -> None:
+    """Remove an element; sensor feeds of components inside it are detached with it, and
+    links into it are refused or removed with it."""
     twin = load_twin(call.state, args.twin)
     authorize(call, twin, "aml.remove", args.element)
-    edit = aml.remove(specification(call.state, twin), args.element)
+    edit = aml.remove(specification(call.state, twin), args.element, args.links)
     _new_version(call, twin, edit.specification, "remove", args.element, "")
-    call.emit("AmlRemoved", twin=args.twin, element=args.element, version=twin["aml_version"] + 1)
+    call.emit("AmlRemoved", twin=args.twin, element=args.element, version=twin["aml_version"] + 1,
+              links=list(edit.links))  # fmt: skip
     for component in edit.ids:
         feed = call.state.get(feed_key(args.twin, component))
         if feed is not None:
@@ -447,23 +471,23 @@ def parse_call_program(args: Mapping[str, Any]) -> ProgramCall:
     for name, value in params.items():
         if not isinstance(value, (bool, int, str)) or (isinstance(value, str) and len(value) > 256):
             raise read.error(f"parameter {name[:40]!r} must be a boolean, an integer or a short string")
-    return ProgramCall(read.identifier("twin"), read.text("program", max_length=128), params)
+    return ProgramCall(read.identifier("twin"), read.text("program", max_length=MAX_REFERENCE), params)
 
 
 def call_program(call: Call, args: ProgramCall) -> None:
     """Queue a program call for the device agent once the AML's safety rules allow it."""
     twin = load_twin(call.state, args.twin)
     program = aml.program(specification(call.state, twin), args.program)
-    authorize(call, twin, "program.call", program.id)
+    authorize(call, twin, "program.call", program.target)
     params = program.validate_call(args.params)
     number = twin["calls"] + 1
     call.state.set(twin_key(args.twin), {**twin, "calls": number})
     call.state.set(call_key(args.twin, number), {
-        "number": number, "program": program.name, "interface": program.id, "component": program.component_id or "",
+        "number": number, "program": program.path, "interface": program.id, "component": program.component_id or "",
         "params": params, "status": "queued", "result": "", "caller": call.sender,
         "history": [{"status": "queued", **_actor(call)}],
     })  # fmt: skip
-    call.emit("ProgramCalled", twin=args.twin, call=number, program=program.name, params=params)
+    call.emit("ProgramCalled", twin=args.twin, call=number, program=program.path, params=params)
 
 
 @dataclass(frozen=True)
@@ -496,7 +520,7 @@ def update_call(call: Call, args: CallUpdate) -> None:
     if entry is None:
         raise TwinError(f"twin {args.twin} has no program call {args.number}", code="unknown_call")
     method = "program.dispatch" if args.status == "dispatched" else "program.report"
-    authorize(call, twin, method, entry["interface"])
+    authorize(call, twin, method, entry["interface"] or entry["component"] or None)
     if entry["status"] not in TRANSITIONS[args.status]:
         raise TwinError(f"program call {args.number} is {entry['status']}; it cannot become {args.status}",
                         code="bad_transition")  # fmt: skip

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from twinledger import aml
 from twinledger.contracts import calls
 from twinledger.core.proof import parse_proof
 from twinledger.errors import BadRequest, InvalidProof
 from twinledger.ledger.genesis import Genesis
-from twinledger.services import proofs
+from twinledger.services import documents, proofs
 from twinledger.services.proofs import Pin
 from twinledger.services.remote import segment
-from twinledger.services.session import Outcome, Session
+from twinledger.services.session import Outcome, Progress, Session
 
 SUBJECT = re.compile(r"^(org:|key:)")
 
@@ -54,13 +57,53 @@ def parse_param(item: str) -> tuple[str, bool | int | str]:
 class TwinCreated:
     twin: str
     outcome: Outcome
+    documents: tuple[str, ...] = ()
+    """Documents made from the other parts of an ``.amlx`` container, in part order."""
 
 
-async def create(session: Session, aml: bytes, name: str, device_id: str,
-                 roles: dict[str, dict[str, list[str]]] | None = None) -> TwinCreated:  # fmt: skip
-    """Register a twin from an AutomationML specification; the session's organisation owns it."""
-    outcome = await session.transact(calls.create_twin(name, device_id, aml, roles or {}))
-    return TwinCreated(outcome.event("TwinCreated")["twin"], outcome)
+async def create(session: Session, specification: bytes, name: str, device_id: str,
+                 roles: dict[str, dict[str, list[str]]] | None = None,
+                 progress: Progress | None = None) -> TwinCreated:  # fmt: skip
+    """Register a twin from an AutomationML specification (``.aml``, or an ``.amlx``
+    container whose other parts become the twin's documents, titled by their part
+    names); the session's organisation owns it."""
+    package = aml.read_package(specification) if aml.is_package(specification) else None
+    root = package.specification if package is not None else specification
+    outcome = await session.transact(calls.create_twin(name, device_id, root, roles or {}))
+    twin = outcome.event("TwinCreated")["twin"]
+    added = [await documents.add(session, twin, part.data, part.name, media_type=part.media_type,
+                                 description=f"from the container of {package.root_name}", progress=progress)
+             for part in (package.parts if package is not None else ())]  # fmt: skip
+    return TwinCreated(twin, outcome, tuple(d.document for d in added))
+
+
+@dataclass(frozen=True)
+class Exported:
+    data: bytes
+    version: int
+    parts: tuple[str, ...]
+    """Documents packed beside the specification (``.amlx``), by part name."""
+
+
+async def export(session: Session, twin_ref: str, version: int | None = None, package: bool = False) -> Exported:
+    """A version of the twin's specification as ``.aml``, or as ``.amlx`` with the
+    twin's documents that are named like container parts (``/files/manual.pdf``),
+    decrypted for the session and checked against the chain."""
+    params = {"version": version} if version is not None else {}
+    entry = await session.get(f"/v1/twins/{segment(twin_ref, 'twin')}/specification", **params)
+    specification = entry["specification"].encode()
+    if not package:
+        return Exported(specification, entry["version"], ())
+    twin = await session.twin(twin_ref)
+    chosen = [d for d in twin["documents"] if d["title"].startswith("/") and not d.get("removed")]
+    parts = []
+    with tempfile.TemporaryDirectory(prefix="twinledger-export-") as scratch:
+        for document in chosen:
+            target = Path(scratch) / document["id"]
+            await documents.get(session, twin["id"], document["id"], target)
+            parts.append(aml.package.Part(document["title"], document["media_type"], target.read_bytes()))
+    data = aml.write_package(specification, tuple(parts), f"/{twin['device_id']}.aml")
+    return Exported(data, entry["version"], tuple(p.name for p in parts))
 
 
 async def _twin_id(session: Session, twin_ref: str) -> str:
@@ -72,8 +115,10 @@ async def insert_aml(session: Session, twin_ref: str, fragment: bytes, parent: s
     return await session.transact(calls.insert_aml(await _twin_id(session, twin_ref), fragment, parent, after), wait)
 
 
-async def remove_aml(session: Session, twin_ref: str, element: str, wait: bool = True) -> Outcome:
-    return await session.transact(calls.remove_aml(await _twin_id(session, twin_ref), element), wait)
+async def remove_aml(session: Session, twin_ref: str, element: str, wait: bool = True, links: str = "refuse") -> Outcome:
+    """Remove an element; InternalLinks elsewhere into it are refused, or removed with it
+    (``links="remove"``)."""
+    return await session.transact(calls.remove_aml(await _twin_id(session, twin_ref), element, links), wait)
 
 
 async def add_source(session: Session, twin_ref: str, uri: str, description: str = "", wait: bool = True) -> Outcome:

@@ -1,0 +1,140 @@
+"""CAEX documents: parsed safely, checked against the official schema of their CAEX
+version and against twinledger's rules, and stored in one canonical form.
+
+Everything here is a deterministic function of bytes, so contracts can use it: the
+parser never loads a DTD, resolves no entity and touches no network.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+
+from lxml import etree
+
+from twinledger.errors import ContractError
+
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+"""What the parser accepts at all (a plant model runs to a few MB)."""
+MAX_DEPTH = 64
+CAEX_NAMESPACE = "http://www.dke.de/CAEX"
+VERSIONS = {None: "2.15", CAEX_NAMESPACE: "3.0"}
+"""CAEX version by the root's namespace: 2.15 has none, 3.0 has its own."""
+SCHEMA_FILES = {"2.15": "CAEX_ClassModel_V2.15.xsd", "3.0": "CAEX_ClassModel_V3.0.xsd"}
+
+HEADER = ("Description", "Version", "Revision", "Copyright", "AdditionalInformation", "SourceObjectInformation")
+CHILD_ORDER = {name: rank for rank, name in enumerate((
+    *HEADER, "SuperiorStandardVersion", "SourceDocumentInformation", "ExternalReference", "InstanceHierarchy",
+    "InterfaceClassLib", "RoleClassLib", "SystemUnitClassLib", "AttributeTypeLib", "DefaultValue", "Value",
+    "RefSemantic", "Constraint", "Attribute", "ExternalInterface", "InternalElement", "SupportedRoleClass",
+    "InternalLink", "RoleRequirements", "MappingObject", "InterfaceClass", "RoleClass", "SystemUnitClass",
+    "AttributeType",
+))}  # fmt: skip
+"""The order both CAEX schemas give an element's children: every sequence in them is a
+subsequence of this one, so a new child goes where its rank says."""
+
+
+class AmlError(ContractError):
+    code = "invalid_aml"
+
+
+def local(element: etree._Element) -> str:
+    return etree.QName(element).localname
+
+
+def describe(element: etree._Element) -> str:
+    """``<InternalElement Name='Conveyor' ID='c-1'> (line 12)``: an element as a reader finds it."""
+    names = " ".join(f"{a}={element.get(a)!r}" for a in ("Name", "ID") if element.get(a) is not None)
+    line = f" (line {element.sourceline})" if element.sourceline else ""
+    return f"<{local(element)}{' ' + names if names else ''}>{line}"
+
+
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+                           huge_tree=False, remove_comments=True, remove_pis=True, remove_blank_text=True)  # fmt: skip
+
+
+def parse_xml(data: bytes, what: str, limit: int = MAX_DOCUMENT_BYTES) -> etree._Element:
+    """Well-formed XML without DTD, within ``limit`` bytes and MAX_DEPTH levels."""
+    if len(data) > limit:
+        raise AmlError(f"{what} is {len(data)} bytes; the limit is {limit}", code="too_large")
+    try:
+        root = etree.fromstring(data, _parser())
+    except etree.XMLSyntaxError as exc:
+        raise AmlError(f"{what} is not well-formed XML: {exc.msg}") from None
+    if root.getroottree().docinfo.doctype:
+        raise AmlError(f"{what} must not carry a DOCTYPE")
+    if root.xpath("boolean(/" + "*/" * MAX_DEPTH + "*)"):
+        raise AmlError(f"{what} nests deeper than {MAX_DEPTH} levels")
+    return root
+
+
+def caex_version(root: etree._Element) -> str:
+    namespace = etree.QName(root).namespace
+    if local(root) != "CAEXFile":
+        raise AmlError(f"the specification's root is <{local(root)}>, not <CAEXFile>")
+    if namespace not in VERSIONS:
+        raise AmlError(f"the specification's namespace {namespace!r} is neither CAEX 2.15 (none) nor 3.0 "
+                       f"({CAEX_NAMESPACE})")  # fmt: skip
+    return VERSIONS[namespace]
+
+
+@cache
+def schema(version: str) -> etree.XMLSchema:
+    """The official CAEX schema of ``version`` (AutomationML e.V., MIT), shipped in the package."""
+    source = files("twinledger.aml").joinpath("xsd", SCHEMA_FILES[version]).read_bytes()
+    return etree.XMLSchema(etree.fromstring(source))
+
+
+def check_schema(root: etree._Element) -> str:
+    """The CAEX version of the document, if it follows that version's schema."""
+    version = caex_version(root)
+    checker = schema(version)
+    if not checker.validate(root):
+        error = checker.error_log[0]
+        message = error.message.replace(f"{{{CAEX_NAMESPACE}}}", "")
+        raise AmlError(f"the specification does not follow the CAEX {version} schema: line {error.line}: {message}")
+    return version
+
+
+def check_ids(root: etree._Element) -> None:
+    """IDs of the instance hierarchies are unique, and every component there carries one,
+    since roles, feeds, documents and edits address it by ID. Libraries may repeat an
+    instance's ID: tools copy a role class's interface IDs into the instances' role
+    requirements, and addressing prefers the instance."""
+    seen: set[str] = set()
+    for hierarchy in (c for c in root if local(c) == "InstanceHierarchy"):
+        for element in hierarchy.iter(etree.Element):
+            identifier = element.get("ID")
+            if identifier is None:
+                if local(element) == "InternalElement":
+                    raise AmlError(f"{describe(element)} in an instance hierarchy has no ID; components are "
+                                   "addressed by ID")  # fmt: skip
+                continue
+            if not identifier:
+                raise AmlError(f"{describe(element)} has an empty ID")
+            if identifier in seen:
+                raise AmlError(f"ID {identifier!r} is used twice (again by {describe(element)})")
+            seen.add(identifier)
+
+
+def in_instance_hierarchy(element: etree._Element) -> bool:
+    """Whether the element describes the plant (an instance), not a class of a library."""
+    for ancestor in element.iterancestors():
+        name = local(ancestor)
+        if name == "InstanceHierarchy":
+            return True
+        if name in ("SystemUnitClass", "RoleClass", "InterfaceClass", "AttributeType"):
+            return False
+    return False
+
+
+def canonical(root: etree._Element) -> bytes:
+    """The stored form: indented one element per line, then C14N, so one specification
+    has one byte string and a stored version's line numbers and diffs read well."""
+    etree.indent(root, space="  ")
+    return etree.tostring(root, method="c14n")
+
+
+def rank(name: str) -> int:
+    return CHILD_ORDER.get(name, len(CHILD_ORDER))

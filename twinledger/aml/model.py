@@ -1,0 +1,311 @@
+"""What a twin's contract enforces from its specification: components, programs with
+their safety rules, signals and component identities (docs/twins.md).
+
+Conventions on top of CAEX, read only in instance hierarchies (a class library describes
+kinds of things, not the plant):
+- A *program* is an ``ExternalInterface`` of a component whose ``RefBaseClassPath`` ends
+  in ``/Program``; its ``Attribute`` children are its parameters, typed by their
+  ``AttributeDataType``, with CAEX ``Constraint``s as safety rules (``OrdinalScaledType``
+  minimum and maximum, ``NominalScaledType`` allowed values). A component also has the
+  programs its SystemUnitClass (and that class's base classes) declares, unless it
+  declares one of the same name itself. A program is named by its component path,
+  ``Plant/Line1/Conveyor/SetVelocity``; any unique tail of that path names it too.
+- A *signal* is an ``ExternalInterface`` of a component whose ``RefBaseClassPath`` ends
+  in ``/Signal``: a value the device streams (docs/agent.md), addressed by its ID. Its
+  ``Name`` is the variable's name on the component's OPC UA object (the component's
+  ``OpcUaObject`` attribute, else its ID), its ``Kind`` attribute says what it is, and the
+  ``ExpectedRange`` constraint of its ``Value`` attribute is what the anomaly check holds
+  readings against.
+- A component's identity is its ``Model`` and ``SerialNumber`` attributes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from lxml import etree
+
+from twinledger.aml.document import AmlError, check_ids, check_schema, local
+
+PROGRAM_CLASS_SUFFIX = "/Program"
+SIGNAL_CLASS_SUFFIX = "/Signal"
+MAX_CLASS_DEPTH = 32
+TYPES = {"xs:double": "number", "xs:float": "number", "xs:decimal": "number", "xs:integer": "integer",
+         "xs:int": "integer", "xs:long": "integer", "xs:boolean": "boolean", "xs:string": "string"}  # fmt: skip
+_ARTICLE = {"number": "a number", "integer": "an integer"}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    type: str
+    minimum: float | None = None
+    maximum: float | None = None
+    allowed: tuple[str, ...] = ()
+    unit: str | None = None
+
+    def check(self, value: Any) -> Any:
+        """``value`` as the parameter's type, or AmlError naming the broken rule."""
+        where = f"parameter {self.name!r}"
+        if self.type == "boolean":
+            if not isinstance(value, bool):
+                raise AmlError(f"{where} must be true or false", code="unsafe_parameter")
+            return value
+        if self.type in ("number", "integer"):
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise AmlError(f"{where} must be {_ARTICLE[self.type]}", code="unsafe_parameter")
+            number = _number(value, self.type, where)
+            if self.minimum is not None and number < self.minimum:
+                raise AmlError(f"{where} = {value} is below its safe minimum {self.minimum:g}", code="unsafe_parameter")
+            if self.maximum is not None and number > self.maximum:
+                raise AmlError(f"{where} = {value} is above its safe maximum {self.maximum:g}", code="unsafe_parameter")
+            value = int(value) if self.type == "integer" else str(value)
+        elif not isinstance(value, str):
+            raise AmlError(f"{where} must be a string", code="unsafe_parameter")
+        if self.allowed and str(value) not in self.allowed:
+            raise AmlError(f"{where} = {value!r} is not one of {list(self.allowed)}", code="unsafe_parameter")
+        return value
+
+
+def _number(value: int | str, kind: str, where: str) -> float:
+    """Numbers travel as integers or decimal strings (the ledger's encoding has no floats)."""
+    try:
+        number = float(int(value)) if kind == "integer" else float(value)
+    except (TypeError, ValueError):
+        raise AmlError(f"{where} must be {_ARTICLE[kind]}, got {value!r}", code="unsafe_parameter") from None
+    if not math.isfinite(number):
+        raise AmlError(f"{where} must be finite", code="unsafe_parameter")
+    return number
+
+
+@dataclass(frozen=True)
+class Program:
+    id: str
+    """The interface's ID; "" when the component has the program from its class."""
+    name: str
+    path: str
+    """Component path and name: ``Plant/Line1/Conveyor/SetVelocity``."""
+    component_id: str | None
+    parameters: tuple[Parameter, ...]
+
+    @property
+    def target(self) -> str | None:
+        """What role scopes are matched against: the interface, else its component."""
+        return self.id or self.component_id
+
+    def validate_call(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Every parameter present, known and within its safety rules."""
+        names = {p.name for p in self.parameters}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise AmlError(f"program {self.path!r} has no parameter {unknown[0]!r}", code="unsafe_parameter")
+        missing = sorted(names - set(params))
+        if missing:
+            raise AmlError(f"program {self.path!r} needs parameter {missing[0]!r}", code="unsafe_parameter")
+        return {p.name: p.check(params[p.name]) for p in self.parameters}
+
+
+def _parameter(attribute: etree._Element, where: str) -> Parameter:
+    name = attribute.get("Name") or ""
+    data_type = attribute.get("AttributeDataType") or "xs:string"
+    if data_type not in TYPES:
+        raise AmlError(f"{where}: parameter {name!r} has unsupported type {data_type!r} (use one of {sorted(TYPES)})")
+    minimum = maximum = None
+    allowed: list[str] = []
+    for constraint in (c for c in attribute if local(c) == "Constraint"):
+        for scale in constraint:
+            for rule in scale:
+                text = (rule.text or "").strip()
+                kind = local(rule)
+                if kind == "RequiredMinValue":
+                    minimum = _number(text, "number", f"{where}: parameter {name!r} minimum")
+                elif kind == "RequiredMaxValue":
+                    maximum = _number(text, "number", f"{where}: parameter {name!r} maximum")
+                elif kind == "RequiredValue":
+                    allowed.append(text)
+    if minimum is not None and maximum is not None and minimum > maximum:
+        raise AmlError(f"{where}: parameter {name!r} has minimum above maximum")
+    return Parameter(name, TYPES[data_type], minimum, maximum, tuple(allowed), attribute.get("Unit"))
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A value a device streams into a feed, attached to the signal's ID."""
+
+    id: str
+    name: str
+    component_id: str
+    opcua_object: str
+    kind: str
+    unit: str | None
+    minimum: float | None
+    """The ExpectedRange, if the specification gives one."""
+    maximum: float | None
+
+    @property
+    def opcua_node(self) -> str:
+        return f"{self.opcua_object}/{self.name}"
+
+    def deviation(self, value: float) -> str | None:
+        """'below' or 'above' when ``value`` is outside the expected range, else None."""
+        if self.minimum is not None and value < self.minimum:
+            return "below"
+        if self.maximum is not None and value > self.maximum:
+            return "above"
+        return None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What tells one physical component from another of the same kind."""
+
+    element_id: str
+    opcua_object: str
+    model: str
+    serial: str
+
+
+@dataclass(frozen=True)
+class Model:
+    """Everything the contracts read from one specification, extracted once."""
+
+    version: str
+    ancestors: dict[str, tuple[str, ...]]
+    """ID → IDs of that element and its ancestors that carry one, outermost first."""
+    programs: tuple[Program, ...]
+    signals: tuple[Signal, ...]
+    identities: tuple[Identity, ...]
+    objects: dict[str, str]
+    """Component ID → its OPC UA object."""
+
+    def program(self, name: str) -> Program:
+        """The program ``name`` names: its full path or a unique tail of it."""
+        found = [p for p in self.programs if p.path == name or p.path.endswith("/" + name)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise AmlError(f"{name!r} names {len(found)} programs ({', '.join(p.path for p in found[:4])}); "
+                           "give more of the path", code="ambiguous_program")  # fmt: skip
+        known = sorted({p.path for p in self.programs})
+        raise AmlError(f"the specification has no program {name!r} (it has {known[:8] or 'none'}"
+                       f"{' …' if len(known) > 8 else ''})", code="unknown_program")  # fmt: skip
+
+
+def _is_interface(element: etree._Element, suffix: str) -> bool:
+    return local(element) == "ExternalInterface" and (element.get("RefBaseClassPath") or "").endswith(suffix)
+
+
+def attribute_value(element: etree._Element, name: str) -> str | None:
+    """The ``Value`` of the element's own attribute ``name`` (not of its children's)."""
+    for attribute in element:
+        if local(attribute) == "Attribute" and attribute.get("Name") == name:
+            value = next((v for v in attribute if local(v) == "Value"), None)
+            return (value.text or "").strip() if value is not None else ""
+    return None
+
+
+def opcua_object(element: etree._Element) -> str:
+    return attribute_value(element, "OpcUaObject") or element.get("ID") or ""
+
+
+def components(root: etree._Element) -> Iterator[etree._Element]:
+    """The instance hierarchies' InternalElements, in document order."""
+    for hierarchy in (c for c in root if local(c) == "InstanceHierarchy"):
+        yield from (e for e in hierarchy.iter(etree.Element) if local(e) == "InternalElement")
+
+
+def name_path(element: etree._Element) -> str:
+    """``Plant/Line1/Conveyor``: the names from the instance hierarchy down to ``element``."""
+    names = [element.get("Name") or ""]
+    names += [a.get("Name") or "" for a in element.iterancestors() if local(a) != "CAEXFile"]
+    return "/".join(reversed(names))
+
+
+def _classes(root: etree._Element) -> dict[str, etree._Element]:
+    """SystemUnitClasses by path (``Lib/Class/SubClass``) and by ID."""
+    found: dict[str, etree._Element] = {}
+    for library in (c for c in root if local(c) == "SystemUnitClassLib"):
+        for cls in library.iter(etree.Element):
+            if local(cls) == "SystemUnitClass":
+                found[name_path(cls)] = cls
+                if cls.get("ID"):
+                    found[cls.get("ID") or ""] = cls
+    return found
+
+
+def _class_programs(cls: etree._Element, classes: dict[str, etree._Element], depth: int = 0) -> dict[str, etree._Element]:
+    """Program interfaces of a class and its base classes by name; the nearer class wins."""
+    inherited: dict[str, etree._Element] = {}
+    base = classes.get(cls.get("RefBaseClassPath") or "")
+    if base is not None and depth < MAX_CLASS_DEPTH:
+        inherited = _class_programs(base, classes, depth + 1)
+    return {**inherited, **{i.get("Name") or "": i for i in cls if _is_interface(i, PROGRAM_CLASS_SUFFIX)}}
+
+
+def programs_of(root: etree._Element) -> tuple[Program, ...]:
+    """Every component's programs, its own and its class's, in document order."""
+    classes = _classes(root)
+    found: dict[str, Program] = {}
+    for component in components(root):
+        cls = classes.get(component.get("RefBaseSystemUnitPath") or "")
+        interfaces = _class_programs(cls, classes) if cls is not None else {}
+        own = {i.get("Name") or "": i for i in component if _is_interface(i, PROGRAM_CLASS_SUFFIX)}
+        base = name_path(component)
+        for name, interface in {**interfaces, **own}.items():
+            path = f"{base}/{name}"
+            if path in found:
+                raise AmlError(f"two programs have the path {path!r}; give their components different names")
+            params = tuple(_parameter(a, f"program {path!r}") for a in interface if local(a) == "Attribute")
+            interface_id = (interface.get("ID") or "") if name in own else ""
+            found[path] = Program(interface_id, name, path, component.get("ID"), params)
+    return tuple(found.values())
+
+
+def signals_of(root: etree._Element) -> tuple[Signal, ...]:
+    """Signal interfaces of components, in document order."""
+    found = []
+    for component in components(root):
+        for interface in (i for i in component if _is_interface(i, SIGNAL_CLASS_SUFFIX)):
+            where = f"signal {interface.get('ID') or name_path(component) + '/' + (interface.get('Name') or '')!r}"
+            if not interface.get("ID"):
+                raise AmlError(f"{where} has no ID; feeds and alerts address a signal by its ID")
+            kind = attribute_value(interface, "Kind") or "sensor"
+            value = next((a for a in interface if local(a) == "Attribute" and a.get("Name") == "Value"), None)
+            rule = _parameter(value, where) if value is not None else Parameter("Value", "number")
+            if rule.type not in ("number", "integer"):
+                raise AmlError(f"{where} must carry numbers, not {rule.type}s")
+            found.append(Signal(interface.get("ID") or "", interface.get("Name") or "", component.get("ID") or "",
+                                opcua_object(component), kind, rule.unit, rule.minimum, rule.maximum))  # fmt: skip
+    return tuple(found)
+
+
+def ancestors_of(root: etree._Element) -> dict[str, tuple[str, ...]]:
+    paths: dict[str, tuple[str, ...]] = {}
+
+    def walk(element: etree._Element, above: tuple[str, ...]) -> None:
+        identifier = element.get("ID")
+        here = (*above, identifier) if identifier else above
+        if identifier and identifier not in paths:  # instance hierarchies come first: they win
+            paths[identifier] = here
+        for child in element:
+            walk(child, here)
+
+    walk(root, ())
+    return paths
+
+
+def model_of(root: etree._Element, version: str) -> Model:
+    identities = tuple(Identity(e.get("ID") or "", opcua_object(e), attribute_value(e, "Model") or "", serial)
+                       for e in components(root) if (serial := attribute_value(e, "SerialNumber")))  # fmt: skip
+    objects = {e.get("ID") or "": opcua_object(e) for e in components(root)}
+    return Model(version, ancestors_of(root), programs_of(root), signals_of(root), identities, objects)
+
+
+def validate(root: etree._Element) -> Model:
+    """The document's model, if it follows its CAEX schema and twinledger's rules."""
+    version = check_schema(root)
+    check_ids(root)
+    return model_of(root, version)

@@ -15,7 +15,7 @@ from lxml import etree
 from twinledger import aml
 from twinledger.aml import AmlError
 from twinledger.aml.document import local
-from twinledger.aml.model import name_path
+from twinledger.aml.semantics import name_path
 
 CORPUS = Path(__file__).parent / "data" / "aml" / "files"
 XSD = {None: CORPUS / "xsd" / "CAEX_ClassModel_V2.15.xsd", "http://www.dke.de/CAEX": CORPUS / "xsd" / "CAEX_ClassModel_V.3.0.xsd"}

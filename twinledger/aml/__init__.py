@@ -2,7 +2,7 @@
 official schemas and twinledger's rules, edited without breaking them, compared, packed
 as ``.amlx``, and read for what a twin's contract enforces (``model``).
 
-``document`` parses and checks, ``model`` extracts components, programs, signals and
+``document`` parses and checks, ``semantics`` extracts components, programs, signals and
 identities, ``edits`` inserts, removes and diffs, ``package`` reads and writes ``.amlx``.
 """
 
@@ -15,8 +15,8 @@ from lxml import etree
 from twinledger.aml import edits
 from twinledger.aml.document import MAX_DOCUMENT_BYTES, AmlError, canonical, parse_xml
 from twinledger.aml.edits import LINK_POLICIES, Edit, Replacement, diff, insert, remove, replacement
-from twinledger.aml.model import Identity, Model, Parameter, Program, Signal, validate
 from twinledger.aml.package import Package, is_package, read_package, write_package
+from twinledger.aml.semantics import Identity, Model, Parameter, Program, Signal, validate
 
 
 def parse_specification(data: bytes) -> etree._Element:

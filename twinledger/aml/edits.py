@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from twinledger.aml.document import AmlError, canonical, describe, local, parse_xml, rank
-from twinledger.aml.model import name_path, opcua_object, validate
+from twinledger.aml.semantics import name_path, opcua_object, validate
 
 LINK_POLICIES = ("refuse", "remove")
 CLASS_KINDS = frozenset({"SystemUnitClass", "RoleClass", "InterfaceClass", "AttributeType"})

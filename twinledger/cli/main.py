@@ -375,6 +375,20 @@ def bench_kpcpre(
     run_kpcpre_benchmark(runs=runs, output=output, as_json=as_json, network_segments=network_segments)
 
 
+@bench_app.command("aml")
+@command
+def bench_aml(
+    size_mb: Annotated[float, typer.Option("--size-mb", help="Size of the plant model.", min=0.01)] = 4.0,
+    runs: Annotated[int, typer.Option(help="Runs per operation (the median is reported).", min=1)] = 3,
+    output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench/results/aml.json"),
+    as_json: Json = False,
+) -> None:
+    """Create, insert, remove and diff on a plant-size AutomationML specification."""
+    from twinledger.bench.aml import run_aml_benchmark
+
+    run_aml_benchmark(size_mb=size_mb, runs=runs, output=output, as_json=as_json)
+
+
 @bench_app.command("ingest")
 @command
 def bench_ingest(

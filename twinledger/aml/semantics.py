@@ -22,7 +22,6 @@ kinds of things, not the plant):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,15 +193,16 @@ class Model:
                        f"{' …' if len(known) > 8 else ''})", code="unknown_program")  # fmt: skip
 
 
-def _is_interface(element: etree._Element, suffix: str) -> bool:
-    return local(element) == "ExternalInterface" and (element.get("RefBaseClassPath") or "").endswith(suffix)
+def _interfaces(element: etree._Element, suffix: str) -> list[etree._Element]:
+    """The element's own ExternalInterfaces whose class path ends in ``suffix``."""
+    return [i for i in element.iterchildren("{*}ExternalInterface") if (i.get("RefBaseClassPath") or "").endswith(suffix)]
 
 
 def attribute_value(element: etree._Element, name: str) -> str | None:
     """The ``Value`` of the element's own attribute ``name`` (not of its children's)."""
-    for attribute in element:
-        if local(attribute) == "Attribute" and attribute.get("Name") == name:
-            value = next((v for v in attribute if local(v) == "Value"), None)
+    for attribute in element.iterchildren("{*}Attribute"):
+        if attribute.get("Name") == name:
+            value = next(attribute.iterchildren("{*}Value"), None)
             return (value.text or "").strip() if value is not None else ""
     return None
 
@@ -211,10 +211,10 @@ def opcua_object(element: etree._Element) -> str:
     return attribute_value(element, "OpcUaObject") or element.get("ID") or ""
 
 
-def components(root: etree._Element) -> Iterator[etree._Element]:
+def components(root: etree._Element) -> list[etree._Element]:
     """The instance hierarchies' InternalElements, in document order."""
-    for hierarchy in (c for c in root if local(c) == "InstanceHierarchy"):
-        yield from (e for e in hierarchy.iter(etree.Element) if local(e) == "InternalElement")
+    return [e for hierarchy in root if local(hierarchy) == "InstanceHierarchy"
+            for e in hierarchy.iter("{*}InternalElement")]  # fmt: skip
 
 
 def name_path(element: etree._Element) -> str:
@@ -242,17 +242,18 @@ def _class_programs(cls: etree._Element, classes: dict[str, etree._Element], dep
     base = classes.get(cls.get("RefBaseClassPath") or "")
     if base is not None and depth < MAX_CLASS_DEPTH:
         inherited = _class_programs(base, classes, depth + 1)
-    return {**inherited, **{i.get("Name") or "": i for i in cls if _is_interface(i, PROGRAM_CLASS_SUFFIX)}}
+    return {**inherited, **{i.get("Name") or "": i for i in _interfaces(cls, PROGRAM_CLASS_SUFFIX)}}
 
 
-def programs_of(root: etree._Element) -> tuple[Program, ...]:
-    """Every component's programs, its own and its class's, in document order."""
+def programs_of(root: etree._Element, parts: list[etree._Element]) -> tuple[Program, ...]:
+    """Every component's programs (``parts``: the components), its own and its class's, in
+    document order."""
     classes = _classes(root)
     found: dict[str, Program] = {}
-    for component in components(root):
+    for component in parts:
         cls = classes.get(component.get("RefBaseSystemUnitPath") or "")
         interfaces = _class_programs(cls, classes) if cls is not None else {}
-        own = {i.get("Name") or "": i for i in component if _is_interface(i, PROGRAM_CLASS_SUFFIX)}
+        own = {i.get("Name") or "": i for i in _interfaces(component, PROGRAM_CLASS_SUFFIX)}
         base = name_path(component)
         for name, interface in {**interfaces, **own}.items():
             path = f"{base}/{name}"
@@ -264,16 +265,16 @@ def programs_of(root: etree._Element) -> tuple[Program, ...]:
     return tuple(found.values())
 
 
-def signals_of(root: etree._Element) -> tuple[Signal, ...]:
-    """Signal interfaces of components, in document order."""
+def signals_of(parts: list[etree._Element]) -> tuple[Signal, ...]:
+    """Signal interfaces of the components ``parts``, in document order."""
     found = []
-    for component in components(root):
-        for interface in (i for i in component if _is_interface(i, SIGNAL_CLASS_SUFFIX)):
+    for component in parts:
+        for interface in _interfaces(component, SIGNAL_CLASS_SUFFIX):
             where = f"signal {interface.get('ID') or name_path(component) + '/' + (interface.get('Name') or '')!r}"
             if not interface.get("ID"):
                 raise AmlError(f"{where} has no ID; feeds and alerts address a signal by its ID")
             kind = attribute_value(interface, "Kind") or "sensor"
-            value = next((a for a in interface if local(a) == "Attribute" and a.get("Name") == "Value"), None)
+            value = next((a for a in interface.iterchildren("{*}Attribute") if a.get("Name") == "Value"), None)
             rule = _parameter(value, where) if value is not None else Parameter("Value", "number")
             if rule.type not in ("number", "integer"):
                 raise AmlError(f"{where} must carry numbers, not {rule.type}s")
@@ -298,10 +299,11 @@ def ancestors_of(root: etree._Element) -> dict[str, tuple[str, ...]]:
 
 
 def model_of(root: etree._Element, version: str) -> Model:
+    parts = components(root)
     identities = tuple(Identity(e.get("ID") or "", opcua_object(e), attribute_value(e, "Model") or "", serial)
-                       for e in components(root) if (serial := attribute_value(e, "SerialNumber")))  # fmt: skip
-    objects = {e.get("ID") or "": opcua_object(e) for e in components(root)}
-    return Model(version, ancestors_of(root), programs_of(root), signals_of(root), identities, objects)
+                       for e in parts if (serial := attribute_value(e, "SerialNumber")))  # fmt: skip
+    objects = {e.get("ID") or "": opcua_object(e) for e in parts}
+    return Model(version, ancestors_of(root), programs_of(root, parts), signals_of(parts), identities, objects)
 
 
 def validate(root: etree._Element) -> Model:

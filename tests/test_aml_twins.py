@@ -90,3 +90,35 @@ def test_removing_a_linked_component_through_the_contract() -> None:
     (removed,) = [e for e in receipt.events if e.type == "AmlRemoved"]
     assert removed.data["links"] and link.get("Name") in removed.data["links"][0]
     assert not etree.fromstring(world.get(aml_key(twin, 2))).xpath("//InternalLink")
+
+
+def _model_state(world: World, twin: str) -> dict[str, object]:
+    prefix = f"twin/{twin}/"
+    kinds = ("element/", "program/", "program-name/", "signal/")
+    return {k[len(prefix):]: v for k, v in world.contract_state().items()
+            if k.startswith(prefix) and k[len(prefix):].startswith(kinds)}  # fmt: skip
+
+
+def test_the_model_on_chain_follows_every_edit_and_changes_only_what_the_edit_touched() -> None:
+    """Elements, programs and signals are kept per entry; after each edit they are what
+    the current version gives, and an edit rewrites only the entries it changed."""
+    from twinledger.contracts.twinmodel import _entries
+
+    world = World()
+    twin = world.create_twin(aml=LINE)
+    assert _model_state(world, twin) == _entries(aml.model(world.get(aml_key(twin, 1))))
+    before = _model_state(world, twin)
+    fragment = (b'<InternalElement Name="Conveyor4" ID="c4" RefBaseSystemUnitPath="Lib/Conveyor">'
+                b'<ExternalInterface Name="Speed" ID="c4-speed" RefBaseClassPath="TwinledgerInterfaceClassLib/Signal"/>'
+                b"</InternalElement>")  # fmt: skip
+    world.ok(OWNER, "twins", "insert_aml", twin=twin, fragment=fragment, parent="line", after="c3")
+    after = _model_state(world, twin)
+    assert after == _entries(aml.model(world.get(aml_key(twin, 2))))
+    assert {k for k in after if after.get(k) != before.get(k)} == {
+        "element/c4", "element/c4-speed", "program/Plant/Line/Conveyor4/SetVelocity", "program-name/SetVelocity",
+        "signal/c4-speed"}  # fmt: skip
+    world.ok(OWNER, "twins", "call_program", twin=twin, program="Conveyor4/SetVelocity", params={"velocity": "2"})
+    world.ok(OWNER, "twins", "remove_aml", twin=twin, element="c4")
+    assert _model_state(world, twin) == before
+    world.fails("unknown_program", OWNER, "twins", "call_program", twin=twin, program="Conveyor4/SetVelocity",
+                params={"velocity": "2"})  # fmt: skip

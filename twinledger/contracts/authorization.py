@@ -30,6 +30,7 @@ from twinledger.contracts.arguments import Arguments
 from twinledger.contracts.membership import key_removed, organisation_of, principal_of
 from twinledger.contracts.principals import key_may
 from twinledger.contracts.runtime import Call, Contract, Method
+from twinledger.contracts.twinmodel import element_path, require_element
 from twinledger.contracts.twinstate import (
     audited,
     load_twin,
@@ -122,8 +123,10 @@ def may(state: StateReader, twin: dict[str, Any], key: bytes, method: str, compo
         return True
     if component is None or not grants:
         return False
-    path = set(aml.component_path(specification(state, twin), component))
-    return any(set(scopes) & path for scopes in grants)
+    path = element_path(state, twin["id"], component)
+    if path is None:  # not an element ID: a name path, found in the specification
+        path = aml.component_path(specification(state, twin), component)
+    return any(set(scopes) & set(path) for scopes in grants)
 
 
 def tokens_in_force(state: StateReader, twin: dict[str, Any], key: bytes, now: int) -> list[dict[str, Any]]:
@@ -186,11 +189,11 @@ def parse_role_table(read: Arguments, name: str) -> RoleTable:
     return result
 
 
-def check_scopes_exist(spec: bytes, table: RoleTable) -> None:
+def check_scopes_exist(state: StateReader, twin_id: str, table: RoleTable) -> None:
     for roles in table.values():
         for scopes in roles.values():
             for scope in scopes:
-                aml.component_path(spec, scope)
+                require_element(state, twin_id, scope)
 
 
 # -- methods -----------------------------------------------------------------------------------
@@ -236,9 +239,8 @@ def parse_grant(args: Mapping[str, Any]) -> Grant:
 def grant_role(call: Call, grant: Grant) -> None:
     twin = load_twin(call.state, grant.twin)
     authorize(call, twin, "role.grant")
-    spec = specification(call.state, twin)
     for scope in grant.scopes:
-        aml.component_path(spec, scope)
+        require_element(call.state, grant.twin, scope)
     set_role(call, grant.twin, grant.subject, grant.role, grant.scopes)
     call.emit("RoleGranted", twin=grant.twin, subject=grant.subject, role=grant.role, scopes=list(grant.scopes))
 
@@ -372,9 +374,8 @@ def present_token(call: Call, token: WriteToken) -> None:
         raise Forbidden(f"token {token.id.hex()[:16]}… was revoked", code="revoked_token")
     if call.state.get(retired_key(twin["id"], token.recipient)) is not None:
         raise Forbidden(f"key {token.recipient.hex()[:16]}… is a retired device of twin {twin['id']}", code="bad_token")
-    spec = specification(call.state, twin)
     for scope in token.scopes:
-        aml.component_path(spec, scope)
+        require_element(call.state, twin["id"], scope)
     held = {t["id"].hex(): t for t in tokens_in_force(call.state, twin, token.recipient, call.header.timestamp)}
     if token.id.hex() in held:
         raise Forbidden(f"token {token.id.hex()[:16]}… is already in force", code="token_in_force")

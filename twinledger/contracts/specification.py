@@ -29,6 +29,7 @@ from twinledger.contracts.authorization import (
 )
 from twinledger.contracts.membership import organisation_of, required_organisation
 from twinledger.contracts.runtime import Call, Contract, Method
+from twinledger.contracts.twinmodel import find_program, find_signal, require_element, write_model
 from twinledger.contracts.twinstate import (
     aml_key,
     anomaly_key,
@@ -100,7 +101,6 @@ def create(call: Call, args: CreateArgs) -> None:
     """Register a twin owned by the sender's organisation (Dietz et al. §4.5)."""
     owner = required_organisation(call.state, call.sender, "create a twin")
     spec = _within_limit(aml.stored_form(args.aml), "the specification")
-    check_scopes_exist(spec, args.roles)
     if call.state.get(device_key(args.device_id)) is not None:
         raise TwinError(f"device {args.device_id!r} already has a twin", code="duplicate_device")
     twin_id = call.tx.hash[:8].hex()
@@ -114,6 +114,8 @@ def create(call: Call, args: CreateArgs) -> None:
     call.state.set(registry_key(twin_id), {"id": twin_id, "name": args.name, "device_id": args.device_id,
                                            "owner": owner})  # fmt: skip
     call.state.set(device_key(args.device_id), twin_id)
+    write_model(call, twin_id, None, aml.model(spec))
+    check_scopes_exist(call.state, twin_id, args.roles)
     call.state.set(roles_key(twin_id), roles)
     if args.permissions:
         call.state.set(permissions_key(twin_id), args.permissions)
@@ -139,6 +141,7 @@ def _record_version(call: Call, twin: dict[str, Any], spec: bytes, change: str, 
 
 
 def _new_version(call: Call, twin: dict[str, Any], spec: bytes, change: str, element: str, parent: str) -> None:
+    write_model(call, twin["id"], aml.model(specification(call.state, twin)), aml.model(spec))
     updated = {**twin, "aml_version": twin["aml_version"] + 1, "aml_hash": hashlib.sha256(spec).digest()}
     call.state.set(twin_key(twin["id"]), updated)
     _record_version(call, updated, spec, change, element, parent)
@@ -246,7 +249,7 @@ def add_document(call: Call, args: DocumentArgs) -> None:
     twin = load_twin(call.state, args.twin)
     authorize(call, twin, "document.add", args.component)
     if args.component is not None:
-        aml.component_path(specification(call.state, twin), args.component)
+        require_element(call.state, twin["id"], args.component)
     document_id = args.hash.hex()
     if call.state.get(document_key(args.twin, document_id)) is not None:
         raise TwinError(f"document {document_id[:16]}… is already registered; add a version instead",
@@ -388,7 +391,7 @@ def add_feed(call: Call, args: FeedArgs) -> None:
     """Attach a sensor feed to a component of the specification (Listing 1.1 sensorFeeds)."""
     twin = load_twin(call.state, args.twin)
     authorize(call, twin, "feed.add", args.component)
-    aml.component_path(specification(call.state, twin), args.component)
+    require_element(call.state, twin["id"], args.component)
     if call.state.get(feed_key(args.twin, args.component)) is not None:
         raise TwinError(f"component {args.component!r} already has a feed; remove it first", code="duplicate_feed")
     call.state.set(feed_key(args.twin, args.component), {"component": args.component, "reference": args.reference,
@@ -477,7 +480,7 @@ def parse_call_program(args: Mapping[str, Any]) -> ProgramCall:
 def call_program(call: Call, args: ProgramCall) -> None:
     """Queue a program call for the device agent once the AML's safety rules allow it."""
     twin = load_twin(call.state, args.twin)
-    program = aml.program(specification(call.state, twin), args.program)
+    program = find_program(call.state, twin["id"], args.program)
     authorize(call, twin, "program.call", program.target)
     params = program.validate_call(args.params)
     number = twin["calls"] + 1
@@ -563,7 +566,7 @@ def report_anomaly(call: Call, args: AnomalyReport) -> None:
     al. §4.3), or clear it when readings are back. The alert names the range and the feed
     update, not the reading: values stay in the encrypted feed, for those it is shared with."""
     twin = load_twin(call.state, args.twin)
-    signal = next((s for s in aml.signals(specification(call.state, twin)) if s.id == args.signal), None)
+    signal = find_signal(call.state, twin["id"], args.signal)
     if signal is None:
         raise TwinError(f"the specification has no signal {args.signal!r}", code="unknown_signal")
     authorize(call, twin, "anomaly.report", signal.id)

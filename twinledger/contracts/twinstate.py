@@ -5,6 +5,10 @@ and by the readers above them.
     registry/device/<device id>        twin id
     twin/<id>                          the twin: name, device id, owner, AML version, call counter
     twin/<id>/aml/<version>            the canonical specification of that version
+    twin/<id>/element/<ID>             the model of the current version, per element, program and signal
+    twin/<id>/program/<path>           (layout in ``twinmodel``)
+    twin/<id>/program-name/<name>
+    twin/<id>/signal/<ID>
     twin/<id>/history/<version>        who changed the specification, when, how
     twin/<id>/document/<document id>   a document with its versions
     twin/<id>/source/<uri digest>      an external source
@@ -35,6 +39,8 @@ from twinledger.errors import ContractError
 A = TypeVar("A")
 
 VERSION_DIGITS = 8
+MAX_DEPTH = 64
+"""How deep elements nest at most (the AML parser's limit)."""
 
 
 class UnknownTwin(ContractError):
@@ -60,6 +66,22 @@ def numbered(twin_id: str, kind: str, number: int) -> str:
 
 def aml_key(twin_id: str, version: int) -> str:
     return numbered(twin_id, "aml", version)
+
+
+def element_key(twin_id: str, element: str) -> str:
+    return f"twin/{twin_id}/element/{element}"
+
+
+def program_key(twin_id: str, path: str) -> str:
+    return f"twin/{twin_id}/program/{path}"
+
+
+def program_name_key(twin_id: str, name: str) -> str:
+    return f"twin/{twin_id}/program-name/{name}"
+
+
+def signal_key(twin_id: str, signal: str) -> str:
+    return f"twin/{twin_id}/signal/{signal}"
 
 
 def history_key(twin_id: str, version: int) -> str:

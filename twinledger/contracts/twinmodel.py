@@ -1,0 +1,119 @@
+"""A twin's *model* on chain: what the contracts enforce from its specification, kept
+per element, program and signal, so a check reads a few entries instead of parsing the
+specification, and a version changes only the entries its edit touched.
+
+    twin/<id>/element/<ID>           {parent}: the nearest ancestor with an ID ("" at the top)
+    twin/<id>/program/<path>         a program: interface ID, name, component, parameters with their rules
+    twin/<id>/program-name/<name>    the paths of the programs called ``name`` (tail lookups)
+    twin/<id>/signal/<ID>            a signal: component, OPC UA object, kind, unit, expected range
+
+Numbers of rules are kept as ``repr`` strings: the ledger's encoding has no floats, and
+``repr`` of a float gives it back exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twinledger.abc import StateReader
+from twinledger.aml import AmlError, Model, Parameter, Program, Signal
+from twinledger.contracts.runtime import Call
+from twinledger.contracts.twinstate import MAX_DEPTH, element_key, program_key, program_name_key, signal_key
+
+
+def _number(value: float | None) -> str | None:
+    return None if value is None else repr(value)
+
+
+def _float(value: str | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def program_entry(program: Program) -> dict[str, Any]:
+    return {"id": program.id, "name": program.name, "path": program.path, "component": program.component_id or "",
+            "parameters": [{"name": p.name, "type": p.type, "minimum": _number(p.minimum), "maximum": _number(p.maximum),
+                            "allowed": list(p.allowed), "unit": p.unit} for p in program.parameters]}  # fmt: skip
+
+
+def program_of(entry: dict[str, Any]) -> Program:
+    parameters = tuple(Parameter(p["name"], p["type"], _float(p["minimum"]), _float(p["maximum"]), tuple(p["allowed"]),
+                                 p["unit"]) for p in entry["parameters"])  # fmt: skip
+    return Program(entry["id"], entry["name"], entry["path"], entry["component"] or None, parameters)
+
+
+def signal_entry(signal: Signal) -> dict[str, Any]:
+    return {"id": signal.id, "name": signal.name, "component": signal.component_id, "object": signal.opcua_object,
+            "kind": signal.kind, "unit": signal.unit, "minimum": _number(signal.minimum),
+            "maximum": _number(signal.maximum)}  # fmt: skip
+
+
+def signal_of(entry: dict[str, Any]) -> Signal:
+    return Signal(entry["id"], entry["name"], entry["component"], entry["object"], entry["kind"], entry["unit"],
+                  _float(entry["minimum"]), _float(entry["maximum"]))  # fmt: skip
+
+
+def _entries(model: Model | None) -> dict[str, Any]:
+    """Every state entry of a model, by key suffix."""
+    if model is None:
+        return {}
+    entries: dict[str, Any] = {f"element/{i}": {"parent": path[-2] if len(path) > 1 else ""}
+                               for i, path in model.ancestors.items()}  # fmt: skip
+    names: dict[str, list[str]] = {}
+    for program in model.programs:
+        entries[f"program/{program.path}"] = program_entry(program)
+        names.setdefault(program.name, []).append(program.path)
+    entries |= {f"program-name/{name}": sorted(paths) for name, paths in names.items()}
+    entries |= {f"signal/{s.id}": signal_entry(s) for s in model.signals}
+    return entries
+
+
+def write_model(call: Call, twin_id: str, old: Model | None, new: Model) -> int:
+    """Bring the twin's model from ``old`` (None: a new twin) to ``new``, writing only the
+    entries that differ; the number of entries written."""
+    before, after = _entries(old), _entries(new)
+    changed = {key: value for key, value in after.items() if before.get(key) != value}
+    changed |= {key: None for key in before.keys() - after.keys()}
+    for suffix in sorted(changed):
+        call.state.set(f"twin/{twin_id}/{suffix}", changed[suffix])
+    return len(changed)
+
+
+def element_path(state: StateReader, twin_id: str, element: str) -> tuple[str, ...] | None:
+    """IDs of ``element`` and its ancestors that carry one, outermost first; None if the
+    model has no element with that ID."""
+    path: list[str] = []
+    current = element
+    while current and len(path) <= MAX_DEPTH:
+        entry = state.get(element_key(twin_id, current))
+        if entry is None:
+            assert not path, "an element's parent is in the model"
+            return None
+        path.append(current)
+        current = entry["parent"]
+    return tuple(reversed(path))
+
+
+def require_element(state: StateReader, twin_id: str, element: str) -> None:
+    """Pass if the twin's specification has an element with ID ``element``."""
+    if state.get(element_key(twin_id, element)) is None:
+        raise AmlError(f"the specification has no element with ID {element!r}", code="unknown_element")
+
+
+def find_program(state: StateReader, twin_id: str, name: str) -> Program:
+    """The program ``name`` names: its full path, or a unique tail of it."""
+    exact = state.get(program_key(twin_id, name))
+    if exact is not None:
+        return program_of(exact)
+    paths = state.get(program_name_key(twin_id, name.rsplit("/", 1)[-1])) or []
+    found = [p for p in paths if p == name or p.endswith("/" + name)]
+    if len(found) == 1:
+        return program_of(state.get(program_key(twin_id, found[0])))
+    if found:
+        raise AmlError(f"{name!r} names {len(found)} programs ({', '.join(found[:4])}); give more of the path",
+                       code="ambiguous_program")  # fmt: skip
+    raise AmlError(f"the specification has no program {name!r}", code="unknown_program")
+
+
+def find_signal(state: StateReader, twin_id: str, signal: str) -> Signal | None:
+    entry = state.get(signal_key(twin_id, signal))
+    return signal_of(entry) if entry is not None else None

@@ -204,6 +204,11 @@ def test_an_amlx_container_becomes_a_twin_with_documents_and_comes_back_out(plan
     ok("twin", "aml", "export", created["id"], "-o", str(root / "out.aml"), *h)
     assert (root / "out.aml").read_bytes() == view["specification"].encode()
 
+    commented = root / "commented.aml"  # 75 KB as written, 5 KB stored: the stored form is what is sent
+    commented.write_bytes(PLANT.read_bytes().replace(b"<InstanceHierarchy", b"<!-- " + b"x" * 70_000 + b" -->"
+                                                     b"<InstanceHierarchy", 1))  # fmt: skip
+    ok("twin", "create", "--aml", str(commented), "--device-id", "commented", *h)
+
     bomb = root / "bomb.amlx"
     bomb.write_bytes(b"PK\x03\x04" + b"\0" * 64)
     refused = cli("twin", "create", "--aml", str(bomb), "--device-id", "bomb", *h)

@@ -7,6 +7,7 @@ parser never loads a DTD, resolves no entity and touches no network.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 from importlib.resources import files
 
@@ -32,6 +33,10 @@ CHILD_ORDER = {name: rank for rank, name in enumerate((
 ))}  # fmt: skip
 """The order both CAEX schemas give an element's children: every sequence in them is a
 subsequence of this one, so a new child goes where its rank says."""
+FREE_CONTENT = frozenset({"Value", "DefaultValue", "AdditionalInformation", "RequiredValue", "RequiredMinValue",
+                          "RequiredMaxValue"})  # fmt: skip
+"""Elements whose content the schemas leave free (``xs:anyType``): data, not CAEX structure."""
+MAX_MESSAGE = 300
 
 
 class AmlError(ContractError):
@@ -56,6 +61,13 @@ def _parser() -> etree.XMLParser:
                            huge_tree=False, remove_comments=True, remove_pis=True, remove_blank_text=True)  # fmt: skip
 
 
+def one_line(message: str) -> str:
+    """A message from lxml or from a file as one line of bounded length: values quoted
+    from a file cannot start lines of their own."""
+    text = " ".join(message.split())
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + " …"
+
+
 def parse_xml(data: bytes, what: str, limit: int = MAX_DOCUMENT_BYTES) -> etree._Element:
     """Well-formed XML without DTD, within ``limit`` bytes and MAX_DEPTH levels."""
     if len(data) > limit:
@@ -63,12 +75,16 @@ def parse_xml(data: bytes, what: str, limit: int = MAX_DOCUMENT_BYTES) -> etree.
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
-        raise AmlError(f"{what} is not well-formed XML: {exc.msg}") from None
+        raise AmlError(f"{what} is not well-formed XML: {one_line(exc.msg).replace(' (try XML_PARSE_HUGE)', '')}") from None
     if root.getroottree().docinfo.doctype:
         raise AmlError(f"{what} must not carry a DOCTYPE")
+    check_depth(root, what)
+    return root
+
+
+def check_depth(root: etree._Element, what: str = "the specification") -> None:
     if root.xpath("boolean(/" + "*/" * MAX_DEPTH + "*)"):
         raise AmlError(f"{what} nests deeper than {MAX_DEPTH} levels")
-    return root
 
 
 def caex_version(root: etree._Element) -> str:
@@ -94,48 +110,50 @@ def check_schema(root: etree._Element) -> str:
     checker = schema(version)
     if not checker.validate(root):
         error = checker.error_log[0]
-        message = error.message.replace(f"{{{CAEX_NAMESPACE}}}", "")
+        message = one_line(error.message.replace(f"{{{CAEX_NAMESPACE}}}", ""))
         raise AmlError(f"the specification does not follow the CAEX {version} schema: line {error.line}: {message}")
     return version
 
 
+def structure(element: etree._Element) -> Iterator[etree._Element]:
+    """``element`` and the CAEX elements inside it, in document order — not the free
+    content of values, whose elements are data (they may look like components)."""
+    data = {inner for holder in element.iter(*(f"{{*}}{name}" for name in FREE_CONTENT))
+            for inner in holder.iterdescendants()}  # fmt: skip
+    return (e for e in element.iter(etree.Element) if e not in data) if data else element.iter(etree.Element)
+
+
 def check_ids(root: etree._Element) -> None:
-    """IDs of the instance hierarchies are unique, and every component there carries one,
-    since roles, feeds, documents and edits address it by ID. Libraries may repeat an
-    instance's ID: tools copy a role class's interface IDs into the instances' role
-    requirements, and addressing prefers the instance."""
+    """IDs of the instance hierarchies are unique and have no ``/`` (which separates the
+    names of a path), and every component there carries one, since roles, feeds,
+    documents and edits address it by ID. Libraries may repeat an instance's ID: tools
+    copy a role class's interface IDs into the instances' role requirements, and
+    addressing prefers the instance."""
     seen: set[str] = set()
     for hierarchy in (c for c in root if local(c) == "InstanceHierarchy"):
-        for element in hierarchy.iter(etree.Element):
+        for element in structure(hierarchy):
             identifier = element.get("ID")
             if identifier is None:
                 if local(element) == "InternalElement":
                     raise AmlError(f"{describe(element)} in an instance hierarchy has no ID; components are "
                                    "addressed by ID")  # fmt: skip
                 continue
-            if not identifier:
-                raise AmlError(f"{describe(element)} has an empty ID")
+            if not identifier or "/" in identifier or not identifier.isprintable():
+                raise AmlError(f"{describe(element)} has an ID that is empty, has a '/' or is not printable")
             if identifier in seen:
                 raise AmlError(f"ID {identifier!r} is used twice (again by {describe(element)})")
             seen.add(identifier)
-
-
-def in_instance_hierarchy(element: etree._Element) -> bool:
-    """Whether the element describes the plant (an instance), not a class of a library."""
-    for ancestor in element.iterancestors():
-        name = local(ancestor)
-        if name == "InstanceHierarchy":
-            return True
-        if name in ("SystemUnitClass", "RoleClass", "InterfaceClass", "AttributeType"):
-            return False
-    return False
 
 
 def canonical(root: etree._Element) -> bytes:
     """The stored form: indented one element per line, then C14N, so one specification
     has one byte string and a stored version's line numbers and diffs read well."""
     etree.indent(root, space="  ")
-    return etree.tostring(root, method="c14n")
+    try:
+        return etree.tostring(root, method="c14n")
+    except (etree.C14NError, ValueError) as exc:  # e.g. a relative namespace URI, which C14N refuses
+        raise AmlError(f"the specification has no canonical form: {one_line(str(exc)) or 'C14N failed'} "
+                       "(a relative namespace URI?)") from None
 
 
 def rank(name: str) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from twinledger.aml.document import AmlError, canonical, describe, local, parse_xml, rank
+from twinledger.aml.document import AmlError, canonical, describe, local, parse_xml, rank, structure
 from twinledger.aml.semantics import name_path, opcua_object, validate
 
 LINK_POLICIES = ("refuse", "remove")
@@ -21,9 +21,12 @@ CLASS_REFERENCES = ("RefBaseSystemUnitPath", "RefBaseClassPath", "RefBaseRoleCla
 def find(root: etree._Element, ref: str, purpose: str = "") -> etree._Element:
     """The element with ID ``ref``, else the one the name path ``ref`` names
     (``Plant/Line1/Conveyor``: an instance hierarchy or library, then its children)."""
-    by_id = root.xpath("//*[@ID=$ref]", ref=ref)  # instance hierarchies come first: they win
-    if by_id:
-        return by_id[0]
+    if not ref.isprintable():
+        raise AmlError(f"{ref[:64]!r} is not an element's ID or path: it has unprintable characters",
+                       code="unknown_element")  # fmt: skip
+    by_id = next((e for e in structure(root) if e.get("ID") == ref), None)  # instance hierarchies come first: they win
+    if by_id is not None:
+        return by_id
     element: etree._Element | None = root
     for name in ref.split("/") if ref else ():
         element = next((c for c in element if c.get("Name") == name), None) if element is not None else None
@@ -48,11 +51,20 @@ class Edit:
     ids: tuple[str, ...]
     """IDs of that element and everything inside it, in document order."""
     links: tuple[str, ...] = ()
-    """InternalLinks elsewhere removed with it (name → partners)."""
+    """InternalLinks elsewhere removed with it (name: partner → partner)."""
+    link_holders: tuple[str, ...] = ()
+    """Where each of those links was (ID or name path of the element holding it): a change
+    there too, for authorization."""
 
 
-def _reference(element: etree._Element) -> str:
-    return element.get("ID") or name_path(element)
+def reference(element: etree._Element) -> str:
+    """How an element is addressed: its ID, else its name path."""
+    if element.get("ID"):
+        return element.get("ID") or ""
+    if element.get("Name") is not None:
+        return name_path(element)
+    parent = element.getparent()
+    return f"{reference(parent)}/<{local(element)}>" if parent is not None else local(element)
 
 
 def _adopt(fragment: etree._Element, namespace: str | None) -> None:
@@ -92,16 +104,32 @@ def insert(specification: bytes, fragment: bytes, parent: str, after: str | None
         validate(root)
     except AmlError as exc:
         raise AmlError(f"inserting <{local(element)}> under {describe(holder)}: {exc}", code=exc.code) from None
-    return Edit(canonical(root), _reference(element), _ids(element))
+    return Edit(canonical(root), reference(element), _ids(element))
 
 
 def _ids(element: etree._Element) -> tuple[str, ...]:
-    return tuple(i for e in element.iter(etree.Element) if (i := e.get("ID")))
+    return tuple(i for e in structure(element) if (i := e.get("ID")))
 
 
-def _points_into(side: str, ids: set[str]) -> bool:
-    """A link partner is ``ID`` (CAEX 3.0: the interface) or ``ID:InterfaceName`` (2.15)."""
-    return side in ids or any(side[:i] in ids for i, c in enumerate(side) if c == ":")
+def _partner_names(inside: list[etree._Element]) -> set[str]:
+    """How links name the interfaces among ``inside``: the interface's ID (CAEX 3.0) and
+    ``OwnerID:InterfaceName`` (2.15), whether or not the owner goes too."""
+    names: set[str] = set()
+    for interface in (e for e in inside if local(e) == "ExternalInterface"):
+        if interface.get("ID"):
+            names.add(interface.get("ID") or "")
+        owner = interface.getparent()
+        if owner is not None and owner.get("ID"):
+            names.add(f"{owner.get('ID')}:{interface.get('Name')}")
+    return names
+
+
+def _context(element: etree._Element) -> etree._Element | None:
+    """Where links can reach ``element`` from: its class, else its instance hierarchies."""
+    for ancestor in element.iterancestors():
+        if local(ancestor) == "SystemUnitClass":
+            return ancestor
+    return None
 
 
 def remove(specification: bytes, ref: str, links: str = "refuse") -> Edit:
@@ -115,22 +143,27 @@ def remove(specification: bytes, ref: str, links: str = "refuse") -> Edit:
     holder = element.getparent()
     if holder is None:
         raise AmlError("the root cannot be removed")
-    inside = set(element.iter(etree.Element))
-    ids = set(_ids(element))
+    subtree = list(structure(element))
+    inside = set(subtree)
     _check_class_users(root, element, inside)
-    dangling = [link for link in root.iter(etree.Element) if local(link) == "InternalLink" and link not in inside
-                and any(_points_into(link.get(side) or "", ids) for side in ("RefPartnerSideA", "RefPartnerSideB"))]  # fmt: skip
+    partners = _partner_names(subtree)
+    context = _context(element)
+    candidates = structure(context) if context is not None else (
+        e for h in root if local(h) == "InstanceHierarchy" for e in structure(h))  # fmt: skip
+    dangling = [link for link in candidates if local(link) == "InternalLink" and link not in inside
+                and (link.get("RefPartnerSideA") in partners or link.get("RefPartnerSideB") in partners)]  # fmt: skip
     if dangling and links == "refuse":
         names = ", ".join(repr(link.get("Name")) for link in dangling[:5])
         raise AmlError(f"{len(dangling)} InternalLink(s) elsewhere point into {ref!r} ({names}); remove them first "
                        "or remove the element with its links", code="linked_element")  # fmt: skip
     removed = tuple(f"{link.get('Name')}: {link.get('RefPartnerSideA')} → {link.get('RefPartnerSideB')}"
                     for link in dangling)  # fmt: skip
+    holders = tuple(reference(link.getparent()) for link in dangling)
     for link in dangling:
         link.getparent().remove(link)
     holder.remove(element)
     validate(root)
-    return Edit(canonical(root), ref, _ids(element), removed)
+    return Edit(canonical(root), reference(element) if element.get("ID") else ref, _ids(element), removed, holders)
 
 
 def _check_class_users(root: etree._Element, element: etree._Element, inside: set[etree._Element]) -> None:
@@ -138,7 +171,7 @@ def _check_class_users(root: etree._Element, element: etree._Element, inside: se
     classes = {ref for e in inside if local(e) in CLASS_KINDS for ref in (name_path(e), e.get("ID")) if ref}
     if not classes:
         return
-    for user in root.iter(etree.Element):
+    for user in structure(root):
         if user in inside:
             continue
         used = next((user.get(a) for a in CLASS_REFERENCES if user.get(a) in classes), None)

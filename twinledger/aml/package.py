@@ -8,12 +8,13 @@ from __future__ import annotations
 import io
 import mimetypes
 import zipfile
+import zlib
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from lxml import etree
 
-from twinledger.aml.document import AmlError, parse_xml
+from twinledger.aml.document import AmlError, one_line, parse_xml
 
 MAX_PACKAGE_BYTES = 512 * 1024 * 1024
 """What an import may unpack in all, against zip bombs (and what memory holds)."""
@@ -50,6 +51,22 @@ def is_package(data: bytes) -> bool:
     return data[:4] == b"PK\x03\x04"
 
 
+def part_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a part of a package this side writes (None if it can): an
+    absolute path of non-empty segments, none of them ``.`` or ``..``, no backslash, and
+    not one of the package's own parts (content types, relationships)."""
+    segments = name.split("/")
+    if not name.startswith("/") or any(s in ("", ".", "..") for s in segments[1:]) or "\\" in name:
+        return f"part name {name[:80]!r} is not an absolute path of plain segments"
+    if name.casefold() == "/[content_types].xml" or "_rels" in (s.casefold() for s in segments) or name.endswith(".rels"):
+        return f"part name {name[:80]!r} is reserved for the package itself"
+    return None
+
+
+def _reserved(name: str) -> bool:
+    return name == "/[Content_Types].xml" or ("/_rels/" in name and name.endswith(".rels"))
+
+
 def _members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     infos = [i for i in archive.infolist() if not i.is_dir()]
     if len(infos) > MAX_PARTS:
@@ -61,12 +78,21 @@ def _members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
         if info.file_size > 1024 * 1024 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             raise AmlError(f"part {info.filename!r} unpacks {info.file_size // max(info.compress_size, 1)}-fold; "
                            "refusing a likely zip bomb", code="too_large")  # fmt: skip
-    return {"/" + i.filename.replace("\\", "/").lstrip("/"): i for i in infos}
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = "/" + info.filename.replace("\\", "/").lstrip("/")
+        if name.casefold() in {m.casefold() for m in members}:
+            raise AmlError(f"the package holds part {name[:80]!r} twice", code="invalid_package")
+        members[name] = info
+    return members
 
 
 def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    with archive.open(info) as source:
-        data = source.read(info.file_size + 1)
+    try:
+        with archive.open(info) as source:
+            data = source.read(info.file_size + 1)
+    except (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, EOFError, OSError) as exc:
+        raise AmlError(f"part {info.filename[:80]!r} cannot be read: {one_line(str(exc))}", code="invalid_package") from None
     if len(data) != info.file_size:
         raise AmlError(f"part {info.filename!r} is not the size its entry states", code="invalid_package")
     return data
@@ -112,8 +138,11 @@ def read_package(data: bytes) -> Package:
         defaults, overrides = _media_types(archive, members)
         parts = []
         for name, info in sorted(members.items()):
-            if name in (roots[0], "/[Content_Types].xml") or name in schemas or name.endswith(".rels"):
+            if name == roots[0] or name in schemas or _reserved(name):
                 continue
+            problem = part_name_problem(name)
+            if problem is not None:
+                raise AmlError(f"the package's {problem}", code="invalid_package")
             extension = name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
             media_type = overrides.get(name) or defaults.get(extension) or "application/octet-stream"
             parts.append(Part(name, media_type, _read(archive, info)))
@@ -124,8 +153,12 @@ def write_package(specification: bytes, parts: tuple[Part, ...] = (), root_name:
     """An ``.amlx`` holding the specification as its root document and ``parts`` beside
     it; the same input gives the same bytes."""
     names = [root_name, *(p.name for p in parts)]
-    if len(set(names)) != len(names) or any(not n.startswith("/") or n.endswith("/") for n in names):
-        raise AmlError("package part names must be distinct paths starting with '/'", code="invalid_package")
+    for name in names:
+        problem = part_name_problem(name)
+        if problem is not None:
+            raise AmlError(problem, code="invalid_package")
+    if len({n.casefold() for n in names}) != len(names):
+        raise AmlError("package part names must be distinct", code="invalid_package")
     types = etree.Element(f"{{{CONTENT_TYPES}}}Types", nsmap={None: CONTENT_TYPES})
     etree.SubElement(types, f"{{{CONTENT_TYPES}}}Default", Extension="rels",
                      ContentType="application/vnd.openxmlformats-package.relationships+xml")  # fmt: skip

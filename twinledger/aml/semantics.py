@@ -22,16 +22,21 @@ kinds of things, not the plant):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from lxml import etree
 
-from twinledger.aml.document import AmlError, check_ids, check_schema, local
+from twinledger.aml.document import FREE_CONTENT, AmlError, check_depth, check_ids, check_schema, local, structure
 
 PROGRAM_CLASS_SUFFIX = "/Program"
 SIGNAL_CLASS_SUFFIX = "/Signal"
 MAX_CLASS_DEPTH = 32
+MAX_PROGRAMS = 20_000
+"""Programs a specification may give its components in all (classes multiply them)."""
+INT64 = (-(2**63), 2**63 - 1)
 TYPES = {"xs:double": "number", "xs:float": "number", "xs:decimal": "number", "xs:integer": "integer",
          "xs:int": "integer", "xs:long": "integer", "xs:boolean": "boolean", "xs:string": "string"}  # fmt: skip
 _ARTICLE = {"number": "a number", "integer": "an integer"}
@@ -61,6 +66,8 @@ class Parameter:
                 raise AmlError(f"{where} = {value} is below its safe minimum {self.minimum:g}", code="unsafe_parameter")
             if self.maximum is not None and number > self.maximum:
                 raise AmlError(f"{where} = {value} is above its safe maximum {self.maximum:g}", code="unsafe_parameter")
+            if self.type == "integer" and not INT64[0] <= int(value) <= INT64[1]:
+                raise AmlError(f"{where} = {value} is outside the 64-bit integer range", code="unsafe_parameter")
             value = int(value) if self.type == "integer" else str(value)
         elif not isinstance(value, str):
             raise AmlError(f"{where} must be a string", code="unsafe_parameter")
@@ -108,26 +115,27 @@ class Program:
 
 
 def _parameter(attribute: etree._Element, where: str) -> Parameter:
+    """A parameter with the tightest of its constraints: the highest minimum, the lowest
+    maximum, the values every NominalScaledType allows."""
     name = attribute.get("Name") or ""
     data_type = attribute.get("AttributeDataType") or "xs:string"
     if data_type not in TYPES:
         raise AmlError(f"{where}: parameter {name!r} has unsupported type {data_type!r} (use one of {sorted(TYPES)})")
-    minimum = maximum = None
-    allowed: list[str] = []
-    for constraint in (c for c in attribute if local(c) == "Constraint"):
-        for scale in constraint:
-            for rule in scale:
-                text = (rule.text or "").strip()
-                kind = local(rule)
-                if kind == "RequiredMinValue":
-                    minimum = _number(text, "number", f"{where}: parameter {name!r} minimum")
-                elif kind == "RequiredMaxValue":
-                    maximum = _number(text, "number", f"{where}: parameter {name!r} maximum")
-                elif kind == "RequiredValue":
-                    allowed.append(text)
+    minimums, maximums, allowed_sets = [], [], []
+    for scale in (s for c in attribute.iterchildren("{*}Constraint") for s in c):
+        values = [(local(rule), (rule.text or "").strip()) for rule in scale]
+        minimums += [_number(t, "number", f"{where}: parameter {name!r} minimum") for k, t in values if k == "RequiredMinValue"]
+        maximums += [_number(t, "number", f"{where}: parameter {name!r} maximum") for k, t in values if k == "RequiredMaxValue"]
+        if local(scale) == "NominalScaledType":
+            allowed_sets.append([t for k, t in values if k == "RequiredValue"])
+    minimum = max(minimums) if minimums else None
+    maximum = min(maximums) if maximums else None
     if minimum is not None and maximum is not None and minimum > maximum:
         raise AmlError(f"{where}: parameter {name!r} has minimum above maximum")
-    return Parameter(name, TYPES[data_type], minimum, maximum, tuple(allowed), attribute.get("Unit"))
+    allowed = [v for v in allowed_sets[0] if all(v in other for other in allowed_sets[1:])] if allowed_sets else []
+    if allowed_sets and not allowed:
+        raise AmlError(f"{where}: parameter {name!r} has constraints that together allow no value")
+    return Parameter(name, TYPES[data_type], minimum, maximum, tuple(dict.fromkeys(allowed)), attribute.get("Unit"))
 
 
 @dataclass(frozen=True)
@@ -169,20 +177,22 @@ class Identity:
 
 @dataclass(frozen=True)
 class Model:
-    """Everything the contracts read from one specification, extracted once."""
+    """Everything the contracts read from one specification, extracted once (and shared
+    through a cache, so read-only: its mappings are proxies)."""
 
     version: str
-    ancestors: dict[str, tuple[str, ...]]
+    ancestors: Mapping[str, tuple[str, ...]]
     """ID → IDs of that element and its ancestors that carry one, outermost first."""
     programs: tuple[Program, ...]
     signals: tuple[Signal, ...]
     identities: tuple[Identity, ...]
-    objects: dict[str, str]
+    objects: Mapping[str, str]
     """Component ID → its OPC UA object."""
 
     def program(self, name: str) -> Program:
-        """The program ``name`` names: its full path or a unique tail of it."""
-        found = [p for p in self.programs if p.path == name or p.path.endswith("/" + name)]
+        """The program ``name`` names: its full path, else a unique tail of it."""
+        exact = [p for p in self.programs if p.path == name]
+        found = exact or [p for p in self.programs if p.path.endswith("/" + name)]
         if len(found) == 1:
             return found[0]
         if found:
@@ -214,7 +224,7 @@ def opcua_object(element: etree._Element) -> str:
 def components(root: etree._Element) -> list[etree._Element]:
     """The instance hierarchies' InternalElements, in document order."""
     return [e for hierarchy in root if local(hierarchy) == "InstanceHierarchy"
-            for e in hierarchy.iter("{*}InternalElement")]  # fmt: skip
+            for e in structure(hierarchy) if local(e) == "InternalElement"]  # fmt: skip
 
 
 def name_path(element: etree._Element) -> str:
@@ -228,7 +238,7 @@ def _classes(root: etree._Element) -> dict[str, etree._Element]:
     """SystemUnitClasses by path (``Lib/Class/SubClass``) and by ID."""
     found: dict[str, etree._Element] = {}
     for library in (c for c in root if local(c) == "SystemUnitClassLib"):
-        for cls in library.iter(etree.Element):
+        for cls in structure(library):
             if local(cls) == "SystemUnitClass":
                 found[name_path(cls)] = cls
                 if cls.get("ID"):
@@ -236,29 +246,43 @@ def _classes(root: etree._Element) -> dict[str, etree._Element]:
     return found
 
 
-def _class_programs(cls: etree._Element, classes: dict[str, etree._Element], depth: int = 0) -> dict[str, etree._Element]:
-    """Program interfaces of a class and its base classes by name; the nearer class wins."""
-    inherited: dict[str, etree._Element] = {}
-    base = classes.get(cls.get("RefBaseClassPath") or "")
-    if base is not None and depth < MAX_CLASS_DEPTH:
-        inherited = _class_programs(base, classes, depth + 1)
-    return {**inherited, **{i.get("Name") or "": i for i in _interfaces(cls, PROGRAM_CLASS_SUFFIX)}}
+class _ClassPrograms:
+    """Program interfaces of each class and its base classes by name (the nearer class
+    wins), worked out once per class; an inheritance cycle is refused."""
+
+    def __init__(self, classes: dict[str, etree._Element]) -> None:
+        self.classes = classes
+        self.known: dict[str, dict[str, etree._Element]] = {}
+
+    def of(self, reference: str, seen: tuple[str, ...] = ()) -> dict[str, etree._Element]:
+        cls = self.classes.get(reference)
+        if cls is None:
+            return {}
+        key = name_path(cls)
+        if key in self.known:
+            return self.known[key]
+        if key in seen or len(seen) > MAX_CLASS_DEPTH:
+            raise AmlError(f"class {key!r} inherits from itself (through {' → '.join(seen[-4:])})")
+        inherited = self.of(cls.get("RefBaseClassPath") or "", (*seen, key))
+        self.known[key] = {**inherited, **{i.get("Name") or "": i for i in _interfaces(cls, PROGRAM_CLASS_SUFFIX)}}
+        return self.known[key]
 
 
 def programs_of(root: etree._Element, parts: list[etree._Element]) -> tuple[Program, ...]:
     """Every component's programs (``parts``: the components), its own and its class's, in
     document order."""
-    classes = _classes(root)
+    classes = _ClassPrograms(_classes(root))
     found: dict[str, Program] = {}
     for component in parts:
-        cls = classes.get(component.get("RefBaseSystemUnitPath") or "")
-        interfaces = _class_programs(cls, classes) if cls is not None else {}
+        interfaces = classes.of(component.get("RefBaseSystemUnitPath") or "")
         own = {i.get("Name") or "": i for i in _interfaces(component, PROGRAM_CLASS_SUFFIX)}
         base = name_path(component)
         for name, interface in {**interfaces, **own}.items():
             path = f"{base}/{name}"
             if path in found:
                 raise AmlError(f"two programs have the path {path!r}; give their components different names")
+            if len(found) >= MAX_PROGRAMS:
+                raise AmlError(f"the specification gives its components more than {MAX_PROGRAMS} programs")
             params = tuple(_parameter(a, f"program {path!r}") for a in interface if local(a) == "Attribute")
             interface_id = (interface.get("ID") or "") if name in own else ""
             found[path] = Program(interface_id, name, path, component.get("ID"), params)
@@ -291,8 +315,9 @@ def ancestors_of(root: etree._Element) -> dict[str, tuple[str, ...]]:
         here = (*above, identifier) if identifier else above
         if identifier and identifier not in paths:  # instance hierarchies come first: they win
             paths[identifier] = here
-        for child in element:
-            walk(child, here)
+        if local(element) not in FREE_CONTENT:
+            for child in element.iterchildren(etree.Element):
+                walk(child, here)
 
     walk(root, ())
     return paths
@@ -303,11 +328,18 @@ def model_of(root: etree._Element, version: str) -> Model:
     identities = tuple(Identity(e.get("ID") or "", opcua_object(e), attribute_value(e, "Model") or "", serial)
                        for e in parts if (serial := attribute_value(e, "SerialNumber")))  # fmt: skip
     objects = {e.get("ID") or "": opcua_object(e) for e in parts}
-    return Model(version, ancestors_of(root), programs_of(root, parts), signals_of(parts), identities, objects)
+    owners: dict[str, str] = {}
+    for component, obj in objects.items():  # the agent acts on the object: one component each
+        if owners.setdefault(obj, component) != component:
+            raise AmlError(f"components {owners[obj]!r} and {component!r} both name OPC UA object {obj!r}; each "
+                           "component needs its own")  # fmt: skip
+    return Model(version, MappingProxyType(ancestors_of(root)), programs_of(root, parts), signals_of(parts), identities,
+                 MappingProxyType(objects))  # fmt: skip
 
 
 def validate(root: etree._Element) -> Model:
     """The document's model, if it follows its CAEX schema and twinledger's rules."""
+    check_depth(root)
     version = check_schema(root)
     check_ids(root)
     return model_of(root, version)

@@ -240,10 +240,12 @@ def aml_export(
     replace_durably(output, exported.data)
     if as_json:
         print_json({"path": str(output), "version": exported.version, "size": len(exported.data),
-                    "parts": list(exported.parts)})  # fmt: skip
+                    "parts": list(exported.parts), "skipped": list(exported.skipped)})  # fmt: skip
     else:
         parts = f" with {len(exported.parts)} document(s)" if package else ""
         out.print(f"version {exported.version} written to {output}{parts}", highlight=False)
+        for reason in exported.skipped:
+            err.print(f"not packed: {reason}", highlight=False)
 
 
 @aml_app.command("history")

@@ -41,6 +41,13 @@ class Arguments:
             raise self.error(f"{name!r} must be {'a' if empty else 'a non-empty'} string of at most {max_length} characters")
         return value
 
+    def reference(self, name: str, *, default: Any = _MISSING, max_length: int = 512) -> Any:
+        """How an element or program is named (an ID, a name path): printable text."""
+        value = self.text(name, default=default, max_length=max_length)
+        if value is not default and not value.isprintable():
+            raise self.error(f"{name!r} must be printable (got {value[:40]!r})")
+        return value
+
     def identifier(self, name: str, *, default: Any = _MISSING) -> Any:
         """A name or ID: letters, digits and ``._:-``, at most 128 characters."""
         value = self._get(name, default)

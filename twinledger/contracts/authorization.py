@@ -109,10 +109,11 @@ def roles_of(state: StateReader, twin_id: str, sender: bytes) -> dict[str, list[
 
 
 def may(state: StateReader, twin: dict[str, Any], key: bytes, method: str, component: str | None = None,
-        now: int | None = None) -> bool:  # fmt: skip
-    """Whether ``key`` may ``method`` on the twin (within ``component``): through a role it
-    holds over the whole twin or a scope containing the component, or, given the block's
-    time ``now``, through a write token the owner issued it."""
+        now: int | None = None, path: tuple[str, ...] | None = None) -> bool:  # fmt: skip
+    """Whether ``key`` may ``method`` on the twin (within ``component``, or within the
+    element whose IDs from the top are ``path``): through a role it holds over the whole
+    twin or a scope containing the component, or, given the block's time ``now``,
+    through a write token the owner issued it."""
     if not key_may(state, key, method) or key_removed(state, key):  # a principal within its roles; no removed key
         return False
     allowed = permissions(state, twin["id"])
@@ -121,11 +122,12 @@ def may(state: StateReader, twin: dict[str, Any], key: bytes, method: str, compo
         grants += [token["scopes"] for token in tokens_in_force(state, twin, key, now) if method in token["methods"]]
     if any(not scopes for scopes in grants):
         return True
-    if component is None or not grants:
+    if (component is None and path is None) or not grants:
         return False
-    path = element_path(state, twin["id"], component)
+    if path is None:
+        path = element_path(state, twin["id"], component) if component is not None else None
     if path is None:  # not an element ID: a name path, found in the specification
-        path = aml.component_path(specification(state, twin), component)
+        path = aml.component_path(specification(state, twin), component or "")
     return any(set(scopes) & set(path) for scopes in grants)
 
 
@@ -139,16 +141,17 @@ def tokens_in_force(state: StateReader, twin: dict[str, Any], key: bytes, now: i
             and may(state, twin, token["issuer"], "role.grant")]  # fmt: skip
 
 
-def authorize(call: Call, twin: dict[str, Any], method: str, component: str | None = None) -> None:
+def authorize(call: Call, twin: dict[str, Any], method: str, component: str | None = None,
+              path: tuple[str, ...] | None = None) -> None:  # fmt: skip
     """Pass if the sender may ``method`` (``may``); raise Forbidden naming who, what and where."""
-    if may(call.state, twin, call.sender, method, component, call.header.timestamp):
+    if may(call.state, twin, call.sender, method, component, call.header.timestamp, path):
         return
     principal = principal_of(call.state, call.sender)
     if principal is not None and not key_may(call.state, call.sender, method):
         raise Forbidden(f"principal {'/'.join(principal)} may not {method}: its principal roles do not allow it",
                         code="not_permitted")  # fmt: skip
     held = roles_of(call.state, twin["id"], call.sender)
-    where = f" within {component!r}" if component is not None else ""
+    where = f" within {component or (path or ('',))[-1]!r}" if component is not None or path else ""
     roles = ", ".join(f"{r} ({'/'.join(s)})" if s else r for r, s in sorted(held.items())) or "none"
     who = subjects_of(call.state, call.sender)[-1]
     who = who if who.startswith("org:") else who[:20] + "…"

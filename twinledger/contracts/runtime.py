@@ -169,8 +169,11 @@ class ContractRuntime(Application):
             if self.sender_check is not None:
                 self.sender_check(call.state, tx)
             method.apply(call, parsed)
+            encode_writes(call.state.writes)  # a value the ledger cannot encode fails here, not the block
         except (ContractError, InvalidTransaction, DecodeError) as exc:
             return Receipt(tx.hash, "failed", exc.code, message=exc.message)
+        except Exception as exc:  # noqa: BLE001 - a contract bug fails its transaction, never the block
+            return Receipt(tx.hash, "failed", "internal_error", message=f"the contract failed ({type(exc).__name__})")
         call.state.commit_into(state)
         return Receipt(tx.hash, "ok", "", tuple(call.events))
 

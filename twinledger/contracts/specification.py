@@ -29,7 +29,7 @@ from twinledger.contracts.authorization import (
 )
 from twinledger.contracts.membership import organisation_of, required_organisation
 from twinledger.contracts.runtime import Call, Contract, Method
-from twinledger.contracts.twinmodel import find_program, find_signal, require_element, write_model
+from twinledger.contracts.twinmodel import element_path, find_program, find_signal, require_element, write_model
 from twinledger.contracts.twinstate import (
     aml_key,
     anomaly_key,
@@ -160,9 +160,9 @@ class InsertArgs:
 
 def parse_insert(args: Mapping[str, Any]) -> InsertArgs:
     read = Arguments("twins.insert_aml", args, ("twin", "fragment", "parent", "after"))
-    after = read.text("after", max_length=MAX_REFERENCE, default=None)
+    after = read.reference("after", max_length=MAX_REFERENCE, default=None)
     return InsertArgs(read.identifier("twin"), read.blob("fragment", max_size=MAX_SPECIFICATION_BYTES),
-                      read.text("parent", max_length=MAX_REFERENCE), after)  # fmt: skip
+                      read.reference("parent", max_length=MAX_REFERENCE), after)  # fmt: skip
 
 
 def insert_aml(call: Call, args: InsertArgs) -> None:
@@ -190,7 +190,7 @@ class RemoveArgs:
 
 def parse_remove(args: Mapping[str, Any]) -> RemoveArgs:
     read = Arguments("twins.remove_aml", args, ("twin", "element", "links"))
-    return RemoveArgs(read.identifier("twin"), read.text("element", max_length=MAX_REFERENCE),
+    return RemoveArgs(read.identifier("twin"), read.reference("element", max_length=MAX_REFERENCE),
                       read.choice("links", aml.LINK_POLICIES, default="refuse"))  # fmt: skip
 
 
@@ -200,6 +200,8 @@ def remove_aml(call: Call, args: RemoveArgs) -> None:
     twin = load_twin(call.state, args.twin)
     authorize(call, twin, "aml.remove", args.element)
     edit = aml.remove(specification(call.state, twin), args.element, args.links)
+    for holder in dict.fromkeys(edit.link_holders):  # links removed elsewhere are changes there too
+        authorize(call, twin, "aml.remove", holder)
     _new_version(call, twin, edit.specification, "remove", args.element, "")
     call.emit("AmlRemoved", twin=args.twin, element=args.element, version=twin["aml_version"] + 1,
               links=list(edit.links))  # fmt: skip
@@ -236,7 +238,7 @@ def parse_add_document(args: Mapping[str, Any]) -> DocumentArgs:
         read.identifier("twin"), read.digest("hash"), read.text("title"),
         read.text("description", max_length=1024, empty=True, default=""), read.text("reference", max_length=512),
         read.text("media_type", default="application/octet-stream"), read.integer("size", default=0),
-        read.text("component", max_length=128, default=None),
+        read.reference("component", max_length=128, default=None),
     )  # fmt: skip
 
 
@@ -382,7 +384,7 @@ class FeedArgs:
 
 def parse_add_feed(args: Mapping[str, Any]) -> FeedArgs:
     read = Arguments("twins.add_feed", args, ("twin", "component", "reference", "description"))
-    return FeedArgs(read.identifier("twin"), read.text("component", max_length=128),
+    return FeedArgs(read.identifier("twin"), read.reference("component", max_length=128),
                     read.text("reference", max_length=512),
                     read.text("description", max_length=1024, empty=True, default=""))  # fmt: skip
 
@@ -407,7 +409,7 @@ def _detach_feed(call: Call, twin_id: str, component: str, feed: dict[str, Any])
 
 def parse_remove_feed(args: Mapping[str, Any]) -> ElementArgs:
     read = Arguments("twins.remove_feed", args, ("twin", "component"))
-    return ElementArgs(read.identifier("twin"), read.text("component", max_length=128))
+    return ElementArgs(read.identifier("twin"), read.reference("component", max_length=128))
 
 
 def remove_feed(call: Call, args: ElementArgs) -> None:
@@ -430,7 +432,7 @@ class CheckpointArgs:
 
 def parse_checkpoint_feed(args: Mapping[str, Any]) -> CheckpointArgs:
     read = Arguments("twins.checkpoint_feed", args, ("twin", "component", "sequence", "head"))
-    return CheckpointArgs(read.identifier("twin"), read.text("component", max_length=128), read.integer("sequence"),
+    return CheckpointArgs(read.identifier("twin"), read.reference("component", max_length=128), read.integer("sequence"),
                           read.digest("head"))  # fmt: skip
 
 
@@ -474,20 +476,21 @@ def parse_call_program(args: Mapping[str, Any]) -> ProgramCall:
     for name, value in params.items():
         if not isinstance(value, (bool, int, str)) or (isinstance(value, str) and len(value) > 256):
             raise read.error(f"parameter {name[:40]!r} must be a boolean, an integer or a short string")
-    return ProgramCall(read.identifier("twin"), read.text("program", max_length=MAX_REFERENCE), params)
+    return ProgramCall(read.identifier("twin"), read.reference("program", max_length=MAX_REFERENCE), params)
 
 
 def call_program(call: Call, args: ProgramCall) -> None:
     """Queue a program call for the device agent once the AML's safety rules allow it."""
     twin = load_twin(call.state, args.twin)
     program = find_program(call.state, twin["id"], args.program)
+    scope = element_path(call.state, twin["id"], program.target or "") or ()
     authorize(call, twin, "program.call", program.target)
     params = program.validate_call(args.params)
     number = twin["calls"] + 1
     call.state.set(twin_key(args.twin), {**twin, "calls": number})
     call.state.set(call_key(args.twin, number), {
         "number": number, "program": program.path, "interface": program.id, "component": program.component_id or "",
-        "params": params, "status": "queued", "result": "", "caller": call.sender,
+        "params": params, "status": "queued", "result": "", "caller": call.sender, "scope": list(scope),
         "history": [{"status": "queued", **_actor(call)}],
     })  # fmt: skip
     call.emit("ProgramCalled", twin=args.twin, call=number, program=program.path, params=params)
@@ -523,7 +526,7 @@ def update_call(call: Call, args: CallUpdate) -> None:
     if entry is None:
         raise TwinError(f"twin {args.twin} has no program call {args.number}", code="unknown_call")
     method = "program.dispatch" if args.status == "dispatched" else "program.report"
-    authorize(call, twin, method, entry["interface"] or entry["component"] or None)
+    authorize(call, twin, method, path=tuple(entry["scope"]))  # where it was when called: it may be gone since
     if entry["status"] not in TRANSITIONS[args.status]:
         raise TwinError(f"program call {args.number} is {entry['status']}; it cannot become {args.status}",
                         code="bad_transition")  # fmt: skip
@@ -557,7 +560,7 @@ def parse_report_anomaly(args: Mapping[str, Any]) -> AnomalyReport:
     read = Arguments("twins.report_anomaly", args, ("twin", "signal", "state", "deviation", "since", "sequence"))
     state = read.choice("state", ANOMALY_STATES)
     deviation = read.choice("deviation", DEVIATIONS) if state == "raised" else ""
-    return AnomalyReport(read.identifier("twin"), read.text("signal", max_length=128), state, deviation,
+    return AnomalyReport(read.identifier("twin"), read.reference("signal", max_length=128), state, deviation,
                          read.integer("since", minimum=0), read.integer("sequence", minimum=-1, default=-1))  # fmt: skip
 
 

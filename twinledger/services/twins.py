@@ -13,7 +13,7 @@ from typing import Any
 from twinledger import aml
 from twinledger.contracts import calls
 from twinledger.core.proof import parse_proof
-from twinledger.errors import BadRequest, InvalidProof
+from twinledger.errors import BadRequest, InvalidProof, TwinledgerError
 from twinledger.ledger.genesis import Genesis
 from twinledger.services import documents, proofs
 from twinledger.services.proofs import Pin
@@ -68,13 +68,20 @@ async def create(session: Session, specification: bytes, name: str, device_id: s
     container whose other parts become the twin's documents, titled by their part
     names); the session's organisation owns it."""
     package = aml.read_package(specification) if aml.is_package(specification) else None
-    root = package.specification if package is not None else specification
-    outcome = await session.transact(calls.create_twin(name, device_id, root, roles or {}))
+    stored = aml.stored_form(package.specification if package is not None else specification)  # errors name its lines
+    outcome = await session.transact(calls.create_twin(name, device_id, stored, roles or {}))
     twin = outcome.event("TwinCreated")["twin"]
-    added = [await documents.add(session, twin, part.data, part.name, media_type=part.media_type,
-                                 description=f"from the container of {package.root_name}", progress=progress)
-             for part in (package.parts if package is not None else ())]  # fmt: skip
-    return TwinCreated(twin, outcome, tuple(d.document for d in added))
+    added: list[str] = []
+    for part in package.parts if package is not None else ():
+        try:
+            added.append((await documents.add(session, twin, part.data, part.name, media_type=part.media_type,
+                                              description=f"from the container of {package.root_name}",
+                                              progress=progress)).document)  # fmt: skip
+        except TwinledgerError as exc:
+            raise TwinledgerError(f"twin {twin} was created, but only {len(added)} of the container's "
+                                  f"{len(package.parts)} parts became documents: {part.name}: {exc.message}",
+                                  code=exc.code) from None  # fmt: skip
+    return TwinCreated(twin, outcome, tuple(added))
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,8 @@ class Exported:
     version: int
     parts: tuple[str, ...]
     """Documents packed beside the specification (``.amlx``), by part name."""
+    skipped: tuple[str, ...] = ()
+    """Documents named like parts that could not be packed, and why."""
 
 
 async def export(session: Session, twin_ref: str, version: int | None = None, package: bool = False) -> Exported:
@@ -95,7 +104,16 @@ async def export(session: Session, twin_ref: str, version: int | None = None, pa
     if not package:
         return Exported(specification, entry["version"], ())
     twin = await session.twin(twin_ref)
-    chosen = [d for d in twin["documents"] if d["title"].startswith("/") and not d.get("removed")]
+    chosen, skipped, taken = [], [], {f"/{twin['device_id']}.aml".casefold()}
+    for document in (d for d in twin["documents"] if d["title"].startswith("/") and not d.get("removed")):
+        problem = aml.package.part_name_problem(document["title"])
+        if problem is None and document["title"].casefold() in taken:
+            problem = f"part name {document['title'][:80]!r} is taken by another document"
+        if problem is not None:
+            skipped.append(f"{document['id'][:16]}…: {problem}")
+            continue
+        taken.add(document["title"].casefold())
+        chosen.append(document)
     parts = []
     with tempfile.TemporaryDirectory(prefix="twinledger-export-") as scratch:
         for document in chosen:
@@ -103,7 +121,7 @@ async def export(session: Session, twin_ref: str, version: int | None = None, pa
             await documents.get(session, twin["id"], document["id"], target)
             parts.append(aml.package.Part(document["title"], document["media_type"], target.read_bytes()))
     data = aml.write_package(specification, tuple(parts), f"/{twin['device_id']}.aml")
-    return Exported(data, entry["version"], tuple(p.name for p in parts))
+    return Exported(data, entry["version"], tuple(p.name for p in parts), tuple(skipped))
 
 
 async def _twin_id(session: Session, twin_ref: str) -> str:

@@ -1,0 +1,248 @@
+"""Hostile AutomationML and hostile edits: each test is an attack an independent review
+of the AML rework found, run against the contract or the package, and what stops it."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+
+import pytest
+from test_aml import LINE, caex
+from twin_helpers import PLANT, World, key_for
+
+from twinledger import aml
+from twinledger.aml import AmlError
+from twinledger.contracts.twinstate import aml_key, call_key
+
+OWNER = key_for("plant-owner")
+MAINTAINER = key_for("maintenance-co")
+SCOPED = {"org:maintenance-co": {"maintainer": ["capper-1"]}}
+
+
+def _spec(world: World, twin: str) -> bytes:
+    return world.get(aml_key(twin, world.get(f"twin/{twin}")["aml_version"]))
+
+
+@pytest.mark.parametrize(("method", "args"), [
+    ("remove_aml", {"element": "a\x01b"}),
+    ("insert_aml", {"fragment": b'<InternalElement Name="x" ID="x"/>', "parent": "line-1", "after": "a\x01b"}),
+    ("add_feed", {"component": "a\x01b", "reference": "r"}),
+])  # fmt: skip
+def test_an_unprintable_reference_fails_its_transaction_not_the_block(method: str, args: dict) -> None:
+    world = World()
+    twin = world.create_twin()
+    receipt = world.fails("bad_arguments", OWNER, "twins", method, twin=twin, **args)
+    assert "printable" in receipt.message
+
+
+def test_a_scoped_insert_cannot_nest_the_twin_past_the_depth_limit() -> None:
+    """A 64-level fragment under a component at depth 4 would store a version nobody can
+    parse again; it is refused, and the twin goes on."""
+    world = World()
+    twin = world.create_twin(roles=SCOPED)
+    deep = "".join(f'<InternalElement Name="n{i}" ID="deep-{i}">' for i in range(64)) + "</InternalElement>" * 64
+    receipt = world.fails("invalid_aml", MAINTAINER, "twins", "insert_aml", twin=twin, fragment=deep.encode(),
+                          parent="capper-1")  # fmt: skip
+    assert "deeper than 64" in receipt.message
+    world.ok(OWNER, "twins", "call_program", twin=twin, program="SetVelocity", params={"velocity": "1"})
+
+
+def test_a_component_cannot_borrow_another_component_s_opcua_object() -> None:
+    """Otherwise a maintainer scoped to the capper could declare its own unlimited
+    SetVelocity on the conveyor's OPC UA object and have the agent run it at 99 m/s."""
+    world = World()
+    twin = world.create_twin(roles=SCOPED)
+    fragment = (b'<InternalElement Name="Tool" ID="tool-1"><Attribute Name="OpcUaObject" AttributeDataType="xs:string">'
+                b'<Value>conveyor-1</Value></Attribute><ExternalInterface Name="SetVelocity" ID="tool-1-v" '
+                b'RefBaseClassPath="TwinledgerInterfaceClassLib/Program"><Attribute Name="velocity" '
+                b'AttributeDataType="xs:double"/></ExternalInterface></InternalElement>')  # fmt: skip
+    receipt = world.fails("invalid_aml", MAINTAINER, "twins", "insert_aml", twin=twin, fragment=fragment,
+                          parent="capper-1")  # fmt: skip
+    assert "both name OPC UA object 'conveyor-1'" in receipt.message
+
+
+def test_a_relative_namespace_is_refused_in_one_line() -> None:
+    document = PLANT.replace(b'<CAEXFile ', b'<CAEXFile xmlns:r="relative/ns" ')
+    with pytest.raises(AmlError, match="no canonical form"):
+        aml.stored_form(document)
+    world = World()
+    receipt = world.fails("invalid_aml", OWNER, "twins", "create", name="n", device_id="n", aml=document)
+    assert "\n" not in receipt.message
+
+
+def test_an_integer_parameter_outside_64_bits_is_refused_by_the_contract() -> None:
+    document = PLANT.replace(b'<Attribute Name="volume" AttributeDataType="xs:integer" Unit="ml">',
+                             b'<Attribute Name="count" AttributeDataType="xs:integer"/>'
+                             b'<Attribute Name="volume" AttributeDataType="xs:integer" Unit="ml">')  # fmt: skip
+    world = World()
+    twin = world.create_twin(aml=document)
+    receipt = world.fails("unsafe_parameter", OWNER, "twins", "call_program", twin=twin, program="SetFillVolume",
+                          params={"count": "9" * 30, "volume": 300, "valve_check": True})  # fmt: skip
+    assert "64-bit" in receipt.message
+
+
+def test_a_program_s_full_path_names_it_even_when_another_path_ends_the_same() -> None:
+    world = World()
+    twin = world.create_twin(roles=SCOPED)
+    full = "BottlingPlant/BottlingLine1/Conveyor/SetVelocity"
+    shadow = (b'<InternalElement Name="BottlingPlant" ID="evil-1"><InternalElement Name="BottlingLine1" ID="evil-2">'
+              b'<InternalElement Name="Conveyor" ID="evil-3"><ExternalInterface Name="SetVelocity" ID="evil-4" '
+              b'RefBaseClassPath="TwinledgerInterfaceClassLib/Program"/></InternalElement></InternalElement>'
+              b"</InternalElement>")  # fmt: skip
+    world.ok(MAINTAINER, "twins", "insert_aml", twin=twin, fragment=shadow, parent="capper-1")
+    world.ok(OWNER, "twins", "call_program", twin=twin, program=full, params={"velocity": "1"})
+    assert world.get(call_key(twin, 1))["program"] == full
+    assert aml.program(_spec(world, twin), full).component_id == "conveyor-1", "the agent finds the same one"
+
+
+LINKED = caex(b"""<InstanceHierarchy Name="P"><InternalElement Name="Line" ID="urn:plant:line">
+ <InternalElement Name="Conv" ID="urn:plant:conv"><ExternalInterface Name="Out"/></InternalElement>
+ <InternalElement Name="Filler" ID="urn:plant:filler"><ExternalInterface Name="In" ID="filler-in"/></InternalElement>
+ <InternalElement Name="Capper" ID="capper"/>
+ <InternalLink Name="ConvToFiller" RefPartnerSideA="urn:plant:conv:Out" RefPartnerSideB="urn:plant:filler:In"/>
+</InternalElement></InstanceHierarchy>""")
+
+
+def test_links_removed_with_an_element_are_changes_where_they_are_and_only_real_partners_count() -> None:
+    world = World()
+    roles = {"org:maintenance-co": {"maintainer": ["capper", "urn:plant:filler"]}}
+    twin = world.create_twin(aml=LINKED, device_id="l-1", roles=roles)
+    # an ID that is a ':'-prefix of others points at nothing
+    world.ok(MAINTAINER, "twins", "insert_aml", twin=twin, parent="capper",
+             fragment=b'<InternalElement Name="X" ID="urn:plant"/>')  # fmt: skip
+    receipt = world.ok(MAINTAINER, "twins", "remove_aml", twin=twin, element="urn:plant", links="remove")
+    assert [e.data["links"] for e in receipt.events if e.type == "AmlRemoved"] == [[]]
+    # the filler is the maintainer's, the line holding the link is not
+    world.fails("linked_element", MAINTAINER, "twins", "remove_aml", twin=twin, element="urn:plant:filler")
+    world.fails("forbidden", MAINTAINER, "twins", "remove_aml", twin=twin, element="urn:plant:filler", links="remove")
+    assert b"ConvToFiller" in _spec(world, twin)
+
+
+def test_removing_an_interface_that_a_caex_2_15_link_names_is_refused() -> None:
+    stored = aml.stored_form(LINKED)
+    with pytest.raises(AmlError, match="ConvToFiller") as refused:
+        aml.remove(stored, "filler-in")
+    assert refused.value.code == "linked_element"
+    with pytest.raises(AmlError, match="ConvToFiller"):
+        aml.remove(stored, "P/Line/Conv/Out")
+    assert not aml.remove(stored, "filler-in", links="remove").specification.count(b"InternalLink")
+
+
+def test_a_class_s_own_links_are_not_taken_for_links_to_an_instance_with_the_same_ids() -> None:
+    document = caex(b"""<InstanceHierarchy Name="P"><InternalElement Name="Cell" ID="cell">
+<InternalElement Name="A" ID="a"><ExternalInterface Name="Out"/></InternalElement>
+<InternalElement Name="B" ID="b"><ExternalInterface Name="In"/></InternalElement></InternalElement></InstanceHierarchy>
+<SystemUnitClassLib Name="Lib"><SystemUnitClass Name="CellType">
+<InternalElement Name="A" ID="a"><ExternalInterface Name="Out"/></InternalElement>
+<InternalElement Name="B" ID="b"><ExternalInterface Name="In"/></InternalElement>
+<InternalLink Name="ClassLink" RefPartnerSideA="a:Out" RefPartnerSideB="b:In"/></SystemUnitClass></SystemUnitClassLib>""")
+    edit = aml.remove(aml.stored_form(document), "a")
+    assert edit.links == () and b"ClassLink" in edit.specification
+
+
+def test_ids_with_a_slash_are_refused_since_paths_use_it() -> None:
+    with pytest.raises(AmlError, match="has a '/'"):
+        aml.stored_form(PLANT.replace(b'ID="capper-1"', b'ID="BottlingPlant/BottlingLine1/Filler"'))
+
+
+def test_elements_inside_a_value_are_data_not_components() -> None:
+    hidden = (b'<Attribute Name="Note" AttributeDataType="xs:string"><Value><InternalElement Name="Ghost" ID="ghost">'
+              b'<ExternalInterface Name="Open" ID="ghost-open" RefBaseClassPath="X/Program"/></InternalElement>'
+              b'<x ID="conveyor-1"/></Value></Attribute>')  # fmt: skip
+    model = aml.model(aml.stored_form(PLANT.replace(b'<Attribute Name="Torque"', hidden + b'<Attribute Name="Torque"')))
+    assert "ghost" not in model.ancestors and not [p for p in model.programs if "Ghost" in p.path]
+    assert model.ancestors["conveyor-1"] == ("line-1", "conveyor-1")
+
+
+def test_class_inheritance_cycles_are_refused_and_class_programs_are_worked_out_once() -> None:
+    cycle = LINE.replace(b'<SystemUnitClass Name="Conveyor">',
+                         b'<SystemUnitClass Name="Conveyor" RefBaseClassPath="Lib/FastConveyor">')  # fmt: skip
+    with pytest.raises(AmlError, match="inherits from itself"):
+        aml.stored_form(cycle)
+    programs = "".join(f'<ExternalInterface Name="p{i}" RefBaseClassPath="I/Program"/>' for i in range(100))
+    instances = "".join(f'<InternalElement Name="c{i}" ID="c{i}" RefBaseSystemUnitPath="L/A"/>' for i in range(150))
+    many = caex(f'<InstanceHierarchy Name="P">{instances}</InstanceHierarchy><SystemUnitClassLib Name="L">'
+                f'<SystemUnitClass Name="A">{programs}</SystemUnitClass></SystemUnitClassLib>'.encode())  # fmt: skip
+    start = time.perf_counter()
+    assert len(aml.model(aml.stored_form(many)).programs) == 15_000
+    assert time.perf_counter() - start < 5, "15,000 programs from one class cost little more than reading them"
+    more = b"".join(b'<InternalElement Name="d%d" ID="d%d" RefBaseSystemUnitPath="L/A"/>' % (i, i) for i in range(60))
+    too_many = many.replace(b"</InstanceHierarchy>", more + b"</InstanceHierarchy>")
+    with pytest.raises(AmlError, match="more than 20000 programs"):
+        aml.stored_form(too_many)
+
+
+def test_every_constraint_on_a_parameter_holds() -> None:
+    document = PLANT.replace(b"<RequiredMaxValue>2.5</RequiredMaxValue><RequiredMinValue>0</RequiredMinValue>"
+                             b"</OrdinalScaledType>\n            </Constraint>",
+                             b"<RequiredMaxValue>2.5</RequiredMaxValue><RequiredMinValue>0</RequiredMinValue>"
+                             b"</OrdinalScaledType>\n            </Constraint><Constraint Name=\"Mechanical\">"
+                             b"<OrdinalScaledType><RequiredMaxValue>40</RequiredMaxValue></OrdinalScaledType>"
+                             b"</Constraint>")  # fmt: skip
+    assert document != PLANT
+    with pytest.raises(AmlError, match=r"above its safe maximum 2\.5"):
+        aml.program(aml.stored_form(document), "SetVelocity").validate_call({"velocity": "30"})
+
+
+def test_the_cached_model_cannot_be_changed_by_a_reader() -> None:
+    model = aml.model(aml.stored_form(PLANT))
+    with pytest.raises(TypeError):
+        model.ancestors["capper-1"] = ("conveyor-1",)  # type: ignore[index]
+
+
+def test_a_scoped_agent_can_reject_a_call_whose_component_was_removed() -> None:
+    agent = key_for("agent-c1")
+    world = World()
+    twin = world.create_twin(aml=LINE, device_id="line-9", roles={f"key:{agent.public.hex()}": {"device-agent": ["c1"]}})
+    world.ok(OWNER, "twins", "call_program", twin=twin, program="Conveyor1/SetVelocity", params={"velocity": "1"})
+    world.ok(OWNER, "twins", "remove_aml", twin=twin, element="c1")
+    world.ok(agent, "twins", "report_call", twin=twin, call=1, status="rejected", result="component removed")
+    world.fails("forbidden", key_for("maker"), "twins", "report_call", twin=twin, call=1, status="rejected")
+
+
+def test_error_lines_quoted_from_a_file_stay_one_line() -> None:
+    with pytest.raises(AmlError) as refused:
+        aml.stored_form(PLANT.replace(b'SchemaVersion="2.15"', b'SchemaVersion="2.15&#10;FAKE: all good"'))
+    assert "\n" not in str(refused.value) and "schema" in str(refused.value)
+
+
+def _zip(entries: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_broken_and_hostile_packages_are_refused_in_one_line() -> None:
+    good = _zip({"plant.aml": PLANT, "files/manual.txt": b"manual " * 100})
+    corrupt = bytearray(good)
+    info = zipfile.ZipFile(io.BytesIO(good)).getinfo("files/manual.txt")
+    start = info.header_offset + 30 + len(info.filename)  # the part's compressed bytes
+    corrupt[start:start + 8] = b"\xff" * 8
+    for data, complaint in [
+        (bytes(corrupt), "part 'files/manual.txt' cannot be read"),
+        (_zip({"plant.aml": PLANT, "Files/A.txt": b"1", "files/a.txt": b"2"}), "twice"),
+        (_zip({"plant.aml": PLANT, "files/../../etc/passwd": b"x"}), "plain segments"),
+    ]:  # fmt: skip
+        with pytest.raises(AmlError, match=complaint) as refused:
+            aml.read_package(data)
+        assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["/_rels/.rels", "/[Content_Types].xml", "/../x.txt", "/files//x", "relative.txt",
+                                  "/files/x.rels"])  # fmt: skip
+def test_an_export_never_writes_a_package_part_of_its_own_or_outside_the_package(name: str) -> None:
+    with pytest.raises(AmlError) as refused:
+        aml.write_package(aml.stored_form(PLANT), (aml.package.Part(name, "text/plain", b"x"),))
+    assert refused.value.code == "invalid_package"
+
+
+def test_feeds_and_documents_name_components_by_id_only() -> None:
+    """One component, one feed key: a name path would have given it a second feed that
+    the component's removal leaves attached."""
+    world = World()
+    twin = world.create_twin()
+    world.fails("unknown_element", OWNER, "twins", "add_feed", twin=twin,
+                component="BottlingPlant/BottlingLine1/Filler", reference="feed:by-path")  # fmt: skip

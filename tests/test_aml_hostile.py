@@ -141,9 +141,15 @@ def test_a_class_s_own_links_are_not_taken_for_links_to_an_instance_with_the_sam
     assert edit.links == () and b"ClassLink" in edit.specification
 
 
-def test_ids_with_a_slash_are_refused_since_paths_use_it() -> None:
-    with pytest.raises(AmlError, match="has a '/'"):
-        aml.stored_form(PLANT.replace(b'ID="capper-1"', b'ID="BottlingPlant/BottlingLine1/Filler"'))
+def test_an_id_that_is_another_element_s_path_names_neither() -> None:
+    """Tools write IDs with '/' (an MTP manifest has ``ID="Services/"``), so an ID may spell
+    another element's name path: such a reference is refused, not resolved to either."""
+    planted = PLANT.replace(b'ID="capper-1"', b'ID="BottlingPlant/BottlingLine1/Filler"')
+    stored = aml.stored_form(planted)
+    with pytest.raises(AmlError, match="both an element's ID and another element's path") as refused:
+        aml.remove(stored, "BottlingPlant/BottlingLine1/Filler")
+    assert refused.value.code == "ambiguous_element"
+    assert aml.remove(stored, "filler-1").element == "filler-1"
 
 
 def test_elements_inside_a_value_are_data_not_components() -> None:

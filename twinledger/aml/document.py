@@ -124,11 +124,10 @@ def structure(element: etree._Element) -> Iterator[etree._Element]:
 
 
 def check_ids(root: etree._Element) -> None:
-    """IDs of the instance hierarchies are unique and have no ``/`` (which separates the
-    names of a path), and every component there carries one, since roles, feeds,
-    documents and edits address it by ID. Libraries may repeat an instance's ID: tools
-    copy a role class's interface IDs into the instances' role requirements, and
-    addressing prefers the instance."""
+    """IDs of the instance hierarchies are unique and printable, and every component there
+    carries one, since roles, feeds, documents and edits address it by ID. Libraries may
+    repeat an instance's ID: tools copy a role class's interface IDs into the instances'
+    role requirements, and addressing prefers the instance."""
     seen: set[str] = set()
     for hierarchy in (c for c in root if local(c) == "InstanceHierarchy"):
         for element in structure(hierarchy):
@@ -138,8 +137,8 @@ def check_ids(root: etree._Element) -> None:
                     raise AmlError(f"{describe(element)} in an instance hierarchy has no ID; components are "
                                    "addressed by ID")  # fmt: skip
                 continue
-            if not identifier or "/" in identifier or not identifier.isprintable():
-                raise AmlError(f"{describe(element)} has an ID that is empty, has a '/' or is not printable")
+            if not identifier or not identifier.isprintable():
+                raise AmlError(f"{describe(element)} has an ID that is empty or not printable")
             if identifier in seen:
                 raise AmlError(f"ID {identifier!r} is used twice (again by {describe(element)})")
             seen.add(identifier)

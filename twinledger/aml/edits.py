@@ -25,14 +25,16 @@ def find(root: etree._Element, ref: str, purpose: str = "") -> etree._Element:
         raise AmlError(f"{ref[:64]!r} is not an element's ID or path: it has unprintable characters",
                        code="unknown_element")  # fmt: skip
     by_id = next((e for e in structure(root) if e.get("ID") == ref), None)  # instance hierarchies come first: they win
-    if by_id is not None:
-        return by_id
     element: etree._Element | None = root
     for name in ref.split("/") if ref else ():
         element = next((c for c in element if c.get("Name") == name), None) if element is not None else None
-    if element is None or element is root:
+    by_path = element if element is not root else None
+    if by_id is not None and by_path is not None and by_id is not by_path:
+        raise AmlError(f"{ref!r} is both an element's ID and another element's path; name the other one by its ID",
+                       code="ambiguous_element")  # fmt: skip
+    if by_id is None and by_path is None:
         raise AmlError(f"no element with ID or path {ref!r}{purpose}", code="unknown_element")
-    return element
+    return by_id if by_id is not None else by_path  # type: ignore[return-value]
 
 
 def component_path(root: etree._Element, ref: str) -> tuple[str, ...]:

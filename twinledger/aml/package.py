@@ -29,7 +29,8 @@ ANY_CONTENT = AML_RELATIONSHIP + "AnyContent"
 AML_MEDIA_TYPE = "model/vnd.automationml+xml"
 EPOCH = (1980, 1, 1, 0, 0, 0)
 MTP_MANIFEST = "/manifest.aml"
-"""An MTP package (VDI/VDE/NAMUR 2658) without relationships: its root is the manifest."""
+"""An MTP package (VDI/VDE/NAMUR 2658) without relationships: its root is the manifest
+(at the top or in a folder); otherwise the one AutomationML document at the top."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,10 @@ def read_package(data: bytes) -> Package:
         relationships = _relationships(archive, members)
         roots = [name for kind, name in relationships if kind == ROOT_DOCUMENT]
         if not roots:
-            roots = [name for name in members if name.count("/") == 1 and name.lower().endswith(".aml")]
-            roots = [name for name in roots if name.lower() == MTP_MANIFEST] or roots
+            documents = [name for name in members if name.lower().endswith(".aml")]
+            manifests = [name for name in documents if name.lower().endswith(MTP_MANIFEST)]
+            top = [name for name in documents if name.count("/") == 1]
+            roots = manifests if len(manifests) == 1 else top if len(top) == 1 else documents
         if len(roots) != 1 or roots[0] not in members:
             raise AmlError("the package names no single root AutomationML document "
                            f"(found {roots[:3] or 'none'})", code="invalid_package")  # fmt: skip

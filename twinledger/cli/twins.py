@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
+from twinledger.aml import model as specification_model
 from twinledger.aml.package import MAX_PACKAGE_BYTES
 from twinledger.cli.common import (
     At,
@@ -142,22 +143,37 @@ def twin_show(
         out.print(view["specification"], highlight=False, markup=False)
 
 
+TREE_LIMIT = 200
+"""Components a quick look shows; a plant model has thousands (``twin aml show`` has all)."""
+
+
 def _component_tree(specification: str) -> Tree:
-    """The InternalElement hierarchy with its program interfaces, for a quick look."""
+    """The components with their programs (their own and their classes'), for a quick look."""
     from lxml import etree
 
-    root = etree.fromstring(specification.encode())
+    data = specification.encode()
+    root = etree.fromstring(data)
+    programs: dict[str, list[str]] = {}
+    for program in specification_model(data).programs:
+        programs.setdefault(program.component_id or "", []).append(program.name)
     tree = Tree("specification")
+    shown = [0]
 
     def walk(element: Any, branch: Tree) -> None:
         for child in element:
-            kind = etree.QName(child).localname
-            if kind in ("InstanceHierarchy", "InternalElement"):
-                walk(child, branch.add(f"{child.get('Name')} [dim]{child.get('ID') or ''}[/dim]"))
-            elif kind == "ExternalInterface" and (child.get("RefBaseClassPath") or "").endswith("/Program"):
-                branch.add(f"[cyan]program[/cyan] {child.get('Name')}")
+            if etree.QName(child).localname not in ("InstanceHierarchy", "InternalElement"):
+                continue
+            shown[0] += 1
+            if shown[0] > TREE_LIMIT:
+                continue
+            node = branch.add(f"{child.get('Name')} [dim]{child.get('ID') or ''}[/dim]")
+            for name in programs.get(child.get("ID") or "", []):
+                node.add(f"[cyan]program[/cyan] {name}")
+            walk(child, node)
 
     walk(root, tree)
+    if shown[0] > TREE_LIMIT:
+        tree.add(f"[dim]… {shown[0] - TREE_LIMIT} more (twin aml show prints the whole specification)[/dim]")
     return tree
 
 

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 from test_aml import LINE, caex
-from twin_helpers import PLANT, World, key_for
+from twin_helpers import PLANT, PROGRAMS, World, key_for
 
 from twinledger import aml
 from twinledger.aml import AmlError
@@ -45,7 +45,7 @@ def test_a_scoped_insert_cannot_nest_the_twin_past_the_depth_limit() -> None:
     receipt = world.fails("invalid_aml", MAINTAINER, "twins", "insert_aml", twin=twin, fragment=deep.encode(),
                           parent="capper-1")  # fmt: skip
     assert "deeper than 64" in receipt.message
-    world.ok(OWNER, "twins", "call_program", twin=twin, program="SetVelocity", params={"velocity": "1"})
+    world.ok(OWNER, "twins", "call_program", twin=twin, program=PROGRAMS["SetVelocity"], params={"velocity": "1"})
 
 
 def test_a_component_cannot_borrow_another_component_s_opcua_object() -> None:
@@ -77,7 +77,7 @@ def test_an_integer_parameter_outside_64_bits_is_refused_by_the_contract() -> No
                              b'<Attribute Name="volume" AttributeDataType="xs:integer" Unit="ml">')  # fmt: skip
     world = World()
     twin = world.create_twin(aml=document)
-    receipt = world.fails("unsafe_parameter", OWNER, "twins", "call_program", twin=twin, program="SetFillVolume",
+    receipt = world.fails("unsafe_parameter", OWNER, "twins", "call_program", twin=twin, program=PROGRAMS["SetFillVolume"],
                           params={"count": "9" * 30, "volume": 300, "valve_check": True})  # fmt: skip
     assert "64-bit" in receipt.message
 
@@ -201,7 +201,7 @@ def test_a_scoped_agent_can_reject_a_call_whose_component_was_removed() -> None:
     agent = key_for("agent-c1")
     world = World()
     twin = world.create_twin(aml=LINE, device_id="line-9", roles={f"key:{agent.public.hex()}": {"device-agent": ["c1"]}})
-    world.ok(OWNER, "twins", "call_program", twin=twin, program="Conveyor1/SetVelocity", params={"velocity": "1"})
+    world.ok(OWNER, "twins", "call_program", twin=twin, program="Plant/Line/Conveyor1/SetVelocity", params={"velocity": "1"})
     world.ok(OWNER, "twins", "remove_aml", twin=twin, element="c1")
     world.ok(agent, "twins", "report_call", twin=twin, call=1, status="rejected", result="component removed")
     world.fails("forbidden", key_for("maker"), "twins", "report_call", twin=twin, call=1, status="rejected")

@@ -9,7 +9,7 @@ import pytest
 from lxml import etree
 from test_aml import LINE
 from test_aml_corpus import CORPUS, VALID, _specification
-from twin_helpers import PLANT, World, key_for
+from twin_helpers import PLANT, PROGRAMS, World, key_for
 
 from twinledger import aml
 from twinledger.contracts.specification import MAX_SPECIFICATION_BYTES
@@ -51,7 +51,7 @@ def test_growth_past_the_limit_is_refused_and_the_twin_stays_editable() -> None:
     version = world.get(f"twin/{twin}")["aml_version"]
     assert len(world.get(aml_key(twin, version))) <= MAX_SPECIFICATION_BYTES
     world.ok(OWNER, "twins", "remove_aml", twin=twin, element="part-1")
-    world.ok(OWNER, "twins", "call_program", twin=twin, program="SetVelocity", params={"velocity": "1.0"})
+    world.ok(OWNER, "twins", "call_program", twin=twin, program=PROGRAMS["SetVelocity"], params={"velocity": "1.0"})
 
 
 def test_a_file_that_grows_past_the_limit_in_stored_form_is_refused_at_creation() -> None:
@@ -66,15 +66,16 @@ def test_a_file_that_grows_past_the_limit_in_stored_form_is_refused_at_creation(
 def test_calls_name_a_program_by_its_component_path_and_scopes_hold() -> None:
     world = World()
     twin = world.create_twin(aml=LINE, roles={"org:maintenance-co": {"maintainer": ["c3"]}})
-    refused = world.fails("ambiguous_program", OWNER, "twins", "call_program", twin=twin, program="SetVelocity",
+    refused = world.fails("unknown_program", OWNER, "twins", "call_program", twin=twin, program="SetVelocity",
                           params={"velocity": "1"})  # fmt: skip
-    assert "Plant/Line/Conveyor1/SetVelocity" in refused.message
-    world.ok(OWNER, "twins", "call_program", twin=twin, program="Conveyor1/SetVelocity", params={"velocity": "1.5"})
+    assert "full path" in refused.message, "shorter names are the service layer's to resolve"
+    world.ok(OWNER, "twins", "call_program", twin=twin, program="Plant/Line/Conveyor1/SetVelocity", params={"velocity": "1.5"})
     assert world.get(call_key(twin, 1))["program"] == "Plant/Line/Conveyor1/SetVelocity"
-    world.fails("unsafe_parameter", MAINTAINER, "twins", "call_program", twin=twin, program="Conveyor3/SetVelocity",
+    world.fails("unsafe_parameter", MAINTAINER, "twins", "call_program", twin=twin, program="Plant/Line/Conveyor3/SetVelocity",
                 params={"velocity": "1.5"})  # fmt: skip
-    world.ok(MAINTAINER, "twins", "call_program", twin=twin, program="Conveyor3/SetVelocity", params={"velocity": "0.5"})
-    world.fails("forbidden", MAINTAINER, "twins", "call_program", twin=twin, program="Conveyor1/SetVelocity",
+    world.ok(MAINTAINER, "twins", "call_program", twin=twin, program="Plant/Line/Conveyor3/SetVelocity",
+             params={"velocity": "0.5"})  # fmt: skip
+    world.fails("forbidden", MAINTAINER, "twins", "call_program", twin=twin, program="Plant/Line/Conveyor1/SetVelocity",
                 params={"velocity": "0.5"})  # fmt: skip
 
 
@@ -94,7 +95,7 @@ def test_removing_a_linked_component_through_the_contract() -> None:
 
 def _model_state(world: World, twin: str) -> dict[str, object]:
     prefix = f"twin/{twin}/"
-    kinds = ("element/", "program/", "program-name/", "signal/")
+    kinds = ("element/", "program/", "signal/")
     return {k[len(prefix):]: v for k, v in world.contract_state().items()
             if k.startswith(prefix) and k[len(prefix):].startswith(kinds)}  # fmt: skip
 
@@ -115,10 +116,10 @@ def test_the_model_on_chain_follows_every_edit_and_changes_only_what_the_edit_to
     after = _model_state(world, twin)
     assert after == _entries(aml.model(world.get(aml_key(twin, 2))))
     assert {k for k in after if after.get(k) != before.get(k)} == {
-        "element/c4", "element/c4-speed", "program/Plant/Line/Conveyor4/SetVelocity", "program-name/SetVelocity",
+        "element/c4", "element/c4-speed", "program/Plant/Line/Conveyor4/SetVelocity",
         "signal/c4-speed"}  # fmt: skip
-    world.ok(OWNER, "twins", "call_program", twin=twin, program="Conveyor4/SetVelocity", params={"velocity": "2"})
+    world.ok(OWNER, "twins", "call_program", twin=twin, program="Plant/Line/Conveyor4/SetVelocity", params={"velocity": "2"})
     world.ok(OWNER, "twins", "remove_aml", twin=twin, element="c4")
     assert _model_state(world, twin) == before
-    world.fails("unknown_program", OWNER, "twins", "call_program", twin=twin, program="Conveyor4/SetVelocity",
+    world.fails("unknown_program", OWNER, "twins", "call_program", twin=twin, program="Plant/Line/Conveyor4/SetVelocity",
                 params={"velocity": "2"})  # fmt: skip

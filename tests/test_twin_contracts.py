@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from twin_helpers import PLANT, World, key_for
+from twin_helpers import PLANT, PROGRAMS, World, key_for
 
 from twinledger import aml
 from twinledger.contracts.authorization import DATA_METHODS, DEFAULT_PERMISSIONS, OWNER_METHODS, ROLES
@@ -28,7 +28,7 @@ def _doc(world: World, twin: str) -> None:
 
 
 def _call(world: World, twin: str) -> None:
-    world.ok(OWNER, "twins", "call_program", twin=twin, program="SetFillVolume",
+    world.ok(OWNER, "twins", "call_program", twin=twin, program=PROGRAMS["SetFillVolume"],
              params={"volume": 500, "valve_check": True})  # fmt: skip
 
 
@@ -56,7 +56,7 @@ CASES: dict[str, tuple[Setup, str, str, dict[str, Any]]] = {
     "feed.remove": (lambda w, t: w.ok(OWNER, "twins", "add_feed", twin=t, component="flow-sensor-1", reference="f"),
                     "twins", "remove_feed", {"component": "flow-sensor-1"}),
     "program.call": (_nothing, "twins", "call_program",
-                     {"program": "SetFillVolume", "params": {"volume": 500, "valve_check": True}}),
+                     {"program": PROGRAMS["SetFillVolume"], "params": {"volume": 500, "valve_check": True}}),
     "program.dispatch": (_call, "twins", "dispatch_call", {"call": 1}),
     "program.report": (_dispatched, "twins", "report_call", {"call": 1, "status": "executed", "result": "ok"}),
     "anomaly.report": (_nothing, "twins", "report_anomaly",
@@ -106,9 +106,9 @@ SCOPED = [
     ("aml.remove the parent of the scope", False, "remove_aml", {"element": "line-1"}),
     ("feed.add inside", True, "add_feed", {"component": "flow-sensor-1", "reference": "f"}),
     ("feed.add outside", False, "add_feed", {"component": "conveyor-1", "reference": "f"}),
-    ("program inside", True, "call_program", {"program": "SetFillVolume", "params": {"volume": 300,
+    ("program inside", True, "call_program", {"program": PROGRAMS["SetFillVolume"], "params": {"volume": 300,
                                                                                      "valve_check": False}}),
-    ("program outside", False, "call_program", {"program": "SetVelocity", "params": {"velocity": "1.0"}}),
+    ("program outside", False, "call_program", {"program": PROGRAMS["SetVelocity"], "params": {"velocity": "1.0"}}),
     ("document on a component inside", True, "add_document",
      {"hash": DOC, "title": "t", "reference": "r", "component": "level-sensor-1"}),
     ("document on the whole twin", False, "add_document", {"hash": DOC, "title": "t", "reference": "r"}),
@@ -176,18 +176,18 @@ BAD_EDITS = [
     ("remove a missing element", "unknown_element", "remove_aml", {"element": "no-such-element"}),
     ("unknown program", "unknown_program", "call_program", {"program": "SelfDestruct", "params": {}}),
     ("velocity above bound", "unsafe_parameter", "call_program",
-     {"program": "SetVelocity", "params": {"velocity": "2.6"}}),
+     {"program": PROGRAMS["SetVelocity"], "params": {"velocity": "2.6"}}),
     ("velocity below bound", "unsafe_parameter", "call_program",
-     {"program": "SetVelocity", "params": {"velocity": "-0.1"}}),
+     {"program": PROGRAMS["SetVelocity"], "params": {"velocity": "-0.1"}}),
     ("velocity not a number", "unsafe_parameter", "call_program",
-     {"program": "SetVelocity", "params": {"velocity": "fast"}}),
+     {"program": PROGRAMS["SetVelocity"], "params": {"velocity": "fast"}}),
     ("direction not allowed", "unsafe_parameter", "call_program",
-     {"program": "SetDirection", "params": {"direction": "backward"}}),
-    ("missing parameter", "unsafe_parameter", "call_program", {"program": "SetFillVolume", "params": {"volume": 500}}),
+     {"program": PROGRAMS["SetDirection"], "params": {"direction": "backward"}}),
+    ("missing parameter", "unsafe_parameter", "call_program", {"program": PROGRAMS["SetFillVolume"], "params": {"volume": 500}}),
     ("unknown parameter", "unsafe_parameter", "call_program",
-     {"program": "SetVelocity", "params": {"velocity": "1.0", "turbo": True}}),
+     {"program": PROGRAMS["SetVelocity"], "params": {"velocity": "1.0", "turbo": True}}),
     ("boolean for an integer", "unsafe_parameter", "call_program",
-     {"program": "SetFillVolume", "params": {"volume": True, "valve_check": True}}),
+     {"program": PROGRAMS["SetFillVolume"], "params": {"volume": True, "valve_check": True}}),
     ("feed for a missing component", "unknown_element", "add_feed", {"component": "ghost", "reference": "f"}),
     ("remove a missing feed", "unknown_feed", "remove_feed", {"component": "flow-sensor-1"}),
     ("remove a missing source", "unknown_source", "remove_source", {"uri": "https://nowhere.example/"}),

@@ -16,6 +16,10 @@ from twinledger.ledger.genesis import Genesis, GenesisOrganisation, GenesisValid
 from twinledger.ledger.verify import MemoryState
 
 PLANT = (Path(__file__).parent.parent / "examples" / "bottling-plant.aml").read_bytes()
+PROGRAMS = {"SetVelocity": "BottlingPlant/BottlingLine1/Conveyor/SetVelocity",
+            "SetDirection": "BottlingPlant/BottlingLine1/Conveyor/SetDirection",
+            "SetFillVolume": "BottlingPlant/BottlingLine1/Filler/SetFillVolume"}  # fmt: skip
+"""The example plant's programs by their full paths, which transactions name them by."""
 ORGANISATIONS = ("plant-owner", "maintenance-co", "maker", "audit-co", "distributor-co", "analytics-co", "outsider")
 
 

@@ -20,6 +20,8 @@ from twinledger import aml
 from twinledger.aml.document import parse_xml
 from twinledger.bench.ledger import publish
 from twinledger.contracts.specification import MAX_SPECIFICATION_BYTES
+from twinledger.contracts.twinmodel import _entries
+from twinledger.core.encoding import encode
 
 LIBRARIES = """
 <InterfaceClassLib Name="TwinledgerInterfaceClassLib"><InterfaceClass Name="Program"/><InterfaceClass Name="Signal"/>
@@ -86,6 +88,15 @@ def _timed(work: Callable[[], Any], runs: int) -> tuple[Any, float]:
     return result, statistics.median(times)
 
 
+def _model_bytes(model: aml.Model, after: aml.Model) -> tuple[int, int]:
+    """Encoded bytes of the model's state entries (what a twin keeps on chain besides the
+    specification), and of the entries the insert changed."""
+    before, changed = _entries(model), _entries(after)
+    delta = {k: v for k, v in changed.items() if before.get(k) != v} | {k: None for k in before.keys() - changed.keys()}
+    size = lambda entries: sum(len(k) + len(encode(v)) for k, v in entries.items())  # noqa: E731
+    return size(before), size(delta)
+
+
 def run_aml_benchmark(size_mb: float, runs: int, output: Path, as_json: bool) -> dict[str, Any]:
     document = plant_model(int(size_mb * 1024 * 1024))
     stored, create_s = _timed(lambda: aml.stored_form(document), runs)
@@ -97,6 +108,7 @@ def run_aml_benchmark(size_mb: float, runs: int, output: Path, as_json: bool) ->
     _, parse_s = _timed(lambda: parse_xml(stored, "the specification"), runs)
     _, hash_s = _timed(lambda: hashlib.sha256(stored).digest(), runs)
     assert removed.specification == stored, "insert then remove must give the version before"
+    model_bytes, delta_bytes = _model_bytes(model, aml.model.__wrapped__(inserted.specification))
     ms = 1000
     result = {
         "machine": f"{platform.machine()}, {platform.processor() or platform.system()}, Python {platform.python_version()}",
@@ -106,6 +118,7 @@ def run_aml_benchmark(size_mb: float, runs: int, output: Path, as_json: bool) ->
         "remove_ms": round(remove_s * ms, 1), "diff_ms": round(diff_s * ms, 1), "diff_lines": len(change.splitlines()),
         "floor_parse_ms": round(parse_s * ms, 1), "floor_sha256_ms": round(hash_s * ms, 2),
         "stored_bytes_per_version": len(inserted.specification),
+        "model_bytes_on_chain": model_bytes, "insert_delta_bytes_on_chain": delta_bytes,
         "fits_on_chain": len(stored) <= MAX_SPECIFICATION_BYTES, "on_chain_limit_bytes": MAX_SPECIFICATION_BYTES,
     }  # fmt: skip
     keys = [k for k in result if k != "machine"]

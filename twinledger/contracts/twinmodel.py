@@ -4,7 +4,6 @@ specification, and a version changes only the entries its edit touched.
 
     twin/<id>/element/<ID>           {parent}: the nearest ancestor with an ID ("" at the top)
     twin/<id>/program/<path>         a program: interface ID, name, component, parameters with their rules
-    twin/<id>/program-name/<name>    the paths of the programs called ``name`` (tail lookups)
     twin/<id>/signal/<ID>            a signal: component, OPC UA object, kind, unit, expected range
 
 Numbers of rules are kept as ``repr`` strings: the ledger's encoding has no floats, and
@@ -18,7 +17,7 @@ from typing import Any
 from twinledger.abc import StateReader
 from twinledger.aml import AmlError, Model, Parameter, Program, Signal
 from twinledger.contracts.runtime import Call
-from twinledger.contracts.twinstate import MAX_DEPTH, element_key, program_key, program_name_key, signal_key
+from twinledger.contracts.twinstate import MAX_DEPTH, element_key, program_key, signal_key
 
 
 def _number(value: float | None) -> str | None:
@@ -58,11 +57,7 @@ def _entries(model: Model | None) -> dict[str, Any]:
         return {}
     entries: dict[str, Any] = {f"element/{i}": {"parent": path[-2] if len(path) > 1 else ""}
                                for i, path in model.ancestors.items()}  # fmt: skip
-    names: dict[str, list[str]] = {}
-    for program in model.programs:
-        entries[f"program/{program.path}"] = program_entry(program)
-        names.setdefault(program.name, []).append(program.path)
-    entries |= {f"program-name/{name}": sorted(paths) for name, paths in names.items()}
+    entries |= {f"program/{p.path}": program_entry(p) for p in model.programs}
     entries |= {f"signal/{s.id}": signal_entry(s) for s in model.signals}
     return entries
 
@@ -99,19 +94,14 @@ def require_element(state: StateReader, twin_id: str, element: str) -> None:
         raise AmlError(f"the specification has no element with ID {element!r}", code="unknown_element")
 
 
-def find_program(state: StateReader, twin_id: str, name: str) -> Program:
-    """The program ``name`` names: its full path, or a unique tail of it."""
-    exact = state.get(program_key(twin_id, name))
-    if exact is not None:
-        return program_of(exact)
-    paths = state.get(program_name_key(twin_id, name.rsplit("/", 1)[-1])) or []
-    found = [p for p in paths if p == name or p.endswith("/" + name)]
-    if len(found) == 1:
-        return program_of(state.get(program_key(twin_id, found[0])))
-    if found:
-        raise AmlError(f"{name!r} names {len(found)} programs ({', '.join(found[:4])}); give more of the path",
-                       code="ambiguous_program")  # fmt: skip
-    raise AmlError(f"the specification has no program {name!r}", code="unknown_program")
+def find_program(state: StateReader, twin_id: str, path: str) -> Program:
+    """The program at ``path`` (its full path: the service layer resolves shorter names,
+    so the chain keeps no index of names that every new instance would rewrite)."""
+    entry = state.get(program_key(twin_id, path))
+    if entry is None:
+        raise AmlError(f"the specification has no program at {path!r} (transactions name a program by its full "
+                       "path, e.g. Plant/Line1/Conveyor/SetVelocity)", code="unknown_program")  # fmt: skip
+    return program_of(entry)
 
 
 def find_signal(state: StateReader, twin_id: str, signal: str) -> Signal | None:

@@ -150,8 +150,11 @@ async def remove_source(session: Session, twin_ref: str, uri: str, wait: bool = 
 async def call_program(session: Session, twin_ref: str, program: str, params: dict[str, bool | int | str],
                        wait: bool = True) -> Outcome:  # fmt: skip
     """Queue a program call for the device; the contract checks it against the
-    specification's safety rules."""
-    return await session.transact(calls.call_program(await _twin_id(session, twin_ref), program, params), wait)
+    specification's safety rules. ``program`` is a full component path or any unique
+    tail of one (``SetVelocity``, ``Conveyor2/SetVelocity``); the call names the path."""
+    twin = await session.twin(twin_ref)
+    path = aml.model(twin["specification"].encode()).program(program).path
+    return await session.transact(calls.call_program(twin["id"], path, params), wait)
 
 
 async def report_call(session: Session, twin_ref: str, call: int, status: str, result: str = "",

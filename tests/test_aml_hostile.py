@@ -144,12 +144,16 @@ def test_a_class_s_own_links_are_not_taken_for_links_to_an_instance_with_the_sam
 def test_an_id_that_is_another_element_s_path_names_neither() -> None:
     """Tools write IDs with '/' (an MTP manifest has ``ID="Services/"``), so an ID may spell
     another element's name path: such a reference is refused, not resolved to either."""
-    planted = PLANT.replace(b'ID="capper-1"', b'ID="BottlingPlant/BottlingLine1/Filler"')
-    stored = aml.stored_form(planted)
+    with pytest.raises(AmlError, match="an ID that is another element's name path"):
+        aml.stored_form(PLANT.replace(b'ID="capper-1"', b'ID="BottlingPlant/BottlingLine1/Filler"'))
+    world = World()
+    twin = world.create_twin(roles=SCOPED)
+    world.fails("invalid_aml", MAINTAINER, "twins", "insert_aml", twin=twin, parent="capper-1",
+                fragment=b'<InternalElement Name="Decoy" ID="BottlingPlant/BottlingLine1/Filler"/>')  # fmt: skip
+    library = LINE.replace(b'<SystemUnitClass Name="FastConveyor"', b'<SystemUnitClass Name="FastConveyor" ID="Plant/Line"')
     with pytest.raises(AmlError, match="both an element's ID and another element's path") as refused:
-        aml.remove(stored, "BottlingPlant/BottlingLine1/Filler")
-    assert refused.value.code == "ambiguous_element"
-    assert aml.remove(stored, "filler-1").element == "filler-1"
+        aml.remove(aml.stored_form(library), "Plant/Line")
+    assert refused.value.code == "ambiguous_element", "a library's IDs are not checked: references still are"
 
 
 def test_elements_inside_a_value_are_data_not_components() -> None:
@@ -252,3 +256,111 @@ def test_feeds_and_documents_name_components_by_id_only() -> None:
     twin = world.create_twin()
     world.fails("unknown_element", OWNER, "twins", "add_feed", twin=twin,
                 component="BottlingPlant/BottlingLine1/Filler", reference="feed:by-path")  # fmt: skip
+
+
+VALVES = caex(b"""<InstanceHierarchy Name="Plant">
+<InternalElement Name="LineA" ID="lineA"><InternalElement Name="ValveA" ID="valveA" RefBaseSystemUnitPath="Lib/Valve">
+ <ExternalInterface Name="Level" ID="p1-level" RefBaseClassPath="TwinledgerInterfaceClassLib/Signal"/></InternalElement>
+</InternalElement>
+<InternalElement Name="LineB" ID="lineB"><InternalElement Name="ValveB" ID="valveB" RefBaseSystemUnitPath="Lib/Valve"/>
+</InternalElement></InstanceHierarchy>
+<InterfaceClassLib Name="TwinledgerInterfaceClassLib"><InterfaceClass Name="Program"/><InterfaceClass Name="Signal"/>
+</InterfaceClassLib>
+<SystemUnitClassLib Name="Lib" ID="lib-1">
+ <SystemUnitClass Name="Valve" ID="cls-valve">
+  <ExternalInterface Name="Open" ID="cls-valve-open" RefBaseClassPath="TwinledgerInterfaceClassLib/Program">
+   <Attribute Name="angle" AttributeDataType="xs:double"><Constraint Name="Safe"><OrdinalScaledType>
+    <RequiredMaxValue>90</RequiredMaxValue><RequiredMinValue>0</RequiredMinValue></OrdinalScaledType></Constraint>
+   </Attribute></ExternalInterface>
+  <InternalElement Name="Sensor" ID="p1-level"/>
+ </SystemUnitClass>
+</SystemUnitClassLib>""")
+
+
+def test_no_scope_reaches_into_a_class_library_even_through_a_borrowed_id() -> None:
+    """A maintainer scoped to line A inserts an element with the library's ID: the class
+    (which valve B outside the scope is made of) stays out of reach."""
+    world = World()
+    twin = world.create_twin(aml=VALVES, device_id="v-1", roles={"org:maintenance-co": {"maintainer": ["lineA"]}})
+    world.ok(MAINTAINER, "twins", "insert_aml", twin=twin, parent="lineA", fragment=b'<InternalElement Name="D" ID="lib-1"/>')
+    world.fails("forbidden", MAINTAINER, "twins", "remove_aml", twin=twin, element="Lib/Valve")
+    world.fails("forbidden", MAINTAINER, "twins", "insert_aml", twin=twin, parent="Lib/Valve",
+                fragment=b'<ExternalInterface Name="Close" RefBaseClassPath="TwinledgerInterfaceClassLib/Program"/>')  # fmt: skip
+    world.fails("unsafe_parameter", OWNER, "twins", "call_program", twin=twin, program="Plant/LineB/ValveB/Open",
+                params={"angle": "720"})  # fmt: skip
+
+
+def test_a_class_change_rewrites_one_entry_not_one_per_instance() -> None:
+    instances = b"".join(b'<InternalElement Name="V%d" ID="v%d" RefBaseSystemUnitPath="Lib/Valve"/>' % (i, i)
+                         for i in range(200))  # fmt: skip
+    world = World()
+    twin = world.create_twin(aml=VALVES.replace(b'<InternalElement Name="LineB" ID="lineB">',
+                                                b'<InternalElement Name="LineB" ID="lineB">' + instances), device_id="v-2")
+    before = dict(world.state.values)
+    world.ok(OWNER, "twins", "insert_aml", twin=twin, parent="Lib/Valve/Open",
+             fragment=b'<Attribute Name="speed" AttributeDataType="xs:double"/>')  # fmt: skip
+    changed = [k for k, v in world.state.values.items() if before.get(k) != v and f"twin/{twin}/" in k]
+    assert [k for k in changed if "program/" in k] == [f"twin/{twin}/class-program/Lib/Valve/Open"]
+
+
+def test_removing_a_class_leaves_the_feeds_of_instances_that_share_its_ids() -> None:
+    world = World()
+    twin = world.create_twin(aml=VALVES, device_id="v-3")
+    world.ok(OWNER, "twins", "add_feed", twin=twin, component="p1-level", reference="feed:level")
+    receipt = world.ok(OWNER, "twins", "remove_aml", twin=twin, element="Lib/Valve/Sensor")
+    assert not [e for e in receipt.events if e.type == "FeedRemoved"]
+    assert world.get(f"twin/{twin}/feed/p1-level") is not None
+
+
+def test_long_ids_and_program_paths_that_would_not_fit_a_state_key_are_refused() -> None:
+    with pytest.raises(AmlError, match="longer than 128"):
+        aml.stored_form(PLANT.replace(b'ID="capper-1"', b'ID="' + b"c" * 129 + b'"'))
+    deep = PLANT.replace(b'Name="Conveyor"', b'Name="' + b"C" * 500 + b'"')
+    with pytest.raises(AmlError, match="longer than 512"):
+        aml.stored_form(deep)
+
+
+def test_two_programs_or_signals_cannot_share_an_opcua_node() -> None:
+    tool = (b'<InternalElement Name="Tools" ID="tools"><Attribute Name="OpcUaObject" AttributeDataType="xs:string">'
+            b'<Value>line-1/Conveyor</Value></Attribute></InternalElement>')  # fmt: skip
+    renamed = PLANT.replace(b'<InternalElement Name="Conveyor" ID="conveyor-1">',
+                            tool + b'<InternalElement Name="Conveyor" ID="conveyor-1"><Attribute Name="OpcUaObject" '
+                            b'AttributeDataType="xs:string"><Value>line-1/Conveyor</Value></Attribute>')  # fmt: skip
+    with pytest.raises(AmlError, match="both name OPC UA object"):
+        aml.stored_form(renamed)
+    clash = PLANT.replace(b'<ExternalInterface Name="SetDirection" ID="conveyor-1-set-direction"',
+                          b'<ExternalInterface Name="SetVelocity" ID="conveyor-1-set-direction"')
+    with pytest.raises(AmlError, match="declares two programs of the same name"):
+        aml.stored_form(clash)
+
+
+def test_integer_bounds_are_exact_and_numbers_have_no_spaces() -> None:
+    document = PLANT.replace(b"<RequiredMaxValue>1000</RequiredMaxValue>",
+                             b"<RequiredMaxValue>9007199254740992</RequiredMaxValue>")  # fmt: skip
+    fill = aml.program(aml.stored_form(document), PROGRAMS["SetFillVolume"])
+    with pytest.raises(AmlError, match="above its safe maximum"):
+        fill.validate_call({"volume": "9007199254740993", "valve_check": True})
+    with pytest.raises(AmlError, match="without spaces"):
+        aml.program(aml.stored_form(PLANT), PROGRAMS["SetVelocity"]).validate_call({"velocity": "\n1\n"})
+
+
+def test_a_store_that_cannot_be_read_stops_the_node_instead_of_failing_the_transaction() -> None:
+    """The runtime's backstop turns contract bugs into a failed receipt; a node-local fault
+    must not become a result that differs from the other nodes'."""
+    import sqlite3
+
+    from twinledger.contracts.runtime import Overlay
+
+    world = World()
+    twin = world.create_twin()
+
+    class Broken(Overlay):
+        def get(self, key: str) -> object:
+            if key.startswith(f"twin/{twin}/program/"):
+                raise sqlite3.OperationalError("disk I/O error")
+            return super().get(key)
+
+    tx = world.tx(OWNER, "twins", "call_program", {"twin": twin, "program": PROGRAMS["SetVelocity"],
+                                                    "params": {"velocity": "1"}})  # fmt: skip
+    with pytest.raises(sqlite3.OperationalError):
+        world.runtime.execute_block(Broken(world.state), world.header(world.height + 1), (tx,), world.root)

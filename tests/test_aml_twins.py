@@ -95,7 +95,7 @@ def test_removing_a_linked_component_through_the_contract() -> None:
 
 def _model_state(world: World, twin: str) -> dict[str, object]:
     prefix = f"twin/{twin}/"
-    kinds = ("element/", "program/", "signal/")
+    kinds = ("element/", "program/", "class-program/", "signal/")
     return {k[len(prefix):]: v for k, v in world.contract_state().items()
             if k.startswith(prefix) and k[len(prefix):].startswith(kinds)}  # fmt: skip
 

@@ -37,6 +37,8 @@ FREE_CONTENT = frozenset({"Value", "DefaultValue", "AdditionalInformation", "Req
                           "RequiredMaxValue"})  # fmt: skip
 """Elements whose content the schemas leave free (``xs:anyType``): data, not CAEX structure."""
 MAX_MESSAGE = 300
+MAX_ID = 128
+"""IDs of the instance hierarchies become state keys and scopes: bounded."""
 
 
 class AmlError(ContractError):
@@ -137,11 +139,23 @@ def check_ids(root: etree._Element) -> None:
                     raise AmlError(f"{describe(element)} in an instance hierarchy has no ID; components are "
                                    "addressed by ID")  # fmt: skip
                 continue
-            if not identifier or not identifier.isprintable():
-                raise AmlError(f"{describe(element)} has an ID that is empty or not printable")
+            if not identifier or not identifier.isprintable() or len(identifier) > MAX_ID:
+                raise AmlError(f"{describe(element)} has an ID that is empty, not printable or longer than {MAX_ID}")
             if identifier in seen:
                 raise AmlError(f"ID {identifier!r} is used twice (again by {describe(element)})")
+            if "/" in identifier and by_path(root, identifier) not in (None, element):
+                raise AmlError(f"{describe(element)} has an ID that is another element's name path; a reference "
+                               "to it would be ambiguous")  # fmt: skip
             seen.add(identifier)
+
+
+def by_path(root: etree._Element, ref: str) -> etree._Element | None:
+    """The element the name path ``ref`` names (``Plant/Line1/Conveyor``: an instance
+    hierarchy or library, then names of children), if any."""
+    element: etree._Element | None = root
+    for name in ref.split("/") if ref else ():
+        element = next((c for c in element if c.get("Name") == name), None) if element is not None else None
+    return element if element is not root else None
 
 
 def canonical(root: etree._Element) -> bytes:

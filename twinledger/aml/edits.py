@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from twinledger.aml.document import AmlError, canonical, describe, local, parse_xml, rank, structure
+from twinledger.aml.document import AmlError, by_path, canonical, describe, local, parse_xml, rank, structure
 from twinledger.aml.semantics import name_path, opcua_object, validate
 
 LINK_POLICIES = ("refuse", "remove")
@@ -25,22 +25,28 @@ def find(root: etree._Element, ref: str, purpose: str = "") -> etree._Element:
         raise AmlError(f"{ref[:64]!r} is not an element's ID or path: it has unprintable characters",
                        code="unknown_element")  # fmt: skip
     by_id = next((e for e in structure(root) if e.get("ID") == ref), None)  # instance hierarchies come first: they win
-    element: etree._Element | None = root
-    for name in ref.split("/") if ref else ():
-        element = next((c for c in element if c.get("Name") == name), None) if element is not None else None
-    by_path = element if element is not root else None
-    if by_id is not None and by_path is not None and by_id is not by_path:
+    by_name = by_path(root, ref)
+    if by_id is not None and by_name is not None and by_id is not by_name:
         raise AmlError(f"{ref!r} is both an element's ID and another element's path; name the other one by its ID",
                        code="ambiguous_element")  # fmt: skip
-    if by_id is None and by_path is None:
+    if by_id is None and by_name is None:
         raise AmlError(f"no element with ID or path {ref!r}{purpose}", code="unknown_element")
-    return by_id if by_id is not None else by_path  # type: ignore[return-value]
+    return by_id if by_id is not None else by_name  # type: ignore[return-value]
 
 
 def component_path(root: etree._Element, ref: str) -> tuple[str, ...]:
     """IDs of the element ``ref`` names and of its ancestors that carry one, outermost first."""
-    element = find(root, ref)
-    return tuple(reversed([i for e in (element, *element.iterancestors()) if (i := e.get("ID"))]))
+    return id_path(find(root, ref))
+
+
+def id_path(element: etree._Element) -> tuple[str, ...]:
+    """IDs of an instance hierarchy's element and of its ancestors that carry one,
+    outermost first — what role scopes are matched against. Empty outside the instance
+    hierarchies: a library's IDs may repeat an instance's, so no scope reaches a class."""
+    chain = [element, *element.iterancestors()]
+    if len(chain) < 2 or local(chain[-2]) != "InstanceHierarchy":
+        return ()
+    return tuple(reversed([i for e in chain if (i := e.get("ID"))]))
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,8 @@ class Edit:
     """IDs of that element and everything inside it, in document order."""
     links: tuple[str, ...] = ()
     """InternalLinks elsewhere removed with it (name: partner → partner)."""
-    link_holders: tuple[str, ...] = ()
-    """Where each of those links was (ID or name path of the element holding it): a change
+    link_holders: tuple[tuple[str, ...], ...] = ()
+    """Where each of those links was (``id_path`` of the element holding it): a change
     there too, for authorization."""
 
 
@@ -160,7 +166,7 @@ def remove(specification: bytes, ref: str, links: str = "refuse") -> Edit:
                        "or remove the element with its links", code="linked_element")  # fmt: skip
     removed = tuple(f"{link.get('Name')}: {link.get('RefPartnerSideA')} → {link.get('RefPartnerSideB')}"
                     for link in dangling)  # fmt: skip
-    holders = tuple(reference(link.getparent()) for link in dangling)
+    holders = tuple(id_path(link.getparent()) for link in dangling)
     for link in dangling:
         link.getparent().remove(link)
     holder.remove(element)

@@ -36,6 +36,11 @@ SIGNAL_CLASS_SUFFIX = "/Signal"
 MAX_CLASS_DEPTH = 32
 MAX_PROGRAMS = 20_000
 """Programs a specification may give its components in all (classes multiply them)."""
+MAX_NAME = 128
+MAX_PATH = 512
+MAX_PARAMETERS = 64
+MAX_ALLOWED = 64
+"""Bounds on what a program's entry on chain holds."""
 INT64 = (-(2**63), 2**63 - 1)
 TYPES = {"xs:double": "number", "xs:float": "number", "xs:decimal": "number", "xs:integer": "integer",
          "xs:int": "integer", "xs:long": "integer", "xs:boolean": "boolean", "xs:string": "string"}  # fmt: skip
@@ -61,7 +66,9 @@ class Parameter:
         if self.type in ("number", "integer"):
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 raise AmlError(f"{where} must be {_ARTICLE[self.type]}", code="unsafe_parameter")
-            number = _number(value, self.type, where)
+            number: float | int = _number(value, self.type, where)
+            if self.type == "integer":
+                number = int(value)  # compared exactly: Python compares an int with a float bound exactly
             if self.minimum is not None and number < self.minimum:
                 raise AmlError(f"{where} = {value} is below its safe minimum {self.minimum:g}", code="unsafe_parameter")
             if self.maximum is not None and number > self.maximum:
@@ -78,6 +85,8 @@ class Parameter:
 
 def _number(value: int | str, kind: str, where: str) -> float:
     """Numbers travel as integers or decimal strings (the ledger's encoding has no floats)."""
+    if isinstance(value, str) and value != value.strip():
+        raise AmlError(f"{where} must be {_ARTICLE[kind]} without spaces around it, got {value!r}", code="unsafe_parameter")
     try:
         number = float(int(value)) if kind == "integer" else float(value)
     except (TypeError, ValueError):
@@ -96,6 +105,8 @@ class Program:
     """Component path and name: ``Plant/Line1/Conveyor/SetVelocity``."""
     component_id: str | None
     parameters: tuple[Parameter, ...]
+    declared_in: str = ""
+    """The class (name path) whose declaration the component has, or "" for its own."""
 
     @property
     def target(self) -> str | None:
@@ -135,6 +146,10 @@ def _parameter(attribute: etree._Element, where: str) -> Parameter:
     allowed = [v for v in allowed_sets[0] if all(v in other for other in allowed_sets[1:])] if allowed_sets else []
     if allowed_sets and not allowed:
         raise AmlError(f"{where}: parameter {name!r} has constraints that together allow no value")
+    if (len(name) > MAX_NAME or len(attribute.get("Unit") or "") > MAX_NAME or len(allowed) > MAX_ALLOWED
+            or any(len(v) > MAX_NAME for v in allowed)):  # fmt: skip
+        raise AmlError(f"{where}: parameter {name[:40]!r} has a name, unit or allowed value longer than {MAX_NAME} "
+                       f"characters or more than {MAX_ALLOWED} allowed values")  # fmt: skip
     return Parameter(name, TYPES[data_type], minimum, maximum, tuple(dict.fromkeys(allowed)), attribute.get("Unit"))
 
 
@@ -262,7 +277,7 @@ class _ClassPrograms:
         if key in self.known:
             return self.known[key]
         if key in seen or len(seen) > MAX_CLASS_DEPTH:
-            raise AmlError(f"class {key!r} inherits from itself (through {' → '.join(seen[-4:])})")
+            raise AmlError(f"class {key!r} inherits from itself (through {' → '.join(repr(c) for c in seen[-4:])})")
         inherited = self.of(cls.get("RefBaseClassPath") or "", (*seen, key))
         self.known[key] = {**inherited, **{i.get("Name") or "": i for i in _interfaces(cls, PROGRAM_CLASS_SUFFIX)}}
         return self.known[key]
@@ -275,17 +290,27 @@ def programs_of(root: etree._Element, parts: list[etree._Element]) -> tuple[Prog
     found: dict[str, Program] = {}
     for component in parts:
         interfaces = classes.of(component.get("RefBaseSystemUnitPath") or "")
-        own = {i.get("Name") or "": i for i in _interfaces(component, PROGRAM_CLASS_SUFFIX)}
+        own_interfaces = _interfaces(component, PROGRAM_CLASS_SUFFIX)
+        own = {i.get("Name") or "": i for i in own_interfaces}
+        if len(own) != len(own_interfaces):
+            raise AmlError(f"component {name_path(component)!r} declares two programs of the same name")
         base = name_path(component)
         for name, interface in {**interfaces, **own}.items():
             path = f"{base}/{name}"
+            if len(path) > MAX_PATH:
+                raise AmlError(f"program path {path[:60]!r}… is longer than {MAX_PATH} characters")
             if path in found:
                 raise AmlError(f"two programs have the path {path!r}; give their components different names")
             if len(found) >= MAX_PROGRAMS:
                 raise AmlError(f"the specification gives its components more than {MAX_PROGRAMS} programs")
             params = tuple(_parameter(a, f"program {path!r}") for a in interface if local(a) == "Attribute")
-            interface_id = (interface.get("ID") or "") if name in own else ""
-            found[path] = Program(interface_id, name, path, component.get("ID"), params)
+            if len(params) > MAX_PARAMETERS:
+                raise AmlError(f"program {path!r} has more than {MAX_PARAMETERS} parameters")
+            declared = "" if name in own else name_path(interface.getparent())
+            if len(f"{declared}/{name}") > MAX_PATH:
+                raise AmlError(f"class path {declared[:60]!r}… is longer than {MAX_PATH} characters")
+            found[path] = Program(interface.get("ID") or "" if not declared else "", name, path, component.get("ID"),
+                                  params, declared)  # fmt: skip
     return tuple(found.values())
 
 
@@ -308,18 +333,22 @@ def signals_of(parts: list[etree._Element]) -> tuple[Signal, ...]:
 
 
 def ancestors_of(root: etree._Element) -> dict[str, tuple[str, ...]]:
+    """ID → IDs of the element and its ancestors, outermost first, for the elements of the
+    instance hierarchies: what scopes, feeds and documents address. Library elements are
+    not addressed by scope (a library ID may repeat an instance's)."""
     paths: dict[str, tuple[str, ...]] = {}
 
     def walk(element: etree._Element, above: tuple[str, ...]) -> None:
         identifier = element.get("ID")
         here = (*above, identifier) if identifier else above
-        if identifier and identifier not in paths:  # instance hierarchies come first: they win
+        if identifier and identifier not in paths:
             paths[identifier] = here
         if local(element) not in FREE_CONTENT:
             for child in element.iterchildren(etree.Element):
                 walk(child, here)
 
-    walk(root, ())
+    for hierarchy in (c for c in root if local(c) == "InstanceHierarchy"):
+        walk(hierarchy, ())
     return paths
 
 
@@ -333,7 +362,13 @@ def model_of(root: etree._Element, version: str) -> Model:
         if owners.setdefault(obj, component) != component:
             raise AmlError(f"components {owners[obj]!r} and {component!r} both name OPC UA object {obj!r}; each "
                            "component needs its own")  # fmt: skip
-    return Model(version, MappingProxyType(ancestors_of(root)), programs_of(root, parts), signals_of(parts), identities,
+    programs, signals = programs_of(root, parts), signals_of(parts)
+    nodes: dict[str, str] = {}
+    for what, node in [*((p.path, f"{objects.get(p.component_id or '', '')}/{p.name}") for p in programs),
+                       *((s.id, s.opcua_node) for s in signals)]:  # fmt: skip
+        if nodes.setdefault(node, what) != what:
+            raise AmlError(f"{nodes[node]!r} and {what!r} would both be OPC UA node {node!r}; rename one")
+    return Model(version, MappingProxyType(ancestors_of(root)), programs, signals, identities,
                  MappingProxyType(objects))  # fmt: skip
 
 

@@ -92,6 +92,13 @@ def committed_nonce(state: StateReader, sender: bytes) -> int:
     return -1 if value is None else value
 
 
+CONTRACT_BUGS = (TypeError, ValueError, KeyError, IndexError, AttributeError, AssertionError, OverflowError,
+                 ZeroDivisionError)  # fmt: skip
+"""Errors a contract raises the same way on every node for the same input. Anything else —
+a store that cannot be read, memory, recursion — is this node's trouble: it propagates and
+the node stops rather than commit a result the others would not."""
+
+
 def encode_writes(writes: Mapping[str, StateValue]) -> dict[str, bytes | None]:
     """The write set in key order, each value encoded once for both the root and the store."""
     return {key: None if writes[key] is None else encode(writes[key]) for key in sorted(writes)}
@@ -172,7 +179,7 @@ class ContractRuntime(Application):
             encode_writes(call.state.writes)  # a value the ledger cannot encode fails here, not the block
         except (ContractError, InvalidTransaction, DecodeError) as exc:
             return Receipt(tx.hash, "failed", exc.code, message=exc.message)
-        except Exception as exc:  # noqa: BLE001 - a contract bug fails its transaction, never the block
+        except CONTRACT_BUGS as exc:  # a contract bug fails its transaction, not the block
             return Receipt(tx.hash, "failed", "internal_error", message=f"the contract failed ({type(exc).__name__})")
         call.state.commit_into(state)
         return Receipt(tx.hash, "ok", "", tuple(call.events))

@@ -199,13 +199,15 @@ def remove_aml(call: Call, args: RemoveArgs) -> None:
     links into it are refused or removed with it."""
     twin = load_twin(call.state, args.twin)
     authorize(call, twin, "aml.remove", args.element)
-    edit = aml.remove(specification(call.state, twin), args.element, args.links)
+    before = specification(call.state, twin)
+    edit = aml.remove(before, args.element, args.links)
     for holder in dict.fromkeys(edit.link_holders):  # links removed elsewhere are changes there too
-        authorize(call, twin, "aml.remove", holder)
+        authorize(call, twin, "aml.remove", path=holder)
     _new_version(call, twin, edit.specification, "remove", args.element, "")
     call.emit("AmlRemoved", twin=args.twin, element=args.element, version=twin["aml_version"] + 1,
               links=list(edit.links))  # fmt: skip
-    for component in edit.ids:
+    left = aml.model(edit.specification).ancestors
+    for component in (i for i in edit.ids if i in aml.model(before).ancestors and i not in left):
         feed = call.state.get(feed_key(args.twin, component))
         if feed is not None:
             _detach_feed(call, args.twin, component, feed)
@@ -526,7 +528,9 @@ def update_call(call: Call, args: CallUpdate) -> None:
     if entry is None:
         raise TwinError(f"twin {args.twin} has no program call {args.number}", code="unknown_call")
     method = "program.dispatch" if args.status == "dispatched" else "program.report"
-    authorize(call, twin, method, path=tuple(entry["scope"]))  # where it was when called: it may be gone since
+    scope = entry.get("scope")  # where it was when called: it may be gone since (calls from before: their target)
+    authorize(call, twin, method, *((None, tuple(scope)) if scope is not None else
+                                    (entry["interface"] or entry["component"] or None, None)))  # fmt: skip
     if entry["status"] not in TRANSITIONS[args.status]:
         raise TwinError(f"program call {args.number} is {entry['status']}; it cannot become {args.status}",
                         code="bad_transition")  # fmt: skip

@@ -3,7 +3,9 @@ per element, program and signal, so a check reads a few entries instead of parsi
 specification, and a version changes only the entries its edit touched.
 
     twin/<id>/element/<ID>           {parent}: the nearest ancestor with an ID ("" at the top)
-    twin/<id>/program/<path>         a program: interface ID, name, component, parameters with their rules
+    twin/<id>/program/<path>         a program: interface ID, name, component, and its parameters with their
+                                     rules, or the class it has them from
+    twin/<id>/class-program/<class>/<name>  the parameters of a program a class declares, once for its instances
     twin/<id>/signal/<ID>            a signal: component, OPC UA object, kind, unit, expected range
 
 Numbers of rules are kept as ``repr`` strings: the ledger's encoding has no floats, and
@@ -17,7 +19,7 @@ from typing import Any
 from twinledger.abc import StateReader
 from twinledger.aml import AmlError, Model, Parameter, Program, Signal
 from twinledger.contracts.runtime import Call
-from twinledger.contracts.twinstate import MAX_DEPTH, element_key, program_key, signal_key
+from twinledger.contracts.twinstate import MAX_DEPTH, class_program_key, element_key, program_key, signal_key
 
 
 def _number(value: float | None) -> str | None:
@@ -28,16 +30,22 @@ def _float(value: str | None) -> float | None:
     return None if value is None else float(value)
 
 
+def _parameters(program: Program) -> list[dict[str, Any]]:
+    return [{"name": p.name, "type": p.type, "minimum": _number(p.minimum), "maximum": _number(p.maximum),
+             "allowed": list(p.allowed), "unit": p.unit} for p in program.parameters]  # fmt: skip
+
+
 def program_entry(program: Program) -> dict[str, Any]:
+    """A component's program; one it has from a class names the class instead of copying
+    its parameters, so a change to the class rewrites one entry, not one per instance."""
     return {"id": program.id, "name": program.name, "path": program.path, "component": program.component_id or "",
-            "parameters": [{"name": p.name, "type": p.type, "minimum": _number(p.minimum), "maximum": _number(p.maximum),
-                            "allowed": list(p.allowed), "unit": p.unit} for p in program.parameters]}  # fmt: skip
+            "declared_in": program.declared_in, "parameters": None if program.declared_in else _parameters(program)}  # fmt: skip
 
 
-def program_of(entry: dict[str, Any]) -> Program:
-    parameters = tuple(Parameter(p["name"], p["type"], _float(p["minimum"]), _float(p["maximum"]), tuple(p["allowed"]),
-                                 p["unit"]) for p in entry["parameters"])  # fmt: skip
-    return Program(entry["id"], entry["name"], entry["path"], entry["component"] or None, parameters)
+def program_of(entry: dict[str, Any], parameters: list[dict[str, Any]]) -> Program:
+    rules = tuple(Parameter(p["name"], p["type"], _float(p["minimum"]), _float(p["maximum"]), tuple(p["allowed"]),
+                            p["unit"]) for p in parameters)  # fmt: skip
+    return Program(entry["id"], entry["name"], entry["path"], entry["component"] or None, rules, entry["declared_in"])
 
 
 def signal_entry(signal: Signal) -> dict[str, Any]:
@@ -58,6 +66,7 @@ def _entries(model: Model | None) -> dict[str, Any]:
     entries: dict[str, Any] = {f"element/{i}": {"parent": path[-2] if len(path) > 1 else ""}
                                for i, path in model.ancestors.items()}  # fmt: skip
     entries |= {f"program/{p.path}": program_entry(p) for p in model.programs}
+    entries |= {f"class-program/{p.declared_in}/{p.name}": _parameters(p) for p in model.programs if p.declared_in}
     entries |= {f"signal/{s.id}": signal_entry(s) for s in model.signals}
     return entries
 
@@ -101,7 +110,9 @@ def find_program(state: StateReader, twin_id: str, path: str) -> Program:
     if entry is None:
         raise AmlError(f"the specification has no program at {path!r} (transactions name a program by its full "
                        "path, e.g. Plant/Line1/Conveyor/SetVelocity)", code="unknown_program")  # fmt: skip
-    return program_of(entry)
+    declared = entry["declared_in"]
+    return program_of(entry, state.get(class_program_key(twin_id, declared, entry["name"])) if declared else
+                      entry["parameters"])  # fmt: skip
 
 
 def find_signal(state: StateReader, twin_id: str, signal: str) -> Signal | None:

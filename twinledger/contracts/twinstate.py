@@ -7,6 +7,7 @@ and by the readers above them.
     twin/<id>/aml/<version>            the canonical specification of that version
     twin/<id>/element/<ID>             the model of the current version, per element, program and signal
     twin/<id>/program/<path>           (layout in ``twinmodel``)
+    twin/<id>/class-program/<class>/<name>
     twin/<id>/signal/<ID>
     twin/<id>/history/<version>        who changed the specification, when, how
     twin/<id>/document/<document id>   a document with its versions
@@ -73,6 +74,10 @@ def element_key(twin_id: str, element: str) -> str:
 
 def program_key(twin_id: str, path: str) -> str:
     return f"twin/{twin_id}/program/{path}"
+
+
+def class_program_key(twin_id: str, declared_in: str, name: str) -> str:
+    return f"twin/{twin_id}/class-program/{declared_in}/{name}"
 
 
 def signal_key(twin_id: str, signal: str) -> str:

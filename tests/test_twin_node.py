@@ -4,6 +4,7 @@ stream and the audit trail with offline proofs."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -213,3 +214,20 @@ def test_an_amlx_container_becomes_a_twin_with_documents_and_comes_back_out(plan
     bomb.write_bytes(b"PK\x03\x04" + b"\0" * 64)
     refused = cli("twin", "create", "--aml", str(bomb), "--device-id", "bomb", *h)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "not a readable zip" in refused.stderr
+
+
+def test_programs_are_listed_with_their_paths_and_rules_and_called_by_a_tail(plant):
+    home, client, created, _root = plant
+    h = ["--home", str(home)]
+    listed = json.loads(ok("twin", "programs", "plant-7", *h, "--json").stdout)["programs"]
+    velocity = next(p for p in listed if p["name"] == "SetVelocity")
+    assert velocity["path"] == "BottlingPlant/BottlingLine1/Conveyor/SetVelocity" and velocity["component"] == "conveyor-1"
+    assert velocity["parameters"] == [{"name": "velocity", "type": "number", "minimum": "0.0", "maximum": "2.5",
+                                       "allowed": [], "unit": "m/s"}]  # fmt: skip
+    table = subprocess.run([sys.executable, "-m", "twinledger", "twin", "programs", "plant-7", *h], capture_output=True,
+                           text=True, timeout=120, env={**os.environ, "COLUMNS": "200"}).stdout  # fmt: skip
+    assert "0 … 2.5 m/s" in table and "one of forward, stop" in table
+    queued = ok("twin", "call", "plant-7", "Conveyor/SetVelocity", "velocity=1.0", *h).stdout
+    assert "BottlingPlant/BottlingLine1/Conveyor/SetVelocity" in queued
+    ambiguous = cli("twin", "call", "plant-7", "Nothing/SetVelocity", "velocity=1.0", *h)
+    assert ambiguous.returncode == 1 and "no program 'Nothing/SetVelocity'" in ambiguous.stderr

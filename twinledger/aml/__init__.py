@@ -16,7 +16,7 @@ from twinledger.aml import edits
 from twinledger.aml.document import MAX_DOCUMENT_BYTES, AmlError, canonical, parse_xml
 from twinledger.aml.edits import LINK_POLICIES, Edit, Replacement, diff, insert, remove, replacement
 from twinledger.aml.package import Package, is_package, read_package, write_package
-from twinledger.aml.semantics import Identity, Model, Parameter, Program, Signal, validate
+from twinledger.aml.semantics import Identity, Model, Parameter, Program, Signal, program_path, validate
 
 
 def parse_specification(data: bytes) -> etree._Element:
@@ -70,6 +70,7 @@ def component_path(specification: bytes, ref: str) -> tuple[str, ...]:
 __all__ = [
     "LINK_POLICIES", "MAX_DOCUMENT_BYTES", "AmlError", "Edit", "Identity", "Model", "Package", "Parameter",
     "Program", "Replacement", "Signal", "canonical", "component_path", "diff", "identities", "insert", "is_package",
-    "model", "object_of", "parse_specification", "program", "read_package", "remove", "replacement", "signals",
+    "model", "object_of", "parse_specification", "program", "program_path", "read_package", "remove", "replacement",
+    "signals",
     "stored_form", "write_package",
 ]  # fmt: skip

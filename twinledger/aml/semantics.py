@@ -206,16 +206,24 @@ class Model:
 
     def program(self, name: str) -> Program:
         """The program ``name`` names: its full path, else a unique tail of it."""
-        exact = [p for p in self.programs if p.path == name]
-        found = exact or [p for p in self.programs if p.path.endswith("/" + name)]
-        if len(found) == 1:
-            return found[0]
-        if found:
-            raise AmlError(f"{name!r} names {len(found)} programs ({', '.join(p.path for p in found[:4])}); "
-                           "give more of the path", code="ambiguous_program")  # fmt: skip
-        known = sorted({p.path for p in self.programs})
-        raise AmlError(f"the specification has no program {name!r} (it has {known[:8] or 'none'}"
-                       f"{' …' if len(known) > 8 else ''})", code="unknown_program")  # fmt: skip
+        path = program_path([p.path for p in self.programs], name)
+        return next(p for p in self.programs if p.path == path)
+
+
+def program_path(paths: list[str], name: str) -> str:
+    """Which of the programs ``paths`` ``name`` names: the one with that full path, else
+    the one path ending in ``/name``."""
+    if name in paths:
+        return name
+    found = [p for p in paths if p.endswith("/" + name)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise AmlError(f"{name!r} names {len(found)} programs ({', '.join(found[:4])}); give more of the path",
+                       code="ambiguous_program")  # fmt: skip
+    known = sorted(paths)
+    raise AmlError(f"the specification has no program {name!r} (it has {known[:8] or 'none'}"
+                   f"{' …' if len(known) > 8 else ''})", code="unknown_program")  # fmt: skip
 
 
 def _interfaces(element: etree._Element, suffix: str) -> list[etree._Element]:

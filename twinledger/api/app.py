@@ -311,6 +311,10 @@ def add_twin_resources(app: FastAPI, node: RunningNode, service: TwinService) ->
     ) -> dict[str, Any]:
         return {"diff": await node.read(service.diff, ref, old, new)}
 
+    @app.get("/v1/twins/{ref}/programs", summary="The twin's programs with their safety rules", tags=["twins"])
+    async def programs(ref: str, at: int | None = At) -> dict[str, Any]:
+        return {"programs": await node.read(service.programs, ref, at)}
+
     @app.get("/v1/twins/{ref}/calls", summary="Program calls, optionally by status", tags=["twins"])
     async def calls(ref: str, status: str | None = None, at: int | None = At) -> dict[str, Any]:
         return {"calls": await node.read(service.calls, ref, status, at)}

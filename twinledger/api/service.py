@@ -18,6 +18,7 @@ from twinledger.contracts.sharing import DEVICE_PREFIX, GRANT_PREFIX, twin_gener
 from twinledger.contracts.twinstate import (
     aml_key,
     checkpoint_key,
+    class_program_key,
     detached_feed_key,
     device_key,
     feed_key,
@@ -140,6 +141,19 @@ class TwinService:
         twin = self.resolve(reference, height)
         calls = self._items(f"twin/{twin['id']}/call/", height)
         return jsonable([c for c in calls if status is None or c["status"] == status])
+
+    def programs(self, reference: str, at: int | None = None) -> list[dict[str, Any]]:
+        """The twin's programs as the contracts hold them: full path, component, interface,
+        the class they come from, and their parameters with the safety rules."""
+        height = self._height(at)
+        twin = self.resolve(reference, height)
+        state = StoreState(self.store, height)
+        found = []
+        for entry in self._items(f"twin/{twin['id']}/program/", height):
+            declared = entry["declared_in"]
+            parameters = state.get(class_program_key(twin["id"], declared, entry["name"])) if declared else entry["parameters"]
+            found.append({**entry, "parameters": parameters})
+        return jsonable(found)
 
     def audit(self, reference: str) -> list[dict[str, Any]]:
         """Every transaction that changed the twin, oldest first."""

@@ -489,7 +489,8 @@ def source_remove(ref: Ref, uri: Annotated[str, typer.Argument(help="URI of the 
 @command
 def twin_call(
     ref: Ref,
-    program: Annotated[str, typer.Argument(help="Program name as in the specification.")],
+    program: Annotated[str, typer.Argument(help="Program path (Plant/Line1/Conveyor/SetVelocity) or a unique tail "
+                                           "of it (SetVelocity); `twin programs` lists them.")],  # fmt: skip
     home: Home,
     params: Annotated[list[str] | None, typer.Argument(help="Parameters NAME=VALUE.")] = None,
     key: KeyFile = None,
@@ -503,7 +504,34 @@ def twin_call(
         render_outcome(outcome, as_json, "")
         return
     event = outcome.event("ProgramCalled")
-    out.print(f"queued call {event['call']}: {program} {json.dumps(event['params'], sort_keys=True)}", highlight=False)
+    out.print(f"queued call {event['call']}: {event['program']} {json.dumps(event['params'], sort_keys=True)}",
+              highlight=False)  # fmt: skip
+
+
+def _rule(parameter: dict[str, Any]) -> str:
+    """``0 … 2.5 m/s``, ``one of forward, stop``: a parameter's safety rule as people write it."""
+    low, high = parameter["minimum"], parameter["maximum"]
+    span = f"{'' if low is None else format(float(low), 'g')} … {'' if high is None else format(float(high), 'g')}"
+    parts = [span.strip() if low is not None or high is not None else "",
+             f"one of {', '.join(parameter['allowed'])}" if parameter["allowed"] else "", parameter["unit"] or ""]
+    return " ".join(p for p in parts if p) or "any"
+
+
+@twin_app.command("programs")
+@command
+def twin_programs(ref: Ref, home: Home, as_json: Json = False) -> None:
+    """The twin's programs with their parameters and safety rules, by full path."""
+    found = run(home, lambda session: twins.programs(session, ref))
+    if as_json:
+        print_json({"programs": found})
+        return
+    table = Table("program", "parameter", "type", "safe values", "from class", title="programs", title_justify="left")
+    none = {"name": "-", "type": "", "minimum": None, "maximum": None, "allowed": [], "unit": None}
+    for program in found:
+        for number, parameter in enumerate(program["parameters"] or [none]):
+            table.add_row(program["path"] if number == 0 else "", parameter["name"], parameter["type"], _rule(parameter),
+                          program["declared_in"] if number == 0 else "")  # fmt: skip
+    out.print(table)
 
 
 @twin_app.command("calls")

@@ -152,9 +152,14 @@ async def call_program(session: Session, twin_ref: str, program: str, params: di
     """Queue a program call for the device; the contract checks it against the
     specification's safety rules. ``program`` is a full component path or any unique
     tail of one (``SetVelocity``, ``Conveyor2/SetVelocity``); the call names the path."""
-    twin = await session.twin(twin_ref)
-    path = aml.model(twin["specification"].encode()).program(program).path
-    return await session.transact(calls.call_program(twin["id"], path, params), wait)
+    twin_id = await _twin_id(session, twin_ref)
+    path = aml.program_path([p["path"] for p in await programs(session, twin_id)], program)
+    return await session.transact(calls.call_program(twin_id, path, params), wait)
+
+
+async def programs(session: Session, twin_ref: str) -> list[dict[str, Any]]:
+    """The twin's programs as the chain holds them: full path, component, parameters and rules."""
+    return list((await session.get(f"/v1/twins/{segment(twin_ref, 'twin')}/programs"))["programs"])
 
 
 async def report_call(session: Session, twin_ref: str, call: int, status: str, result: str = "",

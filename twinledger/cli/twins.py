@@ -35,8 +35,9 @@ from twinledger.cli.common import (
     render_outcome,
     run,
 )
+from twinledger.cli.specification import aml_app
 from twinledger.cli.storage import transfer_progress
-from twinledger.core.files import read_regular, replace_durably
+from twinledger.core.files import read_regular
 from twinledger.errors import TwinledgerError
 from twinledger.services import documents, twins
 from twinledger.services.access import device_keys
@@ -44,7 +45,6 @@ from twinledger.services.remote import segment
 from twinledger.store.items import ItemAcl
 
 twin_app = typer.Typer(no_args_is_help=True, help="Digital twins: specification, documents, feeds, programs, roles.")
-aml_app = typer.Typer(no_args_is_help=True, help="The twin's AutomationML specification and its versions.")
 doc_app = typer.Typer(no_args_is_help=True, help="Documents registered on the twin.")
 source_app = typer.Typer(no_args_is_help=True, help="External data sources of the twin.")
 feed_app = typer.Typer(no_args_is_help=True, help="Encrypted sensor feeds of components: add, push, read, follow, verify.")
@@ -196,120 +196,6 @@ def _print_calls(calls: list[dict[str, Any]], title: str) -> None:
         table.add_row(str(entry["number"]), entry["program"], json.dumps(entry["params"], sort_keys=True),
                       entry["status"], entry["result"])  # fmt: skip
     out.print(table)
-
-
-# -- specification --------------------------------------------------------------------------------
-
-
-@aml_app.command("insert")
-@command
-def aml_insert(
-    ref: Ref,
-    home: Home,
-    fragment: Annotated[Path, typer.Option("--fragment", help="File holding one AML element.", exists=True,
-                                           dir_okay=False)],  # fmt: skip
-    parent: Annotated[str, typer.Option("--parent", help="ID (or name path) of the element to insert under.")],
-    after: Annotated[str | None, typer.Option("--after", help="ID (or name path) of the sibling to insert after "
-                                              "(default: first of its kind).")] = None,  # fmt: skip
-    key: KeyFile = None,
-    wait: Wait = True,
-    as_json: Json = False,
-) -> None:
-    """Insert an element into the specification."""
-    outcome = run(home, lambda session: twins.insert_aml(session, ref, fragment.read_bytes(), parent, after, wait), key)
-    render_outcome(outcome, as_json, f"inserted under {parent}")
-
-
-@aml_app.command("remove")
-@command
-def aml_remove(
-    ref: Ref,
-    element: Annotated[str, typer.Argument(help="ID (or name path) of the element to remove.")],
-    home: Home,
-    with_links: Annotated[bool, typer.Option("--with-links", help="Also remove InternalLinks elsewhere that point "
-                                             "into the element (refused otherwise).")] = False,  # fmt: skip
-    key: KeyFile = None,
-    wait: Wait = True,
-    as_json: Json = False,
-) -> None:
-    """Remove an element (and everything in it) from the specification."""
-    links = "remove" if with_links else "refuse"
-    outcome = run(home, lambda session: twins.remove_aml(session, ref, element, wait, links), key)
-    removed = outcome.event("AmlRemoved").get("links") or [] if outcome.committed else []
-    render_outcome(outcome, as_json, f"removed {element}" + (f" and {len(removed)} link(s) into it" if removed else ""))
-
-
-@aml_app.command("export")
-@command
-def aml_export(
-    ref: Ref,
-    home: Home,
-    output: Annotated[Path, typer.Option("-o", "--output", help="File to write: .aml, or .amlx for a container with "
-                                         "the twin's documents named like parts (/files/…).", dir_okay=False)],  # fmt: skip
-    version: Annotated[int | None, typer.Option(help="Version (default: current).", min=1)] = None,
-    key: KeyFile = None,
-    as_json: Json = False,
-) -> None:
-    """Write a version of the specification as AutomationML, for engineering tools."""
-    package = output.suffix.lower() == ".amlx"
-    exported = run(home, lambda session: twins.export(session, ref, version, package), key)
-    replace_durably(output, exported.data)
-    if as_json:
-        print_json({"path": str(output), "version": exported.version, "size": len(exported.data),
-                    "parts": list(exported.parts), "skipped": list(exported.skipped)})  # fmt: skip
-    else:
-        parts = f" with {len(exported.parts)} document(s)" if package else ""
-        out.print(f"version {exported.version} written to {output}{parts}", highlight=False)
-        for reason in exported.skipped:
-            err.print(f"not packed: {reason}", highlight=False)
-
-
-@aml_app.command("history")
-@command
-def aml_history(ref: Ref, home: Home, as_json: Json = False) -> None:
-    """Every version of the specification: who changed what, when."""
-    versions = client(home).request("GET", f"/v1/twins/{segment(ref)}/history")["versions"]
-    if as_json:
-        print_json(versions)
-        return
-    table = Table("version", "change", "element", "by", "height", "tx", title="specification history",
-                  title_justify="left")  # fmt: skip
-    for v in versions:
-        target = v["element"] + (f" under {v['parent']}" if v["parent"] else "")
-        table.add_row(str(v["version"]), v["change"], target or "-", v["organisation"] or v["key"][:16] + "…",
-                      str(v["height"]), v["tx"][:16] + "…")  # fmt: skip
-    out.print(table)
-
-
-@aml_app.command("diff")
-@command
-def aml_diff(
-    ref: Ref,
-    home: Home,
-    old: Annotated[int, typer.Argument(help="Earlier version.")],
-    new: Annotated[int | None, typer.Argument(help="Later version (default: the current one).")] = None,
-    as_json: Json = False,
-) -> None:
-    """A readable diff between two versions of the specification."""
-    params: dict[str, Any] = {"from": old} | ({"to": new} if new is not None else {})
-    text = client(home).request("GET", f"/v1/twins/{segment(ref)}/diff", params=params)["diff"]
-    if as_json:
-        print_json({"diff": text})
-        return
-    for line in text.splitlines():
-        style = "green" if line.startswith("+") else "red" if line.startswith("-") else None
-        out.print(line, style=style, highlight=False, markup=False)
-    if not text:
-        out.print("the versions are identical")
-
-
-@aml_app.command("show")
-@command
-def aml_show(ref: Ref, home: Home,
-             version: Annotated[int | None, typer.Option(help="Version (default: current).")] = None) -> None:  # fmt: skip
-    """Print a version of the specification as XML."""
-    params = {"xml": "true"} | ({"version": str(version)} if version is not None else {})
-    out.print(client(home).text(f"/v1/twins/{segment(ref)}/specification", params=params), highlight=False, markup=False)
 
 
 # -- documents, sources, feeds --------------------------------------------------------------------

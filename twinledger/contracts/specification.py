@@ -3,10 +3,10 @@
 
 A twin has a name, a device id, an owning organisation and an AutomationML
 specification with its full version history; documents with versions; external
-sources; sensor feed references by component; and a program-call queue whose calls go
-``queued → dispatched → executed | failed``, or ``rejected`` by the device agent or the
-owner. Every method is checked by ``authorization.authorize``; state layout is in
-``twinstate``.
+sources; sensor feed references by component; and a program-call queue with alerts
+(their methods are in ``programs``). Every method is checked by
+``authorization.authorize``; state layout is in ``twinstate``, the model the checks read
+in ``twinmodel``.
 """
 
 from __future__ import annotations
@@ -27,14 +27,25 @@ from twinledger.contracts.authorization import (
     check_scopes_exist,
     parse_role_table,
 )
-from twinledger.contracts.membership import organisation_of, required_organisation
+from twinledger.contracts.membership import required_organisation
+from twinledger.contracts.programs import (
+    call_program,
+    parse_call_program,
+    parse_dispatch,
+    parse_report,
+    parse_report_anomaly,
+    report_anomaly,
+    update_call,
+)
 from twinledger.contracts.runtime import Call, Contract, Method
-from twinledger.contracts.twinmodel import element_path, find_program, find_signal, require_element, write_model
+from twinledger.contracts.twinmodel import require_element, write_model
 from twinledger.contracts.twinstate import (
+    MAX_REFERENCE,
+    TwinError,
+    actor,
     aml_key,
     anomaly_key,
     audited,
-    call_key,
     checkpoint_key,
     detached_feed_key,
     device_key,
@@ -49,28 +60,12 @@ from twinledger.contracts.twinstate import (
     specification,
     twin_key,
 )
-from twinledger.errors import ContractError
 
 MAX_SPECIFICATION_BYTES = 60 * 1024
 """The stored form of a specification is one state entry, within one transaction."""
 MAX_DOCUMENT_VERSIONS = 1000
-MAX_PARAMS = 64
 MAX_URI = 1024
-MAX_RESULT = 4096
-MAX_REFERENCE = 512
-"""An element's ID or name path, a program's path."""
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
-CALL_OUTCOMES = ("executed", "failed", "rejected")
-
-
-class TwinError(ContractError):
-    code = "twin"
-
-
-def _actor(call: Call) -> dict[str, Any]:
-    """Who did something: the signing key and the organisation it acts for, if any."""
-    return {"key": call.sender, "organisation": organisation_of(call.state, call.sender) or "",
-            "height": call.header.height, "timestamp": call.header.timestamp, "tx": call.tx.hash}  # fmt: skip
 
 
 # -- registry: create -----------------------------------------------------------------------------
@@ -108,7 +103,7 @@ def create(call: Call, args: CreateArgs) -> None:
         raise TwinError(f"twin id {twin_id} is taken; sign the creation again", code="duplicate_twin")
     roles = {**args.roles, f"org:{owner}": {**args.roles.get(f"org:{owner}", {}), "owner": []}}
     twin = {"id": twin_id, "name": args.name, "device_id": args.device_id, "owner": owner,
-            "created": _actor(call), "aml_version": 1, "aml_hash": hashlib.sha256(spec).digest(), "calls": 0,
+            "created": actor(call), "aml_version": 1, "aml_hash": hashlib.sha256(spec).digest(), "calls": 0,
             "changes": 0}  # fmt: skip
     call.state.set(twin_key(twin_id), twin)
     call.state.set(registry_key(twin_id), {"id": twin_id, "name": args.name, "device_id": args.device_id,
@@ -137,7 +132,7 @@ def _record_version(call: Call, twin: dict[str, Any], spec: bytes, change: str, 
     call.state.set(aml_key(twin["id"], version), spec)
     call.state.set(history_key(twin["id"], version), {"version": version, "change": change, "element": element,
                                                       "parent": parent, "hash": hashlib.sha256(spec).digest(),
-                                                      **_actor(call)})  # fmt: skip
+                                                      **actor(call)})  # fmt: skip
 
 
 def _new_version(call: Call, twin: dict[str, Any], spec: bytes, change: str, element: str, parent: str) -> None:
@@ -245,7 +240,7 @@ def parse_add_document(args: Mapping[str, Any]) -> DocumentArgs:
 
 
 def _version(call: Call, digest: bytes, reference: str, size: int, description: str) -> dict[str, Any]:
-    return {"hash": digest, "reference": reference, "size": size, "description": description, **_actor(call)}
+    return {"hash": digest, "reference": reference, "size": size, "description": description, **actor(call)}
 
 
 def add_document(call: Call, args: DocumentArgs) -> None:
@@ -324,7 +319,7 @@ def remove_document(call: Call, args: DocumentRef) -> None:
     twin = load_twin(call.state, args.twin)
     document = _live_document(call, twin, args.document)
     authorize(call, twin, "document.remove", document["component"] or None)
-    call.state.set(document_key(args.twin, args.document), {**document, "removed": _actor(call)})
+    call.state.set(document_key(args.twin, args.document), {**document, "removed": actor(call)})
     call.emit("DocumentRemoved", twin=args.twin, document=args.document)
 
 
@@ -362,7 +357,7 @@ def add_source(call: Call, args: SourceArgs) -> None:
     if call.state.get(key) is not None:
         raise TwinError(f"twin {args.twin} already lists source {args.uri!r}", code="duplicate_source")
     call.state.set(key, {"uri": args.uri, "description": args.description, "owner": call.sender,
-                         "added": _actor(call)})  # fmt: skip
+                         "added": actor(call)})  # fmt: skip
     call.emit("SourceAdded", twin=args.twin, uri=args.uri)
 
 
@@ -400,13 +395,13 @@ def add_feed(call: Call, args: FeedArgs) -> None:
         raise TwinError(f"component {args.component!r} already has a feed; remove it first", code="duplicate_feed")
     call.state.set(feed_key(args.twin, args.component), {"component": args.component, "reference": args.reference,
                                                          "description": args.description, "owner": call.sender,
-                                                         "added": _actor(call)})  # fmt: skip
+                                                         "added": actor(call)})  # fmt: skip
     call.emit("FeedAdded", twin=args.twin, component=args.component, reference=args.reference)
 
 
 def _detach_feed(call: Call, twin_id: str, component: str, feed: dict[str, Any]) -> None:
     call.state.set(feed_key(twin_id, component), None)
-    call.state.set(detached_feed_key(twin_id, component), {**feed, "removed": _actor(call)})
+    call.state.set(detached_feed_key(twin_id, component), {**feed, "removed": actor(call)})
 
 
 def parse_remove_feed(args: Mapping[str, Any]) -> ElementArgs:
@@ -460,140 +455,6 @@ def checkpoint_feed(call: Call, args: CheckpointArgs) -> None:
     call.state.set(checkpoint_key(args.twin, feed["reference"]), {**entry, "count": number})
     call.emit("FeedCheckpointed", twin=args.twin, component=args.component, reference=feed["reference"],
               sequence=args.sequence, head=args.head)  # fmt: skip
-
-
-# -- program calls --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProgramCall:
-    twin: str
-    program: str
-    params: dict[str, Any]
-
-
-def parse_call_program(args: Mapping[str, Any]) -> ProgramCall:
-    read = Arguments("twins.call_program", args, ("twin", "program", "params"))
-    params = read.mapping("params", max_items=MAX_PARAMS, default={})
-    for name, value in params.items():
-        if not isinstance(value, (bool, int, str)) or (isinstance(value, str) and len(value) > 256):
-            raise read.error(f"parameter {name[:40]!r} must be a boolean, an integer or a short string")
-    return ProgramCall(read.identifier("twin"), read.reference("program", max_length=MAX_REFERENCE), params)
-
-
-def call_program(call: Call, args: ProgramCall) -> None:
-    """Queue a program call for the device agent once the AML's safety rules allow it."""
-    twin = load_twin(call.state, args.twin)
-    program = find_program(call.state, twin["id"], args.program)
-    scope = element_path(call.state, twin["id"], program.target or "") or ()
-    authorize(call, twin, "program.call", program.target)
-    params = program.validate_call(args.params)
-    number = twin["calls"] + 1
-    call.state.set(twin_key(args.twin), {**twin, "calls": number})
-    call.state.set(call_key(args.twin, number), {
-        "number": number, "program": program.path, "interface": program.id, "component": program.component_id or "",
-        "params": params, "status": "queued", "result": "", "caller": call.sender, "scope": list(scope),
-        "history": [{"status": "queued", **_actor(call)}],
-    })  # fmt: skip
-    call.emit("ProgramCalled", twin=args.twin, call=number, program=program.path, params=params)
-
-
-@dataclass(frozen=True)
-class CallUpdate:
-    twin: str
-    number: int
-    status: str
-    result: str
-
-
-def parse_dispatch(args: Mapping[str, Any]) -> CallUpdate:
-    read = Arguments("twins.dispatch_call", args, ("twin", "call"))
-    return CallUpdate(read.identifier("twin"), read.integer("call", minimum=1), "dispatched", "")
-
-
-def parse_report(args: Mapping[str, Any]) -> CallUpdate:
-    read = Arguments("twins.report_call", args, ("twin", "call", "status", "result"))
-    return CallUpdate(read.identifier("twin"), read.integer("call", minimum=1), read.choice("status", CALL_OUTCOMES),
-                      read.text("result", max_length=MAX_RESULT, empty=True, default=""))  # fmt: skip
-
-
-TRANSITIONS = {"dispatched": ("queued",), "executed": ("dispatched",), "failed": ("dispatched",),
-               "rejected": ("queued", "dispatched")}  # fmt: skip
-
-
-def update_call(call: Call, args: CallUpdate) -> None:
-    """Move a call along its life-cycle; only the transitions in TRANSITIONS exist."""
-    twin = load_twin(call.state, args.twin)
-    entry = call.state.get(call_key(args.twin, args.number))
-    if entry is None:
-        raise TwinError(f"twin {args.twin} has no program call {args.number}", code="unknown_call")
-    method = "program.dispatch" if args.status == "dispatched" else "program.report"
-    scope = entry.get("scope")  # where it was when called: it may be gone since (calls from before: their target)
-    authorize(call, twin, method, *((None, tuple(scope)) if scope is not None else
-                                    (entry["interface"] or entry["component"] or None, None)))  # fmt: skip
-    if entry["status"] not in TRANSITIONS[args.status]:
-        raise TwinError(f"program call {args.number} is {entry['status']}; it cannot become {args.status}",
-                        code="bad_transition")  # fmt: skip
-    call.state.set(call_key(args.twin, args.number), {
-        **entry, "status": args.status, "result": args.result or entry["result"],
-        "history": [*entry["history"], {"status": args.status, **_actor(call)}],
-    })  # fmt: skip
-    call.emit("ProgramCallUpdated", twin=args.twin, call=args.number, program=entry["program"], status=args.status,
-              result=args.result)  # fmt: skip
-
-
-# -- anomalies ------------------------------------------------------------------------------------
-
-ANOMALY_STATES = ("raised", "cleared")
-DEVIATIONS = ("below", "above")
-
-
-@dataclass(frozen=True)
-class AnomalyReport:
-    twin: str
-    signal: str
-    state: str
-    deviation: str
-    since: int
-    """Microseconds since the epoch: the first reading out of (or back in) range."""
-    sequence: int
-    """The feed update holding that reading (-1: not yet in the feed)."""
-
-
-def parse_report_anomaly(args: Mapping[str, Any]) -> AnomalyReport:
-    read = Arguments("twins.report_anomaly", args, ("twin", "signal", "state", "deviation", "since", "sequence"))
-    state = read.choice("state", ANOMALY_STATES)
-    deviation = read.choice("deviation", DEVIATIONS) if state == "raised" else ""
-    return AnomalyReport(read.identifier("twin"), read.reference("signal", max_length=128), state, deviation,
-                         read.integer("since", minimum=0), read.integer("sequence", minimum=-1, default=-1))  # fmt: skip
-
-
-def report_anomaly(call: Call, args: AnomalyReport) -> None:
-    """Raise an alert when a signal leaves the range its specification expects (Dietz et
-    al. §4.3), or clear it when readings are back. The alert names the range and the feed
-    update, not the reading: values stay in the encrypted feed, for those it is shared with."""
-    twin = load_twin(call.state, args.twin)
-    signal = find_signal(call.state, twin["id"], args.signal)
-    if signal is None:
-        raise TwinError(f"the specification has no signal {args.signal!r}", code="unknown_signal")
-    authorize(call, twin, "anomaly.report", signal.id)
-    key = anomaly_key(args.twin, signal.id)
-    current = call.state.get(key)
-    if args.state == "raised":
-        if current is not None:
-            raise TwinError(f"signal {signal.id!r} already has an open anomaly", code="anomaly_open")
-        expected = {"minimum": "" if signal.minimum is None else f"{signal.minimum:g}",
-                    "maximum": "" if signal.maximum is None else f"{signal.maximum:g}", "unit": signal.unit or ""}  # fmt: skip
-        call.state.set(key, {"signal": signal.id, "component": signal.component_id, "deviation": args.deviation,
-                             "since": args.since, "sequence": args.sequence, **expected, "raised": _actor(call)})  # fmt: skip
-        call.emit("AnomalyRaised", twin=args.twin, signal=signal.id, component=signal.component_id,
-                  deviation=args.deviation, since=args.since, sequence=args.sequence, **expected)  # fmt: skip
-        return
-    if current is None:
-        raise TwinError(f"signal {signal.id!r} has no open anomaly to clear", code="no_anomaly")
-    call.state.set(key, None)
-    call.emit("AnomalyCleared", twin=args.twin, signal=signal.id, reason="back in range", since=args.since,
-              sequence=args.sequence)  # fmt: skip
 
 
 SPECIFICATION = Contract(

@@ -41,10 +41,22 @@ A = TypeVar("A")
 VERSION_DIGITS = 8
 MAX_DEPTH = 64
 """How deep elements nest at most (the AML parser's limit)."""
+MAX_REFERENCE = 512
+"""An element's ID or name path, a program's path, as an argument."""
 
 
 class UnknownTwin(ContractError):
     code = "unknown_twin"
+
+
+class TwinError(ContractError):
+    code = "twin"
+
+
+def actor(call: Call) -> dict[str, Any]:
+    """Who did something: the signing key and the organisation it acts for, if any."""
+    return {"key": call.sender, "organisation": organisation_of(call.state, call.sender) or "",
+            "height": call.header.height, "timestamp": call.header.timestamp, "tx": call.tx.hash}  # fmt: skip
 
 
 def registry_key(twin_id: str) -> str:

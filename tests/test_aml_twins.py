@@ -103,18 +103,18 @@ def _model_state(world: World, twin: str) -> dict[str, object]:
 def test_the_model_on_chain_follows_every_edit_and_changes_only_what_the_edit_touched() -> None:
     """Elements, programs and signals are kept per entry; after each edit they are what
     the current version gives, and an edit rewrites only the entries it changed."""
-    from twinledger.contracts.twinmodel import _entries
+    from twinledger.contracts.twinmodel import model_entries
 
     world = World()
     twin = world.create_twin(aml=LINE)
-    assert _model_state(world, twin) == _entries(aml.model(world.get(aml_key(twin, 1))))
+    assert _model_state(world, twin) == model_entries(aml.model(world.get(aml_key(twin, 1))))
     before = _model_state(world, twin)
     fragment = (b'<InternalElement Name="Conveyor4" ID="c4" RefBaseSystemUnitPath="Lib/Conveyor">'
                 b'<ExternalInterface Name="Speed" ID="c4-speed" RefBaseClassPath="TwinledgerInterfaceClassLib/Signal"/>'
                 b"</InternalElement>")  # fmt: skip
     world.ok(OWNER, "twins", "insert_aml", twin=twin, fragment=fragment, parent="line", after="c3")
     after = _model_state(world, twin)
-    assert after == _entries(aml.model(world.get(aml_key(twin, 2))))
+    assert after == model_entries(aml.model(world.get(aml_key(twin, 2))))
     assert {k for k in after if after.get(k) != before.get(k)} == {
         "element/c4", "element/c4-speed", "program/Plant/Line/Conveyor4/SetVelocity",
         "signal/c4-speed"}  # fmt: skip

@@ -20,7 +20,7 @@ from twinledger import aml
 from twinledger.aml.document import parse_xml
 from twinledger.bench.ledger import publish
 from twinledger.contracts.specification import MAX_SPECIFICATION_BYTES
-from twinledger.contracts.twinmodel import _entries
+from twinledger.contracts.twinmodel import model_entries
 from twinledger.core.encoding import encode
 
 LIBRARIES = """
@@ -91,7 +91,7 @@ def _timed(work: Callable[[], Any], runs: int) -> tuple[Any, float]:
 def _model_bytes(model: aml.Model, after: aml.Model) -> tuple[int, int]:
     """Encoded bytes of the model's state entries (what a twin keeps on chain besides the
     specification), and of the entries the insert changed."""
-    before, changed = _entries(model), _entries(after)
+    before, changed = model_entries(model), model_entries(after)
     delta = {k: v for k, v in changed.items() if before.get(k) != v} | {k: None for k in before.keys() - changed.keys()}
     size = lambda entries: sum(len(k) + len(encode(v)) for k, v in entries.items())  # noqa: E731
     return size(before), size(delta)

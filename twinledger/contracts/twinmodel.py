@@ -59,7 +59,7 @@ def signal_of(entry: dict[str, Any]) -> Signal:
                   _float(entry["minimum"]), _float(entry["maximum"]))  # fmt: skip
 
 
-def _entries(model: Model | None) -> dict[str, Any]:
+def model_entries(model: Model | None) -> dict[str, Any]:
     """Every state entry of a model, by key suffix."""
     if model is None:
         return {}
@@ -74,7 +74,7 @@ def _entries(model: Model | None) -> dict[str, Any]:
 def write_model(call: Call, twin_id: str, old: Model | None, new: Model) -> int:
     """Bring the twin's model from ``old`` (None: a new twin) to ``new``, writing only the
     entries that differ; the number of entries written."""
-    before, after = _entries(old), _entries(new)
+    before, after = model_entries(old), model_entries(new)
     changed = {key: value for key, value in after.items() if before.get(key) != value}
     changed |= {key: None for key in before.keys() - after.keys()}
     for suffix in sorted(changed):

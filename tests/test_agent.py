@@ -30,12 +30,11 @@ from twinledger import aml
 from twinledger.agent.anomaly import CLEAR_AFTER, RAISE_AFTER, AnomalyCheck
 from twinledger.agent.plant import NAMESPACE
 from twinledger.agent.spool import Spool, spool_key
-from twinledger.config import init_home, load_config
+from twinledger.config import init_home
 from twinledger.crypto.keys import SigningKey
 from twinledger.errors import DecryptionFailed
 from twinledger.ingest.opcua import ApplicationIdentity, DeviceTrust, application_identity, device_session, fingerprint
 from twinledger.launcher import NodeProcess, start_node
-from twinledger.services.remote import NodeClient
 from twinledger.services.session import Session
 from twinledger.store.documents import capsule_generation, data_key
 from twinledger.store.feeds import parse_feed_reference
@@ -184,15 +183,6 @@ class Line:
     def view(self) -> dict[str, Any]:
         return ok("twin", "show", self.twin, "--home", str(self.home))
 
-    def commit(self, method: str, **args: Any) -> dict[str, Any]:
-        config = load_config(self.home)
-        client = NodeClient(config)
-        try:
-            return client.commit(config.signing_key("operator"), "twins", method, {"twin": self.twin, **args},
-                                 client.health()["chain_id"])["receipt"]  # fmt: skip
-        finally:
-            client.close()
-
     def plant_call(self, obj: str, method: str, *args: Any) -> Any:
         async def call() -> Any:
             async with self.session() as client:
@@ -281,13 +271,15 @@ def test_calls_are_rechecked_at_the_agent_and_run_on_the_device(tmp_path):
         assert unsafe.returncode == 1 and "above its safe maximum 2.5" in unsafe.stderr, "refused at the contract"
         ok("twin", "call", line.twin, "SetVelocity", "velocity=2.0", "--home", str(line.home))
         # the rules tighten while the call waits: the agent holds it to today's specification
-        assert line.commit("remove_aml", element="conveyor-1-set-velocity")["status"] == "ok"
+        ok("twin", "aml", "remove", line.twin, "conveyor-1-set-velocity", "--home", str(line.home))
         stricter = (b'<ExternalInterface Name="SetVelocity" ID="conveyor-1-set-velocity-2" RefBaseClassPath='
                     b'"TwinledgerInterfaceClassLib/Program"><Attribute Name="velocity" AttributeDataType="xs:double">'
                     b"<Constraint Name=\"SafeRange\"><OrdinalScaledType><RequiredMaxValue>1.5</RequiredMaxValue>"
                     b"<RequiredMinValue>0</RequiredMinValue></OrdinalScaledType></Constraint></Attribute>"
                     b"</ExternalInterface>")  # fmt: skip
-        assert line.commit("insert_aml", fragment=stricter, parent="conveyor-1")["status"] == "ok"
+        (line.home / "stricter.xml").write_bytes(stricter)
+        ok("twin", "aml", "insert", line.twin, "--fragment", str(line.home / "stricter.xml"), "--parent", "conveyor-1",
+           "--home", str(line.home))  # fmt: skip
         ok("twin", "call", line.twin, "SetFillVolume", "volume=400", "valve_check=true", "--home", str(line.home))
         with running_agent(line, tmp_path / "agent.log"):
             calls = wait_for(lambda: [c for c in line.view()["calls"] if c["status"] not in ("queued", "dispatched")]
@@ -319,7 +311,8 @@ def test_the_agent_streams_alerts_and_replaces_a_broken_sensor(tmp_path):
         line.plant_call("plant", "ReplaceLevelSensor", "LS200-9911")
         view = wait_for(lambda: (v := line.view()) and "level-sensor-2-level" in {f["component"] for f in v["feeds"]}
                         and v, "the agent to replace the sensor")  # fmt: skip
-        new = {i.element_id: i for i in aml.identities(view["specification"].encode())}
+        spec = tl("twin", "aml", "show", line.twin, "--home", str(line.home)).stdout.encode()
+        new = {i.element_id: i for i in aml.identities(spec)}
         assert "level-sensor-1" not in new and new["level-sensor-2"].serial == "LS200-9911"
         assert view["anomalies"] == [], "the alert left with the broken sensor"
         types = [e for entry in ok("twin", "audit", line.twin, "--home", str(line.home))["entries"]

@@ -13,7 +13,7 @@ from twin_helpers import PLANT, PROGRAMS, World, key_for
 
 from twinledger import aml
 from twinledger.aml import AmlError
-from twinledger.contracts.twinstate import aml_key, call_key
+from twinledger.contracts.twinstate import call_key
 
 OWNER = key_for("plant-owner")
 MAINTAINER = key_for("maintenance-co")
@@ -21,18 +21,20 @@ SCOPED = {"org:maintenance-co": {"maintainer": ["capper-1"]}}
 
 
 def _spec(world: World, twin: str) -> bytes:
-    return world.get(aml_key(twin, world.get(f"twin/{twin}")["aml_version"]))
+    return world.document(twin)
 
 
-@pytest.mark.parametrize(("method", "args"), [
-    ("remove_aml", {"element": "a\x01b"}),
-    ("insert_aml", {"fragment": b'<InternalElement Name="x" ID="x"/>', "parent": "line-1", "after": "a\x01b"}),
-    ("add_feed", {"component": "a\x01b", "reference": "r"}),
+@pytest.mark.parametrize(("method", "args", "bad"), [
+    ("remove_aml", {"element": "capper-1"}, {"element": "a\x01b"}),
+    ("insert_aml", {"fragment": b'<InternalElement Name="x" ID="x"/>', "parent": "line-1"}, {"parent": "a\x01b"}),
+    ("add_feed", {"component": "capper-1", "reference": "r"}, {"component": "a\x01b"}),
 ])  # fmt: skip
-def test_an_unprintable_reference_fails_its_transaction_not_the_block(method: str, args: dict) -> None:
+def test_an_unprintable_reference_fails_its_transaction_not_the_block(method: str, args: dict, bad: dict) -> None:
+    """Sent past the client, straight to the contract."""
     world = World()
     twin = world.create_twin()
-    receipt = world.fails("bad_arguments", OWNER, "twins", method, twin=twin, **args)
+    sent = world._as_client(OWNER, method, {"twin": twin, **args}) if method != "add_feed" else {"twin": twin, **args}
+    receipt = world.fails("bad_arguments", OWNER, "twins", method, **{**sent, **bad})
     assert "printable" in receipt.message
 
 
@@ -283,7 +285,7 @@ def test_no_scope_reaches_into_a_class_library_even_through_a_borrowed_id() -> N
     world = World()
     twin = world.create_twin(aml=VALVES, device_id="v-1", roles={"org:maintenance-co": {"maintainer": ["lineA"]}})
     world.ok(MAINTAINER, "twins", "insert_aml", twin=twin, parent="lineA", fragment=b'<InternalElement Name="D" ID="lib-1"/>')
-    world.fails("forbidden", MAINTAINER, "twins", "remove_aml", twin=twin, element="Lib/Valve")
+    world.fails("forbidden", MAINTAINER, "twins", "remove_aml", twin=twin, element="Lib/Valve/Sensor")
     world.fails("forbidden", MAINTAINER, "twins", "insert_aml", twin=twin, parent="Lib/Valve",
                 fragment=b'<ExternalInterface Name="Close" RefBaseClassPath="TwinledgerInterfaceClassLib/Program"/>')  # fmt: skip
     world.fails("unsafe_parameter", OWNER, "twins", "call_program", twin=twin, program="Plant/LineB/ValveB/Open",

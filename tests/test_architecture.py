@@ -227,10 +227,13 @@ def test_every_builder_passes_its_methods_parser():
 
     signer = SigningKey.generate()
     key, digest, twin = b"\x01" * 32, b"\x02" * 32, "a1b2c3d4e5f60718"
+    version = calls.SpecificationVersion(digest, key, "store:" + "ab" * 16 + ":" + "cd" * 32, 1200, model=b"\x80")
     built = [
-        calls.create_twin("line", "line-1", b"<CAEXFile/>", {"org:maker": {"maintainer": []}}),
-        calls.insert_aml(twin, b"<InternalElement/>", "plant", after="conveyor"),
-        calls.remove_aml(twin, "conveyor"),
+        calls.create_twin("line", "line-1", version, {"org:maker": {"maintainer": []}}),
+        calls.create_twin("line", "line-1", calls.SpecificationVersion(digest, key, "store:x", 10, staged=digest), {}),
+        calls.stage(digest, 0, 2, b"part"),
+        calls.insert_aml(twin, "plant", "conveyor", "c-2", version),
+        calls.remove_aml(twin, "conveyor", [("Belt: c-1:Out → c-2:In", ("line", "c-1"))], version),
         calls.add_document(twin, digest, "manual", "", "store:" + "ab" * 16 + ":" + "cd" * 32, "text/plain", 10, "c-1"),
         calls.add_document_version(twin, digest.hex(), digest, 10, "store:x", "fixed"),
         calls.remove_document(twin, digest.hex()),

@@ -51,8 +51,8 @@ def test_roles_bound_what_a_principal_may_sign():
                 roles=["administrator"], proof=registration_proof(bob, world.genesis.chain_id, "plant-owner", "bob"))  # fmt: skip
     world.fails("not_permitted", ALICE, "membership", "propose", change={"op": "remove_organisation", "name": "maker"})
     with pytest.raises(TwinledgerError, match=r"may not call twins\.create"):  # refused before it reaches a block
-        world.runtime.check_transaction(world.state, world.tx(MES, "twins", "create",
-                                                              {"name": "L", "device_id": "l", "aml": PLANT}))  # fmt: skip
+        args = world._as_client(MES, "create", {"name": "L", "device_id": "l", "aml": PLANT})
+        world.runtime.check_transaction(world.state, world.tx(MES, "twins", "create", args))
     world.ok(OWNER, "principals", "set_roles", name="mes", roles=["engineer"])
     world.ok(MES, "twins", "create", name="Line", device_id="line-1", aml=PLANT)
 

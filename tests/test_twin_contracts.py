@@ -12,7 +12,7 @@ from twin_helpers import PLANT, PROGRAMS, World, key_for
 
 from twinledger import aml
 from twinledger.contracts.authorization import DATA_METHODS, DEFAULT_PERMISSIONS, OWNER_METHODS, ROLES
-from twinledger.contracts.twinstate import aml_key, call_key, checkpoint_key, document_key, feed_key, history_key
+from twinledger.contracts.twinstate import call_key, checkpoint_key, document_key, feed_key, history_key
 from twinledger.crypto.keys import SigningKey
 
 OWNER = key_for("plant-owner")
@@ -227,7 +227,7 @@ def test_specification_history_keeps_every_version():
     assert [(h["change"], h["element"]) for h in history] == [("create", ""), ("remove", "level-sensor-1"),
                                                               ("insert", "level-sensor-2")]  # fmt: skip
     assert all(h["organisation"] == "plant-owner" and h["key"] == OWNER.public for h in history)
-    first, third = world.get(aml_key(twin, 1)), world.get(aml_key(twin, 3))
+    first, third = world.document(twin, 1), world.document(twin, 3)
     assert first == aml.canonical(aml.parse_specification(PLANT))
     assert b"level-sensor-2" in third and b"level-sensor-1" not in third
     assert history[2]["hash"] == hashlib.sha256(third).digest()

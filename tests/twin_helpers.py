@@ -1,5 +1,13 @@
 """A consortium in memory for contract tests: genesis members with keys, and a runtime
-that executes one transaction per block, as a node would, without processes."""
+that executes one transaction per block, as a node would, without processes.
+
+A twin's specification lives off chain; here ``World`` plays the client's part for it,
+as the service layer does: ``twins.create`` / ``insert_aml`` / ``remove_aml`` written
+with the document (``aml=``, ``fragment=``, an element to remove) are turned into what
+the contract takes — the new version's hashes and its model delta, staged in parts when
+large — from the documents the world keeps. An edit the client refuses (invalid AML, an
+unknown element) comes back as a failed receipt without a transaction, as the CLI would
+print it without sending one."""
 
 from __future__ import annotations
 
@@ -8,12 +16,16 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+from twinledger import aml
+from twinledger.aml import AmlError
 from twinledger.contracts import default_runtime
+from twinledger.contracts.modeldelta import encode_delta
 from twinledger.contracts.runtime import Overlay
 from twinledger.core.types import BlockHeader, Receipt, Transaction, sign_transaction
 from twinledger.crypto.keys import SigningKey
 from twinledger.ledger.genesis import Genesis, GenesisOrganisation, GenesisValidator
 from twinledger.ledger.verify import MemoryState
+from twinledger.services.specification import INLINE_DELTA_BYTES, STAGE_PART_BYTES
 
 PLANT = (Path(__file__).parent.parent / "examples" / "bottling-plant.aml").read_bytes()
 PROGRAMS = {"SetVelocity": "BottlingPlant/BottlingLine1/Conveyor/SetVelocity",
@@ -51,6 +63,8 @@ class World:
         self.height = 0
         self.nonces = itertools.count()
         self.transactions: list[Transaction] = []
+        self.documents: dict[str, list[bytes]] = {}
+        self._pending: dict[bytes, bytes] = {}
 
     def tx(self, key: SigningKey, contract: str, method: str, args: dict[str, Any]) -> Transaction:
         return sign_transaction(key, chain_id=self.genesis.chain_id, nonce=next(self.nonces), contract=contract,
@@ -70,7 +84,57 @@ class World:
         return result.receipts[0]
 
     def call(self, signer: SigningKey, contract: str, method: str, /, **args: Any) -> Receipt:
-        return self.run(self.tx(signer, contract, method, args))
+        if contract == "twins" and method in ("create", "insert_aml", "remove_aml"):
+            try:
+                args = self._as_client(signer, method, dict(args))
+            except AmlError as exc:
+                return Receipt(b"", "failed", exc.code, message=exc.message)
+        receipt = self.run(self.tx(signer, contract, method, args))
+        if receipt.status == "ok" and "hash" in args and method in ("create", "insert_aml", "remove_aml"):
+            created = [e.data["twin"] for e in receipt.events if e.type == "TwinCreated"]
+            forged = b""  # a version a test wrote by hand, with no document behind it
+            self.documents.setdefault(created[0] if created else args["twin"], []).append(self._pending.get(args["hash"], forged))
+        return receipt
+
+    def document(self, twin: str, version: int | None = None) -> bytes:
+        """A version of the twin's specification (default: the current one): its stored form."""
+        versions = self.documents[twin]
+        return versions[(version or len(versions)) - 1]
+
+    def _as_client(self, signer: SigningKey, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        if "hash" in args:  # already what the contract takes
+            return args
+        if method == "create":
+            document = args.pop("aml")
+            return {**args, **self._version(signer, aml.stored_form(document), None)}
+        if args.get("twin") not in self.documents:
+            raise AmlError(f"no twin {args.get('twin')!r}", code="unknown_twin")
+        current = self.document(args["twin"])
+        if method == "insert_aml":
+            fragment = args.pop("fragment")
+            edit = aml.insert(current, fragment, args["parent"], args.get("after"))
+            return {**args, "element": edit.element, **self._version(signer, edit.specification, current)}
+        policy = args.pop("links", "refuse")
+        edit = aml.remove(current, args["element"], policy)
+        links = [[text, list(holder)] for text, holder in zip(edit.links, edit.link_holders, strict=True)]
+        return {**args, "links": links, **self._version(signer, edit.specification, current)}
+
+    def _version(self, signer: SigningKey, new: bytes, old: bytes | None) -> dict[str, Any]:
+        """What a version is on chain; a delta too large for one transaction staged first."""
+        digest = hashlib.sha256(new).digest()
+        delta = encode_delta(aml.model(old) if old is not None else None, aml.model(new))
+        version: dict[str, Any] = {"hash": digest, "manifest": hashlib.sha256(b"manifest" + new).digest(),
+                                   "reference": f"store:{digest.hex()[:32]}", "size": len(new)}  # fmt: skip
+        if len(delta) <= INLINE_DELTA_BYTES:
+            version["model"] = delta
+        else:
+            staged = hashlib.sha256(delta).digest()
+            parts = [delta[i:i + STAGE_PART_BYTES] for i in range(0, len(delta), STAGE_PART_BYTES)]
+            for number, part in enumerate(parts):
+                self.ok(signer, "twins", "stage", digest=staged, part=number, parts=len(parts), data=part)
+            version["staged"] = staged
+        self._pending[digest] = new
+        return version
 
     def ok(self, signer: SigningKey, contract: str, method: str, /, **args: Any) -> Receipt:
         receipt = self.call(signer, contract, method, **args)

@@ -59,7 +59,7 @@ from twinledger.ingest.opcua import (
     policy_name,
     read_certificate_file,
 )
-from twinledger.services import feeds
+from twinledger.services import feeds, twins
 from twinledger.services.access import DeviceKeys
 from twinledger.services.session import Session
 from twinledger.store.client import StoreClient
@@ -145,6 +145,7 @@ class DeviceAgent:
         self.streams: dict[str, Stream] = {}
         """By signal id."""
         self.twin: dict[str, Any] = {}
+        self._specification = b""
         self.sharing_public: kpcpre.PublicKey | None = None
         """The owner organisation's public sharing key, read with the twin."""
         self.session: Session | None = None
@@ -201,6 +202,9 @@ class DeviceAgent:
             return
         view = await self._get(f"/v1/twins/{self.twin_ref}")
         changed = view["aml_version"] != self.twin.get("aml_version")
+        if changed or not self._specification:
+            assert self.session is not None
+            self._specification = await twins.specification(self.session, view["id"], view["aml_version"])
         self.twin = view
         self.sharing_public = await self.session.sharing_public() if self.session is not None else None
         self._refreshed = time.monotonic()
@@ -213,7 +217,9 @@ class DeviceAgent:
 
     @property
     def specification(self) -> bytes:
-        return str(self.twin["specification"]).encode()
+        """The twin's current specification, read from the store as the agent's
+        organisation and checked against the chain."""
+        return self._specification
 
     # -- streams -------------------------------------------------------------------------------
 
@@ -335,12 +341,13 @@ class DeviceAgent:
         await self._refresh(force=True)
         ids = {i.element_id for i in aml.identities(self.specification)}
         twin = self.twin["id"]
+        assert self.session is not None
         if plan.old in ids:
-            view = await self.transact(calls.remove_aml(twin, plan.old))
-            events = ", ".join(e["type"] for e in view["receipt"]["events"])
+            outcome = await twins.remove_aml(self.session, twin, plan.old)
+            events = ", ".join(e["type"] for e in outcome.events)
             self.say(f"{plan.old}: removed from the specification ({events})")
         if plan.new not in ids:
-            await self.transact(calls.insert_aml(twin, plan.fragment, plan.parent, plan.after))
+            await twins.insert_aml(self.session, twin, plan.fragment, plan.parent, plan.after)
             self.say(f"{plan.new}: inserted into the specification")
         await self._refresh(force=True)
         self._plan_file.unlink(missing_ok=True)

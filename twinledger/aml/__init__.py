@@ -31,6 +31,13 @@ def stored_form(data: bytes) -> bytes:
     return canonical(parse_specification(data))
 
 
+def stored_with_model(data: bytes) -> tuple[bytes, Model]:
+    """The stored form of a valid specification and its model, worked out once."""
+    root = parse_xml(data, "the specification")
+    found = validate(root)
+    return canonical(root), found
+
+
 @lru_cache(maxsize=8)
 def model(specification: bytes) -> Model:
     """What the contracts read from a specification, extracted once per content."""
@@ -68,9 +75,8 @@ def component_path(specification: bytes, ref: str) -> tuple[str, ...]:
 
 
 __all__ = [
-    "LINK_POLICIES", "MAX_DOCUMENT_BYTES", "AmlError", "Edit", "Identity", "Model", "Package", "Parameter",
-    "Program", "Replacement", "Signal", "canonical", "component_path", "diff", "identities", "insert", "is_package",
-    "model", "object_of", "parse_specification", "program", "program_path", "read_package", "remove", "replacement",
-    "signals",
-    "stored_form", "write_package",
+    "LINK_POLICIES", "MAX_DOCUMENT_BYTES", "AmlError", "Edit", "Identity", "Model", "Package", "Parameter", "Program",
+    "Replacement", "Signal", "canonical", "component_path", "diff", "identities", "insert", "is_package", "model",
+    "object_of", "parse_specification", "program", "program_path", "read_package", "remove", "replacement", "signals",
+    "stored_form", "stored_with_model", "write_package",
 ]  # fmt: skip

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from twinledger.aml.document import AmlError, by_path, canonical, describe, local, parse_xml, rank, structure
-from twinledger.aml.semantics import name_path, opcua_object, validate
+from twinledger.aml.semantics import Model, name_path, opcua_object, validate
 
 LINK_POLICIES = ("refuse", "remove")
 CLASS_KINDS = frozenset({"SystemUnitClass", "RoleClass", "InterfaceClass", "AttributeType"})
@@ -63,6 +63,8 @@ class Edit:
     link_holders: tuple[tuple[str, ...], ...] = ()
     """Where each of those links was (``id_path`` of the element holding it): a change
     there too, for authorization."""
+    model: Model | None = None
+    """The changed specification's model, worked out when it was validated."""
 
 
 def reference(element: etree._Element) -> str:
@@ -109,10 +111,10 @@ def insert(specification: bytes, fragment: bytes, parent: str, after: str | None
     for inserted in element.iter(etree.Element):  # errors name the stored version's lines, not the fragment's
         inserted.sourceline = holder.sourceline
     try:
-        validate(root)
+        model = validate(root)
     except AmlError as exc:
         raise AmlError(f"inserting <{local(element)}> under {describe(holder)}: {exc}", code=exc.code) from None
-    return Edit(canonical(root), reference(element), _ids(element))
+    return Edit(canonical(root), reference(element), _ids(element), model=model)
 
 
 def _ids(element: etree._Element) -> tuple[str, ...]:
@@ -170,8 +172,9 @@ def remove(specification: bytes, ref: str, links: str = "refuse") -> Edit:
     for link in dangling:
         link.getparent().remove(link)
     holder.remove(element)
-    validate(root)
-    return Edit(canonical(root), reference(element) if element.get("ID") else ref, _ids(element), removed, holders)
+    model = validate(root)
+    return Edit(canonical(root), reference(element) if element.get("ID") else ref, _ids(element), removed, holders,
+                model)  # fmt: skip
 
 
 def _check_class_users(root: etree._Element, element: etree._Element, inside: set[etree._Element]) -> None:

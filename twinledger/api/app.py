@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twinledger import __version__
@@ -294,22 +294,14 @@ def add_twin_resources(app: FastAPI, node: RunningNode, service: TwinService) ->
     async def twin(ref: str, at: int | None = At) -> dict[str, Any]:
         return await node.read(service.twin, ref, at)
 
-    @app.get("/v1/twins/{ref}/specification", summary="A version of the AutomationML specification", tags=["twins"])
-    async def specification(ref: str, version: int | None = Query(None, ge=1), xml: bool = False) -> Response:
-        entry, spec = await node.read(service.specification, ref, version)
-        if xml:
-            return Response(spec, media_type="application/xml")
-        return JSONResponse({**entry, "specification": spec.decode()})
+    @app.get("/v1/twins/{ref}/specification", summary="A version of the AutomationML specification (where it is)",
+             tags=["twins"])  # fmt: skip
+    async def specification(ref: str, version: int | None = Query(None, ge=1)) -> dict[str, Any]:
+        return await node.read(service.specification, ref, version)
 
     @app.get("/v1/twins/{ref}/history", summary="Every version of the specification", tags=["twins"])
     async def history(ref: str) -> dict[str, Any]:
         return {"versions": await node.read(service.history, ref)}
-
-    @app.get("/v1/twins/{ref}/diff", summary="A readable diff between two specification versions", tags=["twins"])
-    async def diff(
-        ref: str, old: int = Query(..., alias="from", ge=1), new: int | None = Query(None, alias="to", ge=1)
-    ) -> dict[str, Any]:
-        return {"diff": await node.read(service.diff, ref, old, new)}
 
     @app.get("/v1/twins/{ref}/programs", summary="The twin's programs with their safety rules", tags=["twins"])
     async def programs(ref: str, at: int | None = At) -> dict[str, Any]:

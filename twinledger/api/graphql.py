@@ -101,7 +101,10 @@ class SpecificationVersion:
     change: str
     element: str
     parent: str
-    hash: str
+    hash: str = strawberry.field(description="SHA-256 of the stored form.")
+    manifest: str = strawberry.field(description="The off-chain store's manifest of the encrypted document.")
+    reference: str
+    size: int
     organisation: str
     key: str
     height: int
@@ -142,7 +145,8 @@ class Twin:
     height: int = strawberry.field(description="The block height this view is taken at.")
     aml_version: int
     aml_hash: str
-    specification: str
+    specification: JSON = strawberry.field(description="The current version: hashes, size and where the encrypted "
+                                                       "document is in the store.")
     roles: JSON
     permissions: JSON
     created: Change
@@ -184,11 +188,6 @@ class Query:
     async def twin(self, info: strawberry.Info, ref: str, at: int | None = None) -> Twin:
         node, service = info.context["node"], info.context["service"]
         return twin_from_view(await node.read(service.twin, ref, at))
-
-    @strawberry.field(description="A readable diff between two versions of a twin's specification.")
-    async def specification_diff(self, info: strawberry.Info, ref: str, old: int, new: int | None = None) -> str:
-        node, service = info.context["node"], info.context["service"]
-        return await node.read(service.diff, ref, old, new)
 
     @strawberry.field(description="Consortium members, administrators and open proposals.")
     async def members(self, info: strawberry.Info, at: int | None = None) -> JSON:

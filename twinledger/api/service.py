@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from twinledger import aml
 from twinledger.abc import ChainStore
 from twinledger.contracts.authorization import permissions
 from twinledger.contracts.sharing import DEVICE_PREFIX, GRANT_PREFIX, twin_generation
@@ -84,7 +83,7 @@ class TwinService:
         return jsonable({
             "height": height,
             **twin,
-            "specification": state.get(aml_key(twin["id"], twin["aml_version"])).decode(),
+            "specification": {"version": twin["aml_version"], **state.get(aml_key(twin["id"], twin["aml_version"]))},
             "documents": self._items(prefix + "document/", height),
             "sources": self._items(prefix + "source/", height),
             "feeds": self._items(prefix + "feed/", height),
@@ -102,20 +101,18 @@ class TwinService:
         twin = self.resolve(reference, height)
         return jsonable(self._items(f"twin/{twin['id']}/history/", height))
 
-    def specification(self, reference: str, version: int | None = None) -> tuple[dict[str, Any], bytes]:
-        """The specification of ``version`` (default: the current one) with its history entry."""
+    def specification(self, reference: str, version: int | None = None) -> dict[str, Any]:
+        """A version of the specification (default: the current one) as the chain knows
+        it: who changed what, the stored form's hash and size, the store's manifest and
+        reference (the document is off chain, encrypted for the twin's organisations)."""
         height = self._height(None)
         twin = self.resolve(reference, height)
         number = twin["aml_version"] if version is None else version
-        state = StoreState(self.store, height)
-        spec = state.get(aml_key(twin["id"], number)) if 1 <= number <= twin["aml_version"] else None
-        if spec is None:
+        known = 1 <= number <= twin["aml_version"]
+        entry = StoreState(self.store, height).get(history_key(twin["id"], number)) if known else None
+        if entry is None:
             raise NotFound(f"twin {twin['id']} has versions 1 to {twin['aml_version']}, not {number}")
-        return jsonable(state.get(history_key(twin["id"], number))), spec
-
-    def diff(self, reference: str, old: int, new: int | None = None) -> str:
-        (old_entry, old_spec), (new_entry, new_spec) = self.specification(reference, old), self.specification(reference, new)
-        return aml.diff(old_spec, new_spec, f"version {old_entry['version']}", f"version {new_entry['version']}")
+        return jsonable(entry)
 
     # -- feeds -----------------------------------------------------------------------------------
     def checkpoints(self, reference: str, component: str) -> dict[str, Any]:

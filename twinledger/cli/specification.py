@@ -3,8 +3,9 @@ and export back to the engineering tool as ``.aml`` or ``.amlx``."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -120,8 +121,7 @@ def aml_diff(
     as_json: Json = False,
 ) -> None:
     """A readable diff between two versions of the specification."""
-    params: dict[str, Any] = {"from": old} | ({"to": new} if new is not None else {})
-    text = client(home).request("GET", f"/v1/twins/{segment(ref)}/diff", params=params)["diff"]
+    text = run(home, lambda session: twins.diff(session, ref, old, new))
     if as_json:
         print_json({"diff": text})
         return
@@ -136,6 +136,8 @@ def aml_diff(
 @command
 def aml_show(ref: Ref, home: Home,
              version: Annotated[int | None, typer.Option(help="Version (default: current).")] = None) -> None:  # fmt: skip
-    """Print a version of the specification as XML."""
-    params = {"xml": "true"} | ({"version": str(version)} if version is not None else {})
-    out.print(client(home).text(f"/v1/twins/{segment(ref)}/specification", params=params), highlight=False, markup=False)
+    """Print a version of the specification as XML: its stored form, byte for byte (so
+    ``> plant.aml`` keeps it), read from the store and checked against the chain."""
+    data = run(home, lambda session: twins.specification(session, ref, version))
+    sys.stdout.buffer.write(data + (b"\n" if sys.stdout.isatty() else b""))
+    sys.stdout.flush()

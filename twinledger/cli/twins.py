@@ -115,12 +115,19 @@ def twin_show(
     if as_json:
         print_json(view)
         return
+    try:  # the document is off chain, readable by the twin's organisations
+        specification: str | None = run(home, lambda s: twins.specification(s, view["id"], view["aml_version"])).decode()
+    except TwinledgerError as exc:
+        specification, unreadable = None, exc.message
     out.print(kv_table(f"twin {view['id']} at height {view['height']}", [
         ("name", view["name"]), ("device id", view["device_id"]), ("owner", view["owner"]),
         ("specification", f"version {view['aml_version']}, sha256 {view['aml_hash'][:16]}…"),
         ("created", f"height {view['created']['height']} by {view['created']['organisation'] or view['created']['key'][:16]}"),
     ]))  # fmt: skip
-    out.print(_component_tree(view["specification"]))
+    if specification is not None:
+        out.print(_component_tree(specification))
+    else:
+        err.print(f"the specification is not readable here: {unreadable}", highlight=False)
     roles = Table("subject", "role", "scope", title="roles", title_justify="left")
     for subject, held in sorted(view["roles"].items()):
         for role, scopes in sorted(held.items()):
@@ -139,8 +146,8 @@ def twin_show(
         out.print(sources)
     if view["calls"]:
         _print_calls(view["calls"][-10:], "program calls (latest 10)")
-    if spec:
-        out.print(view["specification"], highlight=False, markup=False)
+    if spec and specification is not None:
+        out.print(specification, highlight=False, markup=False)
 
 
 TREE_LIMIT = 200

@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from twinledger import aml
 from twinledger.abc import StateReader
 from twinledger.contracts.arguments import Arguments
 from twinledger.contracts.membership import key_removed, organisation_of, principal_of
@@ -38,7 +37,6 @@ from twinledger.contracts.twinstate import (
     retired_key,
     revoked_token_key,
     roles_key,
-    specification,
     tokens_key,
 )
 from twinledger.core.encoding import decode, encode, from_obj, to_obj
@@ -124,10 +122,8 @@ def may(state: StateReader, twin: dict[str, Any], key: bytes, method: str, compo
         return True
     if (component is None and path is None) or not grants:
         return False
-    if path is None:
-        path = element_path(state, twin["id"], component) if component is not None else None
-    if path is None:  # not an element ID: a name path, found in the specification
-        path = aml.component_path(specification(state, twin), component or "")
+    if path is None:  # an element the model does not hold (a library's, a name path) is in no scope
+        path = element_path(state, twin["id"], component or "") or ()
     return any(set(scopes) & set(path) for scopes in grants)
 
 

@@ -36,18 +36,42 @@ def _optional(**items: Any) -> dict[str, Any]:
 # -- the specification contract ("twins") ---------------------------------------------------------
 
 
-def create_twin(name: str, device_id: str, aml: bytes, roles: dict[str, dict[str, list[str]]]) -> ContractCall:
-    return ContractCall("twins", "create", {"name": name, "device_id": device_id, "aml": aml, "roles": roles})
+@dataclass(frozen=True)
+class SpecificationVersion:
+    """A version of a specification as a transaction names it: the stored form's hash,
+    the store's manifest and reference, the size, and the model delta, inline or staged
+    (its SHA-256, after ``stage`` calls)."""
+
+    hash: bytes
+    manifest: bytes
+    reference: str
+    size: int
+    model: bytes | None = None
+    staged: bytes | None = None
+
+    def args(self) -> dict[str, Any]:
+        return {"hash": self.hash, "manifest": self.manifest, "reference": self.reference, "size": self.size,
+                **_optional(model=self.model, staged=self.staged)}  # fmt: skip
 
 
-def insert_aml(twin: str, fragment: bytes, parent: str, after: str | None = None) -> ContractCall:
-    return ContractCall("twins", "insert_aml", {"twin": twin, "fragment": fragment, "parent": parent,
-                                                **_optional(after=after)})  # fmt: skip
+def create_twin(name: str, device_id: str, version: SpecificationVersion,
+                roles: dict[str, dict[str, list[str]]]) -> ContractCall:  # fmt: skip
+    return ContractCall("twins", "create", {"name": name, "device_id": device_id, "roles": roles, **version.args()})
 
 
-def remove_aml(twin: str, element: str, links: str = "refuse") -> ContractCall:
-    return ContractCall("twins", "remove_aml", {"twin": twin, "element": element,
-                                                **_optional(links=None if links == "refuse" else links)})  # fmt: skip
+def stage(digest: bytes, part: int, parts: int, data: bytes) -> ContractCall:
+    return ContractCall("twins", "stage", {"digest": digest, "part": part, "parts": parts, "data": data})
+
+
+def insert_aml(twin: str, parent: str, after: str | None, element: str, version: SpecificationVersion) -> ContractCall:
+    return ContractCall("twins", "insert_aml", {"twin": twin, "parent": parent, "element": element,
+                                                **_optional(after=after), **version.args()})  # fmt: skip
+
+
+def remove_aml(twin: str, element: str, links: Sequence[tuple[str, tuple[str, ...]]],
+               version: SpecificationVersion) -> ContractCall:  # fmt: skip
+    removed = [[text, list(ids)] for text, ids in links]
+    return ContractCall("twins", "remove_aml", {"twin": twin, "element": element, "links": removed, **version.args()})
 
 
 def add_document(twin: str, manifest: bytes, title: str, description: str, reference: str, media_type: str,

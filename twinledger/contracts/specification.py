@@ -28,6 +28,7 @@ from twinledger.contracts.authorization import (
     parse_role_table,
 )
 from twinledger.contracts.membership import required_organisation
+from twinledger.contracts.modeldelta import ModelError, apply_delta, parse_delta
 from twinledger.contracts.programs import (
     call_program,
     parse_call_program,
@@ -38,7 +39,8 @@ from twinledger.contracts.programs import (
     update_call,
 )
 from twinledger.contracts.runtime import Call, Contract, Method
-from twinledger.contracts.twinmodel import require_element, write_model
+from twinledger.contracts.staging import MAX_STAGED_PARTS, put_staged, take_staged
+from twinledger.contracts.twinmodel import element_path, require_element
 from twinledger.contracts.twinstate import (
     MAX_REFERENCE,
     TwinError,
@@ -57,15 +59,69 @@ from twinledger.contracts.twinstate import (
     registry_key,
     roles_key,
     source_key,
-    specification,
     twin_key,
 )
+from twinledger.core.types import MAX_TX_BYTES
 
-MAX_SPECIFICATION_BYTES = 60 * 1024
-"""The stored form of a specification is one state entry, within one transaction."""
 MAX_DOCUMENT_VERSIONS = 1000
 MAX_URI = 1024
+MAX_LINKS = 256
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+
+
+# -- a version of the specification ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Version:
+    """A version of the specification as the chain knows it: the document is in the
+    off-chain store, encrypted; the chain holds its hashes, its size and where it is, and
+    the delta it makes to the model (inline, or staged in parts by the sender)."""
+
+    hash: bytes
+    """SHA-256 of the stored form (aml.stored_form)."""
+    manifest: bytes
+    """The store manifest's hash: commits to the encrypted chunks and the data key."""
+    reference: str
+    size: int
+    model: bytes | None
+    staged: bytes | None
+
+
+VERSION_FIELDS = ("hash", "manifest", "reference", "size", "model", "staged")
+
+
+def _read_version(read: Arguments) -> Version:
+    model, staged = read.blob("model", max_size=MAX_TX_BYTES, default=None), read.digest("staged", default=None)
+    if (model is None) == (staged is None):
+        raise read.error("give the model delta inline ('model') or staged ('staged'), not both")
+    return Version(read.digest("hash"), read.digest("manifest"), read.text("reference", max_length=512),
+                   read.integer("size", minimum=1, maximum=aml.MAX_DOCUMENT_BYTES), model, staged)  # fmt: skip
+
+
+def _delta(call: Call, version: Version) -> dict[str, Any]:
+    return parse_delta(version.model if version.model is not None else take_staged(call, version.staged or b""))
+
+
+def _record_version(call: Call, twin: dict[str, Any], version: Version, change: str, element: str, parent: str) -> None:
+    number = twin["aml_version"]
+    document = {"hash": version.hash, "manifest": version.manifest, "reference": version.reference,
+                "size": version.size}  # fmt: skip
+    call.state.set(aml_key(twin["id"], number), document)
+    call.state.set(history_key(twin["id"], number), {"version": number, "change": change, "element": element,
+                                                     "parent": parent, **document, **actor(call)})  # fmt: skip
+
+
+def _new_version(call: Call, twin: dict[str, Any], version: Version, change: str, element: str, parent: str) -> None:
+    updated = {**twin, "aml_version": twin["aml_version"] + 1, "aml_hash": version.hash}
+    call.state.set(twin_key(twin["id"]), updated)
+    _record_version(call, updated, version, change, element, parent)
+
+
+def _place(call: Call, twin: dict[str, Any], ref: str) -> tuple[str, ...]:
+    """Where an element the client names sits, for scopes: its IDs from the top if the
+    model holds it; () otherwise (a library, an instance hierarchy: unscoped roles only)."""
+    return element_path(call.state, twin["id"], ref) or ()
 
 
 # -- registry: create -----------------------------------------------------------------------------
@@ -75,27 +131,26 @@ URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 class CreateArgs:
     name: str
     device_id: str
-    aml: bytes
+    version: Version
     roles: RoleTable
     permissions: dict[str, list[str]]
 
 
 def parse_create(args: Mapping[str, Any]) -> CreateArgs:
-    read = Arguments("twins.create", args, ("name", "device_id", "aml", "roles", "permissions"))
+    read = Arguments("twins.create", args, ("name", "device_id", "roles", "permissions", *VERSION_FIELDS))
     roles = parse_role_table(read, "roles")
     changed = read.mapping("permissions", max_items=len(ROLES), default={})
     for role, methods in changed.items():
         if role not in ROLES or role == "owner" or not isinstance(methods, list) or not set(methods) <= set(DATA_METHODS):
             raise read.error(f"'permissions' must map roles other than owner to methods among {list(DATA_METHODS)}")
-    return CreateArgs(read.text("name", max_length=128), read.identifier("device_id"),
-                      read.blob("aml", max_size=MAX_SPECIFICATION_BYTES), roles,
+    return CreateArgs(read.text("name", max_length=128), read.identifier("device_id"), _read_version(read), roles,
                       {role: sorted(set(methods)) for role, methods in changed.items()})  # fmt: skip
 
 
 def create(call: Call, args: CreateArgs) -> None:
-    """Register a twin owned by the sender's organisation (Dietz et al. §4.5)."""
+    """Register a twin owned by the sender's organisation (Dietz et al. §4.5), from a
+    specification stored off chain and the model it gives."""
     owner = required_organisation(call.state, call.sender, "create a twin")
-    spec = _within_limit(aml.stored_form(args.aml), "the specification")
     if call.state.get(device_key(args.device_id)) is not None:
         raise TwinError(f"device {args.device_id!r} already has a twin", code="duplicate_device")
     twin_id = call.tx.hash[:8].hex()
@@ -103,43 +158,21 @@ def create(call: Call, args: CreateArgs) -> None:
         raise TwinError(f"twin id {twin_id} is taken; sign the creation again", code="duplicate_twin")
     roles = {**args.roles, f"org:{owner}": {**args.roles.get(f"org:{owner}", {}), "owner": []}}
     twin = {"id": twin_id, "name": args.name, "device_id": args.device_id, "owner": owner,
-            "created": actor(call), "aml_version": 1, "aml_hash": hashlib.sha256(spec).digest(), "calls": 0,
-            "changes": 0}  # fmt: skip
+            "created": actor(call), "aml_version": 1, "aml_hash": args.version.hash, "calls": 0, "changes": 0}  # fmt: skip
     call.state.set(twin_key(twin_id), twin)
     call.state.set(registry_key(twin_id), {"id": twin_id, "name": args.name, "device_id": args.device_id,
                                            "owner": owner})  # fmt: skip
     call.state.set(device_key(args.device_id), twin_id)
-    write_model(call, twin_id, None, aml.model(spec))
+    delta = _delta(call, args.version)
+    if any(value is None for value in delta.values()):
+        raise ModelError("a new twin's model deletes nothing")
+    apply_delta(call, twin, delta, None)
     check_scopes_exist(call.state, twin_id, args.roles)
     call.state.set(roles_key(twin_id), roles)
     if args.permissions:
         call.state.set(permissions_key(twin_id), args.permissions)
-    _record_version(call, twin, spec, "create", "", "")
+    _record_version(call, twin, args.version, "create", "", "")
     call.emit("TwinCreated", twin=twin_id, name=args.name, device_id=args.device_id, owner=owner)
-
-
-def _within_limit(spec: bytes, what: str) -> bytes:
-    """Refuse a specification whose stored form outgrows the limit, before it is stored:
-    a twin is never left with a version it cannot read back."""
-    if len(spec) > MAX_SPECIFICATION_BYTES:
-        raise TwinError(f"{what} would be {len(spec)} bytes in stored form; the limit is {MAX_SPECIFICATION_BYTES}",
-                        code="too_large")  # fmt: skip
-    return spec
-
-
-def _record_version(call: Call, twin: dict[str, Any], spec: bytes, change: str, element: str, parent: str) -> None:
-    version = twin["aml_version"]
-    call.state.set(aml_key(twin["id"], version), spec)
-    call.state.set(history_key(twin["id"], version), {"version": version, "change": change, "element": element,
-                                                      "parent": parent, "hash": hashlib.sha256(spec).digest(),
-                                                      **actor(call)})  # fmt: skip
-
-
-def _new_version(call: Call, twin: dict[str, Any], spec: bytes, change: str, element: str, parent: str) -> None:
-    write_model(call, twin["id"], aml.model(specification(call.state, twin)), aml.model(spec))
-    updated = {**twin, "aml_version": twin["aml_version"] + 1, "aml_hash": hashlib.sha256(spec).digest()}
-    call.state.set(twin_key(twin["id"]), updated)
-    _record_version(call, updated, spec, change, element, parent)
 
 
 # -- the specification ----------------------------------------------------------------------------
@@ -148,25 +181,28 @@ def _new_version(call: Call, twin: dict[str, Any], spec: bytes, change: str, ele
 @dataclass(frozen=True)
 class InsertArgs:
     twin: str
-    fragment: bytes
     parent: str
     after: str | None
+    element: str
+    """What was inserted: its ID, else its name path."""
+    version: Version
 
 
 def parse_insert(args: Mapping[str, Any]) -> InsertArgs:
-    read = Arguments("twins.insert_aml", args, ("twin", "fragment", "parent", "after"))
-    after = read.reference("after", max_length=MAX_REFERENCE, default=None)
-    return InsertArgs(read.identifier("twin"), read.blob("fragment", max_size=MAX_SPECIFICATION_BYTES),
-                      read.reference("parent", max_length=MAX_REFERENCE), after)  # fmt: skip
+    read = Arguments("twins.insert_aml", args, ("twin", "parent", "after", "element", *VERSION_FIELDS))
+    return InsertArgs(read.identifier("twin"), read.reference("parent", max_length=MAX_REFERENCE),
+                      read.reference("after", max_length=MAX_REFERENCE, default=None),
+                      read.reference("element", max_length=MAX_REFERENCE), _read_version(read))  # fmt: skip
 
 
 def insert_aml(call: Call, args: InsertArgs) -> None:
+    """A new version with an element inserted under ``parent``: the sender may insert
+    there, and every model entry the insert sets is where the sender may insert."""
     twin = load_twin(call.state, args.twin)
-    authorize(call, twin, "aml.insert", args.parent)
-    edit = aml.insert(specification(call.state, twin), args.fragment, args.parent, args.after)
-    _within_limit(edit.specification, "the specification after the insert")
-    _new_version(call, twin, edit.specification, "insert", edit.element, args.parent)
-    call.emit("AmlInserted", twin=args.twin, element=edit.element, parent=args.parent, version=twin["aml_version"] + 1)
+    authorize(call, twin, "aml.insert", path=_place(call, twin, args.parent))
+    apply_delta(call, twin, _delta(call, args.version), "aml.insert")
+    _new_version(call, twin, args.version, "insert", args.element, args.parent)
+    call.emit("AmlInserted", twin=args.twin, element=args.element, parent=args.parent, version=twin["aml_version"] + 1)
 
 
 @dataclass(frozen=True)
@@ -179,30 +215,35 @@ class ElementArgs:
 class RemoveArgs:
     twin: str
     element: str
-    links: str
-    """What happens to InternalLinks elsewhere that point into the element: aml.LINK_POLICIES."""
+    links: tuple[tuple[str, tuple[str, ...]], ...]
+    """InternalLinks elsewhere removed with the element: description, and the IDs from the
+    top of the element holding the link (a change there too)."""
+    version: Version
 
 
 def parse_remove(args: Mapping[str, Any]) -> RemoveArgs:
-    read = Arguments("twins.remove_aml", args, ("twin", "element", "links"))
+    read = Arguments("twins.remove_aml", args, ("twin", "element", "links", *VERSION_FIELDS))
+    links = read.items("links", max_items=MAX_LINKS, default=[])
+    if not all(isinstance(link, list) and len(link) == 2 and isinstance(link[0], str) and len(link[0]) <= 1024
+               and isinstance(link[1], list) and all(isinstance(i, str) and 0 < len(i) <= 128 for i in link[1])
+               for link in links):  # fmt: skip
+        raise read.error("'links' must list [description, [IDs of the element holding the link]] pairs")
     return RemoveArgs(read.identifier("twin"), read.reference("element", max_length=MAX_REFERENCE),
-                      read.choice("links", aml.LINK_POLICIES, default="refuse"))  # fmt: skip
+                      tuple((text, tuple(ids)) for text, ids in links), _read_version(read))  # fmt: skip
 
 
 def remove_aml(call: Call, args: RemoveArgs) -> None:
-    """Remove an element; sensor feeds of components inside it are detached with it, and
-    links into it are refused or removed with it."""
+    """A new version without an element; sensor feeds and alerts of the components that
+    left the model go with it, and links removed elsewhere are authorized where they were."""
     twin = load_twin(call.state, args.twin)
-    authorize(call, twin, "aml.remove", args.element)
-    before = specification(call.state, twin)
-    edit = aml.remove(before, args.element, args.links)
-    for holder in dict.fromkeys(edit.link_holders):  # links removed elsewhere are changes there too
+    authorize(call, twin, "aml.remove", path=_place(call, twin, args.element))
+    for _, holder in dict.fromkeys(args.links):
         authorize(call, twin, "aml.remove", path=holder)
-    _new_version(call, twin, edit.specification, "remove", args.element, "")
+    gone = apply_delta(call, twin, _delta(call, args.version), "aml.remove")
+    _new_version(call, twin, args.version, "remove", args.element, "")
     call.emit("AmlRemoved", twin=args.twin, element=args.element, version=twin["aml_version"] + 1,
-              links=list(edit.links))  # fmt: skip
-    left = aml.model(edit.specification).ancestors
-    for component in (i for i in edit.ids if i in aml.model(before).ancestors and i not in left):
+              links=[text for text, _ in args.links])  # fmt: skip
+    for component in gone:
         feed = call.state.get(feed_key(args.twin, component))
         if feed is not None:
             _detach_feed(call, args.twin, component, feed)
@@ -211,6 +252,30 @@ def remove_aml(call: Call, args: RemoveArgs) -> None:
         if call.state.get(anomaly_key(args.twin, component)) is not None:
             call.state.set(anomaly_key(args.twin, component), None)
             call.emit("AnomalyCleared", twin=args.twin, signal=component, reason="component removed")
+
+
+# -- staging: what does not fit one transaction ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageArgs:
+    digest: bytes
+    part: int
+    parts: int
+    data: bytes
+
+
+def parse_stage(args: Mapping[str, Any]) -> StageArgs:
+    read = Arguments("twins.stage", args, ("digest", "part", "parts", "data"))
+    parts = read.integer("parts", minimum=1, maximum=MAX_STAGED_PARTS)
+    return StageArgs(read.digest("digest"), read.integer("part", minimum=0, maximum=parts - 1), parts,
+                     read.blob("data", max_size=MAX_TX_BYTES))  # fmt: skip
+
+
+def stage(call: Call, args: StageArgs) -> None:
+    """Keep one part of a payload larger than a transaction (a plant's model delta) for
+    the sender's next create or edit that names its SHA-256."""
+    put_staged(call, args.digest, args.part, args.parts, args.data)
 
 
 # -- documents ------------------------------------------------------------------------------------
@@ -461,6 +526,7 @@ SPECIFICATION = Contract(
     "twins",
     {
         "create": Method(parse_create, audited(create)),
+        "stage": Method(parse_stage, stage),
         "insert_aml": Method(parse_insert, audited(insert_aml)),
         "remove_aml": Method(parse_remove, audited(remove_aml)),
         "add_document": Method(parse_add_document, audited(add_document)),

@@ -18,7 +18,6 @@ from typing import Any
 
 from twinledger.abc import StateReader
 from twinledger.aml import AmlError, Model, Parameter, Program, Signal
-from twinledger.contracts.runtime import Call
 from twinledger.contracts.twinstate import MAX_DEPTH, class_program_key, element_key, program_key, signal_key
 
 
@@ -69,17 +68,6 @@ def model_entries(model: Model | None) -> dict[str, Any]:
     entries |= {f"class-program/{p.declared_in}/{p.name}": _parameters(p) for p in model.programs if p.declared_in}
     entries |= {f"signal/{s.id}": signal_entry(s) for s in model.signals}
     return entries
-
-
-def write_model(call: Call, twin_id: str, old: Model | None, new: Model) -> int:
-    """Bring the twin's model from ``old`` (None: a new twin) to ``new``, writing only the
-    entries that differ; the number of entries written."""
-    before, after = model_entries(old), model_entries(new)
-    changed = {key: value for key, value in after.items() if before.get(key) != value}
-    changed |= {key: None for key in before.keys() - after.keys()}
-    for suffix in sorted(changed):
-        call.state.set(f"twin/{twin_id}/{suffix}", changed[suffix])
-    return len(changed)
 
 
 def element_path(state: StateReader, twin_id: str, element: str) -> tuple[str, ...] | None:

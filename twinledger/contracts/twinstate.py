@@ -4,7 +4,8 @@ and by the readers above them.
     registry/twin/<id>                 {id, name, device_id, owner}
     registry/device/<device id>        twin id
     twin/<id>                          the twin: name, device id, owner, AML version, call counter
-    twin/<id>/aml/<version>            the canonical specification of that version
+    twin/<id>/aml/<version>            a version of the specification: its hash, size, store manifest and reference
+                                       (the document is off chain, encrypted)
     twin/<id>/element/<ID>             the model of the current version, per element, program and signal
     twin/<id>/program/<path>           (layout in ``twinmodel``)
     twin/<id>/class-program/<class>/<name>
@@ -163,12 +164,6 @@ def load_twin(state: StateReader, twin_id: str) -> dict[str, Any]:
     if twin is None:
         raise UnknownTwin(f"no twin {twin_id!r}")
     return twin
-
-
-def specification(state: StateReader, twin: dict[str, Any]) -> bytes:
-    spec = state.get(aml_key(twin["id"], twin["aml_version"]))
-    assert spec is not None, "every twin has its current specification"
-    return spec
 
 
 def _principal(call: Call) -> dict[str, str]:

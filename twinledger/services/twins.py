@@ -16,6 +16,7 @@ from twinledger.core.proof import parse_proof
 from twinledger.errors import BadRequest, InvalidProof, TwinledgerError
 from twinledger.ledger.genesis import Genesis
 from twinledger.services import documents, proofs
+from twinledger.services import specification as spec
 from twinledger.services.proofs import Pin
 from twinledger.services.remote import segment
 from twinledger.services.session import Outcome, Progress, Session
@@ -68,8 +69,11 @@ async def create(session: Session, specification: bytes, name: str, device_id: s
     container whose other parts become the twin's documents, titled by their part
     names); the session's organisation owns it."""
     package = aml.read_package(specification) if aml.is_package(specification) else None
-    stored = aml.stored_form(package.specification if package is not None else specification)  # errors name its lines
-    outcome = await session.transact(calls.create_twin(name, device_id, stored, roles or {}))
+    stored, model = aml.stored_with_model(package.specification if package is not None else specification)
+    readers = await spec.readers_of(session, None, roles)
+    written = await spec.write(session, readers, stored, model, None,
+                               lambda version: calls.create_twin(name, device_id, version, roles or {}))  # fmt: skip
+    outcome = written.outcome
     twin = outcome.event("TwinCreated")["twin"]
     added: list[str] = []
     for part in package.parts if package is not None else ():
@@ -98,12 +102,11 @@ async def export(session: Session, twin_ref: str, version: int | None = None, pa
     """A version of the twin's specification as ``.aml``, or as ``.amlx`` with the
     twin's documents that are named like container parts (``/files/manual.pdf``),
     decrypted for the session and checked against the chain."""
-    params = {"version": version} if version is not None else {}
-    entry = await session.get(f"/v1/twins/{segment(twin_ref, 'twin')}/specification", **params)
-    specification = entry["specification"].encode()
-    if not package:
-        return Exported(specification, entry["version"], ())
     twin = await session.twin(twin_ref)
+    number = version or twin["aml_version"]
+    specification = await spec.read(session, twin["id"], number)
+    if not package:
+        return Exported(specification, number, ())
     chosen, skipped, taken = [], [], {f"/{twin['device_id']}.aml".casefold()}
     for document in (d for d in twin["documents"] if d["title"].startswith("/") and not d.get("removed")):
         problem = aml.package.part_name_problem(document["title"])
@@ -121,7 +124,24 @@ async def export(session: Session, twin_ref: str, version: int | None = None, pa
             await documents.get(session, twin["id"], document["id"], target)
             parts.append(aml.package.Part(document["title"], document["media_type"], target.read_bytes()))
     data = aml.write_package(specification, tuple(parts), f"/{twin['device_id']}.aml")
-    return Exported(data, entry["version"], tuple(p.name for p in parts), tuple(skipped))
+    return Exported(data, number, tuple(p.name for p in parts), tuple(skipped))
+
+
+async def specification(session: Session, twin_ref: str, version: int | None = None) -> bytes:
+    """A version of the twin's specification (default: the current one), decrypted for
+    the session and checked against the chain."""
+    return await spec.read(session, twin_ref, version)
+
+
+async def diff(session: Session, twin_ref: str, old: int, new: int | None = None) -> str:
+    """A readable diff between two versions of the specification."""
+    twin = await session.twin(twin_ref)
+    new = new or twin["aml_version"]
+    for number in (old, new):
+        if not 1 <= number <= twin["aml_version"]:
+            raise BadRequest(f"twin {twin['id']} has versions 1 to {twin['aml_version']}, not {number}")
+    before, after = await spec.read(session, twin["id"], old), await spec.read(session, twin["id"], new)
+    return aml.diff(before, after, f"version {old}", f"version {new}")
 
 
 async def _twin_id(session: Session, twin_ref: str) -> str:
@@ -130,13 +150,29 @@ async def _twin_id(session: Session, twin_ref: str) -> str:
 
 async def insert_aml(session: Session, twin_ref: str, fragment: bytes, parent: str, after: str | None = None,
                      wait: bool = True) -> Outcome:  # fmt: skip
-    return await session.transact(calls.insert_aml(await _twin_id(session, twin_ref), fragment, parent, after), wait)
+    """Insert an element: the current version is read and checked, edited and validated
+    here, stored as the next version, and its model delta submitted."""
+    twin = await session.twin(twin_ref)
+    current = await spec.read(session, twin["id"])
+    edit = aml.insert(current, fragment, parent, after)
+    def make(version: calls.SpecificationVersion) -> calls.ContractCall:
+        return calls.insert_aml(twin["id"], parent, after, edit.element, version)
+
+    written = await spec.write(session, await spec.readers_of(session, twin), edit.specification, edit.model, current,
+                               make, wait)  # fmt: skip
+    return written.outcome
 
 
 async def remove_aml(session: Session, twin_ref: str, element: str, wait: bool = True, links: str = "refuse") -> Outcome:
     """Remove an element; InternalLinks elsewhere into it are refused, or removed with it
-    (``links="remove"``)."""
-    return await session.transact(calls.remove_aml(await _twin_id(session, twin_ref), element, links), wait)
+    (``links="remove"``) and named to the chain with where they were."""
+    twin = await session.twin(twin_ref)
+    current = await spec.read(session, twin["id"])
+    edit = aml.remove(current, element, links)
+    removed = list(zip(edit.links, edit.link_holders, strict=True))
+    written = await spec.write(session, await spec.readers_of(session, twin), edit.specification, edit.model, current,
+                               lambda version: calls.remove_aml(twin["id"], element, removed, version), wait)  # fmt: skip
+    return written.outcome
 
 
 async def add_source(session: Session, twin_ref: str, uri: str, description: str = "", wait: bool = True) -> Outcome:

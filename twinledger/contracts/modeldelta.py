@@ -1,0 +1,186 @@
+"""A model delta: how a version of a twin's specification changes the model on chain.
+
+The specification lives off chain; whoever changes it sends the entries its change sets
+or deletes (``model_entries(new)`` against ``model_entries(old)``, encoded). The
+contract checks each entry's shape and references and authorizes it where it was and
+where it goes; that the entries are what the document gives is for every reader of the
+document to check (``twin aml verify``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from twinledger.abc import StateReader
+from twinledger.aml import Model
+from twinledger.aml.document import MAX_ID
+from twinledger.aml.semantics import MAX_ALLOWED, MAX_PARAMETERS
+from twinledger.contracts.authorization import authorize
+from twinledger.contracts.runtime import Call
+from twinledger.contracts.twinmodel import element_path, model_entries
+from twinledger.contracts.twinstate import class_program_key, element_key
+from twinledger.core.encoding import decode, encode
+from twinledger.errors import ContractError, DecodeError
+
+KINDS = ("element", "program", "class-program", "signal")
+PARAMETER_TYPES = ("number", "integer", "boolean", "string")
+MAX_TEXT = 512
+MAX_DELTA_BYTES = 64 * 1024 * 1024
+
+
+class ModelError(ContractError):
+    code = "invalid_model"
+
+
+def _text(value: Any, what: str, limit: int = MAX_TEXT, empty: bool = True) -> str:
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable() or (not value and not empty):
+        raise ModelError(f"{what} must be printable text of at most {limit} characters")
+    return value
+
+
+def _bound(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(_text(value, what, 64, empty=False))
+    except ValueError:
+        raise ModelError(f"{what} must be a number") from None
+    if not math.isfinite(number):
+        raise ModelError(f"{what} must be finite")
+    return number
+
+
+def _check_parameters(value: Any, where: str) -> None:
+    if not isinstance(value, list) or len(value) > MAX_PARAMETERS:
+        raise ModelError(f"{where}: parameters must be a list of at most {MAX_PARAMETERS}")
+    for parameter in value:
+        if not isinstance(parameter, dict) or set(parameter) != {"name", "type", "minimum", "maximum", "allowed", "unit"}:
+            raise ModelError(f"{where}: a parameter must have name, type, minimum, maximum, allowed and unit")
+        _text(parameter["name"], f"{where}: a parameter's name", MAX_ID)
+        if parameter["type"] not in PARAMETER_TYPES:
+            raise ModelError(f"{where}: a parameter's type must be one of {list(PARAMETER_TYPES)}")
+        low, high = _bound(parameter["minimum"], f"{where}: a minimum"), _bound(parameter["maximum"], f"{where}: a maximum")
+        if low is not None and high is not None and low > high:
+            raise ModelError(f"{where}: parameter {parameter['name']!r} has minimum above maximum")
+        allowed = parameter["allowed"]
+        if not isinstance(allowed, list) or len(allowed) > MAX_ALLOWED:
+            raise ModelError(f"{where}: allowed values must be a list of at most {MAX_ALLOWED}")
+        for item in allowed:
+            _text(item, f"{where}: an allowed value", MAX_ID)
+        if parameter["unit"] is not None:
+            _text(parameter["unit"], f"{where}: a unit", MAX_ID)
+
+
+def _check_entry(kind: str, name: str, value: Any) -> None:
+    """The shape of one entry a delta sets."""
+    where = f"{kind} {name[:80]!r}"
+    if kind == "element":
+        if not isinstance(value, dict) or set(value) != {"parent"}:
+            raise ModelError(f"{where} must be {{parent}}")
+        _text(value["parent"], f"{where}: parent", MAX_ID)
+    elif kind == "program":
+        fields = {"id", "name", "path", "component", "declared_in", "parameters"}
+        if not isinstance(value, dict) or set(value) != fields or value["path"] != name:
+            raise ModelError(f"{where} must be {sorted(fields)} with its own path")
+        for field, limit in (("id", MAX_ID), ("name", MAX_ID), ("component", MAX_ID), ("declared_in", MAX_TEXT)):
+            _text(value[field], f"{where}: {field}", limit)
+        if not name.endswith("/" + value["name"]) or not value["component"]:
+            raise ModelError(f"{where} must end in its name and belong to a component")
+        if bool(value["declared_in"]) != (value["parameters"] is None):
+            raise ModelError(f"{where} has its parameters, or the class it has them from, not both")
+        if value["parameters"] is not None:
+            _check_parameters(value["parameters"], where)
+    elif kind == "class-program":
+        _check_parameters(value, where)
+    else:
+        fields = {"id", "name", "component", "object", "kind", "unit", "minimum", "maximum"}
+        if not isinstance(value, dict) or set(value) != fields or value["id"] != name:
+            raise ModelError(f"{where} must be {sorted(fields)} with its own ID")
+        for field in ("name", "component", "object", "kind"):
+            _text(value[field], f"{where}: {field}", MAX_TEXT, empty=field != "component")
+        if value["unit"] is not None:
+            _text(value["unit"], f"{where}: unit", MAX_ID)
+        low, high = _bound(value["minimum"], f"{where}: minimum"), _bound(value["maximum"], f"{where}: maximum")
+        if low is not None and high is not None and low > high:
+            raise ModelError(f"{where} expects a minimum above its maximum")
+
+
+def parse_delta(data: bytes) -> dict[str, Any]:
+    """A model delta: entry (``kind/name``) → what it becomes (None: deleted)."""
+    try:
+        delta = decode(data, max_size=MAX_DELTA_BYTES)
+    except DecodeError as exc:
+        raise ModelError(f"the model delta is not canonical: {exc.message}") from None
+    if not isinstance(delta, dict):
+        raise ModelError("the model delta must map entries to values")
+    for suffix, value in delta.items():
+        kind, _, name = suffix.partition("/") if isinstance(suffix, str) else ("", "", "")
+        if kind == "class" and name.startswith("program/"):
+            kind, name = "class-program", name[len("program/"):]
+        if kind not in KINDS or not name:
+            raise ModelError(f"the model delta names {str(suffix)[:80]!r}, not an element, program, class-program or signal")
+        _text(name, f"{kind} name", MAX_TEXT if kind != "element" and kind != "signal" else MAX_ID, empty=False)
+        if value is not None:
+            _check_entry(kind, name, value)
+    return delta
+
+
+def encode_delta(old: Model | None, new: Model) -> bytes:
+    """What a client sends for a version: the entries ``new`` sets or deletes against ``old``."""
+    before, after = model_entries(old), model_entries(new)
+    delta = {key: value for key, value in after.items() if before.get(key) != value}
+    delta |= {key: None for key in before.keys() - after.keys()}
+    return encode(delta)
+
+
+def _where(state: StateReader, twin_id: str, suffix: str, value: Any) -> tuple[str, ...]:
+    """Where an entry (``value``, not None) sits, for scopes: its element's IDs from the
+    top; () for a class's programs (no scope reaches a library)."""
+    if suffix.startswith("element/"):
+        return element_path(state, twin_id, suffix[len("element/"):]) or ()
+    if suffix.startswith("program/"):
+        target = value["id"] or value["component"]
+        return element_path(state, twin_id, target) or element_path(state, twin_id, value["component"]) or ()
+    if suffix.startswith("signal/"):
+        return element_path(state, twin_id, value["id"]) or element_path(state, twin_id, value["component"]) or ()
+    return ()
+
+
+def apply_delta(call: Call, twin: dict[str, Any], delta: dict[str, Any], method: str | None) -> list[str]:
+    """Write a delta into the twin's model after checking it: every entry it sets refers
+    to entries that exist afterwards, every entry it deletes exists, and, unless
+    ``method`` is None (the owner creating the twin), the sender may ``method`` where each
+    entry was and where it goes. The IDs of elements it deleted."""
+    twin_id = twin["id"]
+    before = {suffix: call.state.get(f"twin/{twin_id}/{suffix}") for suffix in delta}
+    missing = next((s for s, value in delta.items() if value is None and before[s] is None), None)
+    if missing is not None:
+        raise ModelError(f"the model delta deletes {missing[:80]!r}, which the model does not hold")
+    places = {s: _where(call.state, twin_id, s, before[s]) for s in delta if before[s] is not None}
+    for suffix in sorted(delta):
+        call.state.set(f"twin/{twin_id}/{suffix}", delta[suffix])
+    for suffix, value in sorted(delta.items()):
+        if value is not None:
+            _check_references(call.state, twin_id, suffix, value)
+        if method is not None:  # where the entry was, and where it is now
+            was = [places[suffix]] if suffix in places else []
+            now = [_where(call.state, twin_id, suffix, value)] if value is not None else []
+            for place in dict.fromkeys([*was, *now]):
+                authorize(call, twin, method, path=place)
+    return [s[len("element/"):] for s, value in delta.items() if s.startswith("element/") and value is None]
+
+
+def _check_references(state: StateReader, twin_id: str, suffix: str, value: Any) -> None:
+    def exists(key: str, what: str) -> None:
+        if state.get(key) is None:
+            raise ModelError(f"{suffix[:80]!r} refers to {what}, which the model does not hold")
+
+    if suffix.startswith("element/") and value["parent"]:
+        exists(element_key(twin_id, value["parent"]), f"parent {value['parent']!r}")
+    elif suffix.startswith("program/"):
+        exists(element_key(twin_id, value["component"]), f"component {value['component']!r}")
+        if value["declared_in"]:
+            exists(class_program_key(twin_id, value["declared_in"], value["name"]), f"class {value['declared_in']!r}")
+    elif suffix.startswith("signal/"):
+        exists(element_key(twin_id, value["component"]), f"component {value['component']!r}")

@@ -1,0 +1,65 @@
+"""Payloads larger than one transaction, staged in parts by their sender and taken whole
+by one later call of the same sender that names their SHA-256 (a plant's model delta).
+
+    staging/<sender hex>/<digest hex>            {parts, received}
+    staging/<sender hex>/<digest hex>/<part>     the part's bytes
+    staging/<sender hex>                         the digests the sender has staged and not taken
+
+A sender keeps at most MAX_STAGED payloads of at most MAX_STAGED_PARTS parts: what a key
+can park in the state is bounded, and taking a payload removes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from twinledger.contracts.runtime import Call
+from twinledger.errors import ContractError
+
+MAX_STAGED_PARTS = 1100
+"""About 64 MiB in parts of up to one transaction."""
+MAX_STAGED = 4
+
+
+class StagingError(ContractError):
+    code = "staging"
+
+
+def _key(sender: bytes, digest: bytes | None = None, part: int | None = None) -> str:
+    base = f"staging/{sender.hex()}"
+    if digest is None:
+        return base
+    return f"{base}/{digest.hex()}" if part is None else f"{base}/{digest.hex()}/{part:06d}"
+
+
+def put_staged(call: Call, digest: bytes, part: int, parts: int, data: bytes) -> None:
+    held = list(call.state.get(_key(call.sender)) or [])
+    entry = call.state.get(_key(call.sender, digest))
+    if entry is None:
+        if len(held) >= MAX_STAGED:
+            raise StagingError(f"this key already has {MAX_STAGED} payloads staged; use or replace them first")
+        entry = {"parts": parts, "received": 0}
+        call.state.set(_key(call.sender), [*held, digest])
+    if entry["parts"] != parts:
+        raise StagingError(f"payload {digest.hex()[:16]}… was staged in {entry['parts']} parts, not {parts}")
+    if call.state.get(_key(call.sender, digest, part)) is None:
+        entry = {**entry, "received": entry["received"] + 1}
+    call.state.set(_key(call.sender, digest, part), data)
+    call.state.set(_key(call.sender, digest), entry)
+
+
+def take_staged(call: Call, digest: bytes) -> bytes:
+    """The whole payload the sender staged under ``digest``, checked against it, and
+    removed from the state."""
+    entry = call.state.get(_key(call.sender, digest))
+    if entry is None or entry["received"] != entry["parts"]:
+        have = "nothing" if entry is None else f"{entry['received']} of {entry['parts']} parts"
+        raise StagingError(f"payload {digest.hex()[:16]}… is not staged whole by this key ({have})")
+    data = b"".join(call.state.get(_key(call.sender, digest, part)) for part in range(entry["parts"]))
+    if hashlib.sha256(data).digest() != digest:
+        raise StagingError(f"the staged parts of {digest.hex()[:16]}… do not hash to it")
+    for part in range(entry["parts"]):
+        call.state.set(_key(call.sender, digest, part), None)
+    call.state.set(_key(call.sender, digest), None)
+    call.state.set(_key(call.sender), [d for d in call.state.get(_key(call.sender)) or [] if d != digest] or None)
+    return data

@@ -1,0 +1,91 @@
+"""A twin's specification, off chain: each version is stored encrypted like a document,
+readable by the organisations with a role on the twin; the chain holds its hashes, where
+it is, and the delta it makes to the model the contracts enforce (``twinmodel``). Every
+version read back is checked against the chain, and every edit starts from a version
+read and checked so."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twinledger import aml
+from twinledger.contracts import calls
+from twinledger.contracts.calls import ContractCall, SpecificationVersion
+from twinledger.contracts.modeldelta import encode_delta
+from twinledger.core.types import MAX_TX_BYTES
+from twinledger.errors import TwinledgerError
+from twinledger.services import access
+from twinledger.services.remote import segment
+from twinledger.services.session import Outcome, Session
+from twinledger.store.documents import download_document, upload_document
+
+INLINE_DELTA_BYTES = MAX_TX_BYTES - 4096
+"""A delta up to this size goes inside its transaction; a larger one is staged in parts."""
+STAGE_PART_BYTES = MAX_TX_BYTES - 4096
+
+
+class SpecificationMismatch(TwinledgerError):
+    code = "specification_mismatch"
+
+
+@dataclass(frozen=True)
+class Written:
+    """A version written: what the chain says, and the stored form it names."""
+
+    outcome: Outcome
+    specification: bytes
+
+
+async def record(session: Session, twin_ref: str, version: int | None = None) -> dict[str, Any]:
+    """The chain's entry for a version (default: the current one): hash, manifest,
+    reference, size, who changed what."""
+    params = {"version": version} if version is not None else {}
+    return dict(await session.get(f"/v1/twins/{segment(twin_ref, 'twin')}/specification", **params))
+
+
+async def read(session: Session, twin_ref: str, version: int | None = None) -> bytes:
+    """A version's stored form, fetched from the store, decrypted for the session's
+    organisation and checked against the hashes on chain."""
+    entry = await record(session, twin_ref, version)
+    with tempfile.TemporaryDirectory(prefix="twinledger-spec-") as scratch:
+        target = Path(scratch) / "specification.aml"
+        await download_document(await session.store(), entry["reference"], bytes.fromhex(entry["manifest"]),
+                                access.unlock(session), target)  # fmt: skip
+        data = target.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["hash"]:
+        raise SpecificationMismatch(f"version {entry['version']} of the specification in the store is not the one the "
+                                    "chain records")  # fmt: skip
+    return data
+
+
+async def write(session: Session, readers: dict[str, bytes], new: bytes, model: aml.Model, old: bytes | None,
+                make: Callable[[SpecificationVersion], ContractCall], wait: bool = True) -> Written:  # fmt: skip
+    """Store ``new`` (a stored form, whose model is ``model``) for ``readers``, and submit
+    the call ``make`` builds from its version: hashes, reference, and the model delta
+    against ``old``, staged in parts first if it does not fit the transaction."""
+    delta = encode_delta(aml.model(old) if old is not None else None, model)
+    stored = await upload_document(await session.store(), new, session.signer, session.organisation, readers)
+    digest = hashlib.sha256(delta).digest()
+    if len(delta) <= INLINE_DELTA_BYTES:
+        version = SpecificationVersion(digest_of(new), stored.manifest, stored.reference, len(new), model=delta)
+    else:
+        parts = [delta[i:i + STAGE_PART_BYTES] for i in range(0, len(delta), STAGE_PART_BYTES)]
+        for number, part in enumerate(parts):
+            await session.transact(calls.stage(digest, number, len(parts), part))
+        version = SpecificationVersion(digest_of(new), stored.manifest, stored.reference, len(new), staged=digest)
+    return Written(await session.transact(make(version), wait), new)
+
+
+def digest_of(specification: bytes) -> bytes:
+    return hashlib.sha256(specification).digest()
+
+
+async def readers_of(session: Session, twin: dict[str, Any] | None, roles: dict[str, Any] | None = None) -> dict[str, bytes]:
+    """Who reads the specification: the organisations with a role on the twin (or in
+    ``roles``, for a twin being created), and the session's."""
+    return await access.recipients(session, twin if twin is not None else {"roles": roles or {}}, [])

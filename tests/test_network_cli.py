@@ -81,8 +81,16 @@ def _twin_on_the_consortium(directory: Path, tmp_path: Path) -> None:
                   "--role", "maintainer=maintainer", "--role", "auditor=auditor", "--json")  # fmt: skip
     assert created.returncode == 0, created.stderr
     twin = json.loads(created.stdout)["id"]
+    unreadable = cli("twin", "aml", "show", twin, "--home", home["manufacturer"])
+    assert unreadable.returncode == 1 and unreadable.stderr.count("\n") == 1, "no role, no specification"
+    granted = cli("twin", "role", "grant", twin, "manufacturer", "manufacturer", "--home", home["owner"])
+    assert granted.returncode == 0, granted.stderr
+    shown = cli("twin", "aml", "show", twin, "--home", home["manufacturer"])
+    assert shown.returncode == 0 and 'ID="level-sensor-1"' in shown.stdout, "a role makes it a reader"
     removed = cli("twin", "aml", "remove", twin, "level-sensor-1", "--home", home["maintainer"], "--json")
     assert removed.returncode == 0, removed.stderr
+    after = cli("twin", "aml", "show", twin, "--home", home["manufacturer"])
+    assert after.returncode == 0 and 'ID="level-sensor-1"' not in after.stdout, "and of the maintainer's version"
     refused = cli("twin", "aml", "remove", twin, "capper-1", "--home", home["auditor"])
     assert refused.returncode == 1 and "org:auditor may not aml.remove" in refused.stderr
     height = json.loads(removed.stdout)["block"]["height"]

@@ -22,7 +22,7 @@ from twinledger.errors import TwinledgerError
 from twinledger.services import access
 from twinledger.services.remote import segment
 from twinledger.services.session import Outcome, Session
-from twinledger.store.documents import download_document, upload_document
+from twinledger.store.documents import download_document, parse_reference, upload_document
 
 INLINE_DELTA_BYTES = MAX_TX_BYTES - 4096
 """A delta up to this size goes inside its transaction; a larger one is staged in parts."""
@@ -79,6 +79,19 @@ async def write(session: Session, readers: dict[str, bytes], new: bytes, model: 
             await session.transact(calls.stage(digest, number, len(parts), part))
         version = SpecificationVersion(digest_of(new), stored.manifest, stored.reference, len(new), staged=digest)
     return Written(await session.transact(make(version), wait), new)
+
+
+async def share(session: Session, twin_ref: str, organisation: str) -> bool:
+    """Make ``organisation`` a reader of the current version, if this key wrote it;
+    whether it reads it now."""
+    item, _ = parse_reference((await record(session, twin_ref))["reference"])
+    acl = await (await session.store()).get_acl(item)
+    if acl.allows(organisation):
+        return True
+    if acl.owner != session.signer.public:
+        return False
+    await access.change_readers(session, [item], [organisation], [])
+    return True
 
 
 def digest_of(specification: bytes) -> bytes:

@@ -209,8 +209,15 @@ async def report_call(session: Session, twin_ref: str, call: int, status: str, r
 
 async def grant_role(session: Session, twin_ref: str, who: str, role: str, scopes: list[str],
                      wait: bool = True) -> Outcome:  # fmt: skip
-    """Give a subject a role on the twin (owner only) — not a read grant (``access.grant``)."""
-    return await session.transact(calls.grant_role(await _twin_id(session, twin_ref), subject(who), role, scopes), wait)
+    """Give a subject a role on the twin (owner only) — not a read grant (``access.grant``).
+    An organisation given a role also becomes a reader of the current specification, if
+    this key wrote it (else it reads from the next version on, whose readers are the
+    twin's organisations then)."""
+    twin_id = await _twin_id(session, twin_ref)
+    outcome = await session.transact(calls.grant_role(twin_id, subject(who), role, scopes), wait)
+    if wait and subject(who).startswith("org:"):
+        await spec.share(session, twin_id, subject(who).removeprefix("org:"))
+    return outcome
 
 
 async def revoke_role(session: Session, twin_ref: str, who: str, role: str, wait: bool = True) -> Outcome:

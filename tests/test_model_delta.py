@@ -115,3 +115,13 @@ def test_staged_parts_are_their_sender_s_and_must_hash_to_their_digest() -> None
     for number in range(3):
         world.ok(OWNER, "twins", "stage", digest=bytes([number]) * 32, part=0, parts=1, data=b"x")
     world.fails("staging", OWNER, "twins", "stage", digest=b"\x09" * 32, part=0, parts=1, data=b"x")
+
+
+def test_a_parent_removed_under_its_children_leaves_them_in_no_scope() -> None:
+    """A dishonest delta drops the filler but keeps its sensors: the sensors lose the
+    filler's scope (a maintainer scoped to it no longer reaches them), nothing fails."""
+    world = World()
+    twin = world.create_twin(roles={"org:maintenance-co": {"maintainer": ["filler-1"]}})
+    assert _insert(world, OWNER, twin, {"element/filler-1": None}, parent="line-1").status == "ok"
+    world.fails("forbidden", MAINTAINER, "twins", "add_feed", twin=twin, component="level-sensor-1", reference="f")
+    world.ok(OWNER, "twins", "add_feed", twin=twin, component="level-sensor-1", reference="f")

@@ -72,17 +72,17 @@ def model_entries(model: Model | None) -> dict[str, Any]:
 
 def element_path(state: StateReader, twin_id: str, element: str) -> tuple[str, ...] | None:
     """IDs of ``element`` and its ancestors that carry one, outermost first; None if the
-    model has no element with that ID."""
+    model has no element with that ID. A parent a delta removed under its children ends
+    the path there: the children lose the scopes above, they gain none."""
     path: list[str] = []
     current = element
     while current and len(path) <= MAX_DEPTH:
         entry = state.get(element_key(twin_id, current))
         if entry is None:
-            assert not path, "an element's parent is in the model"
-            return None
+            break
         path.append(current)
         current = entry["parent"]
-    return tuple(reversed(path))
+    return tuple(reversed(path)) if path else None
 
 
 def require_element(state: StateReader, twin_id: str, element: str) -> None:

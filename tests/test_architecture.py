@@ -232,6 +232,8 @@ def test_every_builder_passes_its_methods_parser():
         calls.create_twin("line", "line-1", version, {"org:maker": {"maintainer": []}}),
         calls.create_twin("line", "line-1", calls.SpecificationVersion(digest, key, "store:x", 10, staged=digest), {}),
         calls.stage(digest, 0, 2, b"part"),
+        calls.unstage(digest),
+        calls.replace_aml(twin, calls.SpecificationVersion(digest, key, "store:x", 10, model=b"\x80", base=digest)),
         calls.insert_aml(twin, "plant", "conveyor", "c-2", version),
         calls.remove_aml(twin, "conveyor", [("Belt: c-1:Out → c-2:In", ("line", "c-1"))], version),
         calls.add_document(twin, digest, "manual", "", "store:" + "ab" * 16 + ":" + "cd" * 32, "text/plain", 10, "c-1"),

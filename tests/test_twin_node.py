@@ -213,6 +213,13 @@ def test_an_amlx_container_becomes_a_twin_with_documents_and_comes_back_out(plan
                                                      b"<InstanceHierarchy", 1))  # fmt: skip
     ok("twin", "create", "--aml", str(commented), "--device-id", "commented", *h)
 
+    stricter = root / "stricter.aml"  # the tool's new export: the conveyor may run 2.0 m/s at most now
+    stricter.write_bytes(PLANT.read_bytes().replace(b"<RequiredMaxValue>2.5</RequiredMaxValue>",
+                                                    b"<RequiredMaxValue>2.0</RequiredMaxValue>"))  # fmt: skip
+    ok("twin", "aml", "replace", "commented", str(stricter), *h)
+    refused = cli("twin", "call", "commented", "SetVelocity", "velocity=2.4", *h)
+    assert refused.returncode == 1 and "above its safe maximum 2" in refused.stderr
+
     bomb = root / "bomb.amlx"
     bomb.write_bytes(b"PK\x03\x04" + b"\0" * 64)
     refused = cli("twin", "create", "--aml", str(bomb), "--device-id", "bomb", *h)

@@ -113,18 +113,28 @@ class World:
         if method == "insert_aml":
             fragment = args.pop("fragment")
             edit = aml.insert(current, fragment, args["parent"], args.get("after"))
-            return {**args, "element": edit.element, **self._version(signer, edit.specification, current)}
+            return {**args, "element": edit.element, **self._version(signer, edit.specification, args["twin"])}
         policy = args.pop("links", "refuse")
         edit = aml.remove(current, args["element"], policy)
         links = [[text, list(holder)] for text, holder in zip(edit.links, edit.link_holders, strict=True)]
-        return {**args, "links": links, **self._version(signer, edit.specification, current)}
+        return {**args, "links": links, **self._version(signer, edit.specification, args["twin"])}
 
-    def _version(self, signer: SigningKey, new: bytes, old: bytes | None) -> dict[str, Any]:
-        """What a version is on chain; a delta too large for one transaction staged first."""
+    def model_on_chain(self, twin: str) -> dict[str, Any]:
+        """The twin's model entries as the chain holds them (what ``GET …/model`` serves)."""
+        prefix = f"twin/{twin}/"
+        kinds = ("element/", "program/", "class-program/", "signal/")
+        return {k[len(prefix):]: v for k, v in self.contract_state().items()
+                if k.startswith(prefix) and k[len(prefix):].startswith(kinds)}  # fmt: skip
+
+    def _version(self, signer: SigningKey, new: bytes, twin: str | None) -> dict[str, Any]:
+        """What a version is on chain, made from the twin's current one (``twin``; None for
+        a creation); a delta too large for one transaction staged first."""
         digest = hashlib.sha256(new).digest()
-        delta = encode_delta(aml.model(old) if old is not None else None, aml.model(new))
+        delta = encode_delta(self.model_on_chain(twin) if twin is not None else {}, aml.model(new))
         version: dict[str, Any] = {"hash": digest, "manifest": hashlib.sha256(b"manifest" + new).digest(),
                                    "reference": f"store:{digest.hex()[:32]}", "size": len(new)}  # fmt: skip
+        if twin is not None:
+            version["base"] = self.get(f"twin/{twin}")["aml_hash"]
         if len(delta) <= INLINE_DELTA_BYTES:
             version["model"] = delta
         else:

@@ -48,6 +48,7 @@ from twinledger.agent.spool import Spool, spool_key
 from twinledger.config import NodeConfig
 from twinledger.contracts import calls
 from twinledger.contracts.calls import ContractCall
+from twinledger.contracts.twinmodel import model_of_entries
 from twinledger.crypto import kpcpre
 from twinledger.errors import TransactionFailed, TwinledgerError
 from twinledger.ingest.opcua import (
@@ -59,7 +60,7 @@ from twinledger.ingest.opcua import (
     policy_name,
     read_certificate_file,
 )
-from twinledger.services import feeds, twins
+from twinledger.services import feeds, specification, twins
 from twinledger.services.access import DeviceKeys
 from twinledger.services.session import Session
 from twinledger.store.client import StoreClient
@@ -145,7 +146,7 @@ class DeviceAgent:
         self.streams: dict[str, Stream] = {}
         """By signal id."""
         self.twin: dict[str, Any] = {}
-        self._specification = b""
+        self._model: aml.Model | None = None
         self.sharing_public: kpcpre.PublicKey | None = None
         """The owner organisation's public sharing key, read with the twin."""
         self.session: Session | None = None
@@ -202,9 +203,9 @@ class DeviceAgent:
             return
         view = await self._get(f"/v1/twins/{self.twin_ref}")
         changed = view["aml_version"] != self.twin.get("aml_version")
-        if changed or not self._specification:
+        if changed or self._model is None:
             assert self.session is not None
-            self._specification = await twins.specification(self.session, view["id"], view["aml_version"])
+            self._model = model_of_entries((await specification.model_on_chain(self.session, view["id"]))["entries"])
         self.twin = view
         self.sharing_public = await self.session.sharing_public() if self.session is not None else None
         self._refreshed = time.monotonic()
@@ -216,17 +217,19 @@ class DeviceAgent:
                      "new key")  # fmt: skip
 
     @property
-    def specification(self) -> bytes:
-        """The twin's current specification, read from the store as the agent's
-        organisation and checked against the chain."""
-        return self._specification
+    def model(self) -> aml.Model:
+        """What the agent acts on: the model the chain holds for the twin's current
+        specification (programs and rules, OPC UA objects, signals and ranges,
+        identities), never a document the chain has not checked."""
+        assert self._model is not None, "the twin was read"
+        return self._model
 
     # -- streams -------------------------------------------------------------------------------
 
     async def _open_streams(self) -> None:
         """A stream for every signal of the specification: its feed attached by this
         device, created and attached if the signal has none (or only a retired device's)."""
-        signals = {s.id: s for s in aml.signals(self.specification)}
+        signals = {s.id: s for s in self.model.signals}
         for gone in set(self.streams) - set(signals):
             await self._close_stream(gone)
         feeds = {f["component"]: f for f in self.twin["feeds"]}
@@ -322,11 +325,13 @@ class DeviceAgent:
 
     async def _replace(self, sighting: Sighting) -> None:
         """Swap the component's specification entry and feeds for the new part's."""
-        current = {i.element_id: i for i in aml.identities(self.specification)}.get(sighting.element)
+        current = {i.element_id: i for i in self.model.identities}.get(sighting.element)
         if current is None or current.serial == sighting.serial:
             return
         model = await self._read(f"{current.opcua_object}/Model") or current.model
-        plan = aml.replacement(self.specification, sighting.element, str(model), sighting.serial)
+        assert self.session is not None
+        document = (await specification.current(self.session, self.twin["id"])).specification  # checked against the chain
+        plan = aml.replacement(document, sighting.element, str(model), sighting.serial)
         self.say(f"{sighting.element}: the device reports serial {sighting.serial}, the specification "
                  f"{current.serial}; replacing it by {plan.new}")  # fmt: skip
         for stream in [s for s in self.streams.values() if s.signal.component_id == sighting.element]:
@@ -339,7 +344,7 @@ class DeviceAgent:
         """Each step only if the chain does not show it done yet: a plan interrupted by a
         crash is finished, not repeated, on restart."""
         await self._refresh(force=True)
-        ids = {i.element_id for i in aml.identities(self.specification)}
+        ids = {i.element_id for i in self.model.identities}
         twin = self.twin["id"]
         assert self.session is not None
         if plan.old in ids:
@@ -411,8 +416,8 @@ class DeviceAgent:
         """The variables the specification asks the agent to watch."""
         if not self.twin:
             return frozenset()
-        nodes = {s.opcua_node for s in aml.signals(self.specification)}
-        nodes |= {f"{i.opcua_object}/SerialNumber" for i in aml.identities(self.specification)}
+        nodes = {s.opcua_node for s in self.model.signals}
+        nodes |= {f"{i.opcua_object}/SerialNumber" for i in self.model.identities}
         return frozenset(nodes)
 
     async def _subscribe(self, client: Client) -> int:
@@ -442,7 +447,7 @@ class DeviceAgent:
         moment = _micros(source_time)
         if name.endswith("/SerialNumber"):
             obj = name.rsplit("/", 1)[0]
-            for identity in aml.identities(self.specification) if self.twin else []:
+            for identity in self.model.identities if self.twin else []:
                 if identity.opcua_object == obj and identity.serial != value:
                     self.sightings.put_nowait(Sighting(identity.element_id, "", str(value), moment))
             return
@@ -474,13 +479,14 @@ class DeviceAgent:
 
     async def _execute(self, call: dict[str, Any]) -> None:
         """Re-check the call against today's specification, then run it on the device."""
-        spec = self.specification
         try:
-            program = aml.program(spec, call["program"])
+            program = next((p for p in self.model.programs if p.path == call["program"]), None)
+            if program is None:
+                raise aml.AmlError(f"the specification has no program {call['program']!r} any more")
             params = program.validate_call(call["params"])
-            if program.component_id is None:
-                raise aml.AmlError(f"program {program.name!r} belongs to no component")
-            obj = aml.object_of(spec, program.component_id)
+            if program.component_id is None or program.component_id not in self.model.objects:
+                raise aml.AmlError(f"program {program.path!r} belongs to no component with an OPC UA object")
+            obj = self.model.objects[program.component_id]
         except aml.AmlError as exc:
             await self._report(call, "rejected", f"the device agent refused it: {exc.message}")
             return

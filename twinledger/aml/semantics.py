@@ -203,6 +203,8 @@ class Model:
     identities: tuple[Identity, ...]
     objects: Mapping[str, str]
     """Component ID → its OPC UA object."""
+    names: Mapping[str, tuple[str, str]]
+    """ID → (name, name path from the instance hierarchy) of each element that has one."""
 
     def program(self, name: str) -> Program:
         """The program ``name`` names: its full path, else a unique tail of it."""
@@ -340,24 +342,27 @@ def signals_of(parts: list[etree._Element]) -> tuple[Signal, ...]:
     return tuple(found)
 
 
-def ancestors_of(root: etree._Element) -> dict[str, tuple[str, ...]]:
-    """ID → IDs of the element and its ancestors, outermost first, for the elements of the
-    instance hierarchies: what scopes, feeds and documents address. Library elements are
-    not addressed by scope (a library ID may repeat an instance's)."""
+def ancestors_of(root: etree._Element) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, str]]]:
+    """For the elements of the instance hierarchies (what scopes, feeds and documents
+    address; a library's IDs may repeat an instance's): ID → IDs of the element and its
+    ancestors, outermost first; and ID → (name, name path)."""
     paths: dict[str, tuple[str, ...]] = {}
+    names: dict[str, tuple[str, str]] = {}
 
-    def walk(element: etree._Element, above: tuple[str, ...]) -> None:
+    def walk(element: etree._Element, above: tuple[str, ...], path: str) -> None:
         identifier = element.get("ID")
         here = (*above, identifier) if identifier else above
+        where = f"{path}/{element.get('Name') or ''}" if path else element.get("Name") or ""
         if identifier and identifier not in paths:
             paths[identifier] = here
+            names[identifier] = (element.get("Name") or "", where)
         if local(element) not in FREE_CONTENT:
             for child in element.iterchildren(etree.Element):
-                walk(child, here)
+                walk(child, here, where)
 
     for hierarchy in (c for c in root if local(c) == "InstanceHierarchy"):
-        walk(hierarchy, ())
-    return paths
+        walk(hierarchy, (), "")
+    return paths, names
 
 
 def model_of(root: etree._Element, version: str) -> Model:
@@ -376,8 +381,9 @@ def model_of(root: etree._Element, version: str) -> Model:
                        *((s.id, s.opcua_node) for s in signals)]:  # fmt: skip
         if nodes.setdefault(node, what) != what:
             raise AmlError(f"{nodes[node]!r} and {what!r} would both be OPC UA node {node!r}; rename one")
-    return Model(version, MappingProxyType(ancestors_of(root)), programs, signals, identities,
-                 MappingProxyType(objects))  # fmt: skip
+    paths, names = ancestors_of(root)
+    return Model(version, MappingProxyType(paths), programs, signals, identities, MappingProxyType(objects),
+                 MappingProxyType(names))  # fmt: skip
 
 
 def validate(root: etree._Element) -> Model:

@@ -303,6 +303,10 @@ def add_twin_resources(app: FastAPI, node: RunningNode, service: TwinService) ->
     async def history(ref: str) -> dict[str, Any]:
         return {"versions": await node.read(service.history, ref)}
 
+    @app.get("/v1/twins/{ref}/model", summary="The model of the specification the contracts enforce", tags=["twins"])
+    async def model(ref: str, at: int | None = At) -> dict[str, Any]:
+        return await node.read(service.model, ref, at)
+
     @app.get("/v1/twins/{ref}/programs", summary="The twin's programs with their safety rules", tags=["twins"])
     async def programs(ref: str, at: int | None = At) -> dict[str, Any]:
         return {"programs": await node.read(service.programs, ref, at)}

@@ -31,6 +31,7 @@ from twinledger.errors import BadRequest, NotFound
 from twinledger.ledger.chain import StoreState
 
 CALL_STATUSES = ("queued", "dispatched", "executed", "failed", "rejected")
+MODEL_KINDS = ("element", "program", "class-program", "signal")
 
 
 def jsonable(value: Any) -> Any:
@@ -138,6 +139,17 @@ class TwinService:
         twin = self.resolve(reference, height)
         calls = self._items(f"twin/{twin['id']}/call/", height)
         return jsonable([c for c in calls if status is None or c["status"] == status])
+
+    def model(self, reference: str, at: int | None = None) -> dict[str, Any]:
+        """The model the contracts hold for the twin's current specification, entry by
+        entry (``kind/name`` → value, layout in contracts/twinmodel.py): what clients
+        compute deltas against and check documents with, and what the agent acts on."""
+        height = self._height(at)
+        twin = self.resolve(reference, height)
+        prefix = f"twin/{twin['id']}/"
+        entries = {key[len(prefix):]: value for kind in MODEL_KINDS
+                   for key, value in self.store.state_items(f"{prefix}{kind}/", height)}  # fmt: skip
+        return jsonable({"height": height, "version": twin["aml_version"], "hash": twin["aml_hash"], "entries": entries})
 
     def programs(self, reference: str, at: int | None = None) -> list[dict[str, Any]]:
         """The twin's programs as the contracts hold them: full path, component, interface,

@@ -20,6 +20,7 @@ from twinledger import aml
 from twinledger.aml.document import parse_xml
 from twinledger.bench.ledger import publish
 from twinledger.contracts.modeldelta import encode_delta, parse_delta
+from twinledger.contracts.twinmodel import model_entries
 
 LIBRARIES = """
 <InterfaceClassLib Name="TwinledgerInterfaceClassLib"><InterfaceClass Name="Program"/><InterfaceClass Name="Signal"/>
@@ -98,7 +99,7 @@ def run_aml_benchmark(size_mb: float, runs: int, output: Path, as_json: bool) ->
 
     def create() -> tuple[bytes, aml.Model, bytes]:
         stored, model = aml.stored_with_model(document)
-        return stored, model, encode_delta(None, model)
+        return stored, model, encode_delta({}, model)
 
     (stored, model, created), create_s = _timed(create, runs)
     new_station = station(1, 999).encode()
@@ -108,7 +109,7 @@ def run_aml_benchmark(size_mb: float, runs: int, output: Path, as_json: bool) ->
         service holds from reading it)."""
         done = change()
         assert done.model is not None
-        return done, encode_delta(aml.model(old), done.model)
+        return done, encode_delta(model_entries(aml.model(old)), done.model)
 
     (inserted, insert_delta), insert_s = _timed(lambda: edit(lambda: aml.insert(stored, new_station, "line-1", "l1-s1"),
                                                              stored), runs)  # fmt: skip

@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from twinledger import aml
+from twinledger.aml.package import MAX_PACKAGE_BYTES
 from twinledger.cli.common import (
     Home,
     Json,
@@ -24,7 +26,7 @@ from twinledger.cli.common import (
     render_outcome,
     run,
 )
-from twinledger.core.files import replace_durably
+from twinledger.core.files import read_regular, replace_durably
 from twinledger.services import twins
 from twinledger.services.remote import segment
 
@@ -67,6 +69,26 @@ def aml_remove(
     outcome = run(home, lambda session: twins.remove_aml(session, ref, element, wait, links), key)
     removed = outcome.event("AmlRemoved").get("links") or [] if outcome.committed else []
     render_outcome(outcome, as_json, f"removed {element}" + (f" and {len(removed)} link(s) into it" if removed else ""))
+
+
+@aml_app.command("replace")
+@command
+def aml_replace(
+    ref: Ref,
+    file: Annotated[Path, typer.Argument(help="The new AutomationML file (.aml) or container (.amlx).", exists=True,
+                                         dir_okay=False)],  # fmt: skip
+    home: Home,
+    key: KeyFile = None,
+    wait: Wait = True,
+    as_json: Json = False,
+) -> None:
+    """Put a whole new specification in place: the engineering tool's new export, or a good
+    version in place of one that does not give the model on chain (needs the right to
+    insert and remove over the whole twin)."""
+    data = read_regular(file, MAX_PACKAGE_BYTES)[0]
+    root = aml.read_package(data).specification if aml.is_package(data) else data
+    outcome = run(home, lambda session: twins.replace(session, ref, root, wait), key)
+    render_outcome(outcome, as_json, f"replaced the specification of {ref} with {file.name}")
 
 
 @aml_app.command("export")

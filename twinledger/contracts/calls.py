@@ -48,10 +48,12 @@ class SpecificationVersion:
     size: int
     model: bytes | None = None
     staged: bytes | None = None
+    base: bytes | None = None
+    """The hash of the version an edit was made from (none for a creation)."""
 
     def args(self) -> dict[str, Any]:
         return {"hash": self.hash, "manifest": self.manifest, "reference": self.reference, "size": self.size,
-                **_optional(model=self.model, staged=self.staged)}  # fmt: skip
+                **_optional(model=self.model, staged=self.staged, base=self.base)}  # fmt: skip
 
 
 def create_twin(name: str, device_id: str, version: SpecificationVersion,
@@ -61,6 +63,14 @@ def create_twin(name: str, device_id: str, version: SpecificationVersion,
 
 def stage(digest: bytes, part: int, parts: int, data: bytes) -> ContractCall:
     return ContractCall("twins", "stage", {"digest": digest, "part": part, "parts": parts, "data": data})
+
+
+def unstage(digest: bytes) -> ContractCall:
+    return ContractCall("twins", "unstage", {"digest": digest})
+
+
+def replace_aml(twin: str, version: SpecificationVersion) -> ContractCall:
+    return ContractCall("twins", "replace_aml", {"twin": twin, **version.args()})
 
 
 def insert_aml(twin: str, parent: str, after: str | None, element: str, version: SpecificationVersion) -> ContractCall:

@@ -10,6 +10,8 @@ document to check (``twin aml verify``).
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from twinledger.abc import StateReader
@@ -19,14 +21,16 @@ from twinledger.aml.semantics import MAX_ALLOWED, MAX_PARAMETERS
 from twinledger.contracts.authorization import authorize
 from twinledger.contracts.runtime import Call
 from twinledger.contracts.twinmodel import element_path, model_entries
-from twinledger.contracts.twinstate import class_program_key, element_key
+from twinledger.contracts.twinstate import class_program_key, element_key, object_key
 from twinledger.core.encoding import decode, encode
 from twinledger.errors import ContractError, DecodeError
 
 KINDS = ("element", "program", "class-program", "signal")
 PARAMETER_TYPES = ("number", "integer", "boolean", "string")
 MAX_TEXT = 512
-MAX_DELTA_BYTES = 64 * 1024 * 1024
+MAX_DELTA_BYTES = 8 * 1024 * 1024
+"""A 10 MB plant model's delta is 2.4 MB."""
+NUMBER = re.compile(r"^-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 
 
 class ModelError(ContractError):
@@ -42,10 +46,10 @@ def _text(value: Any, what: str, limit: int = MAX_TEXT, empty: bool = True) -> s
 def _bound(value: Any, what: str) -> float | None:
     if value is None:
         return None
-    try:
-        number = float(_text(value, what, 64, empty=False))
-    except ValueError:
-        raise ModelError(f"{what} must be a number") from None
+    text = _text(value, what, 64, empty=False)
+    if not NUMBER.match(text):
+        raise ModelError(f"{what} must be a decimal number, not {text!r}")
+    number = float(text)
     if not math.isfinite(number):
         raise ModelError(f"{what} must be finite")
     return number
@@ -76,9 +80,13 @@ def _check_entry(kind: str, name: str, value: Any) -> None:
     """The shape of one entry a delta sets."""
     where = f"{kind} {name[:80]!r}"
     if kind == "element":
-        if not isinstance(value, dict) or set(value) != {"parent"}:
-            raise ModelError(f"{where} must be {{parent}}")
+        fields = {"parent", "name", "path", "object", "model", "serial"}
+        if not isinstance(value, dict) or set(value) != fields:
+            raise ModelError(f"{where} must be {sorted(fields)}")
         _text(value["parent"], f"{where}: parent", MAX_ID)
+        for field in ("name", "object", "model", "serial"):
+            _text(value[field], f"{where}: {field}", MAX_TEXT)
+        _text(value["path"], f"{where}: path", 4 * MAX_TEXT)
     elif kind == "program":
         fields = {"id", "name", "path", "component", "declared_in", "parameters"}
         if not isinstance(value, dict) or set(value) != fields or value["path"] != name:
@@ -116,8 +124,6 @@ def parse_delta(data: bytes) -> dict[str, Any]:
         raise ModelError("the model delta must map entries to values")
     for suffix, value in delta.items():
         kind, _, name = suffix.partition("/") if isinstance(suffix, str) else ("", "", "")
-        if kind == "class" and name.startswith("program/"):
-            kind, name = "class-program", name[len("program/"):]
         if kind not in KINDS or not name:
             raise ModelError(f"the model delta names {str(suffix)[:80]!r}, not an element, program, class-program or signal")
         _text(name, f"{kind} name", MAX_TEXT if kind != "element" and kind != "signal" else MAX_ID, empty=False)
@@ -126,9 +132,11 @@ def parse_delta(data: bytes) -> dict[str, Any]:
     return delta
 
 
-def encode_delta(old: Model | None, new: Model) -> bytes:
-    """What a client sends for a version: the entries ``new`` sets or deletes against ``old``."""
-    before, after = model_entries(old), model_entries(new)
+def encode_delta(before: Mapping[str, Any], new: Model) -> bytes:
+    """What a client sends for a version: the entries ``new`` sets or deletes against the
+    entries the chain holds (``before``: ``GET /v1/twins/{ref}/model``), so a version made
+    from a document that strayed from the chain still brings the chain to its model."""
+    after = model_entries(new)
     delta = {key: value for key, value in after.items() if before.get(key) != value}
     delta |= {key: None for key in before.keys() - after.keys()}
     return encode(delta)
@@ -136,51 +144,96 @@ def encode_delta(old: Model | None, new: Model) -> bytes:
 
 def _where(state: StateReader, twin_id: str, suffix: str, value: Any) -> tuple[str, ...]:
     """Where an entry (``value``, not None) sits, for scopes: its element's IDs from the
-    top; () for a class's programs (no scope reaches a library)."""
+    top (a program's and a signal's: their interface's, else their component's); () for
+    a class's programs (no scope reaches a library)."""
     if suffix.startswith("element/"):
         return element_path(state, twin_id, suffix[len("element/"):]) or ()
-    if suffix.startswith("program/"):
-        target = value["id"] or value["component"]
-        return element_path(state, twin_id, target) or element_path(state, twin_id, value["component"]) or ()
-    if suffix.startswith("signal/"):
+    if suffix.startswith(("program/", "signal/")):  # its interface (on the component: checked), else the component
         return element_path(state, twin_id, value["id"]) or element_path(state, twin_id, value["component"]) or ()
     return ()
 
 
-def apply_delta(call: Call, twin: dict[str, Any], delta: dict[str, Any], method: str | None) -> list[str]:
+def _within(place: tuple[str, ...], anchor: tuple[str, ...]) -> bool:
+    return place[:len(anchor)] == anchor
+
+
+def apply_delta(call: Call, twin: dict[str, Any], delta: dict[str, Any], method: str | None,
+                anchor: tuple[str, ...] = ()) -> list[str]:  # fmt: skip
     """Write a delta into the twin's model after checking it: every entry it sets refers
-    to entries that exist afterwards, every entry it deletes exists, and, unless
-    ``method`` is None (the owner creating the twin), the sender may ``method`` where each
-    entry was and where it goes. The IDs of elements it deleted."""
+    to entries that exist afterwards and sits where it says, every entry it deletes
+    exists, components keep one OPC UA object each, and, unless ``method`` is None (the
+    owner creating the twin), the sender may ``method`` where each entry was and where
+    it goes — inside ``anchor`` (the insert's parent, the removed element) if that is
+    an element: an insert only adds and changes there, a removal only removes there. A
+    class's rules new to the model are placed by the programs that name them. The IDs
+    of elements it deleted."""
     twin_id = twin["id"]
     before = {suffix: call.state.get(f"twin/{twin_id}/{suffix}") for suffix in delta}
     missing = next((s for s, value in delta.items() if value is None and before[s] is None), None)
     if missing is not None:
         raise ModelError(f"the model delta deletes {missing[:80]!r}, which the model does not hold")
+    if method == "aml.insert" and any(value is None for value in delta.values()):
+        raise ModelError("an insert's model delta deletes nothing")
     places = {s: _where(call.state, twin_id, s, before[s]) for s in delta if before[s] is not None}
     for suffix in sorted(delta):
         call.state.set(f"twin/{twin_id}/{suffix}", delta[suffix])
+    _index_objects(call, twin_id, delta, before)
     for suffix, value in sorted(delta.items()):
         if value is not None:
             _check_references(call.state, twin_id, suffix, value)
-        if method is not None:  # where the entry was, and where it is now
-            was = [places[suffix]] if suffix in places else []
-            now = [_where(call.state, twin_id, suffix, value)] if value is not None else []
-            for place in dict.fromkeys([*was, *now]):
-                authorize(call, twin, method, path=place)
+        if method is None or (suffix.startswith("class-program/") and before[suffix] is None):
+            continue
+        was = [places[suffix]] if suffix in places else []
+        now = [_where(call.state, twin_id, suffix, value)] if value is not None else []
+        for place in dict.fromkeys([*was, *now]):
+            if anchor and not _within(place, anchor):
+                raise ModelError(f"{suffix[:80]!r} is outside {anchor[-1]!r}, where this {method} is")
+            authorize(call, twin, method, path=place)
     return [s[len("element/"):] for s, value in delta.items() if s.startswith("element/") and value is None]
 
 
-def _check_references(state: StateReader, twin_id: str, suffix: str, value: Any) -> None:
-    def exists(key: str, what: str) -> None:
-        if state.get(key) is None:
-            raise ModelError(f"{suffix[:80]!r} refers to {what}, which the model does not hold")
+def _index_objects(call: Call, twin_id: str, delta: dict[str, Any], before: dict[str, Any]) -> None:
+    """Keep ``object/<object>`` → component, refusing a second component on one object:
+    the device agent acts on the object."""
+    elements = sorted(s for s in delta if s.startswith("element/"))
+    for suffix in elements:
+        old = before[suffix]
+        if old is not None and old["object"] and call.state.get(object_key(twin_id, old["object"])) == suffix[8:]:
+            call.state.set(object_key(twin_id, old["object"]), None)
+    for suffix in elements:
+        new = delta[suffix]
+        if new is None or not new["object"]:
+            continue
+        holder = call.state.get(object_key(twin_id, new["object"]))
+        if holder is not None and holder != suffix[8:]:
+            raise ModelError(f"OPC UA object {new['object']!r} is component {holder!r}'s; {suffix[8:]!r} needs its own")
+        call.state.set(object_key(twin_id, new["object"]), suffix[8:])
 
-    if suffix.startswith("element/") and value["parent"]:
-        exists(element_key(twin_id, value["parent"]), f"parent {value['parent']!r}")
+
+def _check_references(state: StateReader, twin_id: str, suffix: str, value: Any) -> None:
+    def entry(key: str, what: str) -> Any:
+        found = state.get(key)
+        if found is None:
+            raise ModelError(f"{suffix[:80]!r} refers to {what}, which the model does not hold")
+        return found
+
+    name = suffix.partition("/")[2]
+    if suffix.startswith("element/"):
+        parent = entry(element_key(twin_id, value["parent"]), f"parent {value['parent']!r}") if value["parent"] else None
+        top = f"{parent['path']}/" if parent is not None else ""
+        if not value["path"].startswith(top) or not value["path"].endswith(value["name"]):
+            raise ModelError(f"{suffix[:80]!r} says its path is {value['path'][:80]!r}, not under its parent's")
     elif suffix.startswith("program/"):
-        exists(element_key(twin_id, value["component"]), f"component {value['component']!r}")
+        component = entry(element_key(twin_id, value["component"]), f"component {value['component']!r}")
+        if name != f"{component['path']}/{value['name']}":
+            raise ModelError(f"{suffix[:80]!r} is not {value['name']!r} of component {value['component']!r}")
+        if value["id"] and entry(element_key(twin_id, value["id"]), f"interface {value['id']!r}")["parent"] != value["component"]:
+            raise ModelError(f"{suffix[:80]!r}: interface {value['id']!r} is not on component {value['component']!r}")
         if value["declared_in"]:
-            exists(class_program_key(twin_id, value["declared_in"], value["name"]), f"class {value['declared_in']!r}")
+            entry(class_program_key(twin_id, value["declared_in"], value["name"]), f"class {value['declared_in']!r}")
     elif suffix.startswith("signal/"):
-        exists(element_key(twin_id, value["component"]), f"component {value['component']!r}")
+        component = entry(element_key(twin_id, value["component"]), f"component {value['component']!r}")
+        if entry(element_key(twin_id, name), f"interface {name!r}")["parent"] != value["component"]:
+            raise ModelError(f"{suffix[:80]!r} is not an interface of component {value['component']!r}")
+        if value["object"] != component["object"]:
+            raise ModelError(f"{suffix[:80]!r} names OPC UA object {value['object']!r}, not its component's")

@@ -49,7 +49,8 @@ from twinledger.errors import ContractError
 
 KINDS = ("person", "program")
 ACTIONS: dict[str, tuple[str, ...]] = {
-    "specification": ("twins.create", "twins.stage", "twins.insert_aml", "twins.remove_aml", "twins.add_source",
+    "specification": ("twins.create", "twins.stage", "twins.unstage", "twins.insert_aml", "twins.remove_aml",
+                      "twins.replace_aml", "twins.add_source",
                       "twins.remove_source"),
     "data": ("twins.add_document", "twins.add_document_version", "twins.remove_document", "twins.add_feed",
              "twins.remove_feed", "twins.checkpoint_feed", "records.put"),

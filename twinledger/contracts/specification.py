@@ -39,7 +39,7 @@ from twinledger.contracts.programs import (
     update_call,
 )
 from twinledger.contracts.runtime import Call, Contract, Method
-from twinledger.contracts.staging import MAX_STAGED_PARTS, put_staged, take_staged
+from twinledger.contracts.staging import MAX_STAGED_PARTS, drop_staged, put_staged, take_staged
 from twinledger.contracts.twinmodel import element_path, require_element
 from twinledger.contracts.twinstate import (
     MAX_REFERENCE,
@@ -86,9 +86,12 @@ class Version:
     size: int
     model: bytes | None
     staged: bytes | None
+    base: bytes | None
+    """The hash of the version an edit was made from: an edit of a version that is no
+    longer the current one is refused (the other edit would be lost from the document)."""
 
 
-VERSION_FIELDS = ("hash", "manifest", "reference", "size", "model", "staged")
+VERSION_FIELDS = ("hash", "manifest", "reference", "size", "model", "staged", "base")
 
 
 def _read_version(read: Arguments) -> Version:
@@ -96,10 +99,17 @@ def _read_version(read: Arguments) -> Version:
     if (model is None) == (staged is None):
         raise read.error("give the model delta inline ('model') or staged ('staged'), not both")
     return Version(read.digest("hash"), read.digest("manifest"), read.text("reference", max_length=512),
-                   read.integer("size", minimum=1, maximum=aml.MAX_DOCUMENT_BYTES), model, staged)  # fmt: skip
+                   read.integer("size", minimum=1, maximum=aml.MAX_DOCUMENT_BYTES), model, staged,
+                   read.digest("base", default=None))  # fmt: skip
 
 
-def _delta(call: Call, version: Version) -> dict[str, Any]:
+def _delta(call: Call, twin: dict[str, Any] | None, version: Version) -> dict[str, Any]:
+    """The version's model delta, once its base is the current version (a creation has none)."""
+    if twin is not None and version.base != twin["aml_hash"]:
+        raise TwinError(f"the specification is at version {twin['aml_version']} now, not the one this edit was made "
+                        "from; read it again and redo the edit", code="stale_version")  # fmt: skip
+    if twin is None and version.base is not None:
+        raise TwinError("a new twin's specification has no base version", code="bad_arguments")
     return parse_delta(version.model if version.model is not None else take_staged(call, version.staged or b""))
 
 
@@ -163,7 +173,7 @@ def create(call: Call, args: CreateArgs) -> None:
     call.state.set(registry_key(twin_id), {"id": twin_id, "name": args.name, "device_id": args.device_id,
                                            "owner": owner})  # fmt: skip
     call.state.set(device_key(args.device_id), twin_id)
-    delta = _delta(call, args.version)
+    delta = _delta(call, None, args.version)
     if any(value is None for value in delta.values()):
         raise ModelError("a new twin's model deletes nothing")
     apply_delta(call, twin, delta, None)
@@ -199,8 +209,9 @@ def insert_aml(call: Call, args: InsertArgs) -> None:
     """A new version with an element inserted under ``parent``: the sender may insert
     there, and every model entry the insert sets is where the sender may insert."""
     twin = load_twin(call.state, args.twin)
-    authorize(call, twin, "aml.insert", path=_place(call, twin, args.parent))
-    apply_delta(call, twin, _delta(call, args.version), "aml.insert")
+    anchor = _place(call, twin, args.parent)
+    authorize(call, twin, "aml.insert", path=anchor)
+    apply_delta(call, twin, _delta(call, twin, args.version), "aml.insert", anchor)
     _new_version(call, twin, args.version, "insert", args.element, args.parent)
     call.emit("AmlInserted", twin=args.twin, element=args.element, parent=args.parent, version=twin["aml_version"] + 1)
 
@@ -236,22 +247,52 @@ def remove_aml(call: Call, args: RemoveArgs) -> None:
     """A new version without an element; sensor feeds and alerts of the components that
     left the model go with it, and links removed elsewhere are authorized where they were."""
     twin = load_twin(call.state, args.twin)
-    authorize(call, twin, "aml.remove", path=_place(call, twin, args.element))
+    anchor = _place(call, twin, args.element)
+    authorize(call, twin, "aml.remove", path=anchor)
     for _, holder in dict.fromkeys(args.links):
         authorize(call, twin, "aml.remove", path=holder)
-    gone = apply_delta(call, twin, _delta(call, args.version), "aml.remove")
+    gone = apply_delta(call, twin, _delta(call, twin, args.version), "aml.remove", anchor)
     _new_version(call, twin, args.version, "remove", args.element, "")
     call.emit("AmlRemoved", twin=args.twin, element=args.element, version=twin["aml_version"] + 1,
               links=[text for text, _ in args.links])  # fmt: skip
+    _detach(call, args.twin, gone)
+
+
+@dataclass(frozen=True)
+class ReplaceArgs:
+    twin: str
+    version: Version
+
+
+def parse_replace(args: Mapping[str, Any]) -> ReplaceArgs:
+    read = Arguments("twins.replace_aml", args, ("twin", *VERSION_FIELDS))
+    return ReplaceArgs(read.identifier("twin"), _read_version(read))
+
+
+def replace_aml(call: Call, args: ReplaceArgs) -> None:
+    """A new version that may change anything (an engineering tool's new export, or a
+    version whose document did not match the model): for whoever may insert and remove
+    over the whole twin."""
+    twin = load_twin(call.state, args.twin)
+    authorize(call, twin, "aml.insert")
+    authorize(call, twin, "aml.remove")
+    gone = apply_delta(call, twin, _delta(call, twin, args.version), None)
+    _new_version(call, twin, args.version, "replace", "", "")
+    call.emit("AmlReplaced", twin=args.twin, version=twin["aml_version"] + 1)
+    _detach(call, args.twin, gone)
+
+
+def _detach(call: Call, twin_id: str, gone: list[str]) -> None:
+    """Feeds and alerts of components that left the model go with them."""
     for component in gone:
-        feed = call.state.get(feed_key(args.twin, component))
+        feed = call.state.get(feed_key(twin_id, component))
         if feed is not None:
-            _detach_feed(call, args.twin, component, feed)
-            call.emit("FeedRemoved", twin=args.twin, component=component, reference=feed["reference"],
+            _detach_feed(call, twin_id, component, feed)
+            call.emit("FeedRemoved", twin=twin_id, component=component, reference=feed["reference"],
                       reason="component removed")  # fmt: skip
-        if call.state.get(anomaly_key(args.twin, component)) is not None:
-            call.state.set(anomaly_key(args.twin, component), None)
-            call.emit("AnomalyCleared", twin=args.twin, signal=component, reason="component removed")
+        if call.state.get(anomaly_key(twin_id, component)) is not None:
+            call.state.set(anomaly_key(twin_id, component), None)
+            call.emit("AnomalyCleared", twin=twin_id, signal=component, reason="component removed")
 
 
 # -- staging: what does not fit one transaction ---------------------------------------------------
@@ -274,8 +315,23 @@ def parse_stage(args: Mapping[str, Any]) -> StageArgs:
 
 def stage(call: Call, args: StageArgs) -> None:
     """Keep one part of a payload larger than a transaction (a plant's model delta) for
-    the sender's next create or edit that names its SHA-256."""
+    the sender's next create or edit that names its SHA-256; members only."""
+    required_organisation(call.state, call.sender, "stage a payload")
     put_staged(call, args.digest, args.part, args.parts, args.data)
+
+
+@dataclass(frozen=True)
+class UnstageArgs:
+    digest: bytes
+
+
+def parse_unstage(args: Mapping[str, Any]) -> UnstageArgs:
+    return UnstageArgs(Arguments("twins.unstage", args, ("digest",)).digest("digest"))
+
+
+def unstage(call: Call, args: UnstageArgs) -> None:
+    """Drop a payload the sender staged and will not use (a creation that failed)."""
+    drop_staged(call, args.digest)
 
 
 # -- documents ------------------------------------------------------------------------------------
@@ -527,6 +583,8 @@ SPECIFICATION = Contract(
     {
         "create": Method(parse_create, audited(create)),
         "stage": Method(parse_stage, stage),
+        "unstage": Method(parse_unstage, unstage),
+        "replace_aml": Method(parse_replace, audited(replace_aml)),
         "insert_aml": Method(parse_insert, audited(insert_aml)),
         "remove_aml": Method(parse_remove, audited(remove_aml)),
         "add_document": Method(parse_add_document, audited(add_document)),

@@ -16,8 +16,8 @@ import hashlib
 from twinledger.contracts.runtime import Call
 from twinledger.errors import ContractError
 
-MAX_STAGED_PARTS = 1100
-"""About 64 MiB in parts of up to one transaction."""
+MAX_STAGED_PARTS = 160
+"""The largest delta (8 MiB) in parts of up to one transaction."""
 MAX_STAGED = 4
 
 
@@ -48,6 +48,20 @@ def put_staged(call: Call, digest: bytes, part: int, parts: int, data: bytes) ->
     call.state.set(_key(call.sender, digest), entry)
 
 
+def drop_staged(call: Call, digest: bytes) -> None:
+    entry = call.state.get(_key(call.sender, digest))
+    if entry is None:
+        raise StagingError(f"this key has no payload {digest.hex()[:16]}… staged")
+    _remove(call, digest, entry["parts"])
+
+
+def _remove(call: Call, digest: bytes, parts: int) -> None:
+    for part in range(parts):
+        call.state.set(_key(call.sender, digest, part), None)
+    call.state.set(_key(call.sender, digest), None)
+    call.state.set(_key(call.sender), [d for d in call.state.get(_key(call.sender)) or [] if d != digest] or None)
+
+
 def take_staged(call: Call, digest: bytes) -> bytes:
     """The whole payload the sender staged under ``digest``, checked against it, and
     removed from the state."""
@@ -58,8 +72,5 @@ def take_staged(call: Call, digest: bytes) -> bytes:
     data = b"".join(call.state.get(_key(call.sender, digest, part)) for part in range(entry["parts"]))
     if hashlib.sha256(data).digest() != digest:
         raise StagingError(f"the staged parts of {digest.hex()[:16]}… do not hash to it")
-    for part in range(entry["parts"]):
-        call.state.set(_key(call.sender, digest, part), None)
-    call.state.set(_key(call.sender, digest), None)
-    call.state.set(_key(call.sender), [d for d in call.state.get(_key(call.sender)) or [] if d != digest] or None)
+    _remove(call, digest, entry["parts"])
     return data

@@ -2,7 +2,10 @@
 per element, program and signal, so a check reads a few entries instead of parsing the
 specification, and a version changes only the entries its edit touched.
 
-    twin/<id>/element/<ID>           {parent}: the nearest ancestor with an ID ("" at the top)
+    twin/<id>/element/<ID>           {parent, name, path, object, model, serial}: the nearest ancestor with
+                                     an ID ("" at the top), the element's name and name path, and for a
+                                     component its OPC UA object and identity ("" otherwise)
+    twin/<id>/object/<object>        the component that is that OPC UA object (the contract keeps it)
     twin/<id>/program/<path>         a program: interface ID, name, component, and its parameters with their
                                      rules, or the class it has them from
     twin/<id>/class-program/<class>/<name>  the parameters of a program a class declares, once for its instances
@@ -14,10 +17,12 @@ Numbers of rules are kept as ``repr`` strings: the ledger's encoding has no floa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from twinledger.abc import StateReader
-from twinledger.aml import AmlError, Model, Parameter, Program, Signal
+from twinledger.aml import AmlError, Identity, Model, Parameter, Program, Signal
 from twinledger.contracts.twinstate import MAX_DEPTH, class_program_key, element_key, program_key, signal_key
 
 
@@ -62,8 +67,14 @@ def model_entries(model: Model | None) -> dict[str, Any]:
     """Every state entry of a model, by key suffix."""
     if model is None:
         return {}
-    entries: dict[str, Any] = {f"element/{i}": {"parent": path[-2] if len(path) > 1 else ""}
-                               for i, path in model.ancestors.items()}  # fmt: skip
+    identity = {i.element_id: i for i in model.identities}
+    entries: dict[str, Any] = {
+        f"element/{i}": {"parent": path[-2] if len(path) > 1 else "", "name": model.names[i][0],
+                         "path": model.names[i][1], "object": model.objects.get(i, ""),
+                         "model": identity[i].model if i in identity else "",
+                         "serial": identity[i].serial if i in identity else ""}
+        for i, path in model.ancestors.items()
+    }  # fmt: skip
     entries |= {f"program/{p.path}": program_entry(p) for p in model.programs}
     entries |= {f"class-program/{p.declared_in}/{p.name}": _parameters(p) for p in model.programs if p.declared_in}
     entries |= {f"signal/{s.id}": signal_entry(s) for s in model.signals}
@@ -99,10 +110,36 @@ def find_program(state: StateReader, twin_id: str, path: str) -> Program:
         raise AmlError(f"the specification has no program at {path!r} (transactions name a program by its full "
                        "path, e.g. Plant/Line1/Conveyor/SetVelocity)", code="unknown_program")  # fmt: skip
     declared = entry["declared_in"]
-    return program_of(entry, state.get(class_program_key(twin_id, declared, entry["name"])) if declared else
-                      entry["parameters"])  # fmt: skip
+    parameters = state.get(class_program_key(twin_id, declared, entry["name"])) if declared else entry["parameters"]
+    if parameters is None:
+        raise AmlError(f"program {path!r} has its rules from class {declared!r}, whose rules are gone",
+                       code="unknown_program")  # fmt: skip
+    return program_of(entry, parameters)
 
 
 def find_signal(state: StateReader, twin_id: str, signal: str) -> Signal | None:
     entry = state.get(signal_key(twin_id, signal))
     return signal_of(entry) if entry is not None else None
+
+
+def model_of_entries(entries: Mapping[str, Any]) -> Model:
+    """The model the chain holds (``GET /v1/twins/{ref}/model``), as an ``aml.Model``: what
+    the device agent acts on — programs and their rules, OPC UA objects, signals and
+    their ranges, identities — so a document that strays from the chain cannot steer it."""
+    elements = {k[len("element/"):]: v for k, v in entries.items() if k.startswith("element/")}
+
+    def ancestors(element: str) -> tuple[str, ...]:
+        path: list[str] = []
+        while element in elements and len(path) <= MAX_DEPTH:
+            path.append(element)
+            element = elements[element]["parent"]
+        return tuple(reversed(path))
+
+    programs = tuple(program_of(v, entries.get(f"class-program/{v['declared_in']}/{v['name']}") or []
+                                if v["declared_in"] else v["parameters"])
+                     for k, v in sorted(entries.items()) if k.startswith("program/"))  # fmt: skip
+    signals = tuple(signal_of(v) for k, v in sorted(entries.items()) if k.startswith("signal/"))
+    identities = tuple(Identity(i, e["object"], e["model"], e["serial"]) for i, e in sorted(elements.items()) if e["serial"])
+    return Model("", MappingProxyType({i: ancestors(i) for i in elements}), programs, signals, identities,
+                 MappingProxyType({i: e["object"] for i, e in elements.items() if e["object"]}),
+                 MappingProxyType({i: (e["name"], e["path"]) for i, e in elements.items()}))  # fmt: skip

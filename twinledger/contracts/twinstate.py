@@ -9,6 +9,7 @@ and by the readers above them.
     twin/<id>/element/<ID>             the model of the current version, per element, program and signal
     twin/<id>/program/<path>           (layout in ``twinmodel``)
     twin/<id>/class-program/<class>/<name>
+    twin/<id>/object/<OPC UA object>
     twin/<id>/signal/<ID>
     twin/<id>/history/<version>        who changed the specification, when, how
     twin/<id>/document/<document id>   a document with its versions
@@ -91,6 +92,10 @@ def program_key(twin_id: str, path: str) -> str:
 
 def class_program_key(twin_id: str, declared_in: str, name: str) -> str:
     return f"twin/{twin_id}/class-program/{declared_in}/{name}"
+
+
+def object_key(twin_id: str, opcua_object: str) -> str:
+    return f"twin/{twin_id}/object/{opcua_object}"
 
 
 def signal_key(twin_id: str, signal: str) -> str:

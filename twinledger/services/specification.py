@@ -17,6 +17,7 @@ from twinledger import aml
 from twinledger.contracts import calls
 from twinledger.contracts.calls import ContractCall, SpecificationVersion
 from twinledger.contracts.modeldelta import encode_delta
+from twinledger.contracts.twinmodel import model_entries
 from twinledger.core.types import MAX_TX_BYTES
 from twinledger.errors import TwinledgerError
 from twinledger.services import access
@@ -63,22 +64,61 @@ async def read(session: Session, twin_ref: str, version: int | None = None) -> b
     return data
 
 
-async def write(session: Session, readers: dict[str, bytes], new: bytes, model: aml.Model, old: bytes | None,
+async def model_on_chain(session: Session, twin_ref: str) -> dict[str, Any]:
+    """The model the chain holds for the twin's current version: version, hash, entries."""
+    return dict(await session.get(f"/v1/twins/{segment(twin_ref, 'twin')}/model"))
+
+
+@dataclass(frozen=True)
+class Current:
+    """The current version, read and checked: the base of an edit."""
+
+    specification: bytes
+    chain: dict[str, Any]
+    """The chain's model of it (``model_on_chain``)."""
+
+
+async def current(session: Session, twin_ref: str) -> Current:
+    """The current version, fetched, decrypted and checked: its hashes against the chain,
+    and the model it gives against the model the chain holds. A version whose document
+    strays from the chain is refused, naming who wrote it; ``twins.replace`` puts a good
+    one in its place."""
+    chain = await model_on_chain(session, twin_ref)
+    data = await read(session, twin_ref, chain["version"])
+    if model_entries(aml.model(data)) != chain["entries"]:
+        entry = await record(session, twin_ref, chain["version"])
+        raise SpecificationMismatch(
+            f"version {chain['version']} of the specification, written by {entry['organisation'] or entry['key'][:16]}, "
+            "does not give the model on chain; whoever may replace the specification can put a good one in its place "
+            "(twin aml replace)")  # fmt: skip
+    return Current(data, chain)
+
+
+async def write(session: Session, readers: dict[str, bytes], new: bytes, model: aml.Model, base: Current | None,
                 make: Callable[[SpecificationVersion], ContractCall], wait: bool = True) -> Written:  # fmt: skip
     """Store ``new`` (a stored form, whose model is ``model``) for ``readers``, and submit
-    the call ``make`` builds from its version: hashes, reference, and the model delta
-    against ``old``, staged in parts first if it does not fit the transaction."""
-    delta = encode_delta(aml.model(old) if old is not None else None, model)
+    the call ``make`` builds from its version: hashes, reference, the version it was made
+    from, and the model delta against the chain's, staged in parts first if it does not
+    fit the transaction."""
+    delta = encode_delta(base.chain["entries"] if base is not None else {}, model)
     stored = await upload_document(await session.store(), new, session.signer, session.organisation, readers)
     digest = hashlib.sha256(delta).digest()
+    base_hash = bytes.fromhex(base.chain["hash"]) if base is not None else None
     if len(delta) <= INLINE_DELTA_BYTES:
-        version = SpecificationVersion(digest_of(new), stored.manifest, stored.reference, len(new), model=delta)
+        version = SpecificationVersion(digest_of(new), stored.manifest, stored.reference, len(new), model=delta,
+                                       base=base_hash)  # fmt: skip
     else:
         parts = [delta[i:i + STAGE_PART_BYTES] for i in range(0, len(delta), STAGE_PART_BYTES)]
         for number, part in enumerate(parts):
             await session.transact(calls.stage(digest, number, len(parts), part))
-        version = SpecificationVersion(digest_of(new), stored.manifest, stored.reference, len(new), staged=digest)
-    return Written(await session.transact(make(version), wait), new)
+        version = SpecificationVersion(digest_of(new), stored.manifest, stored.reference, len(new), staged=digest,
+                                       base=base_hash)  # fmt: skip
+    try:
+        return Written(await session.transact(make(version), wait), new)
+    except TwinledgerError:
+        if version.staged is not None:  # a refused call leaves its staged payload: drop it
+            await session.transact(calls.unstage(digest))
+        raise
 
 
 async def share(session: Session, twin_ref: str, organisation: str) -> bool:

@@ -153,12 +153,14 @@ async def insert_aml(session: Session, twin_ref: str, fragment: bytes, parent: s
     """Insert an element: the current version is read and checked, edited and validated
     here, stored as the next version, and its model delta submitted."""
     twin = await session.twin(twin_ref)
-    current = await spec.read(session, twin["id"])
-    edit = aml.insert(current, fragment, parent, after)
+    base = await spec.current(session, twin["id"])
+    edit = aml.insert(base.specification, fragment, parent, after)
+    assert edit.model is not None
+
     def make(version: calls.SpecificationVersion) -> calls.ContractCall:
         return calls.insert_aml(twin["id"], parent, after, edit.element, version)
 
-    written = await spec.write(session, await spec.readers_of(session, twin), edit.specification, edit.model, current,
+    written = await spec.write(session, await spec.readers_of(session, twin), edit.specification, edit.model, base,
                                make, wait)  # fmt: skip
     return written.outcome
 
@@ -167,11 +169,24 @@ async def remove_aml(session: Session, twin_ref: str, element: str, wait: bool =
     """Remove an element; InternalLinks elsewhere into it are refused, or removed with it
     (``links="remove"``) and named to the chain with where they were."""
     twin = await session.twin(twin_ref)
-    current = await spec.read(session, twin["id"])
-    edit = aml.remove(current, element, links)
+    base = await spec.current(session, twin["id"])
+    edit = aml.remove(base.specification, element, links)
+    assert edit.model is not None
     removed = list(zip(edit.links, edit.link_holders, strict=True))
-    written = await spec.write(session, await spec.readers_of(session, twin), edit.specification, edit.model, current,
+    written = await spec.write(session, await spec.readers_of(session, twin), edit.specification, edit.model, base,
                                lambda version: calls.remove_aml(twin["id"], element, removed, version), wait)  # fmt: skip
+    return written.outcome
+
+
+async def replace(session: Session, twin_ref: str, specification: bytes, wait: bool = True) -> Outcome:
+    """Put a whole new specification in place (a tool's new export, or a good version in
+    place of one that strays from the model on chain): for whoever may insert and remove
+    over the whole twin. The model on chain follows it entry by entry."""
+    twin = await session.twin(twin_ref)
+    stored, model = aml.stored_with_model(specification)
+    chain = await spec.model_on_chain(session, twin["id"])
+    written = await spec.write(session, await spec.readers_of(session, twin), stored, model, spec.Current(b"", chain),
+                               lambda version: calls.replace_aml(twin["id"], version), wait)  # fmt: skip
     return written.outcome
 
 

@@ -182,20 +182,3 @@ def test_a_caex_3_fragment_without_namespace_joins_the_document():
     edit = aml.insert(stored, b'<InternalElement Name="Extra" ID="extra-1"/>', component)
     assert b'<InternalElement ID="extra-1" Name="Extra"></InternalElement>' in edit.specification
     assert aml.component_path(edit.specification, "extra-1") == (component, "extra-1")
-
-
-def test_a_10_mb_plant_model_is_validated_edited_and_diffed():
-    """Plant size: a 10 MB model shaped like a tool's export (bench/aml's generator)."""
-    from twinledger.bench.aml import plant_model, station
-
-    document = plant_model(10 * 1024 * 1024)
-    assert len(document) >= 10 * 1024 * 1024
-    stored = aml.stored_form(document)
-    model = aml.model(stored)
-    assert len(model.programs) == len(model.signals) == sum(1 for c in model.objects if "-s" in c)
-    assert model.program("Line7/Station3/MoveTo").component_id == "l7-s3"
-    edit = aml.insert(stored, station(7, 999).encode(), "line-7", after="l7-s40")
-    assert aml.model(edit.specification).ancestors["l7-s999-temperature"] == ("line-7", "l7-s999", "l7-s999-temperature")
-    change = aml.diff(stored, edit.specification)
-    assert "+      <InternalElement ID=\"l7-s999\"" in change and "\n-" not in change
-    assert aml.remove(edit.specification, "l7-s999").specification == stored

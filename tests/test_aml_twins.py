@@ -38,7 +38,8 @@ def test_a_real_file_registers_a_twin(world: World, path: Path) -> None:
 
 def test_a_10_mb_plant_registers_its_model_in_parts_and_an_edit_costs_its_delta() -> None:
     """The document stays off chain; its model (2.5 MB here) is staged in parts and taken
-    whole by the creation; inserting and removing a station write a few hundred bytes."""
+    whole by the creation; inserting and removing a station write a few hundred bytes,
+    and the versions diff readably."""
     world = World()
     document = plant_model(10 * 1024 * 1024)
     start = time.perf_counter()
@@ -52,6 +53,8 @@ def test_a_10_mb_plant_registers_its_model_in_parts_and_an_edit_costs_its_delta(
     written = {k: v for k, v in world.state.values.items() if before.get(k) != v and k.startswith(f"twin/{twin}/")}
     assert sum(len(k) + len(encode(v)) for k, v in written.items()) < 4096
     world.ok(OWNER, "twins", "call_program", twin=twin, program="Plant/Line7/Station999/MoveTo", params={"position": 90})
+    change = aml.diff(world.document(twin, 1), world.document(twin, 2))
+    assert '+      <InternalElement ID="l7-s999"' in change and "\n-" not in change, "a readable diff at 10 MB"
     world.ok(OWNER, "twins", "remove_aml", twin=twin, element="l7-s999")
     assert world.document(twin) == world.document(twin, 1)
     assert created < 60, f"creating a 10 MB twin took {created:.0f} s"

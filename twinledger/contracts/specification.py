@@ -39,7 +39,7 @@ from twinledger.contracts.programs import (
     update_call,
 )
 from twinledger.contracts.runtime import Call, Contract, Method
-from twinledger.contracts.staging import MAX_STAGED_PARTS, drop_staged, put_staged, take_staged
+from twinledger.contracts.staging import parse_stage, parse_unstage, stage, take_staged, unstage
 from twinledger.contracts.twinmodel import element_path, require_element
 from twinledger.contracts.twinstate import (
     MAX_REFERENCE,
@@ -293,45 +293,6 @@ def _detach(call: Call, twin_id: str, gone: list[str]) -> None:
         if call.state.get(anomaly_key(twin_id, component)) is not None:
             call.state.set(anomaly_key(twin_id, component), None)
             call.emit("AnomalyCleared", twin=twin_id, signal=component, reason="component removed")
-
-
-# -- staging: what does not fit one transaction ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StageArgs:
-    digest: bytes
-    part: int
-    parts: int
-    data: bytes
-
-
-def parse_stage(args: Mapping[str, Any]) -> StageArgs:
-    read = Arguments("twins.stage", args, ("digest", "part", "parts", "data"))
-    parts = read.integer("parts", minimum=1, maximum=MAX_STAGED_PARTS)
-    return StageArgs(read.digest("digest"), read.integer("part", minimum=0, maximum=parts - 1), parts,
-                     read.blob("data", max_size=MAX_TX_BYTES))  # fmt: skip
-
-
-def stage(call: Call, args: StageArgs) -> None:
-    """Keep one part of a payload larger than a transaction (a plant's model delta) for
-    the sender's next create or edit that names its SHA-256; members only."""
-    required_organisation(call.state, call.sender, "stage a payload")
-    put_staged(call, args.digest, args.part, args.parts, args.data)
-
-
-@dataclass(frozen=True)
-class UnstageArgs:
-    digest: bytes
-
-
-def parse_unstage(args: Mapping[str, Any]) -> UnstageArgs:
-    return UnstageArgs(Arguments("twins.unstage", args, ("digest",)).digest("digest"))
-
-
-def unstage(call: Call, args: UnstageArgs) -> None:
-    """Drop a payload the sender staged and will not use (a creation that failed)."""
-    drop_staged(call, args.digest)
 
 
 # -- documents ------------------------------------------------------------------------------------

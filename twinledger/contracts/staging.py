@@ -12,8 +12,14 @@ can park in the state is bounded, and taking a payload removes it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from twinledger.contracts.arguments import Arguments
+from twinledger.contracts.membership import required_organisation
 from twinledger.contracts.runtime import Call
+from twinledger.core.types import MAX_TX_BYTES
 from twinledger.errors import ContractError
 
 MAX_STAGED_PARTS = 160
@@ -74,3 +80,42 @@ def take_staged(call: Call, digest: bytes) -> bytes:
         raise StagingError(f"the staged parts of {digest.hex()[:16]}… do not hash to it")
     _remove(call, digest, entry["parts"])
     return data
+
+
+# -- the twins contract's methods ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageArgs:
+    digest: bytes
+    part: int
+    parts: int
+    data: bytes
+
+
+def parse_stage(args: Mapping[str, Any]) -> StageArgs:
+    read = Arguments("twins.stage", args, ("digest", "part", "parts", "data"))
+    parts = read.integer("parts", minimum=1, maximum=MAX_STAGED_PARTS)
+    return StageArgs(read.digest("digest"), read.integer("part", minimum=0, maximum=parts - 1), parts,
+                     read.blob("data", max_size=MAX_TX_BYTES))  # fmt: skip
+
+
+def stage(call: Call, args: StageArgs) -> None:
+    """Keep one part of a payload larger than a transaction (a plant's model delta) for
+    the sender's next create or edit that names its SHA-256; members only."""
+    required_organisation(call.state, call.sender, "stage a payload")
+    put_staged(call, args.digest, args.part, args.parts, args.data)
+
+
+@dataclass(frozen=True)
+class UnstageArgs:
+    digest: bytes
+
+
+def parse_unstage(args: Mapping[str, Any]) -> UnstageArgs:
+    return UnstageArgs(Arguments("twins.unstage", args, ("digest",)).digest("digest"))
+
+
+def unstage(call: Call, args: UnstageArgs) -> None:
+    """Drop a payload the sender staged and will not use (a creation that failed)."""
+    drop_staged(call, args.digest)

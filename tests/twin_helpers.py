@@ -21,11 +21,12 @@ from twinledger.aml import AmlError
 from twinledger.contracts import default_runtime
 from twinledger.contracts.modeldelta import encode_delta
 from twinledger.contracts.runtime import Overlay
+from twinledger.contracts.twinmodel import MODEL_KINDS
 from twinledger.core.types import BlockHeader, Receipt, Transaction, sign_transaction
 from twinledger.crypto.keys import SigningKey
 from twinledger.ledger.genesis import Genesis, GenesisOrganisation, GenesisValidator
 from twinledger.ledger.verify import MemoryState
-from twinledger.services.specification import INLINE_DELTA_BYTES, STAGE_PART_BYTES
+from twinledger.services.specification import stage_parts
 
 PLANT = (Path(__file__).parent.parent / "examples" / "bottling-plant.aml").read_bytes()
 PROGRAMS = {"SetVelocity": "BottlingPlant/BottlingLine1/Conveyor/SetVelocity",
@@ -122,7 +123,7 @@ class World:
     def model_on_chain(self, twin: str) -> dict[str, Any]:
         """The twin's model entries as the chain holds them (what ``GET …/model`` serves)."""
         prefix = f"twin/{twin}/"
-        kinds = ("element/", "program/", "class-program/", "signal/")
+        kinds = tuple(f"{kind}/" for kind in MODEL_KINDS)
         return {k[len(prefix):]: v for k, v in self.contract_state().items()
                 if k.startswith(prefix) and k[len(prefix):].startswith(kinds)}  # fmt: skip
 
@@ -135,11 +136,11 @@ class World:
                                    "reference": f"store:{digest.hex()[:32]}", "size": len(new)}  # fmt: skip
         if twin is not None:
             version["base"] = self.get(f"twin/{twin}")["aml_hash"]
-        if len(delta) <= INLINE_DELTA_BYTES:
+        parts = stage_parts(delta)
+        if not parts:
             version["model"] = delta
         else:
             staged = hashlib.sha256(delta).digest()
-            parts = [delta[i:i + STAGE_PART_BYTES] for i in range(0, len(delta), STAGE_PART_BYTES)]
             for number, part in enumerate(parts):
                 self.ok(signer, "twins", "stage", digest=staged, part=number, parts=len(parts), data=part)
             version["staged"] = staged

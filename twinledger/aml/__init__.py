@@ -28,7 +28,7 @@ def parse_specification(data: bytes) -> etree._Element:
 
 def stored_form(data: bytes) -> bytes:
     """The canonical bytes a valid specification is stored as."""
-    return canonical(parse_specification(data))
+    return stored_with_model(data)[0]
 
 
 def stored_with_model(data: bytes) -> tuple[bytes, Model]:

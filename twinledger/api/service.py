@@ -14,6 +14,7 @@ from typing import Any
 from twinledger.abc import ChainStore
 from twinledger.contracts.authorization import permissions
 from twinledger.contracts.sharing import DEVICE_PREFIX, GRANT_PREFIX, twin_generation
+from twinledger.contracts.twinmodel import MODEL_KINDS
 from twinledger.contracts.twinstate import (
     aml_key,
     checkpoint_key,
@@ -31,7 +32,6 @@ from twinledger.errors import BadRequest, NotFound
 from twinledger.ledger.chain import StoreState
 
 CALL_STATUSES = ("queued", "dispatched", "executed", "failed", "rejected")
-MODEL_KINDS = ("element", "program", "class-program", "signal")
 
 
 def jsonable(value: Any) -> Any:

@@ -20,12 +20,11 @@ from twinledger.aml.document import MAX_ID
 from twinledger.aml.semantics import MAX_ALLOWED, MAX_PARAMETERS
 from twinledger.contracts.authorization import authorize
 from twinledger.contracts.runtime import Call
-from twinledger.contracts.twinmodel import element_path, model_entries
+from twinledger.contracts.twinmodel import MODEL_KINDS, element_path, model_entries
 from twinledger.contracts.twinstate import class_program_key, element_key, object_key
 from twinledger.core.encoding import decode, encode
 from twinledger.errors import ContractError, DecodeError
 
-KINDS = ("element", "program", "class-program", "signal")
 PARAMETER_TYPES = ("number", "integer", "boolean", "string")
 MAX_TEXT = 512
 MAX_DELTA_BYTES = 8 * 1024 * 1024
@@ -124,7 +123,7 @@ def parse_delta(data: bytes) -> dict[str, Any]:
         raise ModelError("the model delta must map entries to values")
     for suffix, value in delta.items():
         kind, _, name = suffix.partition("/") if isinstance(suffix, str) else ("", "", "")
-        if kind not in KINDS or not name:
+        if kind not in MODEL_KINDS or not name:
             raise ModelError(f"the model delta names {str(suffix)[:80]!r}, not an element, program, class-program or signal")
         _text(name, f"{kind} name", MAX_TEXT if kind != "element" and kind != "signal" else MAX_ID, empty=False)
         if value is not None:

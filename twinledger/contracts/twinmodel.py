@@ -25,6 +25,8 @@ from twinledger.abc import StateReader
 from twinledger.aml import AmlError, Identity, Model, Parameter, Program, Signal
 from twinledger.contracts.twinstate import MAX_DEPTH, class_program_key, element_key, program_key, signal_key
 
+MODEL_KINDS = ("element", "program", "class-program", "signal")
+"""The kinds of entry a model has: ``twin/<id>/<kind>/<name>``."""
 
 def _number(value: float | None) -> str | None:
     return None if value is None else repr(value)

@@ -103,16 +103,12 @@ async def write(session: Session, readers: dict[str, bytes], new: bytes, model: 
     delta = encode_delta(base.chain["entries"] if base is not None else {}, model)
     stored = await upload_document(await session.store(), new, session.signer, session.organisation, readers)
     digest = hashlib.sha256(delta).digest()
-    base_hash = bytes.fromhex(base.chain["hash"]) if base is not None else None
-    if len(delta) <= INLINE_DELTA_BYTES:
-        version = SpecificationVersion(digest_of(new), stored.manifest, stored.reference, len(new), model=delta,
-                                       base=base_hash)  # fmt: skip
-    else:
-        parts = [delta[i:i + STAGE_PART_BYTES] for i in range(0, len(delta), STAGE_PART_BYTES)]
-        for number, part in enumerate(parts):
-            await session.transact(calls.stage(digest, number, len(parts), part))
-        version = SpecificationVersion(digest_of(new), stored.manifest, stored.reference, len(new), staged=digest,
-                                       base=base_hash)  # fmt: skip
+    parts = stage_parts(delta)
+    for number, part in enumerate(parts):
+        await session.transact(calls.stage(digest, number, len(parts), part))
+    version = SpecificationVersion(digest_of(new), stored.manifest, stored.reference, len(new),
+                                   model=None if parts else delta, staged=digest if parts else None,
+                                   base=bytes.fromhex(base.chain["hash"]) if base is not None else None)  # fmt: skip
     try:
         return Written(await session.transact(make(version), wait), new)
     except TwinledgerError:
@@ -132,6 +128,13 @@ async def share(session: Session, twin_ref: str, organisation: str) -> bool:
         return False
     await access.change_readers(session, [item], [organisation], [])
     return True
+
+
+def stage_parts(delta: bytes) -> list[bytes]:
+    """The parts a delta is staged in; none if it fits its transaction."""
+    if len(delta) <= INLINE_DELTA_BYTES:
+        return []
+    return [delta[i:i + STAGE_PART_BYTES] for i in range(0, len(delta), STAGE_PART_BYTES)]
 
 
 def digest_of(specification: bytes) -> bytes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from lxml import etree
 from twinledger import aml
 from twinledger.aml import AmlError
 from twinledger.aml.document import local
+from twinledger.aml.libraries import LIBRARY_KINDS, MIN_LIBRARY_BYTES, join, split
 from twinledger.aml.semantics import name_path
 
 CORPUS = Path(__file__).parent / "data" / "aml" / "files"
@@ -66,12 +68,20 @@ def test_a_real_file_is_stored_edited_diffed_and_packed_and_stays_schema_valid(p
     assert unpacked.specification == stored and [p.name for p in unpacked.parts] == ["/files/manual.txt"]
 
     root = etree.fromstring(stored)
+    skeleton, libraries = split(stored)
+    assert join(skeleton, libraries) == stored
+    large = [c for c in root if local(c) in LIBRARY_KINDS and len(etree.tostring(c, method="c14n")) >= MIN_LIBRARY_BYTES]
+    assert [library.name for library in libraries] == [c.get("Name") for c in large], "each large library is cut out"
+    assert all(library.data.startswith(b"  <") and library.data.endswith(b">\n") for library in libraries)
     component = _first(root, "InternalElement", "InstanceHierarchy")
     if component is not None:  # a plant: a component with a program goes in, by ID, and out again
         edit = aml.insert(stored, _new_component("tl-new"), component.get("ID"))
         program = aml.program(edit.specification, "Twinledger test tl-new/Start")
         assert program.component_id == "tl-new" and program.path.startswith(name_path(component) + "/")
         assert aml.component_path(edit.specification, "tl-new")[-2:] == (component.get("ID"), "tl-new")
+        assert split(edit.specification)[1] == tuple(replace(library, offset=library.offset + len(edit.specification)
+                                                     - len(stored)) for library in libraries), \
+            "an edit of the plant leaves every library as it was: the next version stores none of them again"
     else:  # a library: a class goes in by name path
         library = next(c for c in root if local(c).endswith("ClassLib"))
         kind = {"SystemUnitClassLib": "SystemUnitClass", "RoleClassLib": "RoleClass"}.get(local(library), "InterfaceClass")

@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from twinledger import aml
+from twinledger.aml.libraries import split
 from twinledger.config import load_config
 from twinledger.launcher import free_port_block
 from twinledger.services.remote import NodeClient
 
 PLANT = Path(__file__).parent.parent / "examples" / "bottling-plant.aml"
+CORPUS = Path(__file__).parent / "data" / "aml" / "files"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -73,11 +76,26 @@ def test_network_commands_fail_with_one_line(tmp_path):
     assert wrong.returncode == 1 and "bft or poa" in wrong.stderr
 
 
+def _plant_as_a_tool_exports_it(tmp_path: Path) -> Path:
+    """The bottling plant with a standard library embedded, as engineering tools write it:
+    stored apart, shared with every organisation given a role."""
+    from lxml import etree
+
+    libraries = b"".join(etree.tostring(library) for library in etree.parse(str(CORPUS / "uax__Part2.aml")).iter(
+        "RoleClassLib"))  # AutomationMLBaseRoleClassLib, and AutomationMLExtendedRoleClassLib (5 KB) built on it
+    path = tmp_path / "bottling-plant.aml"
+    path.write_bytes(PLANT.read_bytes().replace(b"</CAEXFile>", libraries + b"</CAEXFile>"))
+    assert [library.name for library in split(aml.stored_form(path.read_bytes()))[1]] == [
+        "AutomationMLExtendedRoleClassLib"]  # fmt: skip
+    return path
+
+
 def _twin_on_the_consortium(directory: Path, tmp_path: Path) -> None:
     """The owner registers the plant and makes the maintainer its maintainer; the
     maintainer edits it; the auditor may not. Every node then holds the same twin."""
     home = {org: str(directory / org) for org in ("manufacturer", "owner", "maintainer", "auditor")}
-    created = cli("twin", "create", "--home", home["owner"], "--aml", str(PLANT), "--device-id", "plant-7",
+    plant = _plant_as_a_tool_exports_it(tmp_path)
+    created = cli("twin", "create", "--home", home["owner"], "--aml", str(plant), "--device-id", "plant-7",
                   "--role", "maintainer=maintainer", "--role", "auditor=auditor", "--json")  # fmt: skip
     assert created.returncode == 0, created.stderr
     twin = json.loads(created.stdout)["id"]
@@ -87,10 +105,12 @@ def _twin_on_the_consortium(directory: Path, tmp_path: Path) -> None:
     assert granted.returncode == 0, granted.stderr
     shown = cli("twin", "aml", "show", twin, "--home", home["manufacturer"])
     assert shown.returncode == 0 and 'ID="level-sensor-1"' in shown.stdout, "a role makes it a reader"
+    assert "AutomationMLExtendedRoleClassLib" in shown.stdout, "of its skeleton and its stored library"
     removed = cli("twin", "aml", "remove", twin, "level-sensor-1", "--home", home["maintainer"], "--json")
     assert removed.returncode == 0, removed.stderr
     after = cli("twin", "aml", "show", twin, "--home", home["manufacturer"])
     assert after.returncode == 0 and 'ID="level-sensor-1"' not in after.stdout, "and of the maintainer's version"
+    assert after.stdout.count("<RoleClass ") == shown.stdout.count("<RoleClass ") > 0, "which reuses the library"
     refused = cli("twin", "aml", "remove", twin, "capper-1", "--home", home["auditor"])
     assert refused.returncode == 1 and "org:auditor may not aml.remove" in refused.stderr
     height = json.loads(removed.stdout)["block"]["height"]

@@ -241,3 +241,76 @@ def test_programs_are_listed_with_their_paths_and_rules_and_called_by_a_tail(pla
     assert "BottlingPlant/BottlingLine1/Conveyor/SetVelocity" in queued
     ambiguous = cli("twin", "call", "plant-7", "Nothing/SetVelocity", "velocity=1.0", *h)
     assert ambiguous.returncode == 1 and "no program 'Nothing/SetVelocity'" in ambiguous.stderr
+
+
+def test_libraries_are_stored_once_and_a_swapped_library_is_caught(plant):
+    """A tool's export embeds class libraries in every file: stored once by content, they
+    are reused by every later version and by the home's next twin; a version whose
+    skeleton names another stored item for a library is refused on reading, with the
+    library named, and a replace repairs it."""
+    import asyncio
+
+    from test_aml_corpus import CORPUS
+
+    from twinledger import aml
+    from twinledger.aml.libraries import split
+    from twinledger.contracts import calls
+    from twinledger.contracts.modeldelta import encode_delta
+    from twinledger.services import specification as spec
+    from twinledger.services.session import Session
+    from twinledger.store.documents import upload_document
+
+    home, _client, _created, root = plant
+    h = ["--home", str(home)]
+    source = CORPUS / "uax__Part2.aml"
+    cell = json.loads(ok("twin", "create", "--aml", str(source), "--device-id", "cell", *h, "--json").stdout)["id"]
+    fragment = root / "robot.aml"
+    fragment.write_text('<InternalElement Name="RB9" ID="rb-9"/>')
+    ok("twin", "aml", "insert", cell, "--fragment", str(fragment), "--parent", "{d6d584a2-4f97-42a8-9354-c9b3ee7d5362}",
+       *h)  # fmt: skip
+    copy = json.loads(ok("twin", "create", "--aml", str(source), "--device-id", "cell-copy", *h, "--json").stdout)["id"]
+
+    async def stored(twin: str, version: int) -> spec.Fetched:
+        async with Session.of_home(home) as session:
+            return await spec.fetch(session, await spec.record(session, twin, version))
+
+    versions = [asyncio.run(stored(twin, version)) for twin, version in ((cell, 1), (cell, 2), (copy, 1))]
+    library = split(versions[0].data)[1][0]
+    assert library.name == "AutomationMLExtendedRoleClassLib"
+    assert [v.libraries for v in versions] == [{library.digest: versions[0].libraries[library.digest]}] * 3, \
+        "one stored copy serves both versions of the twin and the other twin"
+    assert b'ID="rb-9"' in versions[1].data and versions[2].data == versions[0].data
+    intact = json.loads(ok("twin", "aml", "verify", cell, *h, "--json").stdout)
+    assert [(v["version"], v["libraries"], v["intact"]) for v in intact] == [(1, 1, True), (2, 1, True)]
+
+    async def swap() -> None:  # a writer who names another stored item for the library
+        async with Session.of_home(home) as session:
+            current = await spec.current(session, cell)
+            skeleton, libraries = split(current.specification)
+            other = await upload_document(await session.store(), b"  <RoleClassLib Name='Other'/>\n", session.signer,
+                                          session.organisation, await spec.readers_of(session, None))  # fmt: skip
+            placed = [spec.Placed(lib.name, lib.offset, lib.digest, other.reference) for lib in libraries]
+            container = await upload_document(await session.store(), spec.encode_layout(skeleton, placed),
+                                              session.signer, session.organisation,
+                                              await spec.readers_of(session, None))  # fmt: skip
+            delta = encode_delta(current.chain["entries"], aml.model(current.specification))
+            version = calls.SpecificationVersion(spec.digest_of(current.specification), container.manifest,
+                                                 container.reference, len(current.specification), model=delta,
+                                                 base=bytes.fromhex(current.chain["hash"]))  # fmt: skip
+            await session.transact(calls.replace_aml(cell, version))
+
+    asyncio.run(swap())
+    with pytest.raises(spec.SpecificationMismatch, match="library 'AutomationMLExtendedRoleClassLib' of version 3"):
+        asyncio.run(stored(cell, 3))  # this process read the good copy before: its cache must not hide the swap
+    refused = cli("twin", "aml", "show", cell, *h)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "library 'AutomationMLExtendedRoleClassLib' of version 3" in refused.stderr
+    edit = cli("twin", "aml", "remove", cell, "rb-9", *h)
+    assert edit.returncode == 1 and "AutomationMLExtendedRoleClassLib" in edit.stderr, "no edit builds on it"
+    ok("twin", "aml", "replace", cell, str(source), *h)
+    assert ok("twin", "aml", "show", cell, *h).stdout.encode() == versions[0].data
+    audit = cli("twin", "aml", "verify", cell, *h)
+    assert audit.returncode == 1 and audit.stderr.count("\n") == 1, audit.stderr
+    assert "1 of 4 versions are not what the chain records: version 3: library 'AutomationMLExtendedRoleClassLib'" \
+        in audit.stderr and "intact" in audit.stdout, "the history keeps the swapped version, and says so"
+    assert asyncio.run(stored(cell, 4)).libraries == versions[0].libraries, "the home's copy is reused"

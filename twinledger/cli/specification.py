@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from twinledger import aml
@@ -27,6 +29,7 @@ from twinledger.cli.common import (
     run,
 )
 from twinledger.core.files import read_regular, replace_durably
+from twinledger.errors import TwinledgerError
 from twinledger.services import twins
 from twinledger.services.remote import segment
 
@@ -131,6 +134,35 @@ def aml_history(ref: Ref, home: Home, as_json: Json = False) -> None:
         table.add_row(str(v["version"]), v["change"], target or "-", v["organisation"] or v["key"][:16] + "…",
                       str(v["height"]), v["tx"][:16] + "…")  # fmt: skip
     out.print(table)
+
+
+@aml_app.command("verify")
+@command
+def aml_verify(ref: Ref, home: Home, as_json: Json = False) -> None:
+    """Read every version of the specification back from the store and check it against
+    the chain: hashes, sizes, each library, and the current model. Exits 1 if any fails."""
+    total = int(client(home).request("GET", f"/v1/twins/{segment(ref)}")["aml_version"])
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err,
+                        transient=True, disable=as_json or not err.is_terminal)  # fmt: skip
+    with progress:
+        task = progress.add_task("reading versions", total=total)
+        checks = run(home, lambda session: twins.verify_specification(session, ref, lambda n: progress.advance(task, n)))
+    failed = [c for c in checks if c.problem is not None]
+    if as_json:
+        print_json([{"version": c.version, "writer": c.writer, "size": c.size, "libraries": c.libraries,
+                     "intact": c.problem is None, "problem": c.problem} for c in checks])  # fmt: skip
+    else:
+        table = Table("version", "by", "size", "libraries", "state", title="specification in the store",
+                      title_justify="left")  # fmt: skip
+        for c in checks:
+            state = "[green]intact[/]" if c.problem is None else f"[red]{escape(c.problem)}[/]"
+            table.add_row(str(c.version), escape(c.writer), f"{c.size:,}", str(c.libraries), state)
+        out.print(table)
+    if failed:
+        raise TwinledgerError(f"{len(failed)} of {len(checks)} versions are not what the chain records: "
+                              f"version {failed[0].version}: {failed[0].problem}", code="specification_mismatch")  # fmt: skip
+    if not as_json:
+        out.print(f"all {len(checks)} versions intact", highlight=False)
 
 
 @aml_app.command("diff")

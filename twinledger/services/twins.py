@@ -133,6 +133,13 @@ async def specification(session: Session, twin_ref: str, version: int | None = N
     return await spec.read(session, twin_ref, version)
 
 
+async def verify_specification(session: Session, twin_ref: str,
+                               progress: Progress | None = None) -> list[spec.VersionCheck]:  # fmt: skip
+    """Every version of the specification read from the store and checked against the
+    chain (``progress`` is told of each version)."""
+    return await spec.verify(session, twin_ref, progress)
+
+
 async def diff(session: Session, twin_ref: str, old: int, new: int | None = None) -> str:
     """A readable diff between two versions of the specification."""
     twin = await session.twin(twin_ref)

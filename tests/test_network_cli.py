@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -11,7 +12,10 @@ from twinledger import aml
 from twinledger.aml.libraries import split
 from twinledger.config import load_config
 from twinledger.launcher import free_port_block
+from twinledger.services import specification as spec
+from twinledger.services.library_copies import Placed
 from twinledger.services.remote import NodeClient
+from twinledger.services.session import Session
 
 PLANT = Path(__file__).parent.parent / "examples" / "bottling-plant.aml"
 CORPUS = Path(__file__).parent / "data" / "aml" / "files"
@@ -110,7 +114,16 @@ def _twin_on_the_consortium(directory: Path, tmp_path: Path) -> None:
     assert removed.returncode == 0, removed.stderr
     after = cli("twin", "aml", "show", twin, "--home", home["manufacturer"])
     assert after.returncode == 0 and 'ID="level-sensor-1"' not in after.stdout, "and of the maintainer's version"
-    assert after.stdout.count("<RoleClass ") == shown.stdout.count("<RoleClass ") > 0, "which reuses the library"
+    assert after.stdout.count("<RoleClass ") == shown.stdout.count("<RoleClass ") > 0
+
+    async def layouts() -> list[list[Placed]]:
+        async with Session.of_home(Path(home["manufacturer"])) as session:
+            return [(await spec.fetch(session, await spec.record(session, twin, v))).layout for v in (1, 2)]
+
+    owners, maintainers = asyncio.run(layouts())
+    assert [p.digest for p in owners] == [p.digest for p in maintainers] and \
+        owners[0].reference != maintainers[0].reference, "each key reuses only its own copies: nobody else can take " \
+        "a reader away from the versions it wrote"
     refused = cli("twin", "aml", "remove", twin, "capper-1", "--home", home["auditor"])
     assert refused.returncode == 1 and "org:auditor may not aml.remove" in refused.stderr
     height = json.loads(removed.stdout)["block"]["height"]

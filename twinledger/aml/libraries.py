@@ -4,8 +4,8 @@ library is stored once by content: a tool embeds the same libraries in every exp
 
 The cut is made on the stored (canonical) form, where every child of ``<CAEXFile>``
 starts a line of its own, indented two spaces; libraries are the file's last children
-in both CAEX schemas. ``join(*split(data)) == data`` holds for any bytes: where the cut
-lands only decides what is shared, never what is read back.
+in both CAEX schemas. ``join(*split(data)) == data`` holds for every document ``split``
+parses: where the cut lands only decides what is shared, never what is read back.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ LIBRARY_KINDS = frozenset({"InterfaceClassLib", "RoleClassLib", "SystemUnitClass
 MIN_LIBRARY_BYTES = 4096
 """Smaller libraries stay in the skeleton: a stored part costs a store item."""
 MAX_LIBRARIES = 1000
+NAME_CHARS = 256
+"""A library's name is kept for messages only, at most this long."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def split(stored: bytes) -> tuple[bytes, tuple[Library, ...]]:
         if local(child) not in LIBRARY_KINDS or stop - start < MIN_LIBRARY_BYTES or len(libraries) >= MAX_LIBRARIES:
             continue
         skeleton += stored[taken:start]
-        libraries.append(Library(child.get("Name") or local(child), len(skeleton), stored[start:stop]))
+        libraries.append(Library((child.get("Name") or local(child))[:NAME_CHARS], len(skeleton), stored[start:stop]))
         taken = stop
     skeleton += stored[taken:]
     return bytes(skeleton), tuple(libraries)

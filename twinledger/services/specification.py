@@ -10,13 +10,9 @@ version, and by the home's other twins, whose readers may read it."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from twinledger import aml
@@ -26,22 +22,22 @@ from twinledger.contracts.calls import ContractCall, SpecificationVersion
 from twinledger.contracts.modeldelta import encode_delta
 from twinledger.contracts.twinmodel import model_entries
 from twinledger.core.encoding import decode, encode
-from twinledger.core.sqlite import open_database
 from twinledger.core.types import MAX_TX_BYTES
 from twinledger.errors import DecodeError, TwinledgerError
 from twinledger.services import access
+from twinledger.services import library_copies as copies
+from twinledger.services.library_copies import Placed
 from twinledger.services.remote import segment
 from twinledger.services.session import Outcome, Progress, Session
-from twinledger.store.documents import REFERENCE, download_document, parse_reference, upload_document
-from twinledger.store.items import StoreError
+from twinledger.store.documents import REFERENCE, upload_document
 
 INLINE_DELTA_BYTES = MAX_TX_BYTES - 4096
 """A delta up to this size goes inside its transaction; a larger one is staged in parts."""
 STAGE_PART_BYTES = MAX_TX_BYTES - 4096
 LAYOUT_FORMAT = "twinledger-specification/1"
-UPLOADS_AT_ONCE = 4
-CACHE_BYTES = 64 * 1024 * 1024
-"""Libraries read and checked, kept for the next read (history and diffs read many versions)."""
+MAX_NAME = 1024
+MAX_LAYOUT_BYTES = MAX_LIBRARIES * (MAX_NAME + 256)
+"""What a skeleton's places of libraries may add to the version's own bytes."""
 
 
 class SpecificationMismatch(TwinledgerError):
@@ -54,8 +50,6 @@ class Written:
 
     outcome: Outcome
     specification: bytes
-    uploaded: int
-    """Bytes newly put in the store: the skeleton, and libraries no earlier version holds."""
 
 
 async def record(session: Session, twin_ref: str, version: int | None = None) -> dict[str, Any]:
@@ -76,84 +70,40 @@ class Fetched:
     """A version read back and checked, with where its libraries are stored."""
 
     data: bytes
-    libraries: dict[bytes, str]
-    """Library hash → store reference: what the next version may reuse."""
+    layout: list[Placed]
 
-
-@dataclass(frozen=True)
-class Placed:
-    """A library as a skeleton lists it: where it goes, its hash, where it is stored."""
-
-    name: str
-    offset: int
-    digest: bytes
-    reference: str
+    @property
+    def libraries(self) -> dict[bytes, str]:
+        """Library hash → store reference: what the next version may reuse."""
+        return {placed.digest: placed.reference for placed in self.layout}
 
 
 async def fetch(session: Session, entry: dict[str, Any], cached: bool = True) -> Fetched:
     """The version ``entry`` (the chain's record of it) names: its skeleton and libraries
     fetched and decrypted, each library checked against its hash, the whole against the
-    chain's. ``cached``: a library already read (checked by its hash) is not fetched again
-    — what an audit of the store itself must not skip."""
+    chain's. ``cached``: a library copy already read is not fetched again — what an audit
+    of the store itself must not skip."""
     what = f"version {entry['version']} of the specification"
-    skeleton, layout = decode_layout(await _skeleton(session, entry, what), what)
-    spend = _bounded(entry["size"] - len(skeleton), what)
-    libraries = await asyncio.gather(*(_library(session, placed, what, spend, cached) for placed in layout))
+    try:
+        skeleton, layout = decode_layout(await copies.download(session, entry["reference"],
+                                                               bytes.fromhex(entry["manifest"]),
+                                                               max_size=entry["size"] + MAX_LAYOUT_BYTES), what)  # fmt: skip
+        found = await copies.fetch(session, layout, entry["size"] - len(skeleton), cached)
+    except TwinledgerError as exc:
+        if exc.code == "too_large":
+            raise SpecificationMismatch(f"{what} in the store is larger than the chain records") from None
+        raise
+    libraries = []
+    for placed in layout:
+        data = found[placed.reference]
+        if hashlib.sha256(data).digest() != placed.digest:
+            raise SpecificationMismatch(f"library {placed.name!r} of {what} in the store is not the one its skeleton "
+                                        "names")  # fmt: skip
+        libraries.append(Library(placed.name, placed.offset, data))
     data = join(skeleton, libraries)
     if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["hash"]:
         raise SpecificationMismatch(f"{what} in the store is not the one the chain records")
-    return Fetched(data, {placed.digest: placed.reference for placed in layout})
-
-
-async def _skeleton(session: Session, entry: dict[str, Any], what: str) -> bytes:
-    """The stored skeleton of the version ``entry`` names, no larger than the version
-    (and the places of its libraries) may be."""
-    spend = _bounded(entry["size"] + MAX_LIBRARIES * 512, what)
-    return await _download(session, entry["reference"], bytes.fromhex(entry["manifest"]), spend)
-
-
-def _bounded(limit: int, what: str) -> Progress:
-    """Counts bytes read for ``what``; past ``limit``, the store holds something else."""
-    left = [limit]
-
-    def spend(size: int) -> None:
-        left[0] -= size
-        if left[0] < 0:
-            raise SpecificationMismatch(f"{what} in the store is larger than the chain records")
-
-    return spend
-
-
-async def _download(session: Session, reference: str, manifest: bytes, progress: Progress | None = None) -> bytes:
-    with tempfile.TemporaryDirectory(prefix="twinledger-spec-") as scratch:
-        target = Path(scratch) / "part"
-        await download_document(await session.store(), reference, manifest, access.unlock(session), target, progress)
-        return target.read_bytes()
-
-
-_cache: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-"""(organisation, store reference) → (SHA-256, bytes) of libraries read: what a
-reference names cannot change (its manifest hash commits to every chunk)."""
-
-
-async def _library(session: Session, placed: Placed, what: str, spend: Progress, cached: bool) -> Library:
-    """A library a skeleton lists, read once per organisation and reference, and checked
-    against the hash the skeleton gives; ``spend`` counts its bytes against what the
-    version may hold."""
-    key = (session.organisation, placed.reference)
-    digest, data = _cache[key] if cached and key in _cache else (b"", b"")
-    if not digest:
-        data = await _download(session, placed.reference, parse_reference(placed.reference)[1], spend)
-        digest = hashlib.sha256(data).digest()
-        while _cache and sum(len(d) for _, d in _cache.values()) + len(data) > CACHE_BYTES:
-            del _cache[next(iter(_cache))]
-        _cache[key] = digest, data
-    else:
-        spend(len(data))
-    if digest != placed.digest:
-        raise SpecificationMismatch(f"library {placed.name!r} of {what} in the store is not the one its skeleton "
-                                    "names")  # fmt: skip
-    return Library(placed.name, placed.offset, data)
+    return Fetched(data, layout)
 
 
 def encode_layout(skeleton: bytes, layout: list[Placed]) -> bytes:
@@ -172,8 +122,9 @@ def decode_layout(data: bytes, what: str) -> tuple[bytes, list[Placed]]:
             raise DecodeError("not a stored specification")
         skeleton, layout, last = value["skeleton"], [], 0
         for name, offset, digest, reference in value["libraries"]:
-            if not (isinstance(name, str) and isinstance(offset, int) and last <= offset <= len(skeleton)
-                    and isinstance(digest, bytes) and len(digest) == 32 and REFERENCE.match(str(reference))):
+            if not (type(name) is str and len(name) <= MAX_NAME and type(offset) is int and last <= offset <= len(skeleton)
+                    and type(digest) is bytes and len(digest) == 32 and type(reference) is str
+                    and REFERENCE.fullmatch(reference)):
                 raise DecodeError("a library's place is malformed")
             layout.append(Placed(name, offset, digest, reference))
             last = offset
@@ -236,10 +187,10 @@ async def verify(session: Session, twin_ref: str, progress: Progress | None = No
     checks = []
     for number in range(1, chain["version"] + 1):
         entry = await record(session, twin_ref, number)
-        layout: dict[bytes, str] = {}
+        layout: list[Placed] = []
         try:
             fetched = await fetch(session, entry, cached=False)
-            layout = fetched.libraries
+            layout = fetched.layout
             if number == chain["version"] and model_entries(aml.model(fetched.data)) != chain["entries"]:
                 raise SpecificationMismatch(f"version {number} of the specification does not give the model on chain")
             problem = None
@@ -260,7 +211,7 @@ async def write(session: Session, readers: dict[str, bytes], new: bytes, model: 
     fit the transaction."""
     delta = encode_delta(base.chain["entries"] if base is not None else {}, model)
     skeleton, libraries = split(new)
-    layout, uploaded = await store_libraries(session, readers, libraries, base.libraries if base is not None else {})
+    layout = await copies.store(session, readers, libraries, base.libraries if base is not None else {})
     container = encode_layout(skeleton, layout)
     stored = await upload_document(await session.store(), container, session.signer, session.organisation, readers)
     digest = hashlib.sha256(delta).digest()
@@ -271,86 +222,26 @@ async def write(session: Session, readers: dict[str, bytes], new: bytes, model: 
                                    model=None if parts else delta, staged=digest if parts else None,
                                    base=bytes.fromhex(base.chain["hash"]) if base is not None else None)  # fmt: skip
     try:
-        return Written(await session.transact(make(version), wait), new, uploaded + len(container))
+        return Written(await session.transact(make(version), wait), new)
     except TwinledgerError:
         if version.staged is not None:  # a refused call leaves its staged payload: drop it
             await session.transact(calls.unstage(digest))
         raise
 
 
-async def store_libraries(session: Session, readers: dict[str, bytes], libraries: tuple[Library, ...],
-                          known: dict[bytes, str]) -> tuple[list[Placed], int]:  # fmt: skip
-    """Where each library is stored, and the bytes newly stored: a library the base
-    version or the home already stored is reused if every reader reads it (readers are
-    added where this key owns it); any other is uploaded and remembered by the home."""
-    slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
-
-    async def place(library: Library) -> tuple[Placed, int]:
-        async with slots:
-            for reference in dict.fromkeys(filter(None, (known.get(library.digest), index.get(library.digest)))):
-                if await _reusable(session, reference, readers):
-                    return Placed(library.name, library.offset, library.digest, reference), 0
-            stored = await upload_document(await session.store(), library.data, session.signer, session.organisation,
-                                           readers)  # fmt: skip
-            index.put(library.digest, stored.reference)
-            return Placed(library.name, library.offset, library.digest, stored.reference), len(library.data)
-
-    with contextlib.closing(LibraryIndex(session)) as index:
-        placed = await asyncio.gather(*(place(library) for library in libraries))
-    return [p for p, _ in placed], sum(size for _, size in placed)
-
-
-async def _reusable(session: Session, reference: str, readers: dict[str, bytes]) -> bool:
-    """Whether every reader reads the stored library, after adding those missing where
-    this key owns it."""
-    try:
-        acl = await (await session.store()).get_acl(parse_reference(reference)[0])
-    except StoreError:
-        return False
-    missing = sorted(name for name in readers if not acl.allows(name))
-    if missing and acl.owner != session.signer.public:
-        return False
-    if missing:
-        await access.change_readers(session, [acl.item], missing, [])
-    return True
-
-
-class LibraryIndex:
-    """The home's libraries by content: hash → store reference of the copy it uploaded."""
-
-    SCHEMA = "CREATE TABLE IF NOT EXISTS library (digest BLOB PRIMARY KEY, reference TEXT NOT NULL)"
-
-    def __init__(self, session: Session) -> None:
-        self.db = open_database(session.config.home / "data" / "libraries.sqlite", self.SCHEMA, synchronous="NORMAL")
-
-    def get(self, digest: bytes) -> str | None:
-        row = self.db.execute("SELECT reference FROM library WHERE digest = ?", (digest,)).fetchone()
-        return str(row[0]) if row else None
-
-    def put(self, digest: bytes, reference: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO library VALUES (?, ?)", (digest, reference))
-
-    def close(self) -> None:
-        self.db.close()
-
-
 async def share(session: Session, twin_ref: str, organisation: str) -> bool:
     """Make ``organisation`` a reader of the current version — its skeleton and its
-    libraries — where this key stored them; whether it reads all of it now."""
+    library copies — where this key stored them (``library_copies.share``); whether it
+    reads all of it now. Never raises for what it cannot share: the role it follows is
+    granted already, and the next version is written for the twin's readers anyway."""
     entry = await record(session, twin_ref)
-    what = f"version {entry['version']} of the specification"
-    _, layout = decode_layout(await _skeleton(session, entry, what), what)
-    store = await session.store()
-    shared = True
-    for reference in dict.fromkeys([entry["reference"], *(placed.reference for placed in layout)]):
-        acl = await store.get_acl(parse_reference(reference)[0])
-        if acl.allows(organisation):
-            continue
-        if acl.owner != session.signer.public:
-            shared = False
-            continue
-        await access.change_readers(session, [acl.item], [organisation], [])
-    return shared
+    try:
+        _, layout = decode_layout(await copies.download(session, entry["reference"], bytes.fromhex(entry["manifest"]),
+                                                        max_size=entry["size"] + MAX_LAYOUT_BYTES),
+                                  f"version {entry['version']} of the specification")  # fmt: skip
+        return await copies.share(session, [entry["reference"], *(p.reference for p in layout)], organisation)
+    except TwinledgerError:
+        return False
 
 
 def stage_parts(delta: bytes) -> list[bytes]:

@@ -221,14 +221,18 @@ async def upload_document(client: StoreClient, source: Path | bytes, owner: Sign
 
 
 async def download_document(client: StoreClient, reference: str, expected: bytes, unlock: Unlock,
-                            destination: Path, progress: Progress | None = None) -> Manifest:  # fmt: skip
-    """Fetch, verify and decrypt a document into ``destination``; ``expected`` is the
-    manifest hash the chain records. Nothing is left at ``destination`` on failure."""
+                            destination: Path, progress: Progress | None = None, *,
+                            max_size: int | None = None) -> Manifest:  # fmt: skip
+    """Fetch, verify and decrypt a document (of at most ``max_size`` bytes) into
+    ``destination``; ``expected`` is the manifest hash the chain records. Nothing is left
+    at ``destination`` on failure."""
     item, manifest_hash = parse_reference(reference)
     if manifest_hash != expected:
         raise StoreError("the document's reference names another manifest than the chain records",
                          code="hash_mismatch")  # fmt: skip
     manifest = decode_manifest(await client.get_chunk(item, manifest_hash))
+    if max_size is not None and manifest.size > max_size:
+        raise StoreError(f"the document is {manifest.size} bytes; at most {max_size} were expected", code="too_large")
     secret = await unlock(await client.get_acl(item), manifest.key_commitment)
     if key_commitment(secret) != manifest.key_commitment:
         raise DecryptionFailed()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def test_network_up_status_down_and_the_homes_work_with_the_cli(tmp_path):
         again = cli("network", "up", "--dir", str(directory), "--json")
         assert again.returncode == 0, "up on a running network leaves it running"
         assert [n["pid"] for n in json.loads(again.stdout)["nodes"]] == [n["pid"] for n in nodes]
+        _a_write_without_quorum_is_pending_and_commits_once(directory, tmp_path)
     finally:
         down = cli("network", "down", "--dir", str(directory), "--json")
     assert down.returncode == 0 and len(json.loads(down.stdout)["stopped"]) == 4
@@ -78,6 +80,61 @@ def test_network_commands_fail_with_one_line(tmp_path):
     assert bad.returncode == 1 and "once" in bad.stderr
     wrong = cli("network", "init", "--dir", str(tmp_path / "y"), "--consensus", "pow")
     assert wrong.returncode == 1 and "bft or poa" in wrong.stderr
+
+
+def _a_write_without_quorum_is_pending_and_commits_once(directory: Path, tmp_path: Path) -> None:
+    """Two of four validators down: no block can commit. A write says it is pending (exit
+    75, apart from failure) and names its transaction; sent again, it is that transaction,
+    not a second one; once the validators are back, the same command reports it
+    committed — one record, however often it was sent."""
+    from twinledger.launcher import running_pid, stop_pid
+
+    for org in ("maintainer", "auditor"):
+        pid = running_pid(directory / org)
+        assert pid is not None and stop_pid(pid)
+    payload = tmp_path / "shift-report.txt"
+    payload.write_text("shift report, line 7\n")
+    put = [sys.executable, "-m", "twinledger", "record", "put", "--home", str(directory / "owner"), str(payload),
+           "--wait", "--json"]  # fmt: skip
+    impatient = {**os.environ, "TWINLEDGER_COMMIT_WAIT": "2"}
+    first = subprocess.run(put, capture_output=True, text=True, timeout=120, env=impatient)
+    assert first.returncode == 75 and first.stderr.startswith("pending: transaction ") and \
+        first.stderr.count("\n") == 1, first.stderr
+    tx = first.stderr.split()[2]
+    assert f"twinledger tx wait {tx}" in first.stderr
+    assert "the chain cannot commit now — this node reaches 2 of the 4 validators and a block needs 3; out of reach: " \
+        "maintainer, auditor" in first.stderr, "and why"
+    status = cli("network", "status", "--dir", str(directory))
+    assert "the chain cannot commit: manufacturer reaches 2 of the 4 validators" in " ".join(status.stdout.split())
+    again = subprocess.run(put, capture_output=True, text=True, timeout=120, env=impatient)
+    assert again.returncode == 75 and again.stderr.split()[2] == tx, "sent again: the same transaction"
+    still = cli("tx", "wait", tx, "--home", str(directory / "owner"), "--timeout", "1")
+    assert still.returncode == 75 and still.stderr.count("\n") == 1, still.stderr
+    manual = [sys.executable, "-m", "twinledger", "twin", "doc", "add", "plant-7", str(payload), "--title", "manual",
+              "--home", str(directory / "owner"), "--json"]  # fmt: skip
+    document = subprocess.run(manual, capture_output=True, text=True, timeout=120, env=impatient)
+    assert document.returncode == 75, document.stderr
+    retried = subprocess.run(manual, capture_output=True, text=True, timeout=120, env=impatient)
+    assert retried.returncode == 75 and retried.stderr.split()[2] == document.stderr.split()[2], \
+        "an upload sent again is the same write: not stored twice, not registered twice"
+
+    assert cli("network", "up", "--dir", str(directory), "--json").returncode == 0, "the two validators return"
+    done = subprocess.run(put, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and json.loads(done.stdout)["hash"] == tx, done.stderr
+    added = subprocess.run(manual, capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0 and json.loads(added.stdout)["tx"] == document.stderr.split()[2], added.stderr
+    titles = [d["title"] for d in json.loads(cli("twin", "show", "plant-7", "--home", str(directory / "owner"),
+                                                 "--json").stdout)["documents"]]  # fmt: skip
+    assert titles.count("manual") == 1
+    waited = cli("tx", "wait", tx, "--home", str(directory / "auditor"), "--json")
+    assert waited.returncode == 0 and json.loads(waited.stdout)["receipt"]["status"] == "ok"
+    nonce = NodeClient(load_config(directory / "owner"))
+    try:
+        sender = nonce.transaction(tx)["transaction"]["sender"]
+        assert nonce.next_nonce(bytes.fromhex(sender)) == nonce.transaction(tx)["transaction"]["nonce"] + 2, \
+            "the key spent two nonces on two writes, each sent three times"
+    finally:
+        nonce.close()
 
 
 def _plant_as_a_tool_exports_it(tmp_path: Path) -> Path:

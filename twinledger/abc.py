@@ -187,6 +187,11 @@ class Consensus(ABC):
     @abstractmethod
     def validators(self) -> tuple[bytes, ...]: ...
 
+    def quorum(self) -> int:
+        """How many validators must take part for a block to commit: one for engines in
+        which one validator's block stands (solo, poa)."""
+        return 1
+
     @abstractmethod
     def validate_certificate(self, header: BlockHeader, certificate: CommitCertificate) -> None:
         """Raise InvalidBlock unless ``certificate`` commits ``header``."""

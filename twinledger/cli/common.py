@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from twinledger.config import load_config
-from twinledger.errors import TwinledgerError
+from twinledger.errors import NotCommitted, TwinledgerError
 from twinledger.services.remote import NodeClient
 from twinledger.services.session import Outcome, Session, open_session
 
@@ -47,13 +47,22 @@ DeviceDir = Annotated[Path | None, typer.Option("--device", help="Read as this d
                                                   file_okay=False)]  # fmt: skip
 
 
+PENDING = 75
+"""The exit code of a write that is pending — not committed in time, it may still commit
+(sysexits' EX_TEMPFAIL) — apart from 1, a write that failed."""
+
+
 def command(fn: F) -> F:
-    """Turn every known error into one readable line on stderr and exit code 1."""
+    """Turn every known error into one readable line on stderr and exit code 1 (PENDING
+    for a write that may still commit)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except NotCommitted as exc:
+            error_line(f"pending: {exc.message}")
+            raise typer.Exit(PENDING) from None
         except TwinledgerError as exc:
             error_line(f"error: {exc.message}")
             raise typer.Exit(1) from None

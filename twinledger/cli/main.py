@@ -18,7 +18,19 @@ from twinledger.cli import (
     sharing,
 )
 from twinledger.cli.agent import agent
-from twinledger.cli.common import Home, Json, client, command, err, error_line, kv_table, out, print_json, run
+from twinledger.cli.common import (
+    Home,
+    Json,
+    client,
+    command,
+    err,
+    error_line,
+    kv_table,
+    out,
+    print_json,
+    render_outcome,
+    run,
+)
 from twinledger.cli.ingest import ingest_app, record_get
 from twinledger.cli.keys import key_app
 from twinledger.cli.members import member_app
@@ -28,7 +40,7 @@ from twinledger.cli.principals import token_app as api_token_app
 from twinledger.cli.storage import store_app
 from twinledger.cli.twins import twin_app
 from twinledger.config import ROLES, init_home, live_node_pid, load_config, renew_node_certificate
-from twinledger.errors import TwinledgerError
+from twinledger.errors import TwinledgerError, parse_hex
 from twinledger.services import records
 
 # asyncua's warnings (a revised session timeout, a revised subscription) are noise to a
@@ -188,6 +200,21 @@ def tx_show(
     out.print(kv_table("transaction", rows))
     if proof:
         out.print("proof: use --json to write it to a file, then: twinledger verify proof FILE")
+
+
+@tx_app.command("wait")
+@command
+def tx_wait(
+    tx_hash: Annotated[str, typer.Argument(help="Transaction hash (hex), as a pending write printed it.")],
+    home: Home,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.", min=0)] = 60.0,
+    as_json: Json = False,
+) -> None:
+    """Wait for a pending transaction: exits 0 once committed, 1 if the contract refused
+    it, 75 if it is still pending."""
+    digest = parse_hex(tx_hash, "transaction hash")
+    outcome = run(home, lambda session: session.wait_for(digest, timeout))
+    render_outcome(outcome, as_json, f"transaction {tx_hash} committed")
 
 
 @block_app.command("show")

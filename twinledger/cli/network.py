@@ -13,6 +13,7 @@ from rich.table import Table
 from twinledger.cli.common import Json, command, err, out, print_json
 from twinledger.config import load_config
 from twinledger.errors import TwinledgerError
+from twinledger.services.session import cannot_commit
 
 network_app = typer.Typer(no_args_is_help=True, help="A local consortium: one node per organisation on this machine.")
 
@@ -83,7 +84,8 @@ def _network_status(directory: Path) -> list[dict[str, Any]]:
                 view = httpx.get(f"{row['api']}/v1/network", timeout=3,
                                  headers={"authorization": f"Bearer {config.api_token()}"}).json()  # fmt: skip
                 row.update(state="running", height=view["height"], head=view["head"], round=view["round"],
-                           peers=len(view["peers"]), last_block_time=view["last_block_time"])  # fmt: skip
+                           peers=len(view["peers"]), last_block_time=view["last_block_time"],
+                           quorum=view["quorum"])  # fmt: skip
             except (httpx.HTTPError, ValueError, KeyError):
                 row["state"] = "unresponsive"
         rows.append(row)
@@ -113,6 +115,10 @@ def _print_status(rows: list[dict[str, Any]], title: str) -> None:
     for row in rows:
         if row["api"]:
             out.print(f"  {row['organisation']:<{widest}}  API {row['api']}  (home {row['home']})", soft_wrap=True)
+    stalled = next((row for row in rows if row.get("quorum") and not row["quorum"]["can_commit"]), None)
+    if stalled is not None:
+        out.print(f"[bold red]the chain cannot commit:[/] {cannot_commit(stalled['quorum'], stalled['organisation'])}",
+                  soft_wrap=True)  # fmt: skip
 
 
 @network_app.command("up")

@@ -65,7 +65,7 @@ class BftConsensus(QueuedConsensus):
     def __init__(self, genesis: Genesis, key: SigningKey | None) -> None:
         super().__init__(genesis, key)
         self.me = self.key.public if self.key is not None else None
-        self.quorum = 2 * len(self._validators) // 3 + 1
+        self.votes_needed = 2 * len(self._validators) // 3 + 1
         self.state: tm.State | None = None
         self.height = 0
         self._host: NetworkedProducer | None = None
@@ -84,10 +84,13 @@ class BftConsensus(QueuedConsensus):
         self._last_commit = 0.0
 
     # -- Consensus -----------------------------------------------------------------------------
+    def quorum(self) -> int:
+        return self.votes_needed
+
     def validate_certificate(self, header: BlockHeader, certificate: CommitCertificate) -> None:
         signers = signers_of(header, certificate, self._validators)
-        if len(signers) < self.quorum:
-            raise InvalidBlock(f"commit certificate has {len(signers)} of the {self.quorum} precommits it needs")
+        if len(signers) < self.votes_needed:
+            raise InvalidBlock(f"commit certificate has {len(signers)} of the {self.votes_needed} precommits it needs")
 
     def fork_choice(self, tree: BlockTree) -> bytes:
         """Certified blocks are final, so there is one branch unless more than f validators

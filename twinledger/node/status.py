@@ -33,7 +33,23 @@ def network_view(config: NodeConfig, ledger: LedgerService, peers: PeerManager |
             for p in (peers.peers.values() if peers is not None else ())
         ],  # fmt: skip
         "equivocations": ledger.metrics.equivocations,
+        "quorum": quorum_view(ledger, peers),
     }
+
+
+def quorum_view(ledger: LedgerService, peers: PeerManager | None) -> dict[str, Any]:
+    """Whether the validators this node reaches (itself included) are enough to commit a
+    block, and who is out of reach: what explains a chain that stopped."""
+    validators = ledger.consensus.validators()
+    if peers is None:  # no peer-to-peer listener: a node alone, its own validator
+        reached = set(validators)
+    else:
+        reached = {peers.me.signing_key, *(p.identity.signing_key for p in peers.peers.values())}
+    names = {v.key: v.organisation for v in ledger.genesis.validators}
+    reachable = [names.get(key, key.hex()[:16]) for key in validators if key in reached]
+    return {"validators": len(validators), "needed": ledger.consensus.quorum(), "reachable": reachable,
+            "unreachable": [names.get(key, key.hex()[:16]) for key in validators if key not in reached],
+            "can_commit": len(reachable) >= ledger.consensus.quorum()}  # fmt: skip
 
 
 def metrics_text(ledger: LedgerService, peers: PeerManager | None) -> str:

@@ -3,6 +3,8 @@ chain by the hash of their manifest, read back verified against the chain."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from twinledger.services import access
 from twinledger.services.access import MIN_PREFIX, DeviceKeys
 from twinledger.services.session import Outcome, Progress, Session
 from twinledger.store.documents import StoredDocument, download_document, parse_reference, upload_document
-from twinledger.store.items import ItemAcl
+from twinledger.store.items import CHUNK_SIZE, ItemAcl
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
 PENDING = "store:pending"
@@ -86,10 +88,38 @@ async def add(session: Session, twin_ref: str, source: Path | bytes, title: str,
     twin = await check_add(session, twin_ref, title, description=description, component=component,
                            media_type=media_type)  # fmt: skip
     tags = document_attributes(twin["id"], component, attributes or [])
+    intent = f"documents.add {twin['id']} {component or ''} {','.join(tags)} {await _digest(source)} {title}"
+    earlier = await session.resume(intent)
+    if earlier is not None:  # sent before and not seen committed then: that write, not a second upload
+        return await _added_before(session, earlier)
     stored = await _store(session, twin, source, readers or [], tags, progress)
     outcome = await session.transact(calls.add_document(twin["id"], stored.manifest, title, description,
-                                                        stored.reference, media_type, stored.size, component))  # fmt: skip
+                                                        stored.reference, media_type, stored.size, component),
+                                     intent=intent)  # fmt: skip
     return DocumentAdded(stored.manifest.hex(), stored, outcome)
+
+
+async def _digest(source: Path | bytes) -> str:
+    """The SHA-256 of a document's content (read once more for a file, off the event loop)."""
+    if isinstance(source, bytes):
+        return hashlib.sha256(source).hexdigest()
+
+    def file_digest() -> str:
+        with source.open("rb") as reader:
+            return hashlib.file_digest(reader, "sha256").hexdigest()
+
+    return await asyncio.to_thread(file_digest)
+
+
+async def _added_before(session: Session, outcome: Outcome) -> DocumentAdded:
+    """What an add sent before stored and registered, from its committed transaction."""
+    args = outcome.view["transaction"]["args"] if outcome.view is not None else {}
+    item, manifest = parse_reference(args["reference"])
+    acl = await (await session.store()).get_acl(item)
+    size = int(args["size"])
+    chunks = max(1, -(-size // CHUNK_SIZE))
+    stored = StoredDocument(item, manifest, size, chunks, tuple(r.organisation for r in acl.readers))
+    return DocumentAdded(outcome.event("DocumentAdded")["document"], stored, outcome)
 
 
 async def add_version(session: Session, twin_ref: str, document: str, source: Path | bytes, *, description: str = "",

@@ -45,6 +45,10 @@ def api_url(config: NodeConfig) -> str:
     return f"{scheme}://{config.api_host}:{config.api_port}"
 
 
+MAX_WAIT = 60.0
+"""The longest a node waits for a commit in one request."""
+
+
 class NodeClient:
     def __init__(self, config: NodeConfig, timeout: float = 30.0) -> None:
         self.config = config
@@ -122,8 +126,16 @@ class NodeClient:
         return view
 
     def transaction(self, tx_hash: str, *, proof: bool = False, wait: float = 0.0) -> dict[str, Any]:
-        params = {"proof": str(proof).lower(), "wait": str(wait)}
-        return self.request("GET", f"/v1/transactions/{tx_hash}", params=params)
+        """A transaction as the node knows it; waits up to ``wait`` seconds for its commit
+        (the node waits a minute at most per request, so a longer wait asks again)."""
+        deadline = time.monotonic() + wait
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            step = min(left, MAX_WAIT)
+            view = self.request("GET", f"/v1/transactions/{tx_hash}", params={"proof": str(proof).lower(),
+                                "wait": str(step)}, timeout=step + (self.http.timeout.read or 30.0))  # fmt: skip
+            if view.get("status") != "pending" or left <= MAX_WAIT:
+                return dict(view)
 
     def block(self, block_id: str, wait: float = 0.0) -> dict[str, Any]:
         return self.request("GET", f"/v1/blocks/{block_id}", params={"wait": str(wait)})

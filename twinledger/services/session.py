@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,14 +26,17 @@ from twinledger.contracts.calls import ContractCall
 from twinledger.core.types import Transaction
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file
-from twinledger.errors import NotCommitted, TransactionFailed, TwinledgerError
-from twinledger.services.remote import NodeClient, segment, sharing_public, store_client
+from twinledger.errors import BadRequest, NotCommitted, TransactionFailed, TwinledgerError
+from twinledger.services import intents
+from twinledger.services.remote import NodeClient, NodeUnreachable, segment, sharing_public, store_client
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import CapsuleKey
 
 T = TypeVar("T")
 COMMIT_WAIT = 30.0
-"""Seconds ``transact`` waits for a commit by default."""
+"""Seconds ``transact`` waits for a commit by default ..."""
+COMMIT_WAIT_ENV = "TWINLEDGER_COMMIT_WAIT"
+"""... unless this variable gives another number of seconds."""
 Progress = Callable[[int], None]
 """Called with how much more is done (bytes or samples); never prints."""
 Precheck = Callable[[Transaction], Awaitable[None]]
@@ -229,24 +233,153 @@ class Session:
         nonce = await asyncio.to_thread(self.node.next_nonce, signer.public)
         return calls.sign(signer, call, chain_id=await self.chain_id(), nonce=nonce, timestamp=int(time.time() * 1000))
 
-    async def transact(self, call: ContractCall, wait: bool = True, timeout: float = COMMIT_WAIT,
-                       key: SigningKey | None = None) -> Outcome:  # fmt: skip
+    async def transact(self, call: ContractCall, wait: bool = True, timeout: float | None = None,
+                       key: SigningKey | None = None, intent: str | None = None) -> Outcome:  # fmt: skip
         """Sign ``call`` (with ``key`` or the session's signer) and submit it; with ``wait``,
         wait for the commit and raise TransactionFailed if the contract refused it, or
-        NotCommitted if the chain did not commit it within ``timeout`` seconds."""
-        tx = await self._signed(call, key or self.signer)
-        if self.precheck is not None:
-            await self.precheck(tx)
-        await asyncio.to_thread(self.node.submit, tx)
+        NotCommitted (pending) if the chain did not commit it within ``timeout`` seconds.
+
+        A write waited for commits once (``services.intents``): sent again — the same
+        call by the same signer, or the same ``intent`` key — while an earlier attempt may
+        still commit, it resends that attempt instead of writing twice."""
+        signer = key or self.signer
         if not wait:
+            tx = await self._signed(call, signer)
+            if self.precheck is not None:
+                await self.precheck(tx)
+            await asyncio.to_thread(self.node.submit, tx)
             return Outcome(tx.hash)
+        timeout = commit_wait() if timeout is None else timeout
+        named = intents.intent_key(signer.public, intent) if intent else intents.intent_of(signer.public, call)
+        with intents.journal(self.config.home) as journal:
+            earlier = await self._resend(journal, named, signer)
+            if isinstance(earlier, Outcome):
+                return earlier
+            tx = earlier
+            if tx is None:
+                tx = await self._signed(call, signer)
+                if self.precheck is not None:
+                    await self.precheck(tx)
+                journal.add(named, tx)
+                await self._submit(journal, named, tx)
+            return await self._committed(journal, named, tx, timeout)
+
+    async def resume(self, intent: str, timeout: float | None = None, key: SigningKey | None = None) -> Outcome | None:
+        """The outcome of the write ``intent`` names if an attempt of it was sent before and
+        may still commit or committed (resent and waited for like ``transact``), else None:
+        what a workflow asks before doing work it would otherwise do twice (an upload)."""
+        signer = key or self.signer
+        named = intents.intent_key(signer.public, intent)
+        with intents.journal(self.config.home) as journal:
+            earlier = await self._resend(journal, named, signer)
+            if earlier is None or isinstance(earlier, Outcome):
+                return earlier
+            return await self._committed(journal, named, earlier, commit_wait() if timeout is None else timeout)
+
+    async def _committed(self, journal: intents.IntentJournal, intent: bytes, tx: Transaction, timeout: float) -> Outcome:
         view = await asyncio.to_thread(self.node.transaction, tx.hash.hex(), wait=timeout)
         if view.get("status") != "committed":
-            raise NotCommitted(f"transaction {tx.hash.hex()} was not committed within {timeout:.0f} s")
-        receipt = view["receipt"]
-        if receipt["status"] != "ok":
-            raise TransactionFailed(receipt["message"] or receipt["error"], code=receipt["error"])
-        return Outcome(tx.hash, view)
+            raise NotCommitted(f"transaction {tx.hash.hex()} was not committed within {timeout:.0f} s{await self._why()}; "
+                               f"it may still commit (twinledger tx wait {tx.hash.hex()}), and the same command sends "
+                               "the same transaction again instead of a second one")  # fmt: skip
+        journal.forget(intent)
+        return _checked(tx.hash, view)
+
+    async def wait_for(self, tx_hash: bytes, timeout: float = COMMIT_WAIT) -> Outcome:
+        """Wait for a submitted transaction (one a write reported pending): its outcome,
+        TransactionFailed if the contract refused it, NotCommitted if it is still pending.
+        Either way once it is in a block, the write it was an attempt of is done."""
+        view = await asyncio.to_thread(self.node.transaction, tx_hash.hex(), wait=timeout)
+        if view.get("status") != "committed":
+            raise NotCommitted(f"transaction {tx_hash.hex()} was not committed within {timeout:.0f} s; it may still "
+                               "commit")  # fmt: skip
+        with intents.journal(self.config.home) as journal:
+            journal.forget_transaction(tx_hash)
+        return _checked(tx_hash, view)
+
+    async def _submit(self, journal: intents.IntentJournal, intent: bytes, tx: Transaction) -> None:
+        """Submit a journaled attempt; one the node refuses is forgotten (it cannot commit),
+        one the node may not have received stays journaled."""
+        try:
+            await asyncio.to_thread(self.node.submit, tx)
+        except NodeUnreachable:
+            raise
+        except TwinledgerError:
+            journal.forget(intent)
+            raise
+
+    async def _resend(self, journal: intents.IntentJournal, intent: bytes,
+                      signer: SigningKey) -> Outcome | Transaction | None:  # fmt: skip
+        """For an intent sent before: its committed outcome, the attempt to wait for (resent
+        if the node lost it), or None when none can commit any more (a new write)."""
+        attempts = journal.attempts(intent)
+        if not attempts:
+            return None
+        for attempt in attempts:
+            view = await self._status(attempt.tx)
+            if view.get("status") == "committed":
+                journal.forget(intent)
+                return _checked(attempt.tx.hash, view) if attempt.fresh else None
+            if view.get("status") == "pending":
+                return attempt.tx
+        latest = attempts[-1].tx
+        try:
+            await asyncio.to_thread(self.node.submit, latest)
+            return latest
+        except NodeUnreachable:
+            raise
+        except TwinledgerError as exc:
+            if exc.code != "bad_timestamp":  # its nonce is spent, and none of this intent's attempts committed
+                journal.forget(intent)
+                return None
+        again = calls.sign(signer, ContractCall(latest.contract, latest.method, latest.args), chain_id=latest.chain_id,
+                           nonce=latest.nonce, timestamp=int(time.time() * 1000))  # fmt: skip
+        journal.add(intent, again)
+        await self._submit(journal, intent, again)
+        return again
+
+    async def _why(self) -> str:
+        """Why writes do not commit, as the node sees it ('' if it sees no reason)."""
+        try:
+            quorum = (await self.get("/v1/network"))["quorum"]
+        except (TwinledgerError, KeyError, TypeError):
+            return ""
+        return "" if quorum["can_commit"] else f": the chain cannot commit now — {cannot_commit(quorum, 'this node')}"
+
+    async def _status(self, tx: Transaction) -> dict[str, Any]:
+        try:
+            return dict(await asyncio.to_thread(self.node.transaction, tx.hash.hex()))
+        except NodeUnreachable:
+            raise
+        except TwinledgerError:
+            return {"status": "unknown"}
+
+
+def cannot_commit(quorum: dict[str, Any], seen_from: str) -> str:
+    """Why blocks cannot commit, as a node's ``quorum`` (GET /v1/network) says it."""
+    return (f"{seen_from} reaches {len(quorum['reachable'])} of the {quorum['validators']} validators and a block needs "
+            f"{quorum['needed']}; out of reach: {', '.join(quorum['unreachable'])}")
+
+
+def commit_wait() -> float:
+    """Seconds a write waits for its commit (COMMIT_WAIT_ENV, else COMMIT_WAIT)."""
+    value = os.environ.get(COMMIT_WAIT_ENV)
+    if value is None:
+        return COMMIT_WAIT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise BadRequest(f"{COMMIT_WAIT_ENV}={value[:40]!r} is not a number of seconds between 0 and 3600")
+    return seconds
+
+
+def _checked(tx_hash: bytes, view: dict[str, Any]) -> Outcome:
+    receipt = view["receipt"]
+    if receipt["status"] != "ok":
+        raise TransactionFailed(receipt["message"] or receipt["error"], code=receipt["error"])
+    return Outcome(tx_hash, view)
 
 
 @asynccontextmanager

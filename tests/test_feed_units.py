@@ -3,7 +3,9 @@ signed, segments open only in their place, and a store node keeps one linked his
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from twinledger.errors import DecryptionFailed
 from twinledger.store.client import linked_updates
 from twinledger.store.disk import ChunkStore
 from twinledger.store.documents import new_acl
-from twinledger.store.feeds import MAX_SEGMENT_SAMPLES, open_segment, seal_segment
+from twinledger.store.feeds import MAX_SEGMENT_SAMPLES, appendable, open_segment, sample_problem, seal_segment
 from twinledger.store.items import FeedUpdate, StoreError, check_successor, chunk_hash, decode_feed_update, item_id
 
 OWNER = SigningKey.generate()
@@ -134,3 +136,30 @@ def test_any_samples_round_trip_bit_for_bit(samples):
     segment = seal_segment(SECRET, FEED, 3, samples)
     update = FeedUpdate(FEED, 3, T0, b"\x01" * 32, chunk_hash(segment), len(samples), 0, 0, bytes(32))
     assert open_segment(SECRET, update, segment) == samples
+
+
+@pytest.mark.parametrize(("samples", "after", "complaint"), [
+    ([(T0, 1.0), (T0 + 1, float("nan"))], -1, "sample 2 .* has the value nan, not a finite number"),
+    ([(T0, float("inf"))], -1, "sample 1 .* has the value inf"),
+    ([(T0, 1.0), (T0, 2.0)], -1, "sample 2 has the time .* not after"),
+    ([(T0, 1.0), (T0 - 1, 2.0)], -1, "sample 2 has the time"),
+    ([(T0, 1.0)], T0, "sample 1 has the time .* not after"),
+])  # fmt: skip
+def test_a_feed_takes_only_finite_values_at_strictly_increasing_times(samples, after, complaint):
+    assert re.search(complaint, sample_problem(samples, after) or "")
+    assert sample_problem([(T0, 1.0), (T0 + 1, -0.0), (T0 + 2, 1e308)], T0 - 1) is None
+
+
+def test_a_device_leaves_out_what_a_feed_cannot_take_and_counts_it():
+    readings = [(T0 - 5, 1.0), (T0 + 1, 2.0), (T0 + 1, 2.5), (T0 + 2, float("nan")), (T0 + 3, 3.0)]
+    assert appendable(readings, T0) == ([(T0 + 1, 2.0), (T0 + 3, 3.0)], 3), "a replayed reading, a repeat, a NaN"
+
+
+def test_json_output_is_strict_even_for_values_an_older_feed_holds(capsys):
+    from twinledger.cli.common import print_json
+    from twinledger.cli.feeds import sparkline
+
+    print_json({"samples": [[T0, float("nan")], [T0 + 1, float("inf")], [T0 + 2, 1.5]]})
+    assert json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(name)) == {
+        "samples": [[T0, None], [T0 + 1, None], [T0 + 2, 1.5]]}  # fmt: skip
+    assert sparkline([float("nan"), 1.0, 2.0, float("inf")]) and sparkline([float("nan")]) == ""

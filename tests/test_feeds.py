@@ -110,11 +110,44 @@ def test_bad_samples_are_refused_before_anything_is_appended(consortium, tmp_pat
     backwards = tmp_path / "backwards.csv"
     backwards.write_text(f"{START / 1e6 + 1},1.0\n{START / 1e6},2.0\n")
     refused = cli("twin", "feed", "push", twin, "level-sensor-1", str(backwards), "--home", home(consortium, OWNER))
-    assert refused.returncode == 1 and "line 2: samples must be in time order" in refused.stderr
+    assert refused.returncode == 1 and "line 2: time" in refused.stderr and "strictly increasing" in refused.stderr
     assert ok("twin", "feed", "read", twin, "level-sensor-1", "--home", home(consortium, OWNER))["updates"] == []
     stranger = cli("twin", "feed", "push", twin, "level-sensor-1", str(samples_csv(tmp_path / "x.csv", 10)),
                    "--home", home(consortium, MAINTAINER))  # fmt: skip
     assert stranger.returncode == 1 and "only its owner appends" in stranger.stderr
+
+
+def test_each_sample_once_finite_and_in_time_and_an_interrupted_push_resumes(consortium, tmp_path):
+    """What a backfill from CSV meets: sensor exports with NaN and overflow, repeated
+    lines, a push cut short and run again, an older file pushed by mistake."""
+    twin, _ = new_feed(consortium, "maintainer")
+    owner = ["--home", home(consortium, OWNER)]
+    for word in ("nan", "inf", "-Infinity", "1e400"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text(f"time,value\n{START / 1e6},1.0\n{START / 1e6 + 1},{word}\n")
+        refused = cli("twin", "feed", "push", twin, "level-sensor-1", str(bad), *owner)
+        assert refused.returncode == 1 and f"line 3: '{word}' is not a finite number" in refused.stderr, refused.stderr
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text(f"time,value\n{START / 1e6},1.0\n{START / 1e6},1.0\n")
+    refused = cli("twin", "feed", "push", twin, "level-sensor-1", str(repeated), *owner)
+    assert refused.returncode == 1 and "line 3: time" in refused.stderr and "not after line 2's" in refused.stderr
+
+    hour = samples_csv(tmp_path / "hour.csv", 600, rate=1)
+    cut = tmp_path / "cut.csv"  # the push of hour.csv interrupted after 209 samples
+    cut.write_text("".join(hour.read_text().splitlines(keepends=True)[:210]))
+    assert push(consortium, twin, cut)["samples"] == 209
+    resumed = push(consortium, twin, hour)
+    assert (resumed["skipped"], resumed["samples"]) == (209, 391), "run again, it goes on where the feed ends"
+    again = push(consortium, twin, hour)
+    assert (again["skipped"], again["samples"], again["updates"]) == (600, 0, 0)
+    older = samples_csv(tmp_path / "older.csv", 100, rate=2)  # another export over the same hour
+    refused = cli("twin", "feed", "push", twin, "level-sensor-1", str(older), *owner)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "history is not rewritten" in refused.stderr
+
+    read = ok("twin", "feed", "read", twin, "level-sensor-1", *owner)
+    assert read["samples"] == [[START + i * 1_000_000, i * 0.5] for i in range(600)], "each sample once, in order"
+    verified = ok("twin", "feed", "verify", twin, "level-sensor-1", *owner)
+    assert verified["intact"] and verified["segments_opened"]
 
 
 async def _acl(client: StoreClient, feed: bytes) -> ItemAcl:
@@ -122,10 +155,10 @@ async def _acl(client: StoreClient, feed: bytes) -> ItemAcl:
 
 
 def _next_update(client_head: FeedUpdate, acl: ItemAcl, key: SigningKey, **changes: Any) -> tuple[FeedUpdate, bytes]:
-    sequence = client_head.sequence + 1
-    segment = seal_segment(bytes(32), acl.item, sequence, [(START, 1.0)])
-    update = FeedUpdate(acl.item, sequence, client_head.time + 1, client_head.hash, chunk_hash(segment), 1, START,
-                        START, client_head.key_commitment)  # fmt: skip
+    sequence, moment = client_head.sequence + 1, client_head.last + 1
+    segment = seal_segment(bytes(32), acl.item, sequence, [(moment, 1.0)])
+    update = FeedUpdate(acl.item, sequence, client_head.time + 1, client_head.hash, chunk_hash(segment), 1, moment,
+                        moment, client_head.key_commitment)  # fmt: skip
     return replace(update, **changes).signed(key), segment
 
 
@@ -146,6 +179,7 @@ def test_forged_replayed_and_out_of_order_updates_are_refused(consortium, tmp_pa
             "gap": _next_update(head, acl, owner, sequence=6)[0],
             "wrong previous": _next_update(head, acl, owner, previous=old.hash)[0],
             "not later": _next_update(head, acl, owner, time=head.time)[0],
+            "samples not later": _next_update(head, acl, owner, first=START, last=START)[0],
             "conflicting": replace(old, time=old.time + 1).signed(owner),
             "from the future": _next_update(head, acl, owner, time=head.time + 3_600_000_000)[0],
         }
@@ -165,7 +199,8 @@ def test_forged_replayed_and_out_of_order_updates_are_refused(consortium, tmp_pa
 
     codes = with_client(consortium, OWNER, attempts)
     expected = {"replayed": "replayed_update", "forged": "bad_signature", "gap": "out_of_order",
-                "wrong previous": "out_of_order", "not later": "out_of_order", "conflicting": "conflicting_update",
+                "wrong previous": "out_of_order", "not later": "out_of_order", "samples not later": "out_of_order",
+                "conflicting": "conflicting_update",
                 "from the future": "future_update", "malformed": "bad_update"}  # fmt: skip
     assert codes == {name: [code] * 3 for name, code in expected.items()}
 

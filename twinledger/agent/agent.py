@@ -65,7 +65,7 @@ from twinledger.services.access import DeviceKeys
 from twinledger.services.session import Session
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import CapsuleKey
-from twinledger.store.feeds import CHECKPOINT_EVERY, FeedWriter, parse_feed_reference
+from twinledger.store.feeds import CHECKPOINT_EVERY, FeedWriter, appendable, parse_feed_reference
 from twinledger.store.items import FeedUpdate
 
 log = logging.getLogger("twinledger.agent")
@@ -162,7 +162,7 @@ class DeviceAgent:
         self.refused: set[int] = set()
         """Calls this agent may not handle (another device's scope)."""
         self.connected = False
-        self.stats = {"samples": 0, "updates": 0, "calls": 0, "alerts": 0, "replacements": 0}
+        self.stats = {"samples": 0, "updates": 0, "dropped": 0, "calls": 0, "alerts": 0, "replacements": 0}
         self._refreshed = 0.0
         self._flushed = 0.0
         self._subscribed: frozenset[str] = frozenset()
@@ -283,7 +283,11 @@ class DeviceAgent:
         if before is not None:
             rows = [r for r in rows if r.time < before]
         if rows:
-            samples = [(r.time, r.value) for r in rows]
+            samples, dropped = appendable(((r.time, r.value) for r in rows), stream.writer.end)
+            if dropped:
+                log.warning("%s: %d reading(s) left out of the feed: not a finite number, or not later than the one "
+                            "before", stream.signal.id, dropped)  # fmt: skip
+                self.stats["dropped"] += dropped
             stream.writer.extend(samples)
             stream.unchecked += samples
             stream.handed = rows[-1].id

@@ -82,7 +82,23 @@ def error_line(text: str) -> None:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Strict JSON: a number that is not finite (older feeds may hold one) is null."""
+    sys.stdout.write(json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 sample``, ``2,000 samples``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:

@@ -34,6 +34,7 @@ from twinledger.cli.common import (
     kv_table,
     out,
     parse_time,
+    plural,
     print_json,
     render_outcome,
     run,
@@ -43,7 +44,8 @@ from twinledger.errors import TwinledgerError
 from twinledger.services import feeds
 from twinledger.services.access import device_keys
 from twinledger.services.session import Session
-from twinledger.store.feeds import CHECKPOINT_EVERY, FeedReport, Sample, update_view
+from twinledger.store.feed_verify import FeedReport
+from twinledger.store.feeds import CHECKPOINT_EVERY, Sample, update_view
 
 Component = Annotated[str, typer.Argument(help="AML component id of the sensor.")]
 TimeOption = Annotated[str | None, typer.Option(help="Seconds since the epoch or an ISO 8601 time (UTC if no zone).")]
@@ -55,7 +57,9 @@ def show_time(microseconds: int) -> str:
 
 
 def sparkline(values: list[float], width: int = 72) -> str:
-    """The values' shape in one line: the mean of each of ``width`` buckets."""
+    """The values' shape in one line: the mean of each of ``width`` buckets (values that
+    are not finite numbers, which older feeds may hold, are left out)."""
+    values = [v for v in values if math.isfinite(v)]
     if not values:
         return ""
     size = math.ceil(len(values) / width)
@@ -130,7 +134,7 @@ def _read_samples(source: Path) -> Iterator[tuple[int, Sample]]:
     """(line number, sample) of a CSV file of ``time,value`` lines; '-' is stdin."""
     stream = sys.stdin if str(source) == "-" else source.open(newline="")
     try:
-        previous = -1
+        previous, previous_line = -1, 0
         for number, row in enumerate(csv.reader(stream), start=1):
             if not row or (number == 1 and row[0].strip().lower() == "time"):
                 continue
@@ -142,9 +146,12 @@ def _read_samples(source: Path) -> Iterator[tuple[int, Sample]]:
             except (ValueError, TwinledgerError) as exc:
                 detail = exc.message if isinstance(exc, TwinledgerError) else f"{row[1][:40]!r} is not a number"
                 raise TwinledgerError(f"line {number}: {detail}", code="bad_sample") from None
-            if moment < previous:
-                raise TwinledgerError(f"line {number}: samples must be in time order", code="bad_sample")
-            previous = moment
+            if not math.isfinite(value):
+                raise TwinledgerError(f"line {number}: {row[1].strip()[:40]!r} is not a finite number", code="bad_sample")
+            if moment <= previous:
+                raise TwinledgerError(f"line {number}: time {row[0].strip()[:40]} is not after line {previous_line}'s; "
+                                      "samples must be in strictly increasing time", code="bad_sample")  # fmt: skip
+            previous, previous_line = moment, number
             yield number, (moment, value)
     finally:
         if stream is not sys.stdin:
@@ -180,15 +187,23 @@ def feed_push(
         pushed = run(home, lambda session: feeds.push(session, ref, component, samples, segment_seconds,
                                                       checkpoint_every, lambda n: progress.advance(task, n)), key)  # fmt: skip
     feed, written = pushed.feed, pushed.updates
-    summary = {"feed": feed.hex(), "component": pushed.component, "samples": len(samples), "updates": len(written),
-               "first_sequence": written[0].sequence, "last_sequence": written[-1].sequence,
-               "head": written[-1].hash.hex()}  # fmt: skip
+    appended = len(samples) - pushed.skipped
+    summary = {"feed": feed.hex(), "component": pushed.component, "samples": appended, "skipped": pushed.skipped,
+               "updates": len(written), "first_sequence": written[0].sequence if written else None,
+               "last_sequence": written[-1].sequence if written else None,
+               "head": written[-1].hash.hex() if written else None}  # fmt: skip
     if as_json:
         print_json(summary)
-    else:
-        out.print(f"appended {len(samples):,} samples in {len(written)} segment(s) (updates {written[0].sequence} to "
-                  f"{written[-1].sequence}); head {written[-1].hash.hex()[:16]}… checkpointed on chain",
+        return
+    if pushed.skipped:
+        out.print(f"skipped {plural(pushed.skipped, 'sample')} the feed already held (an earlier push of this data)",
                   highlight=False)  # fmt: skip
+    if written:
+        out.print(f"appended {plural(appended, 'sample')} in {plural(len(written), 'segment')} (updates "
+                  f"{written[0].sequence} to {written[-1].sequence}); head {written[-1].hash.hex()[:16]}… checkpointed "
+                  "on chain", highlight=False)  # fmt: skip
+    else:
+        out.print("nothing new: the feed already holds every sample", highlight=False)
 
 
 @feed_app.command("read")

@@ -5,6 +5,8 @@ re-keyed. The CLI, the device agent and the API create feeds with ``create_and_a
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,12 +18,12 @@ from twinledger.services import access
 from twinledger.services.access import DeviceKeys
 from twinledger.services.remote import segment
 from twinledger.services.session import Outcome, Progress, Session
+from twinledger.store.feed_verify import Checkpoint, FeedReport, verify_feed
 from twinledger.store.feeds import (
     CHECKPOINT_EVERY,
     MAX_SEGMENT_SAMPLES,
-    Checkpoint,
+    BadSample,
     FeedReader,
-    FeedReport,
     FeedWriter,
     Sample,
     Segment,
@@ -30,7 +32,7 @@ from twinledger.store.feeds import (
     feed_reference,
     parse_feed_reference,
     rotate_feed,
-    verify_feed,
+    sample_problem,
 )
 from twinledger.store.items import AccessDenied, FeedUpdate, ItemAcl
 
@@ -139,22 +141,50 @@ class Pushed:
     component: str
     samples: int
     updates: list[FeedUpdate]
+    skipped: int = 0
+    """Samples the feed already held (an earlier, interrupted push of the same data)."""
 
 
 async def push(session: Session, twin_ref: str, component: str, samples: list[Sample], segment_seconds: float = 1.0,
                checkpoint_every: int = CHECKPOINT_EVERY, progress: Progress | None = None) -> Pushed:  # fmt: skip
-    """Append samples (in time order) to the component's feed, encrypted, in segments of
-    ``segment_seconds`` of sample time; its head is checkpointed on chain."""
+    """Append samples — finite values at strictly increasing times — to the component's
+    feed, encrypted, in segments of ``segment_seconds`` of sample time; its head is
+    checkpointed on chain. Samples at or before the feed's end are what an interrupted
+    push of the same data appended: skipped if the feed holds exactly them, refused
+    otherwise (a feed's history is not rewritten)."""
+    problem = sample_problem(samples)
+    if problem is not None:
+        raise BadSample(problem)
     feed = await attached(session, twin_ref, component)
     writer = await open_writer(session, feed.twin, component, feed.feed, checkpoint_every)
+    held = sum(1 for moment, _ in samples if moment <= writer.end)
+    if held:
+        await _check_held(session, twin_ref, component, samples[:held], writer.end)
+        if progress is not None:
+            progress(held)
     written: list[FeedUpdate] = []
-    for batch in segments(samples, segment_seconds):
+    for batch in segments(samples[held:], segment_seconds):
         writer.extend(batch)
         written += await writer.flush()
         if progress is not None:
             progress(len(batch))
     await writer.close()
-    return Pushed(feed.feed, feed.entry["component"], len(samples), written)
+    return Pushed(feed.feed, feed.entry["component"], len(samples), written, held)
+
+
+async def _check_held(session: Session, twin_ref: str, component: str, held: list[Sample], end: int) -> None:
+    """That the feed holds exactly ``held`` from its first time to ``end``."""
+    stored = (await read(session, twin_ref, component, since=held[0][0], until=end)).samples
+    for index, (mine, theirs) in enumerate(itertools.zip_longest(held, stored)):
+        if mine != theirs:
+            raise BadSample(f"the feed already holds samples up to {iso_time(end)}, and sample {index + 1} "
+                            f"({iso_time(mine[0]) if mine else 'none'}) differs from the one stored there "
+                            f"({iso_time(theirs[0]) if theirs else 'none'}); a feed's history is not rewritten: push "
+                            f"only samples after {iso_time(end)}")  # fmt: skip
+
+
+def iso_time(microseconds: int) -> str:
+    return dt.datetime.fromtimestamp(microseconds / 1_000_000, dt.UTC).isoformat(timespec="microseconds")
 
 
 @dataclass(frozen=True)

@@ -284,3 +284,6 @@ def check_successor(head: FeedUpdate | None, update: FeedUpdate) -> None:
                          code="out_of_order")  # fmt: skip
     if update.time <= head.time:
         raise StoreError(f"update {update.sequence} is not later than update {head.sequence}", code="out_of_order")
+    if update.first <= head.last:
+        raise StoreError(f"the samples of update {update.sequence} start at {update.first} µs, not after those of "
+                         f"update {head.sequence} ({head.last} µs)", code="out_of_order")  # fmt: skip

@@ -47,7 +47,7 @@ def test_network_up_status_down_and_the_homes_work_with_the_cli(tmp_path):
         assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "committed"
         proof = tmp_path / "proof.json"
         proof.write_text(shown.stdout)
-        verified = cli("verify", "proof", str(proof), "--json")
+        verified = cli("verify", "proof", str(proof), "--json", "--home", str(directory / "auditor"))
         assert verified.returncode == 0, verified.stderr  # offline: more than 2/3 of the four validators signed
         assert json.loads(verified.stdout)["signers"].__len__() >= 3
 
@@ -128,11 +128,13 @@ def _a_write_without_quorum_is_pending_and_commits_once(directory: Path, tmp_pat
     assert titles.count("manual") == 1
     waited = cli("tx", "wait", tx, "--home", str(directory / "auditor"), "--json")
     assert waited.returncode == 0 and json.loads(waited.stdout)["receipt"]["status"] == "ok"
+    repeat = subprocess.run(put, capture_output=True, text=True, timeout=120)
+    assert repeat.returncode == 0 and json.loads(repeat.stdout)["hash"] != tx, "once it committed, a repeat is a new write"
     nonce = NodeClient(load_config(directory / "owner"))
     try:
         sender = nonce.transaction(tx)["transaction"]["sender"]
-        assert nonce.next_nonce(bytes.fromhex(sender)) == nonce.transaction(tx)["transaction"]["nonce"] + 2, \
-            "the key spent two nonces on two writes, each sent three times"
+        assert nonce.next_nonce(bytes.fromhex(sender)) == nonce.transaction(tx)["transaction"]["nonce"] + 3, \
+            "the key spent two nonces on two writes, each sent three times (and one on the repeat)"
     finally:
         nonce.close()
 

@@ -145,13 +145,13 @@ def test_cli_end_to_end(running_node, tmp_path):
     proof_file = tmp_path / "proof.json"
     proof_file.write_text(shown.stdout)
     verified = cli("verify", "proof", str(proof_file), "--json")
-    assert verified.returncode == 0 and json.loads(verified.stdout)["transaction"] == tx_hash
+    assert verified.returncode == 4 and json.loads(verified.stdout)["transaction"] == tx_hash, "valid, but only in itself"
     assert json.loads(verified.stdout)["pinned"] is None and "nothing pinned" in verified.stderr
     pinned = cli("verify", "proof", str(proof_file), "--json", home=home)
     assert pinned.returncode == 0 and "'acme-chain'" in json.loads(pinned.stdout)["pinned"]
     invented = tmp_path / "invented.json"
     invented.write_text(json.dumps({"proof": _proof_from_invented_validators(tmp_path, "acme-chain").to_json()}))
-    assert cli("verify", "proof", str(invented)).returncode == 0, "valid in itself: only a pin tells"
+    assert cli("verify", "proof", str(invented)).returncode == 4, "valid in itself: only a pin tells"
     refused = cli("verify", "proof", str(invented), home=home)
     assert refused.returncode == 1 and refused.stderr.strip() == "invalid: block was committed by an untrusted validator set"
     doc = json.loads(shown.stdout)
@@ -163,7 +163,9 @@ def test_cli_end_to_end(running_node, tmp_path):
     assert tampered.returncode == 1 and tampered.stderr.startswith("invalid:")
     proof_file.write_text("{not json")
     malformed = cli("verify", "proof", str(proof_file))
-    assert malformed.returncode == 1 and len(malformed.stderr.strip().splitlines()) == 1
+    assert malformed.returncode == 3 and malformed.stderr.strip() == f"unreadable: {proof_file} is not JSON"
+    missing = cli("verify", "proof", str(tmp_path / "no-such.json"))
+    assert missing.returncode == 3 and missing.stderr.startswith("unreadable: cannot read"), "not the code of a forgery"
     block = cli("block", "show", "head", "--json", home=home)
     assert block.returncode == 0 and json.loads(block.stdout)["header"]["height"] >= 1
     human = cli("block", "show", "1", home=home)

@@ -113,15 +113,22 @@ def test_audit_lists_every_change_with_proofs_that_verify_offline(plant):
     methods = [e["method"] for e in audit["entries"]]
     assert methods[0] == "twins.create" and methods[-1] == "twins.add_source"
     assert all(e["verified"] for e in audit["entries"])
+    whole = json.loads(ok("verify", "proof", str(bundle), *h, "--json").stdout)  # the file the audit wrote
+    assert whole["valid"] and [e["call"] for e in whole["entries"]] == methods and whole["pinned"]
     first = root / "first.json"
     first.write_text(json.dumps(audit["entries"][0]["proof"]))
-    assert json.loads(ok("verify", "proof", str(first), "--json").stdout)["call"] == "twins.create"
+    assert json.loads(ok("verify", "proof", str(first), *h, "--json").stdout)["call"] == "twins.create"
     tampered = dict(audit["entries"][0]["proof"])
     encoded = bytearray.fromhex(tampered["transaction"])
     encoded[-1] ^= 1  # the last byte of the signature
     tampered["transaction"] = encoded.hex()
     first.write_text(json.dumps(tampered))
-    assert cli("verify", "proof", str(first)).returncode == 1
+    assert cli("verify", "proof", str(first), *h).returncode == 1
+    forged = json.loads(bundle.read_text())
+    forged["entries"][-1]["proof"] = forged["entries"][0]["proof"]  # a proof of another change in its place
+    bundle.write_text(json.dumps(forged))
+    refused = cli("verify", "proof", str(bundle), *h)
+    assert refused.returncode == 1 and refused.stderr.startswith(f"invalid: entry {len(methods)}: the proof is of")
 
 
 def test_rest_graphql_and_openapi_read_the_same_service(plant):

@@ -26,6 +26,7 @@ from twinledger.errors import TwinledgerError
 
 if TYPE_CHECKING:
     from twinledger.config import NodeConfig
+    from twinledger.crypto.keys import SigningKey
     from twinledger.ledger.blocktree import BlockTree
     from twinledger.ledger.genesis import Genesis
 
@@ -175,6 +176,8 @@ class Consensus(ABC):
     final: bool = False
     """Whether a certified block can never leave the canonical chain. Only then may a node
     strip the payloads it does not keep: a reorganisation executes blocks again."""
+    key: SigningKey | None = None
+    """This node's validator key, if it is one of the validators."""
 
     def receive(self, message_type: str, body: dict[str, Any]) -> bool:
         """Check and take a consensus message from a peer; True if it is worth relaying.

@@ -79,9 +79,10 @@ class TransactionFailed(TwinledgerError):
 
 
 class NotCommitted(TwinledgerError):
-    """A transaction was accepted but not seen committed in time (it may still commit)."""
+    """A write not seen committed in time, which may still commit: pending, not failed."""
 
     code = "not_committed"
+    http_status = 503
 
 
 class BadRequest(TwinledgerError):

@@ -30,7 +30,14 @@ from twinledger.api.workflows import add_workflow_resources
 from twinledger.contracts.membership import member_key
 from twinledger.contracts.records import record_key
 from twinledger.core.encoding import decode, to_obj
-from twinledger.core.types import AnyTransaction, BlockHeader, CommitCertificate, Receipt, decode_transaction
+from twinledger.core.types import (
+    MAX_COMMIT_WAIT_SECONDS,
+    AnyTransaction,
+    BlockHeader,
+    CommitCertificate,
+    Receipt,
+    decode_transaction,
+)
 from twinledger.errors import BadRequest, DecodeError, NotFound, TwinledgerError, parse_hex
 from twinledger.ingest.protocol import STREAM_BYTES
 from twinledger.ingest.service import IngestService
@@ -45,7 +52,6 @@ from twinledger.store.server import StoreService
 log = logging.getLogger("twinledger.api")
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 MAX_BATCH_TXS = 10_000
-MAX_WAIT_SECONDS = 60.0
 KEEPALIVE_SECONDS = 15.0
 FeedAfter = Query(-1, ge=-1, description="Send the updates after this sequence number.")
 Since = Query(None, ge=0, description="First block height whose events to send (default: the next block).")
@@ -219,7 +225,7 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
     @app.get("/v1/transactions/{tx_hash}", summary="A transaction, its receipt and optionally its proof")
     async def get_transaction(tx_hash: str, proof: bool = False, wait: float = 0.0) -> dict[str, Any]:
         digest = parse_hex(tx_hash, "transaction hash")
-        location = await node.wait_committed(digest, min(max(wait, 0.0), MAX_WAIT_SECONDS))
+        location = await node.wait_committed(digest, min(max(wait, 0.0), MAX_COMMIT_WAIT_SECONDS))
         if location is None:
             if node.is_pending(digest):
                 return {"status": "pending", "hash": tx_hash}
@@ -233,7 +239,7 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
     @app.get("/v1/blocks/{block_id}", summary="A canonical block by height, or any block by hash")
     async def get_block(block_id: str, wait: float = 0.0) -> JSONResponse:
         if block_id.isascii() and block_id.isdigit():
-            await node.wait_for_height(int(block_id), min(max(wait, 0.0), MAX_WAIT_SECONDS))
+            await node.wait_for_height(int(block_id), min(max(wait, 0.0), MAX_COMMIT_WAIT_SECONDS))
             header = await node.read(node.chain_store.header_by_height, int(block_id))
             if header is None:
                 raise NotFound(f"no block at height {block_id} (head is {node.head.height})")

@@ -130,6 +130,9 @@ def render_outcome(outcome: Outcome, as_json: bool, done: str) -> None:
         print_json(outcome.json())
     elif outcome.committed:
         out.print(f"{done} (block {outcome.height}, tx {outcome.tx_hash.hex()[:16]}…)", highlight=False)
+        if outcome.earlier:
+            out.print("  by an earlier attempt of this same write, which committed after its command gave up; "
+                      "nothing was sent again", highlight=False)  # fmt: skip
     else:
         out.print(f"submitted {outcome.tx_hash.hex()}", highlight=False)
 

@@ -248,21 +248,28 @@ def block_show(
 # -- verification -------------------------------------------------------------------------------
 
 
-UNPINNED = ("nothing pinned: the proof only shows that validators it names itself signed it; "
-            "pass --home, --genesis or --trusted-validators to check it against the chain you trust")
+UNPINNED = ("nothing pinned: the proof only shows that validators it names itself signed it, and whoever made it "
+            "could have named any; pass --home, --genesis or --trusted-validators to check it against the chain you "
+            "trust")
+INVALID, UNREADABLE, UNPINNED_EXIT = 1, 3, 4
+"""Exit codes of ``verify proof`` besides 0 (valid against the pinned chain)."""
 
 
 @verify_app.command("proof")
 @command
 def verify_proof_command(
-    file: Annotated[Path, typer.Argument(help="Proof file (JSON, e.g. from tx show --proof --json).")],
+    file: Annotated[Path, typer.Argument(help="Proof file (tx show --proof --json) or audit file (twin audit --out).")],
     home: Annotated[Path | None, typer.Option("--home", help="Pin to this node home's genesis.",
                                               envvar="TWINLEDGER_HOME")] = None,  # fmt: skip
     genesis: Annotated[Path | None, typer.Option(help="Pin to this genesis file (chain id and validators).")] = None,
     trusted_validators: Annotated[str | None, typer.Option(help="Expected validator-set hash (hex).")] = None,
     as_json: Json = False,
 ) -> None:
-    """Verify an inclusion proof offline against the chain you trust: exit 0 if valid, 1 if not."""
+    """Verify a proof, or every proof of an audit, offline against the chain you trust.
+
+    Exit 0: valid, from the pinned chain. 1: invalid (tampered, or not from that chain).
+    3: unreadable (no such file, not JSON, not a proof or audit). 4: valid only in itself,
+    because nothing was pinned."""
     from twinledger.services import proofs
 
     if genesis is None and home is not None:
@@ -270,26 +277,31 @@ def verify_proof_command(
     try:
         checked = proofs.check_file(file, genesis, trusted_validators)
     except TwinledgerError as exc:
+        unreadable = isinstance(exc, proofs.UnreadableProof)
         if as_json:
-            print_json({"valid": False, "error": exc.message})
+            print_json({"valid": False, "readable": not unreadable, "error": exc.message})
         else:
-            error_line(f"invalid: {exc.message}")
-        raise typer.Exit(1) from None
-    verified = checked.verified
-    result = {"valid": True, "pinned": checked.pin.describe() if checked.pin else None,
-              "transaction": verified.tx_hash.hex(), "block": verified.block_hash.hex(),
-              "height": verified.height, "chain_id": verified.chain_id, "block_time_ms": verified.timestamp,
-              "sender": verified.sender.hex(), "call": f"{verified.contract}.{verified.method}",
-              "signers": [s.hex() for s in verified.signers],
-              "validators_hash": verified.validators_hash.hex()}  # fmt: skip
+            error_line(f"{'unreadable' if unreadable else 'invalid'}: {exc.message}")
+        raise typer.Exit(UNREADABLE if unreadable else INVALID) from None
+    results = [{"transaction": v.tx_hash.hex(), "block": v.block_hash.hex(), "height": v.height,
+                "chain_id": v.chain_id, "block_time_ms": v.timestamp, "sender": v.sender.hex(),
+                "call": f"{v.contract}.{v.method}", "signers": [s.hex() for s in v.signers],
+                "validators_hash": v.validators_hash.hex()} for v in checked.verified]  # fmt: skip
+    pinned = checked.pin.describe() if checked.pin else None
     if as_json:
-        print_json(result if checked.pin else {**result, "warning": UNPINNED})
+        body = {"valid": True, "pinned": pinned, **(results[0] if checked.twin is None else
+                                                    {"twin": checked.twin, "entries": results})}  # fmt: skip
+        print_json(body if pinned else {**body, "warning": UNPINNED})
+    elif checked.twin is None:
+        out.print(kv_table("proof is valid", list(results[0].items())))
     else:
-        out.print(kv_table("proof is valid", [(k, v) for k, v in result.items() if k not in ("valid", "pinned")]))
-        if checked.pin:
-            out.print(f"pinned to {checked.pin.describe()}")
-    if checked.pin is None:
-        err.print(f"[bold yellow]warning:[/] {UNPINNED}")
+        out.print(f"all {len(results)} proofs of the audit of twin {checked.twin} are valid", highlight=False)
+    if pinned:
+        if not as_json:
+            out.print(f"pinned to {pinned}", highlight=False)
+        return
+    error_line(f"warning: {UNPINNED}")
+    raise typer.Exit(UNPINNED_EXIT)
 
 
 @verify_app.command("chain")

@@ -115,9 +115,13 @@ def _print_status(rows: list[dict[str, Any]], title: str) -> None:
     for row in rows:
         if row["api"]:
             out.print(f"  {row['organisation']:<{widest}}  API {row['api']}  (home {row['home']})", soft_wrap=True)
-    stalled = next((row for row in rows if row.get("quorum") and not row["quorum"]["can_commit"]), None)
-    if stalled is not None:
-        out.print(f"[bold red]the chain cannot commit:[/] {cannot_commit(stalled['quorum'], stalled['organisation'])}",
+    running = [row for row in rows if row.get("quorum")]
+    stalled = [row for row in running if not row["quorum"]["can_commit"]]
+    if stalled and len(stalled) == len(running):
+        out.print(f"[bold red]the chain cannot commit:[/] {cannot_commit(stalled[0]['quorum'], stalled[0]['organisation'])}",
+                  soft_wrap=True)  # fmt: skip
+    for row in stalled if len(stalled) < len(running) else ():
+        out.print(f"[bold yellow]{row['organisation']} is cut off:[/] {cannot_commit(row['quorum'], row['organisation'])}",
                   soft_wrap=True)  # fmt: skip
 
 

@@ -37,9 +37,9 @@ from twinledger.cli.common import (
 )
 from twinledger.cli.specification import aml_app
 from twinledger.cli.storage import transfer_progress
-from twinledger.core.files import read_regular
+from twinledger.core.files import read_regular, replace_durably
 from twinledger.errors import TwinledgerError
-from twinledger.services import documents, twins
+from twinledger.services import documents, proofs, twins
 from twinledger.services.access import device_keys
 from twinledger.services.remote import segment
 from twinledger.store.items import ItemAcl
@@ -515,11 +515,13 @@ def twin_audit(
     """Every transaction that changed the twin, with inclusion proofs checked offline.
 
     Proofs are checked against the validators in this home's genesis."""
-    entries = run(home, lambda session: twins.audit(session, ref)).entries
+    audit = run(home, lambda session: twins.audit(session, ref))
+    entries = audit.entries
+    document = proofs.audit_document(audit.twin, entries)
     if output is not None:
-        output.write_text(json.dumps({"twin": ref, "entries": entries}, indent=2, sort_keys=True) + "\n")
+        replace_durably(output, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
     if as_json:
-        print_json({"twin": ref, "entries": entries})
+        print_json(document)
     else:
         table = Table("#", "height", "time (ms)", "who", "what", "events", "proof", title=f"audit of twin {ref}",
                       title_justify="left")  # fmt: skip

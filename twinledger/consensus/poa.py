@@ -64,6 +64,9 @@ class PoaConsensus(QueuedConsensus):
         self.required = genesis.authority_signatures
         self._known: Any = None
 
+
+    def quorum(self) -> int:
+        return self.required
     def leader(self, height: int, attempt: int) -> bytes:
         ordered = sorted(self._validators)
         return ordered[(height + attempt) % len(ordered)]

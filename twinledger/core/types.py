@@ -12,6 +12,7 @@ All are frozen dataclasses; their canonical map form is given by their fields
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -137,6 +138,17 @@ def signing_digest(chain_id: str, sender: bytes, nonce: int, contract: str, meth
             "timestamp": timestamp,
         },
     )
+
+
+MAX_COMMIT_WAIT_SECONDS = 60.0
+"""The longest a node waits for a transaction's commit in one API request."""
+
+
+def resigned(key: SigningKey, tx: Transaction, nonce: int | None = None) -> Transaction:
+    """The same call signed again now, with the same nonce unless ``nonce`` is given: for
+    a transaction too old to be admitted, so that at most one of the two can commit."""
+    return sign_transaction(key, chain_id=tx.chain_id, nonce=tx.nonce if nonce is None else nonce, contract=tx.contract,
+                            method=tx.method, args=tx.args, timestamp=int(time.time() * 1000))  # fmt: skip
 
 
 def sign_transaction(key: SigningKey, *, chain_id: str, nonce: int, contract: str, method: str,

@@ -37,7 +37,7 @@ from twinledger.core.attributes import (
     twins_named,
 )
 from twinledger.core.tasks import Tasks
-from twinledger.core.types import Transaction, decode_transaction, sign_transaction
+from twinledger.core.types import Transaction, decode_transaction, resigned
 from twinledger.crypto import kpcpre
 from twinledger.crypto.certs import NodeIdentity
 from twinledger.crypto.keys import SigningKey
@@ -189,10 +189,7 @@ class IngestService:
         resubmission: its nonce is spent, so the record still commits once."""
         old = decode_transaction(row.tx)
         assert isinstance(old, Transaction)
-        if nonce is None:
-            nonce = old.nonce
-        tx = sign_transaction(self.key, chain_id=old.chain_id, nonce=nonce, contract=old.contract,
-                              method=old.method, args=old.args, timestamp=int(time.time() * 1000))  # fmt: skip
+        tx = resigned(self.key, old, nonce)
         fresh = JournalRow(row.stream, row.seq, row.digest, tx.encoded, tx.hash, None)
         await self._journal(self.journal.add, [fresh])
         return fresh

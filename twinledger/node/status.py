@@ -38,13 +38,14 @@ def network_view(config: NodeConfig, ledger: LedgerService, peers: PeerManager |
 
 
 def quorum_view(ledger: LedgerService, peers: PeerManager | None) -> dict[str, Any]:
-    """Whether the validators this node reaches (itself included) are enough to commit a
-    block, and who is out of reach: what explains a chain that stopped."""
+    """Whether the validators this node reaches directly (itself included) are enough to
+    commit a block, and who is out of reach: what explains a chain that stopped. Peers
+    gossip, so in a consortium larger than a node's peer target this is a lower bound."""
     validators = ledger.consensus.validators()
-    if peers is None:  # no peer-to-peer listener: a node alone, its own validator
-        reached = set(validators)
-    else:
-        reached = {peers.me.signing_key, *(p.identity.signing_key for p in peers.peers.values())}
+    own = ledger.consensus.key
+    reached = {own.public} if own is not None else set()
+    if peers is not None:
+        reached |= {p.identity.signing_key for p in peers.peers.values()}
     names = {v.key: v.organisation for v in ledger.genesis.validators}
     reachable = [names.get(key, key.hex()[:16]) for key in validators if key in reached]
     return {"validators": len(validators), "needed": ledger.consensus.quorum(), "reachable": reachable,

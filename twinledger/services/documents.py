@@ -13,7 +13,7 @@ from typing import Any
 from twinledger.contracts import calls
 from twinledger.core.attributes import document_attributes
 from twinledger.errors import TwinledgerError
-from twinledger.services import access
+from twinledger.services import access, intents
 from twinledger.services.access import MIN_PREFIX, DeviceKeys
 from twinledger.services.session import Outcome, Progress, Session
 from twinledger.store.documents import StoredDocument, download_document, parse_reference, upload_document
@@ -88,10 +88,11 @@ async def add(session: Session, twin_ref: str, source: Path | bytes, title: str,
     twin = await check_add(session, twin_ref, title, description=description, component=component,
                            media_type=media_type)  # fmt: skip
     tags = document_attributes(twin["id"], component, attributes or [])
-    intent = f"documents.add {twin['id']} {component or ''} {','.join(tags)} {await _digest(source)} {title}"
+    intent = intents.write_key("documents.add", twin["id"], component or "", tags, sorted(readers or []), title, description,
+                     media_type, await _digest(source))  # fmt: skip
     earlier = await session.resume(intent)
     if earlier is not None:  # sent before and not seen committed then: that write, not a second upload
-        return await _added_before(session, earlier)
+        return await _added_before(session, earlier, earlier.event("DocumentAdded")["document"])
     stored = await _store(session, twin, source, readers or [], tags, progress)
     outcome = await session.transact(calls.add_document(twin["id"], stored.manifest, title, description,
                                                         stored.reference, media_type, stored.size, component),
@@ -111,7 +112,7 @@ async def _digest(source: Path | bytes) -> str:
     return await asyncio.to_thread(file_digest)
 
 
-async def _added_before(session: Session, outcome: Outcome) -> DocumentAdded:
+async def _added_before(session: Session, outcome: Outcome, document: str) -> DocumentAdded:
     """What an add sent before stored and registered, from its committed transaction."""
     args = outcome.view["transaction"]["args"] if outcome.view is not None else {}
     item, manifest = parse_reference(args["reference"])
@@ -119,7 +120,7 @@ async def _added_before(session: Session, outcome: Outcome) -> DocumentAdded:
     size = int(args["size"])
     chunks = max(1, -(-size // CHUNK_SIZE))
     stored = StoredDocument(item, manifest, size, chunks, tuple(r.organisation for r in acl.readers))
-    return DocumentAdded(outcome.event("DocumentAdded")["document"], stored, outcome)
+    return DocumentAdded(document, stored, outcome)
 
 
 async def add_version(session: Session, twin_ref: str, document: str, source: Path | bytes, *, description: str = "",
@@ -129,9 +130,14 @@ async def add_version(session: Session, twin_ref: str, document: str, source: Pa
     twin = await check_version(session, twin_ref, document, description)
     entry = find(twin, document)
     tags = document_attributes(twin["id"], entry.get("component") or None, attributes or [])
+    intent = intents.write_key("documents.add_version", twin["id"], entry["id"], tags, sorted(readers or []), description,
+                     await _digest(source))  # fmt: skip
+    earlier = await session.resume(intent)
+    if earlier is not None:
+        return await _added_before(session, earlier, entry["id"])
     stored = await _store(session, twin, source, readers or [], tags, progress)
     outcome = await session.transact(calls.add_document_version(twin["id"], entry["id"], stored.manifest, stored.size,
-                                                                stored.reference, description))  # fmt: skip
+                                                                stored.reference, description), intent=intent)  # fmt: skip
     return DocumentAdded(entry["id"], stored, outcome)
 
 

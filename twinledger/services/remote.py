@@ -14,7 +14,7 @@ import httpx
 
 from twinledger.config import NodeConfig, passphrase, read_run_file
 from twinledger.core.encoding import encode
-from twinledger.core.types import Transaction, encode_transaction, sign_transaction
+from twinledger.core.types import MAX_COMMIT_WAIT_SECONDS, Transaction, encode_transaction, sign_transaction
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import SigningKey
 from twinledger.crypto.tls import client_context
@@ -43,10 +43,6 @@ def api_url(config: NodeConfig) -> str:
         return str(run["api"])
     scheme = "https" if config.api_needs_tls else "http"
     return f"{scheme}://{config.api_host}:{config.api_port}"
-
-
-MAX_WAIT = 60.0
-"""The longest a node waits for a commit in one request."""
 
 
 class NodeClient:
@@ -131,10 +127,10 @@ class NodeClient:
         deadline = time.monotonic() + wait
         while True:
             left = max(deadline - time.monotonic(), 0.0)
-            step = min(left, MAX_WAIT)
+            step = min(left, MAX_COMMIT_WAIT_SECONDS)
             view = self.request("GET", f"/v1/transactions/{tx_hash}", params={"proof": str(proof).lower(),
                                 "wait": str(step)}, timeout=step + (self.http.timeout.read or 30.0))  # fmt: skip
-            if view.get("status") != "pending" or left <= MAX_WAIT:
+            if view.get("status") != "pending" or left <= MAX_COMMIT_WAIT_SECONDS:
                 return dict(view)
 
     def block(self, block_id: str, wait: float = 0.0) -> dict[str, Any]:

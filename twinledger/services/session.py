@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from twinledger.config import NodeConfig, load_config, passphrase
 from twinledger.contracts import calls
 from twinledger.contracts.calls import ContractCall
-from twinledger.core.types import Transaction
+from twinledger.core.types import Transaction, resigned
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import EncryptionKey, SigningKey, read_secret_file
 from twinledger.errors import BadRequest, NotCommitted, TransactionFailed, TwinledgerError
@@ -52,6 +52,9 @@ class Outcome:
 
     tx_hash: bytes
     view: dict[str, Any] | None = None
+    earlier: bool = False
+    """An earlier attempt of the same write, which committed after its command gave up:
+    this one sent nothing."""
 
     @property
     def committed(self) -> bool:
@@ -72,7 +75,9 @@ class Outcome:
 
     def json(self) -> dict[str, Any]:
         """What ``--json`` prints: the committed transaction, or that it was accepted."""
-        return self.view if self.view is not None else {"hash": self.tx_hash.hex(), "status": "accepted"}
+        if self.view is None:
+            return {"hash": self.tx_hash.hex(), "status": "accepted"}
+        return {**self.view, "earlier_attempt": True} if self.earlier else self.view
 
 
 def read_signing_key(path: Path) -> SigningKey:
@@ -237,21 +242,14 @@ class Session:
                        key: SigningKey | None = None, intent: str | None = None) -> Outcome:  # fmt: skip
         """Sign ``call`` (with ``key`` or the session's signer) and submit it; with ``wait``,
         wait for the commit and raise TransactionFailed if the contract refused it, or
-        NotCommitted (pending) if the chain did not commit it within ``timeout`` seconds.
+        NotCommitted (pending) if it did not commit within ``timeout`` seconds but may.
 
-        A write waited for commits once (``services.intents``): sent again — the same
-        call by the same signer, or the same ``intent`` key — while an earlier attempt may
-        still commit, it resends that attempt instead of writing twice."""
+        A write commits once (``services.intents``): sent again — the same call by the
+        same signer, or the same ``intent`` key — while an earlier attempt may still
+        commit, it resends that attempt instead of writing twice."""
         signer = key or self.signer
-        if not wait:
-            tx = await self._signed(call, signer)
-            if self.precheck is not None:
-                await self.precheck(tx)
-            await asyncio.to_thread(self.node.submit, tx)
-            return Outcome(tx.hash)
-        timeout = commit_wait() if timeout is None else timeout
         named = intents.intent_key(signer.public, intent) if intent else intents.intent_of(signer.public, call)
-        with intents.journal(self.config.home) as journal:
+        async with intents.claimed(self.config.home, named) as journal:
             earlier = await self._resend(journal, named, signer)
             if isinstance(earlier, Outcome):
                 return earlier
@@ -260,9 +258,11 @@ class Session:
                 tx = await self._signed(call, signer)
                 if self.precheck is not None:
                     await self.precheck(tx)
-                journal.add(named, tx)
-                await self._submit(journal, named, tx)
-            return await self._committed(journal, named, tx, timeout)
+                await journal.add(named, tx)
+                await self._submit(journal, tx)
+        if not wait:
+            return Outcome(tx.hash)
+        return await self._committed(named, tx, commit_wait() if timeout is None else timeout)
 
     async def resume(self, intent: str, timeout: float | None = None, key: SigningKey | None = None) -> Outcome | None:
         """The outcome of the write ``intent`` names if an attempt of it was sent before and
@@ -270,73 +270,116 @@ class Session:
         what a workflow asks before doing work it would otherwise do twice (an upload)."""
         signer = key or self.signer
         named = intents.intent_key(signer.public, intent)
-        with intents.journal(self.config.home) as journal:
+        async with intents.claimed(self.config.home, named) as journal:
             earlier = await self._resend(journal, named, signer)
-            if earlier is None or isinstance(earlier, Outcome):
-                return earlier
-            return await self._committed(journal, named, earlier, commit_wait() if timeout is None else timeout)
+        if earlier is None or isinstance(earlier, Outcome):
+            return earlier
+        return await self._committed(named, earlier, commit_wait() if timeout is None else timeout)
 
-    async def _committed(self, journal: intents.IntentJournal, intent: bytes, tx: Transaction, timeout: float) -> Outcome:
-        view = await asyncio.to_thread(self.node.transaction, tx.hash.hex(), wait=timeout)
+    async def wait_for(self, tx_hash: bytes, timeout: float | None = None) -> Outcome:
+        """Wait for a write reported pending, by the transaction it named: its outcome,
+        TransactionFailed if the contract refused it, NotCommitted if it is still pending.
+        Its intent's newest attempt is what is waited for (one signed again replaces it)."""
+        async with intents.opened(self.config.home) as journal:
+            named = await journal.intent_of_attempt(tx_hash)
+            attempts = await journal.attempts(named) if named is not None else []
+        tx = attempts[-1].tx if attempts else None
+        if tx is None or tx.hash == tx_hash:
+            view = await self._status_or_pending(tx_hash, commit_wait() if timeout is None else timeout)
+            if view.get("status") != "committed":
+                raise NotCommitted(f"transaction {tx_hash.hex()} was not committed within "
+                                   f"{commit_wait() if timeout is None else timeout:.0f} s{await self._why()}; it may "
+                                   "still commit")  # fmt: skip
+            if named is not None:
+                async with intents.opened(self.config.home) as journal:
+                    await journal.forget(named)
+            return _checked(tx_hash, view)
+        assert named is not None
+        return await self._committed(named, tx, commit_wait() if timeout is None else timeout)
+
+    async def _status_or_pending(self, tx_hash: bytes, timeout: float) -> dict[str, Any]:
+        try:
+            return dict(await asyncio.to_thread(self.node.transaction, tx_hash.hex(), wait=timeout))
+        except NodeUnreachable as exc:
+            raise NotCommitted(f"transaction {tx_hash.hex()}: {exc.message}; it may still commit") from None
+
+    async def _committed(self, intent: bytes, tx: Transaction, timeout: float) -> Outcome:
+        """Wait for a journaled attempt; whatever keeps this from knowing its fate is
+        NotCommitted (it may still commit), never a failure."""
+        try:
+            view = dict(await asyncio.to_thread(self.node.transaction, tx.hash.hex(), wait=timeout))
+        except TwinledgerError as exc:
+            raise NotCommitted(f"transaction {tx.hash.hex()}: {exc.message}; it may still commit "
+                               f"(twinledger tx wait {tx.hash.hex()})") from None  # fmt: skip
         if view.get("status") != "committed":
             raise NotCommitted(f"transaction {tx.hash.hex()} was not committed within {timeout:.0f} s{await self._why()}; "
                                f"it may still commit (twinledger tx wait {tx.hash.hex()}), and the same command sends "
                                "the same transaction again instead of a second one")  # fmt: skip
-        journal.forget(intent)
+        async with intents.opened(self.config.home) as journal:
+            await journal.forget(intent)
         return _checked(tx.hash, view)
 
-    async def wait_for(self, tx_hash: bytes, timeout: float = COMMIT_WAIT) -> Outcome:
-        """Wait for a submitted transaction (one a write reported pending): its outcome,
-        TransactionFailed if the contract refused it, NotCommitted if it is still pending.
-        Either way once it is in a block, the write it was an attempt of is done."""
-        view = await asyncio.to_thread(self.node.transaction, tx_hash.hex(), wait=timeout)
-        if view.get("status") != "committed":
-            raise NotCommitted(f"transaction {tx_hash.hex()} was not committed within {timeout:.0f} s; it may still "
-                               "commit")  # fmt: skip
-        with intents.journal(self.config.home) as journal:
-            journal.forget_transaction(tx_hash)
-        return _checked(tx_hash, view)
-
-    async def _submit(self, journal: intents.IntentJournal, intent: bytes, tx: Transaction) -> None:
-        """Submit a journaled attempt; one the node refuses is forgotten (it cannot commit),
-        one the node may not have received stays journaled."""
+    async def _submit(self, journal: intents.Journal, tx: Transaction) -> None:
+        """Submit a journaled attempt: refused, it is forgotten (it cannot commit); not
+        known to have arrived, it stays, and the write is pending."""
         try:
             await asyncio.to_thread(self.node.submit, tx)
-        except NodeUnreachable:
-            raise
+        except NodeUnreachable as exc:
+            raise NotCommitted(f"transaction {tx.hash.hex()}: {exc.message}; if it reached the node it may still "
+                               "commit, and the same command sends the same transaction again") from None  # fmt: skip
         except TwinledgerError:
-            journal.forget(intent)
+            await journal.forget_attempt(tx.hash)
             raise
 
-    async def _resend(self, journal: intents.IntentJournal, intent: bytes,
+    async def _resend(self, journal: intents.Journal, intent: bytes,
                       signer: SigningKey) -> Outcome | Transaction | None:  # fmt: skip
-        """For an intent sent before: its committed outcome, the attempt to wait for (resent
-        if the node lost it), or None when none can commit any more (a new write)."""
-        attempts = journal.attempts(intent)
+        """For an intent sent before: the outcome of an attempt that committed (if it
+        stands for the intent now), the attempt to wait for (resent if the node lost it),
+        or None when none can commit any more (a new write)."""
+        attempts = await journal.attempts(intent)
         if not attempts:
             return None
-        for attempt in attempts:
-            view = await self._status(attempt.tx)
-            if view.get("status") == "committed":
-                journal.forget(intent)
-                return _checked(attempt.tx.hash, view) if attempt.fresh else None
-            if view.get("status") == "pending":
-                return attempt.tx
+        settled = await self._settled(journal, intent, attempts)
+        if settled is not UNSETTLED:
+            return settled
         latest = attempts[-1].tx
         try:
             await asyncio.to_thread(self.node.submit, latest)
             return latest
-        except NodeUnreachable:
-            raise
+        except NodeUnreachable as exc:
+            raise NotCommitted(f"transaction {latest.hash.hex()} could not be sent again: {exc.message}") from None
         except TwinledgerError as exc:
-            if exc.code != "bad_timestamp":  # its nonce is spent, and none of this intent's attempts committed
-                journal.forget(intent)
-                return None
-        again = calls.sign(signer, ContractCall(latest.contract, latest.method, latest.args), chain_id=latest.chain_id,
-                           nonce=latest.nonce, timestamp=int(time.time() * 1000))  # fmt: skip
-        journal.add(intent, again)
-        await self._submit(journal, intent, again)
+            if exc.code == "nonce_replayed":  # an attempt committed meanwhile, or the nonce went to none of them
+                settled = await self._settled(journal, intent, attempts)
+                if settled is UNSETTLED:
+                    await journal.forget(intent)
+                    return None
+                return settled
+            if exc.code != "bad_timestamp":
+                raise NotCommitted(f"transaction {latest.hash.hex()} could not be sent again: {exc.message}; it may "
+                                   "still commit") from None  # fmt: skip
+        again = resigned(signer, latest)  # the same nonce: at most one of them can commit
+        await journal.add(intent, again)
+        await self._submit(journal, again)
         return again
+
+    async def _settled(self, journal: intents.Journal, intent: bytes,
+                       attempts: list[intents.Attempt]) -> Outcome | Transaction | object | None:  # fmt: skip
+        """What the chain says of an intent's attempts: the outcome of one that committed
+        and stands for it, None if one committed but no longer stands (a new write), the
+        attempt still pending on the node, or UNSETTLED if the node knows none of them."""
+        for attempt in attempts:
+            view = await self._status(attempt.tx)
+            if view is None:
+                continue
+            if view.get("status") == "pending":
+                return attempt.tx
+            if view["receipt"]["error"] == "nonce_replayed":  # committed without effect: not written
+                await journal.forget_attempt(attempt.tx.hash)
+                continue
+            await journal.forget(intent)
+            return _checked(attempt.tx.hash, view, earlier=True) if attempt.stands else None
+        return UNSETTLED
 
     async def _why(self) -> str:
         """Why writes do not commit, as the node sees it ('' if it sees no reason)."""
@@ -346,13 +389,19 @@ class Session:
             return ""
         return "" if quorum["can_commit"] else f": the chain cannot commit now — {cannot_commit(quorum, 'this node')}"
 
-    async def _status(self, tx: Transaction) -> dict[str, Any]:
+    async def _status(self, tx: Transaction) -> dict[str, Any] | None:
+        """The node's view of a transaction; None if it knows none such. Not knowing
+        whether the node knows it is NotCommitted: the write may still commit."""
         try:
             return dict(await asyncio.to_thread(self.node.transaction, tx.hash.hex()))
-        except NodeUnreachable:
-            raise
-        except TwinledgerError:
-            return {"status": "unknown"}
+        except TwinledgerError as exc:
+            if exc.code == "not_found":
+                return None
+            raise NotCommitted(f"transaction {tx.hash.hex()}: {exc.message}; it may still commit") from None
+
+
+UNSETTLED = object()
+"""``Session._settled``: the node knows none of the intent's attempts."""
 
 
 def cannot_commit(quorum: dict[str, Any], seen_from: str) -> str:
@@ -375,11 +424,11 @@ def commit_wait() -> float:
     return seconds
 
 
-def _checked(tx_hash: bytes, view: dict[str, Any]) -> Outcome:
+def _checked(tx_hash: bytes, view: dict[str, Any], earlier: bool = False) -> Outcome:
     receipt = view["receipt"]
     if receipt["status"] != "ok":
         raise TransactionFailed(receipt["message"] or receipt["error"], code=receipt["error"])
-    return Outcome(tx_hash, view)
+    return Outcome(tx_hash, view, earlier)
 
 
 @asynccontextmanager

@@ -204,7 +204,8 @@ async def verify(session: Session, twin_ref: str, progress: Progress | None = No
 
 
 async def write(session: Session, readers: dict[str, bytes], new: bytes, model: aml.Model, base: Current | None,
-                make: Callable[[SpecificationVersion], ContractCall], wait: bool = True) -> Written:  # fmt: skip
+                make: Callable[[SpecificationVersion], ContractCall], wait: bool = True,
+                intent: str | None = None) -> Written:  # fmt: skip
     """Store ``new`` (a stored form, whose model is ``model``) for ``readers``, and submit
     the call ``make`` builds from its version: hashes, reference, the version it was made
     from, and the model delta against the chain's, staged in parts first if it does not
@@ -222,7 +223,7 @@ async def write(session: Session, readers: dict[str, bytes], new: bytes, model: 
                                    model=None if parts else delta, staged=digest if parts else None,
                                    base=bytes.fromhex(base.chain["hash"]) if base is not None else None)  # fmt: skip
     try:
-        return Written(await session.transact(make(version), wait), new)
+        return Written(await session.transact(make(version), wait, intent=intent), new)
     except TwinledgerError:
         if version.staged is not None:  # a refused call leaves its staged payload: drop it
             await session.transact(calls.unstage(digest))

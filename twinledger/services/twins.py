@@ -3,6 +3,7 @@ program calls, roles, and the audit of every change with its proof checked offli
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tempfile
@@ -15,7 +16,7 @@ from twinledger.contracts import calls
 from twinledger.core.proof import parse_proof
 from twinledger.errors import BadRequest, InvalidProof, TwinledgerError
 from twinledger.ledger.genesis import Genesis
-from twinledger.services import documents, proofs
+from twinledger.services import documents, intents, proofs
 from twinledger.services import specification as spec
 from twinledger.services.proofs import Pin
 from twinledger.services.remote import segment
@@ -70,10 +71,13 @@ async def create(session: Session, specification: bytes, name: str, device_id: s
     names); the session's organisation owns it."""
     package = aml.read_package(specification) if aml.is_package(specification) else None
     stored, model = aml.stored_with_model(package.specification if package is not None else specification)
-    readers = await spec.readers_of(session, None, roles)
-    written = await spec.write(session, readers, stored, model, None,
-                               lambda version: calls.create_twin(name, device_id, version, roles or {}))  # fmt: skip
-    outcome = written.outcome
+    intent = intents.write_key("twins.create", name, device_id, roles or {}, hashlib.sha256(stored).hexdigest())
+    outcome = await session.resume(intent)  # sent before and not seen committed then: that twin, not a second upload
+    if outcome is None:
+        readers = await spec.readers_of(session, None, roles)
+        outcome = (await spec.write(session, readers, stored, model, None,
+                                    lambda version: calls.create_twin(name, device_id, version, roles or {}),
+                                    intent=intent)).outcome  # fmt: skip
     twin = outcome.event("TwinCreated")["twin"]
     added: list[str] = []
     for part in package.parts if package is not None else ():

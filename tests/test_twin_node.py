@@ -321,3 +321,20 @@ def test_libraries_are_stored_once_and_a_swapped_library_is_caught(plant):
     assert "1 of 4 versions are not what the chain records: version 3: library 'AutomationMLExtendedRoleClassLib'" \
         in audit.stderr and "intact" in audit.stdout, "the history keeps the swapped version, and says so"
     assert asyncio.run(stored(cell, 4)).libraries == versions[0].libraries, "the home's copy is reused"
+
+
+def test_a_document_goes_to_stdout_whole_and_verified(plant):
+    """``-o -`` streams the document for a pipe (a file named ``-`` before), only after it
+    was verified against the chain; the report goes to stderr, out of the data's way."""
+    home, _client, created, root = plant
+    h = ["--home", str(home)]
+    manual = root / "manual.bin"
+    manual.write_bytes(bytes(range(256)) * 4096)  # 1 MiB with every byte value
+    document = json.loads(ok("twin", "doc", "add", created["id"], str(manual), *h, "--json").stdout)["document"]
+    piped = subprocess.run([sys.executable, "-m", "twinledger", "twin", "doc", "get", created["id"], document[:8], "-o",
+                            "-", *h], capture_output=True, timeout=120, cwd=root)  # fmt: skip
+    assert piped.returncode == 0 and piped.stdout == manual.read_bytes(), piped.stderr
+    assert b"wrote stdout" in piped.stderr and not (root / "-").exists()
+    both = cli("twin", "doc", "get", created["id"], document, "-o", "-", "--json", *h)
+    assert both.returncode == 1 and both.stderr.count("\n") == 1 and "choose one" in both.stderr
+    assert ok("--version").stdout.startswith("twinledger ")

@@ -66,6 +66,24 @@ for sub, name in ((node_app, "node"), (record_app, "record"), (tx_app, "tx"), (b
                   (plant_app, "plant"), (ingest_app, "ingest"), (principal_app, "principal"),
                   (api_token_app, "api-token")):  # fmt: skip
     app.add_typer(sub, name=name)
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import version
+
+        out.print(f"twinledger {version('twinledger')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_version,
+                                          is_eager=True)] = False,  # fmt: skip
+) -> None:
+    """twinledger: secure data sharing for industrial digital twins."""
+
+
 for function, name in ((sharing.grant, "grant"), (sharing.revoke, "revoke"), (sharing.grants, "grants"), (sharing.rekey, "rekey"),
                        (agent, "agent")):
     app.command(name)(function)

@@ -5,6 +5,9 @@ program calls, roles and the audit. Writes are signed with the home's operator k
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -272,22 +275,32 @@ def doc_get(
     ref: Ref,
     document: Annotated[str, typer.Argument(help="Document id (or a unique prefix of at least 8 digits).")],
     home: Home,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the document.", dir_okay=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the document; - for stdout.",
+                                         dir_okay=False, allow_dash=True)],  # fmt: skip
     version: Annotated[int | None, typer.Option(help="Version number (default: the latest).", min=1)] = None,
     device: DeviceDir = None,
     as_json: Json = False,
 ) -> None:
     """Fetch a document from the store, check it against the chain and decrypt it."""
+    to_stdout = str(output) == "-"
+    if to_stdout and as_json:
+        raise TwinledgerError("-o - and --json would both write to stdout; choose one", code="bad_request")
     number, chosen = documents.version_of(documents.find(_twin(home, ref), document), version)
     keys = device_keys(device) if device is not None else None
-    with transfer_progress(f"fetching {document[:16]}", chosen["size"], as_json) as advance:
-        read = run(home, lambda session: documents.get(session, ref, document, output, number, keys, advance))
+    with tempfile.TemporaryDirectory(prefix="twinledger-doc-") as scratch:
+        target = Path(scratch) / "document" if to_stdout else output
+        with transfer_progress(f"fetching {document[:16]}", chosen["size"], as_json) as advance:
+            read = run(home, lambda session: documents.get(session, ref, document, target, number, keys, advance))
+        if to_stdout:  # verified whole before a byte goes out
+            with target.open("rb") as source:
+                shutil.copyfileobj(source, sys.stdout.buffer)
+            sys.stdout.flush()
     if as_json:
         print_json({"document": read.document, "version": read.version, "path": str(output), "size": read.size,
                     "hash": read.hash})  # fmt: skip
     else:
-        out.print(f"wrote {output} ({read.size:,} bytes, version {read.version}, verified against the chain)",
-                  highlight=False)  # fmt: skip
+        (err if to_stdout else out).print(f"wrote {'stdout' if to_stdout else output} ({read.size:,} bytes, version "
+                                          f"{read.version}, verified against the chain)", highlight=False)  # fmt: skip
 
 
 def print_readers(acls: list[ItemAcl], removed: list[str], what: str, as_json: bool) -> None:

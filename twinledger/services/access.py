@@ -10,10 +10,10 @@ reader the item's ACL names, else through a proxy under an active grant covering
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from twinledger.config import passphrase
 from twinledger.contracts import calls
@@ -30,6 +30,7 @@ from twinledger.store.documents import change_readers as store_change_readers
 from twinledger.store.feeds import parse_feed_reference, rotate_feed
 from twinledger.store.items import AccessDenied, ItemAcl
 
+T = TypeVar("T")
 MIN_PREFIX = 8
 """Fewest hex digits that name a grant, document or request by prefix."""
 REKEY_ROUNDS = 64
@@ -167,14 +168,26 @@ async def grants_of(session: Session, twin_ref: str | None = None) -> dict[str, 
     return dict(await session.get("/v1/grants", twin=twin))
 
 
-async def find_grant(session: Session, prefix: str) -> dict[str, Any]:
-    if len(prefix) < MIN_PREFIX:
-        raise BadRequest(f"give at least {MIN_PREFIX} digits of the grant id")
-    matches = [g for g in (await session.get("/v1/grants"))["grants"] if g["id"].startswith(prefix.lower())]
+def by_id(items: Iterable[T], given: str, id_of: Callable[[T], str], what: str) -> T:
+    """The one item whose id is ``given`` or starts with it — the one rule for ids in every
+    command: hex in either case, a prefix of at least MIN_PREFIX digits, never ambiguous."""
+    wanted = given.strip().lower()
+    listed = list(items)
+    exact = [item for item in listed if id_of(item) == wanted]
+    if exact:
+        return exact[0]
+    if len(wanted) < MIN_PREFIX:
+        raise BadRequest(f"{given[:64]!r} is too short for a {what} id: give at least {MIN_PREFIX} of its digits")
+    matches = [item for item in listed if id_of(item).startswith(wanted)]
     if len(matches) != 1:
-        raise TwinledgerError(f"{'no' if not matches else 'more than one'} grant id starts with {prefix}",
-                              code="unknown_grant")  # fmt: skip
-    return dict(matches[0])
+        problem = f"starts {len(matches)} {what} ids" if matches else f"is no {what} id, nor the start of one"
+        raise TwinledgerError(f"{given[:64]!r} {problem}", code=f"unknown_{what.replace(' ', '_')}")
+    return matches[0]
+
+
+async def find_grant(session: Session, prefix: str) -> dict[str, Any]:
+    grants = (await session.get("/v1/grants"))["grants"]
+    return dict(by_id(grants, prefix, lambda g: str(g["id"]), "grant"))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from twinledger.contracts import calls
 from twinledger.core.attributes import document_attributes
 from twinledger.errors import TwinledgerError
 from twinledger.services import access, intents
-from twinledger.services.access import MIN_PREFIX, DeviceKeys
+from twinledger.services.access import DeviceKeys
 from twinledger.services.session import Outcome, Progress, Session
 from twinledger.store.documents import StoredDocument, download_document, parse_reference, upload_document
 from twinledger.store.items import CHUNK_SIZE, ItemAcl
@@ -26,12 +26,7 @@ PENDING = "store:pending"
 
 def find(twin: dict[str, Any], document: str) -> dict[str, Any]:
     """A document of the twin by id or by a unique prefix of at least 8 hex digits."""
-    matches = [d for d in twin["documents"]
-               if d["id"] == document or (len(document) >= MIN_PREFIX and d["id"].startswith(document))]  # fmt: skip
-    if len(matches) != 1:
-        problem = "names several documents" if matches else "is no document"
-        raise TwinledgerError(f"{document[:64]!r} {problem} of twin {twin['id']}", code="unknown_document")
-    return dict(matches[0])
+    return dict(access.by_id(twin["documents"], document, lambda d: str(d["id"]), "document"))
 
 
 def version_of(entry: dict[str, Any], version: int | None) -> tuple[int, dict[str, Any]]:
@@ -173,5 +168,5 @@ async def change_readers(session: Session, twin_ref: str, document: str, version
 
 async def remove(session: Session, twin_ref: str, document: str, wait: bool = True) -> Outcome:
     """Mark a document removed (its versions stay in the history)."""
-    twin_id = (await session.twin(twin_ref))["id"]
-    return await session.transact(calls.remove_document(twin_id, document), wait)
+    twin = await session.twin(twin_ref)
+    return await session.transact(calls.remove_document(twin["id"], find(twin, document)["id"]), wait)

@@ -10,7 +10,7 @@ from typing import Any
 
 from twinledger.core.attributes import request_attributes
 from twinledger.errors import TwinledgerError
-from twinledger.services.access import MIN_PREFIX, DeviceKeys
+from twinledger.services.access import DeviceKeys, by_id
 from twinledger.services.session import Session
 from twinledger.sharing.requests import collect_response, make_request, respond, routes, send_request, take_requests
 
@@ -70,10 +70,7 @@ def request_view(proxy: str, entry: dict[str, Any]) -> dict[str, Any]:
 async def answer(session: Session, twin_ref: str, device: DeviceKeys, request: str, text: str) -> str:
     """Answer the open request whose id starts with ``request``; its full id."""
     twin_id = (await session.twin(twin_ref))["id"]
-    matches = [(proxy, e) for proxy, e in await pending(session, twin_id, device)
-               if e["id"].hex().startswith(request.lower()) and e["reply_key"] is not None]  # fmt: skip
-    if len(request) < MIN_PREFIX or len(matches) != 1:
-        raise TwinledgerError(f"no single open request starts with {request}", code="unknown_request")
-    proxy, entry = matches[0]
+    open_requests = [(proxy, e) for proxy, e in await pending(session, twin_id, device) if e["reply_key"] is not None]
+    proxy, entry = by_id(open_requests, request, lambda pair: pair[1]["id"].hex(), "open request")
     await respond(await session.store(), proxy, twin_id, device.signing, entry["id"], entry["reply_key"], text.encode())
     return str(entry["id"].hex())

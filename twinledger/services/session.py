@@ -280,28 +280,23 @@ class Session:
         """Wait for a write reported pending, by the transaction it named: its outcome,
         TransactionFailed if the contract refused it, NotCommitted if it is still pending.
         Its intent's newest attempt is what is waited for (one signed again replaces it)."""
+        timeout = commit_wait() if timeout is None else timeout
         async with intents.opened(self.config.home) as journal:
             named = await journal.intent_of_attempt(tx_hash)
             attempts = await journal.attempts(named) if named is not None else []
-        tx = attempts[-1].tx if attempts else None
-        if tx is None or tx.hash == tx_hash:
-            view = await self._status_or_pending(tx_hash, commit_wait() if timeout is None else timeout)
-            if view.get("status") != "committed":
-                raise NotCommitted(f"transaction {tx_hash.hex()} was not committed within "
-                                   f"{commit_wait() if timeout is None else timeout:.0f} s{await self._why()}; it may "
-                                   "still commit")  # fmt: skip
-            if named is not None:
-                async with intents.opened(self.config.home) as journal:
-                    await journal.forget(named)
-            return _checked(tx_hash, view)
-        assert named is not None
-        return await self._committed(named, tx, commit_wait() if timeout is None else timeout)
-
-    async def _status_or_pending(self, tx_hash: bytes, timeout: float) -> dict[str, Any]:
+        if named is not None and attempts and attempts[-1].tx.hash != tx_hash:
+            return await self._committed(named, attempts[-1].tx, timeout)
         try:
-            return dict(await asyncio.to_thread(self.node.transaction, tx_hash.hex(), wait=timeout))
-        except NodeUnreachable as exc:
+            view = dict(await asyncio.to_thread(self.node.transaction, tx_hash.hex(), wait=timeout))
+        except TwinledgerError as exc:  # unknown here, or unreachable: it may still commit elsewhere
             raise NotCommitted(f"transaction {tx_hash.hex()}: {exc.message}; it may still commit") from None
+        if view.get("status") != "committed":
+            raise NotCommitted(f"transaction {tx_hash.hex()} was not committed within {timeout:.0f} s"
+                               f"{await self._why()}; it may still commit")  # fmt: skip
+        if named is not None:
+            async with intents.opened(self.config.home) as journal:
+                await journal.forget(named)
+        return _checked(tx_hash, view)
 
     async def _committed(self, intent: bytes, tx: Transaction, timeout: float) -> Outcome:
         """Wait for a journaled attempt; whatever keeps this from knowing its fate is

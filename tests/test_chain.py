@@ -605,3 +605,30 @@ def test_unauthenticated_blocks_do_not_grow_what_the_chain_remembers(stores):
         with pytest.raises(InvalidBlock):
             follower.apply_block(child, CommitCertificate("test-chain", 3, 0, child.hash, ()))
     assert follower.invalid == remembered
+
+
+def test_a_decided_block_whose_parent_was_overtaken_by_sync_goes_to_fork_choice(stores):
+    """Found in the poa fork test: an authority decided its block while block sync applied
+    a sibling at the same height; the commit found the head moved, raised, and block
+    production stopped for good. An engine without finality forks: fork choice places the
+    decided block like any other certified one."""
+    import asyncio
+
+    from twinledger.node.ledger import LedgerService
+
+    mine, theirs = new_chain(stores("mine")), new_chain(stores("theirs"))
+    decided, result = mine.build_block([record()], VALIDATOR.public, mine.head.timestamp + 1000)
+    synced = produce(theirs, [record()], timestamp=mine.head.timestamp + 2000)
+    service = LedgerService(mine, Mempool())
+
+    async def race() -> None:
+        await service.apply_synced(*synced)  # sync first, while the engine still holds its block
+        await service.commit_block(decided, mine.consensus.certify(decided), result)
+
+    try:
+        asyncio.run(race())
+        winner = min((decided, synced[0]), key=lambda b: b.hash)  # same height: the lowest hash
+        assert mine.head == winner.header
+        assert {decided.hash, synced[0].hash} <= set(mine.tree.headers), "both kept: fork choice can move again"
+    finally:
+        service.close()

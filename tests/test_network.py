@@ -218,19 +218,28 @@ def test_poa_branches_built_apart_heal_into_one_and_lose_no_transaction(tmp_path
     try:
         for i in range(2):
             net.start(i)
-        assert net.wait_height(1, 2)
+        sent: list[Transaction] = []
+        keys = [SigningKey.generate() for _ in range(2)]
+
+        def put(i: int, nonces: range) -> None:
+            """Records submitted to authority ``i``: blocks come from transactions, not the
+            empty-block interval, so the test waits for work rather than a clock."""
+            txs = [sign_transaction(keys[i], chain_id=net.chain_id, nonce=n, contract="records", method="put",
+                                    args={"payload": os.urandom(16)}, timestamp=int(time.time() * 1000))
+                   for n in nonces]  # fmt: skip
+            assert all(r["status"] == "accepted" for r in net.submit(i, txs)["results"])
+            sent.extend(txs)
+
+        put(0, range(1))
+        assert net.wait_height(0, 1) and net.wait_height(1, 1)  # connected: both hold the block with it
         net.cut_off(1)
         fork = max(net.height(0), net.height(1)) + 1
-        sent: list[Transaction] = []
-        for i in range(2):
-            key = SigningKey.generate()
-            txs = [sign_transaction(key, chain_id=net.chain_id, nonce=n, contract="records", method="put",
-                                    args={"payload": os.urandom(16)}, timestamp=int(time.time() * 1000))
-                   for n in range(20)]  # fmt: skip
-            assert all(r["status"] == "accepted" for r in net.submit(i, txs)["results"])
-            sent += txs
-        for i in range(2):
-            assert net.wait_height(i, fork + 2)
+        for batch in range(3):  # three blocks on each side from `fork - 1`
+            for i in range(2):
+                first = 1 if i == 0 else 0
+                put(i, range(first + 7 * batch, first + 7 * (batch + 1)))
+            for i in range(2):
+                assert net.wait_height(i, fork + batch)
         # A block on its way when the cut fell may still reach both, at height `fork` at most.
         assert net.block_hashes(0, fork + 2)[-1] != net.block_hashes(1, fork + 2)[-1], "the two built separate branches"
         for i in range(2):  # both armed: whichever reorganises dies at the point

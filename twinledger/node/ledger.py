@@ -325,16 +325,19 @@ class LedgerService(NetworkedProducer):
         self.fetch_blocks(height)
 
     # -- committing ----------------------------------------------------------------------------
-    def _commit(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> bool:
-        """Commit a decided block; False if block sync already brought it."""
+    def _commit(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> tuple[Block, ...]:
+        """Commit a decided block; the blocks that became canonical (none if block sync
+        already brought it)."""
         if self.chain.head.hash == block.hash:
-            return False
+            return ()
         if block.header.previous != self.chain.head.hash:
-            raise InvalidBlock(f"decided block {block.height} no longer extends the head ({self.chain.head.height})")
+            # Block sync moved the head while this block was being decided — an engine
+            # without finality forks — so fork choice places it, like any certified block.
+            return self._apply_synced(block, certificate).adopted
         kill_point("commit.decided")
         self.chain.commit(block, certificate, result)
         self._forget(block)
-        return True
+        return (block,)
 
     def _forget(self, block: Block) -> None:
         """Drop a committed block's transactions from the mempool."""
@@ -343,8 +346,8 @@ class LedgerService(NetworkedProducer):
         self._unjournaled.difference_update(hashes)
 
     async def commit_block(self, block: Block, certificate: CommitCertificate, result: BlockResult) -> None:
-        if await self.in_ledger(self._commit, block, certificate, result):
-            self._committed(block)
+        for adopted in await self.in_ledger(self._commit, block, certificate, result):
+            self._committed(adopted)
 
     async def apply_synced(self, block: Block, certificate: CommitCertificate) -> ImportOutcome:
         """Apply a block that block sync brought, with its certificate."""

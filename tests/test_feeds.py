@@ -71,7 +71,8 @@ def checkpoints(network: Network, twin: str) -> list[dict[str, Any]]:
 
 def test_a_feed_is_pushed_checkpointed_and_read_back_only_by_its_readers(consortium, tmp_path):
     twin, feed = new_feed(consortium, "maintainer")
-    pushed = push(consortium, twin, samples_csv(tmp_path / "s.csv", 2500), "--checkpoint-every", "10")
+    pushed = push(consortium, twin, samples_csv(tmp_path / "s.csv", 2500), "--checkpoint-every", "10",
+                  "--segment-seconds", "1")  # fmt: skip
     assert (pushed["samples"], pushed["updates"], pushed["first_sequence"], pushed["last_sequence"]) == (2500, 25, 0, 24)
     assert [c["sequence"] for c in checkpoints(consortium, twin)] == [9, 19, 24]
     assert checkpoints(consortium, twin)[-1]["head"] == pushed["head"]
@@ -97,7 +98,7 @@ def test_a_feed_is_pushed_checkpointed_and_read_back_only_by_its_readers(consort
     assert verified["intact"] and verified["updates"] == 25 and verified["checkpoints"] == 3
     assert verified["segments_opened"] and len(verified["replicas"]) == 3
 
-    more = push(consortium, twin, samples_csv(tmp_path / "t.csv", 300, start=START + 30_000_000))
+    more = push(consortium, twin, samples_csv(tmp_path / "t.csv", 300, start=START + 30_000_000), "--segment-seconds", "1")
     assert (more["first_sequence"], more["last_sequence"]) == (25, 27)  # the writer continues from the stored head
 
 
@@ -148,6 +149,55 @@ def test_each_sample_once_finite_and_in_time_and_an_interrupted_push_resumes(con
     assert read["samples"] == [[START + i * 1_000_000, i * 0.5] for i in range(600)], "each sample once, in order"
     verified = ok("twin", "feed", "verify", twin, "level-sensor-1", *owner)
     assert verified["intact"] and verified["segments_opened"]
+
+
+def test_a_backfill_takes_segments_from_the_data_rate_and_exports_to_csv_and_parquet(consortium, tmp_path):
+    """An hour at 1 Hz was 3,600 one-sample segments (75 s); a segment now holds about
+    4,096 samples whatever the rate. The export gives back exactly what was pushed, as
+    CSV that pushes again unchanged, as Parquet with real timestamps, and to stdout."""
+    import pyarrow.parquet as pq
+
+    twin, _ = new_feed(consortium, "maintainer")
+    owner = ["--home", home(consortium, OWNER)]
+    hour = push(consortium, twin, samples_csv(tmp_path / "hour.csv", 3600, rate=1))
+    assert (hour["samples"], hour["updates"]) == (3600, 1)
+    later = START + 3600 * 1_000_000
+    fast = push(consortium, twin, samples_csv(tmp_path / "fast.csv", 20_000, start=later, rate=10))
+    assert fast["updates"] == 5, "20,000 samples at 10 Hz: 409.6 s (4,096 samples) a segment"
+    expected = [[START + i * 1_000_000, i * 0.5] for i in range(3600)] + \
+        [[later + i * 100_000, i * 0.5] for i in range(20_000)]  # fmt: skip
+
+    exported = ok("twin", "feed", "export", twin, "level-sensor-1", "-o", str(tmp_path / "all.csv"), *owner)
+    assert (exported["samples"], exported["segments"], exported["format"]) == (23_600, 6, "csv")
+    lines = (tmp_path / "all.csv").read_text().splitlines()
+    assert lines[0] == "time,value" and lines[1] == "2026-09-21T14:13:20.000000+00:00,0.0"
+    copy, _ = new_feed(consortium, "maintainer")
+    pushed = ok("twin", "feed", "push", copy, "level-sensor-1", str(tmp_path / "all.csv"), *owner)
+    assert pushed["samples"] == 23_600
+    assert ok("twin", "feed", "read", copy, "level-sensor-1", *owner)["samples"] == expected, "the export pushes back as is"
+
+    parquet = ok("twin", "feed", "export", twin, "level-sensor-1", "-o", str(tmp_path / "all.parquet"),
+                 "--home", home(consortium, MAINTAINER))  # fmt: skip
+    assert parquet["format"] == "parquet"
+    table = pq.read_table(tmp_path / "all.parquet")
+    assert str(table.schema.field("time").type) == "timestamp[us, tz=UTC]" and table.num_rows == 23_600
+    times = table.column("time").cast("int64").to_pylist()
+    assert [[t, v] for t, v in zip(times, table.column("value").to_pylist(), strict=True)] == expected
+
+    since, until = (START + 3500 * 1_000_000) / 1e6, (later + 50 * 100_000) / 1e6
+    piped = cli("twin", "feed", "export", twin, "level-sensor-1", "-o", "-", "--since", str(since), "--until", str(until),
+                *owner)  # fmt: skip
+    assert piped.returncode == 0 and "wrote 151 samples" in piped.stderr
+    rows = piped.stdout.splitlines()
+    assert len(rows) == 152 and rows[1].startswith("2026-09-21T15:11:40") and rows[-1].startswith("2026-09-21T15:13:25")
+
+    refused = cli("twin", "feed", "export", twin, "level-sensor-1", "-o", str(tmp_path / "no.csv"),
+                  "--home", home(consortium, AUDITOR))  # fmt: skip
+    assert refused.returncode == 1 and "not a reader" in refused.stderr and refused.stderr.count("\n") == 1
+    assert not (tmp_path / "no.csv").exists() and not (tmp_path / ".no.csv.part").exists(), "no partial file"
+    wrong = cli("twin", "feed", "export", twin, "level-sensor-1", "-o", str(tmp_path / "x.xlsx"), "--format", "xlsx",
+                *owner)  # fmt: skip
+    assert wrong.returncode == 1 and "no export format 'xlsx'" in wrong.stderr
 
 
 async def _acl(client: StoreClient, feed: bytes) -> ItemAcl:

@@ -80,7 +80,8 @@ class FeedIn(BaseModel):
 class SamplesIn(BaseModel):
     samples: list[tuple[int, float]] = Field(min_length=1, max_length=1_000_000,
                                              description="[time in µs since the epoch, value], in time order.")
-    segment_seconds: float = Field(1.0, gt=0)
+    segment_seconds: float | None = Field(None, gt=0, description="Sample time per segment (default: from the "
+                                          "samples' rate, about 4,096 a segment).")  # fmt: skip
 
 
 class ReadersIn(BaseModel):

@@ -10,7 +10,6 @@ import json
 import math
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -135,19 +134,3 @@ def render_outcome(outcome: Outcome, as_json: bool, done: str) -> None:
                       "nothing was sent again", highlight=False)  # fmt: skip
     else:
         out.print(f"submitted {outcome.tx_hash.hex()}", highlight=False)
-
-
-def parse_time(text: str) -> int:
-    """Microseconds since the epoch from seconds since the epoch or an ISO 8601 time."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text.strip())
-        except ValueError:
-            raise TwinledgerError(f"{text[:40]!r} is neither seconds since the epoch nor an ISO 8601 time",
-                                  code="bad_time") from None  # fmt: skip
-        seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-    if not math.isfinite(seconds) or not 0 <= seconds < 1 << 33:
-        raise TwinledgerError(f"{text[:40]!r} is not a time between 1970 and 2242", code="bad_time")
-    return round(seconds * 1_000_000)

@@ -6,12 +6,10 @@ reading, following and verifying happen here too, so no node sees a sample value
 
 from __future__ import annotations
 
-import csv
 import json
 import math
+import os
 import sys
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,15 +31,16 @@ from twinledger.cli.common import (
     err,
     kv_table,
     out,
-    parse_time,
     plural,
     print_json,
     render_outcome,
     run,
 )
 from twinledger.cli.twins import feed_app, print_readers
+from twinledger.core.files import create_fresh
+from twinledger.core.times import iso_us, parse_time
 from twinledger.errors import TwinledgerError
-from twinledger.services import feeds
+from twinledger.services import feed_files, feeds
 from twinledger.services.access import device_keys
 from twinledger.services.session import Session
 from twinledger.store.feed_verify import FeedReport
@@ -53,7 +52,7 @@ SPARK = "▁▂▃▄▅▆▇█"
 
 
 def show_time(microseconds: int) -> str:
-    return datetime.fromtimestamp(microseconds / 1_000_000, UTC).isoformat(timespec="milliseconds")
+    return iso_us(microseconds, "milliseconds")
 
 
 def sparkline(values: list[float], width: int = 72) -> str:
@@ -130,32 +129,21 @@ def feed_unshare(ref: Ref, component: Component, organisations: Organisations, h
     print_readers(acls, organisations, f"unshared the feed of {component}", as_json)
 
 
-def _read_samples(source: Path) -> Iterator[tuple[int, Sample]]:
-    """(line number, sample) of a CSV file of ``time,value`` lines; '-' is stdin."""
-    stream = sys.stdin if str(source) == "-" else source.open(newline="")
-    try:
-        previous, previous_line = -1, 0
-        for number, row in enumerate(csv.reader(stream), start=1):
-            if not row or (number == 1 and row[0].strip().lower() == "time"):
-                continue
-            if len(row) != 2:
-                raise TwinledgerError(f"line {number}: expected time,value, got {len(row)} field(s)", code="bad_sample")
-            try:
-                value = float(row[1])
-                moment = parse_time(row[0])
-            except (ValueError, TwinledgerError) as exc:
-                detail = exc.message if isinstance(exc, TwinledgerError) else f"{row[1][:40]!r} is not a number"
-                raise TwinledgerError(f"line {number}: {detail}", code="bad_sample") from None
-            if not math.isfinite(value):
-                raise TwinledgerError(f"line {number}: {row[1].strip()[:40]!r} is not a finite number", code="bad_sample")
-            if moment <= previous:
-                raise TwinledgerError(f"line {number}: time {row[0].strip()[:40]} is not after line {previous_line}'s; "
-                                      "samples must be in strictly increasing time", code="bad_sample")  # fmt: skip
-            previous, previous_line = moment, number
-            yield number, (moment, value)
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
+def _read_samples(source: Path) -> list[Sample]:
+    """The samples of a CSV file; '-' is stdin."""
+    if str(source) == "-":
+        return list(feed_files.read_csv(sys.stdin))
+    if not source.is_file():
+        raise TwinledgerError(f"no file {source}", code="no_file")
+    with source.open(newline="") as stream:
+        return list(feed_files.read_csv(stream))
+
+
+def _sample_progress(as_json: bool) -> Progress:
+    """Samples done on stderr, as a bar with the time left when the total is known."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} samples"),
+                    TimeRemainingColumn(), console=err, transient=True,
+                    disable=as_json or not err.is_terminal)  # fmt: skip
 
 
 @feed_app.command("push")
@@ -166,7 +154,8 @@ def feed_push(
     source: Annotated[Path, typer.Argument(help="CSV of time,value lines (time in seconds since the epoch or ISO "
                                                 "8601); - for stdin.", allow_dash=True)],  # fmt: skip
     home: Home,
-    segment_seconds: Annotated[float, typer.Option(help="Sample time per segment.", min=0.001)] = 1.0,
+    segment_seconds: Annotated[float | None, typer.Option(help="Sample time per segment (default: from the data's rate, "
+                                                               "about 4,096 samples a segment).", min=0.001)] = None,  # fmt: skip
     checkpoint_every: Annotated[int, typer.Option(help="Updates between on-chain checkpoints.", min=1)] = CHECKPOINT_EVERY,
     key: KeyFile = None,
     as_json: Json = False,
@@ -174,15 +163,10 @@ def feed_push(
     """Append samples to the component's feed, encrypted, and checkpoint its head on chain.
 
     The whole file is checked before anything is appended."""
-    if str(source) != "-" and not source.is_file():
-        raise TwinledgerError(f"no file {source}", code="no_file")
-    samples = [sample for _, sample in _read_samples(source)]
+    samples = _read_samples(source)
     if not samples:
         raise TwinledgerError(f"{source} holds no samples", code="bad_sample")
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} samples"),
-                        TimeRemainingColumn(), console=err, transient=True,
-                        disable=as_json or not err.is_terminal)  # fmt: skip
-    with progress:
+    with _sample_progress(as_json) as progress:
         task = progress.add_task(f"appending to {component}", total=len(samples))
         pushed = run(home, lambda session: feeds.push(session, ref, component, samples, segment_seconds,
                                                       checkpoint_every, lambda n: progress.advance(task, n)), key)  # fmt: skip
@@ -222,7 +206,10 @@ def feed_read(
     """Fetch, verify and decrypt a feed's history (optionally a time range) and plot it."""
     start, end = (parse_time(t) if t is not None else None for t in (since, until))
     keys = device_keys(device) if device is not None else None
-    read = run(home, lambda session: feeds.read(session, ref, component, after, start, end, latest, keys))
+    with _sample_progress(as_json) as progress:
+        task = progress.add_task(f"reading {component}", total=None)
+        read = run(home, lambda session: feeds.read(session, ref, component, after, start, end, latest, keys,
+                                                    lambda n: progress.advance(task, n)))  # fmt: skip
     feed, segments, samples = read.feed, read.segments, read.samples
     if as_json:
         print_json({"feed": feed.hex(), "updates": [update_view(s.update) for s in segments],
@@ -242,6 +229,61 @@ def feed_read(
     for moment, value in samples[-10:]:
         table.add_row(show_time(moment), f"{value:.6g}")
     out.print(table)
+
+
+@feed_app.command("export")
+@command
+def feed_export(
+    ref: Ref,
+    component: Component,
+    home: Home,
+    output: Annotated[Path, typer.Option("-o", "--output", help="The file to write; - for stdout.", allow_dash=True)],
+    file_format: Annotated[str | None, typer.Option("--format", help="csv or parquet (default: the output's suffix, "
+                                                                    "else csv).")] = None,  # fmt: skip
+    since: TimeOption = None,
+    until: TimeOption = None,
+    device: DeviceDir = None,
+    as_json: Json = False,
+) -> None:
+    """Write a feed's samples, decrypted and checked, to CSV or Parquet with ISO 8601
+    times in UTC (a time range with --since/--until). A CSV export pushes back as is.
+
+    The file appears only once complete: an interrupted export leaves no partial file."""
+    to_stdout = str(output) == "-"
+    if to_stdout and as_json:
+        raise TwinledgerError("-o - and --json would both write to stdout; choose one", code="bad_request")
+    chosen = (file_format or ("parquet" if output.suffix.lower() == ".parquet" else "csv")).lower()
+    if chosen not in feed_files.FORMATS:
+        raise TwinledgerError(f"no export format {chosen!r}; choose one of {', '.join(feed_files.FORMATS)}",
+                              code="bad_format")  # fmt: skip
+    start, end = (parse_time(t) if t is not None else None for t in (since, until))
+    keys = device_keys(device) if device is not None else None
+    partial = output.with_name(f".{output.name}.part")
+    sink = sys.stdout.buffer if to_stdout else create_fresh(partial, 0o644)
+    try:
+        with _sample_progress(as_json) as progress:
+            task = progress.add_task(f"exporting {component}", total=None)
+            exported = run(home, lambda session: feeds.export(session, ref, component, feed_files.sink(sink, chosen),
+                                                              start, end, keys, lambda n: progress.advance(task, n)))  # fmt: skip
+        if not to_stdout:
+            sink.flush()
+            os.fsync(sink.fileno())
+            sink.close()
+            os.replace(partial, output)
+    finally:
+        if not to_stdout and not sink.closed:
+            sink.close()
+        partial.unlink(missing_ok=True)
+    summary = {"feed": exported.feed.hex(), "component": component, "format": chosen,
+               "output": "-" if to_stdout else str(output), "samples": exported.samples,
+               "segments": exported.segments, "from": iso_us(exported.first) if exported.first is not None else None,
+               "to": iso_us(exported.last) if exported.last is not None else None}  # fmt: skip
+    if as_json:
+        print_json(summary)
+        return
+    span = f" from {summary['from']} to {summary['to']}" if exported.samples else ""
+    (err if to_stdout else out).print(f"wrote {plural(exported.samples, 'sample')}{span} to "
+                                      f"{'stdout' if to_stdout else output} ({chosen})", highlight=False)  # fmt: skip
 
 
 @feed_app.command("follow")

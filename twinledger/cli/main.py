@@ -446,6 +446,19 @@ def bench_aml(
     run_aml_benchmark(size_mb=size_mb, runs=runs, output=output, as_json=as_json)
 
 
+@bench_app.command("backfill")
+@command
+def bench_backfill(
+    days: Annotated[float, typer.Option(help="Days of 1 Hz history to backfill.", min=0.01)] = 7.0,
+    output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench/results/backfill.json"),
+    as_json: Json = False,
+) -> None:
+    """Backfill a sensor's history from CSV, read it back and export it, on three nodes."""
+    from twinledger.bench.backfill import run_backfill_benchmark
+
+    run_backfill_benchmark(days=days, output=output, as_json=as_json)
+
+
 @bench_app.command("ingest")
 @command
 def bench_ingest(

@@ -10,9 +10,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from twinledger.cli.common import Home, Json, command, out, parse_time, print_json, run
+from twinledger.cli.common import Home, Json, command, out, print_json, run
 from twinledger.contracts.principals import PRINCIPAL_ROLES
 from twinledger.core.files import create_new
+from twinledger.core.times import parse_time
 from twinledger.errors import BadRequest, TwinledgerError
 from twinledger.services import principals
 from twinledger.services.session import read_signing_key

@@ -15,7 +15,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from twinledger.cli.common import Home, Json, KeyFile, client, command, out, parse_time, print_json, run
+from twinledger.cli.common import Home, Json, KeyFile, client, command, out, print_json, run
+from twinledger.core.times import parse_time
 from twinledger.errors import TwinledgerError
 from twinledger.services import access, devices, requests, tokens
 from twinledger.services.access import device_keys

@@ -5,17 +5,18 @@ re-keyed. The CLI, the device agent and the API create feeds with ``create_and_a
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from twinledger.aml import Signal
 from twinledger.contracts import calls
 from twinledger.core.attributes import SENSOR_KIND, feed_attributes
+from twinledger.core.times import iso_us
 from twinledger.services import access
 from twinledger.services.access import DeviceKeys
+from twinledger.services.feed_files import SampleSink
 from twinledger.services.remote import segment
 from twinledger.services.session import Outcome, Progress, Session
 from twinledger.store.feed_verify import Checkpoint, FeedReport, verify_feed
@@ -122,6 +123,20 @@ async def open_writer(session: Session, twin_id: str, component: str, feed: byte
                                  feed, checkpoint, checkpoint_every, sharing or session.sharing_now(twin_id))  # fmt: skip
 
 
+BACKFILL_SEGMENT_SAMPLES = 4096
+"""Samples a backfilled segment aims at (64 KiB sealed): a day of 1 Hz data is 22
+round trips, not 86,400, and a time-range read fetches little it does not need."""
+
+
+def backfill_segment_seconds(samples: Sequence[Sample]) -> float:
+    """A segment window that holds about ``BACKFILL_SEGMENT_SAMPLES`` at the samples'
+    mean rate (a device streaming live chooses its window for latency instead)."""
+    if len(samples) < 2:
+        return 1.0
+    span = (samples[-1][0] - samples[0][0]) / 1_000_000
+    return BACKFILL_SEGMENT_SAMPLES * span / (len(samples) - 1)
+
+
 def segments(samples: Iterable[Sample], seconds: float) -> Iterator[list[Sample]]:
     """Consecutive samples grouped into windows of ``seconds`` of sample time."""
     window = max(1, round(seconds * 1_000_000))
@@ -145,13 +160,14 @@ class Pushed:
     """Samples the feed already held (an earlier, interrupted push of the same data)."""
 
 
-async def push(session: Session, twin_ref: str, component: str, samples: list[Sample], segment_seconds: float = 1.0,
-               checkpoint_every: int = CHECKPOINT_EVERY, progress: Progress | None = None) -> Pushed:  # fmt: skip
+async def push(session: Session, twin_ref: str, component: str, samples: list[Sample],
+               segment_seconds: float | None = None, checkpoint_every: int = CHECKPOINT_EVERY,
+               progress: Progress | None = None) -> Pushed:  # fmt: skip
     """Append samples — finite values at strictly increasing times — to the component's
-    feed, encrypted, in segments of ``segment_seconds`` of sample time; its head is
-    checkpointed on chain. Samples at or before the feed's end are what an interrupted
-    push of the same data appended: skipped if the feed holds exactly them, refused
-    otherwise (a feed's history is not rewritten)."""
+    feed, encrypted, in segments of ``segment_seconds`` of sample time (default: from the
+    data's rate); its head is checkpointed on chain. Samples at or before the feed's end
+    are what an interrupted push of the same data appended: skipped if the feed holds
+    exactly them, refused otherwise (a feed's history is not rewritten)."""
     problem = sample_problem(samples)
     if problem is not None:
         raise BadSample(problem)
@@ -163,7 +179,8 @@ async def push(session: Session, twin_ref: str, component: str, samples: list[Sa
         if progress is not None:
             progress(held)
     written: list[FeedUpdate] = []
-    for batch in segments(samples[held:], segment_seconds):
+    window = segment_seconds if segment_seconds is not None else backfill_segment_seconds(samples)
+    for batch in segments(samples[held:], window):
         writer.extend(batch)
         written += await writer.flush()
         if progress is not None:
@@ -177,14 +194,10 @@ async def _check_held(session: Session, twin_ref: str, component: str, held: lis
     stored = (await read(session, twin_ref, component, since=held[0][0], until=end)).samples
     for index, (mine, theirs) in enumerate(itertools.zip_longest(held, stored)):
         if mine != theirs:
-            raise BadSample(f"the feed already holds samples up to {iso_time(end)}, and sample {index + 1} "
-                            f"({iso_time(mine[0]) if mine else 'none'}) differs from the one stored there "
-                            f"({iso_time(theirs[0]) if theirs else 'none'}); a feed's history is not rewritten: push "
-                            f"only samples after {iso_time(end)}")  # fmt: skip
-
-
-def iso_time(microseconds: int) -> str:
-    return dt.datetime.fromtimestamp(microseconds / 1_000_000, dt.UTC).isoformat(timespec="microseconds")
+            raise BadSample(f"the feed already holds samples up to {iso_us(end)}, and sample {index + 1} "
+                            f"({iso_us(mine[0]) if mine else 'none'}) differs from the one stored there "
+                            f"({iso_us(theirs[0]) if theirs else 'none'}); a feed's history is not rewritten: push "
+                            f"only samples after {iso_us(end)}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -195,20 +208,66 @@ class FeedRead:
     """The segments' samples within the asked time range."""
 
 
+def within(samples: list[Sample], since: int | None, until: int | None) -> list[Sample]:
+    """The samples in [``since``, ``until``] (a segment may reach past either end)."""
+    if since is None and until is None:
+        return samples
+    return [s for s in samples if (since is None or s[0] >= since) and (until is None or s[0] <= until)]
+
+
 async def read(session: Session, twin_ref: str, component: str, after: int = -1, since: int | None = None,
-               until: int | None = None, latest: bool = False, device: DeviceKeys | None = None) -> FeedRead:  # fmt: skip
+               until: int | None = None, latest: bool = False, device: DeviceKeys | None = None,
+               progress: Progress | None = None) -> FeedRead:  # fmt: skip
     """Fetch, verify and decrypt a feed's history (after an update, within a time range
-    in microseconds, or only the newest segment), as a reader or through a grant."""
+    in microseconds, or only the newest segment), as a reader or through a grant;
+    ``progress`` hears of the samples as they are read."""
     feed = (await attached(session, twin_ref, component)).feed
     reader = await FeedReader.open(await session.store(), feed, access.unlock(session, device))
+    found: list[Segment] = []
+    samples: list[Sample] = []
     if latest:
         newest = await reader.latest()
         found = [newest] if newest is not None else []
+        samples = within(newest.samples, since, until) if newest is not None else []
     else:
-        found = [segment async for segment in reader.history(after, since=since, until=until)]
-    samples = [s for segment in found for s in segment.samples
-               if (since is None or s[0] >= since) and (until is None or s[0] <= until)]  # fmt: skip
+        async for piece in reader.history(after, since=since, until=until):
+            found.append(piece)
+            samples += within(piece.samples, since, until)
+            if progress is not None:
+                progress(len(piece.samples))
     return FeedRead(feed, found, samples)
+
+
+@dataclass(frozen=True)
+class Exported:
+    feed: bytes
+    samples: int
+    segments: int
+    first: int | None
+    last: int | None
+
+
+async def export(session: Session, twin_ref: str, component: str, sink: SampleSink, since: int | None = None,
+                 until: int | None = None, device: DeviceKeys | None = None,
+                 progress: Progress | None = None) -> Exported:  # fmt: skip
+    """Write a feed's samples (within a time range) into ``sink`` a segment at a time, so
+    a year of data needs no more memory than a segment."""
+    feed = (await attached(session, twin_ref, component)).feed
+    reader = await FeedReader.open(await session.store(), feed, access.unlock(session, device))
+    count = opened = 0
+    first = last = None
+    async for piece in reader.history(since=since, until=until):
+        chosen = within(piece.samples, since, until)
+        opened += 1
+        if chosen:
+            sink.write(chosen)
+            count += len(chosen)
+            first = chosen[0][0] if first is None else first
+            last = chosen[-1][0]
+        if progress is not None:
+            progress(len(piece.samples))
+    sink.close()
+    return Exported(feed, count, opened, first, last)
 
 
 async def follow(session: Session, twin_ref: str, component: str, after: int | None = None,

@@ -18,6 +18,7 @@ epochs' capsules and sealed keys, so readers open each segment with its own key.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import os
@@ -67,6 +68,8 @@ REFERENCE = re.compile(r"^store:([0-9a-f]{64})$")
 CHECKPOINT_EVERY = 60
 """Updates between on-chain checkpoints: once a minute with 1 s segments."""
 ACL_REFRESH = 5.0
+READ_AHEAD = 16
+"""Segments a reader fetches at once."""
 """Seconds between a writer's looks for a newer epoch started elsewhere (a revocation)."""
 
 Sample = tuple[int, float]
@@ -375,9 +378,16 @@ class EpochKeys:
     def __init__(self, store: StoreClient, acl: ItemAcl, unlock: Unlock) -> None:
         self.store, self.acl, self.unlock = store, acl, unlock
         self._keys: dict[bytes, bytes] = {}
+        self._unlocking = asyncio.Lock()  # segments fetched at once ask a proxy once per epoch
 
     async def get(self, update: FeedUpdate) -> bytes:
         commitment = update.key_commitment
+        if commitment in self._keys:
+            return self._keys[commitment]
+        async with self._unlocking:
+            return await self._unlock(commitment, update)
+
+    async def _unlock(self, commitment: bytes, update: FeedUpdate) -> bytes:
         if commitment not in self._keys:
             try:
                 secret: bytes | None = await self.unlock(self.acl, commitment)
@@ -423,16 +433,32 @@ class FeedReader:
     async def history(self, after: int = -1, until_sequence: int | None = None, since: int | None = None,
                       until: int | None = None) -> AsyncIterator[Segment]:  # fmt: skip
         """Segments after sequence ``after`` (up to ``until_sequence``), or those whose
-        samples overlap [``since``, ``until``] microseconds, oldest first."""
+        samples overlap [``since``, ``until``] microseconds, oldest first; up to
+        ``READ_AHEAD`` segments are fetched at once, so a feed of many small segments
+        reads at the store's speed rather than one round trip at a time."""
         while True:
             updates = await self.store.feed_updates(self.acl, after, since=since, until=until)
-            if not updates:
+            wanted = [u for u in updates if until_sequence is None or u.sequence <= until_sequence]
+            async for segment in self._in_order(wanted):
+                yield segment
+            if not updates or len(wanted) < len(updates):
                 return
-            for update in updates:
-                if until_sequence is not None and update.sequence > until_sequence:
-                    return
-                yield await self.segment(update)
             after = updates[-1].sequence
+
+    async def _in_order(self, updates: list[FeedUpdate]) -> AsyncIterator[Segment]:
+        """The updates' segments in their order, fetched ``READ_AHEAD`` at a time."""
+        fetching: collections.deque[asyncio.Task[Segment]] = collections.deque()
+        try:
+            for update in updates:
+                fetching.append(asyncio.ensure_future(self.segment(update)))
+                if len(fetching) >= READ_AHEAD:
+                    yield await fetching.popleft()
+            while fetching:
+                yield await fetching.popleft()
+        finally:  # a reader that stops early (or fails) leaves nothing running
+            for task in fetching:
+                task.cancel()
+            await asyncio.gather(*fetching, return_exceptions=True)
 
     async def latest(self) -> Segment | None:
         head = await self.store.feed_head(self.acl)

@@ -232,8 +232,10 @@ def test_an_expired_grant_is_ended_by_the_chain_and_the_others_are_re_keyed(cons
     def status() -> dict[str, dict]:
         return {g["id"]: g for g in ok("grants", "--twin", twin, "--home", home(consortium, OWNER))["grants"]}
 
-    ended = wait_for(lambda: status()[short]["status"] == "expired" and status()[short], "the chain to end the grant")
-    assert ended["revoked"]["timestamp"] >= ended["valid_until"]
+    # past its end it is listed expired at once (the finding: "an expired grant still shows active"), and the
+    # next block ends it on chain
+    ended = wait_for(lambda: status()[short].get("revoked") and status()[short], "the chain to end the grant")
+    assert ended["status"] == "expired" and ended["revoked"]["timestamp"] >= ended["valid_until"]
     assert ok("twin", "show", twin, "--home", home(consortium, OWNER))["generation"] == 1
     assert len(status()[lasting]["keys"]) == 1, "not re-keyed yet: the owner's key is needed"
 
@@ -245,6 +247,51 @@ def test_an_expired_grant_is_ended_by_the_chain_and_the_others_are_re_keyed(cons
     assert ok("rekey", twin, "--home", home(consortium, OWNER))["rekeyed"] == {}
     assert get(consortium, MANUFACTURER, twin, after, tmp_path / "late.txt").returncode == 0
     assert get(consortium, AUDITOR, twin, after, tmp_path / "never.txt").returncode == 1
+
+
+def test_who_reads_what_typos_are_caught_and_a_grant_is_previewed(consortium, tmp_path):
+    """The finding: policies and attributes with typos were accepted and covered nothing,
+    nothing showed what a grant covers or who reads an item, doc list hid attributes."""
+    owner = ["--home", home(consortium, OWNER)]
+    twin = ok("twin", "create", *owner, "--aml", str(PLANT), "--device-id", "plant-who")["id"]
+    report = add(consortium, twin, tmp_path / "report.txt", "type:report")
+    add(consortium, twin, tmp_path / "quality.txt", "type:quality", "line:7")
+    ok("twin", "feed", "add", twin, "level-sensor-1", *owner, "--attribute", "type:level")
+
+    for given, meant in (("typereport", "type:report"), ("type=report", "type:report"), ("typ:report", "type:report")):
+        refused = cli("twin", "doc", "add", twin, str(tmp_path / "report.txt"), "--attribute", given, *owner)
+        assert refused.returncode == 1 and f"did you mean '{meant}'" in refused.stderr, refused.stderr
+        assert refused.stderr.count("\n") == 1
+    listed = ok("twin", "doc", "list", twin, *owner)
+    assert sorted(d["title"] for d in listed) == ["quality.txt", "report.txt"], "nothing stored by a refused add"
+    assert {d["title"]: sorted(d["attributes"]) for d in listed}["quality.txt"] == \
+        sorted(["kind:document", "line:7", "type:quality", f"twin:{twin}"])  # fmt: skip
+    piped = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # as a shell pipe has it (pytest sets 80)
+    table = subprocess.run([sys.executable, "-m", "twinledger", "twin", "doc", "list", twin, *owner], env=piped,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert table.returncode == 0 and "line:7 type:quality" in table.stdout and report in table.stdout, "whole, off a tty"
+
+    preview = ok("grant", "--twin", twin, "--to", "auditor", "--policy", "type:report or type:level", "--dry-run", *owner)
+    assert sorted(i["name"] for i in preview["covered"]) == ["level-sensor-1", "report.txt v1"]
+    assert [i["name"] for i in preview["not_covered"]] == ["quality.txt v1"] and preview["unmatched"] == []
+    assert ok("grants", "--twin", twin, *owner)["grants"] == [], "a dry run makes nothing"
+    for policy, complaint in (("typ:quality", "did you mean 'type:quality'"), ("type=quality", "did you mean 'type:quality'"),
+                              ("shfit:night", "attribute key 'shfit' is in no item"), ("quality", "is not KEY:VALUE")):
+        refused = cli("grant", "--twin", twin, "--to", "auditor", "--policy", policy, "--proxy", PROXY, *owner)
+        assert refused.returncode == 1 and complaint in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
+    declared = ok("grant", "--twin", twin, "--to", "auditor", "--policy", "shfit:night", "--declare", "shfit", "--dry-run",
+                  *owner)  # fmt: skip
+    assert declared["covered"] == [] and declared["unmatched"] == ["shfit:night"]
+
+    made = ok("grant", "--twin", twin, "--to", "auditor", "--policy", "type:report", "--proxy", PROXY, *owner)
+    assert made["covered"] == ["report.txt v1"] and made["unmatched"] == []
+    view = {i["name"]: i for i in ok("access", twin, *owner)["items"]}
+    assert view["report.txt v1"]["readers"] == ["owner"]
+    assert [(g["recipient"], g["status"], g["grant"]) for g in view["report.txt v1"]["grants"]] == \
+        [("auditor", "active", made["grant"])]  # fmt: skip
+    assert view["quality.txt v1"]["grants"] == [] and view["level-sensor-1"]["grants"] == []
+    shown = cli("access", twin, *owner)
+    assert shown.returncode == 0 and "auditor" in shown.stdout and "active" in shown.stdout
 
 
 def samples(path: Path, count: int, start: int) -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 
 from twinledger.abc import ChainStore
 from twinledger.contracts.authorization import permissions
-from twinledger.contracts.sharing import DEVICE_PREFIX, GRANT_PREFIX, twin_generation
+from twinledger.contracts.sharing import DEVICE_PREFIX, GRANT_PREFIX, grant_is_active, twin_generation
 from twinledger.contracts.twinmodel import MODEL_KINDS
 from twinledger.contracts.twinstate import (
     aml_key,
@@ -189,7 +189,11 @@ class TwinService:
                   if (twin is None or g["twin"] == twin) and (recipient is None or g["recipient"] == recipient)
                   and (owner is None or g["owner"] == owner)]  # fmt: skip
         grants.sort(key=lambda g: (-g["granted"]["height"], g["id"]))
-        return jsonable({"height": height, "grants": grants})
+        header = self.store.header_by_height(height)
+        now = header.timestamp if header is not None else 0
+        grants = [{**g, "status": "expired"} if g["status"] == "active" and not grant_is_active(g, now) else g
+                  for g in grants]  # past its end, not yet ended by a block: shown as what it is
+        return jsonable({"height": height, "time": now, "grants": grants})
 
     # -- events --------------------------------------------------------------------------------
     def events(self, height: int, twin: str | None = None) -> Iterator[dict[str, Any]]:

@@ -8,6 +8,7 @@ import asyncio
 import functools
 import json
 import math
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,8 +23,20 @@ from twinledger.errors import NotCommitted, TwinledgerError
 from twinledger.services.remote import NodeClient
 from twinledger.services.session import Outcome, Session, open_session
 
-out = Console()
-err = Console(stderr=True)
+PIPE_WIDTH = 1000
+"""Columns of output that goes to a pipe or a file: lines and table cells are not broken
+at 80 columns there, so that ids and commands can be copied whole."""
+
+
+def _console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=PIPE_WIDTH)
+    return console
+
+
+out = _console()
+err = _console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
@@ -134,3 +147,9 @@ def render_outcome(outcome: Outcome, as_json: bool, done: str) -> None:
                       "nothing was sent again", highlight=False)  # fmt: skip
     else:
         out.print(f"submitted {outcome.tx_hash.hex()}", highlight=False)
+
+
+def show_id(full: str, digits: int = 16) -> str:
+    """An id as a table shows it: shortened on a terminal, whole when the output goes to a
+    pipe or a file (where it is copied, not read)."""
+    return full[:digits] + "…" if out.is_terminal and len(full) > digits else full

@@ -30,6 +30,7 @@ from twinledger.cli.common import (
     print_json,
     render_outcome,
     run,
+    show_id,
 )
 from twinledger.cli.ingest import ingest_app, record_get
 from twinledger.cli.keys import key_app
@@ -85,6 +86,7 @@ def _options(
 
 
 for function, name in ((sharing.grant, "grant"), (sharing.revoke, "revoke"), (sharing.grants, "grants"), (sharing.rekey, "rekey"),
+                       (sharing.who_reads, "access"),
                        (agent, "agent")):
     app.command(name)(function)
 
@@ -253,11 +255,11 @@ def block_show(
     header = view["header"]
     out.print(kv_table(f"block {header['height']}", [(k, header[k]) for k in (
         "hash", "chain_id", "timestamp", "previous", "tx_count", "tx_root", "state_root", "proposer")]
-        + [("signers", ", ".join(s["validator"][:16] + "…" for s in view["certificate"]["signatures"]) or "-")]))  # fmt: skip
+        + [("signers", ", ".join(show_id(s["validator"]) for s in view["certificate"]["signatures"]) or "-")]))  # fmt: skip
     if view["transactions"]:
         table = Table("#", "hash", "call", "sender", "stripped", title="transactions", title_justify="left")
         for i, tx in enumerate(view["transactions"][:50]):
-            table.add_row(str(i), tx["hash"], f"{tx['contract']}.{tx['method']}", tx["sender"][:16] + "…", str(tx["stripped"]))
+            table.add_row(str(i), tx["hash"], f"{tx['contract']}.{tx['method']}", show_id(tx["sender"]), str(tx["stripped"]))
         out.print(table)
         if len(view["transactions"]) > 50:
             out.print(f"… and {len(view['transactions']) - 50} more (use --json)")

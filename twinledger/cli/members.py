@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from twinledger.cli.common import At, Home, Json, KeyFile, client, command, out, print_json, run
+from twinledger.cli.common import At, Home, Json, KeyFile, client, command, out, print_json, run, show_id
 from twinledger.errors import parse_hex
 from twinledger.services import membership
 
@@ -28,7 +28,7 @@ def member_list(home: Home, at: At = None, as_json: Json = False) -> None:
                   title_justify="left")  # fmt: skip
     for org in view["organisations"]:
         nodes = ", ".join(f"{name} ({'/'.join(n['roles'])})" for name, n in sorted(org["nodes"].items()))
-        table.add_row(org["name"], "\n".join(k[:16] + "…" for k in org["operators"]), nodes or "-",
+        table.add_row(org["name"], "\n".join(show_id(k) for k in org["operators"]), nodes or "-",
                       "set" if org["kpcpre_key"] else "-")  # fmt: skip
     out.print(table)
     out.print(f"quorum: {view['quorum'] or 'majority'}; administrators: {len(view['admins'])}; "

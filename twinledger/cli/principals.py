@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from twinledger.cli.common import Home, Json, command, out, print_json, run
+from twinledger.cli.common import Home, Json, command, out, print_json, run, show_id
 from twinledger.contracts.principals import PRINCIPAL_ROLES
 from twinledger.core.files import create_new
 from twinledger.core.times import parse_time
@@ -72,7 +72,7 @@ def principal_list(home: Home, as_json: Json = False) -> None:
     table = Table("name", "kind", "key", "scopes", "key held by node", "status", title="principals",
                   title_justify="left")  # fmt: skip
     for p in listed:
-        table.add_row(p["name"], p["kind"], p["key"][:16] + "…", ", ".join(p["scopes"]),
+        table.add_row(p["name"], p["kind"], show_id(p["key"]), ", ".join(p["scopes"]),
                       "yes" if p["key_held_by_node"] else "no", "disabled" if p["disabled"] else "active")  # fmt: skip
     out.print(table)
 

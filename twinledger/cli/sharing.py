@@ -8,17 +8,16 @@ The workflows are ``services.access``, ``services.tokens``, ``services.devices``
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from twinledger.cli.common import Home, Json, KeyFile, client, command, out, print_json, run
-from twinledger.core.times import parse_time
+from twinledger.cli.common import Home, Json, KeyFile, client, command, out, plural, print_json, run, show_id
+from twinledger.core.times import iso_ms, parse_time
 from twinledger.errors import TwinledgerError
-from twinledger.services import access, devices, requests, tokens
+from twinledger.services import access, coverage, devices, requests, tokens
 from twinledger.services.access import device_keys
 from twinledger.services.remote import segment
 
@@ -35,6 +34,9 @@ def grant(
     policy: Annotated[str, typer.Option("--policy", help='Which data, e.g. "kind:document and type:report".')],
     until: Annotated[str | None, typer.Option("--until", help="End of the grant, ISO 8601 (default: none).")] = None,
     proxy: Proxies = [],  # noqa: B006
+    declare: Annotated[list[str], typer.Option("--declare", help="A new attribute key the policy may use, for data "
+                                                                 "still to come (repeatable).")] = [],  # noqa: B006  # fmt: skip
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what the grant would cover; make nothing.")] = False,
     key: KeyFile = None,
     as_json: Json = False,
 ) -> None:
@@ -42,17 +44,79 @@ def grant(
 
     The policy is confined to the twin (twin:ID is added if it does not require it); the
     re-encryption key is made here, its hash recorded on chain, and the key handed to
-    the proxies, which re-encrypt only while the grant is active."""
+    the proxies, which re-encrypt only while the grant is active. --dry-run lists the
+    documents and feeds it would cover.
+
+    Example: twinledger grant --twin line-7 --to auditor --policy 'kind:document and type:report'
+    """
+    if dry_run:
+        covers = run(home, lambda session: coverage.preview(session, twin, policy, declare), key)
+        _print_coverage(covers, to, as_json)
+        return
     valid_until = parse_time(until) // 1000 if until else 0
-    made = run(home, lambda session: access.grant(session, twin, to, policy, valid_until, proxy), key)
+    made = run(home, lambda session: access.grant(session, twin, to, policy, valid_until, proxy, declare), key)
     if as_json:
         print_json({"grant": made.grant, "twin": made.twin, "recipient": made.recipient, "policy": made.policy,
-                    "valid_until": made.valid_until, "proxies": made.proxies, "block": made.block})  # fmt: skip
+                    "valid_until": made.valid_until, "proxies": made.proxies, "block": made.block,
+                    "covered": made.covered, "unmatched": made.unmatched})  # fmt: skip
         return
     out.print(made.grant, highlight=False)
     out.print(f"{to} may read data of twin {made.twin} where: {made.policy}", highlight=False)
+    out.print(f"  covers {plural(len(made.covered), 'item')} now" + (f": {', '.join(made.covered)}" if made.covered else ""),
+              highlight=False)  # fmt: skip
+    if made.unmatched:
+        out.print(f"  no item carries {', '.join(made.unmatched)} yet", highlight=False)
     for label, outcome in made.proxies.items():
         out.print(f"  proxy {label}: {outcome}", highlight=False)
+
+
+def _print_coverage(covers: coverage.Coverage, to: str, as_json: bool) -> None:
+    def view(item: coverage.TwinItem) -> dict[str, Any]:
+        return {"kind": item.kind, "name": item.name, "item": item.acl.item.hex(), "attributes": list(item.attributes),
+                "epochs": len(item.acl.retired) + 1}  # fmt: skip
+
+    if as_json:
+        print_json({"twin": covers.twin, "recipient": to, "policy": covers.policy, "generations": covers.generations,
+                    "covered": [view(i) for i in covers.covered], "not_covered": [view(i) for i in covers.uncovered],
+                    "unmatched": covers.unmatched})  # fmt: skip
+        return
+    out.print(f"a grant to {to} where {covers.policy} would cover {plural(len(covers.covered), 'item')} of "
+              f"{len(covers.covered) + len(covers.uncovered)}, every epoch of them (access generations 0 to "
+              f"{covers.generations - 1}) and what is written from now on:", highlight=False)  # fmt: skip
+    table = Table("covered", "kind", "name", "epochs", "attributes", title_justify="left")
+    for item in covers.covered + covers.uncovered:
+        table.add_row("yes" if item in covers.covered else "no", item.kind, item.name,
+                      str(len(item.acl.retired) + 1), " ".join(item.attributes))  # fmt: skip
+    out.print(table)
+    if covers.unmatched:
+        out.print(f"no item carries {', '.join(covers.unmatched)} yet: that part covers data still to come",
+                  highlight=False)  # fmt: skip
+
+
+@command
+def who_reads(
+    twin: Annotated[str, typer.Argument(help="Twin id or device id.")],
+    home: Home,
+    as_json: Json = False,
+) -> None:
+    """Who reads each document and feed of the twin: the organisations it is sealed to, and
+    every grant that covers it (active or expired, with its end)."""
+    found, rows = run(home, lambda session: coverage.who_reads(session, twin))
+    if as_json:
+        print_json({"twin": found["id"], "items": [
+            {"kind": r.item.kind, "name": r.item.name, "item": r.item.acl.item.hex(), "attributes": list(r.item.attributes),
+             "readers": r.readers, "grants": [{"grant": g["id"], "recipient": g["recipient"], "status": g["status"],
+                                               "valid_until": g["valid_until"], "policy": g["policy_text"]}
+                                              for g in r.grants]} for r in rows]})  # fmt: skip
+        return
+    table = Table("kind", "name", "attributes", "readers (sealed to)", "through grants", title=f"who reads twin {found['id']}",
+                  title_justify="left")  # fmt: skip
+    for row in rows:
+        through = [f"{g['recipient']} ({g['id'][:8]}, {g['status']}"
+                   + (f" until {iso_ms(g['valid_until'])}" if g["valid_until"] else "") + ")" for g in row.grants]  # fmt: skip
+        table.add_row(row.item.kind, row.item.name, " ".join(row.item.attributes), ", ".join(row.readers),
+                      "\n".join(through) or "—")  # fmt: skip
+    out.print(table)
 
 
 @command
@@ -123,11 +187,9 @@ def grants(
     table = Table("grant", "twin", "from", "to", "policy", "until", "generations", "status",
                   title=f"grants at block {listing['height']}", title_justify="left")  # fmt: skip
     for entry in listing["grants"]:
-        until = "—"
-        if entry["valid_until"]:
-            until = datetime.fromtimestamp(entry["valid_until"] / 1000, UTC).isoformat(timespec="minutes")
+        until = iso_ms(entry["valid_until"]) if entry["valid_until"] else "—"
         held = len(entry["keys"])
-        table.add_row(entry["id"][:16], entry["twin"], entry["owner"], entry["recipient"], entry["policy_text"], until,
+        table.add_row(show_id(entry["id"]), entry["twin"], entry["owner"], entry["recipient"], entry["policy_text"], until,
                       "0" if held == 1 else f"0–{held - 1}", entry["status"])  # fmt: skip
     out.print(table)
 
@@ -257,7 +319,7 @@ def device_list(
         return
     table = Table("name", "key", "status", "grants", title="devices", title_justify="left")
     for device in devices:
-        table.add_row(device["name"], device["key"][:16] + "…", device["status"], str(len(device["grants"])))
+        table.add_row(device["name"], show_id(device["key"]), device["status"], str(len(device["grants"])))
     out.print(table)
 
 

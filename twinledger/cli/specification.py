@@ -27,6 +27,7 @@ from twinledger.cli.common import (
     print_json,
     render_outcome,
     run,
+    show_id,
 )
 from twinledger.core.files import read_regular, replace_durably
 from twinledger.errors import TwinledgerError
@@ -131,8 +132,8 @@ def aml_history(ref: Ref, home: Home, as_json: Json = False) -> None:
                   title_justify="left")  # fmt: skip
     for v in versions:
         target = v["element"] + (f" under {v['parent']}" if v["parent"] else "")
-        table.add_row(str(v["version"]), v["change"], target or "-", v["organisation"] or v["key"][:16] + "…",
-                      str(v["height"]), v["tx"][:16] + "…")  # fmt: skip
+        table.add_row(str(v["version"]), v["change"], target or "-", v["organisation"] or show_id(v["key"]),
+                      str(v["height"]), show_id(v["tx"]))  # fmt: skip
     out.print(table)
 
 

@@ -37,6 +37,7 @@ from twinledger.cli.common import (
     print_json,
     render_outcome,
     run,
+    show_id,
 )
 from twinledger.cli.specification import aml_app
 from twinledger.cli.storage import transfer_progress
@@ -191,12 +192,14 @@ def _print_documents(documents: list[dict[str, Any]], include_removed: bool) -> 
     shown = [d for d in documents if include_removed or d["removed"] is None]
     if not shown:
         return
-    table = Table("document", "title", "component", "versions", "latest reference", "status", title="documents",
-                  title_justify="left")  # fmt: skip
+    with_attributes = any("attributes" in d for d in shown)
+    table = Table("document", "title", "component", "versions", *(["attributes"] if with_attributes else []), "status",
+                  title="documents", title_justify="left")  # fmt: skip
     for document in shown:
         status = "removed" if document["removed"] else "current"
-        table.add_row(document["id"][:16] + "…", document["title"], document["component"] or "-",
-                      str(len(document["versions"])), document["versions"][-1]["reference"], status)  # fmt: skip
+        tags = [" ".join(a for a in document["attributes"] or ["?"] if not a.startswith("twin:"))] if with_attributes else []
+        table.add_row(show_id(document["id"]), document["title"], document["component"] or "-",
+                      str(len(document["versions"])), *tags, status)  # fmt: skip
     out.print(table)
 
 
@@ -359,12 +362,11 @@ def doc_list(
     as_json: Json = False,
 ) -> None:
     """Documents of the twin with their versions."""
-    view = client(home).request("GET", f"/v1/twins/{segment(ref)}", params={"at": at} if at is not None else {})
-    documents = [d for d in view["documents"] if include_removed or d["removed"] is None]
+    listing = run(home, lambda session: documents.listed(session, ref, include_removed, at))
     if as_json:
-        print_json(documents)
-    elif documents:
-        _print_documents(documents, include_removed)
+        print_json(listing)
+    elif listing:
+        _print_documents(listing, include_removed)
     else:
         out.print("no documents")
 
@@ -552,4 +554,4 @@ def _who(entry: dict[str, Any]) -> str:
     """Who made an audited change: organisation/principal, the organisation, or the key."""
     if entry.get("principal"):
         return f"{entry['organisation']}/{entry['principal']}"
-    return str(entry["organisation"] or entry["key"][:16] + "…")
+    return str(entry["organisation"] or show_id(entry["key"]))

@@ -81,13 +81,68 @@ def twins_named(attributes: Iterable[str]) -> list[str]:
 
 
 def owner_attributes(extra: Iterable[str]) -> list[str]:
-    """An owner's own attributes, refused if they use a reserved prefix or marker."""
+    """An owner's own attributes, refused if they use a reserved prefix or marker, are not
+    KEY:VALUE, or name a key one typing mistake away from a known one (``typ:quality``)."""
     extra = list(extra)
     for attribute in extra:
         if attribute.startswith(RESERVED) or attribute == REQUEST:
             raise ReservedAttribute(f"attribute {attribute[:60]!r} uses a reserved prefix "
                                     f"({', '.join(RESERVED)} and {REQUEST!r} are set by twinledger)")  # fmt: skip
+        problem = form_problem(attribute) or near_miss(attribute, KNOWN_KEYS)
+        if problem is not None:
+            raise BadAttribute(problem)
     return extra
+
+
+OWNER_KEYS = ("type", "line", "site", "batch", "supplier")
+"""Keys the consortium's owners use for their own attributes (docs/sharing.md); others
+are allowed, unless one typing mistake away from a known key."""
+KNOWN_KEYS = (*(prefix.rstrip(":") for prefix in RESERVED), *OWNER_KEYS)
+FORM = re.compile(r"([a-z][a-z0-9_-]{0,31}):(\S+)", re.ASCII)
+"""An attribute: a lower-case KEY, a colon, a VALUE without spaces (type:report)."""
+SEPARATOR = re.compile(r"\s*[=.;/: ]\s*")
+
+
+class BadAttribute(TwinledgerError):
+    code = "attributes_invalid"
+
+
+def form_problem(attribute: str) -> str | None:
+    """Why ``attribute`` is not KEY:VALUE, with the likely meant one; None if it is."""
+    if attribute == REQUEST or FORM.fullmatch(attribute):
+        return None
+    shown = attribute[:60]
+    key, _, value = SEPARATOR.sub(":", attribute.strip(), count=1).partition(":")
+    fixed = f"{key.lower()}:{value}"
+    if FORM.fullmatch(fixed):
+        return f"attribute {shown!r} is not KEY:VALUE; did you mean {fixed!r}?"
+    for key in KNOWN_KEYS:  # typereport: a known key run into its value
+        if attribute.startswith(key) and len(attribute) > len(key) and FORM.fullmatch(f"{key}:{attribute[len(key):]}"):
+            return f"attribute {shown!r} is not KEY:VALUE; did you mean '{key}:{attribute[len(key):]}'?"
+    return f"attribute {shown!r} is not KEY:VALUE (a lower-case key, a colon, a value without spaces: type:report)"
+
+
+def near_miss(attribute: str, keys: Iterable[str]) -> str | None:
+    """A problem if ``attribute``'s key is not among ``keys`` but one edit away from one."""
+    match = FORM.fullmatch(attribute)
+    if match is None or match[1] in keys:
+        return None
+    close = [key for key in keys if _one_edit(match[1], key)]
+    if not close:
+        return None
+    return f"attribute key {match[1]!r} is unknown; did you mean '{close[0]}:{match[2]}'?"
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether ``a`` becomes ``b`` by one insertion, deletion, substitution or swap."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    if len(a) == len(b):
+        differ = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(differ) == 1 or (len(differ) == 2 and differ[1] == differ[0] + 1
+                                    and a[differ[0]] == b[differ[1]] and a[differ[1]] == b[differ[0]])  # fmt: skip
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 
 
 def document_attributes(twin_id: str, component: str | None, extra: Iterable[str] = ()) -> list[str]:

@@ -23,6 +23,7 @@ from twinledger.crypto.keys import SigningKey, read_secret_file
 from twinledger.crypto.policy import parse_policy, policy_text
 from twinledger.crypto.policy import to_obj as policy_to_obj
 from twinledger.errors import BadRequest, TwinledgerError
+from twinledger.services import coverage
 from twinledger.services.session import Outcome, Session, UnknownOrganisation
 from twinledger.sharing.grants import covering_grant, hand_over, key_hash, make_grant_keys, rekeyed, through_proxy
 from twinledger.store.documents import Unlock, as_reader
@@ -121,6 +122,10 @@ class GrantMade:
     valid_until: int
     proxies: dict[str, str]
     block: int
+    covered: list[str] = field(default_factory=list)
+    """The items it covered when made (document title and version, or feed component)."""
+    unmatched: list[str] = field(default_factory=list)
+    """Its attributes no item carried then: they cover data still to come."""
 
 
 def default_proxies(organisation: dict[str, Any]) -> list[str]:
@@ -133,14 +138,16 @@ def default_proxies(organisation: dict[str, Any]) -> list[str]:
 
 
 async def grant(session: Session, twin_ref: str, to: str, policy: str, valid_until: int = 0,
-                proxies: Sequence[str] = ()) -> GrantMade:  # fmt: skip
+                proxies: Sequence[str] = (), declared: Sequence[str] = ()) -> GrantMade:  # fmt: skip
     """Let ``to`` (an organisation, or ``device:NAME`` of the twin) read the twin's data that
     satisfies ``policy`` until ``valid_until`` (ms since the epoch; 0: no end).
 
-    The policy is confined to the twin (twin:ID is added if it does not require it)."""
+    The policy is confined to the twin (twin:ID is added if it does not require it); its
+    attributes use the twin's vocabulary, or keys ``declared`` for data still to come."""
     asked = parse_policy(policy)
     if valid_until and valid_until <= time.time() * 1000:
         raise BadRequest("the grant's end lies in the past", code="bad_time")
+    covers = await coverage.preview(session, twin_ref, policy, declared)
     twin = await session.twin(twin_ref)
     if to.startswith(DEVICE_RECIPIENT):
         from twinledger.services.devices import active_device
@@ -159,7 +166,8 @@ async def grant(session: Session, twin_ref: str, to: str, policy: str, valid_unt
     outcome = await session.transact(calls.grant_read(twin["id"], recipient, policy_to_obj(made.policy), made.key_hashes,
                                                       chosen, valid_until))  # fmt: skip
     held = await hand_over(await session.store(), chosen, outcome.tx_hash, dict(enumerate(made.keys)), outcome.height)
-    return GrantMade(outcome.tx_hash.hex(), twin["id"], to, policy_text(made.policy), valid_until, held, outcome.height)
+    return GrantMade(outcome.tx_hash.hex(), twin["id"], to, policy_text(made.policy), valid_until, held, outcome.height,
+                     [item.name for item in covers.covered], covers.unmatched)  # fmt: skip
 
 
 async def grants_of(session: Session, twin_ref: str | None = None) -> dict[str, Any]:
@@ -215,7 +223,7 @@ async def revoke(session: Session, grant_prefix: str, keys: Sequence[SigningKey]
     theirs from their writers before they append again). Nothing written from now on is
     under a key the revoked party — with any proxy's help — can open."""
     chosen = await find_grant(session, grant_prefix)
-    if chosen["status"] != "active":
+    if chosen["status"] not in ("active", "expired"):  # an expired one the chain has not ended yet may be
         raise TwinledgerError(f"grant {chosen['id'][:16]}… is already {chosen['status']}", code="already_revoked")
     twin_id = chosen["twin"]
     await rekey(session, twin_id)

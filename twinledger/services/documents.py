@@ -24,6 +24,28 @@ PENDING = "store:pending"
 """The reference a dry run gives a document not yet stored."""
 
 
+async def listed(session: Session, twin_ref: str, include_removed: bool = False,
+                 at: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The twin's documents as the chain has them, each with its newest version's
+    attributes from the store (None where the store does not say: an outside reference,
+    an unreachable item)."""
+    twin = await session.twin(twin_ref, at)
+    documents = [d for d in twin["documents"] if include_removed or d["removed"] is None]
+    store = await session.store()
+
+    async def attributes(document: dict[str, Any]) -> list[str] | None:
+        reference = document["versions"][-1]["reference"]
+        if not reference.startswith("store:"):
+            return None
+        try:
+            return list((await store.get_acl(parse_reference(reference)[0])).attributes)
+        except TwinledgerError:
+            return None
+
+    found = await asyncio.gather(*(attributes(d) for d in documents))
+    return [{**document, "attributes": tags} for document, tags in zip(documents, found, strict=True)]
+
+
 def find(twin: dict[str, Any], document: str) -> dict[str, Any]:
     """A document of the twin by id or by a unique prefix of at least 8 hex digits."""
     return dict(access.by_id(twin["documents"], document, lambda d: str(d["id"]), "document"))

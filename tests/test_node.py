@@ -197,3 +197,57 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("section", "what"), [("api", "the API"), ("p2p", "peers"), ("storage", "the store")])
+def test_a_port_in_use_is_named_with_the_setting_that_moves_it(tmp_path, section, what):
+    """The finding: a port clash said "Address already in use" and no more."""
+    import socket
+    import tomllib
+
+    import tomli_w
+
+    from twinledger.config import init_network
+    from twinledger.launcher import free_port_block
+
+    init_network(tmp_path / "net", ["acme"], base_port=free_port_block(3))
+    home = tmp_path / "net" / "acme"
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    doc = tomllib.loads((home / "node.toml").read_text())
+    doc[section]["port"] = port
+    (home / "node.toml").write_text(tomli_w.dumps(doc))
+    try:
+        done = subprocess.run([sys.executable, "-m", "twinledger", "node", "start", "--home", str(home)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    finally:
+        taken.close()
+    said = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"cannot listen for {what} on 127.0.0.1:{port}: the port is in use" in said
+    assert f"[{section}] port in {home / 'node.toml'}" in said
+
+
+def test_a_network_directory_is_not_taken_for_a_home_and_its_shape_is_not_silently_changed(tmp_path):
+    """The findings: --base-port on an existing network directory was ignored; --home
+    pointing at a network directory advised `twinledger init`."""
+    from twinledger.launcher import free_port_block
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "twinledger", *args], capture_output=True, text=True, timeout=60)
+
+    first = free_port_block(9)
+    made = cli("network", "init", "--dir", str(tmp_path / "net"), "--orgs", "owner,maintainer,auditor",
+               "--base-port", str(first))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    again = cli("network", "up", "--dir", str(tmp_path / "net"), "--base-port", str(first + 100), "--orgs", "a,b")
+    said = again.stderr.strip()
+    assert again.returncode == 1 and said.count("\n") == 0 and "exists already" in said
+    assert f"--base-port (its first port is {first})" in said and "--orgs (it has owner, maintainer, auditor)" in said
+    wrong_home = cli("twin", "list", "--home", str(tmp_path / "net"))
+    said = wrong_home.stderr.strip()
+    assert wrong_home.returncode == 1 and "is a network directory" in said and f"--home {tmp_path / 'net' / 'owner'}" in said
+    nowhere = cli("twin", "list", "--home", str(tmp_path / "nothing"))
+    assert nowhere.returncode == 1 and f"twinledger init --home {tmp_path / 'nothing'}" in nowhere.stderr

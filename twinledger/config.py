@@ -145,12 +145,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def not_a_home(home: Path) -> str:
+    """Why ``home`` is no node home, and what to give instead."""
+    try:
+        network = json.loads((home / "network.json").read_text())
+        names = [str(name) for name in network["organisations"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{home} is not a twinledger home (no node.toml); create one with `twinledger init --home {home}`"
+    return (f"{home} is a network directory, not a node home; give one of its homes, e.g. --home {home / names[0]} "
+            f"(organisations: {', '.join(names)})")
+
+
 def load_config(home: Path) -> NodeConfig:
     path = home / "node.toml"
     try:
         doc = tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise ConfigError(f"{home} is not a twinledger home (no node.toml); run `twinledger init`") from exc
+        raise ConfigError(not_a_home(home)) from exc
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     try:

@@ -6,6 +6,8 @@ Each error carries a stable machine-readable ``code`` (used by the API and the C
 
 from __future__ import annotations
 
+import errno
+
 
 class TwinledgerError(Exception):
     """Base of every error a user may see; never carries a stack trace to the user."""
@@ -100,3 +102,14 @@ def parse_hex(value: str, what: str, size: int | None = 32) -> bytes:
     if size is not None and len(raw) != size:
         raise BadRequest(f"{what} must be {size} bytes ({2 * size} hex digits)")
     return raw
+
+
+class CannotListen(TwinledgerError):
+    code = "cannot_listen"
+
+    @classmethod
+    def of(cls, what: str, host: str, port: int, exc: OSError, setting: str) -> CannotListen:
+        """One line naming the address, why, and the setting that moves it."""
+        reason = "the port is in use (by another node on this machine?)" if exc.errno == errno.EADDRINUSE else \
+            (exc.strerror or str(exc)).lower()  # fmt: skip
+        return cls(f"cannot listen for {what} on {host}:{port}: {reason}; choose another port: {setting}")

@@ -136,9 +136,12 @@ def node_start(home: Home) -> None:
     node = Node(load_config(home))
     try:
         asyncio.run(node.run())
+    except TwinledgerError:
+        node.close()
+        raise
     except OSError as exc:
         node.close()
-        raise TwinledgerError(f"cannot serve the API: {exc.strerror or exc}") from None
+        raise TwinledgerError(f"the node stopped: {exc.strerror or exc}") from None
 
 
 @node_app.command("renew-cert")

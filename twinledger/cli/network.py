@@ -125,13 +125,35 @@ def _print_status(rows: list[dict[str, Any]], title: str) -> None:
                   soft_wrap=True)  # fmt: skip
 
 
+def _refuse_changes(directory: Path, orgs: str | None, consensus: str | None, base_port: int | None) -> None:
+    """Options that shape a new network, given for one that exists, are an error, not ignored."""
+    import json
+
+    from twinledger.launcher import NETWORK_FILE, network_homes
+
+    homes = network_homes(directory)
+    existing = json.loads((directory / NETWORK_FILE).read_text())
+    first = load_config(homes[0][1])
+    differs = []
+    if orgs is not None and _split_orgs(orgs) != [org for org, _ in homes]:
+        differs.append(f"--orgs (it has {', '.join(org for org, _ in homes)})")
+    if consensus is not None and consensus != existing.get("consensus"):
+        differs.append(f"--consensus (it runs {existing.get('consensus')})")
+    if base_port is not None and base_port != first.p2p_port:
+        differs.append(f"--base-port (its first port is {first.p2p_port})")
+    if differs:
+        raise TwinledgerError(f"the network in {directory} exists already; {' and '.join(differs)} apply only when one is "
+                              f"created: choose a new --dir, or leave them out to start this one")  # fmt: skip
+
+
 @network_app.command("up")
 @command
 def network_up(
     directory: NetworkDir,
-    orgs: Annotated[str, typer.Option("--orgs", help="Organisations, if the network is created now.")] = DEFAULT_ORGS,
-    consensus: Annotated[str, typer.Option(help="bft or poa, if the network is created now.")] = "bft",
-    base_port: Annotated[int, typer.Option(help="First port, if the network is created now.")] = 7800,
+    orgs: Annotated[str | None, typer.Option("--orgs", help=f"Organisations, if the network is created now "
+                                                            f"(default {DEFAULT_ORGS}).")] = None,  # fmt: skip
+    consensus: Annotated[str | None, typer.Option(help="bft or poa, if the network is created now (default bft).")] = None,
+    base_port: Annotated[int | None, typer.Option(help="First port, if the network is created now (default 7800).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the first commit.")] = 60.0,
     as_json: Json = False,
 ) -> None:
@@ -142,7 +164,9 @@ def network_up(
     from twinledger.launcher import NETWORK_FILE, network_homes, running_pid, start_node
 
     if not (directory / NETWORK_FILE).exists():
-        _create_network(directory, orgs, consensus, "consortium", base_port, 200)
+        _create_network(directory, orgs or DEFAULT_ORGS, consensus or "bft", "consortium", base_port or 7800, 200)
+    else:
+        _refuse_changes(directory, orgs, consensus, base_port)
     homes = network_homes(directory)
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task("starting nodes", total=len(homes))

@@ -30,6 +30,7 @@ from twinledger.contracts import default_runtime
 from twinledger.core.proof import InclusionProof
 from twinledger.core.types import BlockHeader, Receipt, Transaction
 from twinledger.crypto.tls import server_context
+from twinledger.errors import CannotListen
 from twinledger.ingest.service import IngestService
 from twinledger.ledger.chain import Chain, KeepFilter, keep_all, keep_filter
 from twinledger.ledger.genesis import Genesis
@@ -136,7 +137,12 @@ class Node(RunningNode):
         config = self.config
         sock = socket.socket(socket.AF_INET6 if ":" in config.api_host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((config.api_host, config.api_port))
+        try:
+            sock.bind((config.api_host, config.api_port))
+        except OSError as exc:
+            sock.close()
+            raise CannotListen.of("the API", config.api_host, config.api_port, exc,
+                                  f"[api] port in {config.home / 'node.toml'}") from None  # fmt: skip
         sock.listen(1024)
         host, port = sock.getsockname()[:2]
         scheme = "https" if config.api_needs_tls else "http"
@@ -155,12 +161,17 @@ class Node(RunningNode):
 
     async def _start_roles(self) -> None:
         """The peer network first, and the store before ingest, which stores through it."""
-        if self.peers is not None:
-            await self.peers.start()
-        if self.store_role is not None:
-            await self.store_role.start()
-        if self.ingest_role is not None:
-            await self.ingest_role.start()
+        config, toml = self.config, self.config.home / "node.toml"
+        starts = [(self.peers, "peers", config.p2p_host, config.p2p_port, "p2p"),
+                  (self.store_role, "the store", config.storage_host, config.storage_port, "storage"),
+                  (self.ingest_role, "ingest", config.ingest_host, config.ingest_port, "ingest")]  # fmt: skip
+        for part, what, host, port, section in starts:
+            if part is None:
+                continue
+            try:
+                await part.start()
+            except OSError as exc:
+                raise CannotListen.of(what, host, port or 0, exc, f"[{section}] port in {toml}") from None
 
     def _write_run_file(self, url: str) -> None:
         """Where this node listens, for the command line and the launcher (written atomically)."""

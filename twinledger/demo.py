@@ -42,6 +42,7 @@ from twinledger.agent.agent import DeviceAgent
 from twinledger.agent.plant import NAMESPACE, Plant, PlantServer, plant_identity
 from twinledger.config import init_network, load_config
 from twinledger.core.proof import parse_proof
+from twinledger.core.text import plural
 from twinledger.errors import InvalidProof, TwinledgerError
 from twinledger.ingest.opcua import ApplicationIdentity, DeviceTrust, agent_identity, application_identity, device_session
 from twinledger.launcher import NETWORK_FILE, NodeProcess, free_port_block, network_homes, start_node, write_network_file
@@ -295,7 +296,7 @@ class Demo:
         self.plant("plant", "BreakLevelSensor")
         flooded = wait_for(lambda: self.plant("plant", None, read="line-1/FloodedBottles"), "bottles to flood")
         (alert,) = wait_for(lambda: self.view()["anomalies"], "the anomaly check's alert")
-        note(f"{flooded} bottles flooded so far", style="red")
+        note(f"{plural(flooded, 'bottle')} flooded so far", style="red")
         note(f"[bold red]ALERT[/] on chain: {alert['signal']} reads {alert['deviation']} its expected range "
              f"{alert['minimum']}–{alert['maximum']} {alert['unit']} (feed update {alert['sequence']})")  # fmt: skip
 
@@ -324,7 +325,7 @@ class Demo:
         step("what each organisation can read")
         self._read_doc("owner", doc_id)
         low = self._samples("owner", "line-1-bottles-filled")
-        note(f"owner: production figures too ({int(low[-1][1])} bottles filled)")
+        note(f"owner: production figures too ({plural(int(low[-1][1]), 'bottle')} filled)")
         failure = self._samples("manufacturer", "level-sensor-1-level")
         below = [v for _, v in failure if v < 180]
         if not below:

@@ -108,11 +108,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def plural(count: int, noun: str) -> str:
-    """``1 sample``, ``2,000 samples``."""
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
-
-
 def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold cyan")

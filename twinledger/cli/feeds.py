@@ -31,13 +31,13 @@ from twinledger.cli.common import (
     err,
     kv_table,
     out,
-    plural,
     print_json,
     render_outcome,
     run,
 )
 from twinledger.cli.twins import feed_app, print_readers
 from twinledger.core.files import create_fresh
+from twinledger.core.text import plural
 from twinledger.core.times import iso_us, parse_time
 from twinledger.errors import TwinledgerError
 from twinledger.services import feed_files, feeds

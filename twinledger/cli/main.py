@@ -41,6 +41,7 @@ from twinledger.cli.principals import token_app as api_token_app
 from twinledger.cli.storage import store_app
 from twinledger.cli.twins import twin_app
 from twinledger.config import ROLES, init_home, live_node_pid, load_config, renew_node_certificate
+from twinledger.core.times import iso_ms
 from twinledger.errors import TwinledgerError, parse_hex
 from twinledger.services import records
 
@@ -316,7 +317,9 @@ def verify_proof_command(
                                                     {"twin": checked.twin, "entries": results})}  # fmt: skip
         print_json(body if pinned else {**body, "warning": UNPINNED})
     elif checked.twin is None:
-        out.print(kv_table("proof is valid", list(results[0].items())))
+        shown = {**results[0], "block_time_ms": iso_ms(results[0]["block_time_ms"]),
+                 "signers": "\n".join(results[0]["signers"])}  # fmt: skip
+        out.print(kv_table("proof is valid", [("block time" if k == "block_time_ms" else k, v) for k, v in shown.items()]))
     else:
         out.print(f"all {len(results)} proofs of the audit of twin {checked.twin} are valid", highlight=False)
     if pinned:

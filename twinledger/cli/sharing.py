@@ -14,7 +14,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from twinledger.cli.common import Home, Json, KeyFile, client, command, out, plural, print_json, run, show_id
+from twinledger.cli.common import Home, Json, KeyFile, client, command, out, print_json, run, show_id
+from twinledger.core.text import plural
 from twinledger.core.times import iso_ms, parse_time
 from twinledger.errors import TwinledgerError
 from twinledger.services import access, coverage, devices, requests, tokens

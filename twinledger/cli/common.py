@@ -35,6 +35,22 @@ def _console(stderr: bool = False) -> Console:
     return console
 
 
+def _plain_help() -> None:
+    """Help as people read it: no ``<bool>`` beside a flag, and arguments in the usage
+    line as ``TWIN FILE`` rather than ``{ref} {file}`` (Typer 0.2x's rich help)."""
+    option, argument = getattr(typer.core, "TyperOption", None), getattr(typer.core, "TyperArgument", None)
+    if option is not None and hasattr(option, "display_type_rich"):
+        shown = option.display_type_rich
+        option.display_type_rich = lambda self, ctx: None if self.is_flag else shown(self, ctx)
+    if argument is not None and hasattr(argument, "_usage_display_name"):
+        def usage_name(self: Any) -> str:
+            name = self.display_name_raw.upper()
+            return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+        argument._usage_display_name = usage_name
+
+
+_plain_help()
 out = _console()
 err = _console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,7 +62,7 @@ KeyFile = Annotated[
     Path | None,
     typer.Option("--key", help="Sign with this Ed25519 key file instead of the home's operator key.", dir_okay=False),
 ]
-Ref = Annotated[str, typer.Argument(help="Twin id or device id.")]
+Ref = Annotated[str, typer.Argument(metavar="TWIN", help="Twin id or device id.")]
 At = Annotated[int | None, typer.Option("--at", help="Show the state after this block height.", min=0)]
 Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the commit and report the outcome.")]
 Readers = Annotated[list[str], typer.Option("--reader", help="Organisation that may read it (repeatable; default: "

@@ -52,7 +52,7 @@ from twinledger.services import records
 logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 logging.getLogger("asyncio").setLevel(logging.ERROR)
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown",
                   help="twinledger: secure data sharing for industrial digital twins.")  # fmt: skip
 node_app = typer.Typer(no_args_is_help=True, help="Run a node.")
 record_app = typer.Typer(no_args_is_help=True, help="Signed records on the ledger.")
@@ -557,8 +557,30 @@ def demo(
         raise typer.Exit(1)
 
 
+PANELS = {
+    "Start here": ["demo", "network", "init", "node"],
+    "Twins and their data": ["twin", "agent", "ingest", "record", "plant"],
+    "Sharing": ["grant", "grants", "access", "revoke", "rekey", "token", "device", "request"],
+    "The consortium and its people": ["member", "principal", "api-token", "key", "store"],
+    "Checking": ["verify", "tx", "block", "bench"],
+}
+"""The top-level commands grouped by task in ``twinledger --help``, in this order."""
+
+
+def _group_commands() -> None:
+    order = [name for names in PANELS.values() for name in names]
+    panel = {name: title for title, names in PANELS.items() for name in names}
+    for registered in (app.registered_commands, app.registered_groups):
+        registered.sort(key=lambda info: order.index(info.name) if info.name in order else len(order))
+        for info in registered:
+            info.rich_help_panel = panel.get(info.name or "", "Other")
+
+
+_group_commands()
+
+
 def main() -> None:
-    app()
+    app(prog_name="twinledger")  # the same name, completion included, when run as python -m twinledger
 
 
 if __name__ == "__main__":

@@ -261,7 +261,7 @@ def token_revoke(
 
 # -- devices --------------------------------------------------------------------------------------
 
-device_app = typer.Typer(no_args_is_help=True, help="Devices of a twin: their own keys, the device role, grants (M3).")
+device_app = typer.Typer(no_args_is_help=True, help="Devices of a twin: their own keys, the device role, grants.")
 
 
 @device_app.command("add")

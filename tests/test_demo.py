@@ -3,8 +3,10 @@ scenario on a four-organisation consortium, every step's outcome asserted."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from twinledger.core.proof import parse_proof, verify_proof
 
@@ -19,7 +21,7 @@ def test_demo_plays_the_whole_scenario_and_exits_cleanly(tmp_path):
         "4 nodes are committing blocks",
         "(Aes256_Sha256_RsaPss Sign & Encrypt): 5 variable(s) subscribed",
         "feed of level-sensor-1-level",
-        "bottles flooded so far",
+        "flooded so far",
         "ALERT on chain: level-sensor-1-level reads below its expected range 180–195 mm",
         "replacing it by level-sensor-2",
         "AmlRemoved, FeedRemoved, AnomalyCleared",
@@ -39,6 +41,12 @@ def test_demo_plays_the_whole_scenario_and_exits_cleanly(tmp_path):
     ):
         assert outcome in text, outcome
     assert "Traceback" not in run.stdout + run.stderr
+    commands = [line.strip() for line in run.stdout.splitlines()
+                if line.strip().startswith("$ twinledger") and not line.strip().startswith("$ twinledger plant")]
+    homes = [re.search(r"--home (\S+)", line) for line in commands]
+    assert commands and all(homes), "each command line holds its whole --home, unbroken at 80 columns"
+    assert all(Path(found[1]).is_dir() and (Path(found[1]) / "node.toml").exists() for found in homes if found), \
+        "the printed --home works where the demo was started"  # fmt: skip
     (proofs,) = directory.glob("proofs-*")
     files = list(proofs.glob("*.json"))
     assert len(files) >= 12

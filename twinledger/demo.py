@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import secrets
+import shlex
 import shutil
 import signal
 import threading
@@ -68,7 +69,9 @@ def step(text: str) -> None:
 
 
 def note(text: str, style: str = "") -> None:
-    console.print(f"  {text}", style=style)
+    """A line of the narration; a command line ("$ …", "Try: …") is never broken, so it
+    pastes whole from a narrow terminal or a log."""
+    console.print(f"  {text}", style=style, soft_wrap=text.startswith(("$ ", "Try: ")))
 
 
 def wait_for(condition: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
@@ -112,7 +115,9 @@ class Demo:
         return self.sessions[organisation]
 
     def _show(self, command: str) -> None:
-        note(f"$ twinledger {command.replace(str(self.directory) + '/', '')}", style="dim")
+        """A command as it can be pasted where the demo was started: never broken across
+        lines, its paths as given from there."""
+        note(f"$ twinledger {command}", style="dim")
 
     def do(self, command: str, organisation: str, work: Callable[[Session], Awaitable[T]], quiet: bool = False) -> T:
         """Run a workflow as ``organisation`` (narrated as the CLI ``command``); StepFailed
@@ -142,7 +147,13 @@ class Demo:
         raise StepFailed(f"twinledger {command.split()[0]} succeeded but must be refused")
 
     def home(self, organisation: str) -> str:
-        return str(self.homes[organisation])
+        return self.pasteable(self.homes[organisation])
+
+    @staticmethod
+    def pasteable(path: Path) -> str:
+        """``path`` as a command pasted where the demo was started needs it."""
+        absolute = path.absolute()
+        return shlex.quote(str(absolute.relative_to(Path.cwd()) if absolute.is_relative_to(Path.cwd()) else absolute))
 
     def view(self) -> dict[str, Any]:
         return self.do(f"twin show {self.twin}", "owner", lambda s: s.twin(self.twin), quiet=True)
@@ -218,8 +229,8 @@ class Demo:
         certificate (the device directory's opcua.der); it pins the plant's."""
         self.trust_on_plant(device / "opcua.der", device.name)
         keys = access.device_keys(device)
-        note(f"$ twinledger agent --home {self.home('owner')} --twin {self.twin} --device {device.name} --opcua "
-             f"{self.plant_url}".replace(str(self.directory) + "/", ""), style="dim")  # fmt: skip
+        note(f"$ twinledger agent --home {self.home('owner')} --twin {self.twin} --device {self.pasteable(device)} "
+             f"--opcua {self.plant_url}", style="dim")  # fmt: skip
 
         async def launch() -> tuple[asyncio.Event, asyncio.Future[None]]:
             """Made on the loop's thread: the agent's spool is a database of that thread."""

@@ -614,21 +614,35 @@ def test_a_decided_block_whose_parent_was_overtaken_by_sync_goes_to_fork_choice(
     decided block like any other certified one."""
     import asyncio
 
+    from twinledger.consensus.solo import SoloConsensus
+    from twinledger.contracts import default_runtime
+    from twinledger.ledger.chain import Chain
     from twinledger.node.ledger import LedgerService
 
-    mine, theirs = new_chain(stores("mine")), new_chain(stores("theirs"))
-    decided, result = mine.build_block([record()], VALIDATOR.public, mine.head.timestamp + 1000)
-    synced = produce(theirs, [record()], timestamp=mine.head.timestamp + 2000)
-    service = LedgerService(mine, Mempool())
+    class Forkable(SoloConsensus):
+        final = False
 
-    async def race() -> None:
-        await service.apply_synced(*synced)  # sync first, while the engine still holds its block
-        await service.commit_block(decided, mine.consensus.certify(decided), result)
+    def race(final: bool) -> Chain:
+        engine = SoloConsensus if final else Forkable
+        mine = Chain(stores(f"mine-{final}"), default_runtime(), engine(VALIDATOR.public, VALIDATOR), GENESIS)
+        theirs = Chain(stores(f"theirs-{final}"), default_runtime(), engine(VALIDATOR.public, VALIDATOR), GENESIS)
+        decided, result = mine.build_block([record()], VALIDATOR.public, mine.head.timestamp + 1000)
+        synced = produce(theirs, [record()], timestamp=mine.head.timestamp + 2000)
+        service = LedgerService(mine, Mempool())
 
-    try:
-        asyncio.run(race())
+        async def both() -> None:
+            await service.apply_synced(*synced)  # sync first, while the engine still holds its block
+            await service.commit_block(decided, mine.consensus.certify(decided), result)
+
+        try:
+            asyncio.run(both())
+        finally:
+            service.close()
         winner = min((decided, synced[0]), key=lambda b: b.hash)  # same height: the lowest hash
         assert mine.head == winner.header
         assert {decided.hash, synced[0].hash} <= set(mine.tree.headers), "both kept: fork choice can move again"
-    finally:
-        service.close()
+        return mine
+
+    race(final=False)
+    with pytest.raises(InvalidBlock, match="no longer extends the head"):  # final blocks: two at a height is a fault
+        race(final=True)

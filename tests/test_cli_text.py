@@ -42,6 +42,8 @@ def test_shell_completion_is_offered():
     ("typereport", "did you mean 'type:report'?"),
     ("Type: report", "did you mean 'type:report'?"),
     ("quality", "is not KEY:VALUE (a lower-case key, a colon, a value without spaces: type:report)"),
+    ("batch:", "has no value after its colon"),
+    ("tpye:report", "did you mean 'type:report'?"),
 ])  # fmt: skip
 def test_an_attribute_mistake_names_the_meant_one(given, said):
     with pytest.raises(BadAttribute) as caught:
@@ -50,7 +52,8 @@ def test_an_attribute_mistake_names_the_meant_one(given, said):
 
 
 def test_attributes_people_use_pass():
-    legitimate = ["type:report", "line:7", "shift:night", "batch-id:2026/11", "url:https://plant.example/a:b", "lot:Ä-12"]
+    legitimate = ["type:report", "line:7", "shift:night", "batch-id:2026/11", "url:https://plant.example/a:b", "lot:Ä-12",
+                  "size:large", "lane:3", "patch:2", "lines:2", "kind2:x", "iso.class:9001"]  # words, not slips
     assert owner_attributes(legitimate) == legitimate
 
 

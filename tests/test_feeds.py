@@ -194,7 +194,8 @@ def test_a_backfill_takes_segments_from_the_data_rate_and_exports_to_csv_and_par
     refused = cli("twin", "feed", "export", twin, "level-sensor-1", "-o", str(tmp_path / "no.csv"),
                   "--home", home(consortium, AUDITOR))  # fmt: skip
     assert refused.returncode == 1 and "not a reader" in refused.stderr and refused.stderr.count("\n") == 1
-    assert not (tmp_path / "no.csv").exists() and not (tmp_path / ".no.csv.part").exists(), "no partial file"
+    assert not (tmp_path / "no.csv").exists() and not list(tmp_path.glob(".no.csv.*")), "no partial file"
+    assert (tmp_path / "all.csv").stat().st_mode & 0o777 == 0o600, "decrypted data: the owner's eyes only"
     wrong = cli("twin", "feed", "export", twin, "level-sensor-1", "-o", str(tmp_path / "x.xlsx"), "--format", "xlsx",
                 *owner)  # fmt: skip
     assert wrong.returncode == 1 and "no export format 'xlsx'" in wrong.stderr

@@ -236,8 +236,9 @@ class Mutation:
         return _written(await twins.grant_role(_session(info), ref, subject, role, scopes or []))
 
     @strawberry.mutation(description="Grant an organisation read access to a twin's data by a policy; the grant id.")
-    async def grant_read(self, info: strawberry.Info, twin: str, to: str, policy: str, valid_until: int = 0) -> str:
-        return (await access.grant(_session(info), twin, to, policy, valid_until)).grant
+    async def grant_read(self, info: strawberry.Info, twin: str, to: str, policy: str, valid_until: int = 0,
+                         declare: list[str] | None = None) -> str:  # fmt: skip
+        return (await access.grant(_session(info), twin, to, policy, valid_until, declare=declare or [])).grant
 
     @strawberry.mutation(description="Revoke a read grant (the twin's feeds get a new data key); the block.")
     async def revoke_read(self, info: strawberry.Info, grant: str) -> int:

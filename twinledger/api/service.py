@@ -191,8 +191,8 @@ class TwinService:
         grants.sort(key=lambda g: (-g["granted"]["height"], g["id"]))
         header = self.store.header_by_height(height)
         now = header.timestamp if header is not None else 0
-        grants = [{**g, "status": "expired"} if g["status"] == "active" and not grant_is_active(g, now) else g
-                  for g in grants]  # past its end, not yet ended by a block: shown as what it is
+        # past its end by the chain's time, not yet ended by a block: still "active" on chain, and said to be past
+        grants = [{**g, "past_end": g["status"] == "active" and not grant_is_active(g, now)} for g in grants]
         return jsonable({"height": height, "time": now, "grants": grants})
 
     # -- events --------------------------------------------------------------------------------

@@ -114,8 +114,10 @@ class GrantIn(BaseModel):
     twin: str
     to: str = Field(description="An organisation, or device:NAME of the twin.")
     policy: str = Field(description='e.g. "kind:document and type:report"')
-    valid_until: int = Field(0, ge=0, description="Milliseconds since the epoch; 0: no end.")
+    valid_until: int = Field(0, ge=0, lt=1 << 43, description="Milliseconds since the epoch; 0: no end.")
     proxies: list[str] = Field(default_factory=list)
+    declare: list[str] = Field(default_factory=list, description="New attribute keys the policy may use, for data "
+                                                                 "still to come.")  # fmt: skip
 
 
 class WriteTokenIn(BaseModel):
@@ -348,9 +350,10 @@ def _sharing_workflows(app: FastAPI, acting: Acting, run: Runner) -> None:
     @app.post("/v1/grants", summary="Grant read access through proxies (KP-CPRE)", tags=["sharing"], status_code=201)
     async def grant(body: GrantIn, request: Request) -> dict[str, Any]:
         made = await run(request, lambda s: access.grant(s, body.twin, body.to, body.policy, body.valid_until,
-                                                         body.proxies))  # fmt: skip
+                                                         body.proxies, body.declare))  # fmt: skip
         return {"grant": made.grant, "twin": made.twin, "recipient": made.recipient, "policy": made.policy,
-                "valid_until": made.valid_until, "proxies": made.proxies, "block": made.block}  # fmt: skip
+                "valid_until": made.valid_until, "proxies": made.proxies, "block": made.block,
+                "covered": made.covered, "unmatched": made.unmatched}  # fmt: skip
 
     @app.delete("/v1/grants/{grant_id}", summary="Revoke a grant; the twin's feeds get a new data key",
                 tags=["sharing"])  # fmt: skip

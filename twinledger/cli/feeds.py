@@ -10,8 +10,9 @@ import json
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -36,7 +37,6 @@ from twinledger.cli.common import (
     run,
 )
 from twinledger.cli.twins import feed_app, print_readers
-from twinledger.core.files import create_fresh
 from twinledger.core.text import plural
 from twinledger.core.times import iso_us, parse_time
 from twinledger.errors import TwinledgerError
@@ -258,22 +258,27 @@ def feed_export(
                               code="bad_format")  # fmt: skip
     start, end = (parse_time(t) if t is not None else None for t in (since, until))
     keys = device_keys(device) if device is not None else None
-    partial = output.with_name(f".{output.name}.part")
-    sink = sys.stdout.buffer if to_stdout else create_fresh(partial, 0o644)
+    partial: Path | None = None
+    if to_stdout:
+        sink: BinaryIO = sys.stdout.buffer
+    else:  # a scratch file of its own (two exports to one name never publish each other's half)
+        descriptor, scratch = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent or ".")
+        partial, sink = Path(scratch), os.fdopen(descriptor, "wb")
     try:
         with _sample_progress(as_json) as progress:
             task = progress.add_task(f"exporting {component}", total=None)
             exported = run(home, lambda session: feeds.export(session, ref, component, feed_files.sink(sink, chosen),
                                                               start, end, keys, lambda n: progress.advance(task, n)))  # fmt: skip
-        if not to_stdout:
+        if partial is not None:
             sink.flush()
             os.fsync(sink.fileno())
             sink.close()
             os.replace(partial, output)
     finally:
-        if not to_stdout and not sink.closed:
-            sink.close()
-        partial.unlink(missing_ok=True)
+        if partial is not None:
+            if not sink.closed:
+                sink.close()
+            partial.unlink(missing_ok=True)
     summary = {"feed": exported.feed.hex(), "component": component, "format": chosen,
                "output": "-" if to_stdout else str(output), "samples": exported.samples,
                "segments": exported.segments, "from": iso_us(exported.first) if exported.first is not None else None,

@@ -94,6 +94,12 @@ def _print_coverage(covers: coverage.Coverage, to: str, as_json: bool) -> None:
                   highlight=False)  # fmt: skip
 
 
+def shown_status(grant: dict[str, Any]) -> str:
+    """A grant's status as people mean it: one past its end is expired, even before the
+    block that ends it on chain."""
+    return "expired" if grant.get("past_end") else str(grant["status"])
+
+
 @command
 def who_reads(
     twin: Annotated[str, typer.Argument(help="Twin id or device id.")],
@@ -102,22 +108,30 @@ def who_reads(
 ) -> None:
     """Who reads each document and feed of the twin: the organisations it is sealed to, and
     every grant that covers it (active or expired, with its end)."""
-    found, rows = run(home, lambda session: coverage.who_reads(session, twin))
+    found, rows, missing = run(home, lambda session: coverage.who_reads(session, twin))
     if as_json:
         print_json({"twin": found["id"], "items": [
             {"kind": r.item.kind, "name": r.item.name, "item": r.item.acl.item.hex(), "attributes": list(r.item.attributes),
-             "readers": r.readers, "grants": [{"grant": g["id"], "recipient": g["recipient"], "status": g["status"],
+             "readers": r.readers, "earlier_readers": r.earlier_readers,
+             "grants": [{"grant": g["id"], "recipient": g["recipient"], "status": shown_status(g),
                                                "valid_until": g["valid_until"], "policy": g["policy_text"]}
-                                              for g in r.grants]} for r in rows]})  # fmt: skip
+                                              for g in r.grants]} for r in rows],
+                    "unavailable": [{"kind": m.kind, "name": m.name, "why": m.why} for m in missing]})  # fmt: skip
         return
     table = Table("kind", "name", "attributes", "readers (sealed to)", "through grants", title=f"who reads twin {found['id']}",
                   title_justify="left")  # fmt: skip
     for row in rows:
-        through = [f"{g['recipient']} ({g['id'][:8]}, {g['status']}"
+        through = [f"{g['recipient']} ({g['id'][:8]}, {shown_status(g)}"
                    + (f" until {iso_ms(g['valid_until'])}" if g["valid_until"] else "") + ")" for g in row.grants]  # fmt: skip
-        table.add_row(row.item.kind, row.item.name, " ".join(row.item.attributes), ", ".join(row.readers),
+        earlier = f"\n(earlier epochs: {', '.join(row.earlier_readers)})" if row.earlier_readers else ""
+        table.add_row(row.item.kind, row.item.name, " ".join(row.item.attributes), ", ".join(row.readers) + earlier,
                       "\n".join(through) or "—")  # fmt: skip
+    for gone in missing:
+        table.add_row(gone.kind, gone.name, "?", f"unknown: {gone.why}", "?")
     out.print(table)
+    if missing:
+        raise TwinledgerError(f"the store did not give the ACL of {plural(len(missing), 'item')}: who reads them is "
+                              "not shown", code="store_unavailable")  # fmt: skip
 
 
 @command
@@ -191,7 +205,7 @@ def grants(
         until = iso_ms(entry["valid_until"]) if entry["valid_until"] else "—"
         held = len(entry["keys"])
         table.add_row(show_id(entry["id"]), entry["twin"], entry["owner"], entry["recipient"], entry["policy_text"], until,
-                      "0" if held == 1 else f"0–{held - 1}", entry["status"])  # fmt: skip
+                      "0" if held == 1 else f"0–{held - 1}", shown_status(entry))  # fmt: skip
     out.print(table)
 
 

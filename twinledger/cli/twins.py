@@ -42,6 +42,7 @@ from twinledger.cli.common import (
 from twinledger.cli.specification import aml_app
 from twinledger.cli.storage import transfer_progress
 from twinledger.core.files import read_regular, replace_durably
+from twinledger.core.times import iso_ms
 from twinledger.errors import TwinledgerError
 from twinledger.services import documents, proofs, twins
 from twinledger.services.access import device_keys
@@ -538,10 +539,10 @@ def twin_audit(
     if as_json:
         print_json(document)
     else:
-        table = Table("#", "height", "time (ms)", "who", "what", "events", "proof", title=f"audit of twin {ref}",
+        table = Table("#", "height", "time (UTC)", "who", "what", "events", "proof", title=f"audit of twin {ref}",
                       title_justify="left")  # fmt: skip
         for entry in entries:
-            table.add_row(str(entry["number"]), str(entry["height"]), str(entry["timestamp"]),
+            table.add_row(str(entry["number"]), str(entry["height"]), iso_ms(entry["timestamp"]),
                           _who(entry), entry["method"], ", ".join(entry["events"]),
                           "[green]valid[/green]" if entry["verified"] else "[red]INVALID[/red]")  # fmt: skip
         out.print(table)
@@ -554,4 +555,6 @@ def _who(entry: dict[str, Any]) -> str:
     """Who made an audited change: organisation/principal, the organisation, or the key."""
     if entry.get("principal"):
         return f"{entry['organisation']}/{entry['principal']}"
+    if entry.get("device"):
+        return f"device {entry['device']}"
     return str(entry["organisation"] or show_id(entry["key"]))

@@ -34,8 +34,14 @@ SENSOR_KIND = "sensor"
 RECORD_KIND = "record"
 
 
-class ReservedAttribute(TwinledgerError):
+class BadAttribute(TwinledgerError):
+    """An attribute an owner may not set: wrong form, a reserved prefix, a likely typo."""
+
     code = "attributes_invalid"
+
+
+class ReservedAttribute(BadAttribute):
+    pass
 
 
 def twin_attribute(twin_id: str) -> str:
@@ -98,13 +104,9 @@ OWNER_KEYS = ("type", "line", "site", "batch", "supplier")
 """Keys the consortium's owners use for their own attributes (docs/sharing.md); others
 are allowed, unless one typing mistake away from a known key."""
 KNOWN_KEYS = (*(prefix.rstrip(":") for prefix in RESERVED), *OWNER_KEYS)
-FORM = re.compile(r"([a-z][a-z0-9_-]{0,31}):(\S+)", re.ASCII)
+FORM = re.compile(r"([a-z][a-z0-9_.-]{0,31}):(\S+)", re.ASCII)
 """An attribute: a lower-case KEY, a colon, a VALUE without spaces (type:report)."""
 SEPARATOR = re.compile(r"\s*[=.;/: ]\s*")
-
-
-class BadAttribute(TwinledgerError):
-    code = "attributes_invalid"
 
 
 def form_problem(attribute: str) -> str | None:
@@ -112,6 +114,8 @@ def form_problem(attribute: str) -> str | None:
     if attribute == REQUEST or FORM.fullmatch(attribute):
         return None
     shown = attribute[:60]
+    if FORM.fullmatch(attribute + "x"):
+        return f"attribute {shown!r} has no value after its colon (like type:report)"
     key, _, value = SEPARATOR.sub(":", attribute.strip(), count=1).partition(":")
     fixed = f"{key.lower()}:{value}"
     if FORM.fullmatch(fixed):
@@ -133,16 +137,17 @@ def near_miss(attribute: str, keys: Iterable[str]) -> str | None:
     return f"attribute key {match[1]!r} is unknown; did you mean '{close[0]}:{match[2]}'?"
 
 
-def _one_edit(a: str, b: str) -> bool:
-    """Whether ``a`` becomes ``b`` by one insertion, deletion, substitution or swap."""
-    if abs(len(a) - len(b)) > 1 or a == b:
+def _one_edit(given: str, known: str) -> bool:
+    """Whether ``given`` is ``known`` with one letter left out, or two neighbours swapped —
+    the slips of typing. Not a letter changed (size, lane, patch are words of their own)
+    nor one added at the end (lines, kind2 are keys of their own)."""
+    if len(given) == len(known) - 1:
+        return any(known[:i] + known[i + 1 :] == given for i in range(len(known)))
+    if len(given) != len(known) or given == known:
         return False
-    if len(a) == len(b):
-        differ = [i for i in range(len(a)) if a[i] != b[i]]
-        return len(differ) == 1 or (len(differ) == 2 and differ[1] == differ[0] + 1
-                                    and a[differ[0]] == b[differ[1]] and a[differ[1]] == b[differ[0]])  # fmt: skip
-    short, long = sorted((a, b), key=len)
-    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+    differ = [i for i in range(len(given)) if given[i] != known[i]]
+    return len(differ) == 2 and differ[1] == differ[0] + 1 and given[differ[0]] == known[differ[1]] \
+        and given[differ[1]] == known[differ[0]]  # fmt: skip
 
 
 def document_attributes(twin_id: str, component: str | None, extra: Iterable[str] = ()) -> list[str]:

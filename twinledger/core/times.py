@@ -39,5 +39,9 @@ def iso_us(microseconds: int, timespec: str = "microseconds") -> str:
 
 
 def iso_ms(milliseconds: int) -> str:
-    """A chain time (block, transaction, grant expiry) as ISO 8601 in UTC, to the second."""
-    return datetime.fromtimestamp(milliseconds / 1000, UTC).isoformat(timespec="seconds")
+    """A chain time (block, transaction, grant expiry) as ISO 8601 in UTC, to the second
+    (a time no calendar holds, as a grant's end may be, as its number)."""
+    try:
+        return (EPOCH + milliseconds * 1000 * MICROSECOND).isoformat(timespec="seconds")
+    except OverflowError:
+        return f"{milliseconds} ms"

@@ -31,7 +31,7 @@ from twinledger.contracts.twinstate import twin_key
 from twinledger.core.attributes import (
     RECORD_KIND,
     TWIN,
-    ReservedAttribute,
+    BadAttribute,
     kind_attribute,
     owner_attributes,
     twins_named,
@@ -203,7 +203,7 @@ class IngestService:
         try:
             attributes = attribute_set([*requested, kind_attribute(RECORD_KIND)])
             owner_attributes(a for a in attributes if not a.startswith(TWIN) and a != kind_attribute(RECORD_KIND))
-        except (PolicyError, ReservedAttribute) as exc:
+        except (PolicyError, BadAttribute) as exc:
             raise IngestError(f"shared records' attributes: {exc.message}", code="attributes_invalid") from None
         twins = twins_named(attributes)
         if len(twins) != 1:

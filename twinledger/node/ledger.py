@@ -331,6 +331,8 @@ class LedgerService(NetworkedProducer):
         if self.chain.head.hash == block.hash:
             return ()
         if block.header.previous != self.chain.head.hash:
+            if self.chain.consensus.final:  # two decided blocks at one height: a safety failure, not a fork
+                raise InvalidBlock(f"decided block {block.height} no longer extends the head ({self.chain.head.height})")
             # Block sync moved the head while this block was being decided — an engine
             # without finality forks — so fork choice places it, like any certified block.
             return self._apply_synced(block, certificate).adopted

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from twinledger.config import passphrase
 from twinledger.contracts import calls
 from twinledger.contracts.sharing import DEVICE_RECIPIENT, MAX_REKEYS
+from twinledger.core.times import LAST_SECOND
 from twinledger.crypto import kpcpre
 from twinledger.crypto.keys import SigningKey, read_secret_file
 from twinledger.crypto.policy import parse_policy, policy_text
@@ -34,6 +35,7 @@ from twinledger.store.items import AccessDenied, ItemAcl
 T = TypeVar("T")
 MIN_PREFIX = 8
 """Fewest hex digits that name a grant, document or request by prefix."""
+LAST_MS = LAST_SECOND * 1000
 REKEY_ROUNDS = 64
 """Re-key transactions one call sends at most (MAX_REKEYS grants each)."""
 
@@ -147,6 +149,9 @@ async def grant(session: Session, twin_ref: str, to: str, policy: str, valid_unt
     asked = parse_policy(policy)
     if valid_until and valid_until <= time.time() * 1000:
         raise BadRequest("the grant's end lies in the past", code="bad_time")
+    if valid_until >= LAST_MS:
+        raise BadRequest(f"the grant's end {valid_until} is past 2242: give it in milliseconds since the epoch",
+                         code="bad_time")  # fmt: skip
     covers = await coverage.preview(session, twin_ref, policy, declared)
     twin = await session.twin(twin_ref)
     if to.startswith(DEVICE_RECIPIENT):
@@ -223,7 +228,7 @@ async def revoke(session: Session, grant_prefix: str, keys: Sequence[SigningKey]
     theirs from their writers before they append again). Nothing written from now on is
     under a key the revoked party — with any proxy's help — can open."""
     chosen = await find_grant(session, grant_prefix)
-    if chosen["status"] not in ("active", "expired"):  # an expired one the chain has not ended yet may be
+    if chosen["status"] != "active":
         raise TwinledgerError(f"grant {chosen['id'][:16]}… is already {chosen['status']}", code="already_revoked")
     twin_id = chosen["twin"]
     await rekey(session, twin_id)

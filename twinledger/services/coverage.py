@@ -19,6 +19,7 @@ from typing import Any
 
 from twinledger.core.attributes import FORM, KNOWN_KEYS, REQUEST, BadAttribute, form_problem, near_miss, twin_attribute
 from twinledger.crypto.policy import Policy, leaves, parse_policy, policy_text, satisfied
+from twinledger.errors import TwinledgerError
 from twinledger.services.session import Session
 from twinledger.sharing.grants import confined
 from twinledger.store.documents import parse_reference
@@ -41,8 +42,18 @@ class TwinItem:
         return self.acl.attributes
 
 
-async def twin_items(session: Session, twin: dict[str, Any]) -> list[TwinItem]:
-    """The twin's current documents (every version) and store feeds, with their ACLs."""
+@dataclass(frozen=True)
+class Unavailable:
+    """An item of the twin whose ACL the store did not give (down, or refused)."""
+
+    kind: str
+    name: str
+    why: str
+
+
+async def twin_items(session: Session, twin: dict[str, Any]) -> tuple[list[TwinItem], list[Unavailable]]:
+    """The twin's current documents (every version) and store feeds, with their ACLs; and
+    those whose ACL could not be read, with why."""
     wanted: list[tuple[str, str, bytes]] = []
     for document in twin["documents"]:
         if document["removed"] is None:
@@ -55,13 +66,15 @@ async def twin_items(session: Session, twin: dict[str, Any]) -> list[TwinItem]:
             wanted.append(("feed", feed["component"], bytes.fromhex(match[1])))
     store = await session.store()
     acls = await asyncio.gather(*(store.get_acl(item) for _, _, item in wanted), return_exceptions=True)
-    found = []
+    found, missing = [], []
     for (kind, name, _), acl in zip(wanted, acls, strict=True):
         if isinstance(acl, ItemAcl):
             found.append(TwinItem(kind, name, acl))
-        elif not isinstance(acl, StoreError | AccessDenied):
+        elif isinstance(acl, StoreError | AccessDenied):
+            missing.append(Unavailable(kind, name, acl.message))
+        else:
             raise acl
-    return found
+    return found, missing
 
 
 def vocabulary(items: Iterable[TwinItem]) -> set[str]:
@@ -84,11 +97,14 @@ class Coverage:
     """Access generations the grant's keys would open (0 to the twin's current one)."""
 
 
-def check_policy_attributes(policy: Policy, keys: set[str], declared: Sequence[str] = ()) -> None:
-    """Refuse a policy attribute that is not KEY:VALUE, or whose key is neither known nor declared."""
-    allowed = keys | set(declared)
+def check_policy_attributes(policy: Policy, items: Sequence[TwinItem], declared: Sequence[str] = ()) -> None:
+    """Refuse a policy attribute that is not KEY:VALUE, or whose key is neither known,
+    nor carried by an item, nor declared; an attribute an item carries as written passes
+    whatever its form (items from before the vocabulary)."""
+    allowed = vocabulary(items) | set(declared)
+    carried = {a for item in items for a in item.attributes}
     for attribute in leaves(policy):
-        if attribute == REQUEST:
+        if attribute == REQUEST or attribute in carried:
             continue
         problem = form_problem(attribute) or near_miss(attribute, allowed)
         if problem is not None:
@@ -103,12 +119,19 @@ def check_policy_attributes(policy: Policy, keys: set[str], declared: Sequence[s
 async def preview(session: Session, twin_ref: str, policy: str, declared: Sequence[str] = ()) -> Coverage:
     """Which of the twin's items a grant with ``policy`` would cover now (nothing is made)."""
     twin = await session.twin(twin_ref)
-    items = await twin_items(session, twin)
+    items, missing = await twin_items(session, twin)
+    if missing:  # the vocabulary and the coverage would both be short: say so rather than guess
+        raise TwinledgerError(f"the store did not give the ACL of {missing[0].kind} {missing[0].name} "
+                              f"({missing[0].why}){f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; "
+                              "what a grant covers cannot be told without it: try again when the store answers",
+                              code="store_unavailable")  # fmt: skip
     asked = parse_policy(policy)
-    check_policy_attributes(asked, vocabulary(items), declared)
+    check_policy_attributes(asked, items, declared)
     granted = confined(asked, twin["id"])
     carried = {a for item in items for a in item.attributes} | {twin_attribute(twin["id"]), REQUEST}
-    covered = [item for item in items if satisfied(granted, item.attributes)]
+    # as store nodes decide: the granting organisation's items only (others may add documents to a twin)
+    covered = [item for item in items
+               if item.acl.owner_organisation == session.organisation and satisfied(granted, item.attributes)]  # fmt: skip
     return Coverage(twin["id"], policy_text(granted), covered, [item for item in items if item not in covered],
                     sorted({a for a in leaves(granted) if a not in carried}), twin["generation"] + 1)  # fmt: skip
 
@@ -119,22 +142,26 @@ class ItemReaders:
 
     item: TwinItem
     readers: list[str]
+    """Organisations the current data key is sealed to (the owner among them)."""
+    earlier_readers: list[str]
+    """Organisations only earlier keys are sealed to: they read the item's older epochs."""
     grants: list[dict[str, Any]]
-    """Grants (as the API lists them, status included) whose policy covers the item."""
+    """Grants (as the API lists them) whose policy covers the item, active or past their end."""
 
 
-async def who_reads(session: Session, twin_ref: str) -> tuple[dict[str, Any], list[ItemReaders]]:
-    """For each current item of the twin: the reader organisations and the covering grants
-    (active and expired alike, each with its status)."""
+async def who_reads(session: Session, twin_ref: str) -> tuple[dict[str, Any], list[ItemReaders], list[Unavailable]]:
+    """For each current item of the twin: the reader organisations and the covering grants;
+    and the items whose ACL the store did not give."""
     twin = await session.twin(twin_ref)
-    items = await twin_items(session, twin)
+    items, missing = await twin_items(session, twin)
     listing = await session.get("/v1/grants", twin=twin["id"])
-    grants = [g for g in listing["grants"] if g["status"] in ("active", "expired")]
+    grants = [g for g in listing["grants"] if g["status"] == "active"]
     now = int(time.time() * 1000)
     rows = []
     for item in items:
         readers = sorted({item.acl.owner_organisation, *(r.organisation for r in item.acl.readers)})
-        covering = [g for g in grants
+        earlier = sorted({r.organisation for epoch in item.acl.retired for r in epoch.readers} - set(readers))
+        covering = [g for g in grants  # the end aside: one past it is listed, with its status
                     if ReadGrant.of({**g, "valid_until": 0}).covers(item.acl, g["recipient"], now)]  # fmt: skip
-        rows.append(ItemReaders(item, readers, covering))
-    return twin, rows
+        rows.append(ItemReaders(item, readers, earlier, covering))
+    return twin, rows, missing

@@ -123,6 +123,8 @@ async def open_writer(session: Session, twin_id: str, component: str, feed: byte
                                  feed, checkpoint, checkpoint_every, sharing or session.sharing_now(twin_id))  # fmt: skip
 
 
+MAX_WINDOW_SECONDS = 1 << 33
+"""A segment window longer than every feed's history is as good as any longer one."""
 BACKFILL_SEGMENT_SAMPLES = 4096
 """Samples a backfilled segment aims at (64 KiB sealed): a day of 1 Hz data is 22
 round trips, not 86,400, and a time-range read fetches little it does not need."""
@@ -137,12 +139,13 @@ def backfill_segment_seconds(samples: Sequence[Sample]) -> float:
     return BACKFILL_SEGMENT_SAMPLES * span / (len(samples) - 1)
 
 
-def segments(samples: Iterable[Sample], seconds: float) -> Iterator[list[Sample]]:
-    """Consecutive samples grouped into windows of ``seconds`` of sample time."""
-    window = max(1, round(seconds * 1_000_000))
+def segments(samples: Iterable[Sample], seconds: float, most: int = MAX_SEGMENT_SAMPLES) -> Iterator[list[Sample]]:
+    """Consecutive samples grouped into windows of ``seconds`` of sample time, ``most``
+    samples at most each."""
+    window = max(1, round(min(seconds, MAX_WINDOW_SECONDS) * 1_000_000))
     batch: list[Sample] = []
     for sample in samples:
-        if batch and (sample[0] - batch[0][0] >= window or len(batch) == MAX_SEGMENT_SAMPLES):
+        if batch and (sample[0] - batch[0][0] >= window or len(batch) == most):
             yield batch
             batch = []
         batch.append(sample)
@@ -179,8 +182,11 @@ async def push(session: Session, twin_ref: str, component: str, samples: list[Sa
         if progress is not None:
             progress(held)
     written: list[FeedUpdate] = []
-    window = segment_seconds if segment_seconds is not None else backfill_segment_seconds(samples)
-    for batch in segments(samples[held:], window):
+    if segment_seconds is None:  # a burst in sparse data fills no segment past twice the aim
+        parts = segments(samples[held:], backfill_segment_seconds(samples), 2 * BACKFILL_SEGMENT_SAMPLES)
+    else:
+        parts = segments(samples[held:], segment_seconds)
+    for batch in parts:
         writer.extend(batch)
         written += await writer.flush()
         if progress is not None:
@@ -256,17 +262,19 @@ async def export(session: Session, twin_ref: str, component: str, sink: SampleSi
     reader = await FeedReader.open(await session.store(), feed, access.unlock(session, device))
     count = opened = 0
     first = last = None
-    async for piece in reader.history(since=since, until=until):
-        chosen = within(piece.samples, since, until)
-        opened += 1
-        if chosen:
-            sink.write(chosen)
-            count += len(chosen)
-            first = chosen[0][0] if first is None else first
-            last = chosen[-1][0]
-        if progress is not None:
-            progress(len(piece.samples))
-    sink.close()
+    try:
+        async for piece in reader.history(since=since, until=until):
+            chosen = within(piece.samples, since, until)
+            opened += 1
+            if chosen:
+                sink.write(chosen)
+                count += len(chosen)
+                first = chosen[0][0] if first is None else first
+                last = chosen[-1][0]
+            if progress is not None:
+                progress(len(piece.samples))
+    finally:  # the sink lets go of its stream (stdout stays open) whatever happened
+        sink.close()
     return Exported(feed, count, opened, first, last)
 
 

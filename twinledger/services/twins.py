@@ -273,7 +273,10 @@ async def audit(session: Session, twin_ref: str) -> Audit:
     validators in this home's genesis (not against what the node says)."""
     entries = (await session.get(f"/v1/twins/{segment(twin_ref, 'twin')}/audit", proofs="true"))["entries"]
     trusted = Pin.of(Genesis.read(session.config.genesis_path))
+    devices = {d["key"]: d["name"] for d in (await session.twin(twin_ref))["devices"]}
     for entry in entries:
+        if not entry["organisation"] and entry["key"] in devices:  # a device's own key: named as the twin names it
+            entry["device"] = devices[entry["key"]]
         try:
             verified = proofs.check(parse_proof(json.dumps(entry["proof"]).encode()), trusted)
             entry["verified"] = verified.tx_hash.hex() == entry["tx"]

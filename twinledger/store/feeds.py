@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -68,9 +69,9 @@ REFERENCE = re.compile(r"^store:([0-9a-f]{64})$")
 CHECKPOINT_EVERY = 60
 """Updates between on-chain checkpoints: once a minute with 1 s segments."""
 ACL_REFRESH = 5.0
+"""Seconds between a writer's looks for a newer epoch started elsewhere (a revocation)."""
 READ_AHEAD = 16
 """Segments a reader fetches at once."""
-"""Seconds between a writer's looks for a newer epoch started elsewhere (a revocation)."""
 
 Sample = tuple[int, float]
 Checkpointer = Callable[[FeedUpdate], Awaitable[None]]
@@ -439,8 +440,9 @@ class FeedReader:
         while True:
             updates = await self.store.feed_updates(self.acl, after, since=since, until=until)
             wanted = [u for u in updates if until_sequence is None or u.sequence <= until_sequence]
-            async for segment in self._in_order(wanted):
-                yield segment
+            async with contextlib.aclosing(self._in_order(wanted)) as pieces:  # a reader stopping early stops them
+                async for segment in pieces:
+                    yield segment
             if not updates or len(wanted) < len(updates):
                 return
             after = updates[-1].sequence

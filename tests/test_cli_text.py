@@ -69,3 +69,20 @@ def test_times_are_exact_to_the_microsecond_both_ways():
 def test_counts_read_as_words():
     assert (plural(1, "bottle"), plural(2000, "sample"), plural(0, "entry", "entries")) == \
         ("1 bottle", "2,000 samples", "0 entries")  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (("twin", "doc", "add", "line-7", "/nonexistent/report.pdf", "--home", "/nonexistent"),
+     "error: invalid value for 'file': file '/nonexistent/report.pdf' does not exist (see twinledger twin doc add --help)"),
+    (("twin", "doc", "add"), "error: missing argument 'TWIN' (see twinledger twin doc add --help)"),
+    (("nosuch",), "error: no such command 'nosuch' (see twinledger --help)"),
+    (("network", "up", "--base-port", "abc"), "error: invalid value for '--base-port'"),
+])  # fmt: skip
+def test_a_command_line_that_does_not_parse_gets_one_line_and_exit_2(args, said):
+    done = twinledger(*args)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith(said), done.stderr
+
+
+def test_exit_codes_pass_through():
+    assert twinledger("twin", "list", "--home", "/nonexistent").returncode == 1
+    assert twinledger("--version").returncode == 0 and twinledger("twin").returncode == 0

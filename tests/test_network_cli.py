@@ -62,6 +62,7 @@ def test_network_up_status_down_and_the_homes_work_with_the_cli(tmp_path):
         again = cli("network", "up", "--dir", str(directory), "--json")
         assert again.returncode == 0, "up on a running network leaves it running"
         assert [n["pid"] for n in json.loads(again.stdout)["nodes"]] == [n["pid"] for n in nodes]
+        _the_first_hour(directory, tmp_path)
         _a_write_without_quorum_is_pending_and_commits_once(directory, tmp_path)
     finally:
         down = cli("network", "down", "--dir", str(directory), "--json")
@@ -196,3 +197,77 @@ def _twin_on_the_consortium(directory: Path, tmp_path: Path) -> None:
             client.close()
         assert views[-1]["aml_version"] == 2, org
     assert all(view == views[0] for view in views)
+
+
+def _the_first_hour(directory: Path, tmp_path: Path) -> None:
+    """Issue 22's first hour, as a plant engineer types it: a twin, a document, a feed
+    backfilled from a historian's CSV and exported, a previewed grant, who reads what, a
+    revoke, an audit verified offline — with a validator stopped part-way — and the bad
+    inputs a new user makes, each one line and a non-zero exit, never a traceback."""
+    from twinledger.launcher import running_pid, stop_pid
+
+    owner, auditor = str(directory / "owner"), str(directory / "auditor")
+    said: list[subprocess.CompletedProcess[str]] = []
+
+    def run(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        done = cli(*args)
+        said.append(done)
+        assert done.returncode == code, (args, done.stderr)
+        if code:
+            assert done.stderr.count("\n") == 1, (args, done.stderr)
+        return done
+
+    def data(*args: str) -> dict:
+        return json.loads(run(*args, "--json").stdout)
+
+    twin = data("twin", "create", "--home", owner, "--aml", str(PLANT), "--device-id", "line-9",
+                "--role", "auditor=auditor")["id"]  # fmt: skip
+    report = tmp_path / "inspection.txt"
+    report.write_text("inspection of line 9: seals replaced\n")
+    document = data("twin", "doc", "add", twin, str(report), "--attribute", "type:report", "--home", owner)["document"]
+    history = tmp_path / "level.csv"
+    history.write_text("time,value\n" + "".join(f"2026-11-30T{i // 3600:02}:{i // 60 % 60:02}:{i % 60:02},{180 + i % 7}\n"
+                                                for i in range(3600)))  # fmt: skip
+    run("twin", "feed", "add", twin, "level-sensor-1", "--home", owner)
+    pushed = data("twin", "feed", "push", twin, "level-sensor-1", str(history), "--home", owner)
+    assert (pushed["samples"], pushed["updates"]) == (3600, 1), "an hour at 1 Hz is one segment"
+
+    stopped = running_pid(directory / "maintainer")  # a validator goes down part-way: 3 of 4 still commit
+    assert stopped is not None and stop_pid(stopped)
+    exported = tmp_path / "level-export.csv"
+    assert data("twin", "feed", "export", twin, "level-sensor-1", "-o", str(exported), "--home", owner)["samples"] == 3600
+    assert exported.read_text().splitlines()[1] == "2026-11-30T00:00:00.000000+00:00,180.0"
+    preview = data("grant", "--twin", twin, "--to", "manufacturer", "--policy", "type:report", "--dry-run", "--home", owner)
+    assert [i["name"] for i in preview["covered"]] == ["inspection.txt v1"]
+    grant = data("grant", "--twin", twin, "--to", "manufacturer", "--policy", "type:report", "--home", owner)["grant"]
+    readers = {i["name"]: i for i in data("access", twin, "--home", owner)["items"]}
+    assert [g["recipient"] for g in readers["inspection.txt v1"]["grants"]] == ["manufacturer"]
+    run("network", "up", "--dir", str(directory))  # the validator returns (started as the command line starts it)
+    manufacturer = str(directory / "manufacturer")
+    assert run("twin", "doc", "get", twin, document[:8].upper(), "-o", "-", "--home", manufacturer).stdout == \
+        report.read_text()  # fmt: skip
+    data("revoke", grant[:10], "--home", owner)
+    audit = tmp_path / "audit.json"
+    run("twin", "audit", twin, "--out", str(audit), "--home", auditor)
+    assert "audit of twin" in run("verify", "proof", str(audit), "--home", auditor).stdout
+
+    mistakes = [  # (command, the words the one line must hold, exit code)
+        (("twin", "doc", "get", twin, document[:8], "-o", "-", "--home", manufacturer), "no active grant", 1),
+        (("twin", "doc", "add", twin, str(tmp_path / "missing.pdf"), "--home", owner), "missing.pdf", 2),
+        (("twin", "doc", "add", twin, str(report), "--attribute", "typereport", "--home", owner), "type:report", 1),
+        (("grant", "--twin", twin, "--to", "auditor", "--policy", "typ:report", "--home", owner), "type:report", 1),
+        (("grant", "--twin", twin, "--to", "nobody", "--policy", "type:report", "--home", owner), "nobody", 1),
+        (("twin", "doc", "get", twin, "abc", "-o", "-", "--home", owner), "at least 8", 1),
+        (("twin", "show", "no-such-twin", "--home", owner), "no-such-twin", 1),
+        (("twin", "feed", "export", twin, "level-sensor-1", "-o", "x.xlsx", "--format", "xlsx", "--home", owner),
+         "no export format", 1),
+        (("twin", "list", "--home", str(directory)), "is a network directory", 1),
+        (("verify", "proof", str(tmp_path / "nothing.json"), "--home", auditor), "unreadable", 3),
+    ]
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("time,value\n2026-11-30T02:00:00,nan\n")
+    mistakes.append((("twin", "feed", "push", twin, "level-sensor-1", str(bad_csv), "--home", owner), "line 2", 1))
+    for command, words, code in mistakes:
+        done = run(*command, code=code)
+        assert words in done.stderr, (command, done.stderr)
+    assert not any("Traceback" in done.stdout + done.stderr for done in said)

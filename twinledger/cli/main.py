@@ -580,8 +580,33 @@ _group_commands()
 
 
 def main() -> None:
-    app(prog_name="twinledger")  # the same name, completion included, when run as python -m twinledger
+    """Run the CLI; a command line that does not parse gets one line too, with where to
+    look, instead of the usage box."""
+    try:  # Typer 0.2x carries its own Click
+        from typer._click import exceptions as parsing
+    except ImportError:  # pragma: no cover - an older Typer on plain Click
+        from click import exceptions as parsing  # type: ignore[no-redef]
 
+    try:  # the same name, completion included, when run as python -m twinledger
+        code = app(prog_name="twinledger", standalone_mode=False)  # a command's typer.Exit(n) comes back as n
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except parsing.NoArgsIsHelpError as shown:  # a group without a command: its help
+        shown.show()
+        sys.exit(0)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except parsing.UsageError as wrong:
+        where = wrong.ctx.command_path if wrong.ctx is not None else "twinledger"
+        message = wrong.format_message().rstrip(".")
+        error_line(f"error: {message[:1].lower()}{message[1:]} (see {where} --help)")
+        sys.exit(2)
+    except parsing.ClickException as failed:
+        error_line(f"error: {failed.format_message()}")
+        sys.exit(failed.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        error_line("stopped")
+        sys.exit(130)
 
 if __name__ == "__main__":
     main()

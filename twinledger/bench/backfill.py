@@ -18,11 +18,11 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-from twinledger.bench.ledger import publish
+from twinledger.bench.ledger import publish, running_nodes
 from twinledger.bench.store import measure_feed_ceiling
 from twinledger.config import init_network, load_config
 from twinledger.demo import PLANT
-from twinledger.launcher import NodeProcess, free_port_block, start_node
+from twinledger.launcher import free_port_block
 from twinledger.services import feed_files, feeds, twins
 from twinledger.services.session import Session
 from twinledger.store.feeds import Sample
@@ -114,16 +114,8 @@ def run_backfill_benchmark(days: float, output: Path, as_json: bool) -> dict[str
         homes = [workdir / "net" / org for org in ORGS]
         init_network(workdir / "net", ORGS, chain_id="bench-backfill", base_port=free_port_block(3 * len(ORGS)),
                      block_interval_ms=100)  # fmt: skip
-        nodes: list[NodeProcess] = []
-        try:
-            starting = progress.add_task("starting nodes", total=len(homes))
-            for home in homes:
-                nodes.append(start_node(home))
-                progress.advance(starting)
+        with running_nodes(homes, progress):
             measured = asyncio.run(_measure(homes, data, small, progress))
-        finally:
-            for node in nodes:
-                node.stop()
         ceiling_task = progress.add_task("measuring the ceiling", total=None)
         parse_ceiling = measure_parse_ceiling(data)
         seal_ceiling = measure_feed_ceiling()

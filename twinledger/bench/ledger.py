@@ -6,12 +6,14 @@ process with nothing else in the way."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +190,21 @@ def run_measures(submitted: dict[bytes, float], committed: dict[bytes, float], b
                     "processor": platform.processor() or platform.machine()},  # fmt: skip
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+@contextlib.contextmanager
+def running_nodes(homes: list[Path], progress: Progress) -> Iterator[list[NodeProcess]]:
+    """A node per home, started one after the other with progress shown, all stopped at the end."""
+    nodes: list[NodeProcess] = []
+    try:
+        starting = progress.add_task("starting nodes", total=len(homes))
+        for home in homes:
+            nodes.append(start_node(home))
+            progress.advance(starting)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 def publish(result: dict[str, Any], output: Path, as_json: bool, title: str, keys: list[str],

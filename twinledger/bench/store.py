@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from rich.console import Console
 from rich.progress import Progress
 
-from twinledger.bench.ledger import publish
+from twinledger.bench.ledger import publish, running_nodes
 from twinledger.config import init_network, load_config
-from twinledger.launcher import NodeProcess, free_port_block, start_node
+from twinledger.launcher import free_port_block
 from twinledger.services.remote import store_client
 from twinledger.store.client import StoreClient
 from twinledger.store.documents import as_reader, download_document, upload_document
@@ -152,12 +152,7 @@ def run_store_benchmark(size_mib: int, output: Path, as_json: bool, feed_rate: i
                      block_interval_ms=100)  # fmt: skip
         source = workdir / "document.bin"
         original = _write_random(source, size)
-        nodes: list[NodeProcess] = []
-        try:
-            starting = progress.add_task("starting store nodes", total=len(homes))
-            for home in homes:
-                nodes.append(start_node(home))
-                progress.advance(starting)
+        with running_nodes(homes, progress) as nodes:
             members = httpx.get(f"{nodes[0].url}/v1/members", headers=nodes[0].headers, timeout=10).json()
             keys = {o["name"]: bytes.fromhex(o["encryption_key"]) for o in members["organisations"]}
             owner, reader = load_config(homes[0]), load_config(homes[1])
@@ -189,9 +184,6 @@ def run_store_benchmark(size_mib: int, output: Path, as_json: bool, feed_rate: i
                                            period, f"bench/{period}", progress) for period in (1.0, 0.25)]  # fmt: skip
 
             feed_runs = asyncio.run(feeds())
-        finally:
-            for node in nodes:
-                node.stop()
         ceiling_task = progress.add_task("measuring the ceiling", total=None)
         ceiling = measure_ceiling(size)
         feed_ceiling = measure_feed_ceiling()

@@ -72,8 +72,9 @@ def test_counts_read_as_words():
 
 
 @pytest.mark.parametrize(("args", "said"), [
-    (("twin", "doc", "add", "line-7", "/nonexistent/report.pdf", "--home", "/nonexistent"),
-     "error: invalid value for 'file': file '/nonexistent/report.pdf' does not exist (see twinledger twin doc add --help)"),
+    (("twin", "feed", "push", "line-7", "level-1", "f.csv", "--home", "/nonexistent", "--segment-seconds", "0"),
+     "error: invalid value for '--segment-seconds': Input should be greater than or equal to 0.001 "
+     "(see twinledger twin feed push --help)"),
     (("twin", "doc", "add"), "error: missing argument 'TWIN' (see twinledger twin doc add --help)"),
     (("nosuch",), "error: no such command 'nosuch' (see twinledger --help)"),
     (("network", "up", "--base-port", "abc"), "error: invalid value for '--base-port'"),
@@ -86,3 +87,14 @@ def test_a_command_line_that_does_not_parse_gets_one_line_and_exit_2(args, said)
 def test_exit_codes_pass_through():
     assert twinledger("twin", "list", "--home", "/nonexistent").returncode == 1
     assert twinledger("--version").returncode == 0 and twinledger("twin").returncode == 0
+
+
+def test_stdin_needs_the_name_a_file_would_have_given():
+    """``-`` reads stdin for doc add, doc version, twin create and record put; a name that
+    came from the file name must then be given."""
+    done = subprocess.run([sys.executable, "-m", "twinledger", "twin", "doc", "add", "line-7", "-", "--home", "/nowhere"],
+                          input="report\n", capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1 and done.stderr == "error: data from stdin (-) has no file name: give --title\n"
+    missing = twinledger("twin", "doc", "add", "line-7", "/nonexistent/report.pdf", "--home", "/nowhere")
+    assert missing.returncode == 1 and missing.stderr == "error: no file /nonexistent/report.pdf\n"
+

@@ -225,6 +225,12 @@ def _the_first_hour(directory: Path, tmp_path: Path) -> None:
     report = tmp_path / "inspection.txt"
     report.write_text("inspection of line 9: seals replaced\n")
     document = data("twin", "doc", "add", twin, str(report), "--attribute", "type:report", "--home", owner)["document"]
+    piped = subprocess.run([sys.executable, "-m", "twinledger", "twin", "doc", "add", twin, "-", "--title", "shift note",
+                            "--home", owner, "--json"], input="night shift: filler 2 cleaned\n", capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    note = json.loads(piped.stdout)["document"]
+    assert run("twin", "doc", "get", twin, note, "-o", "-", "--home", owner).stdout == "night shift: filler 2 cleaned\n"
     history = tmp_path / "level.csv"
     history.write_text("time,value\n" + "".join(f"2026-11-30T{i // 3600:02}:{i // 60 % 60:02}:{i % 60:02},{180 + i % 7}\n"
                                                 for i in range(3600)))  # fmt: skip
@@ -253,7 +259,10 @@ def _the_first_hour(directory: Path, tmp_path: Path) -> None:
 
     mistakes = [  # (command, the words the one line must hold, exit code)
         (("twin", "doc", "get", twin, document[:8], "-o", "-", "--home", manufacturer), "no active grant", 1),
-        (("twin", "doc", "add", twin, str(tmp_path / "missing.pdf"), "--home", owner), "missing.pdf", 2),
+        (("twin", "doc", "add", twin, str(tmp_path / "missing.pdf"), "--home", owner), "no file", 1),
+        (("twin", "doc", "add", twin, "-", "--home", owner), "give --title", 1),
+        (("grant", "--twin", twin, "--to", "auditor", "--policy", "type:report", "--bogus", "--home", owner),
+         "no such option: --bogus", 2),
         (("twin", "doc", "add", twin, str(report), "--attribute", "typereport", "--home", owner), "type:report", 1),
         (("grant", "--twin", twin, "--to", "auditor", "--policy", "typ:report", "--home", owner), "type:report", 1),
         (("grant", "--twin", twin, "--to", "nobody", "--policy", "type:report", "--home", owner), "nobody", 1),

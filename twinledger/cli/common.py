@@ -5,12 +5,15 @@ options, calls one workflow of ``twinledger.services``, and renders what it retu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import math
 import os
+import shutil
 import sys
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -131,6 +134,34 @@ def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     for key, value in rows:
         table.add_row(key, str(value))
     return table
+
+
+STDIN = Path("-")
+
+
+@contextlib.contextmanager
+def input_file(path: Path) -> Iterator[Path]:
+    """``path``, or what stdin holds when it is ``-``, spooled into a private scratch file
+    first (an upload needs its size and hash before it starts)."""
+    if path != STDIN:
+        if not path.is_file():
+            raise TwinledgerError(f"no file {path}", code="no_file")
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="twinledger-stdin-") as scratch:
+        spooled = Path(scratch) / "stdin"
+        with spooled.open("wb") as sink:
+            shutil.copyfileobj(sys.stdin.buffer, sink)
+        yield spooled
+
+
+def named(path: Path, given: str | None, what: str) -> str:
+    """A name given with ``what``, or the file's; stdin has none of its own."""
+    if given:
+        return given
+    if path == STDIN:
+        raise TwinledgerError(f"data from stdin (-) has no file name: give {what}", code="bad_request")
+    return path.name
 
 
 def client(home: Path) -> NodeClient:

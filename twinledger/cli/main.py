@@ -20,12 +20,14 @@ from twinledger.cli import (
 from twinledger.cli.agent import agent
 from twinledger.cli.bench import bench_app
 from twinledger.cli.common import (
+    STDIN,
     Home,
     Json,
     client,
     command,
     err,
     error_line,
+    input_file,
     kv_table,
     out,
     print_json,
@@ -169,7 +171,7 @@ def node_renew_cert(home: Home, as_json: Json = False) -> None:
 @command
 def record_put(
     home: Home,
-    file: Annotated[Path, typer.Argument(help="File to record.", exists=True, dir_okay=False)],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="File to record; - for stdin.", allow_dash=True)],
     hash_only: Annotated[bool, typer.Option("--hash-only", help="Record only the file's SHA-256.")] = False,
     media_type: Annotated[str, typer.Option(help="Media type of the payload.")] = "application/octet-stream",
     meta: Annotated[list[str], typer.Option("--meta", help="Metadata KEY=VALUE (repeatable).")] = [],  # noqa: B006
@@ -177,8 +179,10 @@ def record_put(
     as_json: Json = False,
 ) -> None:
     """Record a file (payload on chain, or only its hash) with metadata; prints the tx hash."""
-    metadata = {"filename": file.name, **records.parse_metadata(meta)}
-    outcome = run(home, lambda session: records.put(session, file.read_bytes(), metadata, media_type, hash_only, wait))
+    metadata = {**({"filename": file.name} if file != STDIN else {}), **records.parse_metadata(meta)}
+    with input_file(file) as source:
+        payload = source.read_bytes()
+    outcome = run(home, lambda session: records.put(session, payload, metadata, media_type, hash_only, wait))
     result: dict[str, Any] = {"hash": outcome.tx_hash.hex(), "status": "accepted"}
     if outcome.committed:
         result = {"hash": outcome.tx_hash.hex(), "status": "committed", "height": outcome.height,

@@ -18,6 +18,7 @@ from rich.tree import Tree
 from twinledger.aml import model as specification_model
 from twinledger.aml.package import MAX_PACKAGE_BYTES
 from twinledger.cli.common import (
+    STDIN,
     At,
     Attributes,
     DeviceDir,
@@ -32,7 +33,9 @@ from twinledger.cli.common import (
     command,
     err,
     error_line,
+    input_file,
     kv_table,
+    named,
     out,
     print_json,
     render_outcome,
@@ -69,8 +72,8 @@ def _twin(home: Path, ref: str) -> dict[str, Any]:
 def twin_create(
     home: Home,
     aml: Annotated[Path, typer.Option("--aml", help="AutomationML file (CAEX 2.15 or 3.0), or an .amlx container "
-                                      "whose other parts become the twin's documents.", exists=True,
-                                      dir_okay=False)],  # fmt: skip
+                                      "whose other parts become the twin's documents; - for stdin.",
+                                      allow_dash=True)],  # fmt: skip
     name: Annotated[str | None, typer.Option(help="Twin name (default: the file name).")] = None,
     device_id: Annotated[str | None, typer.Option("--device-id", help="Device id (default: the file's stem).")] = None,
     role: Annotated[list[str], typer.Option("--role", help="SUBJECT=ROLE or SUBJECT=ROLE@ID,ID (repeatable).")] = [],  # noqa: B006
@@ -79,10 +82,13 @@ def twin_create(
 ) -> None:
     """Register a twin from an AutomationML file; prints its id."""
     roles = twins.parse_roles(role)
-    data = read_regular(aml, MAX_PACKAGE_BYTES)[0]
+    twin_name = named(aml, name, "--name")
+    device = device_id or (aml.stem if aml != STDIN else named(aml, None, "--device-id"))
+    with input_file(aml) as source:
+        data = read_regular(source, MAX_PACKAGE_BYTES)[0]
     if len(data) > MAX_PACKAGE_BYTES:
-        raise TwinledgerError(f"{aml.name} is larger than {MAX_PACKAGE_BYTES} bytes")
-    created = run(home, lambda session: twins.create(session, data, name or aml.name, device_id or aml.stem, roles), key)
+        raise TwinledgerError(f"{twin_name} is larger than {MAX_PACKAGE_BYTES} bytes")
+    created = run(home, lambda session: twins.create(session, data, twin_name, device, roles), key)
     if as_json:
         print_json({"id": created.twin, "tx": created.outcome.tx_hash.hex(), "height": created.outcome.height,
                     "documents": list(created.documents)})  # fmt: skip
@@ -215,7 +221,7 @@ def _print_calls(calls: list[dict[str, Any]], title: str) -> None:
 # -- documents, sources, feeds --------------------------------------------------------------------
 
 
-FileArg = Annotated[Path, typer.Argument(help="The document's file.", exists=True, dir_okay=False)]
+FileArg = Annotated[Path, typer.Argument(metavar="FILE", help="The document's file; - for stdin.", allow_dash=True)]
 
 
 @doc_app.command("add")
@@ -239,8 +245,10 @@ def doc_add(
     encrypted chunk and to the data key; the data key is sealed to each reader, and
     KP-CPRE-encrypted for the owner under the document's attributes, so the owner can
     grant others access later (twinledger grant)."""
-    with transfer_progress(f"encrypting {file.name}", file.stat().st_size, as_json) as advance:
-        added = run(home, lambda session: documents.add(session, ref, file, title or file.name,
+    chosen_title = named(file, title, "--title")
+    with input_file(file) as source, transfer_progress(f"encrypting {chosen_title}", source.stat().st_size,
+                                                       as_json) as advance:  # fmt: skip
+        added = run(home, lambda session: documents.add(session, ref, source, chosen_title,
                                                         description=description, component=component,
                                                         media_type=media_type, readers=reader, attributes=attribute,
                                                         progress=advance), key)  # fmt: skip
@@ -266,8 +274,9 @@ def doc_version(
     as_json: Json = False,
 ) -> None:
     """Store a new version of a document and register it."""
-    with transfer_progress(f"encrypting {file.name}", file.stat().st_size, as_json) as advance:
-        added = run(home, lambda session: documents.add_version(session, ref, document, file, description=description,
+    with input_file(file) as source, transfer_progress(f"encrypting {source.name}", source.stat().st_size,
+                                                       as_json) as advance:  # fmt: skip
+        added = run(home, lambda session: documents.add_version(session, ref, document, source, description=description,
                                                                 readers=reader, attributes=attribute,
                                                                 progress=advance), key)  # fmt: skip
     render_outcome(added.outcome, as_json, f"added version {added.stored.manifest.hex()[:16]}…")

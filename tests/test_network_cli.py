@@ -256,6 +256,10 @@ def _the_first_hour(directory: Path, tmp_path: Path) -> None:
     audit = tmp_path / "audit.json"
     run("twin", "audit", twin, "--out", str(audit), "--home", auditor)
     assert "audit of twin" in run("verify", "proof", str(audit), "--home", auditor).stdout
+    piped = subprocess.run([sys.executable, "-m", "twinledger", "verify", "proof", "-", "--home", auditor, "--json"],
+                           input=run("twin", "audit", twin, "--out", "-", "--home", auditor).stdout, capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert piped.returncode == 0 and json.loads(piped.stdout)["valid"], "twin audit --out - | verify proof -"
 
     mistakes = [  # (command, the words the one line must hold, exit code)
         (("twin", "doc", "get", twin, document[:8], "-o", "-", "--home", manufacturer), "no active grant", 1),

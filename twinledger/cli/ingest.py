@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from twinledger.cli.common import Home, Json, command, err, kv_table, out, print_json, run
+from twinledger.cli.common import STDIN, Home, Json, command, err, kv_table, out, print_json, run
 from twinledger.config import NodeConfig, load_config
 from twinledger.core.files import create_fresh
 from twinledger.errors import TwinledgerError
@@ -208,7 +208,8 @@ def _json_line(data: Any) -> str:
 def record_get(
     home: Home,
     record_id: Annotated[str, typer.Argument(help="The record id (the hash of the transaction that stored it).")],
-    out_path: Annotated[Path | None, typer.Option("--out", help="Write the payload to this file.", dir_okay=False)] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="Write the payload to this file; - for stdout.",
+                                                  allow_dash=True)] = None,  # fmt: skip
     as_json: Json = False,
 ) -> None:
     """Show a record; with --out, fetch its payload from the store (checked against the
@@ -217,8 +218,16 @@ def record_get(
         entry = await ingest.record(session, record_id)
         return entry, await ingest.payload(session, entry) if out_path is not None else None
 
+    to_stdout = out_path == STDIN
+    if to_stdout and as_json:
+        raise TwinledgerError("--out - and --json would both write to stdout; choose one", code="bad_request")
     record, payload = run(home, fetch)
     written = None
+    if to_stdout and payload is not None:  # checked whole before a byte goes out
+        sys.stdout.buffer.write(payload)
+        sys.stdout.flush()
+        err.print(f"wrote {len(payload):,} bytes to stdout", highlight=False)
+        return
     if out_path is not None and payload is not None:
         temporary = out_path.with_name(f".{out_path.name}.part")
         with create_fresh(temporary) as sink:

@@ -3,6 +3,7 @@ failure one line on stderr saying why, and a non-zero exit code."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -286,7 +287,8 @@ INVALID, UNREADABLE, UNPINNED_EXIT = 1, 3, 4
 @verify_app.command("proof")
 @command
 def verify_proof_command(
-    file: Annotated[Path, typer.Argument(help="Proof file (tx show --proof --json) or audit file (twin audit --out).")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Proof file (tx show --proof --json) or audit file (twin "
+                                                             "audit --out); - for stdin.", allow_dash=True)],  # fmt: skip
     home: Annotated[Path | None, typer.Option("--home", help="Pin to this node home's genesis.",
                                               envvar="TWINLEDGER_HOME")] = None,  # fmt: skip
     genesis: Annotated[Path | None, typer.Option(help="Pin to this genesis file (chain id and validators).")] = None,
@@ -303,7 +305,8 @@ def verify_proof_command(
     if genesis is None and home is not None:
         genesis = load_config(home).genesis_path
     try:
-        checked = proofs.check_file(file, genesis, trusted_validators)
+        with input_file(file) if file == STDIN else contextlib.nullcontext(file) as source:
+            checked = proofs.check_file(source, genesis, trusted_validators)
     except TwinledgerError as exc:
         unreadable = isinstance(exc, proofs.UnreadableProof)
         if as_json:

@@ -534,7 +534,8 @@ def role_permissions(ref: Ref, role: Annotated[str, typer.Argument(help="Role (n
 def twin_audit(
     ref: Ref,
     home: Home,
-    output: Annotated[Path | None, typer.Option("--out", help="Write the audit with its proofs to this file.")] = None,
+    output: Annotated[Path | None, typer.Option("--out", help="Write the audit with its proofs to this file (for verify "
+                                                "proof); - for stdout.", allow_dash=True)] = None,  # fmt: skip
     as_json: Json = False,
 ) -> None:
     """Every transaction that changed the twin, with inclusion proofs checked offline.
@@ -543,11 +544,15 @@ def twin_audit(
     audit = run(home, lambda session: twins.audit(session, ref))
     entries = audit.entries
     document = proofs.audit_document(audit.twin, entries)
-    if output is not None:
+    if output == STDIN and as_json:
+        raise TwinledgerError("--out - and --json would both write to stdout; choose one", code="bad_request")
+    if output == STDIN:  # the document alone: a table would break it
+        sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    elif output is not None:
         replace_durably(output, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
     if as_json:
         print_json(document)
-    else:
+    elif output != STDIN:
         table = Table("#", "height", "time (UTC)", "who", "what", "events", "proof", title=f"audit of twin {ref}",
                       title_justify="left")  # fmt: skip
         for entry in entries:

@@ -163,3 +163,13 @@ def test_json_output_is_strict_even_for_values_an_older_feed_holds(capsys):
     assert json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(name)) == {
         "samples": [[T0, None], [T0 + 1, None], [T0 + 2, 1.5]]}  # fmt: skip
     assert sparkline([float("nan"), 1.0, 2.0, float("inf")]) and sparkline([float("nan")]) == ""
+
+
+def test_a_historian_export_reads_with_its_header_and_byte_order_mark():
+    """Spreadsheets write a byte-order mark first; historians name their columns."""
+    import io
+
+    from twinledger.services.feed_files import read_csv
+
+    for text in ("\ufefftime,value\n1,2\n", "timestamp,level\n1,2\n", "1,2\n"):
+        assert list(read_csv(io.StringIO(text))) == [(1_000_000, 2.0)], text

@@ -25,11 +25,14 @@ class BadSampleFile(TwinledgerError):
 
 def read_csv(stream: TextIO) -> Iterator[Sample]:
     """The samples of ``time,value`` lines — time in seconds since the epoch or ISO 8601,
-    a first line ``time,…`` taken as a header — each a finite number, in strictly
-    increasing time; the first line that is not says which and why."""
+    a first line of names (``time,value``, ``timestamp,level``) taken as a header — each
+    a finite number, in strictly increasing time; the first line that is not says which
+    and why."""
     previous, previous_line = -1, 0
     for number, row in enumerate(csv.reader(stream), start=1):
-        if not row or (number == 1 and row[0].strip().lower() == "time"):
+        if number == 1 and row:
+            row[0] = row[0].removeprefix("\ufeff")  # the byte-order mark a spreadsheet writes first
+        if not row or (number == 1 and _is_header(row)):
             continue
         if len(row) != 2:
             raise BadSampleFile(f"line {number}: expected time,value, got {len(row)} field(s)")
@@ -46,6 +49,15 @@ def read_csv(stream: TextIO) -> Iterator[Sample]:
                                 "samples must be in strictly increasing time")  # fmt: skip
         previous, previous_line = moment, number
         yield moment, value
+
+
+def _is_header(row: list[str]) -> bool:
+    """A first line of names (time,value; timestamp,level), not a sample."""
+    try:
+        float(row[-1])
+    except ValueError:
+        return not any(ch.isdigit() for ch in row[0])
+    return False
 
 
 class SampleSink(Protocol):

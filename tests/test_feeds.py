@@ -9,6 +9,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -215,7 +216,7 @@ def _next_update(client_head: FeedUpdate, acl: ItemAcl, key: SigningKey, **chang
 
 def test_forged_replayed_and_out_of_order_updates_are_refused(consortium, tmp_path):
     twin, feed = new_feed(consortium, "maintainer")
-    push(consortium, twin, samples_csv(tmp_path / "s.csv", 500))
+    push(consortium, twin, samples_csv(tmp_path / "s.csv", 500), "--segment-seconds", "1")
     owner = load_config(consortium.homes[OWNER]).signing_key("operator")
     stranger = load_config(consortium.homes[MAINTAINER]).signing_key("operator")
 
@@ -285,19 +286,21 @@ async def _segment_codes(client: StoreClient, feed: bytes, segment: bytes) -> li
 
 def test_a_follower_sees_each_new_segment_live_through_the_cli_and_the_node_event_stream(consortium, tmp_path):
     twin, feed = new_feed(consortium, "maintainer")
-    first = push(consortium, twin, samples_csv(tmp_path / "a.csv", 100))
+    first = push(consortium, twin, samples_csv(tmp_path / "a.csv", 100), "--segment-seconds", "1")
     follower = subprocess.Popen([sys.executable, "-m", "twinledger", "twin", "feed", "follow", twin, "level-sensor-1",
                                  "--after", str(first["last_sequence"]), "--count", "3", "--json",
                                  "--home", home(consortium, MAINTAINER)], stdout=subprocess.PIPE, text=True)  # fmt: skip
     url = f"{consortium.url(MAINTAINER)}/v1/feeds/{feed.hex()}/updates?after={first['last_sequence']}"
     with httpx.stream("GET", url, headers=consortium.headers(MAINTAINER), timeout=60) as stream:
         assert stream.status_code == 200
-        pushed = push(consortium, twin, samples_csv(tmp_path / "b.csv", 300, start=START + 10_000_000))
+        pushed = push(consortium, twin, samples_csv(tmp_path / "b.csv", 300, start=START + 10_000_000),
+                      "--segment-seconds", "1")  # three segments, as a device writes them  # fmt: skip
         events = []
+        deadline = time.monotonic() + 60  # the stream's keep-alives would outlast any read timeout
         for line in stream.iter_lines():
             if line.startswith("data: "):
                 events.append(json.loads(line[6:]))
-            if len(events) == 3:
+            if len(events) == 3 or time.monotonic() > deadline:
                 break
     assert [e["sequence"] for e in events] == [1, 2, 3] and events[-1]["hash"] == pushed["head"]
     out, _ = follower.communicate(timeout=60)
@@ -312,13 +315,13 @@ def test_a_follower_sees_each_new_segment_live_through_the_cli_and_the_node_even
 
 def test_feed_writes_go_on_without_a_replica_which_catches_up_after_kill_9(consortium, tmp_path):
     twin, feed = new_feed(consortium, "maintainer")
-    push(consortium, twin, samples_csv(tmp_path / "a.csv", 300))
+    push(consortium, twin, samples_csv(tmp_path / "a.csv", 300), "--segment-seconds", "1")
     replicas = with_client(consortium, OWNER, lambda c: _replicas(c, feed))
     victim = next(i for i, name in enumerate(ORGANISATIONS) if name in replicas and i != OWNER)
     stand_in = next(i for i, name in enumerate(ORGANISATIONS) if name not in replicas)
     consortium.kill(victim)
     try:
-        more = push(consortium, twin, samples_csv(tmp_path / "b.csv", 500, start=START + 10_000_000))
+        more = push(consortium, twin, samples_csv(tmp_path / "b.csv", 500, start=START + 10_000_000), "--segment-seconds", "1")
         assert (more["first_sequence"], more["last_sequence"]) == (3, 7)
         # The node standing in held none of the feed: it fetched updates 0 to 2 before taking 3.
         assert with_client(consortium, OWNER, lambda c: _head_on(c, feed, stand_in)) == 7
@@ -391,7 +394,7 @@ def _chunk_paths(network: Network, digest: bytes) -> list[Path]:
 
 def test_feed_verify_finds_altered_deleted_and_reordered_history(consortium, tmp_path):
     twin, feed = new_feed(consortium, "maintainer")
-    push(consortium, twin, samples_csv(tmp_path / "s.csv", 3000), "--checkpoint-every", "10")
+    push(consortium, twin, samples_csv(tmp_path / "s.csv", 3000), "--checkpoint-every", "10", "--segment-seconds", "1")
     owner = load_config(consortium.homes[OWNER]).signing_key("operator")
     updates = with_client(consortium, OWNER, lambda c: _all_updates(c, feed))
     assert len(updates) == 30
@@ -446,7 +449,7 @@ async def _all_updates(client: StoreClient, feed: bytes) -> list[FeedUpdate]:
 
 def test_the_owner_shares_and_unshares_feeds_and_documents(consortium, tmp_path):
     twin, feed = new_feed(consortium, "maintainer")
-    push(consortium, twin, samples_csv(tmp_path / "s.csv", 300))
+    push(consortium, twin, samples_csv(tmp_path / "s.csv", 300), "--segment-seconds", "1")
 
     def reads(i: int) -> subprocess.CompletedProcess[str]:
         return cli("twin", "feed", "read", twin, "level-sensor-1", "--json", "--home", home(consortium, i))

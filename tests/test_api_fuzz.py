@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 STREAMS = {"/v1/events", "/v1/feeds/{feed}/updates"}
 """Server-Sent Event streams never end by themselves; their parameters are tested in test_twin_node and test_feeds."""
-EXAMPLES = 12
+EXAMPLES = 8
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
                     max_leaves=8)  # fmt: skip

@@ -32,8 +32,18 @@ def test_help_is_grouped_by_task_and_free_of_type_noise():
 
 
 def test_shell_completion_is_offered():
-    script = twinledger("--show-completion", "bash")
-    assert script.returncode == 0 and "complete" in script.stdout and "_twinledger_completion" in script.stdout
+    """What --install-completion installs for bash, and what it then answers (the shell is
+    named, not detected: a test has no login shell to detect)."""
+
+    def completion(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "twinledger"], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **env})  # fmt: skip
+
+    script = completion(_TWINLEDGER_COMPLETE="source_bash")
+    assert script.returncode == 0 and "_twinledger_completion" in script.stdout and "complete -o" in script.stdout
+    answer = completion(_TWINLEDGER_COMPLETE="complete_bash", COMP_WORDS="twinledger twi", COMP_CWORD="1")
+    assert answer.returncode == 0 and answer.stdout.split() == ["twin"]
+    assert "--install-completion" in twinledger("--help").stdout
 
 
 @pytest.mark.parametrize(("given", "said"), [

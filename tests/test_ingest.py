@@ -333,13 +333,17 @@ def node_key(network: Network, i: int) -> str:
     return load_config(network.homes[i]).signing_key().public.hex()
 
 
+RECORDS = 600
+"""Records streamed while the node is killed, a quarter of the way in."""
+
+
 def test_a_node_killed_mid_stream_loses_and_duplicates_no_record(consortium):
     network = consortium
     config = load_config(network.homes[OWNER])
     stream = os.urandom(16)
     rng = random.Random(7)
     records = [IngestRecord(seq, rng.randbytes(rng.randrange(100, 3000)), "application/octet-stream", {"n": str(seq)})
-               for seq in range(1, 1201)]  # fmt: skip
+               for seq in range(1, RECORDS + 1)]  # fmt: skip
     answers: list[Answer] = []
     events: list[str] = []
     failure: list[BaseException] = []
@@ -358,7 +362,7 @@ def test_a_node_killed_mid_stream_loses_and_duplicates_no_record(consortium):
 
     sender = threading.Thread(target=stream_records)
     sender.start()
-    wait_for(lambda: len(answers) >= 300 or failure, "300 acknowledgements")
+    wait_for(lambda: len(answers) >= RECORDS // 4 or failure, "a quarter acknowledged")
     network.kill(OWNER)
     acknowledged_before = len(answers)
     assert acknowledged_before < len(records), "the stream ended before the node was killed"
@@ -369,15 +373,15 @@ def test_a_node_killed_mid_stream_loses_and_duplicates_no_record(consortium):
 
     assert all(a.ok for a in answers), [a for a in answers if not a.ok][:3]
     by_seq = {a.seq: a.record.hex() for a in answers}  # type: ignore[union-attr]
-    assert sorted(by_seq) == list(range(1, 1201))
+    assert sorted(by_seq) == list(range(1, RECORDS + 1))
     put = chain_records(network.url(OWNER), network.headers(OWNER), node_key(network, OWNER))
     on_chain = [r for r in put if r["ingest"].startswith(stream.hex())]
     seqs = [int(r["ingest"].split("/")[1]) for r in on_chain]
-    assert sorted(seqs) == list(range(1, 1201)), "each record once on chain, none missing"
+    assert sorted(seqs) == list(range(1, RECORDS + 1)), "each record once on chain, none missing"
     assert all(by_seq[int(r["ingest"].split("/")[1])] == r["record"] for r in on_chain)
     listed = httpx.get(f"{network.url(OWNER)}/v1/ingest/streams/{stream.hex()}",
                        headers=network.headers(OWNER), params={"limit": 5000}, timeout=10).json()
-    assert [r["seq"] for r in listed["records"]] == list(range(1, 1201))
+    assert [r["seq"] for r in listed["records"]] == list(range(1, RECORDS + 1))
 
     members = httpx.get(f"{network.url(OWNER)}/v1/members", headers=network.headers(OWNER), timeout=10).json()
     sample = rng.sample(records, 12)
@@ -402,6 +406,10 @@ def test_only_the_nodes_own_organisation_may_ingest(consortium):
     assert refused.value.code == "not_allowed" and "manufacturer" in refused.value.message
 
 
+FIRST, LATER = 200, 25
+"""Files the watcher finds at first (the node is killed among them), and after."""
+
+
 def test_directory_ingest_survives_kill_9_of_the_node_and_of_itself(consortium, tmp_path):
     """The node is killed mid-stream (the watcher finds it gone holding unanswered files);
     then the watcher is killed holding files it numbered but could not send."""
@@ -409,7 +417,7 @@ def test_directory_ingest_survives_kill_9_of_the_node_and_of_itself(consortium, 
     home = str(network.homes[OWNER])
     watched = tmp_path / "outbox"
     watched.mkdir()
-    contents = {f"batch-{i:03}.csv": os.urandom(64) + f"batch {i}\n".encode() for i in range(450)}
+    contents = {f"batch-{i:03}.csv": os.urandom(64) + f"batch {i}\n".encode() for i in range(FIRST + LATER)}
     names = sorted(contents)
     contents["empty.csv"] = b""
     said = tmp_path / "watcher.log"
@@ -431,19 +439,19 @@ def test_directory_ingest_survives_kill_9_of_the_node_and_of_itself(consortium, 
     def told_unreachable(times: int) -> bool:
         return said.read_text().count("node unreachable") >= times
 
-    arrive([*names[:400], "empty.csv"])
+    arrive([*names[:FIRST], "empty.csv"])
     (watched / "notes.txt").write_text("not matched\n")
     process = watcher()
     try:
-        wait_for(lambda: moved() >= 50 or process.poll() is not None, "50 files moved")
+        wait_for(lambda: moved() >= 25 or process.poll() is not None, "25 files moved")
         network.kill(OWNER)
-        wait_for(lambda: told_unreachable(1) or moved() == 401 or process.poll() is not None,
+        wait_for(lambda: told_unreachable(1) or moved() == FIRST + 1 or process.poll() is not None,
                  "the watcher to find the node gone")  # fmt: skip
-        assert moved() < 401, "the stream ended before the node was killed"
+        assert moved() < FIRST + 1, "the stream ended before the node was killed"
         network.start(OWNER)
-        wait_for(lambda: moved() == 401 or process.poll() is not None, "every file of the interrupted stream moved")
+        wait_for(lambda: moved() == FIRST + 1 or process.poll() is not None, "every file of the interrupted stream moved")
         network.kill(OWNER)
-        arrive(names[400:])
+        arrive(names[FIRST:])
         wait_for(lambda: told_unreachable(2) or process.poll() is not None, "the watcher to find the node gone again")
         assert process.poll() is None, said.read_text()
         process.kill()  # kill -9 of the watcher, holding numbered files it could not send
@@ -454,16 +462,16 @@ def test_directory_ingest_survives_kill_9_of_the_node_and_of_itself(consortium, 
         if process.poll() is None:
             process.kill()
     told = said.read_text()
-    assert re.search(r"sending \d+ unanswered records again", told) and moved() == 401
+    assert re.search(r"sending \d+ unanswered records again", told) and moved() == FIRST + 1
     assert "socket.send() raised" not in told and "SSL connection is closed" not in told and "Traceback" not in told
     network.start(OWNER)
     finished = watcher("--once", "--json")
     stdout, _ = finished.communicate(timeout=180)
     assert finished.returncode == 0, said.read_text()
     last_run = [json.loads(line) for line in stdout.splitlines()]
-    assert sorted(line["file"] for line in last_run) == names[400:] and all(line["record"] for line in last_run)
-    assert [line["seq"] for line in sorted(last_run, key=lambda line: line["file"])] == list(range(402, 452)), \
-        "the numbers the killed watcher gave them"  # fmt: skip
+    assert sorted(line["file"] for line in last_run) == names[FIRST:] and all(line["record"] for line in last_run)
+    numbered = [line["seq"] for line in sorted(last_run, key=lambda line: line["file"])]
+    assert numbered == list(range(FIRST + 2, FIRST + LATER + 2)), "the numbers the killed watcher gave them"
     assert sorted(p.name for p in (watched / "done").iterdir()) == sorted(contents)
     assert all((watched / "done" / name).read_bytes() == data for name, data in contents.items())
     assert sorted(p.name for p in watched.iterdir()) == ["done", "notes.txt"]

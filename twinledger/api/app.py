@@ -239,6 +239,8 @@ def create_app(node: RunningNode, accounts: AccountStore) -> FastAPI:
     @app.get("/v1/blocks/{block_id}", summary="A canonical block by height, or any block by hash")
     async def get_block(block_id: str, wait: float = 0.0) -> JSONResponse:
         if block_id.isascii() and block_id.isdigit():
+            if len(block_id) > 18:  # past any height a chain reaches (and SQLite's integers)
+                raise NotFound(f"no block at height {block_id[:24]} (head is {node.head.height})")
             await node.wait_for_height(int(block_id), min(max(wait, 0.0), MAX_COMMIT_WAIT_SECONDS))
             header = await node.read(node.chain_store.header_by_height, int(block_id))
             if header is None:

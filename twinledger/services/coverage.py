@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twinledger.core.attributes import FORM, KNOWN_KEYS, REQUEST, BadAttribute, form_problem, near_miss, twin_attribute
-from twinledger.crypto.policy import Policy, leaves, parse_policy, policy_text, satisfied
+from twinledger.crypto.policy import Policy, leaves, parse_policy, policy_text
 from twinledger.errors import TwinledgerError
 from twinledger.services.session import Session
 from twinledger.sharing.grants import confined
@@ -129,9 +129,9 @@ async def preview(session: Session, twin_ref: str, policy: str, declared: Sequen
     check_policy_attributes(asked, items, declared)
     granted = confined(asked, twin["id"])
     carried = {a for item in items for a in item.attributes} | {twin_attribute(twin["id"]), REQUEST}
-    # as store nodes decide: the granting organisation's items only (others may add documents to a twin)
-    covered = [item for item in items
-               if item.acl.owner_organisation == session.organisation and satisfied(granted, item.attributes)]  # fmt: skip
+    # as store nodes decide (ReadGrant.covers): the granting organisation's items only (others may add documents)
+    would_be = ReadGrant(session.organisation, session.organisation, twin["id"], granted, 0)
+    covered = [item for item in items if would_be.covers(item.acl, session.organisation, 0)]
     return Coverage(twin["id"], policy_text(granted), covered, [item for item in items if item not in covered],
                     sorted({a for a in leaves(granted) if a not in carried}), twin["generation"] + 1)  # fmt: skip
 
